@@ -1,0 +1,11 @@
+-- How the engine reaches people: adapt these two views to your warehouse.
+-- Re-applied on every migrate, so edits here take effect on the next run.
+-- lifecycle.contacts: one row per customer with the addresses channels use.
+-- lifecycle.consent:  one row per customer and channel; opted_in is checked at send time.
+CREATE OR REPLACE VIEW lifecycle.contacts AS
+SELECT customer_id, email, phone, first_name, last_name, country, timezone, locale
+FROM shop.customers;
+
+CREATE OR REPLACE VIEW lifecycle.consent AS
+SELECT customer_id, channel, status = 'opted_in' AS opted_in, updated_at
+FROM shop.consents;

@@ -1,0 +1,30 @@
+"""Where the project's files live and the few settings read from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# plugins/lifecycle/config.py -> project root (also true inside the Airflow image,
+# where plugins/ and include/ are mounted side by side under /opt/airflow).
+PROJECT_DIR = Path(os.environ.get("LIFECYCLE_PROJECT_DIR", Path(__file__).resolve().parents[2]))
+INCLUDE_DIR = PROJECT_DIR / "include"
+SQL_DIR = INCLUDE_DIR / "sql"
+SEGMENTS_DIR = SQL_DIR / "segments"
+CONDITIONS_DIR = SQL_DIR / "conditions"
+TEMPLATES_DIR = INCLUDE_DIR / "templates"
+
+# Local state for the embedded warehouse and the demo (git-ignored).
+STATE_DIR = Path(os.environ.get("LIFECYCLE_STATE_DIR", PROJECT_DIR / ".lifecycle"))
+
+WAREHOUSE_CONN_ID = os.environ.get("LIFECYCLE_WAREHOUSE_CONN_ID", "lifecycle_warehouse")
+SMTP_CONN_ID = os.environ.get("LIFECYCLE_SMTP_CONN_ID", "lifecycle_smtp")
+
+# Shown in every email footer and used to build links; override per deployment.
+SHOP = {
+    "name": os.environ.get("LIFECYCLE_SHOP_NAME", "Northwind Goods"),
+    "base_url": os.environ.get("LIFECYCLE_SHOP_URL", "https://shop.example.com"),
+    "address": os.environ.get("LIFECYCLE_SHOP_ADDRESS", "Northwind Goods Ltd, 12 Harbour Street, Bristol BS1 4RN, UK"),
+    "from_email": os.environ.get("LIFECYCLE_FROM_EMAIL", "hello@shop.example.com"),
+    "support_email": os.environ.get("LIFECYCLE_SUPPORT_EMAIL", "help@shop.example.com"),
+}

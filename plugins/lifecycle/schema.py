@@ -1,0 +1,52 @@
+"""Create and migrate the warehouse schemas the engine needs.
+
+`include/sql/lifecycle/NNN_*.sql` files run once each, in order, recorded in
+lifecycle.schema_migrations; `contacts.sql` (views analysts adapt) is re-applied
+every time. A transaction-scoped advisory lock makes concurrent migrations safe.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.config import SQL_DIR
+
+_MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_LOCK_ID = 7_412_001  # arbitrary, fixed: serialises migrations across workers
+
+
+def _run_script(conn: sa.Connection, path: Path) -> None:
+    # exec_driver_sql runs a multi-statement script in one round trip (psycopg2).
+    conn.exec_driver_sql(path.read_text())
+
+
+def create_shop_schema(engine: Engine) -> None:
+    """The demo shop's tables (idempotent)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+        _run_script(conn, SQL_DIR / "shop" / "schema.sql")
+
+
+def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
+    """Apply pending migrations and refresh the contact views; return what was applied."""
+    applied = []
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+        conn.exec_driver_sql(
+            "CREATE SCHEMA IF NOT EXISTS lifecycle;"
+            "CREATE TABLE IF NOT EXISTS lifecycle.schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = set(conn.execute(sa.text("SELECT version FROM lifecycle.schema_migrations")).scalars())
+        for path in sorted(p for p in sql_dir.iterdir() if _MIGRATION.match(p.name)):
+            if path.stem in done:
+                continue
+            _run_script(conn, path)
+            conn.execute(sa.text("INSERT INTO lifecycle.schema_migrations (version) VALUES (:v)"), {"v": path.stem})
+            applied.append(path.stem)
+        _run_script(conn, sql_dir / "contacts.sql")
+    return applied

