@@ -19,9 +19,15 @@ _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 7_412_001  # arbitrary, fixed: serialises migrations across workers
 
 
+def run_script(conn: sa.Connection, sql: str) -> None:
+    """Run a multi-statement script in one round trip, with no parameter parsing
+    (so a literal % or :name in the SQL is left alone)."""
+    with conn.connection.cursor() as cursor:
+        cursor.execute(sql)
+
+
 def _run_script(conn: sa.Connection, path: Path) -> None:
-    # exec_driver_sql runs a multi-statement script in one round trip (psycopg2).
-    conn.exec_driver_sql(path.read_text())
+    run_script(conn, path.read_text())
 
 
 def create_shop_schema(engine: Engine) -> None:

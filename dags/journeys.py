@@ -1,0 +1,8 @@
+"""Every journey in include/sql/segments/ becomes a DAG here. Add a segment file, get a DAG.
+
+Nothing else belongs in this file: the engine lives in plugins/lifecycle/.
+"""
+
+from lifecycle.dag_factory import build_dags
+
+globals().update(build_dags())

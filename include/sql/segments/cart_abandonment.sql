@@ -1,0 +1,58 @@
+/* ---
+journey: cart_abandonment
+description: >
+  Remind shoppers who left items in their cart: three emails at 1 hour, 24 hours and
+  48 hours after the cart's last change. Ordering stops the reminders and sends a thank-you.
+schedule: hourly
+entry_key: cart_id             # one enrollment per cart
+entered_at: cart_updated_at    # the clock the delays count from
+max_lateness: 6h               # a reminder more than 6h overdue is recorded as expired, not sent
+params:
+  lookback_hours: 48           # how far back a run looks for carts it may have missed
+steps:
+  - {name: reminder_1, after: 1h,  channel: email, template: cart_abandonment/reminder_1}
+  - {name: reminder_2, after: 24h, channel: email, template: cart_abandonment/reminder_2}
+  - {name: reminder_3, after: 48h, channel: email, template: cart_abandonment/reminder_3}
+exit:
+  - when: purchased_since_entry
+    then: {channel: email, template: cart_abandonment/thank_you}
+--- */
+
+-- Who qualifies: a cart with at least one item, last changed at least an hour before the
+-- run (and no more than lookback_hours before), whose customer has placed no order since
+-- that change. Everything is "as of" the end of the run's interval, so backfills replay.
+WITH cart_lines AS (
+    SELECT ci.cart_id,
+           jsonb_agg(jsonb_build_object(
+               'product_id',  p.product_id,
+               'name',        p.name,
+               'image_url',   p.image_url,
+               'quantity',    ci.quantity,
+               'unit_price',  ci.unit_price,
+               'product_url', :shop_url || '/p/' || p.sku
+           ) ORDER BY p.name) AS items,
+           sum(ci.quantity * ci.unit_price) AS cart_total
+    FROM shop.cart_items ci
+    JOIN shop.products p USING (product_id)
+    GROUP BY ci.cart_id
+)
+SELECT c.cart_id,
+       c.customer_id,
+       cu.email,
+       cu.first_name,
+       c.updated_at                          AS cart_updated_at,
+       l.items,
+       l.cart_total,
+       :shop_url || '/cart/' || c.cart_id    AS cart_url
+FROM shop.carts c
+JOIN cart_lines l USING (cart_id)
+JOIN shop.customers cu USING (customer_id)
+WHERE c.updated_at <  :as_of - INTERVAL '1 hour'
+  AND c.updated_at >= :as_of - make_interval(hours => :lookback_hours)
+  AND NOT EXISTS (
+      SELECT 1 FROM shop.orders o
+      WHERE o.customer_id = c.customer_id
+        AND o.ordered_at > c.updated_at
+        AND o.ordered_at < :as_of
+        AND o.status <> 'cancelled'
+  )

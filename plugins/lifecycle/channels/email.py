@@ -1,0 +1,172 @@
+"""Email over SMTP: one connection per batch, every SMTP reply classified.
+
+Configured by an Airflow SMTP connection (`lifecycle_smtp`), read with the same
+conventions as the smtp provider (extras `from_email`, `disable_ssl`, `disable_tls`,
+`timeout`). The envelope is driven step by step (MAIL, RCPT, DATA) so that a rejected
+recipient, a transient 4xx and a connection lost mid-DATA are told apart:
+
+    RCPT 5xx            failed, hard bounce (the address is suppressed)
+    any 4xx             retry later (the message goes back to planned)
+    5xx elsewhere       failed
+    lost before DATA    retry (the server never had the message)
+    lost during DATA    unknown (it may have been accepted: never re-sent blindly)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import smtplib
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formataddr, formatdate
+
+from lifecycle.channels.base import ChannelUnavailable, Outcome
+from lifecycle.config import SHOP, SMTP_CONN_ID
+
+QUEUE_ID = re.compile(r"queued as\s+(\S+)", re.I)
+
+
+@dataclass(frozen=True)
+class OutboundEmail:
+    to: str
+    subject: str
+    text: str
+    html: str
+    message_id: str  # the Message-ID header, derived from the idempotency key
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def message_id_for(idempotency_key: str) -> str:
+    """Stable per intended message, so a receiving system can spot any duplicate."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    return f"<{digest}@lifecycle.{SHOP['from_email'].split('@')[-1]}>"
+
+
+def compose(message: OutboundEmail, from_email: str, from_name: str) -> bytes:
+    msg = EmailMessage(policy=SMTP_POLICY)
+    msg["From"] = formataddr((from_name, from_email))
+    msg["To"] = message.to
+    msg["Subject"] = message.subject
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = message.message_id
+    for name, value in message.headers.items():
+        msg[name] = value
+    msg.set_content(message.text)
+    msg.add_alternative(message.html, subtype="html")
+    return msg.as_bytes()
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        login: str | None = None,
+        password: str | None = None,
+        use_ssl: bool = False,
+        starttls: bool = False,
+        timeout: float = 30,
+        from_email: str = SHOP["from_email"],
+        from_name: str = SHOP["name"],
+    ):
+        self.host, self.port = host, port
+        self.login, self.password = login, password
+        self.use_ssl, self.starttls, self.timeout = use_ssl, starttls, timeout
+        self.from_email, self.from_name = from_email, from_name
+        self._smtp: smtplib.SMTP | None = None
+
+    @classmethod
+    def from_airflow(cls, conn_id: str = SMTP_CONN_ID) -> EmailChannel:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+        extra = conn.extra_dejson
+        use_ssl = not extra.get("disable_ssl", False)
+        return cls(
+            conn.host or "localhost",
+            conn.port or (465 if use_ssl else 25),
+            login=conn.login or None,
+            password=conn.password or None,
+            use_ssl=use_ssl,
+            starttls=not use_ssl and not extra.get("disable_tls", False),
+            timeout=float(extra.get("timeout", 30)),
+            from_email=extra.get("from_email") or SHOP["from_email"],
+        )
+
+    # one SMTP session per batch ------------------------------------------------
+    def __enter__(self) -> EmailChannel:
+        self._connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                self._smtp.close()
+            self._smtp = None
+
+    def _connect(self) -> None:
+        try:
+            cls = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
+            smtp = cls(self.host, self.port, timeout=self.timeout)
+            smtp.ehlo()
+            if self.starttls:
+                smtp.starttls()
+                smtp.ehlo()
+            if self.login and self.password:
+                smtp.login(self.login, self.password)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise ChannelUnavailable(f"SMTP server {self.host}:{self.port} unavailable: {exc}") from exc
+        self._smtp = smtp
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+        self._smtp = None
+
+    def deliver(self, message: OutboundEmail) -> Outcome:
+        if self._smtp is None:
+            self._connect()
+        smtp = self._smtp
+        raw = compose(message, self.from_email, self.from_name)
+        try:
+            code, reply = smtp.mail(self.from_email)
+            if code != 250:
+                return self._rejected("MAIL", code, reply)
+            code, reply = smtp.rcpt(message.to)
+            if code not in (250, 251):
+                return self._rejected("RCPT", code, reply)
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            return Outcome("retry", f"connection lost before DATA: {exc}")
+        try:
+            code, reply = smtp.data(raw)
+        except smtplib.SMTPDataError as exc:  # DATA refused before the content was sent
+            return self._rejected("DATA", exc.smtp_code, exc.smtp_error)
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            return Outcome("unknown", f"connection lost during DATA: {exc}")
+        if code != 250:
+            return self._rejected("DATA", code, reply)
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        queued = QUEUE_ID.search(text)
+        return Outcome("sent", provider_message_id=queued.group(1) if queued else message.message_id)
+
+    def _rejected(self, stage: str, code: int, reply: bytes | str) -> Outcome:
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        try:
+            self._smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+        reason = f"SMTP {stage} {code} {text}".strip()
+        if 400 <= code < 500:
+            return Outcome("retry", reason)
+        if stage == "RCPT":
+            return Outcome("failed", f"hard bounce: {reason}", suppress="hard_bounce")
+        return Outcome("failed", reason)

@@ -1,0 +1,188 @@
+"""Turn segment files into Airflow DAGs: one DAG per journey, one run per data interval.
+
+    start_run → stage_segment → validate → enroll → evaluate_exits → plan_messages
+              → send_batch (mapped over batch descriptors) → summarize (Asset)
+
+Parsing reads files only (no database or network at parse time); engine modules are
+imported inside tasks. A broken segment file becomes a DAG whose single task fails with
+the file's error, so it is visible in Airflow and every other journey still loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, WAREHOUSE_CONN_ID
+from lifecycle.spec import JourneySpec, SpecError, load_all
+
+log = logging.getLogger(__name__)
+
+SEND_POOL = "lifecycle_sends"
+DEFAULT_ARGS = {"owner": "lifecycle", "retries": 3, "retry_delay": timedelta(minutes=2)}
+
+
+def journey_asset(journey: str) -> Asset:
+    return Asset(name=f"lifecycle_{journey}_runs", uri=f"lifecycle://runs/{journey}")
+
+
+def _engine():
+    from lifecycle.warehouse import airflow_warehouse_engine
+
+    return airflow_warehouse_engine(WAREHOUSE_CONN_ID)
+
+
+def _run_context(journey: str):
+    from lifecycle.runs import RunContext
+
+    ctx = get_current_context()
+    dry = bool(ctx["params"].get("dry_run"))
+    return RunContext(
+        journey=journey,
+        run_id=ctx["run_id"],
+        mode="dry" if dry else "live",
+        interval_start=ctx["data_interval_start"],
+        interval_end=ctx["data_interval_end"],
+    )
+
+
+def build_journey_dag(spec: JourneySpec) -> DAG:
+    @dag(
+        dag_id=spec.journey,
+        description=spec.description[:200] or None,
+        doc_md=f"**{spec.journey}** — {spec.description}\n\nSegment file: `{spec.path.name}`",
+        schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
+        start_date=spec.start_date,
+        catchup=False,
+        max_active_runs=4,
+        default_args={**DEFAULT_ARGS, "owner": spec.owner},
+        tags=["lifecycle", spec.schedule, spec.kind, *spec.tags],
+        params={
+            "dry_run": Param(False, type="boolean", description="Record what would be sent (status dry_run), deliver nothing."),
+            "approve_volume": Param(False, type="boolean", description="Release a run held by the row-count guard."),
+        },
+    )
+    def journey():
+        @task
+        def start_run() -> dict:
+            from lifecycle.runs import start_run as record_start
+            from lifecycle.schema import migrate
+
+            engine, run = _engine(), _run_context(spec.journey)
+            migrate(engine)
+            record_start(engine, run)
+            return run.to_xcom()
+
+        @task
+        def stage_segment(run: dict) -> int:
+            from lifecycle.runs import RunContext
+            from lifecycle.stage import stage_segment as stage
+
+            return stage(_engine(), spec, RunContext.from_xcom(run))
+
+        @task
+        def validate(run: dict, rows_selected: int) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from lifecycle.runs import RunContext
+            from lifecycle.validate import VolumeHeld, validate_stage
+
+            approve = bool(get_current_context()["params"].get("approve_volume"))
+            try:
+                return validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
+            except VolumeHeld as exc:
+                raise AirflowFailException(str(exc)) from exc  # retrying cannot help: a person must look
+
+        @task
+        def enroll(run: dict, validation: dict) -> dict:
+            from lifecycle.runs import RunContext
+            from lifecycle.state import enroll as upsert
+
+            return upsert(_engine(), spec, RunContext.from_xcom(run))
+
+        @task
+        def evaluate_exits(run: dict, enrolled: dict) -> dict:
+            from lifecycle.runs import RunContext
+            from lifecycle.state import evaluate_exits as exits
+
+            return exits(_engine(), spec, RunContext.from_xcom(run))
+
+        @task
+        def plan_messages(run: dict, exited: dict) -> list[dict]:
+            from lifecycle.plan import assign_batches, plan_due_steps
+            from lifecycle.runs import RunContext
+
+            engine, ctx = _engine(), RunContext.from_xcom(run)
+            plan_due_steps(engine, spec, ctx)
+            return assign_batches(engine, spec, ctx)
+
+        @task(pool=SEND_POOL, retry_delay=timedelta(seconds=30), max_active_tis_per_dagrun=4)
+        def send_batch(batch: dict) -> dict:
+            from lifecycle.channels.email import EmailChannel
+            from lifecycle.send import send_batch as deliver
+
+            channels = {"email": lambda: EmailChannel.from_airflow(SMTP_CONN_ID)}
+            return deliver(_engine(), spec, batch, lambda name: channels[name](), dry_run=batch["mode"] == "dry")
+
+        @task(trigger_rule="all_done", outlets=[journey_asset(spec.journey)])
+        def summarize(run: dict) -> dict:
+            from lifecycle.runs import RunContext, finish_run, message_counts
+            from lifecycle.stage import drop_stage
+
+            ctx = get_current_context()
+            engine, r = _engine(), RunContext.from_xcom(run)
+            failed = [ti.task_id for ti in ctx["dag_run"].get_task_instances() if ti.state == "failed"] \
+                if hasattr(ctx["dag_run"], "get_task_instances") else []
+            counts = message_counts(engine, r)
+            finish_run(engine, r, "failed" if failed else "ok", counts,
+                       error=f"failed tasks: {', '.join(sorted(set(failed)))}" if failed else None)
+            drop_stage(engine, r)
+            log.info("journey %s interval %s..%s: %s", r.journey, r.interval_start, r.interval_end, counts)
+            return {"journey": r.journey, "run_id": r.run_id, "messages": counts}
+
+        run = start_run()
+        rows = stage_segment(run)
+        checked = validate(run, rows)
+        enrolled = enroll(run, checked)
+        exited = evaluate_exits(run, enrolled)
+        batches = plan_messages(run, exited)
+        sent = send_batch.expand(batch=batches)
+        sent >> summarize(run)
+
+    return journey()
+
+
+def build_broken_dag(error: SpecError) -> DAG:
+    """Stand-in for a segment file that does not parse: one task that fails with the error."""
+    message = str(error)
+
+    @dag(
+        dag_id=error.path.stem,
+        description=f"BROKEN segment file: {message}"[:200],
+        doc_md=f"### This segment file is broken\n\n`{error.path.name}`\n\n" + "\n".join(f"- {p}" for p in error.problems),
+        schedule=None,
+        catchup=False,
+        tags=["lifecycle", "broken"],
+    )
+    def broken():
+        @task(retries=0)
+        def report_segment_error():
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(message)
+
+        report_segment_error()
+
+    return broken()
+
+
+def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
+    specs, errors = load_all(segments_dir)
+    dags = {spec.journey: build_journey_dag(spec) for spec in specs}
+    for error in errors:
+        log.error("segment file %s is broken: %s", error.path, "; ".join(error.problems))
+        dags.setdefault(error.path.stem, build_broken_dag(error))
+    return dags

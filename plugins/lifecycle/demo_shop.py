@@ -1,0 +1,762 @@
+"""A deterministic synthetic shop: the demo warehouse every segment, test and example reads.
+
+`generate(engine, anchor)` fills the `shop` schema with a seeded, realistic history that
+ends just before `anchor`, and plants hand-made customers whose journeys play out in
+the five days before it (see the `plant_*` methods and `Planted`). The same anchor, seed and customer count
+give byte-identical tables: all randomness comes from one `random.Random(seed)` and
+seeded Faker instances, and no clock is ever read.
+
+Internally every time is an integer number of seconds relative to the anchor (always
+negative), so "A - 2h" is simply `-2 * HOUR`. Rows are buffered per table for a chunk
+of customers and bulk-loaded with COPY, which keeps memory flat at 100k customers.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import random
+import unicodedata
+from array import array
+from base64 import urlsafe_b64encode
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from faker import Faker
+from faker.decode import unidecode
+from sqlalchemy.engine import Engine
+
+from lifecycle.schema import create_shop_schema
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
+# Planted customers are reachable as planted.<case>@example.com (except cart_invalid_email).
+PLANTED_EMAIL_DOMAIN = "example.com"
+# Only reserved example domains (RFC 2606), so no demo mail can reach a real person.
+_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
+
+_CUSTOMER_WINDOW = 400 * DAY  # accounts opened over the last ~400 days
+_ORDER_WINDOW = 240 * DAY  # order history
+_SESSION_WINDOW = 60 * DAY  # page views and carts
+_CHUNK = 2000  # customers per COPY round: bounds memory, keeps COPY batches large
+
+
+class ShopNotEmptyError(RuntimeError):
+    """generate() only fills an empty shop; it never mixes with existing rows."""
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: int
+    sku: str
+    name: str
+    category: str
+    brand: str
+    price_cents: int
+    product_type: str  # soft / hard / consumable
+    tier: int
+    pack_units: int | None = None
+    units_per_day: float | None = None
+
+    @property
+    def pack_days(self) -> float:
+        """How long one pack of a consumable lasts."""
+        return self.pack_units / self.units_per_day
+
+
+# category -> (sku code, product_type, [(item, brand, tier-1 price in cents), ...])
+_CATEGORIES = {
+    "clothing": ("CLO", "soft", [("Organic Cotton T-Shirt", "Fjord & Co", 1900), ("Merino Hoodie", "Northwind Basics", 4900)]),
+    "shoes": ("SHO", "soft", [("Everyday Sneakers", "Stride Lab", 5900), ("Trail Running Shoes", "Stride Lab", 8900)]),
+    "cosmetics": ("COS", "soft", [("Hydrating Face Cream", "Lumen Skin", 1500), ("Vitamin C Serum", "Lumen Skin", 2400)]),
+    "jewellery": ("JEW", "soft", [("Sterling Silver Necklace", "Aurelia", 3900), ("Stud Earrings", "Aurelia", 2900)]),
+    "furniture": ("FUR", "hard", [("Oak Side Table", "Holm Living", 8900), ("Lounge Chair", "Holm Living", 19900)]),
+    "household": ("HOU", "hard", [("Cast Iron Pan", "Kettle & Crumb", 3400), ("Electric Kettle", "Kettle & Crumb", 2900)]),
+    "sports equipment": ("SPO", "hard", [("Yoga Mat", "Peak Motion", 2500), ("Adjustable Dumbbells", "Peak Motion", 7900)]),
+}
+# Consumables climb tiers by pack size, so the upsell is the bigger pack.
+# category -> (sku code, [(item, brand, tier-1 price in cents, tier-1 pack units, unit, units per day), ...])
+_CONSUMABLES = {
+    "coffee capsules": ("COF", [("Espresso Capsules", "Crema Club", 450, 10, "capsules", 2.0),
+                                ("Lungo Capsules", "Crema Club", 490, 10, "capsules", 1.5)]),
+    "vitamins": ("VIT", [("Vitamin D3 Tablets", "Vitalis", 799, 30, "tablets", 1.0),
+                         ("Omega-3 Capsules", "Vitalis", 1299, 30, "capsules", 2.0)]),
+    "pet food": ("PET", [("Adult Dry Dog Food", "Happy Paws", 1499, 8, "daily portions", 1.0),
+                         ("Wet Cat Food", "Happy Paws", 999, 12, "pouches", 2.0)]),
+}
+_TIER_LABELS = {1: "Essential", 2: "Classic", 3: "Signature"}
+_TIER_PRICE_FACTOR = {1: 1.0, 2: 1.8, 3: 3.0}
+_PACK_FACTOR = {1: 1, 2: 3, 3: 6}
+_PACK_PRICE_FACTOR = {1: 1.0, 2: 2.7, 3: 5.0}  # bulk packs are cheaper per unit
+# Which category each category's products are cross-sold into.
+_CROSS_SELL = {
+    "clothing": "shoes", "shoes": "clothing", "cosmetics": "jewellery", "jewellery": "cosmetics",
+    "furniture": "household", "household": "furniture", "sports equipment": "vitamins",
+    "vitamins": "sports equipment", "coffee capsules": "household", "pet food": "household",
+}
+
+
+def _shelf_price(cents: float) -> int:
+    """Round to a .99 / .49 shelf price."""
+    return max(99, int(cents // 50) * 50 + 49) if cents < 1000 else int(cents // 100) * 100 + 99
+
+
+def build_catalogue() -> list[Product]:
+    """The shop's 60 products (fixed: the catalogue does not depend on the seed)."""
+    products: list[Product] = []
+    next_id = itertools.count(1)
+    for category, (code, kind, items) in _CATEGORIES.items():
+        for item_no, (item, brand, price) in enumerate(items, 1):
+            for tier in (1, 2, 3):
+                sku = f"{code}-{item_no:02d}-T{tier}"
+                products.append(Product(next(next_id), sku, f"{_TIER_LABELS[tier]} {item}", category, brand,
+                                        _shelf_price(price * _TIER_PRICE_FACTOR[tier]), kind, tier))
+    for category, (code, items) in _CONSUMABLES.items():
+        for item_no, (item, brand, price, pack, unit, per_day) in enumerate(items, 1):
+            for tier in (1, 2, 3):
+                units = pack * _PACK_FACTOR[tier]
+                sku = f"{code}-{item_no:02d}-T{tier}"
+                products.append(Product(next(next_id), sku, f"{item}, {units} {unit}", category, brand,
+                                        _shelf_price(price * _PACK_PRICE_FACTOR[tier]), "consumable", tier,
+                                        units, per_day))
+    return products
+
+
+def build_product_links(products: list[Product]) -> list[tuple[int, int, str]]:
+    """Upsell to the next tier of the same category; cross-sell to the same tier of the partner category."""
+    links = []
+    for p in products:
+        for q in products:
+            if q.category == p.category and q.tier == p.tier + 1:
+                links.append((p.product_id, q.product_id, "upsell"))
+            elif q.category == _CROSS_SELL[p.category] and q.tier == p.tier:
+                links.append((p.product_id, q.product_id, "cross_sell"))
+    return links
+
+
+def image_url(sku: str) -> str:
+    return f"https://cdn.shop.example.com/img/{sku}.jpg"
+
+
+# --------------------------------------------------------------------------- countries
+
+
+@dataclass(frozen=True)
+class Country:
+    code: str
+    locale: str
+    timezones: tuple[str, ...]
+    weight: int
+    dial: str  # country calling code
+    mobile_prefixes: tuple[str, ...]  # national mobile prefixes that pass libphonenumber validation
+    subscriber_digits: int
+    delivery_days: tuple[int, int]  # from ordering to the doorstep
+
+
+# UK, US and AU numbers use the ranges their regulators reserve for fiction.
+COUNTRIES = (
+    Country("DE", "de_DE", ("Europe/Berlin",), 25, "49", ("151", "160", "170", "176"), 8, (2, 3)),
+    Country("FR", "fr_FR", ("Europe/Paris",), 12, "33", ("6",), 8, (3, 4)),
+    Country("GB", "en_GB", ("Europe/London",), 15, "44", ("7700900",), 3, (3, 5)),
+    Country("US", "en_US", ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles"),
+            18, "1", ("212555", "312555", "415555", "206555"), 4, (5, 8)),
+    Country("BR", "pt_BR", ("America/Sao_Paulo", "America/Manaus"), 6, "55", ("119", "219", "319"), 8, (6, 8)),
+    Country("NL", "nl_NL", ("Europe/Amsterdam",), 8, "31", ("6",), 8, (2, 3)),
+    Country("ES", "es_ES", ("Europe/Madrid", "Atlantic/Canary"), 7, "34", ("6",), 8, (3, 5)),
+    Country("JP", "ja_JP", ("Asia/Tokyo",), 5, "81", ("90", "80"), 8, (5, 8)),
+    Country("AU", "en_AU", ("Australia/Sydney", "Australia/Melbourne", "Australia/Brisbane", "Australia/Perth"),
+            4, "61", ("491570",), 3, (6, 8)),
+)
+_COUNTRY = {c.code: c for c in COUNTRIES}
+
+
+# --------------------------------------------------------------------------- planted cases
+
+
+@dataclass(frozen=True)
+class PlantedCase:
+    """One hand-made situation; `order_ids` are the customer's orders in time order."""
+
+    name: str
+    description: str
+    customer_id: int
+    cart_id: int | None = None
+    order_ids: tuple[int, ...] = ()
+    review_id: int | None = None
+
+    @property
+    def email(self) -> str:
+        return f"planted.{self.name}@{PLANTED_EMAIL_DOMAIN}"
+
+
+class Planted(dict[str, PlantedCase]):
+    """Case name -> PlantedCase, in planting order."""
+
+    @property
+    def customer_ids(self) -> set[int]:
+        return {case.customer_id for case in self.values()}
+
+
+# --------------------------------------------------------------------------- COPY buffers
+
+_COLUMNS = {  # FK order: a table only references tables listed before it
+    "products": "product_id, sku, name, category, brand, price, image_url, product_type, pack_units, units_per_day, tier",
+    "product_links": "product_id, linked_product_id, kind",
+    "customers": "customer_id, email, phone, first_name, last_name, country, timezone, locale, birthday, created_at",
+    "consents": "customer_id, channel, status, double_opt_in_at, source, updated_at",
+    "push_subscriptions": "subscription_id, customer_id, endpoint, p256dh, auth, created_at, revoked_at",
+    "orders": "order_id, customer_id, ordered_at, status, total, currency, coupon_code, shipped_at, delivered_at, shipping_country",
+    "order_items": "order_id, product_id, quantity, unit_price",
+    "carts": "cart_id, customer_id, created_at, updated_at",
+    "cart_items": "cart_id, product_id, quantity, unit_price",
+    "page_views": "view_id, customer_id, anonymous_id, session_id, product_id, category, viewed_at, seconds_on_page",
+    "reviews": "review_id, order_id, product_id, customer_id, rating, created_at",
+    "referrals": "referral_id, referrer_customer_id, referred_email, created_at, converted_order_id",
+}
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    return str(value)
+
+
+class _CopyBuffer:
+    """Rows per table in COPY text format, loaded in FK order by `flush`."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = {table: [] for table in _COLUMNS}
+        self.loaded: dict[str, int] = dict.fromkeys(_COLUMNS, 0)
+
+    def add(self, table: str, *values) -> None:
+        self.lines[table].append("\t".join(map(_copy_field, values)))
+
+    def flush(self, cursor) -> None:
+        for table, lines in self.lines.items():
+            if lines:
+                data = io.StringIO("\n".join(lines) + "\n")
+                cursor.copy_expert(f"COPY shop.{table} ({_COLUMNS[table]}) FROM STDIN", data, size=1 << 20)
+                self.loaded[table] += len(lines)
+                lines.clear()
+
+
+def _money(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+# --------------------------------------------------------------------------- the generator
+
+
+@dataclass
+class _Customer:
+    customer_id: int
+    country: Country
+    created: int  # seconds relative to the anchor
+    email: str
+    anonymous_id: str
+    favourite: str  # category
+    refill: Product | None  # the consumable they reorder when a pack runs out
+
+
+@dataclass
+class _Order:
+    order_id: int
+    ordered: int
+    delivered: int | None
+    items: list[tuple[Product, int]]
+
+
+class _Shop:
+    """Writes one customer's story at a time into the COPY buffer."""
+
+    def __init__(self, anchor: datetime, seed: int) -> None:
+        self.anchor = anchor
+        self.rng = random.Random(seed)
+        self.fakers = {c.code: Faker(c.locale) for c in COUNTRIES}
+        for faker in self.fakers.values():
+            faker.seed_instance(seed)
+        self.out = _CopyBuffer()
+        self.products = build_catalogue()
+        self.by_sku = {p.sku: p for p in self.products}
+        self.by_category: dict[str, list[Product]] = {}
+        for p in self.products:
+            self.by_category.setdefault(p.category, []).append(p)
+        self.categories = list(self.by_category)
+        self.ids = {name: itertools.count(1) for name in
+                    ("customer", "order", "cart", "view", "review", "referral", "subscription")}
+        self.created_at = array("q", [0])  # customer_id -> created offset, for referrals
+        self.first_random_customer = 0  # set once the planted customers exist
+
+    # ---- primitives
+
+    def ts(self, offset: int) -> str:
+        if offset >= 0:
+            raise ValueError(f"generated a time at or after the anchor (offset {offset}s)")
+        return (self.anchor + timedelta(seconds=offset)).isoformat()
+
+    def between(self, start: float, end: float) -> int:
+        """A whole second in [start, end); floor, because int() would round -0.5 up to the anchor."""
+        return math.floor(start + self.rng.random() * (end - start))
+
+    def token(self, nbytes: int = 12) -> str:
+        return self.rng.randbytes(nbytes).hex()
+
+    def weighted(self, options: dict):
+        return self.rng.choices(list(options), weights=list(options.values()))[0]
+
+    # ---- catalogue
+
+    def load_catalogue(self) -> None:
+        for p in self.products:
+            self.out.add("products", p.product_id, p.sku, p.name, p.category, p.brand, _money(p.price_cents),
+                         image_url(p.sku), p.product_type, p.pack_units, p.units_per_day, p.tier)
+        for link in build_product_links(self.products):
+            self.out.add("product_links", *link)
+
+    def pick_product(self, favourite: str) -> Product:
+        category = favourite if self.rng.random() < 0.6 else self.rng.choice(self.categories)
+        tier = self.weighted({1: 50, 2: 35, 3: 15})
+        return self.rng.choice([p for p in self.by_category[category] if p.tier == tier])
+
+    def pick_items(self, favourite: str, count: int, must: Product | None = None) -> list[tuple[Product, int]]:
+        chosen = [must] if must else []
+        for _ in range(count * 4):  # a few retries to find distinct products
+            if len(chosen) >= count:
+                break
+            product = self.pick_product(favourite)
+            if product not in chosen:
+                chosen.append(product)
+        return [(p, self.weighted({1: 80, 2: 15, 3: 5})) for p in chosen]
+
+    # ---- rows shared by random and planted customers
+
+    def add_customer(self, country: Country, created: int, email: str | None = None, *,
+                     birthday: date | None | bool = True) -> _Customer:
+        """A customer row; `birthday=True` draws one, None leaves it empty."""
+        customer_id = next(self.ids["customer"])
+        faker = self.fakers[country.code]
+        first, last, email_first, email_last = self.person_name(faker, country)
+        email = email or self.email(customer_id, email_first, email_last)
+        if birthday is True:
+            birthday = self.birthday()
+        self.out.add("customers", customer_id, email, self.phone(country), first, last, country.code,
+                     self.rng.choice(country.timezones), country.locale,
+                     birthday.isoformat() if birthday else None, self.ts(created))
+        self.created_at.append(created)
+        return _Customer(customer_id, country, created, email, self.token(8), self.rng.choice(self.categories), None)
+
+    def person_name(self, faker: Faker, country: Country) -> tuple[str, str, str, str]:
+        """First and last name, plus their ASCII forms for the email address."""
+        if country.code == "JP":  # Japanese names come with their romanised reading
+            (first, _, first_latin), (last, _, last_latin) = faker.first_name_pair(), faker.last_name_pair()
+            return first, last, first_latin, last_latin
+        first, last = faker.first_name(), faker.last_name()
+        return first, last, first, last
+
+    def email(self, customer_id: int, first: str, last: str) -> str:
+        first, last = _ascii_slug(first) or "customer", _ascii_slug(last) or "shop"
+        local = self.rng.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last[0]}", first))
+        return f"{local}{customer_id}@{self.rng.choice(_EMAIL_DOMAINS)}"
+
+    def phone(self, country: Country) -> str | None:
+        if self.rng.random() < 0.18:
+            return None
+        national = self.rng.choice(country.mobile_prefixes) + "".join(
+            self.rng.choices("0123456789", k=country.subscriber_digits))
+        if country.code == "US":  # 555-01XX: the fictional range, keep the 01
+            national = national[:6] + "01" + national[8:]
+        # A few people type their number with a space: valid, but not E.164 until normalised.
+        separator = " " if self.rng.random() < 0.04 else ""
+        return f"+{country.dial}{separator}{national}"
+
+    def birthday(self) -> date | None:
+        if self.rng.random() < 0.15:
+            return None
+        return self.anchor.date() - timedelta(days=self.between(18 * 365, 75 * 365))
+
+    def add_consent(self, customer_id: int, channel: str, status: str, updated: int,
+                    double_opt_in: int | None, source: str) -> None:
+        self.out.add("consents", customer_id, channel, status,
+                     None if double_opt_in is None else self.ts(double_opt_in), source, self.ts(updated))
+
+    def add_order(self, customer: _Customer, ordered: int, items: list[tuple[Product, int]],
+                  fulfilment: tuple[str, int | None, int | None], coupon: str | None = None) -> _Order:
+        """An order whose total is the sum of its items at their list prices."""
+        status, shipped, delivered = fulfilment
+        order_id = next(self.ids["order"])
+        total = sum(p.price_cents * quantity for p, quantity in items)
+        self.out.add("orders", order_id, customer.customer_id, self.ts(ordered), status, _money(total), "EUR",
+                     coupon, None if shipped is None else self.ts(shipped),
+                     None if delivered is None else self.ts(delivered), customer.country.code)
+        for p, quantity in items:
+            self.out.add("order_items", order_id, p.product_id, quantity, _money(p.price_cents))
+        return _Order(order_id, ordered, delivered, items)
+
+    def add_cart(self, customer_id: int | None, created: int, updated: int,
+                 items: list[tuple[Product, int]]) -> int:
+        cart_id = next(self.ids["cart"])
+        self.out.add("carts", cart_id, customer_id, self.ts(created), self.ts(updated))
+        for p, quantity in items:
+            self.out.add("cart_items", cart_id, p.product_id, quantity, _money(p.price_cents))
+        return cart_id
+
+    def add_review(self, order_id: int, product: Product, customer_id: int, rating: int, created: int) -> int:
+        review_id = next(self.ids["review"])
+        self.out.add("reviews", review_id, order_id, product.product_id, customer_id, rating, self.ts(created))
+        return review_id
+
+    def add_session(self, customer_id: int | None, anonymous_id: str, end: int, products: Iterable[Product]) -> None:
+        """Page views of `products` (with a category page now and then) that finish by `end`."""
+        session_id = f"s-{self.token()}"
+        t = end
+        for p in reversed(list(products)):
+            for product_id in ((p.product_id, None) if self.rng.random() < 0.15 else (p.product_id,)):
+                dwell = min(300, 3 + int(self.rng.expovariate(1 / 40)))
+                t -= dwell + self.rng.randint(2, 30)
+                self.out.add("page_views", next(self.ids["view"]), customer_id, anonymous_id, session_id,
+                             product_id, p.category, self.ts(t), dwell)
+
+    # ---- a random customer's story
+
+    def simulate_customer(self) -> None:
+        country = self.rng.choices(COUNTRIES, weights=[c.weight for c in COUNTRIES])[0]
+        customer = self.add_customer(country, self.between(-_CUSTOMER_WINDOW, -2 * HOUR))
+        if customer.favourite in _CONSUMABLES and self.rng.random() < 0.6:
+            customer.refill = self.rng.choice(self.by_category[customer.favourite])
+        self.random_consents(customer)
+        orders = self.random_orders(customer)
+        self.random_abandoned_carts(customer)
+        self.random_browsing(customer)
+        self.random_referral(customer, orders)
+
+    def random_consents(self, c: _Customer) -> None:
+        if self.rng.random() < 0.85:
+            self.random_consent(c, "email", self.weighted({"checkout": 45, "newsletter_form": 30,
+                                                           "account_signup": 20, "popup": 5}), 0.9, 0.92)
+        if self.rng.random() < 0.3:
+            self.random_consent(c, "sms", self.weighted({"checkout": 70, "sms_keyword": 30}), 0.85, 0.8)
+        if self.rng.random() < 0.25 and self.random_consent(c, "push", "browser_prompt", 0.9, 0):
+            self.random_push_subscription(c)
+        if self.rng.random() < 0.45:
+            self.random_consent(c, "ads", "cookie_banner", 0.8, 0)
+
+    def random_consent(self, c: _Customer, channel: str, source: str, p_in: float, p_double: float) -> bool:
+        """One consent row; returns whether the customer is opted in."""
+        given = self.between(c.created, min(c.created + 5 * MINUTE, -MINUTE)) if source in (
+            "checkout", "account_signup") else self.between(c.created, -MINUTE)
+        double = given + self.between(2 * MINUTE, 36 * HOUR) if self.rng.random() < p_double else None
+        if double is not None and double >= 0:
+            double = None  # the confirmation mail is still unanswered
+        if self.rng.random() < p_in:
+            self.add_consent(c.customer_id, channel, "opted_in", double or given, double, source)
+            return True
+        self.add_consent(c.customer_id, channel, "opted_out", self.between(double or given, 0), double, source)
+        return False
+
+    def random_push_subscription(self, c: _Customer) -> None:
+        created = self.between(c.created, -MINUTE)
+        revoked = self.between(created, 0) if self.rng.random() < 0.06 else None
+        self.out.add("push_subscriptions", next(self.ids["subscription"]), c.customer_id,
+                     f"https://push.example.net/send/{self.token(16)}", self.push_key(),
+                     _b64(self.rng.randbytes(16)), self.ts(created), None if revoked is None else self.ts(revoked))
+
+    def push_key(self) -> str:
+        """A real P-256 public key (RFC 8291 encryption needs a point on the curve)."""
+        secret = self.rng.randrange(1, 2**255)
+        key = ec.derive_private_key(secret, ec.SECP256R1()).public_key()
+        return _b64(key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint))
+
+    def random_orders(self, c: _Customer) -> list[_Order]:
+        """Orders at a personal pace; many customers stop buying at some point (win-back material)."""
+        if self.rng.random() < 0.22:
+            return []
+        start = max(c.created, -_ORDER_WINDOW) + 2 * HOUR  # room for the browsing before it
+        stop = self.between(start, 0) if self.rng.random() < 0.45 else 0
+        mean_gap = self.weighted({25 * DAY: 25, 60 * DAY: 45, 120 * DAY: 30})
+        # New accounts tend to buy within days; older ones at their usual pace.
+        t = start + int(self.rng.expovariate(1 / (mean_gap if c.created < -_ORDER_WINDOW else 5 * DAY)))
+        orders: list[_Order] = []
+        while t < stop - MINUTE:
+            items = self.pick_items(c.favourite, self.weighted({1: 55, 2: 30, 3: 12, 4: 3}), c.refill)
+            coupon = self.coupon(first=not orders)
+            orders.append(self.add_order(c, t, items, self.fulfilment(t, c.country), coupon))
+            self.checkout_trail(c, t, items)
+            self.maybe_review(c, orders[-1])
+            t += self.next_gap(c, items, mean_gap)
+        return orders
+
+    def next_gap(self, c: _Customer, items: list[tuple[Product, int]], mean_gap: int) -> int:
+        if c.refill:  # reorder when the pack runs out, give or take
+            quantity = next(q for p, q in items if p is c.refill)
+            return int(c.refill.pack_days * quantity * DAY * self.rng.uniform(0.85, 1.25))
+        return HOUR + int(self.rng.expovariate(1 / mean_gap))
+
+    def coupon(self, first: bool) -> str | None:
+        if first and self.rng.random() < 0.25:
+            return "WELCOME10"
+        if self.rng.random() < 0.08:
+            return self.rng.choice(("SPRING15", "FREESHIP", "VIP20", "COMEBACK20"))
+        return None
+
+    def fulfilment(self, ordered: int, country: Country) -> tuple[str, int | None, int | None]:
+        """(status, shipped, delivered) as of the anchor; delivery time depends on the country."""
+        if self.rng.random() < 0.02:
+            return "cancelled", None, None
+        shipped = ordered + self.between(3 * HOUR, 30 * HOUR)
+        low, high = country.delivery_days
+        delivered = max(shipped + 6 * HOUR, ordered + self.between(low * DAY, high * DAY))
+        if shipped >= 0:
+            return "placed", None, None
+        if delivered >= 0 or self.rng.random() < 0.004:  # not yet there, or lost in transit
+            return "shipped", shipped, None
+        return "delivered", shipped, delivered
+
+    def checkout_trail(self, c: _Customer, ordered: int, items: list[tuple[Product, int]]) -> None:
+        """Recent orders usually went through a cart, after browsing the products."""
+        if ordered < -_SESSION_WINDOW + HOUR or self.rng.random() < 0.3:
+            return
+        updated = ordered - self.between(MINUTE, 20 * MINUTE)
+        created = updated - self.between(MINUTE, 40 * MINUTE)
+        self.add_cart(c.customer_id, created, updated, items)
+        self.add_session(c.customer_id, c.anonymous_id, created, [p for p, _ in items])
+
+    def maybe_review(self, c: _Customer, order: _Order) -> None:
+        if order.delivered is None or self.rng.random() >= 0.3:
+            return
+        created = order.delivered + self.between(DAY, 20 * DAY)
+        if created < 0:
+            rating = self.weighted({5: 50, 4: 26, 3: 10, 2: 6, 1: 8})
+            self.add_review(order.order_id, self.rng.choice(order.items)[0], c.customer_id, rating, created)
+
+    def random_abandoned_carts(self, c: _Customer) -> None:
+        start = max(c.created, -_SESSION_WINDOW) + HOUR
+        for _ in range(self.weighted({0: 62, 1: 27, 2: 9, 3: 2})):
+            if start >= -2 * MINUTE:
+                return
+            updated = self.between(start, -MINUTE)
+            created = updated - self.between(MINUTE, 50 * MINUTE)
+            items = [] if self.rng.random() < 0.06 else self.pick_items(c.favourite, self.weighted({1: 60, 2: 30, 3: 10}))
+            self.add_cart(c.customer_id, created, updated, items)
+            if items:
+                self.add_session(c.customer_id, c.anonymous_id, created, [p for p, _ in items])
+
+    def random_browsing(self, c: _Customer) -> None:
+        """Known-customer sessions, plus an anonymous visitor now and then (sometimes with a guest cart)."""
+        start = max(c.created, -_SESSION_WINDOW) + 2 * HOUR  # a session may last over an hour
+        if start < -HOUR:
+            for _ in range(self.weighted({0: 40, 1: 25, 2: 15, 3: 10, 5: 10})):
+                products = [self.pick_product(c.favourite) for _ in range(self.rng.randint(1, 6))]
+                self.add_session(c.customer_id, c.anonymous_id, self.between(start, 0), products)
+        if self.rng.random() < 0.3:
+            visitor, products = f"a-{self.token(8)}", [self.pick_product(c.favourite) for _ in range(3)]
+            end = self.between(-_SESSION_WINDOW + HOUR, -2 * MINUTE)
+            self.add_session(None, visitor, end, products)
+            if self.rng.random() < 0.1:
+                self.add_cart(None, end - MINUTE, end, [(products[0], 1)])
+
+    def random_referral(self, c: _Customer, orders: list[_Order]) -> None:
+        """A few customers were referred by an earlier customer; a few invites never signed up."""
+        first_random = self.first_random_customer
+        if c.customer_id <= first_random or self.rng.random() >= 0.03:
+            return
+        referrer = self.rng.randrange(first_random, c.customer_id)
+        created = c.created - self.between(HOUR, 7 * DAY)
+        if created <= self.created_at[referrer]:
+            return
+        converted = next((o.order_id for o in orders if o.ordered > created), None)
+        if self.rng.random() < 0.3:  # an invite nobody accepted
+            self.out.add("referrals", next(self.ids["referral"]), referrer,
+                         f"friend.{self.token(4)}@example.net", self.ts(created), None)
+        else:
+            self.out.add("referrals", next(self.ids["referral"]), referrer, c.email, self.ts(created), converted)
+
+    # ---- planted cases
+
+    def plant(self) -> Planted:
+        planted = Planted()
+        for case in (*self.plant_cart_cases(), *self.plant_winback_cases(), *self.plant_review_cases(),
+                     self.plant_leap_day_birthday()):
+            planted[case.name] = case
+        self.first_random_customer = len(self.created_at)
+        return planted
+
+    def planted_customer(self, case: str, country: str = "DE", *, consent: str | None = "opted_in",
+                         email: str | None = None, birthday: date | None = None,
+                         withdrawn: int = -DAY) -> _Customer:
+        """A customer with email consent only, opened long before any case's events."""
+        created = -300 * DAY
+        customer = self.add_customer(_COUNTRY[country], created, email or f"planted.{case}@{PLANTED_EMAIL_DOMAIN}",
+                                     birthday=birthday)
+        if consent == "opted_in":
+            self.add_consent(customer.customer_id, "email", "opted_in", created + DAY, created + DAY, "newsletter_form")
+        elif consent == "opted_out":
+            self.add_consent(customer.customer_id, "email", "opted_out", withdrawn, created + DAY, "newsletter_form")
+        return customer
+
+    def items(self, *skus: str) -> list[tuple[Product, int]]:
+        return [(self.by_sku[sku], 1) for sku in skus]
+
+    def delivered_order(self, c: _Customer, delivered: int, items: list[tuple[Product, int]]) -> _Order:
+        ordered = delivered - 3 * DAY
+        return self.add_order(c, ordered, items, ("delivered", ordered + 20 * HOUR, delivered))
+
+    def plant_cart_cases(self) -> list[PlantedCase]:
+        cases = []
+
+        def abandoned(name: str, description: str, updated: int, skus: tuple[str, ...], **customer) -> None:
+            c = self.planted_customer(name, **customer)
+            cart = self.add_cart(c.customer_id, updated - 12 * MINUTE, updated, self.items(*skus))
+            cases.append(PlantedCase(name, description, c.customer_id, cart))
+
+        abandoned("cart_recent", "2-item cart updated at A-2h, no order: reminder 1 due at A-1h",
+                  -2 * HOUR, ("CLO-01-T2", "SHO-01-T1"), country="GB")
+
+        c = self.planted_customer("cart_bought_after_first_reminder", "FR")
+        items = self.items("COS-02-T2", "JEW-02-T1")
+        cart = self.add_cart(c.customer_id, -3 * DAY - 15 * MINUTE, -3 * DAY, items)
+        ordered = -3 * DAY + 5 * HOUR
+        order = self.add_order(c, ordered, items, ("delivered", ordered + 18 * HOUR, ordered + 2 * DAY + 4 * HOUR))
+        cases.append(PlantedCase("cart_bought_after_first_reminder",
+                                 "cart updated A-3d, ordered A-3d+5h after reminder 1: exits with a thank-you",
+                                 c.customer_id, cart, (order.order_id,)))
+
+        abandoned("cart_full_sequence", "cart updated A-4d-2h, never ordered: reminders at +1h, +24h, +48h",
+                  -4 * DAY - 2 * HOUR, ("FUR-01-T2", "HOU-01-T1"), country="NL")
+        abandoned("cart_consent_withdrawn", "like cart_full_sequence, but email consent opted_out at A-1d",
+                  -4 * DAY - 2 * HOUR, ("SPO-01-T1",), consent="opted_out", withdrawn=-DAY)
+        abandoned("cart_no_consent_row", "abandoned cart (A-30h) of a customer without any email consent row",
+                  -30 * HOUR, ("CLO-02-T1",), consent=None, country="US")
+        abandoned("cart_empty", "cart without items updated at A-3h: never selected", -3 * HOUR, ())
+        abandoned("cart_invalid_email", "abandoned cart (A-20h) whose customer's email is 'not-an-email'",
+                  -20 * HOUR, ("SHO-02-T1",), email="not-an-email", country="ES")
+
+        c = self.planted_customer("cart_ordered_before", "DE")
+        order = self.add_order(c, -11 * HOUR, self.items("COF-01-T2"), ("placed", None, None))
+        cart = self.add_cart(c.customer_id, -10 * HOUR - 10 * MINUTE, -10 * HOUR, self.items("COF-02-T1", "HOU-02-T1"))
+        cases.append(PlantedCase("cart_ordered_before",
+                                 "cart updated A-10h after an order at A-11h: the earlier order does not exit",
+                                 c.customer_id, cart, (order.order_id,)))
+        return cases
+
+    def plant_winback_cases(self) -> list[PlantedCase]:
+        def lapsed(name: str, description: str, last_order: int, country: str, then: int | None = None) -> PlantedCase:
+            c = self.planted_customer(name, country)
+            orders = [self.delivered_order(c, last_order + 3 * DAY, self.items("CLO-01-T1", "COS-01-T1"))]
+            if then is not None:  # ordered again after the first win-back email
+                orders.append(self.add_order(c, then, self.items("CLO-02-T2"), ("shipped", then + 20 * HOUR, None)))
+            return PlantedCase(name, description, c.customer_id, order_ids=tuple(o.order_id for o in orders))
+
+        return [
+            lapsed("winback_enters", "only order at A-92d: enters win-back at A-2d, never returns", -92 * DAY, "DE"),
+            lapsed("winback_converts", "last order A-94d (enters A-4d), orders again at A-1d: converts",
+                   -94 * DAY, "GB", then=-DAY),
+            lapsed("winback_full_sequence", "last order A-115d: entered A-25d, emails at A-25d/-18d/-11d, "
+                   "suppressed A-4d", -115 * DAY, "FR"),
+            lapsed("winback_recent_buyer", "last order A-30d: not lapsed, never selected", -30 * DAY, "NL"),
+        ]
+
+    def plant_review_cases(self) -> list[PlantedCase]:
+        soft = ("CLO-02-T1", "COS-01-T2")
+
+        def reviewable(name: str, description: str, delivered: int, skus: tuple[str, ...] = soft,
+                       rating: int | None = None, reviewed: int = -2 * DAY) -> PlantedCase:
+            c = self.planted_customer(name, "DE")
+            order = self.delivered_order(c, delivered, self.items(*skus))
+            review = self.add_review(order.order_id, order.items[0][0], c.customer_id, rating, reviewed) if rating else None
+            return PlantedCase(name, description, c.customer_id, order_ids=(order.order_id,), review_id=review)
+
+        c = self.planted_customer("review_undelivered", "AU")
+        undelivered = self.add_order(c, -9 * DAY, self.items(*soft), ("shipped", -8 * DAY, None))
+        return [
+            reviewable("review_soft", "soft goods delivered A-13d: request due A-3d, no review", -13 * DAY),
+            reviewable("review_hard", "order with a hard good delivered A-24d: request due A-3d, no review",
+                       -24 * DAY, ("FUR-02-T1", "CLO-01-T1")),
+            reviewable("review_positive", "soft order delivered A-14d (due A-4d), 5-star review at A-2d: thank-you",
+                       -14 * DAY, rating=5),
+            reviewable("review_negative", "soft order delivered A-14d, 1-star review at A-2d: service recovery",
+                       -14 * DAY, rating=1),
+            reviewable("review_neutral", "soft order delivered A-14d, 3-star review at A-2d: silent exit",
+                       -14 * DAY, rating=3),
+            reviewable("review_reminder", "soft order delivered A-18d (request due A-8d), no review: reminder A-3d",
+                       -18 * DAY),
+            reviewable("review_before_request", "soft order delivered A-12d, 5-star review at A-5d: never asked",
+                       -12 * DAY, rating=5, reviewed=-5 * DAY),
+            PlantedCase("review_undelivered", "order shipped A-8d, never delivered: never asked",
+                        c.customer_id, order_ids=(undelivered.order_id,)),
+        ]
+
+    def plant_leap_day_birthday(self) -> PlantedCase:
+        c = self.planted_customer("birthday_leap_day", "GB", birthday=date(1992, 2, 29))
+        return PlantedCase("birthday_leap_day", "born 1992-02-29: birthday journeys must cope with non-leap years",
+                           c.customer_id)
+
+
+def _ascii_slug(name: str) -> str:
+    # unidecode maps ß, ø, ł... too, which NFKD alone would drop.
+    return "".join(ch for ch in unidecode(unicodedata.normalize("NFKC", name)).lower() if ch.isalnum())
+
+
+def _b64(raw: bytes) -> str:
+    return urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int = 7) -> Planted:
+    """Create the shop schema and fill it with `customers` customers whose history ends before `anchor`.
+
+    Raises ShopNotEmptyError if the shop already has data. Everything is loaded in one
+    transaction, so a failure leaves the shop empty.
+    """
+    if anchor.tzinfo is None or anchor.utcoffset() is None:
+        raise ValueError("anchor must be a timezone-aware datetime (UTC)")
+    create_shop_schema(engine)
+    shop = _Shop(anchor.astimezone(UTC), seed)
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        _refuse_non_empty(cursor)
+        shop.load_catalogue()
+        planted = shop.plant()
+        if customers < len(planted):
+            raise ValueError(f"customers={customers} is fewer than the {len(planted)} planted customers")
+        for number in range(len(planted), customers):
+            shop.simulate_customer()
+            if number % _CHUNK == 0:
+                shop.out.flush(cursor)
+        shop.out.flush(cursor)
+        for table in _COLUMNS:  # fresh statistics, so the first segment queries plan well
+            cursor.execute(f"ANALYZE shop.{table}")
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.close()
+    return planted
+
+
+def _refuse_non_empty(cursor) -> None:
+    # The lock makes a concurrent generate() wait for this one and then see its rows.
+    cursor.execute("LOCK TABLE shop.customers IN SHARE ROW EXCLUSIVE MODE")
+    filled = []
+    for table in _COLUMNS:
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM shop.{table})")
+        if cursor.fetchone()[0]:
+            filled.append(table)
+    if filled:
+        raise ShopNotEmptyError(
+            f"the shop schema already has data (in shop.{', shop.'.join(filled)}); "
+            "generate() only fills an empty shop: use a fresh database or drop schema shop first"
+        )

@@ -1,0 +1,285 @@
+"""Plan due steps into lifecycle.messages and cut them into batches for the send tasks.
+
+A message row is the unit of the at-most-once guarantee: its idempotency key
+`[dry:]journey:enrollment_key:step:channel` is unique, so planning the same step twice
+(a retry, a duplicate run, a backfill) inserts nothing. Only small batch descriptors
+leave this module through XCom.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.runs import RunContext
+from lifecycle.spec import JourneySpec, Step
+
+MAX_BATCHES = 256  # far below Airflow's max_map_length (1024) at any segment size
+STALE_CLAIM = timedelta(hours=1)
+
+
+def insert_messages(
+    conn: sa.Connection,
+    spec: JourneySpec,
+    run: RunContext,
+    candidates: str,
+    *,
+    step: str,
+    channel: str,
+    template: str | None,
+    lateness: timedelta,
+    action: str | None = None,
+) -> list[tuple[int, str]]:
+    """Insert one message per candidate row (enrollment_id, enrollment_key, customer_id, holdout,
+    due_at, skip_reason); rows whose key exists are left alone. Returns (message_id, status)."""
+    done = "'dry_run'" if run.mode == "dry" else "'sent'"
+    ready = done if action else "'planned'"  # an action is carried out as it is planned
+    rows = conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO lifecycle.messages
+                (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
+                 status, reason, due_at, planned_for, planned_run_id, run_id)
+            SELECT :prefix || :journey || ':' || c.enrollment_key || ':' || :step || ':' || :channel,
+                   :journey, :mode, c.enrollment_id, c.customer_id, :step, :channel, :template, :kind,
+                   CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'
+                        WHEN c.skip_reason IS NOT NULL THEN 'skipped'
+                        WHEN c.due_at + make_interval(secs => :lateness) < :as_of THEN 'expired'
+                        ELSE {ready} END,
+                   CASE WHEN c.holdout AND :kind = 'marketing' THEN 'holdout'
+                        WHEN c.skip_reason IS NOT NULL THEN c.skip_reason
+                        WHEN c.due_at + make_interval(secs => :lateness) < :as_of
+                             THEN 'late: due ' || to_char(c.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+                                  || ' UTC, more than ' || :lateness_text || ' before the run'
+                        ELSE :action_reason END,
+                   c.due_at, :as_of, :run_id, :run_id
+            FROM {candidates} AS c
+            ORDER BY c.enrollment_id
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING message_id, status, customer_id
+            """
+        ),
+        {
+            **run.binds(),
+            "prefix": run.key_prefix,
+            "run_id": run.run_id,
+            "step": step,
+            "channel": channel,
+            "template": template,
+            "kind": spec.kind,
+            "lateness": lateness.total_seconds(),
+            "lateness_text": str(lateness),
+            "action_reason": f"action: {action} {channel}" if action else None,
+        },
+    ).all()
+    if action == "suppress" and run.mode == "live":
+        _suppress(conn, spec, channel, [r.customer_id for r in rows if r.status == "sent"])
+    return [(r.message_id, r.status) for r in rows]
+
+
+def _suppress(conn: sa.Connection, spec: JourneySpec, channel: str, customer_ids: list[int]) -> None:
+    if customer_ids:
+        conn.execute(
+            sa.text(
+                """
+                INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source)
+                SELECT unnest(CAST(:ids AS bigint[])), :channel, 'no_response', :journey
+                ON CONFLICT (customer_id, channel) DO NOTHING
+                """
+            ),
+            {"ids": customer_ids, "channel": channel, "journey": spec.journey},
+        )
+
+
+def _due_candidates(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
+    """Temp table _due: active enrollments for which `step` is due and not yet planned."""
+    conn.exec_driver_sql("DROP TABLE IF EXISTS _due")
+    conn.execute(
+        sa.text(
+            """
+            CREATE TEMP TABLE _due ON COMMIT DROP AS
+            SELECT e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout,
+                   e.entered_at + make_interval(secs => :after) AS due_at, CAST(NULL AS text) AS skip_reason
+            FROM lifecycle.enrollments e
+            WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
+              AND e.entered_at + make_interval(secs => :after) <= :as_of
+              AND NOT EXISTS (
+                  SELECT 1 FROM lifecycle.messages m
+                  WHERE m.idempotency_key = :prefix || :journey || ':' || e.enrollment_key || ':' || :step || ':' || :channel)
+            """
+        ),
+        {**run.binds(), "after": step.after.total_seconds(), "prefix": run.key_prefix,
+         "step": step.name, "channel": step.channel},
+    )
+
+
+def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
+    """Mark candidates whose `when` condition fails (or `unless` holds) with a skip reason."""
+    from lifecycle.state import materialise_condition
+
+    scope = "SELECT e.* FROM lifecycle.enrollments e JOIN _due USING (enrollment_id)"
+    for name, holds_means_skip in ((step.when, False), (step.unless, True)):
+        if not name:
+            continue
+        materialise_condition(conn, name, scope, run.binds(spec), "_cond_hits")
+        hit = "EXISTS (SELECT 1 FROM _cond_hits h WHERE h.enrollment_id = _due.enrollment_id)"
+        test = hit if holds_means_skip else f"NOT {hit}"
+        reason = f"condition {'met' if holds_means_skip else 'not met'}: {name}"
+        conn.execute(
+            sa.text(f"UPDATE _due SET skip_reason = :reason WHERE skip_reason IS NULL AND {test}"),
+            {"reason": reason},
+        )
+
+
+def _issue_coupons(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
+    """One unguessable code per planned message of a coupon step (idempotent per enrollment+step)."""
+    conn.execute(
+        sa.text(
+            """
+            INSERT INTO lifecycle.coupons
+                (code, journey, mode, enrollment_id, step, customer_id, percent_off, valid_from, valid_until)
+            SELECT :code_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
+                   m.journey, m.mode, m.enrollment_id, m.step, m.customer_id, :pct,
+                   m.due_at, m.due_at + make_interval(days => :days)
+            FROM lifecycle.messages m
+            WHERE m.journey = :journey AND m.mode = :mode AND m.step = :step
+              AND m.planned_run_id = :run_id AND m.status IN ('planned', 'dry_run')
+            ON CONFLICT DO NOTHING
+            """
+        ),
+        {**run.binds(), "run_id": run.run_id, "step": step.name, "pct": step.coupon.percent_off,
+         "days": step.coupon.valid_days, "code_prefix": step.coupon.prefix or spec.journey[:2].upper() + "-"},
+    )
+
+
+def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, dict[str, int]]:
+    """Insert a message for every step that came due by as_of; return statuses per step."""
+    planned = {}
+    for step in spec.steps:
+        with engine.begin() as conn:
+            _due_candidates(conn, spec, run, step)
+            if step.when or step.unless:
+                _apply_step_conditions(conn, spec, run, step)
+            rows = insert_messages(
+                conn, spec, run, "_due", step=step.name, channel=step.channel, template=step.template,
+                lateness=step.max_lateness, action=step.action,
+            )
+            if step.coupon:
+                _issue_coupons(conn, spec, run, step)
+        by_status: dict[str, int] = {}
+        for _, status in rows:
+            by_status[status] = by_status.get(status, 0) + 1
+        planned[step.name] = by_status
+    _advance_enrollments(engine, spec, run)
+    return planned
+
+
+def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> None:
+    """Record each active enrollment's current/next step; complete those past their last step."""
+    last_after = spec.steps[-1].after
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                """
+                WITH steps AS (
+                    SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
+                           AS s(ord, name, after_s)
+                ), progress AS (
+                    SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at,
+                           (SELECT m.step FROM lifecycle.messages m WHERE m.enrollment_id = e.enrollment_id
+                            ORDER BY m.due_at DESC, m.message_id DESC LIMIT 1) AS current_step
+                    FROM lifecycle.enrollments e
+                    LEFT JOIN LATERAL (
+                        SELECT s.name, e.entered_at + make_interval(secs => s.after_s) AS due
+                        FROM steps s
+                        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.messages m
+                                          WHERE m.enrollment_id = e.enrollment_id AND m.step = s.name)
+                        ORDER BY s.ord LIMIT 1
+                    ) nx ON true
+                    WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
+                )
+                UPDATE lifecycle.enrollments e
+                   SET next_step = p.next_step, next_due_at = p.next_due_at, current_step = p.current_step,
+                       status = CASE WHEN p.next_step IS NULL
+                                      AND e.entered_at + make_interval(secs => :done_after) <= :as_of
+                                     THEN 'completed' ELSE e.status END,
+                       updated_at = now()
+                  FROM progress p
+                 WHERE e.enrollment_id = p.enrollment_id
+                """
+            ),
+            {
+                **run.binds(),
+                "ords": list(range(len(spec.steps))),
+                "names": [s.name for s in spec.steps],
+                "afters": [s.after.total_seconds() for s in spec.steps],
+                "done_after": (last_after + spec.complete_after).total_seconds(),
+            },
+        )
+
+
+def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext) -> list[dict]:
+    """Give this run every open message of the journey, cut into batches; return descriptors.
+
+    Planned rows left behind by an earlier run that died are picked up here, so nothing is
+    lost; a row is sent only by whoever claims it first (see send.claim_message).
+    """
+    with engine.begin() as conn:
+        _expire_stale_claims(conn, spec, run)
+        open_count = conn.execute(
+            sa.text("SELECT count(*) FROM lifecycle.messages WHERE journey = :journey AND mode = :mode "
+                    "AND status = 'planned' AND planned_for <= :as_of"),
+            run.binds(),
+        ).scalar_one()
+        if not open_count:
+            return []
+        size = max(spec.batch_size, math.ceil(open_count / MAX_BATCHES))
+        conn.execute(
+            sa.text(
+                """
+                WITH open AS (
+                    SELECT message_id,
+                           row_number() OVER (ORDER BY (kind = 'transactional') DESC, due_at, message_id) - 1 AS rn
+                    FROM lifecycle.messages
+                    WHERE journey = :journey AND mode = :mode AND status = 'planned' AND planned_for <= :as_of
+                )
+                UPDATE lifecycle.messages m
+                   SET run_id = :run_id, batch_no = (open.rn / :size)::int, updated_at = now()
+                  FROM open
+                 WHERE m.message_id = open.message_id AND m.status = 'planned'
+                """
+            ),
+            {**run.binds(), "run_id": run.run_id, "size": size},
+        )
+        rows = conn.execute(
+            sa.text(
+                "SELECT batch_no, count(*) AS n FROM lifecycle.messages "
+                "WHERE journey = :journey AND run_id = :run_id AND status = 'planned' "
+                "GROUP BY batch_no ORDER BY batch_no"
+            ),
+            {**run.binds(), "run_id": run.run_id},
+        ).all()
+    return [
+        {"journey": run.journey, "run_id": run.run_id, "mode": run.mode, "batch": r.batch_no, "size": r.n}
+        for r in rows
+    ]
+
+
+def _expire_stale_claims(conn: sa.Connection, spec: JourneySpec, run: RunContext) -> None:
+    """A claim older than STALE_CLAIM belongs to a worker that died mid-send: its outcome is
+    unknown, so it is recorded as such and never re-sent blindly."""
+    conn.execute(
+        sa.text(
+            """
+            UPDATE lifecycle.messages
+               SET status = 'failed', updated_at = now(),
+                   reason = 'outcome unknown: claimed by run ' || coalesce(run_id, '?') || ' at '
+                            || to_char(claimed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC, never confirmed'
+             WHERE journey = :journey AND mode = :mode AND status = 'claimed' AND claimed_at < now() - :stale
+            """
+        ),
+        {**run.binds(), "stale": STALE_CLAIM},
+    )

@@ -1,0 +1,322 @@
+"""Render journey emails from the Jinja templates in include/templates, in a sandbox.
+
+Templates are analyst-owned files; the context is customer data. So:
+
+- Jinja2's ``SandboxedEnvironment``: templates cannot reach Python internals
+  (``''.__class__`` raises ``SecurityError``).
+- Autoescape is on for ``.html`` and off for ``.txt`` (text part and subject), so a
+  first name like ``<script>`` is shown escaped in HTML, and ``{{ 7*7 }}`` in the data
+  is printed as is: values are never rendered as templates.
+- ``StrictUndefined``: a typo (``row.cart_ur``) fails with the template file and line
+  instead of sending an email with a hole in it.
+
+An email template ``<journey>/<step>`` is three files next to each other::
+
+    <journey>/<step>.subject.txt   one line (surrounding whitespace is stripped)
+    <journey>/<step>.txt           the plain-text part
+    <journey>/<step>.html          the HTML part; its CSS is inlined with css_inline
+
+Context the engine passes (templates may rely on exactly these): ``shop``, ``customer``,
+``row``, ``coupon`` (None or {code, percent_off, valid_until}), ``links``
+({unsubscribe, preferences}), ``journey``, ``step``, ``currency`` (default EUR).
+Note for template authors: use ``row["items"]``, not ``row.items`` (that is the dict
+method).
+
+Filters: ``money`` (``{{ 12.5|money('EUR') }}`` -> ``€12.50``; without an argument the
+context's ``currency``), ``utm(url, campaign, content)``, ``date`` (ISO string or
+date -> ``5 March 2025``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import css_inline
+import jinja2
+from jinja2 import FileSystemLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+
+from lifecycle.config import SHOP, TEMPLATES_DIR
+
+__all__ = [
+    "CHANNEL_FILES",
+    "MissingTemplateError",
+    "RenderedEmail",
+    "TemplateRenderError",
+    "available_templates",
+    "get_environment",
+    "missing_template_files",
+    "money",
+    "render_email",
+    "template_files",
+    "utm",
+]
+
+# The files a template needs, per channel, as suffixes appended to the template name.
+CHANNEL_FILES: dict[str, tuple[str, ...]] = {
+    "email": (".subject.txt", ".txt", ".html"),
+}
+
+UTM_SOURCE = "lifecycle"
+UTM_MEDIUM = "email"
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str  # CSS already inlined with css_inline, ready for mail clients
+
+
+class TemplateRenderError(Exception):
+    """A template failed to render; the message names the template file (and line)."""
+
+    def __init__(self, template: str, message: str, *, file: str | None = None, line: int | None = None):
+        self.template = template
+        self.file = file
+        self.line = line
+        where = file or template
+        if line:
+            where = f"{where}, line {line}"
+        super().__init__(f"template {where}: {message}")
+
+
+class MissingTemplateError(TemplateRenderError):
+    """One or more of the files a template needs do not exist."""
+
+
+# --------------------------------------------------------------------------- filters
+
+# symbol, symbol goes before the amount, decimals
+_CURRENCIES: dict[str, tuple[str, bool, int]] = {
+    "EUR": ("€", True, 2),
+    "USD": ("$", True, 2),
+    "GBP": ("£", True, 2),
+    "BRL": ("R$", True, 2),
+    "JPY": ("¥", True, 0),
+    "CAD": ("CA$", True, 2),
+    "AUD": ("A$", True, 2),
+    "CHF": ("CHF ", True, 2),
+    "INR": ("₹", True, 2),
+    "SEK": (" kr", False, 2),
+    "DKK": (" kr.", False, 2),
+    "NOK": (" kr", False, 2),
+    "PLN": (" zł", False, 2),
+}
+
+
+def _to_decimal(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    try:
+        return Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise ValueError(f"money: {value!r} is not a number") from exc
+
+
+def money(value: Any, currency: str = "EUR") -> str:
+    """Format an amount: 12.5, 'EUR' -> '€12.50'; 1250, 'JPY' -> '¥1,250'; unknown code -> '12.50 XYZ'."""
+    if value is None or value == "":
+        return ""
+    code = (currency or "EUR").upper()
+    symbol, before, decimals = _CURRENCIES.get(code, (None, False, 2))
+    amount = _to_decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    sign = "-" if amount < 0 else ""
+    number = f"{abs(amount):,.{decimals}f}"
+    if symbol is None:
+        return f"{sign}{number} {code}"
+    return f"{sign}{symbol}{number}" if before else f"{sign}{number}{symbol}"
+
+
+@pass_context
+def _money_filter(ctx, value: Any, currency: str | None = None) -> str:
+    return money(value, currency or ctx.get("currency") or "EUR")
+
+
+def utm(url: str, campaign: str, content: str | None = None) -> str:
+    """Add utm_source=lifecycle&utm_medium=email&utm_campaign=..&utm_content=.. to a URL.
+
+    Existing query parameters and the fragment are kept; existing utm_* values of the
+    same names are replaced.
+    """
+    if not url:
+        return ""
+    parts = urlsplit(str(url))
+    if parts.netloc and not parts.path:
+        parts = parts._replace(path="/")
+    ours = {"utm_source": UTM_SOURCE, "utm_medium": UTM_MEDIUM, "utm_campaign": str(campaign)}
+    if content is not None:
+        ours["utm_content"] = str(content)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ours]
+    query.extend(ours.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _format_date(value: Any, fmt: str = "%-d %B %Y") -> str:
+    """ISO string, date or datetime -> '5 March 2025' (strftime format; %-d = day without zero)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        text = value.strip().replace("Z", "+00:00")
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            value = date.fromisoformat(text[:10])
+    if not isinstance(value, date):
+        raise ValueError(f"date: {value!r} is not a date")
+    # %-d is not portable (Windows); expand it ourselves.
+    return value.strftime(fmt.replace("%-d", str(value.day)))
+
+
+# ----------------------------------------------------------------------- environment
+
+
+@functools.cache
+def _environment(templates_dir: Path) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(str(templates_dir)),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "htm", "xml"),
+            disabled_extensions=("txt",),
+            default_for_string=False,
+            default=False,
+        ),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.filters["money"] = _money_filter
+    env.filters["utm"] = utm
+    env.filters["date"] = _format_date
+    return env
+
+
+def get_environment(templates_dir: Path | str = TEMPLATES_DIR) -> SandboxedEnvironment:
+    """The (cached) sandboxed environment for a templates directory."""
+    return _environment(Path(templates_dir).resolve())
+
+
+@functools.cache
+def _inliner() -> css_inline.CSSInliner:
+    # keep_at_rules: @media queries (mobile layout) cannot be inlined; they stay in a
+    # <style> tag, everything else moves into style="" attributes.
+    return css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+
+# ------------------------------------------------------------------------- templates
+
+
+def template_files(template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR) -> list[Path]:
+    """The files a template needs for a channel (email: .subject.txt, .txt, .html)."""
+    try:
+        suffixes = CHANNEL_FILES[channel]
+    except KeyError:
+        raise ValueError(f"no template files defined for channel {channel!r} (known: {sorted(CHANNEL_FILES)})") from None
+    name = str(template).strip().strip("/")
+    if not name or ".." in Path(name).parts or Path(name).is_absolute():
+        raise ValueError(f"invalid template name {template!r}")
+    base = Path(templates_dir)
+    return [base / f"{name}{suffix}" for suffix in suffixes]
+
+
+def missing_template_files(
+    template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR
+) -> list[Path]:
+    """The files of ``template_files`` that do not exist (empty list: template complete)."""
+    return [path for path in template_files(template, channel, templates_dir) if not path.is_file()]
+
+
+def available_templates(channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR) -> list[str]:
+    """Names of the complete templates for a channel (layouts and _partials excluded)."""
+    base = Path(templates_dir)
+    first = CHANNEL_FILES[channel][0]
+    names = []
+    for path in sorted(base.rglob(f"*{first}")):
+        name = path.relative_to(base).as_posix()[: -len(first)]
+        if any(part.startswith("_") for part in name.split("/")):
+            continue
+        if not missing_template_files(name, channel, base):
+            names.append(name)
+    return names
+
+
+def _error_location(exc: BaseException, files: dict[str, str]) -> tuple[str | None, int | None]:
+    """The template file and line an error came from (Jinja rewrites tracebacks to them)."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return exc.name or exc.filename, exc.lineno
+    file = line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename in files:
+            file, line = files[filename], tb.tb_lineno
+        tb = tb.tb_next
+    return file, line
+
+
+def _render_file(env: SandboxedEnvironment, template: str, name: str, context: dict) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise MissingTemplateError(template, f"template file not found: {exc.name}", file=name) from exc
+    except Exception as exc:
+        loader_root = Path(env.loader.searchpath[0])  # type: ignore[union-attr]
+        files = {str(p): p.relative_to(loader_root).as_posix() for p in loader_root.rglob("*") if p.is_file()}
+        file, line = _error_location(exc, files)
+        if isinstance(exc, jinja2.TemplateError):
+            message = f"{type(exc).__name__}: {exc.message or exc}"
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        raise TemplateRenderError(template, message, file=file or name, line=line).with_traceback(
+            sys.exc_info()[2]
+        ) from exc
+
+
+def _default_context(context: dict) -> dict:
+    ctx = dict(context)
+    if not ctx.get("currency"):
+        ctx["currency"] = "EUR"
+    ctx.setdefault("coupon", None)
+    ctx.setdefault("shop", dict(SHOP))
+    return ctx
+
+
+def _tidy_text(text: str) -> str:
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def render_email(template: str, context: dict, templates_dir: Path | str = TEMPLATES_DIR) -> RenderedEmail:
+    """Render ``<template>.subject.txt``, ``.txt`` and ``.html`` with ``context``.
+
+    Raises MissingTemplateError if a file is missing and TemplateRenderError (naming the
+    file and line) for anything else: undefined variables, sandbox violations, a subject
+    that is empty or longer than one line.
+    """
+    env = get_environment(templates_dir)
+    missing = missing_template_files(template, "email", templates_dir)
+    if missing:
+        names = ", ".join(p.name for p in missing)
+        raise MissingTemplateError(template, f"missing template file(s): {names}")
+    ctx = _default_context(context)
+    subject = _render_file(env, template, f"{template}.subject.txt", ctx).strip()
+    if not subject:
+        raise TemplateRenderError(template, "subject is empty", file=f"{template}.subject.txt")
+    if "\n" in subject or "\r" in subject:
+        raise TemplateRenderError(template, f"subject must be one line, got {subject!r}", file=f"{template}.subject.txt")
+    text = _tidy_text(_render_file(env, template, f"{template}.txt", ctx))
+    html = _render_file(env, template, f"{template}.html", ctx)
+    try:
+        html = _inliner().inline(html)
+    except css_inline.InlineError as exc:
+        raise TemplateRenderError(template, f"CSS inlining failed: {exc}", file=f"{template}.html") from exc
+    return RenderedEmail(subject=subject, text=text, html=html)

@@ -1,0 +1,121 @@
+"""One journey run = one data interval: its identity, its bound parameters, its audit row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.config import SHOP
+from lifecycle.spec import JourneySpec
+
+
+@dataclass(frozen=True)
+class RunContext:
+    journey: str
+    run_id: str
+    mode: str  # 'live' or 'dry'
+    interval_start: datetime
+    interval_end: datetime
+
+    @property
+    def as_of(self) -> datetime:
+        """The run's 'now': segments and conditions never look past it (backfills replay exactly)."""
+        return self.interval_end
+
+    @property
+    def key_prefix(self) -> str:
+        return "dry:" if self.mode == "dry" else ""
+
+    @property
+    def short_id(self) -> str:
+        return hashlib.sha1(f"{self.journey}|{self.mode}|{self.run_id}".encode()).hexdigest()[:12]
+
+    def binds(self, spec: JourneySpec | None = None) -> dict:
+        base = {
+            "interval_start": self.interval_start,
+            "interval_end": self.interval_end,
+            "as_of": self.as_of,
+            "journey": self.journey,
+            "mode": self.mode,
+            "shop_url": SHOP["base_url"],
+        }
+        return {**(spec.params if spec else {}), **base}
+
+    def to_xcom(self) -> dict:
+        d = asdict(self)
+        d["interval_start"], d["interval_end"] = self.interval_start.isoformat(), self.interval_end.isoformat()
+        return d
+
+    @classmethod
+    def from_xcom(cls, d: dict) -> RunContext:
+        return cls(
+            journey=d["journey"],
+            run_id=d["run_id"],
+            mode=d["mode"],
+            interval_start=datetime.fromisoformat(d["interval_start"]),
+            interval_end=datetime.fromisoformat(d["interval_end"]),
+        )
+
+
+def start_run(engine: Engine, run: RunContext) -> None:
+    """Record the run (a retried or cleared run restarts its own row)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                """
+                INSERT INTO lifecycle.runs (journey, run_id, mode, interval_start, interval_end, status)
+                VALUES (:journey, :run_id, :mode, :interval_start, :interval_end, 'running')
+                ON CONFLICT (journey, run_id) DO UPDATE
+                   SET status = 'running', error = NULL, started_at = now(), finished_at = NULL
+                """
+            ),
+            {**run.binds(), "run_id": run.run_id},
+        )
+
+
+def update_run(engine: Engine, run: RunContext, **fields) -> None:
+    allowed = {"status", "rows_selected", "rows_valid", "rows_quarantined", "validation", "counts", "error"}
+    assert set(fields) <= allowed, set(fields) - allowed
+    sets = ", ".join(f"{k} = :{k}" for k in fields)
+    values = {k: json.dumps(v, default=str) if k in ("validation", "counts") else v for k, v in fields.items()}
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE lifecycle.runs SET {sets} WHERE journey = :j AND run_id = :r"),
+            {**values, "j": run.journey, "r": run.run_id},
+        )
+
+
+def message_counts(engine: Engine, run: RunContext) -> dict[str, int]:
+    """Messages this run ended up owning, per status (what the summary reports)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT status, count(*) FROM lifecycle.messages
+                WHERE journey = :j AND (run_id = :r OR (planned_run_id = :r AND run_id IS NULL))
+                GROUP BY status
+                """
+            ),
+            {"j": run.journey, "r": run.run_id},
+        ).all()
+    return {status: n for status, n in rows}
+
+
+def finish_run(engine: Engine, run: RunContext, status: str, counts: dict, error: str | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                """
+                UPDATE lifecycle.runs
+                   SET status = CASE WHEN status = 'held' THEN 'held' ELSE :status END,
+                       counts = :counts, error = coalesce(:error, error), finished_at = now()
+                 WHERE journey = :j AND run_id = :r
+                """
+            ),
+            {"status": status, "counts": json.dumps(counts), "error": error, "j": run.journey, "r": run.run_id},
+        )

@@ -1,0 +1,285 @@
+"""Send one batch: send-time checks, then claim → render → deliver → mark, message by message.
+
+The at-most-once guarantee lives here. A message is claimed (status 'claimed', committed)
+immediately before the provider is called and marked right after, so a worker killed
+mid-batch leaves at most one message whose outcome is unknown. A retried task first
+records such leftovers as 'failed: outcome unknown' instead of sending them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.channels.base import Channel, ChannelUnavailable, Outcome
+from lifecycle.config import SHOP
+from lifecycle.spec import JourneySpec
+from lifecycle.validate import EMAIL_REGEX
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+
+
+class RetryBatch(RuntimeError):
+    """Some messages hit transient errors and went back to planned: retry the task."""
+
+
+def _batch_binds(batch: dict) -> dict:
+    return {"journey": batch["journey"], "run_id": batch["run_id"], "batch": batch["batch"]}
+
+
+def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
+    """Rows this batch left claimed in an earlier attempt that died: record, never re-send."""
+    return conn.execute(
+        sa.text(
+            """
+            UPDATE lifecycle.messages
+               SET status = 'failed', updated_at = now(),
+                   reason = 'outcome unknown: the attempt that claimed it died before confirming'
+             WHERE journey = :journey AND run_id = :run_id AND batch_no = :batch AND status = 'claimed'
+            """
+        ),
+        _batch_binds(batch),
+    ).rowcount
+
+
+def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) -> int:
+    """Consent, suppressions, enrollment state and address, checked now, not at planning."""
+    exit_steps = [e.message_step for e in spec.exits if e.message_step]
+    return conn.execute(
+        sa.text(
+            """
+            UPDATE lifecycle.messages m
+               SET status = v.status, reason = v.reason, updated_at = now()
+              FROM (
+                SELECT m2.message_id,
+                       CASE WHEN e.status IN ('converted', 'exited', 'expired')
+                                 AND NOT (m2.step = ANY(CAST(:exit_steps AS text[]))) THEN 'skipped'
+                            WHEN s.customer_id IS NOT NULL
+                                 AND (m2.kind = 'marketing' OR s.reason IN ('hard_bounce', 'complaint'))
+                                 THEN 'suppressed'
+                            WHEN m2.kind = 'marketing' AND coalesce(cs.opted_in, false) = false THEN 'suppressed'
+                            WHEN m2.channel = 'email' AND (ct.email IS NULL OR ct.email !~ :email_regex)
+                                 THEN 'skipped'
+                       END AS status,
+                       CASE WHEN e.status IN ('converted', 'exited', 'expired')
+                                 AND NOT (m2.step = ANY(CAST(:exit_steps AS text[])))
+                                 THEN 'enrollment ' || e.status || coalesce(' (' || e.exit_reason || ')', '')
+                            WHEN s.customer_id IS NOT NULL
+                                 AND (m2.kind = 'marketing' OR s.reason IN ('hard_bounce', 'complaint'))
+                                 THEN 'suppressed: ' || s.reason
+                            WHEN m2.kind = 'marketing' AND cs.customer_id IS NULL THEN 'no consent'
+                            WHEN m2.kind = 'marketing' AND NOT cs.opted_in THEN 'consent withdrawn'
+                            ELSE 'invalid address'
+                       END AS reason
+                FROM lifecycle.messages m2
+                JOIN lifecycle.enrollments e ON e.enrollment_id = m2.enrollment_id
+                LEFT JOIN lifecycle.suppressions s ON s.customer_id = m2.customer_id AND s.channel = m2.channel
+                LEFT JOIN lifecycle.consent cs ON cs.customer_id = m2.customer_id AND cs.channel = m2.channel
+                LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m2.customer_id
+                WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.batch_no = :batch
+                  AND m2.status = 'planned'
+              ) v
+             WHERE m.message_id = v.message_id AND v.status IS NOT NULL
+            """
+        ),
+        {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX},
+    ).rowcount
+
+
+def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
+    """Everything needed to render the batch's planned messages (bounded by the batch size)."""
+    return conn.execute(
+        sa.text(
+            """
+            SELECT m.message_id, m.idempotency_key, m.journey, m.step, m.channel, m.template, m.kind,
+                   m.customer_id, e.enrollment_key, e.context, ct.email, ct.first_name, ct.last_name,
+                   ct.locale, ct.country, cp.code AS coupon_code, cp.percent_off, cp.valid_until
+            FROM lifecycle.messages m
+            JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
+            LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m.customer_id
+            LEFT JOIN LATERAL (
+                SELECT c.code, c.percent_off, c.valid_until FROM lifecycle.coupons c
+                WHERE c.enrollment_id = m.enrollment_id ORDER BY c.created_at DESC LIMIT 1
+            ) cp ON true
+            WHERE m.journey = :journey AND m.run_id = :run_id AND m.batch_no = :batch AND m.status = 'planned'
+            ORDER BY m.message_id
+            """
+        ),
+        _batch_binds(batch),
+    ).all()
+
+
+def template_context(row: Any) -> dict:
+    from lifecycle.links import links_for
+
+    context = row.context or {}
+    return {
+        "shop": SHOP,
+        "customer": {
+            "customer_id": row.customer_id,
+            "first_name": row.first_name or "",
+            "last_name": row.last_name or "",
+            "email": row.email,
+            "locale": row.locale,
+            "country": row.country,
+        },
+        "row": context,
+        "coupon": (
+            {"code": row.coupon_code, "percent_off": float(row.percent_off), "valid_until": row.valid_until.isoformat()}
+            if row.coupon_code else None
+        ),
+        "links": links_for(row.customer_id, row.channel),
+        "journey": row.journey,
+        "step": row.step,
+        "currency": context.get("currency", "EUR"),
+    }
+
+
+def build_email(row: Any):
+    """Render the templates and wrap them with the headers inbox providers expect."""
+    from lifecycle.channels.email import OutboundEmail, message_id_for
+    from lifecycle.render import render_email
+
+    context = template_context(row)
+    rendered = render_email(row.template, context)
+    headers = {"X-Lifecycle-Journey": row.journey, "X-Lifecycle-Step": row.step}
+    if row.kind == "marketing":
+        links = context["links"]
+        headers["List-Unsubscribe"] = f"<{links['unsubscribe']}>, <{links['unsubscribe_mailto']}>"
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return OutboundEmail(
+        to=row.email, subject=rendered.subject, text=rendered.text, html=rendered.html,
+        message_id=message_id_for(row.idempotency_key), headers=headers,
+    )
+
+
+BUILDERS = {"email": build_email}
+
+
+def claim_message(engine: Engine, message_id: int, token: str) -> bool:
+    """Atomically take one planned message; False if someone else (another run) has it."""
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.text(
+                """
+                UPDATE lifecycle.messages
+                   SET status = 'claimed', claim_token = :token, claimed_at = now(),
+                       attempts = attempts + 1, updated_at = now()
+                 WHERE message_id = :id AND status = 'planned'
+                """
+            ),
+            {"id": message_id, "token": token},
+        ).rowcount == 1
+
+
+def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: int, channel: str,
+         journey: str) -> str:
+    """Record the outcome of a claimed message; return the status it ends in."""
+    status = {"sent": "sent", "failed": "failed", "unknown": "failed", "retry": "planned"}[outcome.status]
+    reason = outcome.reason
+    if outcome.status == "unknown":
+        reason = f"outcome unknown: {reason}"
+    with engine.begin() as conn:
+        if outcome.status == "retry":
+            status = conn.execute(
+                sa.text("SELECT CASE WHEN attempts >= :max THEN 'failed' ELSE 'planned' END "
+                        "FROM lifecycle.messages WHERE message_id = :id"),
+                {"id": message_id, "max": MAX_ATTEMPTS},
+            ).scalar_one()
+            reason = f"{'failed after retries' if status == 'failed' else 'will retry'}: {reason}"
+        conn.execute(
+            sa.text(
+                """
+                UPDATE lifecycle.messages
+                   SET status = :status, reason = :reason, provider_message_id = :pid,
+                       sent_at = CASE WHEN :status = 'sent' THEN now() END, updated_at = now()
+                 WHERE message_id = :id AND claim_token = :token
+                """
+            ),
+            {"status": status, "reason": reason, "pid": outcome.provider_message_id, "id": message_id,
+             "token": token},
+        )
+        if outcome.suppress:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
+                    "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) DO NOTHING"
+                ),
+                {"c": customer_id, "ch": channel, "r": outcome.suppress, "src": journey},
+            )
+    return status
+
+
+def _release(engine: Engine, message_id: int, token: str) -> None:
+    """Give back a claim whose provider call never started (the channel was unavailable)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE lifecycle.messages SET status = 'planned', attempts = attempts - 1, "
+                    "claim_token = NULL, updated_at = now() WHERE message_id = :id AND claim_token = :t"),
+            {"id": message_id, "t": token},
+        )
+
+
+def send_batch(
+    engine: Engine,
+    spec: JourneySpec,
+    batch: dict,
+    channel_for: Callable[[str], Channel],
+    *,
+    dry_run: bool = False,
+) -> dict[str, int]:
+    """Deliver one batch; return message counts by final status. Raises RetryBatch when
+    transient failures put messages back to planned (Airflow then retries the task)."""
+    counts: Counter[str] = Counter()
+    with engine.begin() as conn:
+        counts["failed"] += reconcile_unconfirmed(conn, batch)
+        counts["checked_out"] += apply_send_time_checks(conn, spec, batch)
+        rows = load_batch(conn, batch)
+    token = secrets.token_hex(8)
+    channels: dict[str, Channel] = {}
+    try:
+        for row in rows:
+            counts[_send_one(engine, row, token, channel_for, channels, dry_run)] += 1
+    finally:
+        for channel in channels.values():
+            channel.__exit__(None, None, None)
+    counts.pop("checked_out", None)
+    if counts.get("planned"):
+        raise RetryBatch(f"{counts['planned']} message(s) hit transient errors and will be retried")
+    return dict(counts)
+
+
+def _send_one(engine, row, token, channel_for, channels, dry_run) -> str:
+    try:
+        outbound = BUILDERS[row.channel](row)
+    except Exception as exc:  # a template bug must not stop the rest of the batch
+        log.error("render failed for message %s (%s/%s): %s", row.message_id, row.journey, row.step, exc)
+        if not claim_message(engine, row.message_id, token):
+            return "taken"
+        return mark(engine, row.message_id, token, Outcome("failed", f"render error: {exc}"),
+                    row.customer_id, row.channel, row.journey)
+    if not claim_message(engine, row.message_id, token):
+        return "taken"  # another run claimed it first: it is theirs to send
+    if dry_run:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE lifecycle.messages SET status = 'dry_run', reason = 'dry run: rendered, "
+                        "not delivered', updated_at = now() WHERE message_id = :id"),
+                {"id": row.message_id},
+            )
+        return "dry_run"
+    try:
+        if row.channel not in channels:
+            channels[row.channel] = channel_for(row.channel).__enter__()
+        outcome = channels[row.channel].deliver(outbound)
+    except ChannelUnavailable as exc:
+        _release(engine, row.message_id, token)
+        raise RetryBatch(str(exc)) from exc
+    return mark(engine, row.message_id, token, outcome, row.customer_id, row.channel, row.journey)

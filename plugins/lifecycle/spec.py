@@ -1,0 +1,468 @@
+"""Segment files: parse and validate the YAML header and the SELECT under it.
+
+A segment file is `include/sql/segments/<journey>.sql`:
+
+    /* ---
+    journey: cart_abandonment
+    schedule: hourly
+    entry_key: cart_id
+    entered_at: cart_updated_at
+    steps:
+      - {name: reminder_1, after: 1h, channel: email, template: cart_abandonment/reminder_1}
+    exit:
+      - {when: purchased_since_entry, then: {channel: email, template: cart_abandonment/thank_you}}
+    --- */
+    SELECT ...
+
+Every problem is reported as a SpecError naming the file and the key (or line) at fault,
+so an analyst can fix it without reading Python. The full key list is in the README.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
+
+HEADER = re.compile(r"\A\s*/\*\s*---\s*\n(?P<yaml>.*?)\n\s*---\s*\*/(?P<sql>.*)\Z", re.S)
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+DURATION = re.compile(r"^\s*(?P<n>\d+)\s*(?P<unit>m|h|d|w)\s*$")
+UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+# A bound parameter `:name`, but not a `::cast`.
+BIND = re.compile(r"(?<![:\w\\]):([A-Za-z_]\w*)")
+
+SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}
+DEFAULT_LATENESS = {"hourly": timedelta(hours=6), "daily": timedelta(days=2), "weekly": timedelta(days=3)}
+CHANNELS = {"email"}
+ACTIONS = {"suppress"}
+EXIT_STATUSES = {"converted", "exited"}
+RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "shop_url"}
+
+TOP_KEYS = {
+    "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
+    "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
+    "complete_after", "volume_guard", "owner", "tags",
+}
+STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action"}
+EXIT_KEYS = {"when", "status", "then"}
+THEN_KEYS = {"name", "channel", "template"}
+COUPON_KEYS = {"percent_off", "valid_days", "prefix"}
+GUARD_KEYS = {"factor", "min_rows", "history"}
+
+
+class SpecError(ValueError):
+    """A segment file that cannot become a journey; the message names file and problem."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = Path(path)
+        self.problems = problems
+        super().__init__(f"{self.path.name}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Coupon:
+    percent_off: float
+    valid_days: int
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    after: timedelta
+    channel: str
+    template: str | None
+    max_lateness: timedelta
+    when: str | None = None
+    unless: str | None = None
+    coupon: Coupon | None = None
+    action: str | None = None
+
+
+@dataclass(frozen=True)
+class Exit:
+    when: str
+    status: str
+    message_step: str | None  # the exit message's step name, e.g. "thank_you"
+    channel: str | None
+    template: str | None
+
+
+@dataclass(frozen=True)
+class VolumeGuard:
+    factor: float = 5.0
+    min_rows: int = 1000
+    history: int = 14
+
+
+@dataclass(frozen=True)
+class JourneySpec:
+    journey: str
+    path: Path
+    description: str
+    schedule: str
+    cron: str
+    start_date: datetime
+    kind: str
+    entry_key: str
+    customer_id: str
+    entered_at: str
+    sql: str
+    params: dict[str, Any]
+    steps: tuple[Step, ...]
+    exits: tuple[Exit, ...]
+    holdout_percent: float
+    batch_size: int
+    max_lateness: timedelta
+    complete_after: timedelta
+    volume_guard: VolumeGuard
+    owner: str
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def channels(self) -> set[str]:
+        return {s.channel for s in self.steps} | {e.channel for e in self.exits if e.channel}
+
+    @property
+    def conditions(self) -> set[str]:
+        names = {e.when for e in self.exits}
+        for s in self.steps:
+            names |= {c for c in (s.when, s.unless) if c}
+        return names
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+
+def parse_duration(text: Any) -> timedelta:
+    match = DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (use e.g. 10m, 1h, 2d, 1w)")
+    return timedelta(seconds=int(match["n"]) * UNIT_SECONDS[match["unit"]])
+
+
+def bind_names(sql: str) -> set[str]:
+    return set(BIND.findall(_strip_sql_comments_and_strings(sql)))
+
+
+def _strip_sql_comments_and_strings(sql: str) -> str:
+    sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.S)
+    sql = re.sub(r"--[^\n]*", " ", sql)
+    return re.sub(r"'(?:[^']|'')*'", "''", sql)
+
+
+def _unknown_keys(where: str, given: dict, allowed: set[str]) -> list[str]:
+    problems = []
+    for key in sorted(set(given) - allowed):
+        hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+        problems.append(f"{where}unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return problems
+
+
+class _Checker:
+    """Collects every problem in one pass so the analyst sees them all at once."""
+
+    def __init__(self, templates_dir: Path, conditions_dir: Path):
+        self.problems: list[str] = []
+        self.templates_dir = templates_dir
+        self.conditions_dir = conditions_dir
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    def duration(self, where: str, value: Any, default: timedelta | None = None) -> timedelta:
+        if value is None and default is not None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.add(f"{where}: {exc}")
+            return default or timedelta(0)
+
+    def column(self, where: str, value: Any) -> str:
+        if not isinstance(value, str) or not NAME.match(value):
+            self.add(f"{where}: must name a column of the SELECT (lower_snake_case), got {value!r}")
+            return ""
+        return value
+
+    def condition(self, where: str, name: Any) -> str | None:
+        if name is None:
+            return None
+        if not isinstance(name, str) or not NAME.match(name):
+            self.add(f"{where}: condition must be a name like purchased_since_entry, got {name!r}")
+            return None
+        if not (self.conditions_dir / f"{name}.sql").is_file():
+            known = sorted(p.stem for p in self.conditions_dir.glob("*.sql"))
+            hint = difflib.get_close_matches(name, known, n=1)
+            self.add(
+                f"{where}: condition {name!r} has no file include/sql/conditions/{name}.sql"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        return name
+
+    def channel_and_template(self, where: str, channel: Any, template: Any) -> tuple[str, str | None]:
+        if channel not in CHANNELS:
+            self.add(f"{where}.channel: {channel!r} is not a channel (available: {', '.join(sorted(CHANNELS))})")
+            return str(channel), None
+        if not isinstance(template, str) or not template:
+            self.add(f"{where}.template: required for channel {channel!r}")
+            return channel, None
+        from lifecycle.render import missing_template_files
+
+        missing = missing_template_files(template, channel, self.templates_dir)
+        if missing:
+            names = ", ".join(str(p.relative_to(self.templates_dir.parent.parent)) for p in missing)
+            self.add(f"{where}.template: {template!r} is missing {names}")
+        return channel, template
+
+
+def load_spec(
+    path: Path | str,
+    templates_dir: Path = TEMPLATES_DIR,
+    conditions_dir: Path = CONDITIONS_DIR,
+) -> JourneySpec:
+    """Parse and validate one segment file; raise SpecError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(path, [f"cannot read the file: {exc}"]) from exc
+    match = HEADER.match(text)
+    if not match:
+        raise SpecError(path, ["the file must start with a header comment `/* --- ... --- */` (see README)"])
+    header_line = 2  # YAML starts on the file's second line
+    try:
+        header = yaml.safe_load(match["yaml"]) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"header line {mark.line + header_line}" if mark else "header"
+        raise SpecError(path, [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    if not isinstance(header, dict):
+        raise SpecError(path, ["the header must be a YAML mapping of keys (journey:, schedule:, steps:, ...)"])
+    return _build_spec(path, header, match["sql"], _Checker(templates_dir, conditions_dir))
+
+
+def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
+    c.problems += _unknown_keys("", h, TOP_KEYS)
+    journey = h.get("journey")
+    if journey != path.stem:
+        c.add(f"journey: must equal the file name {path.stem!r}, got {journey!r}")
+    if not NAME.match(path.stem):
+        c.add("the file name must be lower_snake_case, e.g. cart_abandonment.sql")
+    for key in ("schedule", "entry_key", "entered_at", "steps"):
+        if key not in h:
+            c.add(f"{key}: required")
+    schedule = h.get("schedule", "daily")
+    if schedule not in SCHEDULES:
+        c.add(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
+        schedule = "daily"
+    kind = h.get("kind", "marketing")
+    if kind not in ("marketing", "transactional"):
+        c.add(f"kind: must be marketing or transactional, got {kind!r}")
+    start_date = _start_date(h.get("start_date", "2026-01-01"), c)
+    max_lateness = c.duration("max_lateness", h.get("max_lateness"), DEFAULT_LATENESS[schedule])
+    params = h.get("params") or {}
+    if not isinstance(params, dict):
+        c.add("params: must be a mapping of name: value")
+        params = {}
+    for name in set(params) & RUN_PARAMS:
+        c.add(f"params.{name}: reserved, the engine binds it")
+    steps = _steps(h.get("steps"), c, max_lateness)
+    exits = _exits(h.get("exit") or [], c)
+    names = [s.name for s in steps] + [e.message_step for e in exits if e.message_step]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        c.add(f"steps: name {dup!r} is used twice (step and exit message names must be unique)")
+    sql_body = _check_sql(sql, set(params), c)
+    holdout = h.get("holdout_percent", 0)
+    if not isinstance(holdout, (int, float)) or not 0 <= holdout < 100:
+        c.add(f"holdout_percent: must be a number from 0 to 99, got {holdout!r}")
+        holdout = 0
+    batch_size = h.get("batch_size", 500)
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
+        c.add(f"batch_size: must be a whole number from 1 to 10000, got {batch_size!r}")
+        batch_size = 500
+    guard = _volume_guard(h.get("volume_guard") or {}, c)
+    if c.problems:
+        raise SpecError(path, c.problems)
+    return JourneySpec(
+        journey=journey,
+        path=path,
+        description=str(h.get("description", "")).strip(),
+        schedule=schedule,
+        cron=SCHEDULES[schedule],
+        start_date=start_date,
+        kind=kind,
+        entry_key=c.column("entry_key", h["entry_key"]),
+        customer_id=c.column("customer_id", h.get("customer_id", "customer_id")),
+        entered_at=c.column("entered_at", h["entered_at"]),
+        sql=sql_body,
+        params=params,
+        steps=tuple(steps),
+        exits=tuple(exits),
+        holdout_percent=float(holdout),
+        batch_size=batch_size,
+        max_lateness=max_lateness,
+        complete_after=c.duration("complete_after", h.get("complete_after"), timedelta(days=7)),
+        volume_guard=guard,
+        owner=str(h.get("owner", "analytics")),
+        tags=tuple(str(t) for t in h.get("tags") or ()),
+    )
+
+
+def _start_date(value: Any, c: _Checker) -> datetime:
+    try:
+        d = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        c.add(f"start_date: {value!r} is not a date like 2026-01-01")
+        d = datetime(2026, 1, 1)
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw:
+        c.add("steps: must be a non-empty list of steps")
+        return []
+    steps, previous = [], timedelta(0)
+    for i, s in enumerate(raw):
+        where = f"steps[{i}]"
+        if not isinstance(s, dict):
+            c.add(f"{where}: must be a mapping like {{name: ..., after: 1h, channel: email, template: ...}}")
+            continue
+        c.problems += _unknown_keys(f"{where}: ", s, STEP_KEYS)
+        name = s.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            c.add(f"{where}.name: required, lower_snake_case, got {name!r}")
+            name = f"step_{i}"
+        where = f"steps[{i}] ({name})"
+        after = c.duration(f"{where}.after", s.get("after", "0h"))
+        if after < previous:
+            c.add(f"{where}.after: steps must be in time order ({s.get('after')} comes before the previous step)")
+        previous = max(previous, after)
+        action = s.get("action")
+        if action is not None and action not in ACTIONS:
+            c.add(f"{where}.action: {action!r} is not an action (available: {', '.join(sorted(ACTIONS))})")
+        if action:
+            channel, template = s.get("channel", "email"), None
+            if channel not in CHANNELS:
+                c.add(f"{where}.channel: {channel!r} is not a channel")
+        else:
+            channel, template = c.channel_and_template(where, s.get("channel"), s.get("template"))
+        steps.append(
+            Step(
+                name=name,
+                after=after,
+                channel=channel,
+                template=template,
+                max_lateness=c.duration(f"{where}.max_lateness", s.get("max_lateness"), default_lateness),
+                when=c.condition(f"{where}.when", s.get("when")),
+                unless=c.condition(f"{where}.unless", s.get("unless")),
+                coupon=_coupon(where, s.get("coupon"), c),
+                action=action,
+            )
+        )
+    return steps
+
+
+def _coupon(where: str, raw: Any, c: _Checker) -> Coupon | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        c.add(f"{where}.coupon: must be a mapping like {{percent_off: 15, valid_days: 14}}")
+        return None
+    c.problems += _unknown_keys(f"{where}.coupon: ", raw, COUPON_KEYS)
+    pct, days = raw.get("percent_off"), raw.get("valid_days", 14)
+    if not isinstance(pct, (int, float)) or not 0 < pct <= 100:
+        c.add(f"{where}.coupon.percent_off: a number above 0 and at most 100, got {pct!r}")
+        pct = 10
+    if not isinstance(days, int) or days < 1:
+        c.add(f"{where}.coupon.valid_days: a whole number of days, got {days!r}")
+        days = 14
+    prefix = str(raw.get("prefix", "")).upper()
+    if prefix and not re.fullmatch(r"[A-Z0-9]{1,8}", prefix):
+        c.add(f"{where}.coupon.prefix: up to 8 letters or digits, got {prefix!r}")
+    return Coupon(float(pct), days, prefix)
+
+
+def _exits(raw: Any, c: _Checker) -> list[Exit]:
+    if not isinstance(raw, list):
+        c.add("exit: must be a list like [{when: purchased_since_entry}]")
+        return []
+    exits = []
+    for i, e in enumerate(raw):
+        where = f"exit[{i}]"
+        if not isinstance(e, dict) or "when" not in e:
+            c.add(f"{where}: must be a mapping with a `when:` condition")
+            continue
+        c.problems += _unknown_keys(f"{where}: ", e, EXIT_KEYS)
+        when = c.condition(f"{where}.when", e["when"])
+        status = e.get("status", "converted")
+        if status not in EXIT_STATUSES:
+            c.add(f"{where}.status: must be converted or exited, got {status!r}")
+        then, channel, template, step_name = e.get("then"), None, None, None
+        if then is not None:
+            if not isinstance(then, dict):
+                c.add(f"{where}.then: must be a mapping {{channel: email, template: ...}}")
+            else:
+                c.problems += _unknown_keys(f"{where}.then: ", then, THEN_KEYS)
+                channel, template = c.channel_and_template(f"{where}.then", then.get("channel"), then.get("template"))
+                step_name = then.get("name") or (template.rsplit("/", 1)[-1] if template else f"exit_{when}")
+        exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template))
+    return exits
+
+
+def _volume_guard(raw: Any, c: _Checker) -> VolumeGuard:
+    if not isinstance(raw, dict):
+        c.add("volume_guard: must be a mapping like {factor: 5, min_rows: 1000, history: 14}")
+        return VolumeGuard()
+    c.problems += _unknown_keys("volume_guard: ", raw, GUARD_KEYS)
+    guard = VolumeGuard(**{k: raw[k] for k in GUARD_KEYS & set(raw)})
+    if not (isinstance(guard.factor, (int, float)) and guard.factor > 1):
+        c.add("volume_guard.factor: a number above 1")
+    if not (isinstance(guard.min_rows, int) and guard.min_rows >= 0):
+        c.add("volume_guard.min_rows: a whole number")
+    if not (isinstance(guard.history, int) and guard.history >= 1):
+        c.add("volume_guard.history: a whole number of past runs")
+    return guard
+
+
+def _check_sql(sql: str, params: set[str], c: _Checker) -> str:
+    body = sql.strip().rstrip(";").strip()
+    code = _strip_sql_comments_and_strings(body).strip()
+    if not code:
+        c.add("SQL: the file has a header but no SELECT under it")
+        return body
+    if not re.match(r"(?is)^(select|with)\b", code):
+        c.add(f"SQL: must be one SELECT (or WITH ... SELECT), found {code.split()[0]!r}")
+    if ";" in code:
+        c.add("SQL: only one statement is allowed (found ';' inside the query)")
+    unknown = bind_names(body) - RUN_PARAMS - params
+    for name in sorted(unknown):
+        c.add(
+            f"SQL: parameter :{name} is not bound (the engine binds :interval_start, :interval_end, "
+            f":as_of; add others under params:)"
+        )
+    return body
+
+
+def discover(segments_dir: Path = SEGMENTS_DIR) -> list[Path]:
+    return sorted(segments_dir.glob("*.sql"))
+
+
+def load_all(segments_dir: Path = SEGMENTS_DIR, **dirs) -> tuple[list[JourneySpec], list[SpecError]]:
+    """Every segment file, split into valid specs and errors; one broken file never hides the rest."""
+    specs, errors = [], []
+    for path in discover(segments_dir):
+        try:
+            specs.append(load_spec(path, **dirs))
+        except SpecError as exc:
+            errors.append(exc)
+    return specs, errors

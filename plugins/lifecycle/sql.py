@@ -1,0 +1,34 @@
+"""Running analyst SQL: bound parameters only, and errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from lifecycle.config import CONDITIONS_DIR
+from lifecycle.spec import bind_names
+
+
+class SegmentSQLError(RuntimeError):
+    """SQL from an analyst's file failed in the warehouse."""
+
+
+def bound(sql: str, values: dict) -> tuple[sa.TextClause, dict]:
+    """A text() clause plus only the parameters it uses (extra keys would be rejected by some drivers)."""
+    names = bind_names(sql)
+    return sa.text(sql), {k: v for k, v in values.items() if k in names}
+
+
+def execute_file_sql(conn: sa.Connection, source: Path | str, sql: str, values: dict):
+    clause, params = bound(sql, values)
+    try:
+        return conn.execute(clause, params)
+    except sa.exc.DBAPIError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise SegmentSQLError(f"{Path(source).name}: the warehouse rejected the SQL: {detail}") from exc
+
+
+def condition_sql(name: str, conditions_dir: Path = CONDITIONS_DIR) -> tuple[Path, str]:
+    path = conditions_dir / f"{name}.sql"
+    return path, path.read_text(encoding="utf-8").strip().rstrip(";")

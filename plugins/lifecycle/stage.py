@@ -1,0 +1,73 @@
+"""Run a segment's SELECT into a per-run staging table inside the warehouse.
+
+The rows never leave the warehouse: validation, quarantine and enrollment all read the
+staging table with set-based SQL. `_row` numbers the rows so errors can point at one.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.runs import RunContext
+from lifecycle.spec import JourneySpec
+from lifecycle.sql import SegmentSQLError, execute_file_sql
+
+STAGE_SCHEMA = "lifecycle_stage"
+TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
+
+
+def stage_table(run: RunContext) -> str:
+    return f"{STAGE_SCHEMA}.s_{run.journey[:40]}_{run.short_id}"
+
+
+def required_columns(spec: JourneySpec) -> set[str]:
+    needed = {spec.customer_id, spec.entry_key, spec.entered_at}
+    if "email" in spec.channels:
+        needed.add("email")
+    return needed
+
+
+def stage_segment(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
+    """Materialise the segment for this interval; return the number of rows selected."""
+    table = stage_table(run)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {STAGE_SCHEMA}")
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        execute_file_sql(
+            conn,
+            spec.path,
+            f"CREATE UNLOGGED TABLE {table} AS "
+            f"SELECT (row_number() OVER ())::int AS _row, segment.* FROM (\n{spec.sql}\n) AS segment",
+            run.binds(spec),
+        )
+        columns = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = :s AND table_name = :t"
+                ),
+                {"s": STAGE_SCHEMA, "t": table.split(".", 1)[1]},
+            ).all()
+        )
+        _check_columns(spec, columns)
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def _check_columns(spec: JourneySpec, columns: dict[str, str]) -> None:
+    missing = sorted(required_columns(spec) - set(columns))
+    if missing:
+        raise SegmentSQLError(
+            f"{spec.path.name}: the SELECT must return column(s) {', '.join(missing)}; "
+            f"it returns {', '.join(c for c in columns if c != '_row')}"
+        )
+    if columns[spec.entered_at] not in TIMESTAMP_TYPES:
+        raise SegmentSQLError(
+            f"{spec.path.name}: entered_at column {spec.entered_at!r} must be a timestamp, "
+            f"it is {columns[spec.entered_at]}"
+        )
+
+
+def drop_stage(engine: Engine, run: RunContext) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage_table(run)}")

@@ -1,0 +1,134 @@
+"""Journey state in lifecycle.enrollments: enroll the valid rows, apply exit conditions.
+
+All set-based SQL in the warehouse. Conditions are analyst SQL files that see a CTE
+named `enrollments` (this journey's active enrollments) and return `enrollment_id`,
+optionally with `occurred_at`, `order_id` and `revenue` (recorded as a conversion).
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.plan import insert_messages
+from lifecycle.runs import RunContext
+from lifecycle.spec import JourneySpec
+from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql
+from lifecycle.stage import stage_table
+
+# Deterministic 0-99 bucket per (journey, customer): the same customer is always in
+# (or out of) a journey's holdout, run after run.
+HOLDOUT_BUCKET = "((('x' || substr(md5({journey} || ':' || {customer}), 1, 8))::bit(32)::int & 2147483647) % 100)"
+
+
+def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]:
+    """Upsert the staged, non-quarantined rows; return how many entered and were refreshed."""
+    bucket = HOLDOUT_BUCKET.format(journey=":journey", customer=f"s.{spec.customer_id}::text")
+    sql = f"""
+        INSERT INTO lifecycle.enrollments AS e
+            (journey, mode, enrollment_key, customer_id, entered_at, enrolled_at, enrolled_run_id, holdout, context)
+        SELECT :journey, :mode, s.{spec.entry_key}::text, s.{spec.customer_id}::bigint,
+               s.{spec.entered_at}::timestamptz, :as_of, :run_id, {bucket} < :holdout,
+               to_jsonb(s) - '_row'
+        FROM {stage_table(run)} AS s
+        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
+                          WHERE q.journey = :journey AND q.run_id = :run_id AND q.row_number = s._row)
+        ON CONFLICT (journey, mode, enrollment_key) DO UPDATE
+            SET context = EXCLUDED.context, updated_at = now()
+            WHERE e.status = 'active' AND EXCLUDED.enrolled_at >= e.enrolled_at
+        RETURNING (xmax = 0) AS inserted
+    """
+    with engine.begin() as conn:
+        flags = conn.execute(
+            sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent}
+        ).scalars().all()
+    entered = sum(1 for f in flags if f)
+    return {"entered": entered, "refreshed": len(flags) - entered}
+
+
+def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
+    """Put the `enrollments` CTE in front of a condition (merging with its own WITH)."""
+    cte = f"enrollments AS ({enrollments_select})"
+    match = re.match(r"(?is)^\s*with(\s+recursive)?\s", condition)
+    if match:
+        return f"WITH{match.group(1) or ''} {cte}, {condition[match.end():]}"
+    return f"WITH {cte} {condition}"
+
+
+def materialise_condition(conn: sa.Connection, name: str, enrollments_select: str, binds: dict, into: str) -> set[str]:
+    """Run condition `name` into temp table `into`; return the optional columns it provides."""
+    path, condition = condition_sql(name)
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {into}")
+    execute_file_sql(
+        conn, path, f"CREATE TEMP TABLE {into} ON COMMIT DROP AS {with_enrollments_cte(condition, enrollments_select)}",
+        binds,
+    )
+    columns = set(conn.execute(sa.text(f"SELECT * FROM {into} LIMIT 0")).keys())
+    if "enrollment_id" not in columns:
+        raise SegmentSQLError(f"{path.name}: a condition must return an enrollment_id column (it returns {sorted(columns)})")
+    return columns & {"occurred_at", "order_id", "revenue"}
+
+
+ACTIVE_ENROLLMENTS = (
+    "SELECT * FROM lifecycle.enrollments "
+    "WHERE journey = :journey AND mode = :mode AND status = 'active' AND entered_at <= :as_of"
+)
+
+
+def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]:
+    """Apply exit rules in header order; first match wins. Returns exits per condition."""
+    counts = {}
+    for rule in spec.exits:
+        with engine.begin() as conn:
+            extra = materialise_condition(conn, rule.when, ACTIVE_ENROLLMENTS, run.binds(spec), "_exit_hits")
+            # The first qualifying event is the one attributed (its order and revenue).
+            order = "occurred_at NULLS LAST" if "occurred_at" in extra else "enrollment_id"
+            pick = ", ".join(
+                col if col in extra else f"CAST(NULL AS {typ}) AS {col}"
+                for col, typ in (("occurred_at", "timestamptz"), ("order_id", "text"), ("revenue", "numeric"))
+            )
+            exited = conn.execute(
+                sa.text(
+                    f"""
+                    WITH hit AS (
+                        SELECT DISTINCT ON (enrollment_id) enrollment_id, {pick}
+                        FROM _exit_hits ORDER BY enrollment_id, {order}
+                    ), upd AS (
+                        UPDATE lifecycle.enrollments e
+                           SET status = :status, exit_reason = :reason,
+                               exited_at = least(coalesce(hit.occurred_at, :as_of), :as_of),
+                               next_step = NULL, next_due_at = NULL, updated_at = now()
+                          FROM hit
+                         WHERE e.enrollment_id = hit.enrollment_id AND e.status = 'active'
+                     RETURNING e.enrollment_id, e.customer_id, e.holdout, e.exited_at, hit.order_id::text AS order_id,
+                               hit.revenue
+                    ), conv AS (
+                        INSERT INTO lifecycle.conversions
+                            (enrollment_id, journey, mode, customer_id, condition, order_id, revenue,
+                             converted_at, holdout)
+                        SELECT enrollment_id, :journey, :mode, customer_id, :reason, order_id, revenue,
+                               exited_at, holdout
+                        FROM upd WHERE :status = 'converted'
+                        ON CONFLICT (enrollment_id) DO NOTHING
+                    )
+                    SELECT enrollment_id, exited_at FROM upd
+                    """
+                ),
+                {**run.binds(), "status": rule.status, "reason": rule.when},
+            ).all()
+            if rule.channel and exited:
+                conn.execute(
+                    sa.text("CREATE TEMP TABLE _exit_msgs ON COMMIT DROP AS "
+                            "SELECT e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout, "
+                            "e.exited_at AS due_at, CAST(NULL AS text) AS skip_reason "
+                            "FROM lifecycle.enrollments e WHERE e.enrollment_id = ANY(:ids)"),
+                    {"ids": [r.enrollment_id for r in exited]},
+                )
+                insert_messages(
+                    conn, spec, run, "_exit_msgs", step=rule.message_step, channel=rule.channel,
+                    template=rule.template, lateness=spec.max_lateness,
+                )
+        counts[rule.when] = len(exited)
+    return counts

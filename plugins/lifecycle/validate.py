@@ -1,0 +1,195 @@
+"""The Great Expectations gate in front of every send.
+
+GX Core validates the staging table by SQL pushdown. Row-level failures become
+`lifecycle.quarantine` rows (with every reason that row failed), built from the
+`unexpected_index_query` GX itself returns, so GX stays the single judge. The
+row-count guard compares the run with the journey's recent history: a segment that
+suddenly selects far more people than usual is held, and nothing is enrolled or sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.runs import RunContext, update_run
+from lifecycle.spec import JourneySpec
+from lifecycle.stage import STAGE_SCHEMA, stage_table
+
+EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+MIN_HISTORY = 3  # runs of history before the volume guard has a baseline
+
+
+class VolumeHeld(RuntimeError):
+    """The segment selected far more rows than usual; the run is held, nothing was sent."""
+
+
+@dataclass
+class ValidationOutcome:
+    rows_selected: int
+    rows_valid: int
+    rows_quarantined: int
+    volume_limit: int | None
+    held: bool
+    results: list[dict] = field(default_factory=list)
+
+    def to_xcom(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _quiet_gx() -> None:
+    # GX logs every docs decorator at INFO once Airflow has configured logging.
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.expectations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def row_expectations(spec: JourneySpec) -> list[tuple[object, str]]:
+    """(expectation, reason recorded on a quarantined row)."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    checks = [
+        (E.ExpectColumnValuesToNotBeNull(column=spec.customer_id), f"{spec.customer_id}: missing"),
+        (E.ExpectColumnValuesToNotBeNull(column=spec.entry_key), f"{spec.entry_key}: missing enrollment key"),
+        (E.ExpectColumnValuesToBeUnique(column=spec.entry_key), f"{spec.entry_key}: duplicate enrollment key"),
+        (E.ExpectColumnValuesToNotBeNull(column=spec.entered_at), f"{spec.entered_at}: missing"),
+    ]
+    if "email" in spec.channels:
+        checks += [
+            (E.ExpectColumnValuesToNotBeNull(column="email"), "email: missing"),
+            (E.ExpectColumnValuesToMatchRegex(column="email", regex=EMAIL_REGEX), "email: not a valid address"),
+        ]
+    return checks
+
+
+def volume_limit(engine: Engine, spec: JourneySpec, run: RunContext) -> int | None:
+    """Most rows this run may select, from the median of recent successful live runs."""
+    with engine.connect() as conn:
+        history = conn.execute(
+            sa.text(
+                """
+                SELECT rows_selected FROM lifecycle.runs
+                WHERE journey = :j AND mode = 'live' AND status = 'ok' AND run_id <> :r
+                  AND rows_selected IS NOT NULL AND interval_end <= :as_of
+                ORDER BY interval_end DESC LIMIT :n
+                """
+            ),
+            {"j": spec.journey, "r": run.run_id, "as_of": run.as_of, "n": spec.volume_guard.history},
+        ).scalars().all()
+    if len(history) < MIN_HISTORY:
+        return None
+    return int(max(spec.volume_guard.min_rows, spec.volume_guard.factor * max(statistics.median(history), 1)))
+
+
+def validate_stage(
+    engine: Engine, spec: JourneySpec, run: RunContext, *, approve_volume: bool = False
+) -> ValidationOutcome:
+    import great_expectations as gx
+
+    _quiet_gx()
+    table = stage_table(run).split(".", 1)[1]
+    context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_sql(
+        name="warehouse", connection_string=engine.url.render_as_string(hide_password=False)
+    )
+    batch = (
+        source.add_table_asset(name=table, table_name=table, schema_name=STAGE_SCHEMA)
+        .add_batch_definition_whole_table("whole")
+        .get_batch()
+    )
+    checks = row_expectations(spec)
+    limit = volume_limit(engine, spec, run)
+    suite = gx.ExpectationSuite(name=f"{spec.journey}_segment")
+    for expectation, _ in checks:
+        suite.add_expectation(expectation)
+    if limit is not None:
+        suite.add_expectation(gx.expectations.ExpectTableRowCountToBeBetween(min_value=0, max_value=limit))
+    result = batch.validate(
+        suite,
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": ["_row"],
+            "partial_unexpected_count": 0,
+            "return_unexpected_index_query": True,
+        },
+    )
+    failed_queries, summary, rows_selected = [], [], None
+    for r in result.results:
+        kind = r.expectation_config.type
+        column = r.expectation_config.kwargs.get("column")
+        entry = {"expectation": kind, "column": column, "success": bool(r.success)}
+        if "unexpected_count" in r.result:
+            entry["unexpected_count"] = r.result["unexpected_count"]
+        if kind == "expect_table_row_count_to_be_between":
+            rows_selected = r.result.get("observed_value")
+            entry.update(observed=rows_selected, max=limit)
+        elif not r.success:
+            reason = next(
+                reason for e, reason in checks
+                if type(e).__name__ == _class_name(kind) and e.column == column
+            )
+            failed_queries.append((reason, r.result["unexpected_index_query"]))
+        summary.append(entry)
+    quarantined = _quarantine(engine, spec, run, failed_queries)
+    with engine.connect() as conn:
+        total = conn.execute(sa.text(f"SELECT count(*) FROM {stage_table(run)}")).scalar_one()
+    held = limit is not None and total > limit and not approve_volume
+    outcome = ValidationOutcome(total, total - quarantined, quarantined, limit, held, summary)
+    update_run(
+        engine, run,
+        rows_selected=total, rows_valid=outcome.rows_valid, rows_quarantined=quarantined,
+        validation={"success": bool(result.success), "volume_limit": limit, "approved": approve_volume,
+                    "expectations": summary},
+        **({"status": "held", "error": _held_message(spec, total, limit)} if held else {}),
+    )
+    if held:
+        raise VolumeHeld(_held_message(spec, total, limit))
+    return outcome
+
+
+def _class_name(expectation_type: str) -> str:
+    return "".join(part.capitalize() for part in expectation_type.split("_"))
+
+
+def _held_message(spec: JourneySpec, total: int, limit: int | None) -> str:
+    return (
+        f"{spec.path.name}: the segment selected {total} rows, above this journey's limit of {limit} "
+        f"({spec.volume_guard.factor}x the median of its last {spec.volume_guard.history} runs, at least "
+        f"{spec.volume_guard.min_rows}). Nothing was enrolled or sent. If the volume is expected, "
+        "re-run with the param approve_volume=true."
+    )
+
+
+def _quarantine(engine: Engine, spec: JourneySpec, run: RunContext, failed: list[tuple[str, str]]) -> int:
+    """Copy every failing row, with all its reasons, into lifecycle.quarantine; return the count."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM lifecycle.quarantine WHERE journey = :j AND run_id = :r"),
+            {"j": run.journey, "r": run.run_id},
+        )
+        if not failed:
+            return 0
+        # GX's queries contain no bind parameters; literal reasons are bound.
+        unions = " UNION ALL ".join(
+            f"SELECT q._row, CAST(:reason_{i} AS text) AS reason FROM ({query.rstrip().rstrip(';')}) AS q"
+            for i, (_, query) in enumerate(failed)
+        )
+        result = conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO lifecycle.quarantine
+                    (journey, run_id, mode, row_number, enrollment_key, customer_id, reasons, row_data)
+                SELECT :j, :r, :m, s._row, s.{spec.entry_key}::text, s.{spec.customer_id}::text,
+                       f.reasons, to_jsonb(s) - '_row'
+                FROM (SELECT _row, array_agg(DISTINCT reason ORDER BY reason) AS reasons
+                      FROM ({unions}) AS failures GROUP BY _row) AS f
+                JOIN {stage_table(run)} AS s USING (_row)
+                """
+            ),
+            {"j": run.journey, "r": run.run_id, "m": run.mode, **{f"reason_{i}": r for i, (r, _) in enumerate(failed)}},
+        )
+        return result.rowcount

@@ -1,0 +1,95 @@
+"""Shared fixtures: real PostgreSQL (embedded and the local service) and Airflow's home.
+
+Every test session gets its own databases (`lifecycle_test_<random>`), so parallel or
+repeated runs never see each other's rows. The service warehouse is skipped with a
+message when nothing listens on 127.0.0.1:5432, except under CI=true, where it must run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Airflow reads its config at import: point it at a private home before anything imports it.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-airflow-"))
+os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+import sqlalchemy as sa  # noqa: E402
+
+SERVICE_URL = os.environ.get("LIFECYCLE_TEST_SERVICE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def _service_reachable() -> bool:
+    url = sa.make_url(SERVICE_URL)
+    try:
+        with socket.create_connection((url.host, url.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _fresh_database(admin_url: str) -> tuple[str, callable]:
+    """Create a uniquely named database; return its URL and a function that drops it."""
+    name = f"lifecycle_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(admin_url).set(database=name)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return url.render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(scope="session")
+def embedded_server_url(tmp_path_factory) -> str:
+    from lifecycle.warehouse import start_embedded, stop_embedded
+
+    data_dir = tmp_path_factory.mktemp("pgdata")
+    uri = start_embedded(data_dir)
+    yield uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    stop_embedded(data_dir)
+
+
+@pytest.fixture(scope="session", params=["embedded", "service"])
+def warehouse_url(request) -> str:
+    """A fresh, empty database on the embedded server or on the PostgreSQL service."""
+    if request.param == "embedded":
+        admin_url = request.getfixturevalue("embedded_server_url")
+    else:
+        if not _service_reachable():
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true but the PostgreSQL service at {SERVICE_URL} is not reachable")
+            pytest.skip(f"no PostgreSQL service at {SERVICE_URL}; service tests skipped")
+        admin_url = SERVICE_URL
+    url, drop = _fresh_database(admin_url)
+    yield url
+    drop()
+
+
+@pytest.fixture(scope="session")
+def warehouse_engine(warehouse_url):
+    engine = sa.create_engine(warehouse_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture()
+def scratch_engine(embedded_server_url):
+    """A fresh database per test on the embedded server, for tests that change shared state."""
+    url, drop = _fresh_database(embedded_server_url)
+    engine = sa.create_engine(url)
+    yield engine
+    engine.dispose()
+    drop()
