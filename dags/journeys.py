@@ -1,4 +1,4 @@
-"""Every journey in include/sql/segments/ becomes a DAG here. Add a segment file, get a DAG.
+"""Airflow DAGs for every journey in include/sql/segments/: add a segment file, get a DAG.
 
 Nothing else belongs in this file: the engine lives in plugins/lifecycle/.
 """

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from jinja2.sandbox import SecurityError
-
 from lifecycle.config import SHOP, TEMPLATES_DIR
 from lifecycle.render import (
     MissingTemplateError,
@@ -149,7 +148,9 @@ def test_no_stray_template_files():
         assert base in EXPECTED_TEMPLATES, f"{name} is not part of a known template"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file()), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file()), ids=lambda p: p.name
+)
 def test_every_template_file_starts_with_a_comment(path: Path):
     """Analysts read these: each file says at the top what it is / when it is sent."""
     first = path.read_text(encoding="utf-8").lstrip()
@@ -177,7 +178,9 @@ def test_every_template_renders(template: str, with_coupon: bool):
     html = email.html
     assert html.lstrip().lower().startswith("<!doctype html>")
     assert 'style="' in html
-    assert re.search(r'<td[^>]*class="content"[^>]*style="[^"]*padding', html), "content cell styles not inlined"
+    assert re.search(r'<td[^>]*class="content"[^>]*style="[^"]*padding', html), (
+        "content cell styles not inlined"
+    )
     assert re.search(r'<td[^>]*class="btn-cell"[^>]*style="[^"]*background-color', html), "button not styled"
     assert htmllib.escape(UNSUBSCRIBE, quote=True) in html
     assert htmllib.escape(SHOP["address"]) in html
@@ -237,15 +240,22 @@ def test_review_exits_with_and_without_rating():
     row = dict(REVIEW_ROW)
     email = render_email("review_request/thank_you", make_context("review_request/thank_you", row=row))
     assert "out of 5" not in email.text
-    email = render_email("review_request/thank_you", make_context("review_request/thank_you", row={**row, "rating": 5}))
+    email = render_email(
+        "review_request/thank_you", make_context("review_request/thank_you", row={**row, "rating": 5})
+    )
     assert "5 out of 5" in email.text
-    recovery = render_email("review_request/service_recovery", make_context("review_request/service_recovery", row={**row, "rating": 1}))
+    recovery = render_email(
+        "review_request/service_recovery",
+        make_context("review_request/service_recovery", row={**row, "rating": 1}),
+    )
     assert SHOP["support_email"] in recovery.text and f"mailto:{SHOP['support_email']}" in recovery.html
     assert "sorry" in recovery.subject.lower()
 
 
 def test_missing_first_name_reads_naturally():
-    email = render_email("cart_abandonment/reminder_1", make_context("cart_abandonment/reminder_1", first_name=None))
+    email = render_email(
+        "cart_abandonment/reminder_1", make_context("cart_abandonment/reminder_1", first_name=None)
+    )
     assert email.subject.startswith("You left")
     assert "Hi there" in email.text
 
@@ -272,20 +282,29 @@ def test_money_defaults_to_the_context_currency():
     env = get_environment()
     assert env.from_string("{{ 12.5|money }}").render(currency="GBP") == "£12.50"
     assert env.from_string("{{ 12.5|money }}").render() == "€12.50"
-    email = render_email("cart_abandonment/reminder_1", make_context("cart_abandonment/reminder_1", currency="USD"))
+    email = render_email(
+        "cart_abandonment/reminder_1", make_context("cart_abandonment/reminder_1", currency="USD")
+    )
     assert "$117.50" in email.html and "€" not in email.text
 
 
 def test_utm_keeps_existing_parameters():
-    url = utm("https://shop.example.com/cart/1?token=abc&utm_source=old#top", "cart_abandonment", "reminder_1")
+    url = utm(
+        "https://shop.example.com/cart/1?token=abc&utm_source=old#top", "cart_abandonment", "reminder_1"
+    )
     assert url == (
         "https://shop.example.com/cart/1?token=abc&utm_source=lifecycle&utm_medium=email"
         "&utm_campaign=cart_abandonment&utm_content=reminder_1#top"
     )
-    assert utm("https://shop.example.com", "win_back", "email_1").startswith("https://shop.example.com/?utm_source=")
+    assert utm("https://shop.example.com", "win_back", "email_1").startswith(
+        "https://shop.example.com/?utm_source="
+    )
     env = get_environment()
     rendered = env.from_string("{{ u|utm('j', 's') }}").render(u="https://x.example/p?a=1&b=2")
-    assert rendered == "https://x.example/p?a=1&b=2&utm_source=lifecycle&utm_medium=email&utm_campaign=j&utm_content=s"
+    assert (
+        rendered
+        == "https://x.example/p?a=1&b=2&utm_source=lifecycle&utm_medium=email&utm_campaign=j&utm_content=s"
+    )
 
 
 # ----------------------------------------------------------------- data is data, never code
@@ -385,6 +404,17 @@ def test_missing_variable_names_the_template():
         render_email("cart_abandonment/reminder_1", ctx)
     assert "cart_url" in str(info.value)
     assert info.value.template == "cart_abandonment/reminder_1"
+    assert info.value.file == "cart_abandonment/reminder_1.txt" and info.value.line  # text renders first
+
+
+def test_error_in_a_shared_layout_names_both_files():
+    ctx = make_context("cart_abandonment/reminder_2")
+    del ctx["row"]["items"][1]["image_url"]
+    with pytest.raises(TemplateRenderError) as info:
+        render_email("cart_abandonment/reminder_2", ctx)
+    message = str(info.value)
+    assert message.startswith("template cart_abandonment/reminder_2 (_layouts/components.")
+    assert "image_url" in message and info.value.line
 
 
 def test_typo_in_a_template_names_file_and_line(tmp_path):
@@ -405,7 +435,7 @@ def test_syntax_error_names_the_file(tmp_path):
     (tmp_path / "j/s.subject.txt").write_text("Hi")
     (tmp_path / "j/s.txt").write_text("x")
     (tmp_path / "j/s.html").write_text("<p>\n{% if %}</p>")
-    with pytest.raises(TemplateRenderError, match=r"j/s\.html, line 2"):
+    with pytest.raises(TemplateRenderError, match=r"template j/s \(j/s\.html, line 2\)"):
         render_email("j/s", {}, templates_dir=tmp_path)
 
 
@@ -428,7 +458,10 @@ def test_template_files_and_missing_files(tmp_path):
     ]
     (tmp_path / "j").mkdir()
     (tmp_path / "j/s.html").write_text("<p>x</p>")
-    assert missing_template_files("j/s", templates_dir=tmp_path) == [tmp_path / "j/s.subject.txt", tmp_path / "j/s.txt"]
+    assert missing_template_files("j/s", templates_dir=tmp_path) == [
+        tmp_path / "j/s.subject.txt",
+        tmp_path / "j/s.txt",
+    ]
     assert len(missing_template_files("nope/never", templates_dir=tmp_path)) == 3
     with pytest.raises(MissingTemplateError, match=r"j/s.*s\.subject\.txt, s\.txt"):
         render_email("j/s", {}, templates_dir=tmp_path)

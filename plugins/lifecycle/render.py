@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -77,16 +76,16 @@ class RenderedEmail:
 
 
 class TemplateRenderError(Exception):
-    """A template failed to render; the message names the template file (and line)."""
+    """A template failed to render; the message names the template, and the file and line."""
 
     def __init__(self, template: str, message: str, *, file: str | None = None, line: int | None = None):
         self.template = template
         self.file = file
         self.line = line
-        where = file or template
-        if line:
-            where = f"{where}, line {line}"
-        super().__init__(f"template {where}: {message}")
+        where = f"template {template}"
+        if file:
+            where += f" ({file}, line {line})" if line else f" ({file})"
+        super().__init__(f"{where}: {message}")
 
 
 class MissingTemplateError(TemplateRenderError):
@@ -215,12 +214,16 @@ def _inliner() -> css_inline.CSSInliner:
 # ------------------------------------------------------------------------- templates
 
 
-def template_files(template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR) -> list[Path]:
+def template_files(
+    template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR
+) -> list[Path]:
     """The files a template needs for a channel (email: .subject.txt, .txt, .html)."""
     try:
         suffixes = CHANNEL_FILES[channel]
     except KeyError:
-        raise ValueError(f"no template files defined for channel {channel!r} (known: {sorted(CHANNEL_FILES)})") from None
+        raise ValueError(
+            f"no template files defined for channel {channel!r} (known: {sorted(CHANNEL_FILES)})"
+        ) from None
     name = str(template).strip().strip("/")
     if not name or ".." in Path(name).parts or Path(name).is_absolute():
         raise ValueError(f"invalid template name {template!r}")
@@ -276,9 +279,7 @@ def _render_file(env: SandboxedEnvironment, template: str, name: str, context: d
             message = f"{type(exc).__name__}: {exc.message or exc}"
         else:
             message = f"{type(exc).__name__}: {exc}"
-        raise TemplateRenderError(template, message, file=file or name, line=line).with_traceback(
-            sys.exc_info()[2]
-        ) from exc
+        raise TemplateRenderError(template, message, file=file or name, line=line) from exc
 
 
 def _default_context(context: dict) -> dict:
@@ -312,7 +313,11 @@ def render_email(template: str, context: dict, templates_dir: Path | str = TEMPL
     if not subject:
         raise TemplateRenderError(template, "subject is empty", file=f"{template}.subject.txt")
     if "\n" in subject or "\r" in subject:
-        raise TemplateRenderError(template, f"subject must be one line, got {subject!r}", file=f"{template}.subject.txt")
+        # (the subject itself is left out of the message: it may carry customer data)
+        lines = len(subject.splitlines())
+        raise TemplateRenderError(
+            template, f"subject must be one line, got {lines} lines", file=f"{template}.subject.txt"
+        )
     text = _tidy_text(_render_file(env, template, f"{template}.txt", ctx))
     html = _render_file(env, template, f"{template}.html", ctx)
     try:

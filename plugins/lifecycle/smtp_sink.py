@@ -282,9 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lifecycle.smtp_sink",
         description="Local SMTP server: writes every message it receives to OUTBOX as an .eml file.",
     )
-    parser.add_argument("--outbox", type=Path, required=True, help="directory for the .eml files (created if missing)")
+    parser.add_argument(
+        "--outbox", type=Path, required=True, help="directory for the .eml files (created if missing)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=1025, help="port to listen on; 0 picks a free one (default 1025)")
+    parser.add_argument(
+        "--port", type=int, default=1025, help="port to listen on; 0 picks a free one (default 1025)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command at INFO
@@ -293,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     controller, port = start_sink(args.outbox, args.host, args.port)
-    print(f"smtp sink listening on {args.host}:{port}, writing .eml files to {args.outbox.resolve()}", flush=True)
+    print(
+        f"smtp sink listening on {args.host}:{port}, writing .eml files to {args.outbox.resolve()}",
+        flush=True,
+    )
     try:
         while not stop.wait(0.5):
             pass

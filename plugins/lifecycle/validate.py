@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import warnings
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -42,7 +43,9 @@ class ValidationOutcome:
 
 
 def _quiet_gx() -> None:
-    # GX logs every docs decorator at INFO once Airflow has configured logging.
+    # GX logs every docs decorator at INFO once Airflow has configured logging, and warns
+    # that add_sql could be add_postgres (which rejects unix-socket URLs, so we can't use it).
+    warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
     for name in ("great_expectations", "great_expectations.core", "great_expectations.expectations"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -1,0 +1,249 @@
+"""`lifecycle` command line: lint segment files, run the demo, print the journey report.
+
+    lifecycle lint [FILES...] [--warehouse-url URL]   check segment files (no Airflow needed)
+    lifecycle demo [--days 3]                         the whole product on an embedded warehouse
+    lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
+    lifecycle env                                     shell exports to use `airflow` on the demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR, STATE_DIR
+
+DEMO_DB = "lifecycle_demo"
+DEMO_OUT = PROJECT_DIR / "demo_output"
+PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
+
+
+# ---------------------------------------------------------------------------- lint
+def lint(paths: list[str], warehouse_url: str | None) -> int:
+    from lifecycle.spec import SpecError, discover, load_spec
+
+    files = [Path(p) for p in paths] or discover(SEGMENTS_DIR)
+    if not files:
+        print(f"no segment files in {SEGMENTS_DIR}")
+        return 1
+    failures = 0
+    for path in files:
+        try:
+            spec = load_spec(path)
+            if warehouse_url:
+                _explain(spec, warehouse_url)
+        except SpecError as exc:
+            failures += 1
+            print(f"FAIL {path}")
+            for problem in exc.problems:
+                print(f"     - {problem}")
+        except Exception as exc:  # SQL rejected by the warehouse
+            failures += 1
+            print(f"FAIL {path}\n     - {exc}")
+        else:
+            steps = ", ".join(f"{s.name}@{_fmt(s.after)}" for s in spec.steps)
+            print(f"ok   {path.name}: {spec.schedule}, steps {steps}")
+    print(f"\n{len(files) - failures} ok, {failures} broken")
+    return 1 if failures else 0
+
+
+def _fmt(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return "0h"
+
+
+def _explain(spec, warehouse_url: str) -> None:
+    """Ask the warehouse to plan the SELECT with this hour's parameters (runs nothing)."""
+    import sqlalchemy as sa
+
+    from lifecycle.runs import RunContext
+    from lifecycle.sql import execute_file_sql
+
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    run = RunContext(spec.journey, "lint", "live", end - PERIODS[spec.schedule], end)
+    engine = sa.create_engine(warehouse_url)
+    try:
+        with engine.connect() as conn:
+            execute_file_sql(conn, spec.path, f"EXPLAIN {spec.sql}", run.binds(spec))
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------- demo
+def _demo_database(state_dir: Path) -> str:
+    """A fresh database on the embedded PostgreSQL; returns its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    from lifecycle.warehouse import start_embedded
+
+    uri = start_embedded(state_dir / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
+    admin = sa.create_engine(uri, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")
+        conn.exec_driver_sql(f"CREATE DATABASE {DEMO_DB}")
+    admin.dispose()
+    return sa.make_url(uri).set(database=DEMO_DB).render_as_string(hide_password=False)
+
+
+def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str, str]:
+    """Environment for an Airflow that runs this project's DAGs against the demo services."""
+    from lifecycle.warehouse import airflow_conn_json
+
+    return {
+        "AIRFLOW_HOME": str(state_dir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(warehouse_url),
+        "AIRFLOW_CONN_LIFECYCLE_SMTP": json.dumps(
+            {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+             "extra": {"disable_ssl": True, "disable_tls": True}}
+        ),
+    }
+
+
+def prepare_airflow(env: dict[str, str], quiet: bool = True) -> None:
+    """Point this process at the demo Airflow home, migrate its metadata DB, create the pool."""
+    os.environ.update(env)
+    if quiet:
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ.copy(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
+    from airflow.models.pool import Pool
+
+    from lifecycle.dag_factory import SEND_POOL
+
+    Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle send tasks", include_deferred=False)
+
+
+def interval_ends(schedule: str, start: datetime, end: datetime) -> list[datetime]:
+    period, ends, t = PERIODS[schedule], [], start + PERIODS[schedule]
+    while t <= end:
+        ends.append(t)
+        t += period
+    return ends
+
+
+def run_window(dags: dict, specs: dict, start: datetime, end: datetime, conf: dict | None = None) -> list[str]:
+    """Run every journey's DAG through Airflow (dag.test) for each interval in [start, end)."""
+    failures = []
+    for journey, dag in sorted(dags.items()):
+        spec = specs.get(journey)
+        if spec is None:
+            continue
+        ends = interval_ends(spec.schedule, start, end)
+        t0 = time.perf_counter()
+        for i, interval_end in enumerate(ends, 1):
+            run = dag.test(logical_date=interval_end, run_conf=conf)
+            if run.state != "success":
+                failures.append(f"{journey} {interval_end:%Y-%m-%d %H:%M}: {run.state}")
+            print(f"\r  {journey:<22} {i:>3}/{len(ends)} runs", end="", flush=True)
+        print(f"  ({time.perf_counter() - t0:.0f}s)")
+    return failures
+
+
+def demo(days: int, customers: int, verbose: bool) -> int:
+    import logging
+
+    import sqlalchemy as sa
+
+    from lifecycle import demo_shop, schema
+    from lifecycle.report import format_summary, journey_summary
+    from lifecycle.smtp_sink import EmlSink
+    from lifecycle.spec import load_all
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd would log addresses
+    anchor = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = anchor - timedelta(days=days)
+    print(f"lifecycle demo: simulating {start:%Y-%m-%d} .. {anchor:%Y-%m-%d} (UTC) on an embedded PostgreSQL")
+    url = _demo_database(STATE_DIR)
+    engine = sa.create_engine(url)
+    demo_shop.generate(engine, anchor, customers=customers)
+    schema.migrate(engine)
+    print(f"  demo shop: {customers} customers generated (seeded, planted cases included)")
+    outbox = DEMO_OUT / "outbox"
+    shutil.rmtree(outbox, ignore_errors=True)
+    outbox.mkdir(parents=True)
+    specs, errors = load_all()
+    for error in errors:
+        print(f"  BROKEN {error}")
+    with EmlSink(outbox) as sink:
+        prepare_airflow(airflow_env(STATE_DIR, url, sink.port), quiet=not verbose)
+        from airflow.dag_processing.dagbag import DagBag
+
+        dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
+        failures = run_window(dags, {s.journey: s for s in specs}, start, anchor)
+    summary = format_summary(journey_summary(engine))
+    (DEMO_OUT / "summary.txt").write_text(summary + "\n")
+    emails = len(list(outbox.glob("*.eml")))
+    print(f"\n{summary}\n\n{emails} emails written to {outbox.relative_to(PROJECT_DIR)}/ (open any .eml in a mail client)")
+    print(f"audit tables: schema lifecycle in {url}")
+    for failure in failures:
+        print(f"  FAILED RUN {failure}")
+    engine.dispose()
+    return 1 if failures or errors else 0
+
+
+# ---------------------------------------------------------------------------- report / env
+def _default_url() -> str:
+    import sqlalchemy as sa
+
+    from lifecycle.warehouse import start_embedded
+
+    uri = start_embedded(STATE_DIR / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
+    return sa.make_url(uri).set(database=DEMO_DB).render_as_string(hide_password=False)
+
+
+def report(warehouse_url: str | None, mode: str) -> int:
+    import sqlalchemy as sa
+
+    from lifecycle.report import format_summary, journey_summary
+
+    engine = sa.create_engine(warehouse_url or _default_url())
+    print(format_summary(journey_summary(engine, mode)))
+    return 0
+
+
+def env() -> int:
+    for key, value in airflow_env(STATE_DIR, _default_url(), int(os.environ.get("LIFECYCLE_SMTP_PORT", 1025))).items():
+        print(f"export {key}={json.dumps(value) if not value.startswith('{') else repr(value)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lifecycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_lint = sub.add_parser("lint", help="check segment files")
+    p_lint.add_argument("files", nargs="*")
+    p_lint.add_argument("--warehouse-url", help="also EXPLAIN each SELECT on this warehouse")
+    p_demo = sub.add_parser("demo", help="run all journeys over past days on the embedded warehouse")
+    p_demo.add_argument("--days", type=int, default=3)
+    p_demo.add_argument("--customers", type=int, default=3000)
+    p_demo.add_argument("--verbose", action="store_true")
+    p_report = sub.add_parser("report", help="per-journey summary")
+    p_report.add_argument("--warehouse-url")
+    p_report.add_argument("--mode", default="live", choices=["live", "dry"])
+    sub.add_parser("env", help="print exports for running `airflow` against the demo")
+    args = parser.parse_args(argv)
+    if args.command == "lint":
+        return lint(args.files, args.warehouse_url)
+    if args.command == "demo":
+        return demo(args.days, args.customers, args.verbose)
+    if args.command == "report":
+        return report(args.warehouse_url, args.mode)
+    return env()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

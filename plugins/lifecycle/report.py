@@ -1,0 +1,73 @@
+"""What marketers read: per journey, who entered, what was sent, who converted or left."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+SUMMARY_SQL = """
+WITH e AS (
+    SELECT journey,
+           count(*)                                        AS entered,
+           count(*) FILTER (WHERE status = 'converted')    AS converted,
+           count(*) FILTER (WHERE status = 'exited')       AS exited,
+           count(*) FILTER (WHERE status = 'completed')    AS completed,
+           count(*) FILTER (WHERE status = 'active')       AS active,
+           count(*) FILTER (WHERE holdout)                 AS holdout
+    FROM lifecycle.enrollments WHERE mode = :mode GROUP BY journey
+), m AS (
+    -- messages with a template are real messages; rows without one are actions (suppress)
+    SELECT journey,
+           count(*) FILTER (WHERE status = 'sent' AND template IS NOT NULL)  AS sent,
+           count(*) FILTER (WHERE status = 'dry_run')                       AS dry_run,
+           count(*) FILTER (WHERE status = 'suppressed')                    AS suppressed,
+           count(*) FILTER (WHERE status = 'expired')                       AS expired,
+           count(*) FILTER (WHERE status = 'skipped')                       AS skipped,
+           count(*) FILTER (WHERE status = 'failed')                        AS failed,
+           count(*) FILTER (WHERE status IN ('planned', 'claimed'))         AS pending
+    FROM lifecycle.messages WHERE mode = :mode GROUP BY journey
+), q AS (
+    -- the same bad row seen by several runs counts once
+    SELECT journey, count(DISTINCT coalesce(enrollment_key, row_data::text)) AS quarantined FROM lifecycle.quarantine WHERE mode = :mode GROUP BY journey
+), c AS (
+    SELECT journey, coalesce(sum(revenue) FILTER (WHERE NOT holdout), 0) AS revenue
+    FROM lifecycle.conversions WHERE mode = :mode GROUP BY journey
+), r AS (
+    SELECT journey, count(*) AS runs, count(*) FILTER (WHERE status <> 'ok') AS runs_not_ok
+    FROM lifecycle.runs WHERE mode = :mode GROUP BY journey
+)
+SELECT r.journey, r.runs, r.runs_not_ok,
+       coalesce(e.entered, 0) AS entered, coalesce(m.sent, 0) AS sent,
+       coalesce(e.converted, 0) AS converted, coalesce(e.exited, 0) AS exited,
+       coalesce(e.completed, 0) AS completed, coalesce(e.active, 0) AS active,
+       coalesce(m.suppressed, 0) AS suppressed, coalesce(m.expired, 0) AS expired,
+       coalesce(m.skipped, 0) AS skipped, coalesce(m.failed, 0) AS failed,
+       coalesce(m.pending, 0) AS pending, coalesce(m.dry_run, 0) AS dry_run,
+       coalesce(q.quarantined, 0) AS quarantined, coalesce(c.revenue, 0) AS revenue
+FROM r
+LEFT JOIN e USING (journey) LEFT JOIN m USING (journey) LEFT JOIN q USING (journey) LEFT JOIN c USING (journey)
+ORDER BY r.journey
+"""
+
+COLUMNS = ["journey", "runs", "entered", "sent", "converted", "exited", "completed", "active",
+           "suppressed", "expired", "quarantined", "failed", "revenue"]
+
+
+def journey_summary(engine: Engine, mode: str = "live") -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(SUMMARY_SQL), {"mode": mode})]
+
+
+def format_summary(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+    cells = [[_cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths)))
+    body = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+            for row in cells]
+    return "\n".join([line, "-" * len(line), *body])
+
+
+def _cell(value) -> str:
+    if isinstance(value, float) or hasattr(value, "quantize"):
+        return f"{value:,.2f}"
+    return str(value)
