@@ -59,12 +59,14 @@ def journey_summary(engine: Engine, mode: str = "live") -> list[dict]:
 
 
 def format_summary(rows: list[dict], columns: list[str] = COLUMNS) -> str:
-    cells = [[_cell(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths)))
-    body = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-            for row in cells]
-    return "\n".join([line, "-" * len(line), *body])
+    table = [columns] + [[_cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+
+    def line(cells: list[str]) -> str:  # journey left-aligned, figures right-aligned
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    header = line(columns)
+    return "\n".join([header, "-" * len(header), *(line(r) for r in table[1:])])
 
 
 def _cell(value) -> str:

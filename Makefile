@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse the
+# virtualenv and install the locked dependencies first.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test lint lint-segments bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)  ## run every journey through Airflow over the last 3 days on the embedded warehouse
+	$(BIN)/lifecycle demo
+
+test: $(STAMP)  ## ruff (with Airflow's AIR rules), then the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint-segments: $(STAMP)  ## check every segment file, for analysts
+	$(BIN)/lifecycle lint
+
+bench: $(STAMP)  ## one hourly cart-abandonment run on a generated 100k-customer shop
+	$(BIN)/python benchmarks/cart_abandonment_run.py
+
+lock:  ## re-resolve requirements.txt into constraints.txt in a throwaway venv
+	rm -rf /tmp/lifecycle-lock && $(PYTHON) -m venv /tmp/lifecycle-lock
+	/tmp/lifecycle-lock/bin/pip install --quiet -r requirements.txt
+	( echo "# Lock file: exact versions of every package (direct and transitive), from a clean install of"; \
+	  echo "# requirements.txt on Python 3.11. Regenerate: make lock"; \
+	  /tmp/lifecycle-lock/bin/pip freeze --exclude-editable ) > constraints.txt
+
+clean:
+	rm -rf .lifecycle demo_output
