@@ -53,13 +53,18 @@ def _fresh_database(admin_url: str) -> tuple[str, callable]:
 
 
 @pytest.fixture(scope="session")
-def embedded_server_url(tmp_path_factory) -> str:
+def embedded_server_url() -> str:
+    import shutil
+
     from lifecycle.warehouse import start_embedded, stop_embedded
 
-    data_dir = tmp_path_factory.mktemp("pgdata")
+    # Not under pytest's tmp_path: pytest prunes old basetemp dirs, which would pull the
+    # data directory from under a server that another test session is still using.
+    data_dir = Path(tempfile.mkdtemp(prefix="lifecycle-pgdata-"))
     uri = start_embedded(data_dir)
     yield uri.replace("postgresql://", "postgresql+psycopg2://", 1)
     stop_embedded(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=["embedded", "service"])
@@ -93,3 +98,61 @@ def scratch_engine(embedded_server_url):
     yield engine
     engine.dispose()
     drop()
+
+
+# ---------------------------------------------------------------------------- a shop per module
+ANCHOR_UTC = (2026, 11, 20)
+
+
+@pytest.fixture(scope="module", params=["embedded", "service"])
+def shop_db(request):
+    """A fresh database on either server holding the demo shop (600 customers, anchor
+    2026-11-20 UTC) and the lifecycle schema. Module-scoped: tests in one module share it,
+    so they use disjoint journeys or clean up what they change."""
+    from datetime import datetime, timezone
+
+    from lifecycle import demo_shop, schema
+
+    if request.param == "embedded":
+        admin_url = request.getfixturevalue("embedded_server_url")
+    else:
+        if not _service_reachable():
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true but the PostgreSQL service at {SERVICE_URL} is not reachable")
+            pytest.skip(f"no PostgreSQL service at {SERVICE_URL}; service tests skipped")
+        admin_url = SERVICE_URL
+    url, drop = _fresh_database(admin_url)
+    engine = sa.create_engine(url)
+    anchor = datetime(*ANCHOR_UTC, tzinfo=timezone.utc)
+    planted = demo_shop.generate(engine, anchor, customers=600, seed=11)
+    schema.migrate(engine)
+    yield engine, planted, anchor
+    engine.dispose()
+    drop()
+
+
+@pytest.fixture()
+def smtp_server():
+    """A real SMTP server (aiosmtpd) that records what it receives."""
+    from lifecycle.smtp_sink import RecordingSMTPServer
+
+    server = RecordingSMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow's metadata DB (SQLite in this session's AIRFLOW_HOME), migrated once, plus our pool."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from airflow.models.pool import Pool
+
+    from lifecycle.dag_factory import SEND_POOL
+
+    Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle sends", include_deferred=False)
+    return os.environ["AIRFLOW_HOME"]

@@ -184,18 +184,15 @@ _COUNTRY = {c.code: c for c in COUNTRIES}
 
 @dataclass(frozen=True)
 class PlantedCase:
-    """One hand-made situation; `order_ids` are the customer's orders in time order."""
+    """One hand-made situation; `order_ids` are all the customer's orders, oldest first."""
 
     name: str
     description: str
     customer_id: int
+    email: str
     cart_id: int | None = None
     order_ids: tuple[int, ...] = ()
     review_id: int | None = None
-
-    @property
-    def email(self) -> str:
-        return f"planted.{self.name}@{PLANTED_EMAIL_DOMAIN}"
 
 
 class Planted(dict[str, PlantedCase]):
@@ -314,7 +311,7 @@ _COUNTRY_MIX = _Weights({c: c.weight for c in COUNTRIES})
 _TIER_MIX = _Weights({1: 50, 2: 35, 3: 15})
 _QUANTITY_MIX = _Weights({1: 80, 2: 15, 3: 5})
 _ORDER_SIZE = _Weights({1: 55, 2: 30, 3: 12, 4: 3})
-_ORDER_PACE = _Weights({25 * DAY: 25, 60 * DAY: 45, 120 * DAY: 30})  # mean days between orders
+_ORDER_PACE = _Weights({25 * DAY: 25, 60 * DAY: 45, 120 * DAY: 30})  # a customer's mean gap between orders
 _RATINGS = _Weights({5: 50, 4: 26, 3: 10, 2: 6, 1: 8})
 _CART_SIZE = _Weights({1: 60, 2: 30, 3: 10})
 _ABANDONED_CARTS = _Weights({0: 62, 1: 27, 2: 9, 3: 2})  # per customer over the session window
@@ -513,26 +510,28 @@ class _Shop:
             self.random_consent(c, "email", self.draw(_EMAIL_SOURCES), 0.9, 0.92)
         if self.rng.random() < 0.3:
             self.random_consent(c, "sms", self.draw(_SMS_SOURCES), 0.85, 0.8)
-        if self.rng.random() < 0.25 and self.random_consent(c, "push", "browser_prompt", 0.9, 0):
-            self.random_push_subscription(c)
+        if self.rng.random() < 0.25 and (allowed := self.random_consent(c, "push", "browser_prompt", 0.9, 0)):
+            self.random_push_subscription(c, allowed)
         if self.rng.random() < 0.45:
             self.random_consent(c, "ads", "cookie_banner", 0.8, 0)
 
-    def random_consent(self, c: _Customer, channel: str, source: str, p_in: float, p_double: float) -> bool:
-        """One consent row; returns whether the customer is opted in."""
+    def random_consent(self, c: _Customer, channel: str, source: str, p_in: float, p_double: float) -> int | None:
+        """One consent row; returns when the customer opted in, or None if they opted out since."""
         given = self.between(c.created, min(c.created + 5 * MINUTE, -MINUTE)) if source in (
             "checkout", "account_signup") else self.between(c.created, -MINUTE)
         double = given + self.between(2 * MINUTE, 36 * HOUR) if self.rng.random() < p_double else None
         if double is not None and double >= 0:
             double = None  # the confirmation mail is still unanswered
+        opted_in = given if double is None else double
         if self.rng.random() < p_in:
-            self.add_consent(c.customer_id, channel, "opted_in", double or given, double, source)
-            return True
-        self.add_consent(c.customer_id, channel, "opted_out", self.between(double or given, 0), double, source)
-        return False
+            self.add_consent(c.customer_id, channel, "opted_in", opted_in, double, source)
+            return opted_in
+        self.add_consent(c.customer_id, channel, "opted_out", self.between(opted_in, 0), double, source)
+        return None
 
-    def random_push_subscription(self, c: _Customer) -> None:
-        created = self.between(c.created, -MINUTE)
+    def random_push_subscription(self, c: _Customer, allowed: int) -> None:
+        """The browser subscribes right after the customer allows notifications."""
+        created = allowed + self.between(1, 30)
         revoked = self.between(created, 0) if self.rng.random() < 0.06 else None
         self.out.add("push_subscriptions", next(self.ids["subscription"]), c.customer_id,
                      f"https://push.example.net/send/{self.token(16)}", self.push_key(),
@@ -607,9 +606,9 @@ class _Shop:
 
     def random_abandoned_carts(self, c: _Customer) -> None:
         start = max(c.created, -_SESSION_WINDOW) + HOUR
+        if start >= -2 * MINUTE:
+            return
         for _ in range(self.draw(_ABANDONED_CARTS)):
-            if start >= -2 * MINUTE:
-                return
             updated = self.between(start, -MINUTE)
             created = updated - self.between(MINUTE, 50 * MINUTE)
             items = [] if self.rng.random() < 0.06 else self.pick_items(c.favourite, self.draw(_CART_SIZE))
@@ -682,7 +681,7 @@ class _Shop:
         def abandoned(name: str, description: str, updated: int, skus: tuple[str, ...], **customer) -> None:
             c = self.planted_customer(name, **customer)
             cart = self.add_cart(c.customer_id, updated - 12 * MINUTE, updated, self.items(*skus))
-            cases.append(PlantedCase(name, description, c.customer_id, cart))
+            cases.append(PlantedCase(name, description, c.customer_id, c.email, cart))
 
         abandoned("cart_recent", "2-item cart updated at A-2h, no order: reminder 1 due at A-1h",
                   -2 * HOUR, ("CLO-01-T2", "SHO-01-T1"), country="GB")
@@ -694,7 +693,7 @@ class _Shop:
         order = self.add_order(c, ordered, items, ("delivered", ordered + 18 * HOUR, ordered + 2 * DAY + 4 * HOUR))
         cases.append(PlantedCase("cart_bought_after_first_reminder",
                                  "cart updated A-3d, ordered A-3d+5h after reminder 1: exits with a thank-you",
-                                 c.customer_id, cart, (order.order_id,)))
+                                 c.customer_id, c.email, cart, (order.order_id,)))
 
         abandoned("cart_full_sequence", "cart updated A-4d-2h, never ordered: reminders at +1h, +24h, +48h",
                   -4 * DAY - 2 * HOUR, ("FUR-01-T2", "HOU-01-T1"), country="NL")
@@ -711,7 +710,7 @@ class _Shop:
         cart = self.add_cart(c.customer_id, -10 * HOUR - 10 * MINUTE, -10 * HOUR, self.items("COF-02-T1", "HOU-02-T1"))
         cases.append(PlantedCase("cart_ordered_before",
                                  "cart updated A-10h after an order at A-11h: the earlier order does not exit",
-                                 c.customer_id, cart, (order.order_id,)))
+                                 c.customer_id, c.email, cart, (order.order_id,)))
         return cases
 
     def plant_winback_cases(self) -> list[PlantedCase]:
@@ -720,7 +719,7 @@ class _Shop:
             orders = [self.delivered_order(c, last_order + 3 * DAY, self.items("CLO-01-T1", "COS-01-T1"))]
             if then is not None:  # ordered again after the first win-back email
                 orders.append(self.add_order(c, then, self.items("CLO-02-T2"), ("shipped", then + 20 * HOUR, None)))
-            return PlantedCase(name, description, c.customer_id, order_ids=tuple(o.order_id for o in orders))
+            return PlantedCase(name, description, c.customer_id, c.email, order_ids=tuple(o.order_id for o in orders))
 
         return [
             lapsed("winback_enters", "only order at A-92d: enters win-back at A-2d, never returns", -92 * DAY, "DE"),
@@ -739,7 +738,7 @@ class _Shop:
             c = self.planted_customer(name, "DE")
             order = self.delivered_order(c, delivered, self.items(*skus))
             review = self.add_review(order.order_id, order.items[0][0], c.customer_id, rating, reviewed) if rating else None
-            return PlantedCase(name, description, c.customer_id, order_ids=(order.order_id,), review_id=review)
+            return PlantedCase(name, description, c.customer_id, c.email, order_ids=(order.order_id,), review_id=review)
 
         cases = [
             reviewable("review_soft", "soft goods delivered A-13d: request due A-3d, no review", -13 * DAY),
@@ -759,13 +758,13 @@ class _Shop:
         c = self.planted_customer("review_undelivered", "AU")
         undelivered = self.add_order(c, -9 * DAY, self.items(*soft), ("shipped", -8 * DAY, None))
         cases.append(PlantedCase("review_undelivered", "ordered A-9d, shipped A-8d, never delivered: never asked",
-                                 c.customer_id, order_ids=(undelivered.order_id,)))
+                                 c.customer_id, c.email, order_ids=(undelivered.order_id,)))
         return cases
 
     def plant_leap_day_birthday(self) -> PlantedCase:
         c = self.planted_customer("birthday_leap_day", "GB", birthday=date(1992, 2, 29))
         return PlantedCase("birthday_leap_day", "born 1992-02-29: birthday journeys must cope with non-leap years",
-                           c.customer_id)
+                           c.customer_id, c.email)
 
 
 def _ascii_slug(name: str) -> str:
@@ -821,6 +820,14 @@ def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int 
     return planted
 
 
+def planted_cases() -> Planted:
+    """What generate() plants, without a database: ids never depend on the anchor, seed or size.
+
+    For code that reads a shop someone else generated (e.g. a session-wide test database).
+    """
+    return _Shop(datetime(2000, 1, 1, tzinfo=UTC), seed=0).plant()
+
+
 def _refuse_non_empty(cursor) -> None:
     # The lock makes a concurrent generate() wait for this one and then see its rows.
     cursor.execute("LOCK TABLE shop.customers IN SHARE ROW EXCLUSIVE MODE")
@@ -844,16 +851,16 @@ def _drop_foreign_keys(cursor) -> list[tuple[str, str, str]]:
     in the load's transaction, so nobody ever sees the shop without its keys.
     """
     cursor.execute(
-        "SELECT format('%I.%I', n.nspname, t.relname), c.conname, pg_get_constraintdef(c.oid)"
+        "SELECT format('%I.%I', n.nspname, t.relname), quote_ident(c.conname), pg_get_constraintdef(c.oid)"
         " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
         " WHERE c.contype = 'f' AND n.nspname = 'shop' ORDER BY 1, 2"
     )
     keys = cursor.fetchall()
     for table, name, _ in keys:
-        cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
     return keys
 
 
 def _add_foreign_keys(cursor, keys: list[tuple[str, str, str]]) -> None:
     for table, name, definition in keys:
-        cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")

@@ -95,7 +95,10 @@ def validate_stage(
 
     _quiet_gx()
     table = stage_table(run).split(".", 1)[1]
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_sql(
         name="warehouse", connection_string=engine.url.render_as_string(hide_password=False)
     )

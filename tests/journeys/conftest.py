@@ -1,0 +1,504 @@
+"""End-to-end journey tests: the demo shop, real journey runs, a real SMTP server, and an
+expected outcome derived independently from the shop tables.
+
+Per database (`warehouse_engine` is parametrized over the embedded PostgreSQL and the
+PostgreSQL service), the shop is generated once (`shop`, session scope) and each journey
+runs once over its window (`journey_run`, called by a module-scoped fixture in each test
+module) against its own `RecordingSMTPServer`.
+
+The expected outcome never reads the segment files or calls the engine's SQL: each test
+module states its journey's rules in Python over the shop tables (pandas DataFrames), and
+`simulate` below plays those rules through the same sequence of runs, applying the
+engine's documented contract (DESIGN.md): a step is planned by the first run whose
+interval end is at or after its due time (or "expired" when it is more than max_lateness
+overdue), exit rules are checked before steps, in header order, and consent,
+suppressions and the address are checked at send time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from lifecycle import demo_shop, schema
+from lifecycle.channels.email import EmailChannel
+from lifecycle.config import SEGMENTS_DIR
+from lifecycle.runner import run_interval
+from lifecycle.smtp_sink import ReceivedMessage, RecordingSMTPServer
+from lifecycle.spec import JourneySpec, load_spec
+
+ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)  # "A": the demo shop's history ends just before it
+CUSTOMERS = 600
+SEED = 11
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+# What the tests call a usable address: something@domain.tld, no spaces.
+VALID_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EXIT_STATUSES = ("converted", "exited", "expired")  # an enrollment that left the journey
+
+SHOP_TABLES = ("customers", "consents", "products", "carts", "cart_items", "orders", "order_items", "reviews")
+
+
+# ----------------------------------------------------------------------------- the shop
+
+
+class Order(NamedTuple):
+    order_id: int
+    customer_id: int
+    ordered_at: datetime
+    status: str
+    total: Decimal
+    delivered_at: datetime | None
+
+
+@dataclass
+class Shop:
+    """The generated demo shop as DataFrames, plus the lookups every journey needs."""
+
+    engine: sa.Engine
+    planted: demo_shop.Planted
+    frames: dict[str, pd.DataFrame]
+    email_of: dict[int, str] = field(init=False)
+    email_consent: dict[int, str] = field(init=False)  # customer -> opted_in / opted_out (no row: absent)
+    orders_of: dict[int, list[Order]] = field(init=False)  # non-cancelled orders per customer, by time
+
+    def __post_init__(self) -> None:
+        customers = self.frames["customers"]
+        self.email_of = dict(zip(customers.customer_id.astype(int), customers.email, strict=True))
+        consents = self.frames["consents"]
+        email_rows = consents[consents.channel == "email"]
+        self.email_consent = dict(zip(email_rows.customer_id.astype(int), email_rows.status, strict=True))
+        self.orders_of = {}
+        for order in self.orders():
+            if order.status != "cancelled":
+                self.orders_of.setdefault(order.customer_id, []).append(order)
+        for orders in self.orders_of.values():
+            orders.sort(key=lambda o: (o.ordered_at, o.order_id))
+
+    def orders(self) -> list[Order]:
+        return [
+            Order(int(r.order_id), int(r.customer_id), py(r.ordered_at), r.status, Decimal(str(r.total)),
+                  py(r.delivered_at))
+            for r in self.frames["orders"].itertuples(index=False)
+        ]
+
+    def first_order_between(self, customer_id: int, after: datetime, before: datetime) -> Order | None:
+        """The customer's first non-cancelled order with after < ordered_at < before."""
+        for order in self.orders_of.get(customer_id, ()):
+            if after < order.ordered_at < before:
+                return order
+        return None
+
+    def last_order_before(self, customer_id: int, before: datetime) -> Order | None:
+        """The customer's latest non-cancelled order with ordered_at < before."""
+        orders = self.orders_of.get(customer_id, [])
+        i = bisect_left([o.ordered_at for o in orders], before)
+        return orders[i - 1] if i else None
+
+
+def py(value: Any) -> Any:
+    """A pandas Timestamp as a plain aware datetime (NaT -> None); other values unchanged."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value
+
+
+def read_shop_frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
+    with engine.connect() as conn:
+        return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in SHOP_TABLES}
+
+
+# ----------------------------------------------------------------------------- expected outcome
+
+
+class Candidate(NamedTuple):
+    """One row a journey's rules select in a run."""
+
+    key: str
+    customer_id: int
+    entered_at: datetime
+    email: str
+
+
+class StepRule(NamedTuple):
+    name: str
+    after: timedelta
+    action: bool = False  # a 'suppress' action: recorded as sent and suppresses the customer
+
+
+class Conversion(NamedTuple):
+    condition: str
+    occurred_at: datetime
+    order_id: str | None = None
+    revenue: Decimal | None = None
+
+
+class ExitRule(NamedTuple):
+    condition: str
+    message_step: str | None  # the exit message (None: exit silently)
+    check: Callable[[ExpectedEnrollment, datetime], Conversion | None]  # (enrollment, as_of)
+
+
+@dataclass
+class ExpectedMessage:
+    key: str
+    customer_id: int
+    step: str
+    due_at: datetime
+    planned_for: datetime  # interval end of the run that planned (and sent) it
+    status: str
+    reason: str | None
+
+    def row(self) -> tuple:
+        return (self.key, self.step, "email", self.status, self.reason, self.due_at, self.planned_for)
+
+
+@dataclass
+class ExpectedEnrollment:
+    key: str
+    customer_id: int
+    entered_at: datetime
+    enrolled_at: datetime
+    status: str = "active"
+    exit_reason: str | None = None
+    exited_at: datetime | None = None
+    conversion: Conversion | None = None
+    messages: dict[str, ExpectedMessage] = field(default_factory=dict)
+
+
+@dataclass
+class Expected:
+    enrollments: dict[str, ExpectedEnrollment]
+    quarantined: dict[str, list[datetime]]  # key -> interval ends of the runs that quarantined it
+    per_run: list[dict]  # {'end', 'selected', 'quarantined'} per run
+    suppressed: dict[int, str]  # customer -> suppression reason, after the last run
+
+    @property
+    def messages(self) -> list[ExpectedMessage]:
+        return [m for e in self.enrollments.values() for m in e.messages.values()]
+
+    def sent_emails(self, shop: Shop) -> Counter:
+        """(To address, step) of every email that should have reached the SMTP server."""
+        return Counter(
+            (shop.email_of[m.customer_id], m.step)
+            for m in self.messages
+            if m.status == "sent" and not (m.reason or "").startswith("action:")
+        )
+
+
+def intervals_for(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Consecutive [start, end) intervals covering the window."""
+    ends = []
+    t = start + step
+    while t <= end:
+        ends.append(t)
+        t += step
+    return intervals_from_ends(ends, step)
+
+
+def intervals_from_ends(ends: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    return list(zip([ends[0] - step, *ends[:-1]], ends, strict=True))
+
+
+def simulate(
+    shop: Shop,
+    intervals: list[tuple[datetime, datetime]],
+    *,
+    select: Callable[[datetime, datetime], Iterable[Candidate]],  # (interval_start, as_of) -> rows
+    steps: list[StepRule],
+    exits: list[ExitRule],
+    max_lateness: timedelta,
+    complete_after: timedelta = 7 * DAY,
+    suppressed_before: dict[int, str] | None = None,
+) -> Expected:
+    """Play a journey's rules run by run; return what every run should have left behind."""
+    enrollments: dict[str, ExpectedEnrollment] = {}
+    quarantined: dict[str, list[datetime]] = {}
+    per_run: list[dict] = []
+    suppressed = dict(suppressed_before or {})
+    exit_steps = {r.message_step for r in exits if r.message_step}
+
+    def plan(e: ExpectedEnrollment, step: str, due: datetime, as_of: datetime, action: bool) -> ExpectedMessage:
+        if due + max_lateness < as_of:
+            msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "expired",
+                                  f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
+        elif action:
+            msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "sent", "action:")
+            suppressed.setdefault(e.customer_id, "no_response")
+        else:
+            msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "planned", None)
+        e.messages[step] = msg
+        return msg
+
+    def send(msg: ExpectedMessage, e: ExpectedEnrollment) -> None:
+        """The send-time checks, in order: enrollment state, suppressions, consent, address."""
+        consent = shop.email_consent.get(msg.customer_id)
+        if e.status in EXIT_STATUSES and msg.step not in exit_steps:
+            msg.status, msg.reason = "skipped", f"enrollment {e.status}"
+        elif msg.customer_id in suppressed:
+            msg.status, msg.reason = "suppressed", f"suppressed: {suppressed[msg.customer_id]}"
+        elif consent is None:
+            msg.status, msg.reason = "suppressed", "no consent"
+        elif consent != "opted_in":
+            msg.status, msg.reason = "suppressed", "consent withdrawn"
+        elif not VALID_EMAIL.match(shop.email_of[msg.customer_id] or ""):
+            msg.status, msg.reason = "skipped", "invalid address"
+        else:
+            msg.status = "sent"
+
+    for start, as_of in intervals:
+        planned: list[tuple[ExpectedMessage, ExpectedEnrollment]] = []
+        rows = list(select(start, as_of))
+        keys = [r.key for r in rows]
+        assert len(keys) == len(set(keys)), "the journey's rules selected a key twice"
+        bad = 0
+        for r in rows:
+            if not VALID_EMAIL.match(r.email or ""):
+                quarantined.setdefault(r.key, []).append(as_of)
+                bad += 1
+            elif r.key not in enrollments:
+                enrollments[r.key] = ExpectedEnrollment(r.key, r.customer_id, r.entered_at, as_of)
+        per_run.append({"end": as_of, "selected": len(rows), "quarantined": bad})
+
+        def active() -> list[ExpectedEnrollment]:
+            return [e for e in enrollments.values() if e.status == "active" and e.entered_at <= as_of]
+
+        for rule in exits:  # header order: the first rule that holds wins
+            for e in active():
+                hit = rule.check(e, as_of)
+                if hit is None:
+                    continue
+                e.status, e.exit_reason, e.conversion = "converted", rule.condition, hit
+                e.exited_at = min(hit.occurred_at, as_of)
+                if rule.message_step:
+                    planned.append((plan(e, rule.message_step, e.exited_at, as_of, False), e))
+
+        for step in steps:
+            for e in active():
+                due = e.entered_at + step.after
+                if step.name not in e.messages and due <= as_of:
+                    planned.append((plan(e, step.name, due, as_of, step.action), e))
+
+        done_after = steps[-1].after + complete_after
+        for e in active():
+            if all(s.name in e.messages for s in steps) and e.entered_at + done_after <= as_of:
+                e.status = "completed"
+
+        for msg, e in planned:
+            if msg.status == "planned":
+                send(msg, e)
+    return Expected(enrollments, quarantined, per_run, suppressed)
+
+
+# ----------------------------------------------------------------------------- what the engine did
+
+
+@dataclass
+class JourneyRun:
+    journey: str
+    spec: JourneySpec
+    shop: Shop
+    intervals: list[tuple[datetime, datetime]]
+    results: list[dict]  # run_interval's summary per run
+    received: list[ReceivedMessage]  # what the SMTP server accepted, in order
+    suppressed_before: dict[int, str]  # lifecycle.suppressions before the journey's first run
+    seconds: float
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.shop.engine
+
+    @property
+    def planted(self) -> demo_shop.Planted:
+        return self.shop.planted
+
+    # -- lifecycle tables, read back with plain SQL
+
+    def query(self, sql: str, **params) -> list[Any]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), {"journey": self.journey, **params}).all()
+
+    def message_rows(self) -> list[tuple]:
+        """(key, step, channel, status, reason, due_at, planned_for), reasons normalised like ExpectedMessage."""
+        rows = self.query(
+            """
+            SELECT e.enrollment_key, m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for
+            FROM lifecycle.messages m JOIN lifecycle.enrollments e USING (enrollment_id)
+            WHERE m.journey = :journey AND m.mode = 'live'
+            """
+        )
+        out = []
+        for key, step, channel, status, reason, due_at, planned_for in rows:
+            if status == "expired" and reason:
+                reason = reason.split(",")[0]  # 'late: due YYYY-MM-DD HH:MM UTC, more than ... before the run'
+            elif status == "sent" and reason and reason.startswith("action:"):
+                reason = "action:"
+            elif status == "skipped" and reason and reason.startswith("enrollment "):
+                reason = " ".join(reason.split()[:2])  # 'enrollment converted (purchased_since_entry)'
+            out.append((key, step, channel, status, reason, due_at, planned_for))
+        return out
+
+    def enrollment_rows(self) -> dict[str, Any]:
+        rows = self.query(
+            "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, holdout "
+            "FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'"
+        )
+        return {r.enrollment_key: r for r in rows}
+
+    def conversion_rows(self) -> dict[str, tuple]:
+        rows = self.query(
+            """
+            SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at
+            FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id)
+            WHERE c.journey = :journey AND c.mode = 'live'
+            """
+        )
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def quarantine_rows(self) -> list[tuple[str, tuple[str, ...], datetime]]:
+        rows = self.query(
+            """
+            SELECT q.enrollment_key, q.reasons, r.interval_end
+            FROM lifecycle.quarantine q JOIN lifecycle.runs r USING (journey, run_id)
+            WHERE q.journey = :journey AND q.mode = 'live'
+            """
+        )
+        return [(k, tuple(reasons), end) for k, reasons, end in rows]
+
+    # -- what the SMTP server received
+
+    def received_by_step(self) -> Counter:
+        return Counter((m.message()["To"], m.message()["X-Lifecycle-Step"]) for m in self.received)
+
+    def find_received(self, to: str, step: str) -> list[Any]:
+        return [
+            m.message() for m in self.received
+            if m.message()["To"] == to and m.message()["X-Lifecycle-Step"] == step
+        ]
+
+
+def journey_run(shop: Shop, journey: str, start: datetime, end: datetime, every: timedelta) -> JourneyRun:
+    """Run `journey` for consecutive intervals over [start, end) against its own SMTP server."""
+    spec = load_spec(SEGMENTS_DIR / f"{journey}.sql")
+    intervals = intervals_for(start, end, every)
+    with shop.engine.connect() as conn:
+        suppressed_before = dict(
+            conn.execute(sa.text("SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all()
+        )
+    results = []
+    t0 = time.perf_counter()
+    with RecordingSMTPServer() as server:
+        channel_for = lambda name: EmailChannel("127.0.0.1", server.port)  # noqa: E731
+        for i_start, i_end in intervals:
+            results.append(run_interval(shop.engine, spec, i_start, i_end, channel_for))
+        received = list(server.messages)
+    return JourneyRun(journey, spec, shop, intervals, results, received, suppressed_before,
+                      time.perf_counter() - t0)
+
+
+@pytest.fixture(scope="session")
+def shop(warehouse_engine) -> Shop:
+    """The demo shop, generated once per database (generate() refuses a non-empty shop)."""
+    planted = demo_shop.generate(warehouse_engine, anchor=ANCHOR, customers=CUSTOMERS, seed=SEED)
+    schema.migrate(warehouse_engine)
+    return Shop(warehouse_engine, planted, read_shop_frames(warehouse_engine))
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+def assert_same(actual: Iterable, expected: Iterable, what: str, show: int = 8) -> None:
+    """Multiset equality with a readable diff (a few examples each way)."""
+    actual, expected = Counter(actual), Counter(expected)
+    missing, unexpected = expected - actual, actual - expected
+    if missing or unexpected:
+        lines = [f"{what}: {sum(missing.values())} expected but missing, {sum(unexpected.values())} unexpected"]
+        lines += [f"  missing:    {row!r}" for row in sorted(map(repr, missing))[:show]]
+        lines += [f"  unexpected: {row!r}" for row in sorted(map(repr, unexpected))[:show]]
+        pytest.fail("\n".join(lines))
+
+
+def text_and_html(message) -> tuple[str, str]:
+    """The text/plain and text/html bodies of a multipart/alternative email (asserted to be so)."""
+    assert message.get_content_type() == "multipart/alternative", message.get_content_type()
+    parts = {part.get_content_type(): part for part in message.iter_parts()}
+    assert set(parts) == {"text/plain", "text/html"}, set(parts)
+    return parts["text/plain"].get_content(), parts["text/html"].get_content()
+
+
+# ----------------------------------------------------------------------------- the checks every journey runs
+
+
+def check_runs(run: JourneyRun, expected: Expected) -> None:
+    """Every run finished ok and selected / quarantined exactly the rows the rules pick."""
+    statuses = run.query("SELECT status, count(*) FROM lifecycle.runs WHERE journey = :journey AND mode = 'live' "
+                         "GROUP BY status")
+    assert dict(statuses) == {"ok": len(run.intervals)}
+    actual = [(end, r["selected"], r["quarantined"]) for (_, end), r in zip(run.intervals, run.results, strict=True)]
+    wanted = [(r["end"], r["selected"], r["quarantined"]) for r in expected.per_run]
+    assert_same(actual, wanted, f"{run.journey}: (run end, rows selected, rows quarantined)")
+
+
+def check_messages(run: JourneyRun, expected: Expected) -> None:
+    """lifecycle.messages equals the expected messages, status by status (key, step, reason, timing)."""
+    actual = run.message_rows()
+    wanted = [m.row() for m in expected.messages]
+    statuses = sorted({r[3] for r in actual} | {r[3] for r in wanted})
+    for status in statuses:
+        assert_same([r for r in actual if r[3] == status], [r for r in wanted if r[3] == status],
+                    f"{run.journey}: messages with status {status!r} (key, step, channel, status, reason, due, run)")
+
+
+def check_smtp(run: JourneyRun, expected: Expected) -> None:
+    """The SMTP server received exactly the expected 'sent' emails, each once."""
+    assert_same(run.received_by_step(), expected.sent_emails(run.shop),
+                f"{run.journey}: (To, X-Lifecycle-Step) received by the SMTP server")
+    ids = Counter(m.message()["Message-ID"] for m in run.received)
+    assert not [i for i, n in ids.items() if n > 1], "a Message-ID was received twice"
+    for m in run.received:
+        msg = m.message()
+        assert m.rcpt_tos == [msg["To"]]
+        assert msg["X-Lifecycle-Journey"] == run.journey
+
+
+def check_enrollments(run: JourneyRun, expected: Expected) -> None:
+    """lifecycle.enrollments: who entered, when the clock started, and how each left."""
+    actual = [
+        (k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at, r.holdout)
+        for k, r in run.enrollment_rows().items()
+    ]
+    wanted = [
+        (e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, False)
+        for e in expected.enrollments.values()
+    ]
+    assert_same(actual, wanted, f"{run.journey}: enrollments (key, customer, entered, enrolled, status, "
+                                "exit reason, exited, holdout)")
+
+
+def check_conversions(run: JourneyRun, expected: Expected) -> None:
+    """lifecycle.conversions: one row per converted enrollment, with the order and revenue that did it."""
+    wanted = {
+        e.key: (e.customer_id, e.conversion.condition, e.conversion.order_id, e.conversion.revenue, e.exited_at)
+        for e in expected.enrollments.values() if e.status == "converted"
+    }
+    assert_same(run.conversion_rows().items(), wanted.items(), f"{run.journey}: conversions")
+
+
+def check_quarantine(run: JourneyRun, expected: Expected) -> None:
+    """Rows with an unusable address are quarantined (with the reason) in every run that selects them."""
+    wanted = [(k, ("email: not a valid address",), end) for k, ends in expected.quarantined.items() for end in ends]
+    assert_same(run.quarantine_rows(), wanted, f"{run.journey}: quarantine (key, reasons, run end)")
+    assert not set(expected.quarantined) & set(run.enrollment_rows()), "a quarantined row was enrolled"
