@@ -35,11 +35,18 @@ def _engine():
     return airflow_warehouse_engine(WAREHOUSE_CONN_ID)
 
 
+def _run_switch(name: str) -> bool:
+    """A boolean param of this run. Read from the run's own conf (where the trigger form and
+    `--dag-run-conf` put it): params resolved in-process can carry over between runs."""
+    conf = get_current_context()["dag_run"].conf or {}
+    return bool(conf.get(name, False))
+
+
 def _run_context(journey: str):
     from lifecycle.runs import RunContext
 
     ctx = get_current_context()
-    dry = bool(ctx["params"].get("dry_run"))
+    dry = _run_switch("dry_run")
     return RunContext(
         journey=journey,
         run_id=ctx["run_id"],
@@ -90,7 +97,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import RunContext
             from lifecycle.validate import VolumeHeld, validate_stage
 
-            approve = bool(get_current_context()["params"].get("approve_volume"))
+            approve = _run_switch("approve_volume")
             try:
                 return validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
             except VolumeHeld as exc:

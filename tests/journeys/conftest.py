@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email.message import EmailMessage
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -259,6 +260,9 @@ def simulate(
         else:
             msg.status = "sent"
 
+    def active(as_of: datetime) -> list[ExpectedEnrollment]:
+        return [e for e in enrollments.values() if e.status == "active" and e.entered_at <= as_of]
+
     for start, as_of in intervals:
         planned: list[tuple[ExpectedMessage, ExpectedEnrollment]] = []
         rows = list(select(start, as_of))
@@ -273,11 +277,8 @@ def simulate(
                 enrollments[r.key] = ExpectedEnrollment(r.key, r.customer_id, r.entered_at, as_of)
         per_run.append({"end": as_of, "selected": len(rows), "quarantined": bad})
 
-        def active() -> list[ExpectedEnrollment]:
-            return [e for e in enrollments.values() if e.status == "active" and e.entered_at <= as_of]
-
         for rule in exits:  # header order: the first rule that holds wins
-            for e in active():
+            for e in active(as_of):
                 hit = rule.check(e, as_of)
                 if hit is None:
                     continue
@@ -287,13 +288,13 @@ def simulate(
                     planned.append((plan(e, rule.message_step, e.exited_at, as_of, False), e))
 
         for step in steps:
-            for e in active():
+            for e in active(as_of):
                 due = e.entered_at + step.after
                 if step.name not in e.messages and due <= as_of:
                     planned.append((plan(e, step.name, due, as_of, step.action), e))
 
         done_after = steps[-1].after + complete_after
-        for e in active():
+        for e in active(as_of):
             if all(s.name in e.messages for s in steps) and e.entered_at + done_after <= as_of:
                 e.status = "completed"
 
@@ -316,6 +317,10 @@ class JourneyRun:
     received: list[ReceivedMessage]  # what the SMTP server accepted, in order
     suppressed_before: dict[int, str]  # lifecycle.suppressions before the journey's first run
     seconds: float
+    emails: list[EmailMessage] = field(init=False)  # `received`, parsed with the email package
+
+    def __post_init__(self) -> None:
+        self.emails = [m.message() for m in self.received]
 
     @property
     def engine(self) -> sa.Engine:
@@ -381,13 +386,14 @@ class JourneyRun:
     # -- what the SMTP server received
 
     def received_by_step(self) -> Counter:
-        return Counter((m.message()["To"], m.message()["X-Lifecycle-Step"]) for m in self.received)
+        return Counter((m["To"], m["X-Lifecycle-Step"]) for m in self.emails)
 
-    def find_received(self, to: str, step: str) -> list[Any]:
-        return [
-            m.message() for m in self.received
-            if m.message()["To"] == to and m.message()["X-Lifecycle-Step"] == step
-        ]
+    def steps_received_by(self, to: str) -> list[str]:
+        """X-Lifecycle-Step of every email to `to`, in arrival order."""
+        return [m["X-Lifecycle-Step"] for m in self.emails if m["To"] == to]
+
+    def find_received(self, to: str, step: str) -> list[EmailMessage]:
+        return [m for m in self.emails if m["To"] == to and m["X-Lifecycle-Step"] == step]
 
 
 def journey_run(shop: Shop, journey: str, start: datetime, end: datetime, every: timedelta) -> JourneyRun:
@@ -466,11 +472,10 @@ def check_smtp(run: JourneyRun, expected: Expected) -> None:
     """The SMTP server received exactly the expected 'sent' emails, each once."""
     assert_same(run.received_by_step(), expected.sent_emails(run.shop),
                 f"{run.journey}: (To, X-Lifecycle-Step) received by the SMTP server")
-    ids = Counter(m.message()["Message-ID"] for m in run.received)
+    ids = Counter(m["Message-ID"] for m in run.emails)
     assert not [i for i, n in ids.items() if n > 1], "a Message-ID was received twice"
-    for m in run.received:
-        msg = m.message()
-        assert m.rcpt_tos == [msg["To"]]
+    for received, msg in zip(run.received, run.emails, strict=True):
+        assert received.rcpt_tos == [msg["To"]]
         assert msg["X-Lifecycle-Journey"] == run.journey
 
 

@@ -171,7 +171,7 @@ def test_reminder_five_days_after_request(review_run):
     due = order_facts(review_run, order_id) + 10 * DAY
     assert messages_of(review_run, order_id) == {
         "request": ("sent", None, due, due), "reminder": ("sent", None, due + 5 * DAY, due + 5 * DAY)}
-    received = [m.message()["X-Lifecycle-Step"] for m in review_run.received if m.message()["To"] == address]
+    received = review_run.steps_received_by(address)
     assert received == ["request", "reminder"]
 
 
@@ -198,7 +198,7 @@ def test_review_exits(review_run, name, rating, condition, exit_step):
     if exit_step:
         wanted[exit_step] = ("sent", None, created, created + DAY)  # found by the first run after the review
     assert msgs == wanted
-    received = [m.message()["X-Lifecycle-Step"] for m in review_run.received if m.message()["To"] == address]
+    received = review_run.steps_received_by(address)
     assert received == ["request"] + ([exit_step] if exit_step else [])
 
 
@@ -206,7 +206,7 @@ def test_review_exits(review_run, name, rating, condition, exit_step):
 def test_never_enrolled(review_run, name):
     order_id, address = planted_order(review_run, name)
     assert str(order_id) not in review_run.enrollment_rows()
-    assert not [m for m in review_run.received if m.message()["To"] == address]
+    assert not review_run.steps_received_by(address)
 
 
 # ----------------------------------------------------------------------------- the email itself
@@ -229,7 +229,6 @@ def test_request_email_lists_the_products_to_review(review_run):
 
 def test_every_marketing_email_has_one_click_unsubscribe(review_run):
     assert review_run.received
-    for received in review_run.received:
-        message = received.message()
+    for message in review_run.emails:
         assert "<https://" in message["List-Unsubscribe"]
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -167,7 +167,7 @@ def test_full_sequence_three_emails_then_suppressed(winback_run):
     assert winback_run.query(
         "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = :c", c=case.customer_id
     ) == [("email", "no_response")]
-    received = [m.message()["X-Lifecycle-Step"] for m in winback_run.received if m.message()["To"] == case.email]
+    received = winback_run.steps_received_by(case.email)
     assert received == ["email_1", "email_2", "email_3"]
 
 
@@ -185,7 +185,7 @@ def test_converts_exits_with_thank_you_and_conversion(winback_run):
     msgs = messages_of(winback_run, case.customer_id)
     assert {s: (st, due) for s, (_, st, _, due, _) in msgs.items()} == {
         "email_1": ("sent", ANCHOR - 4 * DAY), "thank_you": ("sent", ordered_at)}
-    received = [m.message()["X-Lifecycle-Step"] for m in winback_run.received if m.message()["To"] == case.email]
+    received = winback_run.steps_received_by(case.email)
     assert received == ["email_1", "thank_you"]
 
 
@@ -224,7 +224,7 @@ def test_every_first_email_carries_its_own_coupon(winback_run):
         "SELECT ct.email, c.code FROM lifecycle.coupons c JOIN shop.customers ct USING (customer_id) "
         "WHERE c.journey = :journey AND c.step = 'email_1'"
     ))
-    firsts = [m.message() for m in winback_run.received if m.message()["X-Lifecycle-Step"] == "email_1"]
+    firsts = [m for m in winback_run.emails if m["X-Lifecycle-Step"] == "email_1"]
     assert len(firsts) > 50
     for message in firsts:
         text, body = text_and_html(message)
@@ -234,7 +234,6 @@ def test_every_first_email_carries_its_own_coupon(winback_run):
 
 def test_every_marketing_email_has_one_click_unsubscribe(winback_run):
     assert winback_run.received
-    for received in winback_run.received:
-        message = received.message()
+    for message in winback_run.emails:
         assert "<https://" in message["List-Unsubscribe"]
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
