@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import tempfile
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def shop_db(request):
     """A fresh database on either server holding the demo shop (600 customers, anchor
     2026-11-20 UTC) and the lifecycle schema. Module-scoped: tests in one module share it,
     so they use disjoint journeys or clean up what they change."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from lifecycle import demo_shop, schema
 
@@ -123,7 +124,7 @@ def shop_db(request):
         admin_url = SERVICE_URL
     url, drop = _fresh_database(admin_url)
     engine = sa.create_engine(url)
-    anchor = datetime(*ANCHOR_UTC, tzinfo=timezone.utc)
+    anchor = datetime(*ANCHOR_UTC, tzinfo=UTC)
     planted = demo_shop.generate(engine, anchor, customers=600, seed=11)
     schema.migrate(engine)
     yield engine, planted, anchor
@@ -151,7 +152,6 @@ def airflow_db():
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from airflow.models.pool import Pool
-
     from lifecycle.dag_factory import SEND_POOL
 
     Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle sends", include_deferred=False)
