@@ -30,8 +30,12 @@ WITH e AS (
     -- the same bad row seen by several runs counts once
     SELECT journey, count(DISTINCT coalesce(enrollment_key, row_data::text)) AS quarantined FROM lifecycle.quarantine WHERE mode = :mode GROUP BY journey
 ), c AS (
-    SELECT journey, coalesce(sum(revenue) FILTER (WHERE NOT holdout), 0) AS revenue
-    FROM lifecycle.conversions WHERE mode = :mode GROUP BY journey
+    -- one order can convert several enrollments (two abandoned carts, one order): count it once
+    SELECT journey, coalesce(sum(revenue), 0) AS revenue
+    FROM (SELECT DISTINCT ON (journey, coalesce(order_id, enrollment_id::text)) journey, revenue
+          FROM lifecycle.conversions WHERE mode = :mode AND NOT holdout
+          ORDER BY journey, coalesce(order_id, enrollment_id::text), converted_at) x
+    GROUP BY journey
 ), r AS (
     SELECT journey, count(*) AS runs, count(*) FILTER (WHERE status <> 'ok') AS runs_not_ok
     FROM lifecycle.runs WHERE mode = :mode GROUP BY journey
