@@ -343,8 +343,9 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
             c.add(f"{where}.name: required, lower_snake_case, got {name!r}")
             name = f"step_{i}"
         where = f"steps[{i}] ({name})"
+        known = len(c.problems)
         after = c.duration(f"{where}.after", s.get("after", "0h"))
-        if after < previous:
+        if len(c.problems) == known and after < previous:  # order is only meaningful for valid durations
             c.add(f"{where}.after: steps must be in time order ({s.get('after')} comes before the previous step)")
         previous = max(previous, after)
         action = s.get("action")

@@ -1,0 +1,109 @@
+"""The Great Expectations gate: bad rows are quarantined with every reason and the rest go on;
+a segment that suddenly selects far more rows than usual is held and nothing is enrolled."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from lifecycle import schema
+from lifecycle.runner import run_interval
+from lifecycle.spec import load_spec
+from lifecycle.validate import VolumeHeld
+
+HEADER = """/* ---
+journey: {name}
+schedule: daily
+entry_key: row_key
+entered_at: entered_at
+volume_guard: {{factor: 5, min_rows: 50, history: 5}}
+steps:
+  - {{name: only, after: 0h, channel: email, template: cart_abandonment/reminder_1}}
+--- */
+"""
+END = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+@pytest.fixture()
+def warehouse(scratch_engine):
+    schema.create_shop_schema(scratch_engine)
+    schema.migrate(scratch_engine)
+    return scratch_engine
+
+
+def segment(tmp_path, name, sql):
+    path = tmp_path / f"{name}.sql"
+    path.write_text(HEADER.format(name=name) + sql)
+    return load_spec(path)
+
+
+def no_channel(name):
+    raise AssertionError("nothing should be delivered in these tests")
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_the_rest_enrolled(warehouse, tmp_path):
+    spec = segment(tmp_path, "quarantine_probe", """
+        SELECT * FROM (VALUES
+            (1,    'a',  TIMESTAMPTZ '2026-11-19', 'ok1@example.com'),
+            (NULL, 'b',  TIMESTAMPTZ '2026-11-19', 'ok2@example.com'),
+            (3,    'c',  TIMESTAMPTZ '2026-11-19', 'not-an-email'),
+            (4,    'd',  TIMESTAMPTZ '2026-11-19', NULL),
+            (5,    'e',  TIMESTAMPTZ '2026-11-19', 'ok5@example.com'),
+            (6,    'e',  TIMESTAMPTZ '2026-11-19', 'ok6@example.com'),
+            (7,    NULL, TIMESTAMPTZ '2026-11-19', 'ok7@example.com'),
+            (8,    'h',  NULL,                     'bad mail')
+        ) AS v(customer_id, row_key, entered_at, email)
+    """)
+    result = run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel)
+
+    assert (result["selected"], result["valid"], result["quarantined"]) == (8, 1, 7)
+    with warehouse.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT row_data ->> 'customer_id', reasons FROM lifecycle.quarantine ORDER BY 1")).all()
+        enrolled = conn.execute(sa.text("SELECT enrollment_key FROM lifecycle.enrollments")).scalars().all()
+        run = conn.execute(sa.text("SELECT rows_selected, rows_valid, rows_quarantined, validation "
+                                   "FROM lifecycle.runs")).one()
+    assert dict(rows) == {
+        None: ["customer_id: missing"],
+        "3": ["email: not a valid address"],
+        "4": ["email: missing"],
+        "5": ["row_key: duplicate enrollment key"],
+        "6": ["row_key: duplicate enrollment key"],
+        "7": ["row_key: missing enrollment key"],
+        "8": ["email: not a valid address", "entered_at: missing"],
+    }
+    assert enrolled == ["a"]
+    assert run[:3] == (8, 1, 7) and run[3]["success"] is False
+    failed = {(e["expectation"], e["column"]) for e in run[3]["expectations"] if not e["success"]}
+    assert ("expect_column_values_to_be_unique", "row_key") in failed
+
+
+def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE public.spike_size (n int); INSERT INTO public.spike_size VALUES (10)")
+    spec = segment(tmp_path, "volume_probe", """
+        SELECT g AS customer_id, 'k' || g AS row_key, :as_of AS entered_at, 'c' || g || '@example.com' AS email
+        FROM generate_series(1, (SELECT n FROM public.spike_size)) AS g
+    """)
+    day = timedelta(days=1)
+    for i in range(3):  # three ordinary days of history
+        end = END + i * day
+        assert run_interval(warehouse, spec, end - day, end, no_channel)["selected"] == 10
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("UPDATE public.spike_size SET n = 5000")
+
+    end = END + 3 * day
+    with pytest.raises(VolumeHeld, match=r"volume_probe.sql: the segment selected 5000 rows, above this "
+                                         r"journey's limit of 50 .* approve_volume=true"):
+        run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike")
+    with warehouse.connect() as conn:
+        status, error = conn.execute(sa.text(
+            "SELECT status, error FROM lifecycle.runs WHERE run_id = 'spike'")).one()
+        enrolled = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments")).scalar()
+    assert status == "held" and "Nothing was enrolled or sent" in error
+    assert enrolled == 10  # only the ordinary days' rows
+
+    approved = run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike-approved",
+                            approve_volume=True)
+    assert approved["enrolled"]["entered"] == 4990
