@@ -148,3 +148,27 @@ def test_runs_record_an_asset_event_per_journey_run(airflow_env):
         uris = [event.asset.uri for event in session.query(AssetEvent).order_by(AssetEvent.id)]
     assert len(uris) == before + 1
     assert uris[-1] == "lifecycle://runs/win_back"
+
+
+def test_a_run_whose_sends_fail_is_recorded_failed_and_its_messages_wait(airflow_env, monkeypatch):
+    engine, planted, anchor, smtp, bag = airflow_env
+    dag = bag.dags["review_request"]
+    dag.get_task("send_batch").retries = 0
+    # Nothing listens on this port: every send task fails without delivering anything.
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_SMTP", json.dumps(
+        {"conn_type": "smtp", "host": "127.0.0.1", "port": 9, "extra": {"disable_ssl": True, "disable_tls": True}}))
+    run = dag.test(logical_date=anchor)
+    assert run.state == "failed"
+    with engine.connect() as conn:
+        status, error = conn.execute(sa.text("SELECT status, error FROM lifecycle.runs")).one()
+        waiting = conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = 'planned'")).scalar()
+    assert status == "failed" and "send_batch" in error
+    assert waiting > 0 and smtp.messages == []
+
+    # The next run of the journey picks the waiting messages up: nothing was lost.
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_SMTP", json.dumps(
+        {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp.port, "extra": {"disable_ssl": True, "disable_tls": True}}))
+    assert dag.test(logical_date=anchor + timedelta(days=1)).state == "success"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = 'planned'")).scalar() == 0
+    assert len(smtp.messages) >= waiting

@@ -56,6 +56,13 @@ def _run_context(journey: str):
     )
 
 
+def _failed_tasks(ctx) -> list[str]:
+    """Tasks of this DAG run that failed (the summary records the run as failed then)."""
+    states = ctx["ti"].get_task_states(dag_id=ctx["dag"].dag_id, run_ids=[ctx["run_id"]])
+    return sorted({task for task, state in states.get(ctx["run_id"], {}).items()
+                   if state in ("failed", "upstream_failed")})
+
+
 def build_journey_dag(spec: JourneySpec) -> DAG:
     @dag(
         dag_id=spec.journey,
@@ -141,13 +148,19 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
             ctx = get_current_context()
             engine, r = _engine(), RunContext.from_xcom(run)
-            failed = [ti.task_id for ti in ctx["dag_run"].get_task_instances() if ti.state == "failed"] \
-                if hasattr(ctx["dag_run"], "get_task_instances") else []
+            failed = _failed_tasks(ctx)
             counts = message_counts(engine, r)
             finish_run(engine, r, "failed" if failed else "ok", counts,
                        error=f"failed tasks: {', '.join(sorted(set(failed)))}" if failed else None)
             drop_stage(engine, r)
             log.info("journey %s interval %s..%s: %s", r.journey, r.interval_start, r.interval_end, counts)
+            if failed:  # recorded above; now make the DAG run itself show the failure
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(
+                    f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
+                    "lifecycle.runs and messages still planned will be sent by the next run"
+                )
             return {"journey": r.journey, "run_id": r.run_id, "messages": counts}
 
         run = start_run()

@@ -1,0 +1,299 @@
+"""Backfills through a real Airflow, not `dag.test()`: an api-server, a scheduler
+(LocalExecutor, SQLite metadata DB) and a dag-processor run as subprocesses, and
+`airflow backfill create` on the command line replays past intervals of a journey against
+the demo shop (real PostgreSQL) and a real SMTP server running in this test process.
+
+Proves: a backfill replays one journey run per data interval; the same backfill again
+(`--reprocess-behavior completed`) re-runs every interval and sends nothing new; a backfill
+with `--dag-run-conf '{"dry_run": true}'` records dry_run messages and delivers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+# Starting a whole Airflow is slow; the embedded warehouse is enough to prove what the
+# scheduler does (the engine's SQL runs on both servers in test_dags / test_guarantees).
+pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
+
+VENV_BIN = Path(sys.executable).parent
+AIRFLOW = str(VENV_BIN / "airflow")
+START_TIMEOUT = 90  # api-server up and DAGs parsed
+RUN_TIMEOUT = 240  # one backfill, from `backfill create` until the scheduler marks it complete
+TERMINAL = {"success", "failed"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} not found)"
+
+
+class Airflow:
+    """An Airflow made of subprocesses in one AIRFLOW_HOME, and a small client for it."""
+
+    SERVICES = ("api-server", "scheduler", "dag-processor")
+
+    def __init__(self, home: Path, env: dict[str, str], api_port: int) -> None:
+        self.home, self.env, self.api = home, env, f"http://127.0.0.1:{api_port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # --------------------------------------------------------------- processes
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def start(self) -> None:
+        for name in self.SERVICES:
+            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+            self.procs[name] = subprocess.Popen(
+                [AIRFLOW, name], env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stop() takes the task processes too
+            )
+            log.close()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # whatever is left in the group (task processes, uvicorn workers)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {name}.log (tail)\n{_tail(self.home / f'{name}.log')}" for name in self.procs)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"airflow {name} exited with {proc.returncode}\n{self.logs()}")
+
+    # --------------------------------------------------------------- REST API (all-admins, no login)
+    def get(self, path: str, **params) -> dict | None:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        url = f"{self.api}/api/v2/{path}" + (f"?{query}" if query else "")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def wait_until_ready(self, dag_ids: list[str]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            self.check_alive()
+            try:
+                if all(self.get(f"dags/{dag_id}") for dag_id in dag_ids):
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass  # api-server not listening yet
+            if time.monotonic() > deadline:
+                pytest.fail(f"DAGs {dag_ids} not parsed/served within {START_TIMEOUT}s\n{self.logs()}")
+            time.sleep(1)
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"dags/{dag_id}/dagRuns", order_by="logical_date", limit=100)["dag_runs"]
+
+    def backfill(self, dag_id: str, *args: str) -> dict:
+        """`airflow backfill create --dag-id DAG ARGS`; wait until the scheduler completes it."""
+        before = {b["id"] for b in self.get("backfills", dag_id=dag_id)["backfills"]}
+        self.cli("backfill", "create", "--dag-id", dag_id, *args)
+        (backfill,) = [b for b in self.get("backfills", dag_id=dag_id)["backfills"] if b["id"] not in before]
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while backfill["completed_at"] is None:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                states = {r["dag_run_id"]: r["state"] for r in self.dag_runs(dag_id)}
+                pytest.fail(f"backfill {backfill['id']} of {dag_id} not complete within {RUN_TIMEOUT}s; "
+                            f"runs: {states}\n{self.logs()}")
+            time.sleep(2)
+            backfill = self.get(f"backfills/{backfill['id']}")
+        return backfill
+
+    def explain_failures(self, dag_id: str, runs: list[dict]) -> str:
+        """Failed task instances of these runs, with the tail of each one's log."""
+        out = []
+        for run in runs:
+            if run["state"] == "success":
+                continue
+            tis = self.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+            for ti in tis:
+                if ti["state"] not in ("success", "skipped"):
+                    out.append(f"{run['dag_run_id']} {ti['task_id']}[{ti['map_index']}]: {ti['state']}")
+                    for log in sorted((self.home / "logs").glob(
+                            f"dag_id={dag_id}/run_id={run['dag_run_id']}/task_id={ti['task_id']}/**/*.log")):
+                        out.append(_tail(log, 30))
+        return "\n".join(out) or "(no failed task instances)"
+
+
+@pytest.fixture(scope="module")
+def airflow(shop_db):
+    """A running Airflow whose tasks use this module's demo shop and SMTP server."""
+    from lifecycle.cli import airflow_env
+    from lifecycle.smtp_sink import RecordingSMTPServer
+
+    engine, planted, anchor = shop_db
+    state_dir = Path(tempfile.mkdtemp(prefix="lifecycle-backfill-"))
+    smtp = RecordingSMTPServer().start()
+    api_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
+    env.update(airflow_env(state_dir, engine.url.render_as_string(hide_password=False), smtp.port))
+    env.update({
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # task processes call `airflow`
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",  # on SQLite: fine for one scheduler
+        "AIRFLOW__CORE__PARALLELISM": "4",  # this machine has 2 cores
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        # No scheduled runs: only the backfills under test create runs (an unpaused DAG
+        # would otherwise get its latest interval scheduled, and send for it).
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        # Tasks talk to the Execution API on the api-server; keep every port private to this
+        # test (the scheduler's log server defaults to 8793, which the api-server must not take).
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # the test reads the REST API
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    })
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True)
+    af = Airflow(home, env, api_port)
+    try:
+        af.cli("db", "migrate")
+        af.cli("pools", "set", "lifecycle_sends", "4", "lifecycle sends")
+        af.start()
+        af.wait_until_ready(["review_request", "win_back"])
+        yield af, engine, smtp
+    finally:
+        af.stop()
+        smtp.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def rows(engine, sql: str, **params) -> list:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).all()
+
+
+def scalar(engine, sql: str, **params):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
+
+
+def day(d: int) -> datetime:
+    return datetime(2026, 11, d, tzinfo=UTC)
+
+
+def test_backfill_replays_each_interval_and_a_second_backfill_sends_nothing_new(airflow):
+    af, engine, smtp = airflow
+    from lifecycle.channels.email import message_id_for
+
+    af.cli("dags", "unpause", "review_request")  # the scheduler only runs tasks of unpaused DAGs
+    # Daily interval timetable: --from-date/--to-date select *logical dates* (= interval starts),
+    # both inclusive; 16..19 are the intervals [16, 17) .. [19, 20), ending at the shop's anchor.
+    window = ["--from-date", "2026-11-16", "--to-date", "2026-11-19"]
+    intervals = [(day(d), day(d + 1)) for d in range(16, 20)]
+
+    first = af.backfill("review_request", *window)
+    runs = af.dag_runs("review_request")
+    assert [r["state"] for r in runs] == ["success"] * 4, af.explain_failures("review_request", runs)
+    assert {r["run_type"] for r in runs} == {"backfill"}
+    assert [(datetime.fromisoformat(r["data_interval_start"]), datetime.fromisoformat(r["data_interval_end"]))
+            for r in runs] == intervals
+    run_ids = [r["dag_run_id"] for r in runs]
+
+    audit = rows(engine, "SELECT run_id, interval_start, interval_end, status, mode, finished_at "
+                         "FROM lifecycle.runs WHERE journey = 'review_request' ORDER BY interval_start")
+    assert [(a.run_id, a.interval_start, a.interval_end, a.status, a.mode) for a in audit] == [
+        (rid, start, end, "ok", "live") for rid, (start, end) in zip(run_ids, intervals, strict=True)]
+
+    sent = rows(engine, """
+        SELECT m.idempotency_key, m.step, m.run_id, c.email FROM lifecycle.messages m
+        JOIN shop.customers c USING (customer_id)
+        WHERE m.journey = 'review_request' AND m.status = 'sent'""")
+    assert len(sent) > 0, "the window should have review requests due"
+    assert {m.run_id for m in sent} <= set(run_ids)
+    assert scalar(engine, "SELECT count(*) FROM lifecycle.messages WHERE status IN ('planned', 'claimed')") == 0
+    received = list(smtp.messages)
+    assert len(received) == len(sent)
+    # Every intended message arrived exactly once: the Message-ID derives from the idempotency
+    # key (journey, enrollment, step, channel). The entry key is the order, so a customer with
+    # two orders due gets two requests: (recipient, step) pairs match the audit, not unique.
+    got_ids = Counter(m.message()["Message-ID"] for m in received)
+    assert got_ids == Counter(message_id_for(m.idempotency_key) for m in sent)
+    assert max(got_ids.values()) == 1
+    got_pairs = Counter((rcpt.lower(), m.message()["X-Lifecycle-Step"]) for m in received for rcpt in m.rcpt_tos)
+    assert got_pairs == Counter((m.email.lower(), m.step) for m in sent)
+
+    # The same backfill again: Airflow clears and re-runs every interval (same run ids).
+    second = af.backfill("review_request", *window, "--reprocess-behavior", "completed")
+    assert second["id"] != first["id"]
+    rerun = af.dag_runs("review_request")
+    assert [r["dag_run_id"] for r in rerun] == run_ids
+    assert [r["state"] for r in rerun] == ["success"] * 4, af.explain_failures("review_request", rerun)
+    assert all(datetime.fromisoformat(r["start_date"]) >= datetime.fromisoformat(second["created_at"])
+               for r in rerun)
+    audit_again = rows(engine, "SELECT run_id, status, finished_at FROM lifecycle.runs "
+                               "WHERE journey = 'review_request' ORDER BY interval_start")
+    assert [a.run_id for a in audit_again] == run_ids
+    assert all(a.status == "ok" for a in audit_again)
+    assert all(new.finished_at > old.finished_at for new, old in zip(audit_again, audit, strict=True))
+    # ... and nothing new went out.
+    assert len(smtp.messages) == len(received)
+    assert scalar(engine, "SELECT count(*) FROM lifecycle.messages "
+                          "WHERE journey = 'review_request' AND status = 'sent'") == len(sent)
+
+
+def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
+    af, engine, smtp = airflow
+    delivered_before = len(smtp.messages)
+    af.cli("dags", "unpause", "win_back")
+    af.backfill("win_back", "--from-date", "2026-11-18", "--to-date", "2026-11-19",
+                "--dag-run-conf", '{"dry_run": true}')
+    runs = af.dag_runs("win_back")
+    assert [r["state"] for r in runs] == ["success"] * 2, af.explain_failures("win_back", runs)
+    assert all(r["conf"] == {"dry_run": True} for r in runs)
+
+    audit = rows(engine, "SELECT mode, status FROM lifecycle.runs WHERE journey = 'win_back'")
+    assert [(a.mode, a.status) for a in audit] == [("dry", "ok")] * 2
+    by_status = dict(rows(engine, "SELECT mode || ':' || status, count(*) FROM lifecycle.messages "
+                                  "WHERE journey = 'win_back' GROUP BY 1"))
+    assert by_status.get("dry:dry_run", 0) > 0, by_status
+    assert set(by_status) <= {"dry:dry_run", "dry:suppressed", "dry:skipped", "dry:expired"}, by_status
+    assert len(smtp.messages) == delivered_before
