@@ -152,6 +152,7 @@ def airflow_db():
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from airflow.models.pool import Pool
+
     from lifecycle.dag_factory import SEND_POOL
 
     Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle sends", include_deferred=False)

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+
 from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR
 from lifecycle.warehouse import airflow_conn_json
 

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
+
 from lifecycle.demo_shop import PLANTED_EMAIL_DOMAIN, ShopNotEmptyError, generate, planted_cases
 
 # Not midnight and with microseconds, so planted times must be exact offsets of the anchor itself.

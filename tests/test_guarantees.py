@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+
 from lifecycle import plan, runs, send, stage, state, validate
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR

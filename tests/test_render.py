@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from jinja2.sandbox import SecurityError
+
 from lifecycle.config import SHOP, TEMPLATES_DIR
 from lifecycle.render import (
     MissingTemplateError,

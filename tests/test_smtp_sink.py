@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lifecycle.smtp_sink import EmlSink, RecordingSMTPServer, eml_filename, start_sink
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import sys
 from datetime import timedelta
 
 import pytest
+
 from lifecycle.cli import lint
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.spec import SpecError, load_all, load_spec

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+
 from lifecycle import schema
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec

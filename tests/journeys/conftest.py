@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+
 from lifecycle import demo_shop, schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
