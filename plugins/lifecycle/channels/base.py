@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 
@@ -19,7 +20,10 @@ class Outcome:
     status: Literal["sent", "failed", "retry", "unknown"]
     reason: str | None = None
     provider_message_id: str | None = None
-    suppress: str | None = None  # e.g. 'hard_bounce'
+    suppress: str | None = None  # e.g. 'hard_bounce', 'provider_opt_out': suppress this channel
+    revoke: str | None = None  # push: the exact endpoint to mark revoked in shop.push_subscriptions
+    fallback: bool = False  # the address is gone: the step may try its next channel
+    details: dict = field(default_factory=dict)  # recorded in messages.payload (e.g. SMS segments)
 
 
 class ChannelUnavailable(RuntimeError):
@@ -34,3 +38,10 @@ class Channel(Protocol):
     def __exit__(self, *exc: Any) -> None: ...
 
     def deliver(self, message: Any) -> Outcome: ...
+
+
+class Reconciling(Protocol):
+    """A channel whose provider can be asked whether a message went out (e.g. SMS lookups):
+    an 'unknown' outcome is then settled by looking, never by sending again."""
+
+    def reconcile(self, message: Any, claimed_at: datetime) -> Outcome | None: ...
