@@ -153,9 +153,10 @@ def airflow_db():
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from airflow.models.pool import Pool
 
-    from lifecycle.dag_factory import SEND_POOL
+    from lifecycle.dag_factory import POOLS
 
-    Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle sends", include_deferred=False)
+    for name, slots in POOLS.items():
+        Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
     return os.environ["AIRFLOW_HOME"]
 
 

@@ -130,19 +130,18 @@ class Airflow:
         return self.get(f"dags/{dag_id}/dagRuns", order_by="logical_date", limit=100)["dag_runs"]
 
     def backfill(self, dag_id: str, *args: str) -> dict:
-        """`airflow backfill create --dag-id DAG ARGS`; wait until the scheduler completes it."""
-        before = {b["id"] for b in self.get("backfills", dag_id=dag_id)["backfills"]}
+        """`airflow backfill create --dag-id DAG ARGS`, then wait until all its runs finished."""
+        backfills = self.get("backfills", dag_id=dag_id)["backfills"]
+        for earlier in backfills:  # Airflow allows one unfinished backfill per DAG
+            self._wait(lambda b=earlier: self.get(f"backfills/{b['id']}")["completed_at"] is not None,
+                       f"backfill {earlier['id']} of {dag_id} to be marked complete", dag_id)
         self.cli("backfill", "create", "--dag-id", dag_id, *args)
-        (backfill,) = [b for b in self.get("backfills", dag_id=dag_id)["backfills"] if b["id"] not in before]
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while backfill["completed_at"] is None:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                states = {r["dag_run_id"]: r["state"] for r in self.dag_runs(dag_id)}
-                pytest.fail(f"backfill {backfill['id']} of {dag_id} not complete within {RUN_TIMEOUT}s; "
-                            f"runs: {states}\n{self.logs()}")
-            time.sleep(2)
-            backfill = self.get(f"backfills/{backfill['id']}")
+        (backfill,) = [b for b in self.get("backfills", dag_id=dag_id)["backfills"]
+                       if b["id"] not in {e["id"] for e in backfills}]
+        # The runs were created (or cleared) queued in the same transaction as the backfill:
+        # from here on, every run of the DAG in a terminal state is one this backfill ran.
+        self._wait(lambda: all(r["state"] in TERMINAL for r in self.dag_runs(dag_id)),
+                   f"the runs of backfill {backfill['id']} of {dag_id} to finish", dag_id)
         runs = self.dag_runs(dag_id)
         print(f"BACKFILL {dag_id} created {backfill['created_at']} completed {backfill['completed_at']} now {datetime.now(UTC)}")
         for r in runs:
@@ -152,6 +151,15 @@ class Airflow:
                 for ti in tis:
                     print("      ", ti["task_id"], ti["map_index"], ti["start_date"], ti["end_date"], ti["duration"])
         return backfill
+
+    def _wait(self, done, what: str, dag_id: str) -> None:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not done():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                states = {r["dag_run_id"]: r["state"] for r in self.dag_runs(dag_id)}
+                pytest.fail(f"timed out after {RUN_TIMEOUT}s waiting for {what}; runs: {states}\n{self.logs()}")
+            time.sleep(1)
 
     def explain_failures(self, dag_id: str, runs: list[dict]) -> str:
         """Failed task instances of these runs, with the tail of each one's log."""
@@ -173,6 +181,7 @@ class Airflow:
 def airflow(shop_db):
     """A running Airflow whose tasks use this module's demo shop and SMTP server."""
     from lifecycle.cli import airflow_env
+    from lifecycle.dag_factory import POOLS
     from lifecycle.smtp_sink import RecordingSMTPServer
 
     engine, planted, anchor = shop_db
@@ -206,7 +215,10 @@ def airflow(shop_db):
         t0 = time.monotonic()
         af.cli("db", "migrate")
         print("migrate", time.monotonic() - t0)
-        af.cli("pools", "set", "lifecycle_sends", "4", "lifecycle sends")
+        pools = home / "pools.json"  # the pools the send tasks run in (one per channel)
+        pools.write_text(json.dumps({name: {"slots": slots, "description": "lifecycle sends"}
+                                     for name, slots in POOLS.items()}))
+        af.cli("pools", "import", str(pools))
         print("pool", time.monotonic() - t0)
         af.start()
         af.wait_until_ready(["review_request", "win_back"])
@@ -287,6 +299,8 @@ def test_backfill_replays_each_interval_and_a_second_backfill_sends_nothing_new(
     assert all(a.status == "ok" for a in audit_again)
     assert all(new.finished_at > old.finished_at for new, old in zip(audit_again, audit, strict=True))
     # ... and nothing new went out.
+    for r in rows(engine, "SELECT m.*, e.enrollment_key, e.entered_at, e.status AS est FROM lifecycle.messages m JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.created_at > :t OR m.sent_at > :t", t=second["created_at"]):
+        print("NEW", r._mapping)
     assert len(smtp.messages) == len(received)
     assert scalar(engine, "SELECT count(*) FROM lifecycle.messages "
                           "WHERE journey = 'review_request' AND status = 'sent'") == len(sent)

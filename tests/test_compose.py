@@ -219,3 +219,45 @@ def test_init_migrates_and_creates_the_admin():
     assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
     assert init["environment"]["_AIRFLOW_WWW_USER_CREATE"] == "true"
     assert "include" in init["command"][1]  # creates and chowns include/ too
+
+
+def test_unsubscribe_service():
+    """The one-click unsubscribe service: our image, its own command, port and health check."""
+    service = SERVICES["unsubscribe"]
+    assert service["image"] == COMMON["image"] and service["build"] == COMMON["build"]
+    assert service["command"] == "python -m lifecycle.unsubscribe_service --host 0.0.0.0 --port 8090"
+    assert service["ports"] == ["8090:8090"]
+    check = service["healthcheck"]["test"]
+    assert check[0] in ("CMD", "CMD-SHELL") and "http://localhost:8090/health" in " ".join(check)
+    assert service["depends_on"]["warehouse"]["condition"] == "service_healthy"
+    # not an Airflow component: no *airflow-common merge, no metadata DB or broker settings
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in service["environment"]
+    # `python -m lifecycle...` finds the mounted package and include/ (templates)
+    env = service["environment"]
+    assert env["PYTHONPATH"] == "/opt/airflow/plugins" and env["LIFECYCLE_PROJECT_DIR"] == "/opt/airflow"
+    mounts = {v.rsplit(":", 1)[1]: v.rsplit(":", 1)[0] for v in service["volumes"]}
+    assert mounts["/opt/airflow/plugins"].endswith("/plugins")
+    assert mounts["/opt/airflow/include"].endswith("/include")
+
+
+def test_unsubscribe_service_shares_the_warehouse_and_signing_key():
+    env = SERVICES["unsubscribe"]["environment"]
+    assert env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"] == ENV["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"]
+    for name in AIRFLOW_SERVICES:  # the workers send the emails whose links it verifies
+        airflow_env = SERVICES[name]["environment"]
+        assert airflow_env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"] == env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"], name
+        assert airflow_env["LIFECYCLE_SIGNING_KEY"] == env["LIFECYCLE_SIGNING_KEY"], name
+    # a placeholder read from the environment, with a local default
+    assert re.fullmatch(r"\$\{LIFECYCLE_SIGNING_KEY:-[^}]+\}", env["LIFECYCLE_SIGNING_KEY"])
+    conn = json.loads(env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"])
+    assert (conn["conn_type"], conn["host"], int(conn["port"])) == ("postgres", "warehouse", 5432)
+
+
+def test_unsubscribe_service_reads_the_compose_connection():
+    from lifecycle.unsubscribe_service import warehouse_url
+
+    env = SERVICES["unsubscribe"]["environment"]
+    url = warehouse_url(environ={"AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"]})
+    assert (url.drivername, url.host, url.port, url.username, url.database) == (
+        "postgresql+psycopg2", "warehouse", 5432, "lifecycle", "warehouse",
+    )

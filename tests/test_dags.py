@@ -15,6 +15,7 @@ from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR
 from lifecycle.warehouse import airflow_conn_json
 
 JOURNEYS = {"cart_abandonment", "win_back", "review_request"}
+DISPATCH = "lifecycle_dispatch"
 
 
 def dagbag(folder=PROJECT_DIR / "dags"):
@@ -29,13 +30,15 @@ def test_every_dag_file_imports_without_errors_and_without_touching_the_network(
     started = time.perf_counter()
     bag = dagbag()
     assert bag.import_errors == {}
-    assert set(bag.dags) == JOURNEYS
+    assert set(bag.dags) == JOURNEYS | {DISPATCH}
     assert time.perf_counter() - started < 5
-    for dag_id, dag in bag.dags.items():
+    assert {t.task_id for t in bag.dags[DISPATCH].tasks} == {"collect", "batches_email", "send_email"}
+    for dag_id in JOURNEYS:
+        dag = bag.dags[dag_id]
         assert type(dag.timetable).__name__ == "CronDataIntervalTimetable", dag_id
         assert {"dry_run", "approve_volume"} <= set(dag.params.keys())
-        send = dag.get_task("send_batch")
-        assert send.pool == "lifecycle_sends"
+        send = dag.get_task("send_email")
+        assert send.pool == "lifecycle_email"
         assert [t.task_id for t in dag.topological_sort()][:6] == [
             "start_run", "stage_segment", "validate", "enroll", "evaluate_exits", "plan_messages"]
     assert bag.dags["cart_abandonment"].timetable.expression == "0 * * * *"
@@ -52,7 +55,7 @@ def test_a_broken_segment_file_fails_alone_with_a_clear_message(tmp_path, airflo
 
     dags = build_dags(tmp_path)
 
-    assert set(dags) == {"cart_abandonment", "win_back", "no_header"}
+    assert set(dags) == {"cart_abandonment", "win_back", "no_header", "lifecycle_dispatch"}
     assert "broken" not in dags["cart_abandonment"].tags
     assert "broken" in dags["win_back"].tags
     assert "win_back.sql: steps[1] (email_2).after: 'a week' is not a duration" in dags["win_back"].description
@@ -105,12 +108,12 @@ def test_journey_runs_through_airflow_and_a_rerun_sends_nothing_new(airflow_env)
 def test_airflow_retries_a_send_task_after_a_partial_batch_without_doubling(airflow_env):
     engine, planted, anchor, smtp, bag = airflow_env
     dag = bag.dags["review_request"]
-    dag.get_task("send_batch").retry_delay = timedelta(0)
+    dag.get_task("send_email").retry_delay = timedelta(0)
     smtp.fail_nth[2] = "451 4.3.0 try again later"
     run = dag.test(logical_date=anchor)
     assert run.state == "success"
     tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
-    assert tis[("send_batch", 0)].try_number == 2  # Airflow retried the task once
+    assert tis[("send_email", 0)].try_number == 2  # Airflow retried the task once
     rcpts = [r for m in smtp.messages for r in m.rcpt_tos]
     assert len(rcpts) == len(set(rcpts)) > 1
     assert count(engine, "SELECT count(*) FROM lifecycle.messages WHERE status = 'sent'") == len(rcpts)
@@ -154,7 +157,7 @@ def test_runs_record_an_asset_event_per_journey_run(airflow_env):
 def test_a_run_whose_sends_fail_is_recorded_failed_and_its_messages_wait(airflow_env, monkeypatch):
     engine, planted, anchor, smtp, bag = airflow_env
     dag = bag.dags["review_request"]
-    dag.get_task("send_batch").retries = 0
+    dag.get_task("send_email").retries = 0
     # Nothing listens on this port: every send task fails without delivering anything.
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_SMTP", json.dumps(
         {"conn_type": "smtp", "host": "127.0.0.1", "port": 9, "extra": {"disable_ssl": True, "disable_tls": True}}))
@@ -163,7 +166,7 @@ def test_a_run_whose_sends_fail_is_recorded_failed_and_its_messages_wait(airflow
     with engine.connect() as conn:
         status, error = conn.execute(sa.text("SELECT status, error FROM lifecycle.runs")).one()
         waiting = conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = 'planned'")).scalar()
-    assert status == "failed" and "send_batch" in error
+    assert status == "failed" and "send_email" in error
     assert waiting > 0 and smtp.messages == []
 
     # The next run of the journey picks the waiting messages up: nothing was lost.

@@ -140,9 +140,10 @@ def test_the_expected_templates_ship_complete():
 
 
 def test_no_stray_template_files():
-    """Every .html/.txt outside _layouts belongs to a complete template."""
+    """Every .html/.txt outside the shared `_` folders (layouts, service pages) belongs to a
+    complete template."""
     for path in TEMPLATES_DIR.rglob("*"):
-        if path.is_dir() or "_layouts" in path.parts:
+        if path.is_dir() or any(part.startswith("_") for part in path.relative_to(TEMPLATES_DIR).parts):
             continue
         name = path.relative_to(TEMPLATES_DIR).as_posix()
         base = re.sub(r"(\.subject\.txt|\.txt|\.html)$", "", name)

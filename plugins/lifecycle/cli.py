@@ -122,9 +122,10 @@ def prepare_airflow(env: dict[str, str], quiet: bool = True) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
     from airflow.models.pool import Pool
 
-    from lifecycle.dag_factory import SEND_POOL
+    from lifecycle.dag_factory import POOLS
 
-    Pool.create_or_update_pool(SEND_POOL, slots=4, description="lifecycle send tasks", include_deferred=False)
+    for name, slots in POOLS.items():
+        Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
 
 
 def interval_ends(schedule: str, start: datetime, end: datetime) -> list[datetime]:

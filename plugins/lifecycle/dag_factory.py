@@ -21,8 +21,56 @@ from lifecycle.spec import JourneySpec, SpecError, load_all
 
 log = logging.getLogger(__name__)
 
-SEND_POOL = "lifecycle_sends"
+# Pools rate-limit each channel; transactional journeys have their own so they never wait
+# behind marketing sends. Slots are a deployment choice (`airflow pools set`).
+POOLS = {"lifecycle_email": 4, "lifecycle_sms": 2, "lifecycle_push": 4, "lifecycle_transactional": 4}
 DEFAULT_ARGS = {"owner": "lifecycle", "retries": 3, "retry_delay": timedelta(minutes=2)}
+
+
+def pool_for(kind: str, channel: str) -> str:
+    return "lifecycle_transactional" if kind == "transactional" else f"lifecycle_{channel}"
+
+
+def channel_factory(name: str):
+    """The delivery channel `name`, configured from its Airflow connection (inside a task)."""
+    if name == "email":
+        from lifecycle.channels.email import EmailChannel
+
+        return EmailChannel.from_airflow(SMTP_CONN_ID)
+    if name == "sms":
+        from lifecycle.channels.sms import SMSChannel
+
+        return SMSChannel.from_airflow()
+    if name == "push":
+        from lifecycle.channels.push import PushChannel
+
+        return PushChannel.from_airflow()
+    raise ValueError(f"unknown channel {name!r}")
+
+
+def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec]):
+    """`batches_<channel>` picks that channel's descriptors from the plan (Airflow cannot map
+    over one key of a dict), then `send_<channel>` is mapped over them in the channel's pool."""
+
+    @task(task_id=f"batches_{channel}")
+    def pick(plan: dict) -> list[dict]:
+        return plan.get(channel, [])
+
+    return make_send_task(channel, kind, specs).expand(batch=pick(planned))
+
+
+def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec]):
+    """A task that delivers one batch of `channel` messages (mapped over batch descriptors)."""
+
+    @task(task_id=f"send_{channel}", pool=pool_for(kind, channel), retry_delay=timedelta(seconds=30),
+          max_active_tis_per_dagrun=4)
+    def send(batch: dict) -> dict:
+        from lifecycle.send import send_batch
+
+        return send_batch(_engine(), specs[batch["journey"]], batch, channel_factory,
+                          dry_run=batch["mode"] == "dry")
+
+    return send
 
 
 def journey_asset(journey: str) -> Asset:
@@ -125,21 +173,25 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             return exits(_engine(), spec, RunContext.from_xcom(run))
 
         @task
-        def plan_messages(run: dict, exited: dict) -> list[dict]:
-            from lifecycle.plan import assign_batches, plan_due_steps
+        def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
+            from lifecycle.plan import assign_batches, by_channel, plan_due_steps
             from lifecycle.runs import RunContext
 
             engine, ctx = _engine(), RunContext.from_xcom(run)
             plan_due_steps(engine, spec, ctx)
-            return assign_batches(engine, spec, ctx)
+            return by_channel(assign_batches(engine, spec, ctx), spec.channels)
 
-        @task(pool=SEND_POOL, retry_delay=timedelta(seconds=30), max_active_tis_per_dagrun=4)
-        def send_batch(batch: dict) -> dict:
-            from lifecycle.channels.email import EmailChannel
-            from lifecycle.send import send_batch as deliver
+        @task
+        def sync_audience(run: dict, exited: dict) -> dict:
+            """Keep the journey's Meta custom audience equal to its active members (diff only)."""
+            from lifecycle.audiences import MetaAudienceClient
+            from lifecycle.audiences import sync_audience as sync
+            from lifecycle.runs import RunContext
 
-            channels = {"email": lambda: EmailChannel.from_airflow(SMTP_CONN_ID)}
-            return deliver(_engine(), spec, batch, lambda name: channels[name](), dry_run=batch["mode"] == "dry")
+            ctx = RunContext.from_xcom(run)
+            if ctx.mode == "dry":
+                return {"skipped": "dry run: audiences are not changed"}
+            return sync(_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
 
         @task(trigger_rule="all_done", outlets=[journey_asset(spec.journey)])
         def summarize(run: dict) -> dict:
@@ -168,9 +220,11 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         checked = validate(run, rows)
         enrolled = enroll(run, checked)
         exited = evaluate_exits(run, enrolled)
-        batches = plan_messages(run, exited)
-        sent = send_batch.expand(batch=batches)
-        sent >> summarize(run)
+        planned = plan_messages(run, exited)
+        done = [fan_out(planned, ch, spec.kind, {spec.journey: spec}) for ch in sorted(spec.channels)]
+        if spec.audience_id:
+            done.append(sync_audience(run, exited))
+        done >> summarize(run)
 
     return journey()
 
@@ -199,9 +253,55 @@ def build_broken_dag(error: SpecError) -> DAG:
     return broken()
 
 
+DISPATCH_DAG_ID = "lifecycle_dispatch"
+
+
+def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
+    """Hourly: send messages that were waiting (an SMS held for the recipient's daytime, a
+    fallback) or that a run left behind, whatever the journey's own schedule."""
+    by_journey = {s.journey: s for s in specs}
+    channels = sorted({c for s in specs for c in s.channels})
+
+    @dag(
+        dag_id=DISPATCH_DAG_ID,
+        description="Send waiting and left-behind messages of every journey",
+        schedule=CronDataIntervalTimetable("30 * * * *", timezone="UTC"),
+        start_date=min((s.start_date for s in specs), default=None),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["lifecycle", "dispatch"],
+    )
+    def dispatch():
+        @task
+        def collect() -> dict[str, list[dict]]:
+            from lifecycle.plan import assign_batches, by_channel
+
+            ctx = get_current_context()
+            batches = []
+            for journey in sorted(by_journey):
+                run = _dispatch_context(journey, ctx)
+                batches += assign_batches(_engine(), by_journey[journey], run, only_waiting=True)
+            return by_channel(batches, channels)
+
+        waiting = collect()
+        for channel in channels:
+            fan_out(waiting, channel, "marketing", by_journey)
+
+    return dispatch()
+
+
+def _dispatch_context(journey: str, ctx):
+    from lifecycle.runs import RunContext
+
+    return RunContext(journey, ctx["run_id"], "live", ctx["data_interval_start"], ctx["data_interval_end"])
+
+
 def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
     specs, errors = load_all(segments_dir)
     dags = {spec.journey: build_journey_dag(spec) for spec in specs}
+    if specs:
+        dags[DISPATCH_DAG_ID] = build_dispatch_dag(specs)
     for error in errors:
         log.error("segment file %s is broken: %s", error.path, "; ".join(error.problems))
         dags.setdefault(error.path.stem, build_broken_dag(error))

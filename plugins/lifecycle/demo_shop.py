@@ -14,6 +14,7 @@ of customers and bulk-loaded with COPY, which keeps memory flat at 100k customer
 from __future__ import annotations
 
 import calendar
+import hashlib
 import io
 import itertools
 import math
@@ -365,6 +366,7 @@ class _Shop:
     def __init__(self, anchor: datetime, seed: int) -> None:
         self.anchor = anchor
         self.ts = _Clock(anchor)
+        self.seed = seed
         self.rng = random.Random(seed)
         self.names = {c.code: _name_pools(c, seed) for c in COUNTRIES}
         self.out = _CopyBuffer()
@@ -530,18 +532,22 @@ class _Shop:
         return None
 
     def random_push_subscription(self, c: _Customer, allowed: int) -> None:
-        """The browser subscribes right after the customer allows notifications."""
+        """The browser subscribes right after the customer allows notifications.
+
+        Its keys come from `push_subscription_keys(subscription_id, seed)`, so the demo's
+        push service can decrypt what the engine sends (a real browser keeps them secret).
+        """
         created = allowed + self.between(1, 30)
         revoked = self.between(created, 0) if self.rng.random() < 0.06 else None
-        self.out.add("push_subscriptions", next(self.ids["subscription"]), c.customer_id,
-                     f"https://push.example.net/send/{self.token(16)}", self.push_key(),
-                     _b64(self.rng.randbytes(16)), self.ts(created), None if revoked is None else self.ts(revoked))
-
-    def push_key(self) -> str:
-        """A real P-256 public key (RFC 8291 encryption needs a point on the curve)."""
-        secret = self.rng.randrange(1, 2**255)
-        key = ec.derive_private_key(secret, ec.SECP256R1()).public_key()
-        return _b64(key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint))
+        subscription_id = next(self.ids["subscription"])
+        endpoint = f"https://push.example.net/send/{self.token(16)}"
+        # Draws that once made the keys: kept, so every other value of the shop stays as it was.
+        self.rng.randrange(1, 2**255)
+        self.rng.randbytes(16)
+        private_key, auth_secret = push_subscription_keys(subscription_id, self.seed)
+        p256dh = private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        self.out.add("push_subscriptions", subscription_id, c.customer_id, endpoint, _b64(p256dh),
+                     _b64(auth_secret), self.ts(created), None if revoked is None else self.ts(revoked))
 
     def random_orders(self, c: _Customer) -> list[_Order]:
         """Orders at a personal pace; many customers stop buying at some point (win-back material)."""
@@ -774,6 +780,21 @@ def _ascii_slug(name: str) -> str:
 
 def _b64(raw: bytes) -> str:
     return urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def push_subscription_keys(subscription_id: int, seed: int) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """The browser side of a demo push subscription: its P-256 private key and 16-byte auth secret.
+
+    Derived from (seed, subscription_id) alone, so whoever knows the seed (the demo's
+    push service) can decrypt the RFC 8291 messages sent to a generated subscription.
+    """
+    material = f"lifecycle demo push subscription {seed} {subscription_id}".encode()
+    scalar = int.from_bytes(hashlib.sha256(material + b" p256dh").digest()) % (_P256_ORDER - 1) + 1
+    auth_secret = hashlib.sha256(material + b" auth").digest()[:16]
+    return ec.derive_private_key(scalar, ec.SECP256R1()), auth_secret
 
 
 # --------------------------------------------------------------------------- entry point

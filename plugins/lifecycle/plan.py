@@ -28,13 +28,12 @@ def insert_messages(
     candidates: str,
     *,
     step: str,
-    channel: str,
     template: str | None,
     lateness: timedelta,
     action: str | None = None,
 ) -> list[tuple[int, str]]:
     """Insert one message per candidate row (enrollment_id, enrollment_key, customer_id, holdout,
-    due_at, skip_reason); rows whose key exists are left alone. Returns (message_id, status)."""
+    due_at, skip_reason, channel); rows whose key exists are left alone. Returns (message_id, status)."""
     done = "'dry_run'" if run.mode == "dry" else "'sent'"
     ready = done if action else "'planned'"  # an action is carried out as it is planned
     rows = conn.execute(
@@ -43,8 +42,8 @@ def insert_messages(
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
                  status, reason, due_at, planned_for, planned_run_id, run_id)
-            SELECT :prefix || :journey || ':' || c.enrollment_key || ':' || :step || ':' || :channel,
-                   :journey, :mode, c.enrollment_id, c.customer_id, :step, :channel, :template, :kind,
+            SELECT :prefix || :journey || ':' || c.enrollment_key || ':' || :step || ':' || c.channel,
+                   :journey, :mode, c.enrollment_id, c.customer_id, :step, c.channel, :template, :kind,
                    CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'
                         WHEN c.skip_reason IS NOT NULL THEN 'skipped'
                         WHEN c.due_at + make_interval(secs => :lateness) < :as_of THEN 'expired'
@@ -58,8 +57,8 @@ def insert_messages(
                    c.due_at, :as_of, :run_id, :run_id
             FROM {candidates} AS c
             ORDER BY c.enrollment_id
-            ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING message_id, status, customer_id
+            ON CONFLICT DO NOTHING
+            RETURNING message_id, status, customer_id, channel
             """
         ),
         {
@@ -67,16 +66,16 @@ def insert_messages(
             "prefix": run.key_prefix,
             "run_id": run.run_id,
             "step": step,
-            "channel": channel,
             "template": template,
             "kind": spec.kind,
             "lateness": lateness.total_seconds(),
             "lateness_text": str(lateness),
-            "action_reason": f"action: {action} {channel}" if action else None,
+            "action_reason": f"action: {action}" if action else None,
         },
     ).all()
     if action == "suppress" and run.mode == "live":
-        _suppress(conn, spec, channel, [r.customer_id for r in rows if r.status == "sent"])
+        for channel in {r.channel for r in rows}:
+            _suppress(conn, spec, channel, [r.customer_id for r in rows if r.status == "sent" and r.channel == channel])
     return [(r.message_id, r.status) for r in rows]
 
 
@@ -94,26 +93,53 @@ def _suppress(conn: sa.Connection, spec: JourneySpec, channel: str, customer_ids
         )
 
 
+def reachable_sql(channel: str, kind: str) -> str:
+    """SQL test (on candidate row `c`) that the customer can receive `channel` right now."""
+    address = {
+        "email": "EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = c.customer_id "
+                 "AND ct.email ~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$')",
+        "sms": "EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = c.customer_id "
+               "AND nullif(trim(ct.phone), '') IS NOT NULL)",
+        "push": "EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = c.customer_id "
+                "AND ps.revoked_at IS NULL)",
+    }[channel]
+    if kind == "transactional":
+        return address
+    return (f"{address} AND EXISTS (SELECT 1 FROM lifecycle.consent k WHERE k.customer_id = c.customer_id "
+            f"AND k.channel = '{channel}' AND k.opted_in) AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x "
+            f"WHERE x.customer_id = c.customer_id AND x.channel = '{channel}')")
+
+
+def choose_channel_sql(channels: tuple[str, ...], kind: str) -> str:
+    """The first channel of the step the customer can receive; else the first (its send-time
+    check then records why it could not go)."""
+    if len(channels) == 1:
+        return f"'{channels[0]}'"
+    whens = " ".join(f"WHEN {reachable_sql(ch, kind)} THEN '{ch}'" for ch in channels)
+    return f"CASE {whens} ELSE '{channels[0]}' END"
+
+
 def _due_candidates(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
-    """Temp table _due: active enrollments for which `step` is due and not yet planned."""
+    """Temp table _due: active enrollments for which `step` is due and not yet planned,
+    each with the channel it will go out on."""
     conn.exec_driver_sql("DROP TABLE IF EXISTS _due")
     conn.execute(
         sa.text(
             """
             CREATE TEMP TABLE _due ON COMMIT DROP AS
             SELECT e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout,
-                   e.entered_at + make_interval(secs => :after) AS due_at, CAST(NULL AS text) AS skip_reason
+                   e.entered_at + make_interval(secs => :after) AS due_at, CAST(NULL AS text) AS skip_reason,
+                   CAST(NULL AS text) AS channel
             FROM lifecycle.enrollments e
             WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
               AND e.entered_at + make_interval(secs => :after) <= :as_of
-              AND NOT EXISTS (
-                  SELECT 1 FROM lifecycle.messages m
-                  WHERE m.idempotency_key = :prefix || :journey || ':' || e.enrollment_key || ':' || :step || ':' || :channel)
+              AND NOT EXISTS (SELECT 1 FROM lifecycle.messages m
+                              WHERE m.enrollment_id = e.enrollment_id AND m.step = :step)
             """
         ),
-        {**run.binds(), "after": step.after.total_seconds(), "prefix": run.key_prefix,
-         "step": step.name, "channel": step.channel},
+        {**run.binds(), "after": step.after.total_seconds(), "step": step.name},
     )
+    conn.exec_driver_sql(f"UPDATE _due AS c SET channel = {choose_channel_sql(step.channels, spec.kind)}")
 
 
 def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
@@ -164,7 +190,7 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
             if step.when or step.unless:
                 _apply_step_conditions(conn, spec, run, step)
             rows = insert_messages(
-                conn, spec, run, "_due", step=step.name, channel=step.channel, template=step.template,
+                conn, spec, run, "_due", step=step.name, template=step.template,
                 lateness=step.max_lateness, action=step.action,
             )
             if step.coupon:
@@ -221,33 +247,41 @@ def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> 
         )
 
 
-def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext) -> list[dict]:
-    """Give this run every open message of the journey, cut into batches; return descriptors.
+OPEN = """
+    journey = :journey AND mode = :mode AND status = 'planned' AND planned_for <= :as_of
+    AND (not_before IS NULL OR not_before <= now())
+"""
+# The dispatcher only takes messages that were waiting (not_before) or that a run left behind.
+LEFT_BEHIND = " AND (not_before IS NOT NULL OR run_id IS NULL OR planned_for < :as_of - interval '1 hour')"
 
-    Planned rows left behind by an earlier run that died are picked up here, so nothing is
-    lost; a row is sent only by whoever claims it first (see send.claim_message).
+
+def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext, *, only_waiting: bool = False) -> list[dict]:
+    """Give this run the journey's open messages, cut into single-channel batches; return
+    descriptors {journey, run_id, mode, channel, batch, size}.
+
+    Planned rows left behind by an earlier run that died, and messages whose wait is over
+    (an SMS held for the recipient's daytime), are picked up here, so nothing is lost; a row
+    is sent only by whoever claims it first (see send.claim_message).
     """
+    where = OPEN + (LEFT_BEHIND if only_waiting else "")
     with engine.begin() as conn:
         _expire_stale_claims(conn, spec, run)
-        open_count = conn.execute(
-            sa.text("SELECT count(*) FROM lifecycle.messages WHERE journey = :journey AND mode = :mode "
-                    "AND status = 'planned' AND planned_for <= :as_of"),
-            run.binds(),
-        ).scalar_one()
+        open_count = conn.execute(sa.text(f"SELECT count(*) FROM lifecycle.messages WHERE {where}"),
+                                  run.binds()).scalar_one()
         if not open_count:
             return []
         size = max(spec.batch_size, math.ceil(open_count / MAX_BATCHES))
         conn.execute(
             sa.text(
-                """
+                f"""
                 WITH open AS (
                     SELECT message_id,
-                           row_number() OVER (ORDER BY (kind = 'transactional') DESC, due_at, message_id) - 1 AS rn
-                    FROM lifecycle.messages
-                    WHERE journey = :journey AND mode = :mode AND status = 'planned' AND planned_for <= :as_of
+                           row_number() OVER (PARTITION BY channel
+                                              ORDER BY (kind = 'transactional') DESC, due_at, message_id) - 1 AS rn
+                    FROM lifecycle.messages WHERE {where}
                 )
                 UPDATE lifecycle.messages m
-                   SET run_id = :run_id, batch_no = (open.rn / :size)::int, updated_at = now()
+                   SET run_id = :run_id, batch_no = (open.rn / :size)::int, not_before = NULL, updated_at = now()
                   FROM open
                  WHERE m.message_id = open.message_id AND m.status = 'planned'
                 """
@@ -256,16 +290,23 @@ def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext) -> list[d
         )
         rows = conn.execute(
             sa.text(
-                "SELECT batch_no, count(*) AS n FROM lifecycle.messages "
+                "SELECT channel, batch_no, count(*) AS n FROM lifecycle.messages "
                 "WHERE journey = :journey AND run_id = :run_id AND status = 'planned' "
-                "GROUP BY batch_no ORDER BY batch_no"
+                "GROUP BY channel, batch_no ORDER BY channel, batch_no"
             ),
             {**run.binds(), "run_id": run.run_id},
         ).all()
     return [
-        {"journey": run.journey, "run_id": run.run_id, "mode": run.mode, "batch": r.batch_no, "size": r.n}
+        {"journey": run.journey, "run_id": run.run_id, "mode": run.mode, "channel": r.channel,
+         "batch": r.batch_no, "size": r.n}
         for r in rows
     ]
+
+
+def by_channel(batches: list[dict], channels) -> dict[str, list[dict]]:
+    """Descriptors grouped per channel (every channel present, maybe empty): one mapped send
+    task per channel, each in its own pool."""
+    return {channel: [b for b in batches if b["channel"] == channel] for channel in sorted(channels)}
 
 
 def _expire_stale_claims(conn: sa.Connection, spec: JourneySpec, run: RunContext) -> None:

@@ -62,6 +62,8 @@ __all__ = [
 # The files a template needs, per channel, as suffixes appended to the template name.
 CHANNEL_FILES: dict[str, tuple[str, ...]] = {
     "email": (".subject.txt", ".txt", ".html"),
+    "sms": (".sms.txt",),
+    "push": (".push-title.txt", ".push-body.txt"),
 }
 
 UTM_SOURCE = "lifecycle"
@@ -325,3 +327,30 @@ def render_email(template: str, context: dict, templates_dir: Path | str = TEMPL
     except css_inline.InlineError as exc:
         raise TemplateRenderError(template, f"CSS inlining failed: {exc}", file=f"{template}.html") from exc
     return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def _one_file(template: str, channel: str, context: dict, templates_dir: Path | str) -> list[str]:
+    env = get_environment(templates_dir)
+    missing = missing_template_files(template, channel, templates_dir)
+    if missing:
+        raise MissingTemplateError(template, f"missing template file(s): {', '.join(p.name for p in missing)}")
+    ctx = _default_context(context)
+    return [" ".join(_render_file(env, template, f"{template}{suffix}", ctx).split())
+            for suffix in CHANNEL_FILES[channel]]
+
+
+def render_sms(template: str, context: dict, templates_dir: Path | str = TEMPLATES_DIR) -> str:
+    """``<template>.sms.txt`` as one line of text (white space folded: SMS has no layout)."""
+    (body,) = _one_file(template, "sms", context, templates_dir)
+    if not body:
+        raise TemplateRenderError(template, "SMS body is empty", file=f"{template}.sms.txt")
+    return body
+
+
+def render_push(template: str, context: dict, templates_dir: Path | str = TEMPLATES_DIR) -> dict:
+    """``<template>.push-title.txt`` and ``.push-body.txt``; the click URL comes from the
+    segment row's ``url`` (or the shop's home page)."""
+    title, body = _one_file(template, "push", context, templates_dir)
+    row = context.get("row") or {}
+    shop = context.get("shop") or SHOP
+    return {"title": title, "body": body, "url": row.get("url") or shop["base_url"]}

@@ -8,10 +8,12 @@ records such leftovers as 'failed: outcome unknown' instead of sending them agai
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +33,20 @@ class RetryBatch(RuntimeError):
 
 
 def _batch_binds(batch: dict) -> dict:
-    return {"journey": batch["journey"], "run_id": batch["run_id"], "batch": batch["batch"]}
+    return {"journey": batch["journey"], "run_id": batch["run_id"], "batch": batch["batch"],
+            "channel": batch.get("channel", "email")}
+
+
+class Skip(Exception):
+    """This message cannot go out on its channel (e.g. not a mobile number): record why."""
+
+
+class Defer(Exception):
+    """Not now (e.g. outside the recipient's SMS hours): keep it planned until `until`."""
+
+    def __init__(self, until, reason: str):
+        super().__init__(reason)
+        self.until = until
 
 
 def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
@@ -42,7 +57,8 @@ def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
             UPDATE lifecycle.messages
                SET status = 'failed', updated_at = now(),
                    reason = 'outcome unknown: the attempt that claimed it died before confirming'
-             WHERE journey = :journey AND run_id = :run_id AND batch_no = :batch AND status = 'claimed'
+             WHERE journey = :journey AND run_id = :run_id AND channel = :channel AND batch_no = :batch
+               AND status = 'claimed'
             """
         ),
         _batch_binds(batch),
@@ -67,6 +83,10 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) 
                             WHEN m2.kind = 'marketing' AND coalesce(cs.opted_in, false) = false THEN 'suppressed'
                             WHEN m2.channel = 'email' AND (ct.email IS NULL OR ct.email !~ :email_regex)
                                  THEN 'skipped'
+                            WHEN m2.channel = 'sms' AND nullif(trim(ct.phone), '') IS NULL THEN 'skipped'
+                            WHEN m2.channel = 'push' AND NOT EXISTS (
+                                 SELECT 1 FROM lifecycle.push_subscriptions ps
+                                 WHERE ps.customer_id = m2.customer_id AND ps.revoked_at IS NULL) THEN 'skipped'
                        END AS status,
                        CASE WHEN e.status IN ('converted', 'exited', 'expired')
                                  AND NOT (m2.step = ANY(CAST(:exit_steps AS text[])))
@@ -76,6 +96,8 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) 
                                  THEN 'suppressed: ' || s.reason
                             WHEN m2.kind = 'marketing' AND cs.customer_id IS NULL THEN 'no consent'
                             WHEN m2.kind = 'marketing' AND NOT cs.opted_in THEN 'consent withdrawn'
+                            WHEN m2.channel = 'sms' THEN 'missing phone'
+                            WHEN m2.channel = 'push' THEN 'no live push subscription'
                             ELSE 'invalid address'
                        END AS reason
                 FROM lifecycle.messages m2
@@ -83,8 +105,8 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) 
                 LEFT JOIN lifecycle.suppressions s ON s.customer_id = m2.customer_id AND s.channel = m2.channel
                 LEFT JOIN lifecycle.consent cs ON cs.customer_id = m2.customer_id AND cs.channel = m2.channel
                 LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m2.customer_id
-                WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.batch_no = :batch
-                  AND m2.status = 'planned'
+                WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.channel = :channel
+                  AND m2.batch_no = :batch AND m2.status = 'planned'
               ) v
              WHERE m.message_id = v.message_id AND v.status IS NOT NULL
             """
@@ -99,8 +121,9 @@ def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
         sa.text(
             """
             SELECT m.message_id, m.idempotency_key, m.journey, m.step, m.channel, m.template, m.kind,
-                   m.customer_id, e.enrollment_key, e.context, ct.email, ct.first_name, ct.last_name,
-                   ct.locale, ct.country, cp.code AS coupon_code, cp.percent_off, cp.valid_until
+                   m.customer_id, e.enrollment_key, e.context, ct.email, ct.phone, ct.first_name,
+                   ct.last_name, ct.locale, ct.country, ct.timezone, cp.code AS coupon_code, cp.percent_off,
+                   cp.valid_until, ps.endpoint, ps.p256dh, ps.auth
             FROM lifecycle.messages m
             JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
             LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m.customer_id
@@ -108,7 +131,13 @@ def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
                 SELECT c.code, c.percent_off, c.valid_until FROM lifecycle.coupons c
                 WHERE c.enrollment_id = m.enrollment_id ORDER BY c.created_at DESC LIMIT 1
             ) cp ON true
-            WHERE m.journey = :journey AND m.run_id = :run_id AND m.batch_no = :batch AND m.status = 'planned'
+            LEFT JOIN LATERAL (  -- the newest live push subscription (push batches only)
+                SELECT p.endpoint, p.p256dh, p.auth FROM lifecycle.push_subscriptions p
+                WHERE m.channel = 'push' AND p.customer_id = m.customer_id AND p.revoked_at IS NULL
+                ORDER BY p.created_at DESC LIMIT 1
+            ) ps ON true
+            WHERE m.journey = :journey AND m.run_id = :run_id AND m.channel = :channel AND m.batch_no = :batch
+              AND m.status = 'planned'
             ORDER BY m.message_id
             """
         ),
@@ -142,7 +171,7 @@ def template_context(row: Any) -> dict:
     }
 
 
-def build_email(row: Any):
+def build_email(row: Any, spec: JourneySpec):
     """Render the templates and wrap them with the headers inbox providers expect."""
     from lifecycle.channels.email import OutboundEmail, message_id_for
     from lifecycle.render import render_email
@@ -160,7 +189,39 @@ def build_email(row: Any):
     )
 
 
-BUILDERS = {"email": build_email}
+def build_sms(row: Any, spec: JourneySpec):
+    """Render, normalise the number (E.164 by the customer's country) and respect the
+    recipient's daytime for marketing texts: outside 08:00-21:00 local, wait, don't drop."""
+    from datetime import datetime
+
+    from lifecycle.channels.sms import OutboundSMS, normalise_number, send_window
+    from lifecycle.render import render_sms
+
+    number, problem = normalise_number(row.phone, row.country)
+    if problem:
+        raise Skip(problem)
+    if row.kind == "marketing":
+        open_now, next_start = send_window(datetime.now(UTC), row.timezone)
+        if not open_now:
+            raise Defer(next_start, "waiting for the recipient's SMS hours (08:00-21:00 local time)")
+    return OutboundSMS(to=number, body=render_sms(row.template, template_context(row)), key=row.idempotency_key)
+
+
+def build_push(row: Any, spec: JourneySpec):
+    from lifecycle.channels.push import OutboundPush
+    from lifecycle.render import render_push
+
+    if not row.endpoint:
+        raise Skip("no live push subscription")
+    step = next((s for s in spec.steps if s.name == row.step), None)  # exit messages use the defaults
+    return OutboundPush(
+        endpoint=row.endpoint, p256dh=row.p256dh, auth=row.auth,
+        payload=render_push(row.template, template_context(row)), key=row.idempotency_key,
+        ttl=int(step.ttl.total_seconds()) if step else 86400, urgency=step.urgency if step else "normal",
+    )
+
+
+BUILDERS = {"email": build_email, "sms": build_sms, "push": build_push}
 
 
 def claim_message(engine: Engine, message_id: int, token: str) -> bool:
@@ -180,7 +241,7 @@ def claim_message(engine: Engine, message_id: int, token: str) -> bool:
 
 
 def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: int, channel: str,
-         journey: str) -> str:
+         journey: str, next_channel: str | None = None) -> str:
     """Record the outcome of a claimed message; return the status it ends in."""
     status = {"sent": "sent", "failed": "failed", "unknown": "failed", "retry": "planned"}[outcome.status]
     reason = outcome.reason
@@ -199,13 +260,22 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
                 """
                 UPDATE lifecycle.messages
                    SET status = :status, reason = :reason, provider_message_id = :pid,
-                       sent_at = CASE WHEN :status = 'sent' THEN now() END, updated_at = now()
+                       sent_at = CASE WHEN :status = 'sent' THEN now() END, updated_at = now(),
+                       payload = payload || CAST(:details AS jsonb)
                  WHERE message_id = :id AND claim_token = :token
                 """
             ),
             {"status": status, "reason": reason, "pid": outcome.provider_message_id, "id": message_id,
-             "token": token},
+             "token": token, "details": json.dumps(outcome.details)},
         )
+        if outcome.revoke:  # the push service says this exact subscription is gone
+            conn.execute(
+                sa.text("UPDATE lifecycle.push_subscriptions SET revoked_at = now() "
+                        "WHERE endpoint = :endpoint AND revoked_at IS NULL"),
+                {"endpoint": outcome.revoke},
+            )
+        if outcome.fallback and next_channel:
+            plan_fallback(conn, message_id, next_channel, outcome.reason or "")
         if outcome.suppress:
             conn.execute(
                 sa.text(
@@ -215,6 +285,26 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
                 {"c": customer_id, "ch": channel, "r": outcome.suppress, "src": journey},
             )
     return status
+
+
+def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) -> None:
+    """Plan the same step on the journey's next channel; the next run (or the dispatcher)
+    sends it after the usual send-time checks."""
+    conn.execute(
+        sa.text(
+            """
+            INSERT INTO lifecycle.messages
+                (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
+                 status, reason, due_at, planned_for, planned_run_id, run_id, fallback_of)
+            SELECT regexp_replace(idempotency_key, ':[a-z]+$', ':' || :channel), journey, mode, enrollment_id,
+                   customer_id, step, :channel, template, kind, 'planned',
+                   'fallback from ' || channel || ': ' || :why, due_at, planned_for, planned_run_id, NULL, message_id
+            FROM lifecycle.messages WHERE message_id = :id
+            ON CONFLICT DO NOTHING
+            """
+        ),
+        {"id": message_id, "channel": channel, "why": why},
+    )
 
 
 def _release(engine: Engine, message_id: int, token: str) -> None:
@@ -246,7 +336,7 @@ def send_batch(
     channels: dict[str, Channel] = {}
     try:
         for row in rows:
-            counts[_send_one(engine, row, token, channel_for, channels, dry_run)] += 1
+            counts[_send_one(engine, spec, row, token, channel_for, channels, dry_run)] += 1
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
@@ -256,9 +346,45 @@ def send_batch(
     return dict(counts)
 
 
-def _send_one(engine, row, token, channel_for, channels, dry_run) -> str:
+def _next_channel(spec: JourneySpec, row: Any) -> str | None:
+    step = next((s for s in spec.steps if s.name == row.step), None)
+    if step is None or row.channel not in step.channels:
+        return None
+    following = step.channels[step.channels.index(row.channel) + 1:]
+    return following[0] if following else None
+
+
+def _settle_unsent(engine: Engine, message_id: int, status: str, reason: str, not_before=None) -> str:
+    """A planned message that will not be attempted now: skipped for good, or waiting until
+    `not_before` (released from this run's batch so any later run or the dispatcher sends it)."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            sa.text(
+                """
+                UPDATE lifecycle.messages
+                   SET status = :status, reason = :reason, not_before = :not_before, updated_at = now(),
+                       run_id = CASE WHEN :not_before IS NULL THEN run_id END,
+                       batch_no = CASE WHEN :not_before IS NULL THEN batch_no END
+                 WHERE message_id = :id AND status = 'planned'
+                """
+            ),
+            {"id": message_id, "status": status, "reason": reason, "not_before": not_before},
+        ).rowcount
+    if not done:
+        return "taken"
+    return "waiting" if not_before is not None else status
+
+
+def _send_one(engine, spec, row, token, channel_for, channels, dry_run) -> str:
+    waits = None
     try:
-        outbound = BUILDERS[row.channel](row)
+        outbound = BUILDERS[row.channel](row, spec)
+    except Skip as exc:
+        return _settle_unsent(engine, row.message_id, "skipped", str(exc))
+    except Defer as exc:
+        if not dry_run:
+            return _settle_unsent(engine, row.message_id, "planned", str(exc), not_before=exc.until)
+        waits = str(exc)
     except Exception as exc:  # a template bug must not stop the rest of the batch
         log.error("render failed for message %s (%s/%s): %s", row.message_id, row.journey, row.step, exc)
         if not claim_message(engine, row.message_id, token):
@@ -270,9 +396,9 @@ def _send_one(engine, row, token, channel_for, channels, dry_run) -> str:
     if dry_run:
         with engine.begin() as conn:
             conn.execute(
-                sa.text("UPDATE lifecycle.messages SET status = 'dry_run', reason = 'dry run: rendered, "
-                        "not delivered', updated_at = now() WHERE message_id = :id"),
-                {"id": row.message_id},
+                sa.text("UPDATE lifecycle.messages SET status = 'dry_run', reason = :reason, updated_at = now() "
+                        "WHERE message_id = :id"),
+                {"id": row.message_id, "reason": "dry run: rendered, not delivered" + (f" ({waits})" if waits else "")},
             )
         return "dry_run"
     try:
@@ -282,4 +408,5 @@ def _send_one(engine, row, token, channel_for, channels, dry_run) -> str:
     except ChannelUnavailable as exc:
         _release(engine, row.message_id, token)
         raise RetryBatch(str(exc)) from exc
-    return mark(engine, row.message_id, token, outcome, row.customer_id, row.channel, row.journey)
+    return mark(engine, row.message_id, token, outcome, row.customer_id, row.channel, row.journey,
+                next_channel=_next_channel(spec, row))

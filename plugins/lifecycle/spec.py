@@ -40,7 +40,8 @@ BIND = re.compile(r"(?<![:\w\\]):([A-Za-z_]\w*)")
 
 SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}
 DEFAULT_LATENESS = {"hourly": timedelta(hours=6), "daily": timedelta(days=2), "weekly": timedelta(days=3)}
-CHANNELS = {"email"}
+CHANNELS = {"email", "sms", "push"}
+URGENCIES = {"very-low", "low", "normal", "high"}
 ACTIONS = {"suppress"}
 EXIT_STATUSES = {"converted", "exited"}
 RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "shop_url"}
@@ -48,9 +49,9 @@ RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "sho
 TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
-    "complete_after", "volume_guard", "owner", "tags",
+    "complete_after", "volume_guard", "owner", "tags", "audience",
 }
-STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action"}
+STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
 THEN_KEYS = {"name", "channel", "template"}
 COUPON_KEYS = {"percent_off", "valid_days", "prefix"}
@@ -77,13 +78,19 @@ class Coupon:
 class Step:
     name: str
     after: timedelta
-    channel: str
+    channels: tuple[str, ...]  # in order of preference: the first the customer can receive is used
     template: str | None
     max_lateness: timedelta
     when: str | None = None
     unless: str | None = None
     coupon: Coupon | None = None
     action: str | None = None
+    ttl: timedelta = timedelta(days=1)  # push: how long the push service keeps an undelivered message
+    urgency: str = "normal"  # push: RFC 8030 urgency
+
+    @property
+    def channel(self) -> str:
+        return self.channels[0]
 
 
 @dataclass(frozen=True)
@@ -125,10 +132,11 @@ class JourneySpec:
     volume_guard: VolumeGuard
     owner: str
     tags: tuple[str, ...] = field(default=())
+    audience_id: str | None = None  # Meta custom audience kept in step with active members
 
     @property
     def channels(self) -> set[str]:
-        return {s.channel for s in self.steps} | {e.channel for e in self.exits if e.channel}
+        return {c for s in self.steps for c in s.channels} | {e.channel for e in self.exits if e.channel}
 
     @property
     def conditions(self) -> set[str]:
@@ -207,20 +215,25 @@ class _Checker:
             )
         return name
 
-    def channel_and_template(self, where: str, channel: Any, template: Any) -> tuple[str, str | None]:
-        if channel not in CHANNELS:
-            self.add(f"{where}.channel: {channel!r} is not a channel (available: {', '.join(sorted(CHANNELS))})")
-            return str(channel), None
+    def channels_and_template(self, where: str, channel: Any, template: Any) -> tuple[tuple[str, ...], str | None]:
+        """`channel: email` or `channel: [push, email]` (fallback order), each with its template files."""
+        channels = tuple(channel) if isinstance(channel, list) else (channel,)
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown or not channels or len(set(channels)) != len(channels):
+            self.add(f"{where}.channel: {channel!r} is not a channel or a list of distinct channels "
+                     f"(available: {', '.join(sorted(CHANNELS))})")
+            return tuple(str(c) for c in channels) or ("email",), None
         if not isinstance(template, str) or not template:
             self.add(f"{where}.template: required for channel {channel!r}")
-            return channel, None
+            return channels, None
         from lifecycle.render import missing_template_files
 
-        missing = missing_template_files(template, channel, self.templates_dir)
-        if missing:
-            names = ", ".join(str(p.relative_to(self.templates_dir.parent.parent)) for p in missing)
-            self.add(f"{where}.template: {template!r} is missing {names}")
-        return channel, template
+        for name in channels:
+            missing = missing_template_files(template, name, self.templates_dir)
+            if missing:
+                names = ", ".join(str(p.relative_to(self.templates_dir.parent.parent)) for p in missing)
+                self.add(f"{where}.template: {template!r} is missing {names} (for {name})")
+        return channels, template
 
 
 def load_spec(
@@ -289,6 +302,10 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
         c.add(f"batch_size: must be a whole number from 1 to 10000, got {batch_size!r}")
         batch_size = 500
     guard = _volume_guard(h.get("volume_guard") or {}, c)
+    columns = {key: c.column(key, h.get(key, default)) for key, default in
+               (("entry_key", None), ("customer_id", "customer_id"), ("entered_at", None)) if key in h or default}
+    complete_after = c.duration("complete_after", h.get("complete_after"), timedelta(days=7))
+    audience_id = _audience(h.get("audience"), c)
     if c.problems:
         raise SpecError(path, c.problems)
     return JourneySpec(
@@ -299,9 +316,9 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
         cron=SCHEDULES[schedule],
         start_date=start_date,
         kind=kind,
-        entry_key=c.column("entry_key", h["entry_key"]),
-        customer_id=c.column("customer_id", h.get("customer_id", "customer_id")),
-        entered_at=c.column("entered_at", h["entered_at"]),
+        entry_key=columns["entry_key"],
+        customer_id=columns["customer_id"],
+        entered_at=columns["entered_at"],
         sql=sql_body,
         params=params,
         steps=tuple(steps),
@@ -309,10 +326,11 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
         holdout_percent=float(holdout),
         batch_size=batch_size,
         max_lateness=max_lateness,
-        complete_after=c.duration("complete_after", h.get("complete_after"), timedelta(days=7)),
+        complete_after=complete_after,
         volume_guard=guard,
         owner=str(h.get("owner", "analytics")),
         tags=tuple(str(t) for t in h.get("tags") or ()),
+        audience_id=audience_id,
     )
 
 
@@ -352,17 +370,22 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
         if action is not None and action not in ACTIONS:
             c.add(f"{where}.action: {action!r} is not an action (available: {', '.join(sorted(ACTIONS))})")
         if action:
-            channel, template = s.get("channel", "email"), None
-            if channel not in CHANNELS:
-                c.add(f"{where}.channel: {channel!r} is not a channel")
+            channels, template = (s.get("channel", "email"),), None
+            if channels[0] not in CHANNELS:
+                c.add(f"{where}.channel: {channels[0]!r} is not a channel")
         else:
-            channel, template = c.channel_and_template(where, s.get("channel"), s.get("template"))
+            channels, template = c.channels_and_template(where, s.get("channel"), s.get("template"))
+        urgency = s.get("urgency", "normal")
+        if urgency not in URGENCIES:
+            c.add(f"{where}.urgency: one of {', '.join(sorted(URGENCIES))}, got {urgency!r}")
         steps.append(
             Step(
                 name=name,
                 after=after,
-                channel=channel,
+                channels=channels,
                 template=template,
+                ttl=c.duration(f"{where}.ttl", s.get("ttl"), timedelta(days=1)),
+                urgency=urgency,
                 max_lateness=c.duration(f"{where}.max_lateness", s.get("max_lateness"), default_lateness),
                 when=c.condition(f"{where}.when", s.get("when")),
                 unless=c.condition(f"{where}.unless", s.get("unless")),
@@ -414,10 +437,22 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
                 c.add(f"{where}.then: must be a mapping {{channel: email, template: ...}}")
             else:
                 c.problems += _unknown_keys(f"{where}.then: ", then, THEN_KEYS)
-                channel, template = c.channel_and_template(f"{where}.then", then.get("channel"), then.get("template"))
+                channels, template = c.channels_and_template(f"{where}.then", then.get("channel"), then.get("template"))
+                channel = channels[0]
                 step_name = then.get("name") or (template.rsplit("/", 1)[-1] if template else f"exit_{when}")
         exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template))
     return exits
+
+
+def _audience(raw: Any, c: _Checker) -> str | None:
+    """`audience: {audience_id: "2384..."}`: keep a Meta custom audience in step with active members."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not str(raw.get("audience_id", "")).strip():
+        c.add("audience: must be a mapping like {audience_id: '23851234567890'}")
+        return None
+    c.problems += _unknown_keys("audience: ", raw, {"audience_id"})
+    return str(raw["audience_id"]).strip()
 
 
 def _volume_guard(raw: Any, c: _Checker) -> VolumeGuard:

@@ -122,12 +122,13 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 conn.execute(
                     sa.text("CREATE TEMP TABLE _exit_msgs ON COMMIT DROP AS "
                             "SELECT e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout, "
-                            "e.exited_at AS due_at, CAST(NULL AS text) AS skip_reason "
+                            "e.exited_at AS due_at, CAST(NULL AS text) AS skip_reason, "
+                            "CAST(:channel AS text) AS channel "
                             "FROM lifecycle.enrollments e WHERE e.enrollment_id = ANY(:ids)"),
-                    {"ids": [r.enrollment_id for r in exited]},
+                    {"ids": [r.enrollment_id for r in exited], "channel": rule.channel},
                 )
                 insert_messages(
-                    conn, spec, run, "_exit_msgs", step=rule.message_step, channel=rule.channel,
+                    conn, spec, run, "_exit_msgs", step=rule.message_step,
                     template=rule.template, lateness=spec.max_lateness,
                 )
         counts[rule.when] = len(exited)

@@ -9,3 +9,9 @@ FROM shop.customers;
 CREATE OR REPLACE VIEW lifecycle.consent AS
 SELECT customer_id, channel, status = 'opted_in' AS opted_in, updated_at
 FROM shop.consents;
+
+-- lifecycle.push_subscriptions: browser push subscriptions. A simple one-table view, so the
+-- engine's "revoke this endpoint" UPDATE (after a 404/410 from the push service) writes through.
+CREATE OR REPLACE VIEW lifecycle.push_subscriptions AS
+SELECT subscription_id, customer_id, endpoint, p256dh, auth, created_at, revoked_at
+FROM shop.push_subscriptions;

@@ -1,0 +1,311 @@
+"""Browser web push: VAPID-signed (RFC 8292), payload encrypted per RFC 8291 (aes128gcm).
+
+Configured by an Airflow connection (`lifecycle_push`): the password holds the VAPID
+private key (PEM, as `vapid --gen` writes it, or the raw 32-byte key in base64url, as
+`web-push generate-vapid-keys` prints it); the login or the extra `subject` holds the
+contact the push services may write to (`mailto:...` or an `https:` URL). Extras:
+`timeout` (seconds), `allow_http` (plain-http endpoints beyond loopback, for test setups).
+
+One requests.Session per batch; every push service reply is classified:
+
+    201/202 (200)      sent (provider id: the Location header the service returns)
+    404, 410           failed, the subscription is gone: its endpoint is revoked and the
+                       step may fall back to its next channel
+    429, 5xx           retry (Retry-After recorded in the details)
+    400, 413, other    failed
+    refused, connect timeout, TLS failure
+                       ChannelUnavailable (nothing was sent)
+    lost after sending unknown (the service may have it: never re-sent blindly)
+
+The VAPID token (aud = the endpoint's origin, exp 12 h ahead) is signed once per push
+service origin and reused while it has more than an hour left. Logs name the message's
+idempotency key and the push service's host, never the endpoint's token or the payload.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from py_vapid import Vapid
+from pywebpush import WebPusher
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+)
+
+from lifecycle.channels.base import ChannelUnavailable, Outcome
+
+log = logging.getLogger(__name__)
+
+PUSH_CONN_ID = os.environ.get("LIFECYCLE_PUSH_CONN_ID", "lifecycle_push")
+
+URGENCIES = ("very-low", "low", "normal", "high")  # RFC 8030 section 5.3
+# RFC 8291 section 4: push services must accept 4096 bytes of encrypted body. aes128gcm
+# adds 86 bytes of header (salt 16, rs 4, idlen 1, key 65), a 1-byte delimiter and a
+# 16-byte tag, which leaves 3993 bytes of JSON.
+MAX_PAYLOAD_BYTES = 4096 - 86 - 1 - 16
+REQUIRED_FIELDS = ("title", "body", "url")
+VAPID_LIFETIME = 12 * 3600  # exp = now + 12 h (RFC 8292 allows at most 24 h)
+VAPID_REFRESH = 3600  # sign a new token once the cached one has less than an hour left
+_SUBJECT = re.compile(r"mailto:[^@\s]+@[^@\s]+|https://[^/\s?#]+(?:[/?#]\S*)?", re.I)
+_LOOPBACK_NAMES = {"localhost"}
+
+
+@dataclass(frozen=True)
+class OutboundPush:
+    endpoint: str
+    p256dh: str  # base64url, as stored in shop.push_subscriptions
+    auth: str
+    payload: dict  # {"title", "body", "url", "icon"?, "tag"?}: JSON-encoded and encrypted
+    key: str  # idempotency key (logs only)
+    ttl: int = 86400  # seconds the push service keeps it for an offline browser
+    urgency: str = "normal"  # very-low / low / normal / high
+
+
+def load_vapid_key(private_key: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 private key from PEM (SEC1 or PKCS#8), base64url DER, or the raw 32-byte scalar."""
+    text = private_key.strip().replace("\\n", "\n")
+    try:
+        if "-----BEGIN" in text:
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        else:
+            raw = _b64decode(re.sub(r"\s+", "", text))
+            if len(raw) == 32:
+                key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+            else:
+                key = serialization.load_der_private_key(raw, password=None)
+    except (ValueError, TypeError, binascii.Error):
+        # `from None`: the message never carries any part of the key
+        raise ValueError("VAPID private key is not a PEM, DER or raw base64url P-256 key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("VAPID private key must be an EC P-256 (prime256v1) key")
+    return key
+
+
+def origin_of(endpoint: str) -> str:
+    """scheme://host[:port] of an endpoint: the VAPID `aud` claim."""
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def _b64decode(text: str) -> bytes:
+    data = text.strip().replace("+", "-").replace("/", "_").rstrip("=")
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+def _b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after(value: str | None) -> int | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        return max(0, int(parsedate_to_datetime(value).timestamp() - time.time()))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class PushChannel:
+    name = "push"
+
+    def __init__(self, vapid_private_key: str, vapid_subject: str, *, timeout: float = 10.0,
+                 allow_http: bool = False):
+        if not vapid_subject or not _SUBJECT.fullmatch(vapid_subject.strip()):
+            raise ValueError(f"VAPID subject must be a mailto: address or an https: URL, not {vapid_subject!r}")
+        self.subject = vapid_subject.strip()
+        # no-strict: the subject was checked above (py_vapid's own check refuses https URLs with a path)
+        self.vapid = Vapid(private_key=load_vapid_key(vapid_private_key), conf={"no-strict": True})
+        self.timeout = timeout
+        self.allow_http = allow_http
+        self._session: requests.Session | None = None
+        self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
+
+    @classmethod
+    def from_airflow(cls, conn_id: str = PUSH_CONN_ID) -> PushChannel:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+        extra = conn.extra_dejson
+        if not conn.password:
+            raise ValueError(f"Airflow connection {conn_id!r} has no password (the VAPID private key)")
+        subject = extra.get("subject") or conn.login
+        if not subject:
+            raise ValueError(f"Airflow connection {conn_id!r} needs a login or extra 'subject' (mailto: or https:)")
+        return cls(conn.password, subject, timeout=float(extra.get("timeout", 10.0)),
+                   allow_http=bool(extra.get("allow_http", False)))
+
+    @property
+    def application_server_key(self) -> str:
+        """The VAPID public key (base64url, uncompressed point): what the site's
+        `pushManager.subscribe({applicationServerKey})` must be given."""
+        return _b64encode(self.vapid.public_key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+
+    # one HTTP session per batch ------------------------------------------------
+    def __enter__(self) -> PushChannel:
+        self._open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _open(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            session.max_redirects = 0  # a push service answers; it never redirects a POST elsewhere
+            self._session = session
+        return self._session
+
+    def vapid_headers(self, origin: str) -> dict[str, str]:
+        """`Authorization: vapid t=<JWT>, k=<public key>` for one push service, cached."""
+        now = int(time.time())
+        cached = self._tokens.get(origin)
+        if cached and cached[0] - now > VAPID_REFRESH:
+            return cached[1]
+        exp = now + VAPID_LIFETIME
+        headers = self.vapid.sign({"aud": origin, "exp": exp, "sub": self.subject})
+        self._tokens[origin] = (exp, headers)
+        return headers
+
+    def deliver(self, message: OutboundPush) -> Outcome:
+        problem = self._check(message)
+        if problem is not None:
+            log.warning("push %s not sent: %s", message.key, problem.reason)
+            return problem
+        data = json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode()
+        origin = origin_of(message.endpoint)
+        headers = {"Urgency": message.urgency, **self.vapid_headers(origin)}
+        pusher = WebPusher({"endpoint": message.endpoint, "keys": {"p256dh": message.p256dh, "auth": message.auth}},
+                           requests_session=self._open())
+        try:
+            response = pusher.send(data, headers, ttl=message.ttl, content_encoding="aes128gcm",
+                                   timeout=self.timeout)
+        except requests.exceptions.TooManyRedirects:
+            return Outcome("failed", f"push service {origin} redirected the request")
+        except requests.exceptions.ReadTimeout as exc:
+            return Outcome("unknown", f"no reply from push service {origin} within {self.timeout}s: "
+                                      f"{type(exc).__name__}")
+        except requests.exceptions.ConnectionError as exc:
+            return self._connection_error(origin, exc)
+        except requests.exceptions.RequestException as exc:
+            self.__exit__()
+            return Outcome("unknown", f"push service {origin} reply unreadable: {type(exc).__name__}")
+        return self._classify(message, origin, response)
+
+    def _check(self, message: OutboundPush) -> Outcome | None:
+        """Everything that would fail no matter what the push service says: no request is made."""
+        parts = urlsplit(message.endpoint)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("https", "http") or not host:
+            return Outcome("failed", "invalid push endpoint (not an http(s) URL)", fallback=True)
+        if parts.scheme == "http" and not (self.allow_http or _is_loopback(host)):
+            return Outcome("failed", "invalid push endpoint (plain http)", fallback=True)
+        try:
+            p256dh, auth = _b64decode(message.p256dh), _b64decode(message.auth)
+            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
+            if len(p256dh) != 65 or len(auth) != 16:
+                raise ValueError
+        except (ValueError, TypeError, binascii.Error):
+            return Outcome("failed", "invalid subscription keys (p256dh must be a P-256 point, auth 16 bytes)",
+                           fallback=True)
+        if message.urgency not in URGENCIES:
+            return Outcome("failed", f"invalid urgency {message.urgency!r} (one of {', '.join(URGENCIES)})")
+        if isinstance(message.ttl, bool) or not isinstance(message.ttl, int) or message.ttl < 0:
+            return Outcome("failed", f"invalid TTL {message.ttl!r} (seconds, an integer >= 0)")
+        if not isinstance(message.payload, dict):
+            return Outcome("failed", "push payload must be a JSON object")
+        missing = [name for name in REQUIRED_FIELDS if not message.payload.get(name)]
+        if missing:
+            return Outcome("failed", f"push payload lacks {', '.join(missing)}")
+        try:
+            size = len(json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode())
+        except (TypeError, ValueError) as exc:
+            return Outcome("failed", f"push payload is not JSON-serialisable: {exc}")
+        if size > MAX_PAYLOAD_BYTES:
+            return Outcome("failed", f"push payload too large: {size} bytes of JSON, at most {MAX_PAYLOAD_BYTES} "
+                                     "fit in the 4096 bytes push services accept", details={"payload_bytes": size})
+        return None
+
+    def _connection_error(self, origin: str, exc: requests.exceptions.ConnectionError) -> Outcome:
+        reason = exc.args[0] if exc.args else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        if isinstance(reason, NameResolutionError):
+            # one push service's name: the other subscriptions in the batch still go out
+            return Outcome("retry", f"push service host of {origin} did not resolve")
+        if isinstance(exc, requests.exceptions.SSLError | requests.exceptions.ConnectTimeout) or isinstance(
+                reason, NewConnectionError | ConnectTimeoutError):
+            self.__exit__()
+            raise ChannelUnavailable(f"push service {origin} unavailable: {type(reason or exc).__name__}") from exc
+        # the connection broke after the request may have been sent
+        self.__exit__()
+        return Outcome("unknown", f"connection to push service {origin} lost: {type(reason or exc).__name__}")
+
+    def _classify(self, message: OutboundPush, origin: str, response: requests.Response) -> Outcome:
+        status = response.status_code
+        log.info("push %s -> %s: HTTP %s", message.key, origin, status)
+        if status in (200, 201, 202):
+            location = response.headers.get("Location")
+            if not location:
+                # no id from the service: a stable stand-in that does not reveal the endpoint's token
+                location = "push-" + hashlib.sha256(f"{message.endpoint}\n{message.key}".encode()).hexdigest()[:32]
+            return Outcome("sent", provider_message_id=location)
+        text = _short(response, message.endpoint)
+        if status in (404, 410):
+            return Outcome("failed", f"subscription gone ({status})", revoke=message.endpoint, fallback=True)
+        if status == 429 or status >= 500:
+            wait = _retry_after(response.headers.get("Retry-After"))
+            details = {"http_status": status} | ({"retry_after": wait} if wait is not None else {})
+            suffix = f", retry after {wait}s" if wait is not None else ""
+            return Outcome("retry", f"push service HTTP {status}{suffix}{text}", details=details)
+        if status == 413:
+            return Outcome("failed", f"push payload too large (413){text}")
+        if status in (401, 403):
+            return Outcome("failed", f"push service rejected the VAPID authorization ({status}){text}")
+        return Outcome("failed", f"push service HTTP {status}{text}")
+
+
+def _short(response: requests.Response, endpoint: str, limit: int = 200) -> str:
+    """A push service's error text, bounded, with any echo of the endpoint's token removed."""
+    body = (response.text or "").strip().replace("\n", " ")
+    token = endpoint.rstrip("/").rsplit("/", 1)[-1]
+    if len(token) >= 8:
+        body = body.replace(token, "<token>")
+    return f": {body[:limit]}" if body else ""

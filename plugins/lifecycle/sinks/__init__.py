@@ -1,0 +1,1 @@
+"""Local servers that speak real providers' APIs, for the demo and the tests."""

@@ -1,0 +1,358 @@
+"""The unsubscribe web service: RFC 8058 one-click unsubscribe and the manual page.
+
+Its own small process (not part of Airflow), next to the warehouse::
+
+    python -m lifecycle.unsubscribe_service --host 0.0.0.0 --port 8090 [--warehouse-url URL]
+
+The warehouse comes from ``--warehouse-url`` or from the Airflow connection the tasks use,
+``AIRFLOW_CONN_LIFECYCLE_WAREHOUSE`` (JSON or URI form). Every marketing email carries
+``List-Unsubscribe: <{SHOP base_url}/unsubscribe?t=TOKEN>, <mailto:...>`` and
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (lifecycle.send); the shop's web
+front routes ``/unsubscribe`` to this service. TOKEN is the opaque, authenticated token of
+lifecycle.links (customer id and channel inside, nothing readable).
+
+Routes:
+
+``POST /unsubscribe?t=TOKEN`` with body ``List-Unsubscribe=One-Click``
+    What Gmail, Yahoo & co. send (form-urlencoded or multipart). Records
+    lifecycle.suppressions (reason 'unsubscribe', source 'one_click') and answers
+    200 text/plain. Never a redirect.
+``GET /unsubscribe?t=TOKEN``
+    A confirmation page. Changes nothing: mail scanners and link previews fetch URLs.
+``POST /unsubscribe?t=TOKEN`` with body ``confirm=yes``
+    The page's form: records the suppression (source 'unsubscribe_page') and shows
+    "you're unsubscribed".
+``GET /health``
+    200 ``ok`` when the warehouse answers ``SELECT 1``, else 503.
+
+A token that does not verify (tampered, truncated, signed with another key) gets 400 and
+writes nothing; so does a POST whose body is neither of the two above. Recording is
+idempotent (ON CONFLICT DO NOTHING): repeating any request is harmless, and an older
+suppression of the same (customer, channel), e.g. a hard bounce, is kept as it is.
+The send-time checks (lifecycle.send) read lifecycle.suppressions before every message,
+so an unsubscribe stops all later marketing on that channel; transactional messages
+(order confirmations, shipping notices) still go out.
+
+Logs carry no tokens, addresses or query strings: uvicorn's access log is off and our own
+access line names the route, never the URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from types import SimpleNamespace
+from urllib.parse import parse_qsl
+
+import jinja2
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from lifecycle.config import SHOP, TEMPLATES_DIR
+from lifecycle.links import verify_unsubscribe_token
+from lifecycle.warehouse import url_from_connection
+
+log = logging.getLogger("lifecycle.unsubscribe")
+access_log = logging.getLogger("lifecycle.unsubscribe.access")
+
+CONN_ENV = "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"
+PAGES_DIR = TEMPLATES_DIR / "_unsubscribe"
+MAX_BODY = 16 * 1024  # the one-click body is 26 bytes; the page's form, 11
+MAX_TOKEN = 1024  # our tokens are ~120 characters
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+# What the pages call each channel ("Unsubscribe from ...?").
+CHANNEL_LABELS = {
+    "email": "marketing emails",
+    "sms": "marketing text messages",
+    "push": "browser notifications",
+    "ads": "personalised ads",
+}
+
+# Sent with every response: no caching of pages carrying a token in their URL, no Referer
+# leaving with it, no framing, no indexing, nothing loaded from anywhere.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "X-Robots-Tag": "noindex, nofollow",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+# The routes the access log may name; anything else is logged as "-" (paths are user input).
+_ROUTES = ("/unsubscribe", "/unsubscribe/", "/health")
+
+SUPPRESS_SQL = sa.text(
+    """
+    INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source)
+    VALUES (:customer_id, :channel, 'unsubscribe', :source)
+    ON CONFLICT (customer_id, channel) DO NOTHING
+    """
+)
+
+ERRORS = {
+    "invalid_link": (
+        "This link is not valid",
+        "The unsubscribe link may have been cut short or changed when it was copied. "
+        "Please use the link at the bottom of one of our recent messages.",
+    ),
+    "bad_request": (
+        "Nothing was changed",
+        "We could not read this request. Please use the button on the unsubscribe page.",
+    ),
+    "unavailable": (
+        "Please try again in a few minutes",
+        "We could not record your request just now. Nothing was changed.",
+    ),
+}
+
+
+class _Invalid(Exception):
+    """The request cannot be honoured as sent (answered 400, or 413 for a huge body)."""
+
+    def __init__(self, status: int = 400):
+        super().__init__(status)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------- the app
+def create_app(engine: Engine) -> Starlette:
+    """The ASGI app, writing suppressions through ``engine`` (one engine per process)."""
+    pages = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PAGES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def page(name: str, status: int = 200, **context) -> HTMLResponse:
+        html = pages.get_template(name).render(shop=SHOP, **context)
+        return HTMLResponse(html, status_code=status)
+
+    def error_page(kind: str, status: int) -> HTMLResponse:
+        title, message = ERRORS[kind]
+        return page("error.html", status, title=title, message=message)
+
+    def suppress(customer_id: int, channel: str, source: str) -> bool:
+        with engine.begin() as conn:
+            return conn.execute(
+                SUPPRESS_SQL, {"customer_id": customer_id, "channel": channel, "source": source}
+            ).rowcount == 1
+
+    def ping() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1")).scalar_one()
+
+    async def unsubscribe(request: Request) -> Response:
+        token = request.query_params.get("t", "")
+        if request.method in ("GET", "HEAD"):
+            subject = _verify(token)
+            if subject is None:
+                log.info("unsubscribe page: invalid token")
+                return error_page("invalid_link", 400)
+            return page("confirm.html", token=token, what=_label(subject[1]))
+
+        try:
+            form = await _read_form(request)
+        except _Invalid as exc:
+            log.info("unsubscribe POST: unreadable body")
+            return PlainTextResponse("Bad request.\n", status_code=exc.status)
+        one_click = form.get("List-Unsubscribe") == "One-Click"
+        confirmed = form.get("confirm") == "yes"
+        if not (one_click or confirmed):
+            log.info("unsubscribe POST: neither List-Unsubscribe=One-Click nor confirm=yes")
+            if "confirm" in form:
+                return error_page("bad_request", 400)
+            return PlainTextResponse("Bad request: expected List-Unsubscribe=One-Click.\n", status_code=400)
+
+        subject = _verify(token)
+        if subject is None:
+            log.info("unsubscribe POST (%s): invalid token", "one-click" if one_click else "page")
+            if one_click:
+                return PlainTextResponse("Invalid unsubscribe link.\n", status_code=400)
+            return error_page("invalid_link", 400)
+
+        customer_id, channel = subject
+        source = "one_click" if one_click else "unsubscribe_page"
+        try:
+            new = await run_in_threadpool(suppress, customer_id, channel, source)
+        except sa.exc.SQLAlchemyError as exc:
+            hint = ""
+            if getattr(getattr(exc, "orig", None), "pgcode", None) == "42P01":  # undefined_table
+                hint = " - lifecycle.suppressions is missing: migrate the warehouse (`lifecycle.schema.migrate`)"
+            log.error("could not record an unsubscribe (%s, channel %s): %s%s", source, channel,
+                      type(exc).__name__, hint)
+            if one_click:
+                return PlainTextResponse("Temporarily unavailable, please retry.\n", status_code=503,
+                                         headers={"Retry-After": "60"})
+            return error_page("unavailable", 503)
+        log.info("unsubscribe recorded: customer %s, channel %s, source %s (%s)", customer_id, channel,
+                 source, "new" if new else "already suppressed")
+        if one_click:
+            return PlainTextResponse("You have been unsubscribed.\n")
+        return page("done.html", what=_label(channel))
+
+    async def health(request: Request) -> Response:
+        try:
+            await run_in_threadpool(ping)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("health: warehouse not reachable (%s)", type(exc).__name__)
+            return PlainTextResponse("warehouse unavailable\n", status_code=503)
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[
+            # Both spellings answered directly: a POST must never be redirected (RFC 8058).
+            Route("/unsubscribe", unsubscribe, methods=["GET", "POST"]),
+            Route("/unsubscribe/", unsubscribe, methods=["GET", "POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        middleware=[Middleware(_HeadersAndAccessLog)],
+    )
+    app.router.redirect_slashes = False
+    return app
+
+
+def _verify(token: str) -> tuple[int, str] | None:
+    if not token or len(token) > MAX_TOKEN:
+        return None
+    subject = verify_unsubscribe_token(token)
+    if subject is None or not _CHANNEL.match(subject[1]):
+        return None
+    return subject
+
+
+def _label(channel: str) -> str:
+    return CHANNEL_LABELS.get(channel, f"{channel} messages")
+
+
+async def _read_form(request: Request) -> dict[str, str]:
+    """The POST body's fields: form-urlencoded or multipart (RFC 8058 allows both), or a
+    bare ``List-Unsubscribe=One-Click`` sent with another content type."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise _Invalid(413)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try:
+            form = await request.form(max_files=0, max_fields=20, max_part_size=MAX_BODY)
+        except Exception as exc:  # malformed multipart, too many parts, a file
+            raise _Invalid() from exc
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _Invalid(413)
+    return dict(parse_qsl(body.decode("utf-8", "replace").strip()))
+
+
+class _HeadersAndAccessLog:
+    """ASGI middleware: security headers on every response, and one access line per request
+    naming the route (never the query string, which holds the token)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_headers(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            route = scope["path"] if scope["path"] in _ROUTES else "-"
+            access_log.info("%s %s %s %.0fms", scope["method"], route, status,
+                            (time.perf_counter() - started) * 1000)
+
+
+# ---------------------------------------------------------------------------- the warehouse
+def warehouse_url(url: str | None = None, environ: dict[str, str] | None = None) -> URL:
+    """The warehouse: ``url`` if given, else the Airflow connection in CONN_ENV (JSON or URI).
+    Raises ValueError when neither is usable."""
+    environ = os.environ if environ is None else environ
+    if url:
+        parsed = sa.make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+        return parsed
+    value = (environ.get(CONN_ENV) or "").strip()
+    if not value:
+        raise ValueError(f"no warehouse: pass --warehouse-url or set {CONN_ENV} (the Airflow connection)")
+    if value.startswith("{"):
+        try:
+            conn = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{CONN_ENV} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        return url_from_connection(SimpleNamespace(
+            host=conn.get("host"), port=conn.get("port"), login=conn.get("login"),
+            password=conn.get("password"), schema=conn.get("schema"),
+        ))
+    # URI form, e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
+    parsed = sa.make_url(value)
+    return parsed.set(drivername="postgresql+psycopg2")
+
+
+def make_engine(url: URL | str) -> Engine:
+    # hide_parameters: errors never echo the bound values into logs.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, hide_parameters=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lifecycle.unsubscribe_service",
+        description="One-click (RFC 8058) and manual unsubscribe, writing lifecycle.suppressions.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
+    parser.add_argument("--warehouse-url", default=None,
+                        help=f"SQLAlchemy URL of the warehouse (default: the Airflow connection in {CONN_ENV})")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = make_engine(warehouse_url(args.warehouse_url))
+    except (ValueError, sa.exc.ArgumentError) as exc:
+        parser.error(str(exc))
+    log.info("unsubscribe service on %s:%s, warehouse database %r", args.host, args.port, engine.url.database)
+    try:
+        uvicorn.run(create_app(engine), host=args.host, port=args.port, access_log=False,
+                    log_level=args.log_level, proxy_headers=True, server_header=False)
+    finally:
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
