@@ -146,7 +146,7 @@ def test_no_stray_template_files():
         if path.is_dir() or any(part.startswith("_") for part in path.relative_to(TEMPLATES_DIR).parts):
             continue
         name = path.relative_to(TEMPLATES_DIR).as_posix()
-        base = re.sub(r"(\.subject\.txt|\.txt|\.html)$", "", name)
+        base = re.sub(r"(\.subject\.txt|\.sms\.txt|\.push-title\.txt|\.push-body\.txt|\.txt|\.html)$", "", name)
         assert base in EXPECTED_TEMPLATES, f"{name} is not part of a known template"
 
 

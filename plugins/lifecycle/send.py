@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -171,7 +171,7 @@ def template_context(row: Any) -> dict:
     }
 
 
-def build_email(row: Any, spec: JourneySpec):
+def build_email(row: Any, spec: JourneySpec, now: datetime):
     """Render the templates and wrap them with the headers inbox providers expect."""
     from lifecycle.channels.email import OutboundEmail, message_id_for
     from lifecycle.render import render_email
@@ -189,11 +189,9 @@ def build_email(row: Any, spec: JourneySpec):
     )
 
 
-def build_sms(row: Any, spec: JourneySpec):
+def build_sms(row: Any, spec: JourneySpec, now: datetime):
     """Render, normalise the number (E.164 by the customer's country) and respect the
     recipient's daytime for marketing texts: outside 08:00-21:00 local, wait, don't drop."""
-    from datetime import datetime
-
     from lifecycle.channels.sms import OutboundSMS, normalise_number, send_window
     from lifecycle.render import render_sms
 
@@ -201,13 +199,13 @@ def build_sms(row: Any, spec: JourneySpec):
     if problem:
         raise Skip(problem)
     if row.kind == "marketing":
-        open_now, next_start = send_window(datetime.now(UTC), row.timezone)
+        open_now, next_start = send_window(now, row.timezone)
         if not open_now:
             raise Defer(next_start, "waiting for the recipient's SMS hours (08:00-21:00 local time)")
     return OutboundSMS(to=number, body=render_sms(row.template, template_context(row)), key=row.idempotency_key)
 
 
-def build_push(row: Any, spec: JourneySpec):
+def build_push(row: Any, spec: JourneySpec, now: datetime):
     from lifecycle.channels.push import OutboundPush
     from lifecycle.render import render_push
 
@@ -324,9 +322,11 @@ def send_batch(
     channel_for: Callable[[str], Channel],
     *,
     dry_run: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dict[str, int]:
     """Deliver one batch; return message counts by final status. Raises RetryBatch when
-    transient failures put messages back to planned (Airflow then retries the task)."""
+    transient failures put messages back to planned (Airflow then retries the task).
+    `clock` is the wall clock that time-of-day rules (SMS hours) read."""
     counts: Counter[str] = Counter()
     with engine.begin() as conn:
         counts["failed"] += reconcile_unconfirmed(conn, batch)
@@ -336,7 +336,7 @@ def send_batch(
     channels: dict[str, Channel] = {}
     try:
         for row in rows:
-            counts[_send_one(engine, spec, row, token, channel_for, channels, dry_run)] += 1
+            counts[_send_one(engine, spec, row, token, channel_for, channels, dry_run, clock())] += 1
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
@@ -375,10 +375,10 @@ def _settle_unsent(engine: Engine, message_id: int, status: str, reason: str, no
     return "waiting" if not_before is not None else status
 
 
-def _send_one(engine, spec, row, token, channel_for, channels, dry_run) -> str:
+def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> str:
     waits = None
     try:
-        outbound = BUILDERS[row.channel](row, spec)
+        outbound = BUILDERS[row.channel](row, spec, now)
     except Skip as exc:
         return _settle_unsent(engine, row.message_id, "skipped", str(exc))
     except Defer as exc:
