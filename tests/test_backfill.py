@@ -1,5 +1,5 @@
 """Backfills through a real Airflow, not `dag.test()`: an api-server, a scheduler
-(LocalExecutor, SQLite metadata DB) and a dag-processor run as subprocesses, and
+(LocalExecutor, PostgreSQL metadata DB) and a dag-processor run as subprocesses, and
 `airflow backfill create` on the command line replays past intervals of a journey against
 the demo shop (real PostgreSQL) and a real SMTP server running in this test process.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -178,7 +179,23 @@ class Airflow:
 
 
 @pytest.fixture(scope="module")
-def airflow(shop_db):
+def metadata_db(embedded_server_url):
+    """Airflow's metadata DB: a fresh database on the embedded PostgreSQL. SQLite would do for
+    scheduling, but `airflow backfill create` then fails now and then with "database is locked"
+    while the scheduler writes (SQLite has one writer; a read transaction that upgrades to a
+    write gets SQLITE_BUSY at once, whatever the busy timeout)."""
+    name = f"lifecycle_airflow_{secrets.token_hex(4)}"
+    admin = sa.create_engine(embedded_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield sa.make_url(embedded_server_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def airflow(shop_db, metadata_db):
     """A running Airflow whose tasks use this module's demo shop and SMTP server."""
     from lifecycle.cli import airflow_env
     from lifecycle.dag_factory import POOLS
@@ -192,7 +209,8 @@ def airflow(shop_db):
     env.update(airflow_env(state_dir, engine.url.render_as_string(hide_password=False), smtp.port))
     env.update({
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # task processes call `airflow`
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",  # on SQLite: fine for one scheduler
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",  # this machine has 2 cores
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         # No scheduled runs: only the backfills under test create runs (an unpaused DAG

@@ -26,17 +26,18 @@ def run_interval(
     mode: str = "live",
     approve_volume: bool = False,
     timings: dict | None = None,
+    clock=None,
 ) -> dict:
     """Returns {'selected', 'valid', 'quarantined', 'enrolled', 'exits', 'messages': {status: n}}."""
-    clock = time.perf_counter
+    timer = time.perf_counter
     t = timings if timings is not None else {}
 
     def timed(name, fn, *args, **kwargs):
-        t0 = clock()
+        t0 = timer()
         try:
             return fn(*args, **kwargs)
         finally:
-            t[name] = t.get(name, 0.0) + clock() - t0
+            t[name] = t.get(name, 0.0) + timer() - t0
 
     run = runs.RunContext(spec.journey, run_id or f"local__{end.isoformat()}", mode, start, end)
     schema.migrate(engine)
@@ -49,7 +50,8 @@ def run_interval(
     batches = timed("batch", plan.assign_batches, engine, spec, run)
     sent: Counter[str] = Counter()
     for batch in batches:
-        sent.update(timed("send", send.send_batch, engine, spec, batch, channel_for, dry_run=mode == "dry"))
+        extra = {"clock": clock} if clock else {}
+        sent.update(timed("send", send.send_batch, engine, spec, batch, channel_for, dry_run=mode == "dry", **extra))
     counts = runs.message_counts(engine, run)
     runs.finish_run(engine, run, "ok", counts)
     stage.drop_stage(engine, run)
