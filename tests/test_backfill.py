@@ -245,7 +245,8 @@ def airflow(shop_db, metadata_db):
     finally:
         af.stop()
         smtp.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
+        if not os.environ.get("KEEP"): shutil.rmtree(state_dir, ignore_errors=True)
+        print("STATE", state_dir)
 
 
 def rows(engine, sql: str, **params) -> list:

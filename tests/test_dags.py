@@ -68,13 +68,23 @@ def test_a_broken_segment_file_fails_alone_with_a_clear_message(tmp_path, airflo
 
 
 @pytest.fixture()
-def airflow_env(shop_db, airflow_db, smtp_server, monkeypatch):
+def meta_server():
+    from lifecycle.sinks.meta_server import MetaAudienceServer
+
+    with MetaAudienceServer(access_token="local-token") as server:
+        yield server
+
+
+@pytest.fixture()
+def airflow_env(shop_db, airflow_db, smtp_server, meta_server, monkeypatch):
     engine, planted, anchor = shop_db
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "TRUNCATE lifecycle.messages, lifecycle.enrollments, lifecycle.runs, lifecycle.quarantine, "
-            "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons CASCADE"
+            "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons, lifecycle.audience_members CASCADE"
         )
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_META", json.dumps(
+        {"conn_type": "http", "host": meta_server.base_url, "password": "local-token"}))
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", airflow_conn_json(engine.url.render_as_string(hide_password=False)))
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_SMTP", json.dumps(
         {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_server.port,
@@ -176,3 +186,31 @@ def test_a_run_whose_sends_fail_is_recorded_failed_and_its_messages_wait(airflow
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = 'planned'")).scalar() == 0
     assert len(smtp.messages) >= waiting
+
+
+def test_cart_abandoners_are_kept_in_step_with_the_meta_audience(airflow_env, meta_server):
+    engine, planted, anchor, smtp, bag = airflow_env
+    dag = bag.dags["cart_abandonment"]
+    audience = "120000000000001"  # from the segment file's header
+    for hours in (26, 25, 24):
+        assert dag.test(logical_date=anchor - timedelta(hours=hours)).state == "success"
+    # Who should be in the audience, from the shop's consent table: active members with ads consent.
+    expected = count(engine, """
+        SELECT count(DISTINCT e.customer_id) FROM lifecycle.enrollments e
+        JOIN shop.consents k ON k.customer_id = e.customer_id AND k.channel = 'ads' AND k.status = 'opted_in'
+        WHERE e.journey = 'cart_abandonment' AND e.status = 'active' AND NOT e.holdout""")
+    assert len(meta_server.audience(audience)) == expected
+    requests_before = len(meta_server.requests)
+    # A replay of the same interval changes nothing and sends nothing to Meta.
+    assert dag.test(logical_date=anchor - timedelta(hours=24)).state == "success"
+    assert len(meta_server.requests) == requests_before
+    # Later, carts that converted have left the journey, and the audience with them.
+    assert dag.test(logical_date=anchor).state == "success"
+    after = count(engine, """
+        SELECT count(DISTINCT e.customer_id) FROM lifecycle.enrollments e
+        JOIN shop.consents k ON k.customer_id = e.customer_id AND k.channel = 'ads' AND k.status = 'opted_in'
+        WHERE e.journey = 'cart_abandonment' AND e.status = 'active' AND NOT e.holdout""")
+    assert len(meta_server.audience(audience)) == after
+    # The table of record agrees with Meta, member for member.
+    members = count(engine, "SELECT count(*) FROM lifecycle.audience_members WHERE removed_at IS NULL")
+    assert members == after

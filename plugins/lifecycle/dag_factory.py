@@ -182,8 +182,9 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             return by_channel(assign_batches(engine, spec, ctx), spec.channels)
 
         @task
-        def sync_audience(run: dict, exited: dict) -> dict:
-            """Keep the journey's Meta custom audience equal to its active members (diff only)."""
+        def sync_audience(run: dict, planned: dict) -> dict:
+            """Keep the journey's Meta custom audience equal to its active members (diff only);
+            after planning, which is where finished enrollments complete."""
             from lifecycle.audiences import MetaAudienceClient
             from lifecycle.audiences import sync_audience as sync
             from lifecycle.runs import RunContext
@@ -223,7 +224,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         planned = plan_messages(run, exited)
         done = [fan_out(planned, ch, spec.kind, {spec.journey: spec}) for ch in sorted(spec.channels)]
         if spec.audience_id:
-            done.append(sync_audience(run, exited))
+            done.append(sync_audience(run, planned))
         done >> summarize(run)
 
     return journey()

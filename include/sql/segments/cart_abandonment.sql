@@ -7,6 +7,7 @@ schedule: hourly
 entry_key: cart_id             # one enrollment per cart
 entered_at: cart_updated_at    # the clock the delays count from
 max_lateness: 6h               # a reminder more than 6h overdue is recorded as expired, not sent
+audience: {audience_id: "120000000000001"}  # Meta custom audience of current cart abandoners (ads consent only)
 params:
   lookback_hours: 48           # how far back a run looks for carts it may have missed
 steps:
