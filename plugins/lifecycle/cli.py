@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR, STATE_DIR
 
 DEMO_DB = "lifecycle_demo"
+DEMO_SEED = 7  # demo_shop.generate's default seed
 DEMO_OUT = PROJECT_DIR / "demo_output"
 PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
 
@@ -112,6 +114,39 @@ def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str
     }
 
 
+@contextlib.contextmanager
+def channel_sinks(engine, out: Path, seed: int):
+    """Local servers for the other channels (Twilio-shaped SMS API, a web push service, the
+    Meta Graph API), each writing what it receives to a JSON-lines file in `out`; yields the
+    AIRFLOW_CONN_* values that point the channels at them."""
+    import sqlalchemy as sa
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from lifecycle.sinks.meta_server import MetaAudienceServer
+    from lifecycle.sinks.push_server import PushServer, demo_key_lookup
+    from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
+
+    sms = TwilioServer(jsonl_path=out / "sms.jsonl")
+    push = PushServer(key_lookup=demo_key_lookup(engine, seed), jsonl_path=out / "push.jsonl")
+    meta = MetaAudienceServer(access_token="demo-token", jsonl_path=out / "meta_audiences.jsonl")
+    with sms, push, meta:
+        with engine.begin() as conn:  # the demo shop's browsers subscribed to the local push service
+            conn.execute(sa.text("UPDATE shop.push_subscriptions SET "
+                                 "endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
+                         {"origin": push.origin})
+        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(  # a fresh demo key, never stored
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        yield {
+            "AIRFLOW_CONN_LIFECYCLE_SMS": json.dumps({"conn_type": "http", "host": sms.base_url, "login": DEMO_ACCOUNT_SID,
+                                                      "password": DEMO_AUTH_TOKEN, "extra": {"from": "+15005550006"}}),
+            "AIRFLOW_CONN_LIFECYCLE_PUSH": json.dumps({"conn_type": "generic", "login": "mailto:ops@shop.example.com",
+                                                       "password": vapid}),
+            "AIRFLOW_CONN_LIFECYCLE_META": json.dumps({"conn_type": "http", "host": meta.base_url,
+                                                       "password": "demo-token"}),
+        }
+
+
 def prepare_airflow(env: dict[str, str], quiet: bool = True) -> None:
     """Point this process at the demo Airflow home, migrate its metadata DB, create the pool."""
     os.environ.update(env)
@@ -170,7 +205,7 @@ def demo(days: int, customers: int, verbose: bool) -> int:
     print(f"lifecycle demo: simulating {start:%Y-%m-%d} .. {anchor:%Y-%m-%d} (UTC) on an embedded PostgreSQL")
     url = _demo_database(STATE_DIR)
     engine = sa.create_engine(url)
-    demo_shop.generate(engine, anchor, customers=customers)
+    demo_shop.generate(engine, anchor, customers=customers, seed=DEMO_SEED)
     schema.migrate(engine)
     print(f"  demo shop: {customers} customers generated (seeded, planted cases included)")
     outbox = DEMO_OUT / "outbox"
@@ -179,16 +214,27 @@ def demo(days: int, customers: int, verbose: bool) -> int:
     specs, errors = load_all()
     for error in errors:
         print(f"  BROKEN {error}")
-    with EmlSink(outbox) as sink:
-        prepare_airflow(airflow_env(STATE_DIR, url, sink.port), quiet=not verbose)
+    for old in DEMO_OUT.glob("*.jsonl"):
+        old.unlink()
+    with EmlSink(outbox) as sink, channel_sinks(engine, DEMO_OUT, DEMO_SEED) as channel_conns:
+        prepare_airflow({**airflow_env(STATE_DIR, url, sink.port), **channel_conns}, quiet=not verbose)
         from airflow.dag_processing.dagbag import DagBag
+
+        from lifecycle.dag_factory import DISPATCH_DAG_ID
 
         dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
         failures = run_window(dags, {s.journey: s for s in specs}, start, anchor)
+        if dags[DISPATCH_DAG_ID].test(logical_date=anchor).state != "success":  # waiting messages
+            failures.append(f"{DISPATCH_DAG_ID}: failed")
     summary = format_summary(journey_summary(engine))
     (DEMO_OUT / "summary.txt").write_text(summary + "\n")
-    emails = len(list(outbox.glob("*.eml")))
-    print(f"\n{summary}\n\n{emails} emails written to {outbox.relative_to(PROJECT_DIR)}/ (open any .eml in a mail client)")
+    print(f"\n{summary}\n\nWhat each channel delivered, on disk:")
+    print(f"  email            {len(list(outbox.glob('*.eml'))):>5}  {outbox.relative_to(PROJECT_DIR)}/*.eml "
+          "(open any in a mail client)")
+    for name, file in (("SMS", "sms.jsonl"), ("web push", "push.jsonl"), ("Meta audiences", "meta_audiences.jsonl")):
+        path = DEMO_OUT / file
+        lines = len(path.read_text().splitlines()) if path.exists() else 0
+        print(f"  {name:<16} {lines:>5}  {path.relative_to(PROJECT_DIR)} (one JSON object per request)")
     print(f"audit tables: schema lifecycle in {url}")
     for failure in failures:
         print(f"  FAILED RUN {failure}")
