@@ -38,6 +38,7 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
         ON CONFLICT (journey, mode, enrollment_key) DO UPDATE
             SET context = EXCLUDED.context, updated_at = now()
             WHERE e.status = 'active' AND EXCLUDED.enrolled_at >= e.enrolled_at
+              AND e.context IS DISTINCT FROM EXCLUDED.context  -- unchanged rows are not rewritten
         RETURNING (xmax = 0) AS inserted
     """
     with engine.begin() as conn:

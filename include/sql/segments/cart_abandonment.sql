@@ -22,7 +22,20 @@ exit:
 -- Who qualifies: a cart with at least one item, last changed at least an hour before the
 -- run (and no more than lookback_hours before), whose customer has placed no order since
 -- that change. Everything is "as of" the end of the run's interval, so backfills replay.
-WITH cart_lines AS (
+WITH abandoned AS (
+    SELECT c.cart_id, c.customer_id, c.updated_at
+    FROM shop.carts c
+    WHERE c.updated_at <  :as_of - INTERVAL '1 hour'
+      AND c.updated_at >= :as_of - make_interval(hours => :lookback_hours)
+      AND NOT EXISTS (
+          SELECT 1 FROM shop.orders o
+          WHERE o.customer_id = c.customer_id
+            AND o.ordered_at > c.updated_at
+            AND o.ordered_at < :as_of
+            AND o.status <> 'cancelled'
+      )
+), cart_lines AS (
+    -- the items of those carts only (not of every cart in the shop)
     SELECT ci.cart_id,
            jsonb_agg(jsonb_build_object(
                'product_id',  p.product_id,
@@ -33,27 +46,19 @@ WITH cart_lines AS (
                'product_url', :shop_url || '/p/' || p.sku
            ) ORDER BY p.name) AS items,
            sum(ci.quantity * ci.unit_price) AS cart_total
-    FROM shop.cart_items ci
+    FROM abandoned a
+    JOIN shop.cart_items ci USING (cart_id)
     JOIN shop.products p USING (product_id)
     GROUP BY ci.cart_id
 )
-SELECT c.cart_id,
-       c.customer_id,
+SELECT a.cart_id,
+       a.customer_id,
        cu.email,
        cu.first_name,
-       c.updated_at                          AS cart_updated_at,
+       a.updated_at                          AS cart_updated_at,
        l.items,
        l.cart_total,
-       :shop_url || '/cart/' || c.cart_id    AS cart_url
-FROM shop.carts c
-JOIN cart_lines l USING (cart_id)
+       :shop_url || '/cart/' || a.cart_id    AS cart_url
+FROM abandoned a
+JOIN cart_lines l USING (cart_id)            -- carts without items drop out here
 JOIN shop.customers cu USING (customer_id)
-WHERE c.updated_at <  :as_of - INTERVAL '1 hour'
-  AND c.updated_at >= :as_of - make_interval(hours => :lookback_hours)
-  AND NOT EXISTS (
-      SELECT 1 FROM shop.orders o
-      WHERE o.customer_id = c.customer_id
-        AND o.ordered_at > c.updated_at
-        AND o.ordered_at < :as_of
-        AND o.status <> 'cancelled'
-  )

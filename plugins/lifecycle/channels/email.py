@@ -26,6 +26,9 @@ from lifecycle.channels.base import ChannelUnavailable, Outcome
 from lifecycle.config import SHOP, SMTP_CONN_ID
 
 QUEUE_ID = re.compile(r"queued as\s+(\S+)", re.I)
+# RFC 5322 allows 998-character lines. The default 78 makes the email package RFC 2047-encode a
+# long List-Unsubscribe header (its URLs cannot be folded), which mailbox providers then ignore.
+WIRE_POLICY = SMTP_POLICY.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def message_id_for(idempotency_key: str) -> str:
 
 
 def compose(message: OutboundEmail, from_email: str, from_name: str) -> bytes:
-    msg = EmailMessage(policy=SMTP_POLICY)
+    msg = EmailMessage(policy=WIRE_POLICY)
     msg["From"] = formataddr((from_name, from_email))
     msg["To"] = message.to
     msg["Subject"] = message.subject
