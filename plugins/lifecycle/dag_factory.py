@@ -119,7 +119,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
         start_date=spec.start_date,
         catchup=False,
-        max_active_runs=4,
+        max_active_runs=1,  # a journey's state moves interval by interval: runs replay in order
         default_args={**DEFAULT_ARGS, "owner": spec.owner},
         tags=["lifecycle", spec.schedule, spec.kind, *spec.tags],
         params={

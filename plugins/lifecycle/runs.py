@@ -71,7 +71,8 @@ def start_run(engine: Engine, run: RunContext) -> None:
                 INSERT INTO lifecycle.runs (journey, run_id, mode, interval_start, interval_end, status)
                 VALUES (:journey, :run_id, :mode, :interval_start, :interval_end, 'running')
                 ON CONFLICT (journey, run_id) DO UPDATE
-                   SET status = 'running', error = NULL, started_at = now(), finished_at = NULL
+                   SET status = 'running', mode = EXCLUDED.mode, error = NULL, started_at = now(),
+                       finished_at = NULL
                 """
             ),
             {**run.binds(), "run_id": run.run_id},

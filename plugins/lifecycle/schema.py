@@ -43,7 +43,9 @@ def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
         conn.exec_driver_sql(
-            "CREATE SCHEMA IF NOT EXISTS lifecycle;"
+            # lifecycle_stage is created here, under the lock: concurrent CREATE SCHEMA IF NOT
+            # EXISTS from parallel runs' staging transactions can fail with a unique violation.
+            "CREATE SCHEMA IF NOT EXISTS lifecycle; CREATE SCHEMA IF NOT EXISTS lifecycle_stage;"
             "CREATE TABLE IF NOT EXISTS lifecycle.schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
