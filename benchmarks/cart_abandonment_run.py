@@ -143,7 +143,8 @@ def send_worker(url: str, lenient: bool, batches: list[dict], smtp_port: int, pi
         t0 = time.perf_counter()
         for batch in batches:
             try:
-                counts.update(send.send_batch(engine, spec, batch, channel_for))
+                counts.update(send.send_batch(engine, spec, batch, channel_for,
+                                              clock=lambda b=batch: datetime.fromisoformat(b["as_of"])))
             except send.RetryBatch:
                 retried += 1
         seconds = time.perf_counter() - t0

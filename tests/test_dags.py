@@ -85,6 +85,7 @@ def airflow_env(shop_db, airflow_db, smtp_server, meta_server, monkeypatch):
         )
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_META", json.dumps(
         {"conn_type": "http", "host": meta_server.base_url, "password": "local-token"}))
+    monkeypatch.setenv("LIFECYCLE_CLOCK", "as_of")  # these runs replay November 2026 as if on time
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", airflow_conn_json(engine.url.render_as_string(hide_password=False)))
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_SMTP", json.dumps(
         {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_server.port,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -39,6 +39,11 @@ def shop(shop_db):
             "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons CASCADE"
         )
     return engine, planted, anchor
+
+
+def at(batch):
+    """The sender's clock in these simulations: the run's as_of."""
+    return lambda: datetime.fromisoformat(batch["as_of"])
 
 
 def channel_to(server):
@@ -88,10 +93,10 @@ def test_retry_after_partial_batch_sends_each_message_once(shop, smtp_server):
 
     with pytest.raises(send.RetryBatch):  # first attempt: 451 on the 3rd message
         for batch in batches:
-            send.send_batch(engine, LENIENT, batch, channel_to(smtp_server))
+            send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
     assert len(smtp_server.messages) == len(expected) - 1
     for batch in batches:  # the retry Airflow would run
-        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server))
+        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
 
     assert sorted(received(smtp_server)) == sorted(expected)  # everyone exactly once
     with engine.connect() as conn:
@@ -112,7 +117,7 @@ def test_killed_worker_leaves_unknown_outcome_never_resent(shop, smtp_server):
     assert send.claim_message(engine, victim, "dead-attempt")
 
     for batch in batches:
-        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server))
+        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
 
     status, reason = statuses(engine)[victim]
     assert status == "failed" and reason.startswith("outcome unknown")
@@ -137,7 +142,7 @@ def test_same_interval_twice_and_concurrently_sends_once(shop, smtp_server):
     def deliver(batches):
         try:
             for batch in batches:
-                send.send_batch(engine, LENIENT, batch, channel_to(smtp_server))
+                send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
         except Exception as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 
@@ -168,7 +173,7 @@ def test_consent_is_checked_at_send_time(shop, smtp_server):
                              "WHERE customer_id = :c AND channel = 'email'"), {"c": customer})
     try:
         for batch in batches:
-            send.send_batch(engine, LENIENT, batch, channel_to(smtp_server))
+            send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
     finally:  # the shop is shared by this module's tests
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_in' "
@@ -235,3 +240,56 @@ def test_hard_bounce_is_recorded_and_suppresses_later_sends(shop, smtp_server):
                                       "AND step = 'reminder_2'"), {"c": case.customer_id}).one()
     assert tuple(second) == ("suppressed", "suppressed: hard_bounce")
     assert case.email not in received(smtp_server)
+
+
+def test_a_backfilled_message_sent_after_its_window_expires_instead(shop, smtp_server):
+    engine, _, anchor = shop
+    _, batches = plan_interval(engine, anchor, spec=SPEC)  # an old interval, replayed "today"
+    planned = count_status(engine, "planned")
+    assert planned > 0
+    for batch in batches:  # the production sender's clock: the wall clock, days after anchor + 6h
+        send.send_batch(engine, SPEC, batch, channel_to(smtp_server), clock=lambda: anchor + timedelta(days=3))
+    with engine.connect() as conn:
+        reasons = conn.execute(sa.text("SELECT reason FROM lifecycle.messages WHERE status = 'expired' "
+                                       "AND reason LIKE 'late: not sent by%'")).scalars().all()
+    assert len(reasons) == planned and smtp_server.messages == []
+
+
+def test_a_channel_that_cannot_be_configured_leaves_messages_planned(shop, smtp_server):
+    engine, _, anchor = shop
+    _, batches = plan_interval(engine, anchor)
+    planned = count_status(engine, "planned")
+
+    def misconfigured(name):
+        raise RuntimeError("Airflow connection 'lifecycle_smtp' is not defined")
+
+    with pytest.raises(RuntimeError, match="lifecycle_smtp"):
+        for batch in batches:
+            send.send_batch(engine, LENIENT, batch, misconfigured, clock=at(batch))
+    # Nothing was claimed, so nothing is "outcome unknown": the retry sends them all.
+    assert count_status(engine, "claimed") == 0 and count_status(engine, "failed") == 0
+    for batch in batches:
+        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
+    assert count_status(engine, "planned") == 0 and len(smtp_server.messages) > 0
+    assert planned >= len(smtp_server.messages)
+
+
+def test_messages_on_a_channel_removed_from_the_journey_are_retired_with_a_reason(shop):
+    engine, _, anchor = shop
+    plan_interval(engine, anchor)
+    waiting = count_status(engine, "planned")
+    sms_only = dataclasses.replace(LENIENT, exits=(), steps=tuple(dataclasses.replace(s, channels=("sms",))
+                                                                 for s in LENIENT.steps))
+    run = runs.RunContext(SPEC.journey, "after-edit", "live", anchor, anchor + timedelta(hours=1))
+    assert plan.assign_batches(engine, sms_only, run) == []
+    with engine.connect() as conn:
+        reasons = conn.execute(sa.text("SELECT DISTINCT reason FROM lifecycle.messages WHERE status = 'skipped' "
+                                       "AND reason LIKE 'channel%'")).scalars().all()
+    assert waiting > 0 and reasons == ["channel email is no longer in the journey"]
+    assert count_status(engine, "planned") == 0
+
+
+def count_status(engine, status: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = :s"),
+                            {"s": status}).scalar()

@@ -106,6 +106,7 @@ def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "LIFECYCLE_CLOCK": "as_of",  # a simulation of past days: each run sends as if on time
         "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(warehouse_url),
         "AIRFLOW_CONN_LIFECYCLE_SMTP": json.dumps(
             {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,

@@ -59,6 +59,18 @@ def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec]):
     return make_send_task(channel, kind, specs).expand(batch=pick(planned))
 
 
+def sender_clock(batch: dict):
+    """The wall clock, or, with LIFECYCLE_CLOCK=as_of (the demo and simulations), the run's as_of:
+    replaying the past as if each run had happened on time."""
+    import os
+    from datetime import UTC, datetime
+
+    if os.environ.get("LIFECYCLE_CLOCK") == "as_of":
+        as_of = datetime.fromisoformat(batch["as_of"])
+        return lambda: as_of
+    return lambda: datetime.now(UTC)
+
+
 def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec]):
     """A task that delivers one batch of `channel` messages (mapped over batch descriptors)."""
 
@@ -68,7 +80,7 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec]):
         from lifecycle.send import send_batch
 
         return send_batch(_engine(), specs[batch["journey"]], batch, channel_factory,
-                          dry_run=batch["mode"] == "dry")
+                          dry_run=batch["mode"] == "dry", clock=sender_clock(batch))
 
     return send
 
@@ -94,6 +106,14 @@ def _run_context(journey: str):
     from lifecycle.runs import RunContext
 
     ctx = get_current_context()
+    if ctx.get("data_interval_start") is None:  # Airflow 3 manual triggers default to no logical date
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(
+            f"{journey}: this run has no data interval. A journey run replays one interval: trigger it "
+            f"with a logical date (`airflow dags trigger {journey} --logical-date <interval start>`) or "
+            "use `airflow backfill create`."
+        )
     dry = _run_switch("dry_run")
     return RunContext(
         journey=journey,

@@ -41,7 +41,7 @@ def insert_messages(
             f"""
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
-                 status, reason, due_at, planned_for, planned_run_id, run_id)
+                 status, reason, due_at, planned_for, planned_run_id, run_id, expires_at)
             SELECT :prefix || :journey || ':' || c.enrollment_key || ':' || :step || ':' || c.channel,
                    :journey, :mode, c.enrollment_id, c.customer_id, :step, c.channel, :template, :kind,
                    CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'
@@ -54,7 +54,7 @@ def insert_messages(
                              THEN 'late: due ' || to_char(c.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
                                   || ' UTC, more than ' || :lateness_text || ' before the run'
                         ELSE :action_reason END,
-                   c.due_at, :as_of, :run_id, :run_id
+                   c.due_at, :as_of, :run_id, :run_id, c.due_at + make_interval(secs => :lateness)
             FROM {candidates} AS c
             ORDER BY c.enrollment_id
             ON CONFLICT DO NOTHING
@@ -235,6 +235,10 @@ def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> 
                        updated_at = now()
                   FROM progress p
                  WHERE e.enrollment_id = p.enrollment_id
+                   AND ((e.next_step, e.next_due_at, e.current_step)
+                            IS DISTINCT FROM (p.next_step, p.next_due_at, p.current_step)
+                        OR (p.next_step IS NULL
+                            AND e.entered_at + make_interval(secs => :done_after) <= :as_of))
                 """
             ),
             {
@@ -266,6 +270,7 @@ def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext, *, only_w
     where = OPEN + (LEFT_BEHIND if only_waiting else "")
     with engine.begin() as conn:
         _expire_stale_claims(conn, spec, run)
+        _retire_removed_channels(conn, spec, run)
         open_count = conn.execute(sa.text(f"SELECT count(*) FROM lifecycle.messages WHERE {where}"),
                                   run.binds()).scalar_one()
         if not open_count:
@@ -298,7 +303,7 @@ def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext, *, only_w
         ).all()
     return [
         {"journey": run.journey, "run_id": run.run_id, "mode": run.mode, "channel": r.channel,
-         "batch": r.batch_no, "size": r.n}
+         "batch": r.batch_no, "size": r.n, "as_of": run.as_of.isoformat()}
         for r in rows
     ]
 
@@ -307,6 +312,17 @@ def by_channel(batches: list[dict], channels) -> dict[str, list[dict]]:
     """Descriptors grouped per channel (every channel present, maybe empty): one mapped send
     task per channel, each in its own pool."""
     return {channel: [b for b in batches if b["channel"] == channel] for channel in sorted(channels)}
+
+
+def _retire_removed_channels(conn: sa.Connection, spec: JourneySpec, run: RunContext) -> None:
+    """Planned messages on a channel the journey no longer uses would wait forever: record why."""
+    conn.execute(
+        sa.text("UPDATE lifecycle.messages SET status = 'skipped', updated_at = now(), "
+                "reason = 'channel ' || channel || ' is no longer in the journey' "
+                "WHERE journey = :journey AND mode = :mode AND status = 'planned' "
+                "AND NOT (channel = ANY(CAST(:channels AS text[])))"),
+        {**run.binds(), "channels": sorted(spec.channels)},
+    )
 
 
 def _expire_stale_claims(conn: sa.Connection, spec: JourneySpec, run: RunContext) -> None:

@@ -65,8 +65,8 @@ def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
     ).rowcount
 
 
-def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) -> int:
-    """Consent, suppressions, enrollment state and address, checked now, not at planning."""
+def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, now: datetime) -> int:
+    """Consent, suppressions, enrollment state, lateness and address, checked now, not at planning."""
     exit_steps = [e.message_step for e in spec.exits if e.message_step]
     return conn.execute(
         sa.text(
@@ -77,6 +77,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) 
                 SELECT m2.message_id,
                        CASE WHEN e.status IN ('converted', 'exited', 'expired')
                                  AND NOT (m2.step = ANY(CAST(:exit_steps AS text[]))) THEN 'skipped'
+                            WHEN m2.expires_at < :now THEN 'expired'
                             WHEN s.customer_id IS NOT NULL
                                  AND (m2.kind = 'marketing' OR s.reason IN ('hard_bounce', 'complaint'))
                                  THEN 'suppressed'
@@ -91,6 +92,9 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) 
                        CASE WHEN e.status IN ('converted', 'exited', 'expired')
                                  AND NOT (m2.step = ANY(CAST(:exit_steps AS text[])))
                                  THEN 'enrollment ' || e.status || coalesce(' (' || e.exit_reason || ')', '')
+                            WHEN m2.expires_at < :now
+                                 THEN 'late: not sent by ' || to_char(m2.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+                                      || ' UTC (due ' || to_char(m2.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ')'
                             WHEN s.customer_id IS NOT NULL
                                  AND (m2.kind = 'marketing' OR s.reason IN ('hard_bounce', 'complaint'))
                                  THEN 'suppressed: ' || s.reason
@@ -111,7 +115,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict) 
              WHERE m.message_id = v.message_id AND v.status IS NOT NULL
             """
         ),
-        {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX},
+        {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX, "now": now},
     ).rowcount
 
 
@@ -293,10 +297,11 @@ def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) 
             """
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
-                 status, reason, due_at, planned_for, planned_run_id, run_id, fallback_of)
+                 status, reason, due_at, planned_for, planned_run_id, run_id, fallback_of, expires_at)
             SELECT regexp_replace(idempotency_key, ':[a-z]+$', ':' || :channel), journey, mode, enrollment_id,
                    customer_id, step, :channel, template, kind, 'planned',
-                   'fallback from ' || channel || ': ' || :why, due_at, planned_for, planned_run_id, NULL, message_id
+                   'fallback from ' || channel || ': ' || :why, due_at, planned_for, planned_run_id, NULL, message_id,
+                   expires_at
             FROM lifecycle.messages WHERE message_id = :id
             ON CONFLICT DO NOTHING
             """
@@ -326,11 +331,12 @@ def send_batch(
 ) -> dict[str, int]:
     """Deliver one batch; return message counts by final status. Raises RetryBatch when
     transient failures put messages back to planned (Airflow then retries the task).
-    `clock` is the wall clock that time-of-day rules (SMS hours) read."""
+    `clock` is the sender's "now": lateness and time-of-day rules (SMS hours) read it. The wall
+    clock in production; a simulation (demo, runner, tests) passes the run's as_of instead."""
     counts: Counter[str] = Counter()
     with engine.begin() as conn:
         counts["failed"] += reconcile_unconfirmed(conn, batch)
-        counts["checked_out"] += apply_send_time_checks(conn, spec, batch)
+        counts["checked_out"] += apply_send_time_checks(conn, spec, batch, clock())
         rows = load_batch(conn, batch)
     token = secrets.token_hex(8)
     channels: dict[str, Channel] = {}
@@ -391,6 +397,11 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
             return "taken"
         return mark(engine, row.message_id, token, Outcome("failed", f"render error: {exc}"),
                     row.customer_id, row.channel, row.journey)
+    if not dry_run and row.channel not in channels:
+        # Open the channel before claiming anything: a configuration error (a missing Airflow
+        # connection, a bad key) then fails the task with every message still planned, instead
+        # of leaving a claim whose outcome looks unknown.
+        channels[row.channel] = channel_for(row.channel).__enter__()
     if not claim_message(engine, row.message_id, token):
         return "taken"  # another run claimed it first: it is theirs to send
     if dry_run:
@@ -402,8 +413,6 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
             )
         return "dry_run"
     try:
-        if row.channel not in channels:
-            channels[row.channel] = channel_for(row.channel).__enter__()
         outcome = channels[row.channel].deliver(outbound)
     except ChannelUnavailable as exc:
         _release(engine, row.message_id, token)

@@ -452,7 +452,10 @@ def _audience(raw: Any, c: _Checker) -> str | None:
         c.add("audience: must be a mapping like {audience_id: '23851234567890'}")
         return None
     c.problems += _unknown_keys("audience: ", raw, {"audience_id"})
-    return str(raw["audience_id"]).strip()
+    audience_id = str(raw["audience_id"]).strip()
+    if not audience_id.isdigit():
+        c.add(f"audience.audience_id: a Meta custom audience id is digits only, got {audience_id!r}")
+    return audience_id
 
 
 def _volume_guard(raw: Any, c: _Checker) -> VolumeGuard:

@@ -27,6 +27,12 @@ def execute_file_sql(conn: sa.Connection, source: Path | str, sql: str, values: 
     except sa.exc.DBAPIError as exc:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise SegmentSQLError(f"{Path(source).name}: the warehouse rejected the SQL: {detail}") from exc
+    except sa.exc.StatementError as exc:  # e.g. ':word' inside a string literal read as a parameter
+        detail = str(exc.orig or exc).splitlines()[0]
+        raise SegmentSQLError(
+            f"{Path(source).name}: {detail} (a ':name' inside a quoted string is read as a parameter; "
+            "write '\\:name' to keep the colon)"
+        ) from exc
 
 
 def condition_sql(name: str, conditions_dir: Path = CONDITIONS_DIR) -> tuple[Path, str]:

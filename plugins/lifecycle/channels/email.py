@@ -137,6 +137,8 @@ class EmailChannel:
         if self._smtp is None:
             self._connect()
         smtp = self._smtp
+        if not message.to.isascii():  # no SMTPUTF8 here: refuse before the server sees anything
+            return Outcome("failed", "invalid address: non-ASCII characters need SMTPUTF8, not supported")
         raw = compose(message, self.from_email, self.from_name)
         try:
             code, reply = smtp.mail(self.from_email)

@@ -356,7 +356,9 @@ class SMSChannel:
         if outcome.status == "sent":
             log.info("sms %s: found at the provider after %s", msg.key, why)
         elif outcome.status == "retry":
-            outcome = Outcome("retry", f"not accepted (looked up): {why}")
+            # Not in the listing is not proof: listings lag and providers may rewrite a body
+            # (trial prefixes, smart encoding). At most once wins: record it, never re-send.
+            outcome = Outcome("unknown", f"{why}; not found in the provider's listing (not re-sent)")
         else:
             outcome = Outcome("unknown", f"{why}; {outcome.reason}")
         return outcome
