@@ -29,8 +29,10 @@ import argparse
 import dataclasses
 import logging
 import multiprocessing
+import os
 import re
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -310,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps' max_lateness = 7 days: the cold start plans every due reminder")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (database and .eml files)")
     args = parser.parse_args(argv)
+    # Unsubscribe links are signed; the spawned send process inherits this throwaway key.
+    os.environ.setdefault("LIFECYCLE_SIGNING_KEY", secrets.token_urlsafe(32))
     quiet()
 
     import sqlalchemy as sa

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "LIFECYCLE_CLOCK": "as_of",  # a simulation of past days: each run sends as if on time
+        "LIFECYCLE_SIGNING_KEY": os.environ.get("LIFECYCLE_SIGNING_KEY") or secrets.token_urlsafe(32),
         "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(warehouse_url),
         "AIRFLOW_CONN_LIFECYCLE_SMTP": json.dumps(
             {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,

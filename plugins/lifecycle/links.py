@@ -11,17 +11,25 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from lifecycle.config import SHOP
 
-_DEV_KEY = "lifecycle-local-demo-key-not-for-production"
-
 
 @functools.cache
 def _fernet(key: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()))
 
 
+def signing_key() -> str:
+    """The secret behind unsubscribe links; without it anyone could forge an unsubscribe."""
+    key = os.environ.get("LIFECYCLE_SIGNING_KEY", "")
+    if len(key) < 16:
+        raise RuntimeError(
+            "LIFECYCLE_SIGNING_KEY is not set (or shorter than 16 characters): set a long random secret, "
+            "the same for the Airflow workers and the unsubscribe service (`make demo` sets its own)."
+        )
+    return key
+
+
 def _cipher() -> Fernet:
-    # Deployments set LIFECYCLE_SIGNING_KEY; the fallback only serves the local demo.
-    return _fernet(os.environ.get("LIFECYCLE_SIGNING_KEY") or _DEV_KEY)
+    return _fernet(signing_key())
 
 
 def unsubscribe_token(customer_id: int, channel: str) -> str:

@@ -333,6 +333,9 @@ def send_batch(
     transient failures put messages back to planned (Airflow then retries the task).
     `clock` is the sender's "now": lateness and time-of-day rules (SMS hours) read it. The wall
     clock in production; a simulation (demo, runner, tests) passes the run's as_of instead."""
+    from lifecycle.links import signing_key
+
+    signing_key()  # links are signed per message: fail the task before anything is claimed
     counts: Counter[str] = Counter()
     with engine.begin() as conn:
         counts["failed"] += reconcile_unconfirmed(conn, batch)
