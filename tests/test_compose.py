@@ -261,3 +261,18 @@ def test_unsubscribe_service_reads_the_compose_connection():
     assert (url.drivername, url.host, url.port, url.username, url.database) == (
         "postgresql+psycopg2", "warehouse", 5432, "lifecycle", "warehouse",
     )
+
+
+def test_sms_and_meta_connections_point_at_the_local_sinks():
+    import json
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    env = services["airflow-worker"]["environment"]
+    sms = json.loads(env["AIRFLOW_CONN_LIFECYCLE_SMS"])
+    meta = json.loads(env["AIRFLOW_CONN_LIFECYCLE_META"])
+    assert sms["host"] == "http://sms-sink:8089" and meta["host"] == "http://meta-sink:8765"
+    assert "lifecycle.sinks.twilio_server" in services["sms-sink"]["command"]
+    assert "--port 8089" in services["sms-sink"]["command"]
+    assert "lifecycle.sinks.meta_server" in services["meta-sink"]["command"]
+    assert f"--token {meta['password']}" in services["meta-sink"]["command"]
