@@ -77,7 +77,19 @@ REVIEW_ROW = {
         },
     ],
 }
-ROWS = {"cart_abandonment": CART_ROW, "win_back": WIN_BACK_ROW, "review_request": REVIEW_ROW}
+BROWSE_PRODUCT = {"product_id": 11, "name": "Linen Shirt", "image_url": "https://cdn.shop.example.com/p/11.jpg",
+                  "price": 49.0, "product_url": "https://shop.example.com/p/linen-shirt"}
+BROWSE_ROW = {
+    "viewed": [BROWSE_PRODUCT],
+    "suggested": [{**BROWSE_PRODUCT, "product_id": 12, "name": "Canvas Tote Bag", "price": 19.5,
+                   "image_url": "https://cdn.shop.example.com/p/12.jpg",
+                   "product_url": "https://shop.example.com/p/canvas-tote"}],
+    "url": "https://shop.example.com/p/linen-shirt",
+    "last_viewed_at": "2025-03-01T09:00:00+00:00",
+}
+BIRTHDAY_ROW = {"celebration_date": "2027-02-28"}
+ROWS = {"cart_abandonment": CART_ROW, "win_back": WIN_BACK_ROW, "review_request": REVIEW_ROW,
+        "browse_abandonment": BROWSE_ROW, "birthday": BIRTHDAY_ROW, "birthday_ask": {}}
 
 # Templates that list the row's items (name, image, and for carts the prices).
 CART_REMINDERS = {"cart_abandonment/reminder_1", "cart_abandonment/reminder_2", "cart_abandonment/reminder_3"}
@@ -96,6 +108,11 @@ EXPECTED_TEMPLATES = {
     "review_request/reminder",
     "review_request/thank_you",
     "review_request/service_recovery",
+    "browse_abandonment/email_1",
+    "browse_abandonment/second_touch",
+    "birthday/email",
+    "birthday/follow_up",
+    "birthday_ask/ask",
 }
 
 TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>")

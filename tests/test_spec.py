@@ -33,7 +33,8 @@ def test_shipped_segment_files_load():
     specs, errors = load_all()
     assert errors == []
     by_name = {s.journey: s for s in specs}
-    assert set(by_name) == {"cart_abandonment", "win_back", "review_request"}
+    assert set(by_name) == {"cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday",
+                            "birthday_ask"}
     cart = by_name["cart_abandonment"]
     assert cart.schedule == "hourly" and cart.entry_key == "cart_id" and cart.entered_at == "cart_updated_at"
     assert [(s.name, s.after) for s in cart.steps] == [
@@ -60,7 +61,7 @@ def test_shipped_segment_files_load():
         (("after: 48h", "after: 2h"), "steps must be in time order"),
         (("journey: cart_abandonment", "journey: carts"), "journey: must equal the file name 'cart_abandonment'"),
         (("lookback_hours: 48", "lookback_hour: 48"), "SQL: parameter :lookback_hours is not bound"),
-        (("WITH cart_lines AS (", "DELETE FROM shop.carts RETURNING cart_id; WITH cart_lines AS ("),
+        (("WITH abandoned AS (", "DELETE FROM shop.carts RETURNING cart_id; WITH abandoned AS ("),
          "SQL: must be one SELECT (or WITH ... SELECT), found 'DELETE'"),
         (("SELECT c.cart_id,", "SELECT 1; SELECT c.cart_id,"), "SQL: only one statement is allowed"),
     ],
@@ -102,8 +103,9 @@ def test_linter_explains_the_sql_on_a_warehouse(tmp_path, shop_db, capsys):
     engine, _, _ = shop_db
     url = engine.url.render_as_string(hide_password=False)
     assert lint([], url) == 0
-    typo = write(tmp_path, GOOD.replace("c.updated_at                          AS cart_updated_at",
-                                        "c.updated_att AS cart_updated_at"))
+    old = "a.updated_at                          AS cart_updated_at"
+    assert old in GOOD
+    typo = write(tmp_path, GOOD.replace(old, "a.updated_att AS cart_updated_at"))
     assert lint([str(typo)], url) == 1
     out = capsys.readouterr().out
     assert "cart_abandonment.sql: the warehouse rejected the SQL" in out and "updated_att" in out
@@ -112,5 +114,5 @@ def test_linter_explains_the_sql_on_a_warehouse(tmp_path, shop_db, capsys):
 def test_linter_runs_as_a_command_without_airflow():
     result = subprocess.run([sys.executable, "-m", "lifecycle.cli", "lint"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 ok, 0 broken" in result.stdout
+    assert "6 ok, 0 broken" in result.stdout
     assert "airflow" not in result.stderr.lower()

@@ -1,0 +1,594 @@
+"""browse_abandonment end to end: hourly runs over [A-4d, A) on a fresh demo shop (the
+`shop_db` fixture) with planted sessions, against a real SMTP server and the local web push
+service, compared with the outcome derived here from the shop tables.
+
+The expected outcome is stated in Python over the shop's rows (never the segment SQL):
+a known customer's session qualifies when, counting its views before the run's as_of, some
+product got at least MIN_SECONDS in total or MIN_VIEWS views, and the customer changed no
+cart and placed no (non-cancelled) order after the session's last view. The clock is the
+last view + WAIT; a run selects sessions whose clock is in (as_of - LOOKBACK, as_of], except
+those of a customer with another enrollment of the journey within COOLDOWN of the clock
+(and, among several new ones at once, the earliest only). email_1 at the clock,
+second_touch 24h later by push when the customer can receive push, else by email. An order
+after the last view converts; a cart change exits.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lifecycle.channels.email import EmailChannel
+from lifecycle.channels.push import PushChannel
+from lifecycle.config import SEGMENTS_DIR
+from lifecycle.render import money
+from lifecycle.runner import run_interval
+from lifecycle.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle.spec import load_spec
+
+from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, py, text_and_html
+
+JOURNEY = "browse_abandonment"
+SEED = 11
+MIN_SECONDS, MIN_VIEWS = 60, 2
+WAIT, LOOKBACK, COOLDOWN = 2 * HOUR, 48 * HOUR, 7 * DAY
+SECOND_TOUCH = 24 * HOUR
+MAX_LATENESS = 6 * HOUR
+SHOP_URL = "https://shop.example.com"
+MINUTE = timedelta(minutes=1)
+
+
+# ----------------------------------------------------------------------------- planted cases
+
+
+@dataclass
+class Case:
+    customer_id: int
+    email: str
+    last_view: datetime | None = None  # of the (first) qualifying session
+    products: list[int] = field(default_factory=list)  # product ids viewed, most recent first
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.customer_id}:bt-{self.customer_id}-1"
+
+
+def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Case]:
+    """New customers (ids >= 900000) with email consent, their sessions, carts, orders and a push
+    subscription the local push service knows."""
+    a = anchor
+    with engine.connect() as conn:
+        products = [r[0] for r in conn.execute(sa.text("SELECT product_id FROM shop.products ORDER BY product_id"))]
+    p = products[:12]
+    view_ids = iter(range(9_000_000, 9_100_000))
+    rows: dict[str, list[dict]] = {"customers": [], "consents": [], "page_views": [], "carts": [], "orders": [],
+                                   "push_subscriptions": []}
+    cases: dict[str, Case] = {}
+
+    def customer(name: str, cid: int, *, push_consent: bool = False) -> Case:
+        email = f"browse.{name}@example.com"
+        rows["customers"].append({"customer_id": cid, "email": email, "first_name": name.title().replace("_", ""),
+                                  "country": "DE", "timezone": "Europe/Berlin", "created_at": a - 90 * DAY})
+        rows["consents"].append({"customer_id": cid, "channel": "email", "updated_at": a - 90 * DAY})
+        if push_consent:
+            rows["consents"].append({"customer_id": cid, "channel": "push", "updated_at": a - 90 * DAY})
+        cases[name] = Case(cid, email)
+        return cases[name]
+
+    def session(case: Case, n: int, end: datetime, views: list[tuple[int, int]]) -> None:
+        """Views (product_id, seconds) that finish at `end`, one minute apart."""
+        for i, (product_id, seconds) in enumerate(views):
+            rows["page_views"].append({
+                "view_id": next(view_ids), "customer_id": case.customer_id, "session_id": f"bt-{case.customer_id}-{n}",
+                "product_id": product_id, "viewed_at": end - (len(views) - 1 - i) * MINUTE, "seconds": seconds,
+            })
+
+    c = customer("long_look", 900001)  # 65 s on one product: qualifies, second touch by email
+    c.last_view = a - 60 * HOUR
+    session(c, 1, c.last_view, [(p[0], 65), (p[1], 10)])
+    c.products = [p[1], p[0]]
+
+    c = customer("viewed_twice", 900002, push_consent=True)  # p[2] twice: second touch by push
+    c.last_view = a - 50 * HOUR
+    session(c, 1, c.last_view, [(p[2], 20), (p[3], 15), (p[2], 20)])
+    c.products = [p[2], p[3]]
+    sub = push.register()
+    c.extra["token"] = sub["endpoint"].rsplit("/", 1)[1]
+    rows["push_subscriptions"].append({"subscription_id": 9_000_001, "customer_id": c.customer_id,
+                                       "endpoint": sub["endpoint"], "p256dh": sub["keys"]["p256dh"],
+                                       "auth": sub["keys"]["auth"], "created_at": a - 30 * DAY})
+
+    c = customer("below", 900003)  # 30 s + 25 s on two products, each once: not selected
+    c.last_view = a - 55 * HOUR
+    session(c, 1, c.last_view, [(p[4], 30), (p[5], 25)])
+
+    c = customer("carted", 900004)  # qualifies, but a cart 1h after the last view: not selected
+    c.last_view = a - 40 * HOUR
+    session(c, 1, c.last_view, [(p[6], 90)])
+    rows["carts"].append({"cart_id": 9_000_001, "customer_id": c.customer_id,
+                          "created_at": c.last_view + 30 * MINUTE, "updated_at": c.last_view + HOUR})
+
+    c = customer("ordered", 900005)  # enters, gets email_1, orders: converted, no second touch
+    c.last_view = a - 60 * HOUR
+    session(c, 1, c.last_view, [(p[7], 120)])
+    c.extra["ordered_at"] = a - 45 * HOUR
+    rows["orders"].append({"order_id": 9_000_001, "customer_id": c.customer_id, "ordered_at": a - 45 * HOUR,
+                           "status": "placed", "total": Decimal("49.90"), "currency": "EUR",
+                           "shipping_country": "DE"})
+
+    c = customer("cooldown", 900006)  # two qualifying sessions 3 days apart: one enrollment
+    c.last_view = a - 90 * HOUR
+    session(c, 1, c.last_view, [(p[8], 70)])
+    session(c, 2, c.last_view + 3 * DAY, [(p[9], 20), (p[9], 20)])
+
+    c = customer("carted_later", 900007)  # enters, then a cart change: exited, no second touch
+    c.last_view = a - 70 * HOUR
+    session(c, 1, c.last_view, [(p[10], 61), (p[11], 5)])
+    c.extra["carted_at"] = a - 60 * HOUR
+    rows["carts"].append({"cart_id": 9_000_002, "customer_id": c.customer_id,
+                          "created_at": a - 60 * HOUR, "updated_at": a - 59 * HOUR})
+
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO shop.customers (customer_id, email, first_name, country, timezone, created_at) "
+            "VALUES (:customer_id, :email, :first_name, :country, :timezone, :created_at)"), rows["customers"])
+        conn.execute(sa.text(
+            "INSERT INTO shop.consents (customer_id, channel, status, source, updated_at) "
+            "VALUES (:customer_id, :channel, 'opted_in', 'test', :updated_at)"), rows["consents"])
+        conn.execute(sa.text(
+            "INSERT INTO shop.page_views (view_id, customer_id, anonymous_id, session_id, product_id, category, "
+            "viewed_at, seconds_on_page) SELECT :view_id, :customer_id, NULL, :session_id, :product_id, p.category, "
+            ":viewed_at, :seconds FROM shop.products p WHERE p.product_id = :product_id"), rows["page_views"])
+        conn.execute(sa.text("INSERT INTO shop.carts (cart_id, customer_id, created_at, updated_at) "
+                             "VALUES (:cart_id, :customer_id, :created_at, :updated_at)"), rows["carts"])
+        conn.execute(sa.text(
+            "INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, shipping_country) "
+            "VALUES (:order_id, :customer_id, :ordered_at, :status, :total, :currency, :shipping_country)"),
+            rows["orders"])
+        conn.execute(sa.text(
+            "INSERT INTO shop.push_subscriptions (subscription_id, customer_id, endpoint, p256dh, auth, created_at) "
+            "VALUES (:subscription_id, :customer_id, :endpoint, :p256dh, :auth, :created_at)"),
+            rows["push_subscriptions"])
+    return cases
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class BrowseRun:
+    engine: sa.Engine
+    anchor: datetime
+    cases: dict[str, Case]
+    intervals: list[tuple[datetime, datetime]]
+    results: list[dict]
+    emails: list  # EmailMessage, as received by the SMTP server
+    rcpt_tos: list[list[str]]
+    pushes: list  # push_server.Received
+    push_rejected: list
+    suppressed_before: dict[tuple[int, str], str]
+    seconds: float
+
+    def query(self, sql: str, **params) -> list[Any]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
+
+
+@pytest.fixture(scope="module")
+def browse_run(shop_db) -> BrowseRun:
+    from lifecycle.smtp_sink import RecordingSMTPServer
+
+    engine, _planted, anchor = shop_db
+    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
+    push = PushServer(key_lookup=demo_key_lookup(engine, seed=SEED))
+    push.start()
+    try:
+        cases = plant(engine, anchor, push)
+        with engine.begin() as conn:
+            # The shop's subscriptions point at a made-up push host; route them to the local one.
+            conn.execute(sa.text("UPDATE shop.push_subscriptions "
+                                 "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
+                         {"origin": push.origin})
+            suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
+                sa.text("SELECT customer_id, channel, reason FROM lifecycle.suppressions"))}
+        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        intervals = intervals_for(anchor - 4 * DAY, anchor, HOUR)
+        results = []
+        t0 = time.perf_counter()
+        with RecordingSMTPServer() as smtp:
+            channels = {
+                "email": lambda: EmailChannel("127.0.0.1", smtp.port),
+                "push": lambda: PushChannel(vapid, "mailto:ops@shop.example.com"),
+            }
+            for start, end in intervals:
+                results.append(run_interval(engine, spec, start, end, lambda name: channels[name]()))
+            received = list(smtp.messages)
+        seconds = time.perf_counter() - t0
+    finally:
+        push.stop()
+    return BrowseRun(engine, anchor, cases, intervals, results, [m.message() for m in received],
+                     [m.rcpt_tos for m in received], list(push.received), list(push.rejected),
+                     suppressed_before, seconds)
+
+
+# ----------------------------------------------------------------------------- expected outcome
+
+
+@dataclass
+class Msg:
+    key: str
+    customer_id: int
+    step: str
+    channel: str
+    due_at: datetime
+    planned_for: datetime
+    status: str = "planned"
+    reason: str | None = None
+
+    def row(self) -> tuple:
+        return (self.key, self.step, self.channel, self.status, self.reason, self.due_at, self.planned_for)
+
+
+@dataclass
+class Enr:
+    key: str
+    customer_id: int
+    entered_at: datetime
+    enrolled_at: datetime
+    last_view: datetime
+    status: str = "active"
+    exit_reason: str | None = None
+    exited_at: datetime | None = None
+    conversion: tuple | None = None  # (order_id, revenue)
+    messages: dict[str, Msg] = field(default_factory=dict)
+
+
+@dataclass
+class Expected:
+    enrollments: dict[str, Enr]
+    per_run: list[tuple[datetime, int, int]]  # (run end, selected, quarantined)
+
+    @property
+    def messages(self) -> list[Msg]:
+        return [m for e in self.enrollments.values() for m in e.messages.values()]
+
+
+def frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
+    tables = ("customers", "consents", "page_views", "carts", "orders", "push_subscriptions")
+    with engine.connect() as conn:
+        return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in tables}
+
+
+def derive_expected(run: BrowseRun) -> Expected:
+    f = frames(run.engine)
+    first, last_end = run.intervals[0][1], run.intervals[-1][1]
+    email_of = {int(r.customer_id): r.email for r in f["customers"].itertuples(index=False)}
+    consent = {(int(r.customer_id), r.channel): r.status for r in f["consents"].itertuples(index=False)}
+    live_push = {int(c) for c in f["push_subscriptions"].loc[f["push_subscriptions"].revoked_at.isna(), "customer_id"]}
+    suppressed = run.suppressed_before
+
+    # Views of known customers per session; only sessions that can matter in the window.
+    views = f["page_views"][f["page_views"].customer_id.notna()]
+    sessions: dict[tuple[int, str], list[tuple[datetime, Any, int]]] = {}
+    for v in views.itertuples(index=False):
+        at = py(v.viewed_at)
+        if first - LOOKBACK - WAIT - DAY <= at < last_end:
+            product = None if pd.isna(v.product_id) else int(v.product_id)
+            seconds = 0 if pd.isna(v.seconds_on_page) else int(v.seconds_on_page)
+            sessions.setdefault((int(v.customer_id), v.session_id), []).append((at, product, seconds))
+    # Sessions that straddle the pre-filter: take all their views.
+    wanted = set(sessions)
+    sessions = {}
+    for v in views.itertuples(index=False):
+        if (int(v.customer_id), v.session_id) in wanted:
+            product = None if pd.isna(v.product_id) else int(v.product_id)
+            seconds = 0 if pd.isna(v.seconds_on_page) else int(v.seconds_on_page)
+            sessions.setdefault((int(v.customer_id), v.session_id), []).append((py(v.viewed_at), product, seconds))
+
+    carts_of: dict[int, list[tuple[datetime, datetime]]] = {}
+    for c in f["carts"][f["carts"].customer_id.notna()].itertuples(index=False):
+        carts_of.setdefault(int(c.customer_id), []).append((py(c.created_at), py(c.updated_at)))
+    orders_of: dict[int, list[tuple[datetime, int, Decimal]]] = {}
+    for o in f["orders"][f["orders"].status != "cancelled"].itertuples(index=False):
+        orders_of.setdefault(int(o.customer_id), []).append((py(o.ordered_at), int(o.order_id), Decimal(str(o.total))))
+    for orders in orders_of.values():
+        orders.sort()
+
+    def first_order(cid: int, after: datetime, before: datetime):
+        return next((o for o in orders_of.get(cid, ()) if after < o[0] < before), None)
+
+    def first_cart(cid: int, after: datetime, before: datetime) -> datetime | None:
+        hits = [created if created > after else updated
+                for created, updated in carts_of.get(cid, ()) if after < updated < before]
+        return min(hits) if hits else None
+
+    def qualifying(as_of: datetime) -> list[tuple[str, int, datetime, datetime]]:
+        """(key, customer, clock, last view) of every qualifying session, before the cooldown."""
+        out = []
+        for (cid, sid), vs in sessions.items():
+            seen = [v for v in vs if v[0] < as_of]
+            if not seen:
+                continue
+            last = max(v[0] for v in seen)
+            clock = last + WAIT
+            if not (as_of - LOOKBACK < clock <= as_of):
+                continue
+            per_product: dict[int, list[int]] = {}
+            for _, product, seconds in seen:
+                if product is not None:
+                    per_product.setdefault(product, []).append(seconds)
+            if not any(sum(s) >= MIN_SECONDS or len(s) >= MIN_VIEWS for s in per_product.values()):
+                continue
+            if first_cart(cid, last, as_of) or first_order(cid, last, as_of):
+                continue
+            out.append((f"{cid}:{sid}", cid, clock, last))
+        return out
+
+    def can(cid: int, channel: str) -> bool:
+        if (cid, channel) in suppressed or consent.get((cid, channel)) != "opted_in":
+            return False
+        if channel == "push":
+            return cid in live_push
+        return bool(VALID_EMAIL.match(email_of.get(cid) or ""))
+
+    def send_time(m: Msg) -> None:
+        """Send-time checks, in the engine's documented order."""
+        cid, ch = m.customer_id, m.channel
+        if (cid, ch) in suppressed:
+            m.status, m.reason = "suppressed", f"suppressed: {suppressed[cid, ch]}"
+        elif (cid, ch) not in consent:
+            m.status, m.reason = "suppressed", "no consent"
+        elif consent[cid, ch] != "opted_in":
+            m.status, m.reason = "suppressed", "consent withdrawn"
+        elif ch == "email" and not VALID_EMAIL.match(email_of.get(cid) or ""):
+            m.status, m.reason = "skipped", "invalid address"
+        elif ch == "push" and cid not in live_push:
+            m.status, m.reason = "skipped", "no live push subscription"
+        else:
+            m.status = "sent"
+
+    enrollments: dict[str, Enr] = {}
+    per_run = []
+    for _, as_of in run.intervals:
+        rows = qualifying(as_of)
+        unblocked = [
+            r for r in rows
+            if not any(e.customer_id == r[1] and e.key != r[0] and abs(e.entered_at - r[2]) < COOLDOWN
+                       for e in enrollments.values())
+        ]
+        picked = [
+            r for r in unblocked
+            if not any(u[1] == r[1] and (u[2], u[0]) < (r[2], r[0]) and u[2] > r[2] - COOLDOWN for u in unblocked)
+        ]
+        bad = 0
+        for key, cid, clock, last in picked:
+            if not VALID_EMAIL.match(email_of.get(cid) or ""):
+                bad += 1
+            elif key not in enrollments:
+                enrollments[key] = Enr(key, cid, clock, as_of, last)
+            elif enrollments[key].status == "active":
+                enrollments[key].last_view = last  # the context is refreshed while active
+        per_run.append((as_of, len(picked), bad))
+
+        active = [e for e in enrollments.values() if e.status == "active" and e.entered_at <= as_of]
+        for e in active:  # exit rules in header order
+            order = first_order(e.customer_id, e.last_view, as_of)
+            if order:
+                e.status, e.exit_reason, e.exited_at = "converted", "ordered_since_browse", min(order[0], as_of)
+                e.conversion = (str(order[1]), order[2])
+        for e in active:
+            if e.status != "active":
+                continue
+            carted = first_cart(e.customer_id, e.last_view, as_of)
+            if carted:
+                e.status, e.exit_reason, e.exited_at = "exited", "carted_since_browse", min(carted, as_of)
+
+        planned = []
+        for step, after in (("email_1", timedelta(0)), ("second_touch", SECOND_TOUCH)):
+            for e in enrollments.values():
+                due = e.entered_at + after
+                if e.status != "active" or step in e.messages or due > as_of:
+                    continue
+                if step == "email_1" or not can(e.customer_id, "push") and can(e.customer_id, "email"):
+                    channel = "email"
+                else:
+                    channel = "push"
+                m = Msg(e.key, e.customer_id, step, channel, due, as_of)
+                if due + MAX_LATENESS < as_of:
+                    m.status, m.reason = "expired", f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+                else:
+                    planned.append(m)
+                e.messages[step] = m
+        for m in planned:
+            send_time(m)
+    return Expected(enrollments, per_run)
+
+
+@pytest.fixture(scope="module")
+def expected(browse_run) -> Expected:
+    return derive_expected(browse_run)
+
+
+# ----------------------------------------------------------------------------- what the engine did
+
+
+def message_rows(run: BrowseRun) -> list[tuple]:
+    out = []
+    for key, step, channel, status, reason, due_at, planned_for in run.query(
+        "SELECT e.enrollment_key, m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for "
+        "FROM lifecycle.messages m JOIN lifecycle.enrollments e USING (enrollment_id) "
+        "WHERE m.journey = :journey AND m.mode = 'live'"
+    ):
+        if status == "expired" and reason:
+            reason = reason.split(",")[0]
+        out.append((key, step, channel, status, reason, due_at, planned_for))
+    return out
+
+
+def enrollment_rows(run: BrowseRun) -> dict[str, Any]:
+    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, "
+                     "context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
+    return {r.enrollment_key: r for r in rows}
+
+
+def push_customer(run: BrowseRun) -> dict[str, int]:
+    """Push token -> customer, from the (rewritten) subscriptions."""
+    return {endpoint.rsplit("/", 1)[1]: cid for endpoint, cid in
+            run.query("SELECT endpoint, customer_id FROM shop.push_subscriptions")}
+
+
+# ----------------------------------------------------------------------------- bulk comparison
+
+
+def test_runs_select_the_expected_sessions(browse_run, expected):
+    assert len(browse_run.intervals) == 4 * 24
+    statuses = browse_run.query("SELECT status, count(*) FROM lifecycle.runs WHERE journey = :journey "
+                                "AND mode = 'live' GROUP BY status")
+    assert dict(statuses) == {"ok": len(browse_run.intervals)}
+    actual = [(end, r["selected"], r["quarantined"]) for (_, end), r in
+              zip(browse_run.intervals, browse_run.results, strict=True)]
+    assert_same(actual, expected.per_run, "(run end, rows selected, rows quarantined)")
+    # Each database takes well under the test's time budget.
+    assert browse_run.seconds < 90, browse_run.seconds
+
+
+def test_enrollments_and_exits(browse_run, expected):
+    statuses = Counter(e.status for e in expected.enrollments.values())
+    assert statuses["active"] > 10 and statuses["converted"] >= 1 and statuses["exited"] >= 1, statuses
+    actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at)
+              for k, r in enrollment_rows(browse_run).items()]
+    wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at)
+              for e in expected.enrollments.values()]
+    assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited)")
+
+
+def test_conversions(browse_run, expected):
+    actual = {k: (cid, cond, order, revenue, at) for k, cid, cond, order, revenue, at in browse_run.query(
+        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
+        "WHERE c.journey = :journey AND c.mode = 'live'")}
+    wanted = {e.key: (e.customer_id, "ordered_since_browse", *e.conversion, e.exited_at)
+              for e in expected.enrollments.values() if e.status == "converted"}
+    assert_same(actual.items(), wanted.items(), "conversions")
+
+
+def test_messages_match_expected(browse_run, expected):
+    wanted = [m.row() for m in expected.messages]
+    seen = {(m.step, m.channel, m.status) for m in expected.messages}
+    assert {("email_1", "email", "sent"), ("second_touch", "email", "sent"), ("second_touch", "push", "sent"),
+            ("email_1", "email", "expired")} <= seen, seen
+    assert_same(message_rows(browse_run), wanted, "messages (key, step, channel, status, reason, due, run)")
+
+
+def test_servers_received_exactly_the_sent_messages(browse_run, expected):
+    sent = [m for m in expected.messages if m.status == "sent"]
+    email_of = dict(browse_run.query("SELECT customer_id, email FROM shop.customers"))
+    assert_same([(m["To"], m["X-Lifecycle-Step"]) for m in browse_run.emails],
+                [(email_of[m.customer_id], m.step) for m in sent if m.channel == "email"],
+                "(To, step) received by the SMTP server")
+    assert all(r == [m["To"]] for r, m in zip(browse_run.rcpt_tos, browse_run.emails, strict=True))
+    assert all(m["X-Lifecycle-Journey"] == JOURNEY and m["List-Unsubscribe-Post"] for m in browse_run.emails)
+    tokens = push_customer(browse_run)
+    assert not browse_run.push_rejected
+    assert_same([tokens[p.token] for p in browse_run.pushes],
+                [m.customer_id for m in sent if m.channel == "push"], "customers the push service received for")
+
+
+# ----------------------------------------------------------------------------- planted cases
+
+
+def messages_of(run: BrowseRun, key: str) -> dict[str, tuple]:
+    rows = run.query("SELECT m.step, m.channel, m.status, m.due_at FROM lifecycle.messages m "
+                     "JOIN lifecycle.enrollments e USING (enrollment_id) "
+                     "WHERE m.journey = :journey AND e.enrollment_key = :key", key=key)
+    return {r.step: tuple(r[1:]) for r in rows}
+
+
+def test_long_look_gets_email_then_email(browse_run):
+    case = browse_run.cases["long_look"]
+    clock = case.last_view + WAIT
+    assert messages_of(browse_run, case.key) == {
+        "email_1": ("email", "sent", clock), "second_touch": ("email", "sent", clock + SECOND_TOUCH)}
+    enrollment = enrollment_rows(browse_run)[case.key]
+    assert (enrollment.status, enrollment.entered_at, enrollment.enrolled_at) == ("active", clock, clock)
+    steps = [m["X-Lifecycle-Step"] for m in browse_run.emails if m["To"] == case.email]
+    assert steps == ["email_1", "second_touch"]
+
+
+def test_viewed_twice_gets_email_then_push_to_the_product(browse_run):
+    case = browse_run.cases["viewed_twice"]
+    clock = case.last_view + WAIT
+    assert messages_of(browse_run, case.key) == {
+        "email_1": ("email", "sent", clock), "second_touch": ("push", "sent", clock + SECOND_TOUCH)}
+    (push,) = [p for p in browse_run.pushes if p.token == case.extra["token"]]
+    sku = browse_run.query("SELECT sku FROM shop.products WHERE product_id = :p", p=case.products[0])[0][0]
+    assert push.payload["url"] == f"{SHOP_URL}/p/{sku}"
+    assert push.payload["title"] and push.headers["ttl"] == str(12 * 3600)
+    assert [m["X-Lifecycle-Step"] for m in browse_run.emails if m["To"] == case.email] == ["email_1"]
+
+
+def test_below_thresholds_and_carted_never_enter(browse_run):
+    keys = {r.customer_id for r in enrollment_rows(browse_run).values()}
+    for name in ("below", "carted"):
+        assert browse_run.cases[name].customer_id not in keys, name
+        assert not [m for m in browse_run.emails if m["To"] == browse_run.cases[name].email]
+
+
+def test_order_converts_and_stops_the_second_touch(browse_run):
+    case = browse_run.cases["ordered"]
+    enrollment = enrollment_rows(browse_run)[case.key]
+    assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == (
+        "converted", "ordered_since_browse", case.extra["ordered_at"])
+    assert set(messages_of(browse_run, case.key)) == {"email_1"}
+    assert [m["X-Lifecycle-Step"] for m in browse_run.emails if m["To"] == case.email] == ["email_1"]
+
+
+def test_cart_change_exits_without_conversion(browse_run):
+    case = browse_run.cases["carted_later"]
+    enrollment = enrollment_rows(browse_run)[case.key]
+    assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == (
+        "exited", "carted_since_browse", case.extra["carted_at"])
+    assert set(messages_of(browse_run, case.key)) == {"email_1"}
+    assert not browse_run.query("SELECT 1 FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
+                                "USING (enrollment_id) WHERE e.enrollment_key = :key", key=case.key)
+
+
+def test_cooldown_allows_one_enrollment_per_week(browse_run):
+    case = browse_run.cases["cooldown"]
+    rows = [r for r in enrollment_rows(browse_run).values() if r.customer_id == case.customer_id]
+    assert [r.enrollment_key for r in rows] == [case.key]
+    assert rows[0].entered_at == case.last_view + WAIT
+
+
+def test_email_shows_viewed_and_complementary_products(browse_run):
+    case = browse_run.cases["long_look"]
+    context = enrollment_rows(browse_run)[case.key].context
+    assert [p["product_id"] for p in context["viewed"]] == case.products
+    viewed = browse_run.query("SELECT product_id, name, image_url, price FROM shop.products "
+                              "WHERE product_id = ANY(:ids)", ids=case.products)
+    links = {r[0] for r in browse_run.query(
+        "SELECT linked_product_id FROM shop.product_links WHERE kind = 'cross_sell' AND product_id = ANY(:ids)",
+        ids=case.products)}
+    suggested = [p["product_id"] for p in context["suggested"]]
+    assert 1 <= len(suggested) <= 2 and set(suggested) <= links - set(case.products)
+    (message,) = [m for m in browse_run.emails if m["To"] == case.email and m["X-Lifecycle-Step"] == "email_1"]
+    text, body = text_and_html(message)
+    for _, name, image_url, price in viewed:
+        assert name in text and html.escape(name) in body and image_url in body
+        assert html.escape(money(price)) in body and money(price) in text
+    for p in context["suggested"]:
+        assert p["name"] in text and p["image_url"] in body
+    assert message["List-Unsubscribe"] and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
