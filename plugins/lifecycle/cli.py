@@ -227,7 +227,10 @@ def demo(days: int, customers: int, verbose: bool) -> int:
 
         dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
         failures = run_window(dags, {s.journey: s for s in specs}, start, anchor)
-        if dags[DISPATCH_DAG_ID].test(logical_date=anchor).state != "success":  # waiting messages
+        # The next morning: the dispatcher sends what waited for the recipient's daytime (SMS).
+        morning = anchor + timedelta(hours=9)
+        print(f"  {DISPATCH_DAG_ID:<22} sends what waited for {morning:%Y-%m-%d %H:%M} UTC (SMS hours)")
+        if dags[DISPATCH_DAG_ID].test(logical_date=morning).state != "success":
             failures.append(f"{DISPATCH_DAG_ID}: failed")
     summary = format_summary(journey_summary(engine))
     (DEMO_OUT / "summary.txt").write_text(summary + "\n")

@@ -59,15 +59,15 @@ def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec]):
     return make_send_task(channel, kind, specs).expand(batch=pick(planned))
 
 
-def sender_clock(batch: dict):
+def sender_clock(as_of: str):
     """The wall clock, or, with LIFECYCLE_CLOCK=as_of (the demo and simulations), the run's as_of:
     replaying the past as if each run had happened on time."""
     import os
     from datetime import UTC, datetime
 
     if os.environ.get("LIFECYCLE_CLOCK") == "as_of":
-        as_of = datetime.fromisoformat(batch["as_of"])
-        return lambda: as_of
+        fixed = datetime.fromisoformat(as_of)
+        return lambda: fixed
     return lambda: datetime.now(UTC)
 
 
@@ -80,7 +80,7 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec]):
         from lifecycle.send import send_batch
 
         return send_batch(_engine(), specs[batch["journey"]], batch, channel_factory,
-                          dry_run=batch["mode"] == "dry", clock=sender_clock(batch))
+                          dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
 
     return send
 
@@ -199,7 +199,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
             engine, ctx = _engine(), RunContext.from_xcom(run)
             plan_due_steps(engine, spec, ctx)
-            return by_channel(assign_batches(engine, spec, ctx), spec.channels)
+            now = sender_clock(ctx.as_of.isoformat())()
+            return by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
 
         @task
         def sync_audience(run: dict, planned: dict) -> dict:
@@ -302,7 +303,8 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
             batches = []
             for journey in sorted(by_journey):
                 run = _dispatch_context(journey, ctx)
-                batches += assign_batches(_engine(), by_journey[journey], run, only_waiting=True)
+                now = sender_clock(run.as_of.isoformat())()
+                batches += assign_batches(_engine(), by_journey[journey], run, only_waiting=True, now=now)
             return by_channel(batches, channels)
 
         waiting = collect()

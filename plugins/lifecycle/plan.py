@@ -9,7 +9,7 @@ leave this module through XCom.
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -253,13 +253,15 @@ def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> 
 
 OPEN = """
     journey = :journey AND mode = :mode AND status = 'planned' AND planned_for <= :as_of
-    AND (not_before IS NULL OR not_before <= now())
+    AND (not_before IS NULL OR not_before <= :now)
 """
 # The dispatcher only takes messages that were waiting (not_before) or that a run left behind.
 LEFT_BEHIND = " AND (not_before IS NOT NULL OR run_id IS NULL OR planned_for < :as_of - interval '1 hour')"
 
 
-def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext, *, only_waiting: bool = False) -> list[dict]:
+def assign_batches(
+    engine: Engine, spec: JourneySpec, run: RunContext, *, only_waiting: bool = False, now: datetime | None = None
+) -> list[dict]:
     """Give this run the journey's open messages, cut into single-channel batches; return
     descriptors {journey, run_id, mode, channel, batch, size}.
 
@@ -268,11 +270,12 @@ def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext, *, only_w
     is sent only by whoever claims it first (see send.claim_message).
     """
     where = OPEN + (LEFT_BEHIND if only_waiting else "")
+    binds = {**run.binds(), "now": now or datetime.now(UTC)}  # the sender's clock decides if a wait is over
     with engine.begin() as conn:
         _expire_stale_claims(conn, spec, run)
         _retire_removed_channels(conn, spec, run)
         open_count = conn.execute(sa.text(f"SELECT count(*) FROM lifecycle.messages WHERE {where}"),
-                                  run.binds()).scalar_one()
+                                  binds).scalar_one()
         if not open_count:
             return []
         size = max(spec.batch_size, math.ceil(open_count / MAX_BATCHES))
@@ -291,7 +294,7 @@ def assign_batches(engine: Engine, spec: JourneySpec, run: RunContext, *, only_w
                  WHERE m.message_id = open.message_id AND m.status = 'planned'
                 """
             ),
-            {**run.binds(), "run_id": run.run_id, "size": size},
+            {**binds, "run_id": run.run_id, "size": size},
         )
         rows = conn.execute(
             sa.text(

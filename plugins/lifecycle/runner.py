@@ -47,7 +47,8 @@ def run_interval(
     enrolled = timed("enroll", state.enroll, engine, spec, run)
     exits = timed("exits", state.evaluate_exits, engine, spec, run)
     timed("plan", plan.plan_due_steps, engine, spec, run)
-    batches = timed("batch", plan.assign_batches, engine, spec, run)
+    now = clock() if clock else run.as_of  # a simulation: the run happens at its as_of
+    batches = timed("batch", plan.assign_batches, engine, spec, run, now=now)
     sent: Counter[str] = Counter()
     for batch in batches:
         # A simulation: the messages go out at the run's as_of unless the caller says otherwise.
