@@ -54,6 +54,28 @@ def _fresh_database(admin_url: str) -> tuple[str, callable]:
     return url.render_as_string(hide_password=False), drop
 
 
+def _admin_url(request, kind: str) -> str:
+    """Where to create a test database: the embedded server, or the PostgreSQL service (skipped
+    with a message when it is not running, except under CI=true, where it must run)."""
+    if kind == "embedded":
+        return request.getfixturevalue("embedded_server_url")
+    if not _service_reachable():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the PostgreSQL service at {SERVICE_URL} is not reachable")
+        pytest.skip(f"no PostgreSQL service at {SERVICE_URL}; service tests skipped")
+    return SERVICE_URL
+
+
+LIFECYCLE_TABLES = ("messages", "enrollments", "runs", "quarantine", "conversions", "suppressions", "coupons",
+                    "audience_members")
+
+
+def reset_lifecycle(engine) -> None:
+    """Empty the engine's audit tables (the shop stays): tests sharing a module shop start clean."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE " + ", ".join(f"lifecycle.{t}" for t in LIFECYCLE_TABLES) + " CASCADE")
+
+
 @pytest.fixture(scope="session")
 def embedded_server_url() -> str:
     import shutil
@@ -72,14 +94,7 @@ def embedded_server_url() -> str:
 @pytest.fixture(scope="session", params=["embedded", "service"])
 def warehouse_url(request) -> str:
     """A fresh, empty database on the embedded server or on the PostgreSQL service."""
-    if request.param == "embedded":
-        admin_url = request.getfixturevalue("embedded_server_url")
-    else:
-        if not _service_reachable():
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true but the PostgreSQL service at {SERVICE_URL} is not reachable")
-            pytest.skip(f"no PostgreSQL service at {SERVICE_URL}; service tests skipped")
-        admin_url = SERVICE_URL
+    admin_url = _admin_url(request, request.param)
     url, drop = _fresh_database(admin_url)
     yield url
     drop()
@@ -115,14 +130,7 @@ def shop_db(request):
 
     from lifecycle import demo_shop, schema
 
-    if request.param == "embedded":
-        admin_url = request.getfixturevalue("embedded_server_url")
-    else:
-        if not _service_reachable():
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI=true but the PostgreSQL service at {SERVICE_URL} is not reachable")
-            pytest.skip(f"no PostgreSQL service at {SERVICE_URL}; service tests skipped")
-        admin_url = SERVICE_URL
+    admin_url = _admin_url(request, request.param)
     url, drop = _fresh_database(admin_url)
     engine = sa.create_engine(url)
     anchor = datetime(*ANCHOR_UTC, tzinfo=UTC)

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from conftest import reset_lifecycle
 
 from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR
 from lifecycle.warehouse import airflow_conn_json
@@ -79,11 +80,7 @@ def meta_server():
 @pytest.fixture()
 def airflow_env(shop_db, airflow_db, smtp_server, meta_server, monkeypatch):
     engine, planted, anchor = shop_db
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE lifecycle.messages, lifecycle.enrollments, lifecycle.runs, lifecycle.quarantine, "
-            "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons, lifecycle.audience_members CASCADE"
-        )
+    reset_lifecycle(engine)
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_META", json.dumps(
         {"conn_type": "http", "host": meta_server.base_url, "password": "local-token"}))
     monkeypatch.setenv("LIFECYCLE_CLOCK", "as_of")  # these runs replay November 2026 as if on time

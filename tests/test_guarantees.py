@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from conftest import reset_lifecycle
 
 from lifecycle import plan, runs, send, stage, state, validate
 from lifecycle.channels.email import EmailChannel
@@ -33,11 +34,7 @@ TERMINAL = {"sent", "failed", "skipped", "suppressed", "expired"}
 @pytest.fixture()
 def shop(shop_db):
     engine, planted, anchor = shop_db
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE lifecycle.messages, lifecycle.enrollments, lifecycle.runs, lifecycle.quarantine, "
-            "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons CASCADE"
-        )
+    reset_lifecycle(engine)
     return engine, planted, anchor
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import sqlalchemy as sa
+from conftest import reset_lifecycle
 from cryptography.fernet import Fernet
 
 from lifecycle.channels.email import EmailChannel
@@ -95,11 +96,7 @@ def service(shop_db, tmp_path_factory):
 @pytest.fixture()
 def shop(shop_db):
     engine, planted, anchor = shop_db
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE lifecycle.messages, lifecycle.enrollments, lifecycle.runs, lifecycle.quarantine, "
-            "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons CASCADE"
-        )
+    reset_lifecycle(engine)
     return engine, planted, anchor
 
 

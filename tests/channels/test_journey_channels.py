@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from conftest import reset_lifecycle
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -46,9 +47,8 @@ def setup(shop_db, smtp_server, tmp_path):
     push, sms = PushServer(key_lookup=demo_key_lookup(engine, seed=11)), TwilioServer()
     push.start()
     sms.start()
+    reset_lifecycle(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE lifecycle.messages, lifecycle.enrollments, lifecycle.runs, lifecycle.quarantine, "
-                             "lifecycle.conversions, lifecycle.suppressions, lifecycle.coupons CASCADE")
         # The shop's subscriptions point at a made-up push host; route them to the local one.
         conn.execute(sa.text("UPDATE shop.push_subscriptions SET revoked_at = NULL, "
                              "endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),

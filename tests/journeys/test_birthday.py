@@ -37,6 +37,7 @@ from .conftest import VALID_EMAIL, assert_same, text_and_html
 DAY = timedelta(days=1)
 FIRST_END, LAST_END = datetime(2027, 2, 18, tzinfo=UTC), datetime(2027, 3, 10, tzinfo=UTC)
 ENDS = [FIRST_END + i * DAY for i in range((LAST_END - FIRST_END).days + 1)]
+SMS_LATENESS = timedelta(days=2)  # the daily schedule's default max_lateness
 DAYS_AHEAD = 7
 FOLLOW_UP_AFTER = 14 * DAY
 COUPON_DAYS = 30
@@ -237,6 +238,30 @@ def expected_birthday(engine: sa.Engine, codes: dict[int, set[str]]) -> Expected
                         and o.ordered_at < e.entered_at + COUPON_DAYS * DAY):
                     e.status, e.conversion = "converted", (str(o.order_id), o.total, o.ordered_at)
                     break
+
+        # SMS that waited for daytime: the run's clock (noon UTC) decides whether the wait is over;
+        # past due + max_lateness it is recorded expired instead (send-time lateness).
+        clock = noon(as_of)
+        for key, opens_at in list(waiting.items()):
+            if opens_at > clock:
+                continue
+            e = enrollments[key]
+            _, _, _, due, planned_for = e.messages["sms"]
+            expires = due + SMS_LATENESS
+            if e.status != "active":
+                e.messages["sms"] = ("sms", "skipped", "enrollment converted (redeemed_coupon)", due, planned_for)
+                del waiting[key]
+            elif expires < clock:
+                reason = f"late: not sent by {expires:%Y-%m-%d %H:%M} UTC (due {due:%Y-%m-%d %H:%M})"
+                e.messages["sms"] = ("sms", "expired", reason, due, planned_for)
+                del waiting[key]
+            else:
+                open_now, next_open = send_window(clock, people[e.customer_id].timezone)
+                if open_now:
+                    e.messages["sms"] = ("sms", "sent", None, due, planned_for)
+                    del waiting[key]
+                else:
+                    waiting[key] = next_open
 
         for e in new:  # email and SMS, due now
             c = people[e.customer_id]
