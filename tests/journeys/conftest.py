@@ -215,6 +215,19 @@ def intervals_from_ends(ends: list[datetime], step: timedelta) -> list[tuple[dat
     return list(zip([ends[0] - step, *ends[:-1]], ends, strict=True))
 
 
+def purchased_since_entry(shop) -> ExitRule:
+    """The shared exit condition as the tests model it: the customer's first non-cancelled order
+    after entering and before the run's as_of converts, with a thank-you email."""
+
+    def purchased(e, as_of: datetime):
+        order = shop.first_order_between(e.customer_id, e.entered_at, as_of)
+        if order:
+            return Conversion("purchased_since_entry", order.ordered_at, str(order.order_id), order.total)
+        return None
+
+    return ExitRule("purchased_since_entry", "thank_you", purchased)
+
+
 def simulate(
     shop: Shop,
     intervals: list[tuple[datetime, datetime]],

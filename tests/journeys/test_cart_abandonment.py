@@ -13,8 +13,6 @@ from .conftest import (
     DAY,
     HOUR,
     Candidate,
-    Conversion,
-    ExitRule,
     Expected,
     JourneyRun,
     Shop,
@@ -27,6 +25,7 @@ from .conftest import (
     check_smtp,
     intervals_from_ends,
     journey_run,
+    purchased_since_entry,
     py,
     simulate,
     text_and_html,
@@ -60,15 +59,9 @@ def expected_cart_abandonment(shop: Shop, ends: list[datetime], suppressed_befor
             ):
                 yield Candidate(str(cart_id), customer_id, updated_at, shop.email_of[customer_id])
 
-    def purchased(e, as_of: datetime):
-        order = shop.first_order_between(e.customer_id, e.entered_at, as_of)
-        if order:
-            return Conversion("purchased_since_entry", order.ordered_at, str(order.order_id), order.total)
-        return None
-
     return simulate(
         shop, intervals_from_ends(ends, HOUR), select=select, steps=STEPS,
-        exits=[ExitRule("purchased_since_entry", "thank_you", purchased)],
+        exits=[purchased_since_entry(shop)],
         max_lateness=MAX_LATENESS, suppressed_before=suppressed_before,
     )
 

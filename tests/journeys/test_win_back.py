@@ -12,8 +12,6 @@ from .conftest import (
     ANCHOR,
     DAY,
     Candidate,
-    Conversion,
-    ExitRule,
     Expected,
     JourneyRun,
     Shop,
@@ -26,6 +24,7 @@ from .conftest import (
     check_smtp,
     intervals_from_ends,
     journey_run,
+    purchased_since_entry,
     simulate,
     text_and_html,
 )
@@ -55,15 +54,9 @@ def expected_win_back(shop: Shop, ends: list[datetime], suppressed_before: dict[
                 yield Candidate(f"{customer_id}:{last.order_id}", customer_id,
                                 max(last.ordered_at + LAPSED, interval_start), shop.email_of[customer_id])
 
-    def purchased(e, as_of: datetime):
-        order = shop.first_order_between(e.customer_id, e.entered_at, as_of)
-        if order:
-            return Conversion("purchased_since_entry", order.ordered_at, str(order.order_id), order.total)
-        return None
-
     return simulate(
         shop, intervals_from_ends(ends, DAY), select=select, steps=STEPS,
-        exits=[ExitRule("purchased_since_entry", "thank_you", purchased)],
+        exits=[purchased_since_entry(shop)],
         max_lateness=MAX_LATENESS, suppressed_before=suppressed_before,
     )
 
