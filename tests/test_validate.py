@@ -108,3 +108,20 @@ def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
     approved = run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike-approved",
                             approve_volume=True)
     assert approved["enrolled"]["entered"] == 4990
+
+
+def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
+    spec = segment(tmp_path, "connection_probe", """
+        SELECT g AS customer_id, 'k' || g AS row_key, :as_of AS entered_at, 'c' || g || '@example.com' AS email
+        FROM generate_series(1, 5) AS g
+    """)
+
+    def open_connections() -> int:
+        with warehouse.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+
+    run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel)  # warm the engine's own pool
+    before = open_connections()
+    for i in range(1, 6):
+        run_interval(warehouse, spec, END + (i - 1) * timedelta(days=1), END + i * timedelta(days=1), no_channel)
+    assert open_connections() <= before  # a long-lived worker must not run out of connections

@@ -9,6 +9,7 @@ suddenly selects far more people than usual is held, and nothing is enrolled or 
 
 from __future__ import annotations
 
+import gc
 import logging
 import statistics
 import warnings
@@ -102,6 +103,19 @@ def validate_stage(
     source = context.data_sources.add_sql(
         name="warehouse", connection_string=engine.url.render_as_string(hide_password=False)
     )
+    try:
+        return _validate_with(gx, source, table, engine, spec, run, approve_volume)
+    finally:
+        # GX opens its own engine per datasource and keeps it in reference cycles: without this,
+        # each validation leaves pooled connections open until the garbage collector happens to
+        # run, and a long-lived process (the demo, a test session) runs out of connections.
+        source.get_engine().dispose()
+        del context, source
+        gc.collect()
+
+
+def _validate_with(gx, source, table: str, engine: Engine, spec: JourneySpec, run: RunContext,
+                   approve_volume: bool) -> ValidationOutcome:
     batch = (
         source.add_table_asset(name=table, table_name=table, schema_name=STAGE_SCHEMA)
         .add_batch_definition_whole_table("whole")
