@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import html as htmllib
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -114,6 +115,14 @@ EXPECTED_TEMPLATES = {
     "birthday/follow_up",
     "birthday_ask/ask",
 }
+
+# The catalogue's other journeys bring their sample row and template list as
+# tests/render_samples/<journey>.json: {"row": {...}, "templates": ["<journey>/<step>", ...]}.
+SAMPLES_DIR = Path(__file__).parent / "render_samples"
+for _sample in sorted(SAMPLES_DIR.glob("*.json")):
+    _data = json.loads(_sample.read_text(encoding="utf-8"))
+    ROWS[_sample.stem] = _data["row"]
+    EXPECTED_TEMPLATES |= set(_data["templates"])
 
 TAG = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?\s*>")
 

@@ -194,6 +194,8 @@ class PlantedCase:
     cart_id: int | None = None
     order_ids: tuple[int, ...] = ()
     review_id: int | None = None
+    product_id: int | None = None  # the product the case is about (viewed, replenished, upsold...)
+    details: tuple[tuple[str, object], ...] = ()  # anything else a test needs, as (name, value) pairs
 
 
 class Planted(dict[str, PlantedCase]):
@@ -659,6 +661,13 @@ class _Shop:
         for case in (*self.plant_cart_cases(), *self.plant_winback_cases(), *self.plant_review_cases(),
                      self.plant_leap_day_birthday()):
             planted[case.name] = case
+        from lifecycle.demo_cases import planters
+
+        for planter in planters():  # one module per journey (issue 3's catalogue)
+            for case in planter(self):
+                if case.name in planted:
+                    raise ValueError(f"planted case {case.name!r} is defined twice")
+                planted[case.name] = case
         self.first_random_customer = len(self.created_at)
         return planted
 
