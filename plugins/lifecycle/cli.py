@@ -23,6 +23,7 @@ from pathlib import Path
 from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR, STATE_DIR
 
 DEMO_DB = "lifecycle_demo"
+AIRFLOW_DB = "airflow_demo"  # Airflow's metadata on the same embedded server: parallel dag.test workers
 DEMO_SEED = 7  # demo_shop.generate's default seed
 DEMO_OUT = PROJECT_DIR / "demo_output"
 PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
@@ -92,18 +93,23 @@ def _demo_database(state_dir: Path) -> str:
     uri = start_embedded(state_dir / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
     admin = sa.create_engine(uri, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")
-        conn.exec_driver_sql(f"CREATE DATABASE {DEMO_DB}")
+        for name in (DEMO_DB, AIRFLOW_DB):  # the shop + audit tables, and Airflow's metadata
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
     admin.dispose()
     return sa.make_url(uri).set(database=DEMO_DB).render_as_string(hide_password=False)
 
 
 def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str, str]:
     """Environment for an Airflow that runs this project's DAGs against the demo services."""
+    import sqlalchemy as sa
+
     from lifecycle.warehouse import airflow_conn_json
 
+    metadata_url = sa.make_url(warehouse_url).set(database=AIRFLOW_DB).render_as_string(hide_password=False)
     return {
         "AIRFLOW_HOME": str(state_dir / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -174,25 +180,69 @@ def interval_ends(schedule: str, start: datetime, end: datetime) -> list[datetim
     return ends
 
 
-def run_window(dags: dict, specs: dict, start: datetime, end: datetime, conf: dict | None = None) -> list[str]:
-    """Run every journey's DAG through Airflow (dag.test) for each interval in [start, end)."""
-    failures = []
-    for journey, dag in sorted(dags.items()):
-        spec = specs.get(journey)
-        if spec is None:
-            continue
-        ends = interval_ends(spec.schedule, start, end)
-        t0 = time.perf_counter()
-        for i, interval_end in enumerate(ends, 1):
-            run = dag.test(logical_date=interval_end, run_conf=conf)
-            if run.state != "success":
-                failures.append(f"{journey} {interval_end:%Y-%m-%d %H:%M}: {run.state}")
-            print(f"\r  {journey:<22} {i:>3}/{len(ends)} runs", end="", flush=True)
-        print(f"  ({time.perf_counter() - t0:.0f}s)")
+def plan_workers(specs: dict, start: datetime, end: datetime, workers: int) -> list[list[str]]:
+    """Split the journeys over `workers` groups with about the same number of runs each
+    (longest first, each to the lightest group): hourly journeys dominate."""
+    runs = {j: len(interval_ends(s.schedule, start, end)) for j, s in specs.items()}
+    groups: list[list[str]] = [[] for _ in range(max(1, min(workers, len(runs))))]
+    load = [0] * len(groups)
+    for journey in sorted(runs, key=lambda j: (-runs[j], j)):
+        i = load.index(min(load))
+        groups[i].append(journey)
+        load[i] += runs[journey]
+    return [g for g in groups if g]
+
+
+def run_window(specs: dict, start: datetime, end: datetime, workers: int) -> list[str]:
+    """Run every journey's DAG through Airflow (dag.test) for each interval in [start, end),
+    in `workers` parallel processes (each a group of journeys, run one after another)."""
+    import threading
+
+    failures: list[str] = []
+
+    def relay(proc: subprocess.Popen, group: list[str]) -> None:
+        for line in proc.stdout:  # one line per finished journey, and FAILED lines
+            if line.startswith("FAILED "):
+                failures.append(line[len("FAILED "):].strip())
+            elif line.strip():
+                print(line.rstrip(), flush=True)
+        if proc.wait() != 0:
+            failures.append(f"demo worker for {' '.join(group)} exited with {proc.returncode}")
+
+    relays = []
+    for group in plan_workers(specs, start, end, workers):
+        cmd = [sys.executable, "-m", "lifecycle.cli", "demo-worker", "--start", start.isoformat(),
+               "--end", end.isoformat(), *group]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        relays.append(threading.Thread(target=relay, args=(proc, group)))
+        relays[-1].start()
+    for thread in relays:
+        thread.join()
     return failures
 
 
-def demo(days: int, customers: int, verbose: bool) -> int:
+def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
+    """One demo worker: dag.test each journey's DAG for every interval in [start, end)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from lifecycle.spec import load_all
+
+    specs = {s.journey: s for s in load_all()[0]}
+    dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
+    for journey in journeys:
+        ends = interval_ends(specs[journey].schedule, start, end)
+        t0, failed = time.perf_counter(), 0
+        for interval_end in ends:
+            run = dags[journey].test(logical_date=interval_end)
+            if run.state != "success":
+                failed += 1
+                print(f"FAILED {journey} {interval_end:%Y-%m-%d %H:%M}: {run.state}", flush=True)
+        print(f"  {journey:<22} {len(ends):>3} runs  ({time.perf_counter() - t0:.0f}s)"
+              + (f"  {failed} failed" if failed else ""), flush=True)
+    return 0
+
+
+def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
     import logging
 
     import sqlalchemy as sa
@@ -226,7 +276,10 @@ def demo(days: int, customers: int, verbose: bool) -> int:
         from lifecycle.dag_factory import DISPATCH_DAG_ID
 
         dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
-        failures = run_window(dags, {s.journey: s for s in specs}, start, anchor)
+        t0 = time.perf_counter()
+        print(f"  running {len(specs)} journeys in {workers} Airflow worker processes ...")
+        failures = run_window({s.journey: s for s in specs}, start, anchor, workers)
+        print(f"  all journeys ran in {time.perf_counter() - t0:.0f}s")
         # The next morning: the dispatcher sends what waited for the recipient's daytime (SMS).
         morning = anchor + timedelta(hours=9)
         print(f"  {DISPATCH_DAG_ID:<22} sends what waited for {morning:%Y-%m-%d %H:%M} UTC (SMS hours)")
@@ -284,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--days", type=int, default=3)
     p_demo.add_argument("--customers", type=int, default=3000)
     p_demo.add_argument("--verbose", action="store_true")
+    p_demo.add_argument("--workers", type=int, default=3, help="parallel Airflow processes running the journeys")
+    p_worker = sub.add_parser("demo-worker", help=argparse.SUPPRESS)  # internal: one process of `demo`
+    p_worker.add_argument("--start", type=datetime.fromisoformat, required=True)
+    p_worker.add_argument("--end", type=datetime.fromisoformat, required=True)
+    p_worker.add_argument("journeys", nargs="+")
     p_report = sub.add_parser("report", help="per-journey summary")
     p_report.add_argument("--warehouse-url")
     p_report.add_argument("--mode", default="live", choices=["live", "dry"])
@@ -292,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lint":
         return lint(args.files, args.warehouse_url)
     if args.command == "demo":
-        return demo(args.days, args.customers, args.verbose)
+        return demo(args.days, args.customers, args.verbose, args.workers)
+    if args.command == "demo-worker":
+        return demo_worker(args.journeys, args.start, args.end)
     if args.command == "report":
         return report(args.warehouse_url, args.mode)
     return env()
