@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 # plugins/lifecycle/config.py -> project root (also true inside the Airflow image,
@@ -28,3 +30,22 @@ SHOP = {
     "from_email": os.environ.get("LIFECYCLE_FROM_EMAIL", "hello@shop.example.com"),
     "support_email": os.environ.get("LIFECYCLE_SUPPORT_EMAIL", "help@shop.example.com"),
 }
+
+
+def frequency_caps() -> dict[str, tuple[int, timedelta]]:
+    """LIFECYCLE_FREQUENCY_CAPS, e.g. "email=2/1d, sms=1/1d, push=3/7d": at most N marketing
+    messages per customer on that channel in the rolling window, across all journeys.
+    Unset or empty: no cap. Read at send time, so a change applies to the next batch."""
+    text = os.environ.get("LIFECYCLE_FREQUENCY_CAPS", "").strip()
+    caps: dict[str, tuple[int, timedelta]] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _CAP.match(part)
+        if not match or match["channel"] not in ("email", "sms", "push"):
+            raise ValueError(f"LIFECYCLE_FREQUENCY_CAPS: {part!r} is not <email|sms|push>=<count>/<window> "
+                             "(window like 12h, 1d, 1w)")
+        seconds = int(match["n"]) * {"h": 3600, "d": 86400, "w": 604800}[match["unit"]]
+        caps[match["channel"]] = (int(match["count"]), timedelta(seconds=seconds))
+    return caps
+
+
+_CAP = re.compile(r"^(?P<channel>[a-z]+)\s*=\s*(?P<count>\d+)\s*/\s*(?P<n>\d+)\s*(?P<unit>[hdw])$")

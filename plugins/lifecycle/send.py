@@ -119,6 +119,49 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
     ).rowcount
 
 
+def apply_frequency_cap(conn: sa.Connection, batch: dict, now: datetime) -> int:
+    """At most N marketing messages per customer and channel in a rolling window, across all
+    journeys (LIFECYCLE_FREQUENCY_CAPS). Counts what was sent in the window plus this batch's
+    earlier messages to the same customer; the rest are suppressed with the cap as reason.
+    Transactional messages neither count nor get capped. Batches sending at the same moment
+    do not see each other's sends: the cap is exact per batch, soft across parallel batches."""
+    from lifecycle.config import frequency_caps
+
+    cap = frequency_caps().get(batch.get("channel", "email"))
+    if cap is None:
+        return 0
+    limit, window = cap
+    return conn.execute(
+        sa.text(
+            """
+            UPDATE lifecycle.messages m
+               SET status = 'suppressed', reason = :reason, updated_at = now()
+              FROM (
+                SELECT m2.message_id,
+                       row_number() OVER (PARTITION BY m2.customer_id ORDER BY m2.due_at, m2.message_id)
+                       + (SELECT count(*) FROM lifecycle.messages x
+                          WHERE x.customer_id = m2.customer_id AND x.channel = m2.channel
+                            AND x.mode = m2.mode AND x.kind = 'marketing' AND x.status = 'sent'
+                            AND x.sent_at > CAST(:now AS timestamptz) - make_interval(secs => :window)
+                            AND x.sent_at <= :now) AS nth
+                FROM lifecycle.messages m2
+                WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.channel = :channel
+                  AND m2.batch_no = :batch AND m2.status = 'planned' AND m2.kind = 'marketing'
+              ) v
+             WHERE m.message_id = v.message_id AND v.nth > :limit
+            """
+        ),
+        {**_batch_binds(batch), "now": now, "limit": limit, "window": window.total_seconds(),
+         "reason": f"frequency cap: at most {limit} marketing {batch.get('channel', 'email')} "
+                   f"per {_span(window)} per customer"},
+    ).rowcount
+
+
+def _span(window) -> str:
+    hours = window.total_seconds() / 3600
+    return f"{hours:g}h" if hours < 24 or hours % 24 else f"{hours / 24:g}d"
+
+
 def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
     """Everything needed to render the batch's planned messages (bounded by the batch size)."""
     return conn.execute(
@@ -243,8 +286,9 @@ def claim_message(engine: Engine, message_id: int, token: str) -> bool:
 
 
 def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: int, channel: str,
-         journey: str, next_channel: str | None = None) -> str:
-    """Record the outcome of a claimed message; return the status it ends in."""
+         journey: str, next_channel: str | None = None, sent_at: datetime | None = None) -> str:
+    """Record the outcome of a claimed message; return the status it ends in. `sent_at` is the
+    sender's clock (the wall clock in production, the simulated time in a replay of the past)."""
     status = {"sent": "sent", "failed": "failed", "unknown": "failed", "retry": "planned"}[outcome.status]
     reason = outcome.reason
     if outcome.status == "unknown":
@@ -262,13 +306,14 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
                 """
                 UPDATE lifecycle.messages
                    SET status = :status, reason = :reason, provider_message_id = :pid,
-                       sent_at = CASE WHEN :status = 'sent' THEN now() END, updated_at = now(),
+                       sent_at = CASE WHEN :status = 'sent' THEN coalesce(CAST(:sent_at AS timestamptz), now()) END,
+                       updated_at = now(),
                        payload = payload || CAST(:details AS jsonb)
                  WHERE message_id = :id AND claim_token = :token
                 """
             ),
             {"status": status, "reason": reason, "pid": outcome.provider_message_id, "id": message_id,
-             "token": token, "details": json.dumps(outcome.details)},
+             "token": token, "details": json.dumps(outcome.details), "sent_at": sent_at},
         )
         if outcome.revoke:  # the push service says this exact subscription is gone
             conn.execute(
@@ -340,6 +385,7 @@ def send_batch(
     with engine.begin() as conn:
         counts["failed"] += reconcile_unconfirmed(conn, batch)
         counts["checked_out"] += apply_send_time_checks(conn, spec, batch, clock())
+        counts["checked_out"] += apply_frequency_cap(conn, batch, clock())
         rows = load_batch(conn, batch)
     token = secrets.token_hex(8)
     channels: dict[str, Channel] = {}
@@ -421,4 +467,4 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
         _release(engine, row.message_id, token)
         raise RetryBatch(str(exc)) from exc
     return mark(engine, row.message_id, token, outcome, row.customer_id, row.channel, row.journey,
-                next_channel=_next_channel(spec, row))
+                next_channel=_next_channel(spec, row), sent_at=now)
