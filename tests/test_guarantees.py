@@ -290,3 +290,33 @@ def count_status(engine, status: str) -> int:
     with engine.connect() as conn:
         return conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = :s"),
                             {"s": status}).scalar()
+
+
+def test_an_older_backfill_never_overwrites_a_newer_context(shop):
+    """Runs refresh an active enrollment's context (e.g. the cart's items); a backfill of an
+    earlier interval, run afterwards, must not put the older picture back."""
+    engine, planted, anchor = shop
+    customer = planted["cart_recent"].customer_id
+
+    def enroll_as_of(as_of, items: int) -> None:
+        run = runs.RunContext(SPEC.journey, f"ctx-{as_of:%d%H}", "live", as_of - timedelta(hours=1), as_of)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage.stage_table(run)}")
+            conn.execute(sa.text(
+                f"CREATE TABLE {stage.stage_table(run)} AS SELECT 1::bigint AS _row, 'cart-x'::text AS cart_id, "
+                "CAST(:c AS bigint) AS customer_id, CAST(:t AS timestamptz) AS cart_updated_at, "
+                "CAST(:n AS int) AS item_count"), {"c": customer, "t": anchor - timedelta(days=1), "n": items})
+        state.enroll(engine, SPEC, run)
+
+    def context():
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT context->>'item_count', context_as_of FROM lifecycle.enrollments "
+                                        "WHERE enrollment_key = 'cart-x'")).one()
+
+    enroll_as_of(anchor - timedelta(hours=5), items=1)    # first seen
+    enroll_as_of(anchor - timedelta(hours=1), items=3)    # a later run: the cart grew
+    assert context() == ("3", anchor - timedelta(hours=1))
+    enroll_as_of(anchor - timedelta(hours=3), items=2)    # a backfill of an earlier hour, run now
+    assert context() == ("3", anchor - timedelta(hours=1))
+    enroll_as_of(anchor, items=4)                         # the next live run refreshes again
+    assert context() == ("4", anchor)

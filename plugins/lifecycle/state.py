@@ -28,16 +28,20 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
     bucket = HOLDOUT_BUCKET.format(journey=":journey", customer=f"s.{spec.customer_id}::text")
     sql = f"""
         INSERT INTO lifecycle.enrollments AS e
-            (journey, mode, enrollment_key, customer_id, entered_at, enrolled_at, enrolled_run_id, holdout, context)
+            (journey, mode, enrollment_key, customer_id, entered_at, enrolled_at, enrolled_run_id, holdout, context,
+             context_as_of)
         SELECT :journey, :mode, s.{spec.entry_key}::text, s.{spec.customer_id}::bigint,
                s.{spec.entered_at}::timestamptz, :as_of, :run_id, {bucket} < :holdout,
-               to_jsonb(s) - '_row'
+               to_jsonb(s) - '_row', :as_of
         FROM {stage_table(run)} AS s
         WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
                           WHERE q.journey = :journey AND q.run_id = :run_id AND q.row_number = s._row)
         ON CONFLICT (journey, mode, enrollment_key) DO UPDATE
-            SET context = EXCLUDED.context, updated_at = now()
-            WHERE e.status = 'active' AND EXCLUDED.enrolled_at >= e.enrolled_at
+            SET context = EXCLUDED.context, context_as_of = EXCLUDED.context_as_of, updated_at = now()
+            -- Only a run at least as recent as the context's own data refreshes it: a backfill of
+            -- an older interval must not overwrite what a later run saw.
+            WHERE e.status = 'active'
+              AND EXCLUDED.context_as_of >= coalesce(e.context_as_of, e.enrolled_at)
               AND e.context IS DISTINCT FROM EXCLUDED.context  -- unchanged rows are not rewritten
         RETURNING (xmax = 0) AS inserted
     """
