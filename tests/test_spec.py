@@ -40,6 +40,7 @@ def test_shipped_segment_files_load():
     assert [(s.name, s.after) for s in cart.steps] == [
         ("reminder_1", timedelta(hours=1)), ("reminder_2", timedelta(hours=24)), ("reminder_3", timedelta(hours=48))]
     assert cart.exits[0].when == "purchased_since_entry" and cart.exits[0].message_step == "thank_you"
+    assert cart.refresh_clock and not by_name["win_back"].refresh_clock
     win_back = by_name["win_back"]
     assert win_back.steps[0].coupon.percent_off == 15 and win_back.steps[-1].action == "suppress"
     assert by_name["review_request"].params["hard_goods_days"] == 21
@@ -61,9 +62,10 @@ def test_shipped_segment_files_load():
         (("after: 48h", "after: 2h"), "steps must be in time order"),
         (("journey: cart_abandonment", "journey: carts"), "journey: must equal the file name 'cart_abandonment'"),
         (("lookback_hours: 48", "lookback_hour: 48"), "SQL: parameter :lookback_hours is not bound"),
-        (("WITH abandoned AS (", "DELETE FROM shop.carts RETURNING cart_id; WITH abandoned AS ("),
+        (("WITH lines_then AS (", "DELETE FROM shop.carts RETURNING cart_id; WITH lines_then AS ("),
          "SQL: must be one SELECT (or WITH ... SELECT), found 'DELETE'"),
         (("SELECT c.cart_id,", "SELECT 1; SELECT c.cart_id,"), "SQL: only one statement is allowed"),
+        (("refresh_clock: true", "refresh_clock: sometimes"), "refresh_clock: must be true or false, got 'sometimes'"),
     ],
 )
 def test_each_mistake_is_named(tmp_path, change, expected):

@@ -217,7 +217,7 @@ _COLUMNS = {  # FK order: a table only references tables listed before it
     "orders": "order_id, customer_id, ordered_at, status, total, currency, coupon_code, shipped_at, delivered_at, shipping_country",
     "order_items": "order_id, product_id, quantity, unit_price",
     "carts": "cart_id, customer_id, created_at, updated_at",
-    "cart_items": "cart_id, product_id, quantity, unit_price",
+    "cart_items": "cart_id, product_id, quantity, unit_price, added_at",
     "page_views": "view_id, customer_id, anonymous_id, session_id, product_id, category, viewed_at, seconds_on_page",
     "reviews": "review_id, order_id, product_id, customer_id, rating, created_at",
     "referrals": "referral_id, referrer_customer_id, referred_email, created_at, converted_order_id",
@@ -473,11 +473,13 @@ class _Shop:
         return _Order(order_id, ordered, delivered, items)
 
     def add_cart(self, customer_id: int | None, created: int, updated: int,
-                 items: list[tuple[Product, int]]) -> int:
+                 items: list[tuple[Product, int]], added: list[int] | None = None) -> int:
+        """A cart and its lines; `added` gives each line's added_at (default: all at `updated`)."""
         cart_id = next(self.ids["cart"])
         self.out.add("carts", cart_id, customer_id, self.ts(created), self.ts(updated))
-        for p, quantity in items:
-            self.out.add("cart_items", cart_id, p.product_id, quantity, _money(p.price_cents))
+        for i, (p, quantity) in enumerate(items):
+            when = added[i] if added else updated
+            self.out.add("cart_items", cart_id, p.product_id, quantity, _money(p.price_cents), self.ts(when))
         return cart_id
 
     def add_review(self, order_id: int, product: Product, customer_id: int, rating: int, created: int) -> int:
@@ -709,6 +711,15 @@ class _Shop:
         cases.append(PlantedCase("cart_bought_after_first_reminder",
                                  "cart updated A-3d, ordered A-3d+5h after reminder 1: exits with a thank-you",
                                  c.customer_id, c.email, cart, (order.order_id,)))
+
+        c = self.planted_customer("cart_updated_after_reminder", "ES")
+        first, again = -3 * DAY + 2 * HOUR, -2 * DAY - 4 * HOUR  # reminder 1 at A-3d+3h, then a new item
+        cart = self.add_cart(c.customer_id, first - 5 * MINUTE, again, self.items("SPO-02-T1", "HOU-02-T2"),
+                             added=[first, again])
+        cases.append(PlantedCase("cart_updated_after_reminder",
+                                 "cart with 1 item at A-3d+2h (reminder 1 at A-3d+3h), a 2nd item added at A-2d-4h: "
+                                 "the clock moves, reminders 2 and 3 at A-1d-4h and A-4h show both items",
+                                 c.customer_id, c.email, cart))
 
         abandoned("cart_full_sequence", "cart updated A-4d-2h, never ordered: reminders at +1h, +24h, +48h",
                   -4 * DAY - 2 * HOUR, ("FUR-01-T2", "HOU-01-T1"), country="NL")

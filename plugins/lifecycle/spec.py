@@ -49,7 +49,7 @@ RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "sho
 TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
-    "complete_after", "volume_guard", "owner", "tags", "audience",
+    "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
@@ -133,6 +133,7 @@ class JourneySpec:
     owner: str
     tags: tuple[str, ...] = field(default=())
     audience_id: str | None = None  # Meta custom audience kept in step with active members
+    refresh_clock: bool = False  # a later entered_at from a later run moves an active enrollment's clock
 
     @property
     def channels(self) -> set[str]:
@@ -306,6 +307,9 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
                (("entry_key", None), ("customer_id", "customer_id"), ("entered_at", None)) if key in h or default}
     complete_after = c.duration("complete_after", h.get("complete_after"), timedelta(days=7))
     audience_id = _audience(h.get("audience"), c)
+    refresh_clock = h.get("refresh_clock", False)
+    if not isinstance(refresh_clock, bool):
+        c.add(f"refresh_clock: must be true or false, got {refresh_clock!r}")
     if c.problems:
         raise SpecError(path, c.problems)
     return JourneySpec(
@@ -331,6 +335,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
         owner=str(h.get("owner", "analytics")),
         tags=tuple(str(t) for t in h.get("tags") or ()),
         audience_id=audience_id,
+        refresh_clock=refresh_clock,
     )
 
 

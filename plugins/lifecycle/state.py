@@ -37,7 +37,11 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
         WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
                           WHERE q.journey = :journey AND q.run_id = :run_id AND q.row_number = s._row)
         ON CONFLICT (journey, mode, enrollment_key) DO UPDATE
-            SET context = EXCLUDED.context, context_as_of = EXCLUDED.context_as_of, updated_at = now()
+            SET context = EXCLUDED.context, context_as_of = EXCLUDED.context_as_of, updated_at = now(),
+                -- refresh_clock: the thing changed again (a cart updated after a reminder), so
+                -- the steps not yet sent are timed from the new moment; sent steps never repeat.
+                entered_at = CASE WHEN :refresh_clock THEN greatest(e.entered_at, EXCLUDED.entered_at)
+                                  ELSE e.entered_at END
             -- Only a run at least as recent as the context's own data refreshes it: a backfill of
             -- an older interval must not overwrite what a later run saw.
             WHERE e.status = 'active'
@@ -47,7 +51,8 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
     """
     with engine.begin() as conn:
         flags = conn.execute(
-            sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent}
+            sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent,
+                           "refresh_clock": spec.refresh_clock}
         ).scalars().all()
     entered = sum(1 for f in flags if f)
     return {"entered": entered, "refreshed": len(flags) - entered}

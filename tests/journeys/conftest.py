@@ -238,8 +238,10 @@ def simulate(
     max_lateness: timedelta,
     complete_after: timedelta = 7 * DAY,
     suppressed_before: dict[int, str] | None = None,
+    refresh_clock: bool = False,
 ) -> Expected:
-    """Play a journey's rules run by run; return what every run should have left behind."""
+    """Play a journey's rules run by run; return what every run should have left behind.
+    `refresh_clock`: a row seen again with a later clock moves an active enrollment's clock."""
     enrollments: dict[str, ExpectedEnrollment] = {}
     quarantined: dict[str, list[datetime]] = {}
     per_run: list[dict] = []
@@ -289,6 +291,9 @@ def simulate(
                 bad += 1
             elif r.key not in enrollments:
                 enrollments[r.key] = ExpectedEnrollment(r.key, r.customer_id, r.entered_at, as_of)
+            elif refresh_clock and enrollments[r.key].status == "active":
+                e = enrollments[r.key]
+                e.entered_at = max(e.entered_at, r.entered_at)
         per_run.append({"end": as_of, "selected": len(rows), "quarantined": bad})
 
         for rule in exits:  # header order: the first rule that holds wins

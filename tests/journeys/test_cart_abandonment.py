@@ -41,28 +41,40 @@ LOOKBACK = 48 * HOUR  # how far back a run looks for carts
 
 def expected_cart_abandonment(shop: Shop, ends: list[datetime], suppressed_before: dict[int, str]) -> Expected:
     """Carts with at least one item whose customer placed no (non-cancelled) order after the
-    cart's last change. Clock: updated_at. Reminders at +1h/+24h/+48h; an order exits with a
-    thank-you and a conversion for that order."""
+    cart's last change, each cart seen as it was at the run's as_of: the lines added before
+    as_of (a line's added_at, else the cart's updated_at), last change = updated_at if that is
+    before as_of, else the last line added before as_of. Clock: that last change, moving when
+    the cart changes again. Reminders at +1h/+24h/+48h; an order exits with a thank-you and a
+    conversion for that order."""
     f = shop.frames
-    with_items = set(f["cart_items"].cart_id.astype(int))
+    lines: dict[int, list[datetime | None]] = {}
+    for line in f["cart_items"].itertuples(index=False):
+        lines.setdefault(int(line.cart_id), []).append(py(line.added_at))
     carts = f["carts"][f["carts"].customer_id.notna()]
     carts = [
         (int(c.cart_id), int(c.customer_id), py(c.updated_at))
         for c in carts.itertuples(index=False)
-        if int(c.cart_id) in with_items and int(c.customer_id) in shop.email_of
+        if int(c.cart_id) in lines and int(c.customer_id) in shop.email_of
     ]
+
+    def last_change_as_of(cart_id: int, updated_at: datetime, as_of: datetime) -> datetime | None:
+        added = [a or updated_at for a in lines[cart_id]]
+        if not any(a < as_of for a in added):
+            return None  # empty at as_of
+        return updated_at if updated_at < as_of else max(a for a in added if a < as_of)
 
     def select(interval_start: datetime, as_of: datetime):
         for cart_id, customer_id, updated_at in carts:
-            if as_of - LOOKBACK <= updated_at < as_of - WAIT and not shop.first_order_between(
-                customer_id, updated_at, as_of
+            changed = last_change_as_of(cart_id, updated_at, as_of)
+            if changed and as_of - LOOKBACK <= changed < as_of - WAIT and not shop.first_order_between(
+                customer_id, changed, as_of
             ):
-                yield Candidate(str(cart_id), customer_id, updated_at, shop.email_of[customer_id])
+                yield Candidate(str(cart_id), customer_id, changed, shop.email_of[customer_id])
 
     return simulate(
         shop, intervals_from_ends(ends, HOUR), select=select, steps=STEPS,
         exits=[purchased_since_entry(shop)],
-        max_lateness=MAX_LATENESS, suppressed_before=suppressed_before,
+        max_lateness=MAX_LATENESS, suppressed_before=suppressed_before, refresh_clock=True,
     )
 
 
@@ -165,6 +177,29 @@ def test_bought_after_first_reminder_gets_thank_you_and_no_more_reminders(cart_r
     assert (got[case.email, "reminder_1"], got[case.email, "thank_you"], got[case.email, "reminder_2"]) == (1, 1, 0)
     received_steps = cart_run.steps_received_by(case.email)
     assert received_steps == ["reminder_1", "thank_you"]
+
+
+def test_cart_updated_after_a_reminder_moves_the_clock_and_shows_the_new_item(cart_run):
+    case = cart_run.planted["cart_updated_after_reminder"]
+    first, again = ANCHOR - 3 * DAY + 2 * HOUR, ANCHOR - 2 * DAY - 4 * HOUR
+    msgs = messages_of(cart_run, case.cart_id)
+    # reminder 1 on the first picture of the cart; the rest timed from the second change (not first + 24h/48h)
+    assert msgs == {
+        "reminder_1": ("sent", None, first + HOUR, first + 2 * HOUR),  # enrolled once left alone > 1h
+        "reminder_2": ("sent", None, again + 24 * HOUR, again + 24 * HOUR),
+        "reminder_3": ("sent", None, again + 48 * HOUR, again + 48 * HOUR),
+    }
+    enrollment = enrollment_of(cart_run, case.cart_id)
+    assert (enrollment.status, enrollment.entered_at) == ("active", again)
+    names = [n for (n,) in cart_run.query(
+        "SELECT p.name FROM shop.cart_items ci JOIN shop.products p USING (product_id) "
+        "WHERE ci.cart_id = :c ORDER BY ci.added_at", c=case.cart_id)]
+    assert len(names) == 2
+    (one,) = cart_run.find_received(case.email, "reminder_1")
+    (two,) = cart_run.find_received(case.email, "reminder_2")
+    assert names[0] in text_and_html(one)[0] and names[1] not in text_and_html(one)[0]  # the cart as it was then
+    assert all(n in text_and_html(two)[0] for n in names)  # ... and as it is after the change
+    assert cart_run.steps_received_by(case.email) == ["reminder_1", "reminder_2", "reminder_3"]
 
 
 def test_consent_withdrawn_gets_nothing(cart_run):

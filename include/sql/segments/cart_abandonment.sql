@@ -3,9 +3,12 @@ journey: cart_abandonment
 description: >
   Remind shoppers who left items in their cart: three emails at 1 hour, 24 hours and
   48 hours after the cart's last change. Ordering stops the reminders and sends a thank-you.
+  A cart changed again after a reminder keeps its enrollment: the clock moves to the change,
+  the reminders not yet sent are timed from it and show the cart as it is now.
 schedule: hourly
 entry_key: cart_id             # one enrollment per cart
 entered_at: cart_updated_at    # the clock the delays count from
+refresh_clock: true            # ... and it moves when the cart changes again
 max_lateness: 6h               # a reminder more than 6h overdue is recorded as expired, not sent
 audience: {audience_id: "120000000000001"}  # Meta custom audience of current cart abandoners (ads consent only)
 params:
@@ -21,10 +24,26 @@ exit:
 
 -- Who qualifies: a cart with at least one item, last changed at least an hour before the
 -- run (and no more than lookback_hours before), whose customer has placed no order since
--- that change. Everything is "as of" the end of the run's interval, so backfills replay.
-WITH abandoned AS (
-    SELECT c.cart_id, c.customer_id, c.updated_at
+-- that change. Everything is "as of" the end of the run's interval, so backfills replay:
+-- a cart changed after as_of is seen as it was then, from its items' added_at (an item
+-- without added_at counts as added at the cart's updated_at).
+WITH lines_then AS (
+    -- the items in the cart at as_of
+    SELECT c.cart_id, c.customer_id, c.updated_at, ci.product_id, ci.quantity, ci.unit_price,
+           coalesce(ci.added_at, c.updated_at) AS added_at
     FROM shop.carts c
+    JOIN shop.cart_items ci USING (cart_id)
+    WHERE c.updated_at >= :as_of - make_interval(hours => :lookback_hours)
+      AND coalesce(ci.added_at, c.updated_at) < :as_of
+), carts_then AS (
+    -- the cart's last change as of as_of: its updated_at, or if that is later, its last item added before
+    SELECT cart_id, customer_id,
+           CASE WHEN max(updated_at) < :as_of THEN max(updated_at) ELSE max(added_at) END AS updated_at
+    FROM lines_then
+    GROUP BY cart_id, customer_id
+), abandoned AS (
+    SELECT c.cart_id, c.customer_id, c.updated_at
+    FROM carts_then c
     WHERE c.updated_at <  :as_of - INTERVAL '1 hour'
       AND c.updated_at >= :as_of - make_interval(hours => :lookback_hours)
       AND NOT EXISTS (
@@ -36,20 +55,20 @@ WITH abandoned AS (
       )
 ), cart_lines AS (
     -- the items of those carts only (not of every cart in the shop)
-    SELECT ci.cart_id,
+    SELECT l.cart_id,
            jsonb_agg(jsonb_build_object(
                'product_id',  p.product_id,
                'name',        p.name,
                'image_url',   p.image_url,
-               'quantity',    ci.quantity,
-               'unit_price',  ci.unit_price,
+               'quantity',    l.quantity,
+               'unit_price',  l.unit_price,
                'product_url', :shop_url || '/p/' || p.sku
            ) ORDER BY p.name) AS items,
-           sum(ci.quantity * ci.unit_price) AS cart_total
+           sum(l.quantity * l.unit_price) AS cart_total
     FROM abandoned a
-    JOIN shop.cart_items ci USING (cart_id)
+    JOIN lines_then l USING (cart_id)
     JOIN shop.products p USING (product_id)
-    GROUP BY ci.cart_id
+    GROUP BY l.cart_id
 )
 SELECT a.cart_id,
        a.customer_id,
@@ -60,5 +79,5 @@ SELECT a.cart_id,
        l.cart_total,
        :shop_url || '/cart/' || a.cart_id    AS cart_url
 FROM abandoned a
-JOIN cart_lines l USING (cart_id)            -- carts without items drop out here
+JOIN cart_lines l USING (cart_id)
 JOIN shop.customers cu USING (customer_id)

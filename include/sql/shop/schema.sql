@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS shop.cart_items (
     product_id  bigint NOT NULL REFERENCES shop.products,
     quantity    integer NOT NULL CHECK (quantity > 0),
     unit_price  numeric(10, 2) NOT NULL,
+    added_at    timestamptz,      -- when the line was put in (or last changed); NULL: at the cart's updated_at
     PRIMARY KEY (cart_id, product_id)
 );
 
