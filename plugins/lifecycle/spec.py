@@ -53,7 +53,7 @@ TOP_KEYS = {
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
-THEN_KEYS = {"name", "channel", "template"}
+THEN_KEYS = {"name", "channel", "template", "coupon"}
 COUPON_KEYS = {"percent_off", "valid_days", "prefix"}
 GUARD_KEYS = {"factor", "min_rows", "history"}
 
@@ -100,6 +100,7 @@ class Exit:
     message_step: str | None  # the exit message's step name, e.g. "thank_you"
     channel: str | None
     template: str | None
+    coupon: Coupon | None = None  # a code issued with the exit message (e.g. a referral reward)
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
         status = e.get("status", "converted")
         if status not in EXIT_STATUSES:
             c.add(f"{where}.status: must be converted or exited, got {status!r}")
-        then, channel, template, step_name = e.get("then"), None, None, None
+        then, channel, template, step_name, coupon = e.get("then"), None, None, None, None
         if then is not None:
             if not isinstance(then, dict):
                 c.add(f"{where}.then: must be a mapping {{channel: email, template: ...}}")
@@ -445,7 +446,9 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
                 channels, template = c.channels_and_template(f"{where}.then", then.get("channel"), then.get("template"))
                 channel = channels[0]
                 step_name = then.get("name") or (template.rsplit("/", 1)[-1] if template else f"exit_{when}")
-        exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template))
+                coupon = _coupon(f"{where}.then", then.get("coupon"), c)
+        exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template,
+                          coupon=coupon))
     return exits
 
 

@@ -8,13 +8,14 @@ optionally with `occurred_at`, `order_id` and `revenue` (recorded as a conversio
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lifecycle.plan import insert_messages
+from lifecycle.plan import _issue_coupons, insert_messages
 from lifecycle.runs import RunContext
-from lifecycle.spec import JourneySpec
+from lifecycle.spec import JourneySpec, Step
 from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql
 from lifecycle.stage import stage_table
 
@@ -141,5 +142,9 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                     conn, spec, run, "_exit_msgs", step=rule.message_step,
                     template=rule.template, lateness=spec.max_lateness,
                 )
+                if rule.coupon:  # `then: {coupon: ...}`: a code with the exit message (a reward), as for a step's
+                    _issue_coupons(conn, spec, run, Step(
+                        name=rule.message_step, after=timedelta(0), channels=(rule.channel,),
+                        template=rule.template, max_lateness=spec.max_lateness, coupon=rule.coupon))
         counts[rule.when] = len(exited)
     return counts
