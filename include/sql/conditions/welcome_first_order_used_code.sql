@@ -1,0 +1,26 @@
+-- welcome: the customer's first (non-cancelled) order since the welcome clock and before the
+-- run's as_of, when that order used the code this enrollment was given (while it was valid).
+-- Checked before welcome_first_order, so lifecycle.conversions.condition records whether the
+-- first order redeemed the welcome code. Only the first order counts: a later order with the
+-- code does not change how the first one is recorded.
+WITH first_orders AS (
+    SELECT DISTINCT ON (e.enrollment_id)
+           e.enrollment_id, o.order_id, o.ordered_at, o.total, o.coupon_code
+    FROM enrollments e
+    JOIN shop.orders o
+      ON o.customer_id = e.customer_id
+     AND o.ordered_at > e.entered_at
+     AND o.ordered_at < :as_of
+    WHERE o.status <> 'cancelled'
+    ORDER BY e.enrollment_id, o.ordered_at, o.order_id
+)
+SELECT f.enrollment_id,
+       f.ordered_at AS occurred_at,
+       f.order_id,
+       f.total      AS revenue
+FROM first_orders f
+JOIN lifecycle.coupons cp
+  ON cp.enrollment_id = f.enrollment_id
+ AND cp.code = f.coupon_code
+ AND f.ordered_at >= cp.valid_from
+ AND f.ordered_at <  cp.valid_until
