@@ -44,6 +44,10 @@ class RunContext:
             "mode": self.mode,
             "shop_url": SHOP["base_url"],
         }
+        if spec is not None and spec.offers:  # holiday-dated offers around as_of (lifecycle.offers)
+            from lifecycle.offers import offers_json
+
+            base["offers"] = offers_json(spec.offers, self.as_of)
         return {**(spec.params if spec else {}), **base}
 
     def to_xcom(self) -> dict:

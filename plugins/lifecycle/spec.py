@@ -49,7 +49,7 @@ RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "sho
 TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
-    "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock",
+    "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
@@ -135,6 +135,7 @@ class JourneySpec:
     tags: tuple[str, ...] = field(default=())
     audience_id: str | None = None  # Meta custom audience kept in step with active members
     refresh_clock: bool = False  # a later entered_at from a later run moves an active enrollment's clock
+    offers: tuple = ()  # lifecycle.offers.Offer: holiday-dated offers, bound to the SQL as :offers
 
     @property
     def channels(self) -> set[str]:
@@ -294,7 +295,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
     names = [s.name for s in steps] + [e.message_step for e in exits if e.message_step]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         c.add(f"steps: name {dup!r} is used twice (step and exit message names must be unique)")
-    sql_body = _check_sql(sql, set(params), c)
+    sql_body = _check_sql(sql, set(params) | ({"offers"} if "offers" in h else set()), c)
     holdout = h.get("holdout_percent", 0)
     if not isinstance(holdout, (int, float)) or not 0 <= holdout < 100:
         c.add(f"holdout_percent: must be a number from 0 to 99, got {holdout!r}")
@@ -311,6 +312,14 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
     refresh_clock = h.get("refresh_clock", False)
     if not isinstance(refresh_clock, bool):
         c.add(f"refresh_clock: must be true or false, got {refresh_clock!r}")
+    offers = ()
+    if "offers" in h:  # seasonal offers, dated by the holidays package (imported only here)
+        from lifecycle.offers import parse_offers
+
+        offers, problems = parse_offers(h["offers"], sql_uses_offers="offers" in bind_names(sql_body),
+                                        last_step_after=steps[-1].after if steps else None,
+                                        complete_after=complete_after)
+        c.problems += problems
     if c.problems:
         raise SpecError(path, c.problems)
     return JourneySpec(
@@ -337,6 +346,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
         tags=tuple(str(t) for t in h.get("tags") or ()),
         audience_id=audience_id,
         refresh_clock=refresh_clock,
+        offers=offers,
     )
 
 
