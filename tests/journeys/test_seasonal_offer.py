@@ -315,9 +315,9 @@ def expected(offer_run) -> Expected:
     return expected_offers(offer_run)
 
 
-def key_of(expected: Expected, name: str, offer: str = "christmas") -> Want:
-    (want,) = [e for e in expected.enrollments.values()
-               if e.customer_id == ID.get(name, None) and e.offer == offer] or [None]
+def enrollment_of(expected: Expected, name: str, offer: str = "christmas") -> Want:
+    """The expected enrollment of a customer planted here in one offer (exactly one)."""
+    (want,) = [e for e in expected.enrollments.values() if e.customer_id == ID[name] and e.offer == offer]
     return want
 
 
@@ -405,7 +405,7 @@ def test_messages_and_reasons(offer_run, expected):
                     f"messages with status {status!r} (key, step, status, reason, due, planned run)")
 
     def reminder(name: str, offer: str = "christmas") -> tuple:
-        return key_of(expected, name, offer).messages.get("reminder", (None, None))[:2]
+        return enrollment_of(expected, name, offer).messages.get("reminder", (None, None))[:2]
 
     assert reminder("clicker") == ("skipped", "condition met: seasonal_offer_clicked_or_ordered")
     assert reminder("clicked_before") == reminder("opener") == reminder("kiritimati") == ("sent", None)
@@ -425,12 +425,12 @@ def test_an_order_inside_the_window_converts(offer_run, expected):
               for e in expected.enrollments.values() if e.conversion]
     assert_same(actual, wanted, "conversions (key, condition, order, revenue, at)")
     converted = {key for key, *_ in actual}
-    assert key_of(expected, "ordered_early").key in converted
-    assert key_of(expected, "ordered_late").key in converted
-    assert key_of(expected, "us_thanksgiving_buyer", "thanksgiving").key in converted
+    assert enrollment_of(expected, "ordered_early").key in converted
+    assert enrollment_of(expected, "ordered_late").key in converted
+    assert enrollment_of(expected, "us_thanksgiving_buyer", "thanksgiving").key in converted
     for name, offer in (("ordered_after_window", "christmas"), ("cancelled_order", "christmas"),
                         ("us_black_friday_buyer", "thanksgiving")):
-        assert key_of(expected, name, offer).key not in converted, name
+        assert enrollment_of(expected, name, offer).key not in converted, name
 
 
 def test_what_the_smtp_server_received(offer_run, expected):
@@ -513,4 +513,4 @@ def test_behaviour_conditions_pick_the_right_customers(offer_run, expected, cond
 
 
 def test_runtime(offer_run):
-    assert offer_run.seconds < 45, f"{offer_run.seconds:.1f}s"
+    assert offer_run.seconds < 60, f"{offer_run.seconds:.1f}s"  # about 18 s on an idle 2-core machine
