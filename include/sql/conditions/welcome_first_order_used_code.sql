@@ -3,7 +3,11 @@
 -- Checked before welcome_first_order, so lifecycle.conversions.condition records whether the
 -- first order redeemed the welcome code. Only the first order counts: a later order with the
 -- code does not change how the first one is recorded.
-WITH first_orders AS (
+SELECT f.enrollment_id,
+       f.ordered_at AS occurred_at,
+       f.order_id,
+       f.total      AS revenue
+FROM (
     SELECT DISTINCT ON (e.enrollment_id)
            e.enrollment_id, o.order_id, o.ordered_at, o.total, o.coupon_code
     FROM enrollments e
@@ -13,12 +17,7 @@ WITH first_orders AS (
      AND o.ordered_at < :as_of
     WHERE o.status <> 'cancelled'
     ORDER BY e.enrollment_id, o.ordered_at, o.order_id
-)
-SELECT f.enrollment_id,
-       f.ordered_at AS occurred_at,
-       f.order_id,
-       f.total      AS revenue
-FROM first_orders f
+) AS f
 JOIN lifecycle.coupons cp
   ON cp.enrollment_id = f.enrollment_id
  AND cp.code = f.coupon_code

@@ -39,7 +39,7 @@ exit:
 -- Who enters: customers whose welcome clock, greatest(created_at, double_opt_in_at) of an
 -- opted-in email consent, falls in this interval, with no (non-cancelled) order before the
 -- run's as_of and no earlier welcome.
--- Who is selected again: welcomed customers with a step still to come (next_step), so that
+-- Who is selected again: welcomed customers whose next step comes due by this run, so that
 -- their context (the bestsellers) is the one of the run that sends the step: the
 -- bestsellers are the top bestseller_count products by units in non-cancelled orders placed
 -- in the bestseller_days before that run's as_of (ties: lower product_id first).
@@ -64,7 +64,7 @@ WITH newcomers AS (
     SELECT e.customer_id, e.entered_at AS welcome_at
     FROM lifecycle.enrollments e
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
-      AND e.next_step IS NOT NULL
+      AND e.next_step IS NOT NULL AND e.next_due_at <= :as_of
 ), welcomed AS (
     SELECT customer_id, welcome_at FROM newcomers
     UNION ALL
