@@ -103,8 +103,12 @@ def reachable_sql(channel: str, kind: str) -> str:
         "push": "EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = c.customer_id "
                 "AND ps.revoked_at IS NULL)",
     }[channel]
-    if kind == "transactional":
-        return address
+    if kind == "transactional":  # no consent needed; only an address-level suppression stops it
+        from lifecycle.send import BLOCKS_TRANSACTIONAL
+
+        reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
+        return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "
+                f"c.customer_id AND x.channel = '{channel}' AND x.reason IN ({reasons}))")
     return (f"{address} AND EXISTS (SELECT 1 FROM lifecycle.consent k WHERE k.customer_id = c.customer_id "
             f"AND k.channel = '{channel}' AND k.opted_in) AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x "
             f"WHERE x.customer_id = c.customer_id AND x.channel = '{channel}')")

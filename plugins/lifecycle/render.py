@@ -18,7 +18,9 @@ An email template ``<journey>/<step>`` is three files next to each other::
 
 Context the engine passes (templates may rely on exactly these): ``shop``, ``customer``,
 ``row``, ``coupon`` (None or {code, percent_off, valid_until}), ``links``
-({unsubscribe, preferences}), ``journey``, ``step``, ``currency`` (default EUR).
+({unsubscribe, preferences}), ``journey``, ``step``, ``currency`` (default EUR), ``kind``
+(``marketing`` or ``transactional``, default marketing: a transactional email's footer offers
+to unsubscribe from *marketing* emails, which is all an unsubscribe stops).
 Note for template authors: use ``row["items"]``, not ``row.items`` (that is the dict
 method).
 
@@ -290,6 +292,7 @@ def _default_context(context: dict) -> dict:
         ctx["currency"] = "EUR"
     ctx.setdefault("coupon", None)
     ctx.setdefault("shop", dict(SHOP))
+    ctx.setdefault("kind", "marketing")  # the journey's kind; the layout words a transactional footer
     return ctx
 
 

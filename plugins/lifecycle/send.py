@@ -26,6 +26,11 @@ from lifecycle.validate import EMAIL_REGEX
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
+# Suppression reasons that stop transactional messages (order confirmations, shipping notices)
+# too: the address itself is unusable or its owner reported us as spam. Every other reason
+# (unsubscribe, a journey's no_response sunset, ...) is a marketing opt-out only. For SMS, a
+# carrier-level STOP (provider_opt_out) refuses every text from our number anyway.
+BLOCKS_TRANSACTIONAL = ("hard_bounce", "complaint", "provider_opt_out")
 
 
 class RetryBatch(RuntimeError):
@@ -79,7 +84,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
                                  AND NOT (m2.step = ANY(CAST(:exit_steps AS text[]))) THEN 'skipped'
                             WHEN m2.expires_at < :now THEN 'expired'
                             WHEN s.customer_id IS NOT NULL
-                                 AND (m2.kind = 'marketing' OR s.reason IN ('hard_bounce', 'complaint'))
+                                 AND (m2.kind = 'marketing' OR s.reason = ANY(CAST(:blocks_transactional AS text[])))
                                  THEN 'suppressed'
                             WHEN m2.kind = 'marketing' AND coalesce(cs.opted_in, false) = false THEN 'suppressed'
                             WHEN m2.channel = 'email' AND (ct.email IS NULL OR ct.email !~ :email_regex)
@@ -96,7 +101,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
                                  THEN 'late: not sent by ' || to_char(m2.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
                                       || ' UTC (due ' || to_char(m2.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ')'
                             WHEN s.customer_id IS NOT NULL
-                                 AND (m2.kind = 'marketing' OR s.reason IN ('hard_bounce', 'complaint'))
+                                 AND (m2.kind = 'marketing' OR s.reason = ANY(CAST(:blocks_transactional AS text[])))
                                  THEN 'suppressed: ' || s.reason
                             WHEN m2.kind = 'marketing' AND cs.customer_id IS NULL THEN 'no consent'
                             WHEN m2.kind = 'marketing' AND NOT cs.opted_in THEN 'consent withdrawn'
@@ -115,7 +120,8 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
              WHERE m.message_id = v.message_id AND v.status IS NOT NULL
             """
         ),
-        {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX, "now": now},
+        {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX, "now": now,
+         "blocks_transactional": list(BLOCKS_TRANSACTIONAL)},
     ).rowcount
 
 
@@ -185,7 +191,7 @@ def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
             ) ps ON true
             WHERE m.journey = :journey AND m.run_id = :run_id AND m.channel = :channel AND m.batch_no = :batch
               AND m.status = 'planned'
-            ORDER BY m.message_id
+            ORDER BY m.due_at, m.message_id  -- in the order they came due: an order's confirmation before its shipping notice
             """
         ),
         _batch_binds(batch),
@@ -215,6 +221,7 @@ def template_context(row: Any) -> dict:
         "journey": row.journey,
         "step": row.step,
         "currency": context.get("currency", "EUR"),
+        "kind": row.kind,  # transactional mail says what its unsubscribe link stops (marketing only)
     }
 
 
@@ -324,12 +331,19 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
         if outcome.fallback and next_channel:
             plan_fallback(conn, message_id, next_channel, outcome.reason or "")
         if outcome.suppress:
+            # One suppression per (customer, channel). A hard bounce (say, of an order confirmation
+            # to someone who had unsubscribed) replaces a marketing-only reason: otherwise it would
+            # be lost and transactional mail would keep going to a dead address.
             conn.execute(
                 sa.text(
                     "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
-                    "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) DO NOTHING"
+                    "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) DO UPDATE "
+                    "SET reason = EXCLUDED.reason, source = EXCLUDED.source, since = now() "
+                    "WHERE EXCLUDED.reason = ANY(CAST(:blocking AS text[])) "
+                    "AND lifecycle.suppressions.reason <> ALL(CAST(:blocking AS text[]))"
                 ),
-                {"c": customer_id, "ch": channel, "r": outcome.suppress, "src": journey},
+                {"c": customer_id, "ch": channel, "r": outcome.suppress, "src": journey,
+                 "blocking": list(BLOCKS_TRANSACTIONAL)},
             )
     return status
 

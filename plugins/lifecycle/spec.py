@@ -300,11 +300,11 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
     if not isinstance(holdout, (int, float)) or not 0 <= holdout < 100:
         c.add(f"holdout_percent: must be a number from 0 to 99, got {holdout!r}")
         holdout = 0
-    batch_size = h.get("batch_size", 500)
     if kind == "transactional" and holdout:
         # An order confirmation must reach every customer: no one is held out to measure lift.
         c.add(f"holdout_percent: a transactional journey never holds anyone out (got {holdout!r}); remove the key")
         holdout = 0
+    batch_size = h.get("batch_size", 500)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
         c.add(f"batch_size: must be a whole number from 1 to 10000, got {batch_size!r}")
         batch_size = 500

@@ -29,11 +29,11 @@ def plant(shop) -> list[PlantedCase]:
          "no shipping notice", c, [order])
 
     c = shop.planted_customer("order_notifications_shipped", "DE")
-    ordered, shipped = -49 * HOUR - 40 * MINUTE, -29 * HOUR - 45 * MINUTE
+    ordered, shipped = -35 * HOUR - 40 * MINUTE, -29 * HOUR - 45 * MINUTE
     items = [(shop.by_sku["CLO-02-T2"], 2), (shop.by_sku["VIT-01-T2"], 1)]
     order = shop.add_order(c, ordered, items, ("shipped", shipped, None), coupon="WELCOME10")
-    case("order_notifications_shipped", "2 hoodies and vitamins (code WELCOME10) ordered A-49h40m, shipped "
-         "A-29h45m: confirmation by the run ending A-49h, shipping notice by the run ending A-29h", c, [order])
+    case("order_notifications_shipped", "2 hoodies and vitamins (code WELCOME10) ordered A-35h40m, shipped "
+         "A-29h45m: confirmation by the run ending A-35h, shipping notice by the run ending A-29h", c, [order])
 
     c = shop.planted_customer("order_notifications_same_hour", "NL")
     order = shop.add_order(c, -19 * HOUR - 55 * MINUTE, shop.items("HOU-02-T1"),
