@@ -165,23 +165,28 @@ def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunConte
 
 
 def _issue_coupons(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
-    """One unguessable code per planned message of a coupon step (idempotent per enrollment+step)."""
+    """One unguessable code per planned message of a coupon step (idempotent per enrollment+step).
+    `coupon.product` names the context column whose product the code is limited to."""
     conn.execute(
         sa.text(
             """
             INSERT INTO lifecycle.coupons
-                (code, journey, mode, enrollment_id, step, customer_id, percent_off, valid_from, valid_until)
+                (code, journey, mode, enrollment_id, step, customer_id, percent_off, valid_from, valid_until,
+                 product_id)
             SELECT :code_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
                    m.journey, m.mode, m.enrollment_id, m.step, m.customer_id, :pct,
-                   m.due_at, m.due_at + make_interval(days => :days)
+                   m.due_at, m.due_at + make_interval(days => :days),
+                   CAST(e.context ->> CAST(:product_column AS text) AS bigint)
             FROM lifecycle.messages m
+            JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
             WHERE m.journey = :journey AND m.mode = :mode AND m.step = :step
               AND m.planned_run_id = :run_id AND m.status IN ('planned', 'dry_run')
             ON CONFLICT DO NOTHING
             """
         ),
         {**run.binds(), "run_id": run.run_id, "step": step.name, "pct": step.coupon.percent_off,
-         "days": step.coupon.valid_days, "code_prefix": step.coupon.prefix or spec.journey[:2].upper() + "-"},
+         "days": step.coupon.valid_days, "code_prefix": step.coupon.prefix or spec.journey[:2].upper() + "-",
+         "product_column": step.coupon.product},
     )
 
 

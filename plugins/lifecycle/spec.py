@@ -54,7 +54,7 @@ TOP_KEYS = {
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
 THEN_KEYS = {"name", "channel", "template", "coupon"}
-COUPON_KEYS = {"percent_off", "valid_days", "prefix"}
+COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
 GUARD_KEYS = {"factor", "min_rows", "history"}
 
 
@@ -72,6 +72,7 @@ class Coupon:
     percent_off: float
     valid_days: int
     prefix: str
+    product: str | None = None  # column of the SELECT with the product id: a code good only for that product
 
 
 @dataclass(frozen=True)
@@ -433,7 +434,10 @@ def _coupon(where: str, raw: Any, c: _Checker) -> Coupon | None:
     prefix = str(raw.get("prefix", "")).upper()
     if prefix and not re.fullmatch(r"[A-Z0-9]{1,8}", prefix):
         c.add(f"{where}.coupon.prefix: up to 8 letters or digits, got {prefix!r}")
-    return Coupon(float(pct), days, prefix)
+    product = raw.get("product")
+    if product is not None:
+        product = c.column(f"{where}.coupon.product", product) or None
+    return Coupon(float(pct), days, prefix, product)
 
 
 def _exits(raw: Any, c: _Checker) -> list[Exit]:

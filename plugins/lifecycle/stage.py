@@ -15,14 +15,21 @@ from lifecycle.sql import SegmentSQLError, execute_file_sql
 
 STAGE_SCHEMA = "lifecycle_stage"
 TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
+INTEGER_TYPES = {"bigint", "integer", "smallint"}
 
 
 def stage_table(run: RunContext) -> str:
     return f"{STAGE_SCHEMA}.s_{run.journey[:40]}_{run.short_id}"
 
 
+def coupon_product_columns(spec: JourneySpec) -> set[str]:
+    """Columns named by `coupon: {product: ...}` (steps and exit messages): product-specific codes."""
+    coupons = [s.coupon for s in spec.steps] + [getattr(e, "coupon", None) for e in spec.exits]
+    return {c.product for c in coupons if c and c.product}
+
+
 def required_columns(spec: JourneySpec) -> set[str]:
-    needed = {spec.customer_id, spec.entry_key, spec.entered_at}
+    needed = {spec.customer_id, spec.entry_key, spec.entered_at} | coupon_product_columns(spec)
     if "email" in spec.channels:
         needed.add("email")
     return needed
@@ -66,6 +73,12 @@ def _check_columns(spec: JourneySpec, columns: dict[str, str]) -> None:
             f"{spec.path.name}: entered_at column {spec.entered_at!r} must be a timestamp, "
             f"it is {columns[spec.entered_at]}"
         )
+    for column in sorted(coupon_product_columns(spec)):
+        if columns[column] not in INTEGER_TYPES:
+            raise SegmentSQLError(
+                f"{spec.path.name}: coupon.product column {column!r} must hold whole-number product ids, "
+                f"it is {columns[column]}"
+            )
 
 
 def drop_stage(engine: Engine, run: RunContext) -> None:

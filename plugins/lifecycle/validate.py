@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from lifecycle.runs import RunContext, update_run
 from lifecycle.spec import JourneySpec
-from lifecycle.stage import STAGE_SCHEMA, stage_table
+from lifecycle.stage import STAGE_SCHEMA, coupon_product_columns, stage_table
 
 EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 MIN_HISTORY = 3  # runs of history before the volume guard has a baseline
@@ -61,6 +61,10 @@ def row_expectations(spec: JourneySpec) -> list[tuple[object, str]]:
         (E.ExpectColumnValuesToNotBeNull(column=spec.entry_key), f"{spec.entry_key}: missing enrollment key"),
         (E.ExpectColumnValuesToBeUnique(column=spec.entry_key), f"{spec.entry_key}: duplicate enrollment key"),
         (E.ExpectColumnValuesToNotBeNull(column=spec.entered_at), f"{spec.entered_at}: missing"),
+    ]
+    checks += [  # a product-specific code needs its product
+        (E.ExpectColumnValuesToNotBeNull(column=column), f"{column}: missing (the coupon's product)")
+        for column in sorted(coupon_product_columns(spec))
     ]
     if "email" in spec.channels:
         checks += [
