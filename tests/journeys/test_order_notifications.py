@@ -88,6 +88,8 @@ def extras(a: datetime) -> dict[str, Extra]:
                                            a - 3 * HOUR - 5 * MINUTE, suppression="unsubscribe", bounces=True),
         "complaint": Extra(990_005, "on.complaint@example.com", a - 10 * HOUR - 45 * MINUTE,
                            a - 2 * HOUR - 45 * MINUTE, suppression="complaint"),
+        # Not an address: quarantined by every run that sees the order (A-7h ... A), nothing sent.
+        "invalid_email": Extra(990_006, "on.invalid.example.com", a - 7 * HOUR - 50 * MINUTE, None),
     }
 
 
@@ -277,8 +279,8 @@ def test_runs_select_and_quarantine_what_the_rules_pick(run, expected):
         "JOIN lifecycle.runs r USING (journey, run_id) WHERE q.journey = :journey")
     wanted = [(k, ("email: not a valid address",), end) for k, ends in expected.quarantined.items() for end in ends]
     assert_same([(k, tuple(r), end) for k, r, end in quarantine], wanted, "quarantine (key, reasons, run end)")
-    case = run.planted["order_notifications_invalid_email"]
-    assert len(expected.quarantined[f"{case.order_ids[0]}:confirmation"]) == 8  # runs ending A-7h ... A
+    assert expected.quarantined[f"{run.extras['invalid_email'].order_id}:confirmation"] == [
+        run.anchor - h * HOUR for h in range(7, -1, -1)]
 
 
 def test_one_enrollment_per_order_and_notice_timed_from_its_event(run, expected):
@@ -407,7 +409,7 @@ def test_planted_cases_play_out(run, expected):
     assert notices("order_notifications_backorder") == {"shipping": ("sent", a - 40 * HOUR)}
     assert notices("order_notifications_two_orders", 0) == {"confirmation": ("sent", a - 14 * HOUR)}
     assert notices("order_notifications_two_orders", 1) == {"confirmation": ("sent", a - 14 * HOUR)}
-    assert notices("order_notifications_invalid_email") == {}
+    assert run.extras["invalid_email"].order_id not in by_order
     # Same hour: the confirmation reaches the customer before the shipping notice.
     case = run.planted["order_notifications_same_hour"]
     subjects = [m["Subject"] for m in run.emails if m["To"] == case.email]

@@ -6,8 +6,9 @@ order gets neither. Events sit at minutes past the hour, so the run that sends e
 the one ending at the next full hour (e.g. ordered at A-4h40m: the run ending A-4h). The
 demo's hourly runs cover [A-3d, A); each run looks back 24 hours.
 
-Cases that need the engine's own tables (an unsubscribe, a hard bounce) cannot live in the
-shop: tests/journeys/test_order_notifications.py plants them itself.
+Cases that need the engine's own tables (an unsubscribe, a hard bounce) or a second invalid
+address (the shop holds one, cart_invalid_email's) cannot live in the demo shop:
+tests/journeys/test_order_notifications.py plants them itself.
 """
 
 from __future__ import annotations
@@ -68,9 +69,4 @@ def plant(shop) -> list[PlantedCase]:
     second = shop.add_order(c, -14 * HOUR - 25 * MINUTE, shop.items("COF-02-T1"), ("placed", None, None))
     case("order_notifications_two_orders", "two orders at A-14h55m and A-14h25m: two confirmations (one per "
          "order) by the run ending A-14h", c, [first, second])
-
-    c = shop.planted_customer("order_notifications_invalid_email", "ES", email="order-notifications-at-nowhere")
-    order = shop.add_order(c, -7 * HOUR - 50 * MINUTE, shop.items("SHO-02-T1"), ("placed", None, None))
-    case("order_notifications_invalid_email", "ordered A-7h50m by a customer whose email is not an address: "
-         "quarantined by every run that sees the order (A-7h to A), nothing sent", c, [order])
     return cases
