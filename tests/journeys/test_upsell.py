@@ -1,0 +1,753 @@
+"""upsell end to end: hourly runs ending A-32h .. A on a fresh demo shop (the `shop_db` fixture,
+PostgreSQL service) with its planted cases plus two test-only carts that change between runs,
+against a real SMTP server and the local web push service, compared with the outcome derived
+here from the shop tables (never the segment SQL or the engine's code).
+
+The rules as this test states them (the product's issue plus the journey's documented choices):
+- Carts are read as of the run's as_of: a line counts from its added_at (none: the cart's
+  updated_at); the cart's last change is its updated_at if that is before as_of, else its last
+  line added before as_of. A known customer's cart is open when no non-cancelled order of the
+  customer came after that change (and before as_of).
+- A line has an upgrade when the product has an `upsell` link to a product of a higher tier
+  that costs more than the line's price; of several, the same family (SKU without "-T<n>")
+  first, then the cheapest, then the lowest id. A line whose upgrade is already in the cart has
+  none. One item per cart: a cart that has an enrollment (any status) only ever offers that
+  item again; otherwise the item added last (then the dearer, then the lowest id).
+- The first touch is due WAIT after the last change; a run selects carts due in
+  (as_of - LOOKBACK, as_of]. Key cart_id:product_id, the clock is the due time, a later
+  selection of an active enrollment refreshes its context but never its clock.
+- offer at once: push when the customer has a live subscription, push consent and no push
+  suppression, else email when they can receive email, else push (recorded with the reason).
+  follow_up by email 24h later, skipped when the upgrade is in the cart by then.
+- Exits, in this order: an order with the upgrade converts (that order's total); any other
+  order exits; the item no longer in the cart (and the upgrade not in it) exits, at the cart's
+  last change.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lifecycle.channels.email import EmailChannel
+from lifecycle.channels.push import PushChannel
+from lifecycle.config import SEGMENTS_DIR
+from lifecycle.render import money
+from lifecycle.runner import run_interval
+from lifecycle.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle.smtp_sink import RecordingSMTPServer
+from lifecycle.spec import load_spec
+
+from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, text_and_html
+
+pytestmark = pytest.mark.parametrize("shop_db", ["service"], indirect=True)
+
+JOURNEY = "upsell"
+SEED = 11
+MINUTE = timedelta(minutes=1)
+WAIT, LOOKBACK, FOLLOW_UP, MAX_LATENESS = 10 * MINUTE, 6 * HOUR, 24 * HOUR, 6 * HOUR
+COMPLETE_AFTER = 7 * DAY
+FIRST_END = 32  # hours before the anchor of the first run's end
+SHOP_URL = "https://shop.example.com"
+FAMILY = re.compile(r"-T[0-9]+$")
+
+
+# ----------------------------------------------------------------------------- test-only carts
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A cart change between two runs: lines removed and added at `at`, the cart's updated_at
+    set to `at`; applied before the first run that ends after `at`."""
+
+    at: datetime
+    cart_id: int
+    remove: tuple[int, ...] = ()
+    add: tuple[int, ...] = ()  # product ids, quantity 1 at the list price
+
+
+@dataclass
+class Extra:
+    customer_id: int
+    email: str
+    cart_id: int
+    product_id: int  # the item that is upsold
+    upgrade_id: int
+    other_id: int | None = None
+    order_id: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.cart_id}:{self.product_id}"
+
+
+def plant_extra(engine: sa.Engine, anchor: datetime) -> tuple[dict[str, Extra], list[Mutation]]:
+    """Two carts whose lines change after the upsell went out (the demo shop is static, so it
+    cannot show a line leaving a cart)."""
+    a = anchor
+    with engine.connect() as conn:
+        product = {sku: (pid, price) for pid, sku, price in conn.execute(
+            sa.text("SELECT product_id, sku, price FROM shop.products"))}
+    extra = {
+        # CLO-01-T1 (added last, upsold) and PET-02-T1 in the cart; the T-shirt leaves the cart
+        # after the upsell, comes back later: exited, never a second upsell, nor one for the pet food.
+        "removed_then_readded": Extra(950001, "upsell.removed@example.com", 9_500_001, product["CLO-01-T1"][0],
+                                      product["CLO-01-T2"][0], other_id=product["PET-02-T1"][0],
+                                      details={"added": a - 30 * HOUR - 30 * MINUTE,
+                                               "removed": a - 27 * HOUR - 40 * MINUTE,
+                                               "readded": a - 25 * HOUR - 40 * MINUTE}),
+        # SPO-01-T1 swapped for the upgrade SPO-01-T2 in the cart, which is ordered later:
+        # stays in, the follow-up is skipped, the order converts.
+        "swapped_then_ordered": Extra(950002, "upsell.swapped@example.com", 9_500_002, product["SPO-01-T1"][0],
+                                      product["SPO-01-T2"][0], order_id=9_500_002,
+                                      details={"added": a - 30 * HOUR - 20 * MINUTE,
+                                               "swapped": a - 27 * HOUR - 20 * MINUTE,
+                                               "ordered": a - 4 * HOUR}),
+    }
+    removed, swapped = extra["removed_then_readded"], extra["swapped_then_ordered"]
+    mutations = [
+        Mutation(removed.details["removed"], removed.cart_id, remove=(removed.product_id,)),
+        Mutation(removed.details["readded"], removed.cart_id, add=(removed.product_id,)),
+        Mutation(swapped.details["swapped"], swapped.cart_id, remove=(swapped.product_id,), add=(swapped.upgrade_id,)),
+    ]
+    price_of = {pid: price for pid, price in product.values()}
+    with engine.begin() as conn:
+        for e in extra.values():
+            conn.execute(sa.text(
+                "INSERT INTO shop.customers (customer_id, email, first_name, country, timezone, created_at) "
+                "VALUES (:c, :email, 'Extra', 'DE', 'Europe/Berlin', :t)"), {"c": e.customer_id, "email": e.email,
+                                                                             "t": a - 90 * DAY})
+            conn.execute(sa.text(
+                "INSERT INTO shop.consents (customer_id, channel, status, source, updated_at) "
+                "VALUES (:c, 'email', 'opted_in', 'test', :t)"), {"c": e.customer_id, "t": a - 90 * DAY})
+            added = e.details["added"]
+            lines = [(e.product_id, added)] + ([(e.other_id, added - 20 * MINUTE)] if e.other_id else [])
+            conn.execute(sa.text("INSERT INTO shop.carts (cart_id, customer_id, created_at, updated_at) "
+                                 "VALUES (:cart, :c, :created, :updated)"),
+                         {"cart": e.cart_id, "c": e.customer_id, "created": added - HOUR, "updated": added})
+            for pid, at in lines:
+                conn.execute(sa.text("INSERT INTO shop.cart_items (cart_id, product_id, quantity, unit_price, "
+                                     "added_at) VALUES (:cart, :p, 1, :price, :at)"),
+                             {"cart": e.cart_id, "p": pid, "price": price_of[pid], "at": at})
+        conn.execute(sa.text(
+            "INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, shipping_country) "
+            "VALUES (:o, :c, :t, 'placed', :total, 'EUR', 'DE')"),
+            {"o": swapped.order_id, "c": swapped.customer_id, "t": swapped.details["ordered"],
+             "total": price_of[swapped.upgrade_id]})
+        conn.execute(sa.text("INSERT INTO shop.order_items (order_id, product_id, quantity, unit_price) "
+                             "VALUES (:o, :p, 1, :price)"),
+                     {"o": swapped.order_id, "p": swapped.upgrade_id, "price": price_of[swapped.upgrade_id]})
+    return extra, mutations
+
+
+def apply_mutation(engine: sa.Engine, m: Mutation) -> None:
+    with engine.begin() as conn:
+        for pid in m.remove:
+            conn.execute(sa.text("DELETE FROM shop.cart_items WHERE cart_id = :cart AND product_id = :p"),
+                         {"cart": m.cart_id, "p": pid})
+        for pid in m.add:
+            conn.execute(sa.text("INSERT INTO shop.cart_items (cart_id, product_id, quantity, unit_price, added_at) "
+                                 "SELECT :cart, product_id, 1, price, :at FROM shop.products WHERE product_id = :p"),
+                         {"cart": m.cart_id, "p": pid, "at": m.at})
+        conn.execute(sa.text("UPDATE shop.carts SET updated_at = :at WHERE cart_id = :cart"),
+                     {"cart": m.cart_id, "at": m.at})
+
+
+def applied_before(m: Mutation, ends: list[datetime]) -> datetime:
+    return next(end for end in ends if end > m.at)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Snapshot:
+    """The shop tables the rules read, as they were before the first run."""
+
+    carts: dict[int, dict]  # cart_id -> {customer_id, updated_at}
+    lines: dict[int, dict[int, tuple]]  # cart_id -> product_id -> (quantity, unit_price, added_at or None)
+    products: dict[int, Any]
+    upsells: dict[int, list[int]]  # product -> linked products (kind upsell)
+    orders: dict[int, list[tuple]]  # customer -> [(ordered_at, order_id, total, {product ids})], non-cancelled
+    email_of: dict[int, str]
+    consent: dict[tuple[int, str], str]
+    live_push: set[int]
+
+
+@dataclass
+class UpsellRun:
+    engine: sa.Engine
+    anchor: datetime
+    extra: dict[str, Extra]
+    mutations: list[Mutation]
+    snapshot: Snapshot
+    intervals: list[tuple[datetime, datetime]]
+    results: list[dict]
+    emails: list  # EmailMessage, in arrival order
+    rcpt_tos: list[list[str]]
+    pushes: list  # push_server.Received
+    push_rejected: list
+    suppressed_before: dict[tuple[int, str], str]
+    seconds: float
+
+    def query(self, sql: str, **params) -> list[Any]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
+
+
+def snapshot(engine: sa.Engine) -> Snapshot:
+    with engine.connect() as conn:
+        def q(sql: str) -> list:
+            return conn.execute(sa.text(sql)).all()
+
+        carts = {c: {"customer_id": cid, "updated_at": u} for c, cid, u in q(
+            "SELECT cart_id, customer_id, updated_at FROM shop.carts")}
+        lines: dict[int, dict[int, tuple]] = {}
+        for cart, pid, qty, price, added in q(
+                "SELECT cart_id, product_id, quantity, unit_price, added_at FROM shop.cart_items"):
+            lines.setdefault(cart, {})[pid] = (qty, price, added)
+        products = {r.product_id: r for r in q("SELECT product_id, sku, name, image_url, price, tier FROM shop.products")}
+        upsells: dict[int, list[int]] = {}
+        for pid, linked in q("SELECT product_id, linked_product_id FROM shop.product_links WHERE kind = 'upsell'"):
+            upsells.setdefault(pid, []).append(linked)
+        items: dict[int, set[int]] = {}
+        for oid, pid in q("SELECT order_id, product_id FROM shop.order_items"):
+            items.setdefault(oid, set()).add(pid)
+        orders: dict[int, list[tuple]] = {}
+        for oid, cid, at, total in q("SELECT order_id, customer_id, ordered_at, total FROM shop.orders "
+                                     "WHERE status <> 'cancelled'"):
+            orders.setdefault(cid, []).append((at, oid, total, items.get(oid, set())))
+        for o in orders.values():
+            o.sort()
+        return Snapshot(
+            carts, lines, products, upsells, orders,
+            email_of=dict(q("SELECT customer_id, email FROM shop.customers")),
+            consent={(c, ch): st for c, ch, st in q("SELECT customer_id, channel, status FROM shop.consents")},
+            live_push={c for (c,) in q("SELECT customer_id FROM shop.push_subscriptions WHERE revoked_at IS NULL")},
+        )
+
+
+@pytest.fixture(scope="module")
+def upsell_run(shop_db) -> UpsellRun:
+    engine, _planted, anchor = shop_db
+    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
+    push = PushServer(key_lookup=demo_key_lookup(engine, seed=SEED))
+    push.start()
+    try:
+        extra, mutations = plant_extra(engine, anchor)
+        with engine.begin() as conn:
+            # The shop's subscriptions point at a made-up push host; route them to the local one.
+            conn.execute(sa.text("UPDATE shop.push_subscriptions "
+                                 "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
+                         {"origin": push.origin})
+            suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
+                sa.text("SELECT customer_id, channel, reason FROM lifecycle.suppressions"))}
+        before = snapshot(engine)
+        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        intervals = intervals_for(anchor - (FIRST_END + 1) * HOUR, anchor, HOUR)
+        ends = [end for _, end in intervals]
+        results = []
+        t0 = time.perf_counter()
+        with RecordingSMTPServer() as smtp:
+            channels = {
+                "email": lambda: EmailChannel("127.0.0.1", smtp.port),
+                "push": lambda: PushChannel(vapid, "mailto:ops@shop.example.com"),
+            }
+            for start, end in intervals:
+                for m in mutations:
+                    if applied_before(m, ends) == end:
+                        apply_mutation(engine, m)
+                results.append(run_interval(engine, spec, start, end, lambda name: channels[name]()))
+            received = list(smtp.messages)
+        seconds = time.perf_counter() - t0
+    finally:
+        push.stop()
+    return UpsellRun(engine, anchor, extra, mutations, before, intervals, results, [m.message() for m in received],
+                     [m.rcpt_tos for m in received], list(push.received), list(push.rejected), suppressed_before,
+                     seconds)
+
+
+# ----------------------------------------------------------------------------- expected outcome
+
+
+@dataclass
+class Msg:
+    key: str
+    customer_id: int
+    step: str
+    channel: str
+    due_at: datetime
+    planned_for: datetime
+    status: str = "planned"
+    reason: str | None = None
+
+    def row(self) -> tuple:
+        return (self.key, self.step, self.channel, self.status, self.reason, self.due_at, self.planned_for)
+
+
+@dataclass
+class Enr:
+    key: str
+    customer_id: int
+    cart_id: int
+    product_id: int
+    upgrade_id: int
+    entered_at: datetime
+    enrolled_at: datetime
+    context: dict  # what the last selection while active showed
+    status: str = "active"
+    exit_reason: str | None = None
+    exited_at: datetime | None = None
+    conversion: tuple | None = None  # (order_id, revenue)
+    messages: dict[str, Msg] = field(default_factory=dict)
+
+
+@dataclass
+class Expected:
+    enrollments: dict[str, Enr]
+    per_run: list[tuple[datetime, int, int]]  # (run end, selected, quarantined)
+    quarantined_keys: set[str]
+
+    @property
+    def messages(self) -> list[Msg]:
+        return [m for e in self.enrollments.values() for m in e.messages.values()]
+
+
+def derive_expected(run: UpsellRun) -> Expected:
+    s = run.snapshot
+    ends = [end for _, end in run.intervals]
+    carts = {c: dict(v) for c, v in s.carts.items()}
+    lines = {c: dict(v) for c, v in s.lines.items()}
+    pending = sorted(run.mutations, key=lambda m: m.at)
+    suppressed = run.suppressed_before
+
+    def upgrade_of(pid: int, price: Decimal) -> int | None:
+        p = s.products[pid]
+        options = [s.products[q] for q in s.upsells.get(pid, ())
+                   if s.products[q].tier > p.tier and s.products[q].price > price]
+        family = FAMILY.sub("", p.sku)
+        options.sort(key=lambda u: (FAMILY.sub("", u.sku) != family, u.price, u.product_id))
+        return options[0].product_id if options else None
+
+    def added(cart: int, pid: int) -> datetime:
+        return lines[cart][pid][2] or carts[cart]["updated_at"]
+
+    def in_cart_as_of(cart: int, pid: int, as_of: datetime) -> bool:
+        return pid in lines.get(cart, {}) and added(cart, pid) < as_of
+
+    def first_order(cid: int, after: datetime, before: datetime, product: int | None = None):
+        return next((o for o in s.orders.get(cid, ()) if after < o[0] < before and (product is None or product in o[3])),
+                    None)
+
+    def can(cid: int, channel: str) -> bool:
+        if (cid, channel) in suppressed or s.consent.get((cid, channel)) != "opted_in":
+            return False
+        return cid in s.live_push if channel == "push" else bool(VALID_EMAIL.match(s.email_of.get(cid) or ""))
+
+    def send_time(m: Msg) -> None:
+        cid, ch = m.customer_id, m.channel
+        if (cid, ch) in suppressed:
+            m.status, m.reason = "suppressed", f"suppressed: {suppressed[cid, ch]}"
+        elif (cid, ch) not in s.consent:
+            m.status, m.reason = "suppressed", "no consent"
+        elif s.consent[cid, ch] != "opted_in":
+            m.status, m.reason = "suppressed", "consent withdrawn"
+        elif ch == "email" and not VALID_EMAIL.match(s.email_of.get(cid) or ""):
+            m.status, m.reason = "skipped", "invalid address"
+        elif ch == "push" and cid not in s.live_push:
+            m.status, m.reason = "skipped", "no live push subscription"
+        else:
+            m.status = "sent"
+
+    def select(as_of: datetime) -> list[dict]:
+        rows = []
+        for cart, c in carts.items():
+            cid = c["customer_id"]
+            if cid is None:
+                continue
+            visible = {pid: v for pid, v in lines.get(cart, {}).items() if added(cart, pid) < as_of}
+            if not visible:
+                continue
+            last = c["updated_at"] if c["updated_at"] < as_of else max(added(cart, pid) for pid in visible)
+            due = last + WAIT
+            if not (as_of - LOOKBACK < due <= as_of) or first_order(cid, last, as_of):
+                continue
+            eligible = {}
+            for pid, (_, price, _) in visible.items():
+                up = upgrade_of(pid, price)
+                if up is not None and up not in visible:
+                    eligible[pid] = up
+            enrolled = {e.product_id for e in enrollments.values() if e.cart_id == cart}
+            if enrolled:
+                picks = [pid for pid in enrolled if pid in eligible]
+            else:
+                picks = sorted(eligible, key=lambda p: (-added(cart, p).timestamp(), -visible[p][1], p))[:1]
+            for pid in picks:
+                qty, price, _ = visible[pid]
+                up = eligible[pid]
+                rows.append({"key": f"{cart}:{pid}", "customer_id": cid, "cart_id": cart, "product_id": pid,
+                             "upgrade_id": up, "due": due,
+                             "context": {"cart_updated_at": last, "upsell_due_at": due, "quantity": qty,
+                                         "price": price, "price_difference": s.products[up].price - price}})
+        return rows
+
+    enrollments: dict[str, Enr] = {}
+    per_run, quarantined = [], set()
+    for as_of in ends:
+        while pending and applied_before(pending[0], ends) == as_of:  # the cart as the run finds it
+            m = pending.pop(0)
+            for pid in m.remove:
+                del lines[m.cart_id][pid]
+            for pid in m.add:
+                lines[m.cart_id][pid] = (1, s.products[pid].price, m.at)
+            carts[m.cart_id]["updated_at"] = m.at
+
+        rows = select(as_of)
+        bad = 0
+        for r in rows:
+            if not VALID_EMAIL.match(s.email_of.get(r["customer_id"]) or ""):
+                bad += 1
+                quarantined.add(r["key"])
+            elif r["key"] not in enrollments:
+                enrollments[r["key"]] = Enr(r["key"], r["customer_id"], r["cart_id"], r["product_id"], r["upgrade_id"],
+                                            r["due"], as_of, r["context"])
+            elif enrollments[r["key"]].status == "active":
+                enrollments[r["key"]].context = r["context"]
+        per_run.append((as_of, len(rows), bad))
+
+        active = [e for e in enrollments.values() if e.status == "active" and e.entered_at <= as_of]
+        for e in active:  # exit rules in header order, first match wins
+            order = first_order(e.customer_id, e.entered_at, as_of, e.upgrade_id)
+            if order:
+                e.status, e.exit_reason, e.exited_at = "converted", "upsell_ordered_upgrade", order[0]
+                e.conversion = (str(order[1]), order[2])
+        for e in active:
+            order = e.status == "active" and first_order(e.customer_id, e.entered_at, as_of)
+            if order:
+                e.status, e.exit_reason, e.exited_at = "exited", "purchased_since_entry", order[0]
+        for e in active:
+            if (e.status == "active" and e.product_id not in lines.get(e.cart_id, {})
+                    and not in_cart_as_of(e.cart_id, e.upgrade_id, as_of)):
+                changed = carts[e.cart_id]["updated_at"]
+                e.status, e.exit_reason = "exited", "upsell_item_removed"
+                e.exited_at = min(changed if changed > e.entered_at else as_of, as_of)
+
+        planned = []
+        for e in enrollments.values():
+            if e.status != "active" or e.entered_at > as_of:
+                continue
+            if "offer" not in e.messages:
+                channel = "email" if not can(e.customer_id, "push") and can(e.customer_id, "email") else "push"
+                m = Msg(e.key, e.customer_id, "offer", channel, e.entered_at, as_of)
+                if e.entered_at + MAX_LATENESS < as_of:
+                    m.status, m.reason = "expired", f"late: due {e.entered_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+                else:
+                    planned.append(m)
+                e.messages["offer"] = m
+            due = e.entered_at + FOLLOW_UP
+            if "follow_up" not in e.messages and due <= as_of:
+                m = Msg(e.key, e.customer_id, "follow_up", "email", due, as_of)
+                if in_cart_as_of(e.cart_id, e.upgrade_id, as_of):
+                    m.status, m.reason = "skipped", "condition met: upsell_upgrade_in_cart"
+                elif due + MAX_LATENESS < as_of:
+                    m.status, m.reason = "expired", f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+                else:
+                    planned.append(m)
+                e.messages["follow_up"] = m
+            if len(e.messages) == 2 and e.entered_at + FOLLOW_UP + COMPLETE_AFTER <= as_of:
+                e.status = "completed"
+        for m in planned:
+            send_time(m)
+    return Expected(enrollments, per_run, quarantined)
+
+
+@pytest.fixture(scope="module")
+def expected(upsell_run) -> Expected:
+    return derive_expected(upsell_run)
+
+
+# ----------------------------------------------------------------------------- what the engine did
+
+
+def message_rows(run: UpsellRun) -> list[tuple]:
+    out = []
+    for key, step, channel, status, reason, due_at, planned_for in run.query(
+        "SELECT e.enrollment_key, m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for "
+        "FROM lifecycle.messages m JOIN lifecycle.enrollments e USING (enrollment_id) "
+        "WHERE m.journey = :journey AND m.mode = 'live'"
+    ):
+        if status == "expired" and reason:
+            reason = reason.split(",")[0]
+        out.append((key, step, channel, status, reason, due_at, planned_for))
+    return out
+
+
+def enrollment_rows(run: UpsellRun) -> dict[str, Any]:
+    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, "
+                     "holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
+    return {r.enrollment_key: r for r in rows}
+
+
+def messages_of(run: UpsellRun, key: str) -> dict[str, tuple]:
+    rows = run.query("SELECT m.step, m.channel, m.status, m.reason, m.planned_for FROM lifecycle.messages m "
+                     "JOIN lifecycle.enrollments e USING (enrollment_id) "
+                     "WHERE m.journey = :journey AND e.enrollment_key = :key", key=key)
+    return {r.step: tuple(r[1:]) for r in rows}
+
+
+def keys_of_cart(run: UpsellRun, cart_id: int) -> list[str]:
+    return sorted(k for k in enrollment_rows(run) if k.split(":")[0] == str(cart_id))
+
+
+def sku(run: UpsellRun, product_id: int) -> str:
+    return run.query("SELECT sku FROM shop.products WHERE product_id = :p", p=product_id)[0][0]
+
+
+def product_id(run: UpsellRun, sku_: str) -> int:
+    return run.query("SELECT product_id FROM shop.products WHERE sku = :s", s=sku_)[0][0]
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+# ----------------------------------------------------------------------------- bulk comparison
+
+
+def test_runs_select_and_quarantine_what_the_rules_pick(upsell_run, expected):
+    assert len(upsell_run.intervals) == FIRST_END + 1
+    statuses = upsell_run.query("SELECT status, count(*) FROM lifecycle.runs WHERE journey = :journey "
+                                "AND mode = 'live' GROUP BY status")
+    assert dict(statuses) == {"ok": len(upsell_run.intervals)}
+    actual = [(end, r["selected"], r["quarantined"]) for (_, end), r in
+              zip(upsell_run.intervals, upsell_run.results, strict=True)]
+    assert_same(actual, expected.per_run, "(run end, rows selected, rows quarantined)")
+    # The demo's planted cart of a customer whose address is 'not-an-email' is quarantined, never enrolled.
+    quarantined = {k for (k,) in upsell_run.query("SELECT DISTINCT enrollment_key FROM lifecycle.quarantine "
+                                                   "WHERE journey = :journey")}
+    assert quarantined == expected.quarantined_keys and quarantined
+    assert not quarantined & set(enrollment_rows(upsell_run))
+
+
+def test_enrollments_and_exits(upsell_run, expected):
+    statuses = Counter((e.status, e.exit_reason) for e in expected.enrollments.values())
+    assert statuses["active", None] > 10 and statuses["converted", "upsell_ordered_upgrade"] >= 2
+    assert statuses["exited", "purchased_since_entry"] >= 1 and statuses["exited", "upsell_item_removed"] == 1
+    actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at, r.holdout)
+              for k, r in enrollment_rows(upsell_run).items()]
+    wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, False)
+              for e in expected.enrollments.values()]
+    assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited, holdout)")
+
+
+def test_context_shows_the_item_its_upgrade_and_the_cart_as_last_seen(upsell_run, expected):
+    actual, wanted = [], []
+    for key, r in enrollment_rows(upsell_run).items():
+        c = r.context
+        actual.append((key, c["product_id"], c["upgrade_product_id"], c["item"]["product_id"],
+                       c["upgrade"]["product_id"], ts(c["cart_updated_at"]), ts(c["upsell_due_at"]),
+                       c["item"]["quantity"], Decimal(str(c["item"]["price"])), Decimal(str(c["upgrade"]["price"])),
+                       Decimal(str(c["price_difference"])), c["url"], c["cart_url"]))
+    for e in expected.enrollments.values():
+        up = upsell_run.snapshot.products[e.upgrade_id]
+        x = e.context
+        wanted.append((e.key, e.product_id, e.upgrade_id, e.product_id, e.upgrade_id, x["cart_updated_at"],
+                       x["upsell_due_at"], x["quantity"], x["price"], up.price, x["price_difference"],
+                       f"{SHOP_URL}/p/{up.sku}", f"{SHOP_URL}/cart/{e.cart_id}"))
+    assert_same(actual, wanted, "context (key, item, upgrade, cart change, due, qty, prices, urls)")
+
+
+def test_conversions(upsell_run, expected):
+    actual = upsell_run.query(
+        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
+        "WHERE c.journey = :journey AND c.mode = 'live'")
+    wanted = [(e.key, e.customer_id, "upsell_ordered_upgrade", *e.conversion, e.exited_at)
+              for e in expected.enrollments.values() if e.status == "converted"]
+    assert_same(actual, wanted, "conversions (key, customer, condition, order, revenue, at)")
+
+
+def test_messages_match_expected(upsell_run, expected):
+    seen = {(m.step, m.channel, m.status) for m in expected.messages}
+    assert {("offer", "email", "sent"), ("offer", "push", "sent"), ("follow_up", "email", "sent"),
+            ("follow_up", "email", "skipped")} <= seen, seen
+    assert_same(message_rows(upsell_run), [m.row() for m in expected.messages],
+                "messages (key, step, channel, status, reason, due, run)")
+
+
+def test_servers_received_exactly_the_sent_messages(upsell_run, expected):
+    sent = [m for m in expected.messages if m.status == "sent"]
+    email_of = upsell_run.snapshot.email_of
+    assert_same([(m["To"], m["X-Lifecycle-Step"]) for m in upsell_run.emails],
+                [(email_of[m.customer_id], m.step) for m in sent if m.channel == "email"],
+                "(To, step) received by the SMTP server")
+    assert all(r == [m["To"]] for r, m in zip(upsell_run.rcpt_tos, upsell_run.emails, strict=True))
+    assert all(m["X-Lifecycle-Journey"] == JOURNEY and m["List-Unsubscribe-Post"] for m in upsell_run.emails)
+    token_of = {endpoint.rsplit("/", 1)[1]: cid for endpoint, cid in
+                upsell_run.query("SELECT endpoint, customer_id FROM shop.push_subscriptions")}
+    assert not upsell_run.push_rejected
+    assert_same([token_of[p.token] for p in upsell_run.pushes],
+                [m.customer_id for m in sent if m.channel == "push"], "customers the push service received for")
+
+
+def test_runtime(upsell_run):
+    assert upsell_run.seconds < 90, f"{upsell_run.seconds:.1f}s"
+
+
+# ----------------------------------------------------------------------------- planted cases
+
+
+def case_key(case) -> str:
+    return f"{case.cart_id}:{case.product_id}"
+
+
+def at(run: UpsellRun, hours: float, minutes: int = 0) -> datetime:
+    return run.anchor - timedelta(hours=hours, minutes=minutes)
+
+
+def test_email_case_gets_both_products_with_prices(upsell_run, shop_db):
+    case = shop_db[1]["upsell_email"]
+    key = case_key(case)
+    assert messages_of(upsell_run, key) == {"offer": ("email", "sent", None, at(upsell_run, 31)),
+                                            "follow_up": ("email", "sent", None, at(upsell_run, 7))}
+    e = enrollment_rows(upsell_run)[key]
+    assert e.entered_at == at(upsell_run, 31, 15) and e.status == "active"
+    assert e.context["upgrade"]["product_id"] == product_id(upsell_run, "CLO-01-T2")
+    products = {sku_: upsell_run.query("SELECT name, image_url, price FROM shop.products WHERE sku = :s", s=sku_)[0]
+                for sku_ in ("CLO-01-T1", "CLO-01-T2")}
+    (offer,) = [m for m in upsell_run.emails if m["To"] == case.email and m["X-Lifecycle-Step"] == "offer"]
+    text, body = text_and_html(offer)
+    for name, image_url, price in products.values():
+        assert name in text and html.escape(name) in body and f'src="{image_url}"' in body
+        assert money(price) in text and html.escape(money(price)) in body
+    difference = money(products["CLO-01-T2"][2] - products["CLO-01-T1"][2])
+    assert difference in text and products["CLO-01-T1"][0] in offer["Subject"]
+    assert offer["List-Unsubscribe"] and offer["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    steps = [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email]
+    assert steps == ["offer", "follow_up"]
+
+
+def test_push_case_gets_the_upgrade_by_push_then_the_follow_up_by_email(upsell_run, shop_db):
+    planted = shop_db[1]
+    case = planted["upsell_push"]
+    assert messages_of(upsell_run, case_key(case)) == {"offer": ("push", "sent", None, at(upsell_run, 31)),
+                                                       "follow_up": ("email", "sent", None, at(upsell_run, 7))}
+    tokens = {endpoint.rsplit("/", 1)[1] for (endpoint,) in upsell_run.query(
+        "SELECT endpoint FROM shop.push_subscriptions WHERE customer_id = :c", c=case.customer_id)}
+    (push,) = [p for p in upsell_run.pushes if p.token in tokens]
+    item, upgrade = (upsell_run.query("SELECT name, price FROM shop.products WHERE sku = :s", s=s)[0]
+                     for s in ("VIT-01-T1", "VIT-01-T2"))
+    assert push.payload["url"] == f"{SHOP_URL}/p/VIT-01-T2"
+    assert item.name in push.payload["title"]
+    assert upgrade.name in push.payload["body"] and money(upgrade.price) in push.payload["body"]
+    assert money(item.price) in push.payload["body"]
+    assert push.headers["ttl"] == str(12 * 3600)
+    assert [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email] == ["follow_up"]
+    # A live subscription without push consent: email.
+    other = planted["upsell_push_without_consent"]
+    assert messages_of(upsell_run, case_key(other))["offer"] == ("email", "sent", None, at(upsell_run, 30))
+
+
+def test_ordering_the_upgrade_converts_with_the_orders_total(upsell_run, shop_db):
+    case = shop_db[1]["upsell_ordered_upgrade"]
+    e = enrollment_rows(upsell_run)[case_key(case)]
+    assert (e.status, e.exit_reason, e.exited_at) == ("converted", "upsell_ordered_upgrade", at(upsell_run, 26))
+    (order_id,) = case.order_ids
+    total = upsell_run.query("SELECT total FROM shop.orders WHERE order_id = :o", o=order_id)[0][0]
+    conversion = upsell_run.query("SELECT c.order_id, c.revenue FROM lifecycle.conversions c "
+                                  "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE e.enrollment_key = :k",
+                                  k=case_key(case))
+    assert conversion == [(str(order_id), total)] and total > 0
+    assert set(messages_of(upsell_run, case_key(case))) == {"offer"}
+
+
+def test_any_other_order_exits_and_a_cancelled_one_does_not(upsell_run, shop_db):
+    planted = shop_db[1]
+    other = planted["upsell_ordered_other"]
+    e = enrollment_rows(upsell_run)[case_key(other)]
+    assert (e.status, e.exit_reason, e.exited_at) == ("exited", "purchased_since_entry", at(upsell_run, 20))
+    assert set(messages_of(upsell_run, case_key(other))) == {"offer"}
+    assert not upsell_run.query("SELECT 1 FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
+                                "USING (enrollment_id) WHERE e.enrollment_key = :k", k=case_key(other))
+    cancelled = planted["upsell_cancelled_order"]
+    assert enrollment_rows(upsell_run)[case_key(cancelled)].status == "active"
+    assert messages_of(upsell_run, case_key(cancelled))["follow_up"] == ("email", "sent", None, at(upsell_run, 5))
+
+
+def test_carts_that_never_enter(upsell_run, shop_db):
+    planted = shop_db[1]
+    customers = {r.customer_id for r in enrollment_rows(upsell_run).values()}
+    for name in ("upsell_top_tier", "upsell_ordered_within_wait"):
+        assert planted[name].customer_id not in customers, name
+        assert not [m for m in upsell_run.emails if m["To"] == planted[name].email]
+
+
+def test_one_item_per_cart(upsell_run, shop_db):
+    planted = shop_db[1]
+    two = planted["upsell_two_items"]  # the capsules were added last
+    assert keys_of_cart(upsell_run, two.cart_id) == [f"{two.cart_id}:{product_id(upsell_run, 'COF-01-T1')}"]
+    assert messages_of(upsell_run, case_key(two))["offer"][-1] == at(upsell_run, 27)
+    has_upgrade = planted["upsell_upgrade_already_in_cart"]  # the 30 pack's upgrade is the 90 pack in the cart
+    assert keys_of_cart(upsell_run, has_upgrade.cart_id) == [case_key(has_upgrade)]
+    assert has_upgrade.product_id == product_id(upsell_run, "VIT-02-T2")
+    context = enrollment_rows(upsell_run)[case_key(has_upgrade)].context
+    assert context["upgrade"]["sku"] == "VIT-02-T3"
+
+
+def test_a_cart_changed_after_the_upsell_keeps_its_enrollment(upsell_run, shop_db):
+    case = shop_db[1]["upsell_cart_changed_after"]
+    assert keys_of_cart(upsell_run, case.cart_id) == [case_key(case)]  # no upsell for the earrings
+    e = enrollment_rows(upsell_run)[case_key(case)]
+    assert e.entered_at == at(upsell_run, 28, 10)  # the clock did not move ...
+    assert ts(e.context["cart_updated_at"]) == at(upsell_run, 20)  # ... the context did
+    assert messages_of(upsell_run, case_key(case)) == {"offer": ("email", "sent", None, at(upsell_run, 28)),
+                                                       "follow_up": ("email", "sent", None, at(upsell_run, 4))}
+
+
+def test_upgrade_in_the_cart_skips_the_follow_up(upsell_run, shop_db):
+    case = shop_db[1]["upsell_upgrade_added"]
+    assert messages_of(upsell_run, case_key(case))["follow_up"] == (
+        "email", "skipped", "condition met: upsell_upgrade_in_cart", at(upsell_run, 3))
+    assert [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email] == ["offer"]
+
+
+def test_due_at_or_after_the_run_end(upsell_run, shop_db):
+    planted = shop_db[1]
+    on_the_hour = planted["upsell_due_on_the_hour"]
+    assert messages_of(upsell_run, case_key(on_the_hour))["offer"][-1] == at(upsell_run, 5)
+    assert enrollment_rows(upsell_run)[case_key(on_the_hour)].entered_at == at(upsell_run, 5)
+    late = planted["upsell_changed_just_before_a_run"]
+    assert messages_of(upsell_run, case_key(late))["offer"][-1] == at(upsell_run, 2)
+    assert enrollment_rows(upsell_run)[case_key(late)].entered_at == at(upsell_run, 2, 55)
+
+
+def test_item_taken_out_exits_and_never_comes_back(upsell_run):
+    case = upsell_run.extra["removed_then_readded"]
+    e = enrollment_rows(upsell_run)[case.key]
+    assert (e.status, e.exit_reason, e.exited_at) == ("exited", "upsell_item_removed", case.details["removed"])
+    assert set(messages_of(upsell_run, case.key)) == {"offer"}
+    assert keys_of_cart(upsell_run, case.cart_id) == [case.key]  # the pet food is never upsold
+    assert [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email] == ["offer"]
+
+
+def test_swap_to_the_upgrade_skips_the_follow_up_and_its_order_converts(upsell_run):
+    case = upsell_run.extra["swapped_then_ordered"]
+    e = enrollment_rows(upsell_run)[case.key]
+    assert (e.status, e.exit_reason, e.exited_at) == ("converted", "upsell_ordered_upgrade", case.details["ordered"])
+    assert messages_of(upsell_run, case.key)["follow_up"][:3] == (
+        "email", "skipped", "condition met: upsell_upgrade_in_cart")
+    assert upsell_run.query("SELECT c.order_id FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
+                            "USING (enrollment_id) WHERE e.enrollment_key = :k", k=case.key) == [(str(case.order_id),)]
