@@ -500,6 +500,9 @@ def test_transactional_sends_have_their_own_pool(shop_db, spec):
     assert "transactional" in dag.tags
 
 
-def test_runtime(run):
-    print(f"\n{len(run.intervals)} runs in {run.seconds:.1f} s")
+def test_runtime(run, expected):
+    statuses = [n.status for n in expected.notices.values()]
+    print(f"\n{len(run.intervals)} runs in {run.seconds:.1f} s: {len(statuses)} notices "
+          f"({statuses.count('sent')} sent), {len(run.emails)} emails received, "
+          f"{sum(map(len, expected.quarantined.values()))} quarantined rows")
     assert run.seconds < 60, run.seconds
