@@ -15,7 +15,11 @@ from conftest import reset_lifecycle
 from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR
 from lifecycle.warehouse import airflow_conn_json
 
-JOURNEYS = {"cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday", "birthday_ask"}
+JOURNEYS = {
+    "cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday", "birthday_ask", "welcome",
+    "upsell", "cross_sell", "seasonal_offer", "replenishment", "referral", "order_notifications",
+    "product_recommendations", "behaviour_discount", "just_because",
+}
 DISPATCH = "lifecycle_dispatch"
 
 
@@ -33,14 +37,19 @@ def test_every_dag_file_imports_without_errors_and_without_touching_the_network(
     assert bag.import_errors == {}
     assert set(bag.dags) == JOURNEYS | {DISPATCH}
     assert time.perf_counter() - started < 5
-    assert {t.task_id for t in bag.dags[DISPATCH].tasks} == {
-        "collect", "batches_email", "send_email", "batches_sms", "send_sms", "batches_push", "send_push"}
+    dispatch = bag.dags[DISPATCH]
+    assert {t.task_id for t in dispatch.tasks} == {
+        "collect", "batches_email", "send_email", "batches_sms", "send_sms", "batches_push", "send_push",
+        "batches_transactional_email", "send_transactional_email"}
+    # left-behind order confirmations never queue behind marketing sends
+    assert dispatch.get_task("send_transactional_email").pool == "lifecycle_transactional"
+    assert dispatch.get_task("send_email").pool == "lifecycle_email"
     for dag_id in JOURNEYS:
         dag = bag.dags[dag_id]
         assert type(dag.timetable).__name__ == "CronDataIntervalTimetable", dag_id
         assert {"dry_run", "approve_volume"} <= set(dag.params.keys())
         send = dag.get_task("send_email")
-        assert send.pool == "lifecycle_email"
+        assert send.pool == ("lifecycle_transactional" if dag_id == "order_notifications" else "lifecycle_email")
         assert [t.task_id for t in dag.topological_sort()][:6] == [
             "start_run", "stage_segment", "validate", "enroll", "evaluate_exits", "plan_messages"]
     assert bag.dags["cart_abandonment"].timetable.expression == "0 * * * *"

@@ -33,8 +33,11 @@ def test_shipped_segment_files_load():
     specs, errors = load_all()
     assert errors == []
     by_name = {s.journey: s for s in specs}
-    assert set(by_name) == {"cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday",
-                            "birthday_ask"}
+    assert set(by_name) == {
+        "cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday", "birthday_ask", "welcome",
+        "upsell", "cross_sell", "seasonal_offer", "replenishment", "referral", "order_notifications",
+        "product_recommendations", "behaviour_discount", "just_because",
+    }
     cart = by_name["cart_abandonment"]
     assert cart.schedule == "hourly" and cart.entry_key == "cart_id" and cart.entered_at == "cart_updated_at"
     assert [(s.name, s.after) for s in cart.steps] == [
@@ -116,5 +119,5 @@ def test_linter_explains_the_sql_on_a_warehouse(tmp_path, shop_db, capsys):
 def test_linter_runs_as_a_command_without_airflow():
     result = subprocess.run([sys.executable, "-m", "lifecycle.cli", "lint"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 ok, 0 broken" in result.stdout
+    assert "16 ok, 0 broken" in result.stdout
     assert "airflow" not in result.stderr.lower()

@@ -48,15 +48,16 @@ def channel_factory(name: str):
     raise ValueError(f"unknown channel {name!r}")
 
 
-def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec]):
-    """`batches_<channel>` picks that channel's descriptors from the plan (Airflow cannot map
-    over one key of a dict), then `send_<channel>` is mapped over them in the channel's pool."""
+def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec], key: str | None = None):
+    """`batches_<key>` picks that channel's descriptors from the plan (Airflow cannot map over
+    one key of a dict), then `send_<key>` is mapped over them in the channel's pool."""
+    key = key or channel
 
-    @task(task_id=f"batches_{channel}")
+    @task(task_id=f"batches_{key}")
     def pick(plan: dict) -> list[dict]:
-        return plan.get(channel, [])
+        return plan.get(key, [])
 
-    return make_send_task(channel, kind, specs).expand(batch=pick(planned))
+    return make_send_task(channel, kind, specs, key).expand(batch=pick(planned))
 
 
 def sender_clock(as_of: str):
@@ -71,10 +72,10 @@ def sender_clock(as_of: str):
     return lambda: datetime.now(UTC)
 
 
-def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec]):
+def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: str | None = None):
     """A task that delivers one batch of `channel` messages (mapped over batch descriptors)."""
 
-    @task(task_id=f"send_{channel}", pool=pool_for(kind, channel), retry_delay=timedelta(seconds=30),
+    @task(task_id=f"send_{key or channel}", pool=pool_for(kind, channel), retry_delay=timedelta(seconds=30),
           max_active_tis_per_dagrun=4)
     def send(batch: dict) -> dict:
         from lifecycle.send import send_batch
@@ -282,7 +283,10 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
     """Hourly: send messages that were waiting (an SMS held for the recipient's daytime, a
     fallback) or that a run left behind, whatever the journey's own schedule."""
     by_journey = {s.journey: s for s in specs}
-    channels = sorted({c for s in specs for c in s.channels})
+    channels = sorted({c for s in specs if s.kind == "marketing" for c in s.channels})
+    # Transactional messages have their own send tasks in their own pool: an order confirmation
+    # left behind never queues behind a marketing backlog.
+    transactional = sorted({c for s in specs if s.kind == "transactional" for c in s.channels})
 
     @dag(
         dag_id=DISPATCH_DAG_ID,
@@ -300,16 +304,22 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
             from lifecycle.plan import assign_batches, by_channel
 
             ctx = get_current_context()
-            batches = []
+            batches = {"marketing": [], "transactional": []}
             for journey in sorted(by_journey):
                 run = _dispatch_context(journey, ctx)
                 now = sender_clock(run.as_of.isoformat())()
-                batches += assign_batches(_engine(), by_journey[journey], run, only_waiting=True, now=now)
-            return by_channel(batches, channels)
+                batches[by_journey[journey].kind] += assign_batches(
+                    _engine(), by_journey[journey], run, only_waiting=True, now=now)
+            waiting = by_channel(batches["marketing"], channels)
+            for channel, found in by_channel(batches["transactional"], transactional).items():
+                waiting[f"transactional_{channel}"] = found
+            return waiting
 
         waiting = collect()
         for channel in channels:
             fan_out(waiting, channel, "marketing", by_journey)
+        for channel in transactional:
+            fan_out(waiting, channel, "transactional", by_journey, key=f"transactional_{channel}")
 
     return dispatch()
 

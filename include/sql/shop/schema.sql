@@ -136,3 +136,6 @@ CREATE INDEX IF NOT EXISTS carts_updated ON shop.carts (updated_at);
 CREATE INDEX IF NOT EXISTS page_views_customer_time ON shop.page_views (customer_id, viewed_at);
 CREATE INDEX IF NOT EXISTS reviews_order ON shop.reviews (order_id);
 CREATE INDEX IF NOT EXISTS orders_delivered ON shop.orders (delivered_at);
+CREATE INDEX IF NOT EXISTS orders_time ON shop.orders (ordered_at);        -- new orders (confirmations)
+CREATE INDEX IF NOT EXISTS orders_shipped ON shop.orders (shipped_at);     -- shipping notices
+CREATE INDEX IF NOT EXISTS orders_coupon ON shop.orders (coupon_code) WHERE coupon_code IS NOT NULL;  -- redemptions
