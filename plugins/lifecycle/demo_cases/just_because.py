@@ -1,14 +1,16 @@
 """Planted cases of the just_because journey (include/sql/segments/just_because.sql).
 
 A customer's surprise day in year Y is 1 January + floor(h * days_in_Y / 2^32), with h the
-first 32 bits of md5(customer id). The demo's daily runs end at A-2d, A-1d and A (midnight
-UTC), so a customer in Berlin is reached when their day is one of those three dates, and a
-customer in the Americas (where midnight UTC is the previous evening) one day later.
-
-The day depends only on the customer id, and ids are handed out in planting order, so a case
-here cannot choose its day: before each case, ids whose day misses the demo's dates are
-skipped (never used by any row; `created_at` stays indexed by id). The gap costs nothing and
-makes every case fire in the demo, whatever day it is run.
+first 32 bits of md5(customer id): it depends on the id alone, and planted ids must not depend
+on the anchor (`demo_shop.planted_cases()` gives readers of a shop the same ids). So these
+cases cannot follow the demo's window; they sit on fixed days instead: before each case, ids
+whose day (on 2026's calendar) misses CASE_DAYS are skipped (never used by any row;
+`created_at` stays indexed by id). The cases fire when the daily runs reach 18-20 November
+(in Berlin: the runs ending 18-20 November at midnight UTC; in the Americas, where midnight UTC
+is the previous evening, the case is a day earlier and fires on the next run), every year;
+tests/journeys/test_just_because.py runs those days. In a demo on other dates the journey
+fires for the random customers whose day it is (about 1 in 365 of those with an order and
+email consent, per day).
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ def _skip_ids_until(shop, dates: set[date]) -> int:
     raise AssertionError("unreachable: the id counter is endless")
 
 
+CASE_DAYS = {date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)}  # Berlin: runs ending on these days
+AMERICAS_DAYS = {date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)}  # the Americas: runs a day later
+
+
 def plant(shop) -> list[PlantedCase]:
     cases: list[PlantedCase] = []
-    anchor = shop.anchor.date()
-    east = {anchor - timedelta(days=n) for n in (2, 1, 0)}  # local dates of the demo's runs in Berlin
-    west = {anchor - timedelta(days=n) for n in (3, 2, 1)}  # ... and in the Americas
+    east, west = CASE_DAYS, AMERICAS_DAYS
 
     def customer(name: str, country: str = "DE", dates: set[date] = east, **kwargs):
         customer_id = _skip_ids_until(shop, dates)
@@ -50,36 +54,35 @@ def plant(shop) -> list[PlantedCase]:
         return c
 
     def case(name: str, description: str, c, orders=()) -> None:
-        day = next(surprise_date(c.customer_id, y) for y in (anchor.year - 1, anchor.year)
-                   if surprise_date(c.customer_id, y) in east | west)
+        day = surprise_date(c.customer_id, 2026)
         cases.append(PlantedCase(name, description, c.customer_id, c.email,
                                  order_ids=tuple(o.order_id for o in orders), details=(("surprise_date", day),)))
 
     c = customer("just_because_surprise")
     order = shop.delivered_order(c, -60 * DAY, shop.items("CLO-01-T1"))
-    case("just_because_surprise", "Berlin, one order (A-63d), email consent, surprise day in the demo: enrolled by "
-         "the run ending on that day, email with a 15% code", c, [order])
+    case("just_because_surprise", "Berlin, one order (A-63d), email consent, surprise day 18-20 November: enrolled "
+         "by the run ending on that day, email with a 15% code", c, [order])
 
     c = customer("just_because_americas", "US", west)
     order = shop.delivered_order(c, -100 * DAY, shop.items("COS-01-T1"))
-    case("just_because_americas", "a US time zone, one order, surprise day in the demo: enrolled by the run ending "
+    case("just_because_americas", "a US time zone, one order, surprise day 17-19 November: enrolled by the run ending "
          "the day after (midnight UTC is the evening before there)", c, [order])
 
     c = customer("just_because_no_consent", consent=None)
     order = shop.delivered_order(c, -60 * DAY, shop.items("CLO-01-T1"))
-    case("just_because_no_consent", "Berlin, one order, surprise day in the demo, no email consent: never selected",
+    case("just_because_no_consent", "Berlin, one order, surprise day 18-20 November, no email consent: never selected",
          c, [order])
 
     c = customer("just_because_opted_out", consent="opted_out")
     order = shop.delivered_order(c, -60 * DAY, shop.items("CLO-01-T1"))
-    case("just_because_opted_out", "Berlin, one order, surprise day in the demo, email consent withdrawn at A-1d: "
+    case("just_because_opted_out", "Berlin, one order, surprise day 18-20 November, email consent withdrawn at A-1d: "
          "never selected", c, [order])
 
     c = customer("just_because_no_order")
-    case("just_because_no_order", "Berlin, email consent, surprise day in the demo, never ordered: never selected", c)
+    case("just_because_no_order", "Berlin, email consent, surprise day 18-20 November, never ordered: never selected", c)
 
     c = customer("just_because_cancelled_only")
     order = shop.add_order(c, -30 * DAY, shop.items("CLO-01-T1"), ("cancelled", None, None))
-    case("just_because_cancelled_only", "Berlin, email consent, surprise day in the demo, only a cancelled order: "
+    case("just_because_cancelled_only", "Berlin, email consent, surprise day 18-20 November, only a cancelled order: "
          "never selected", c, [order])
     return cases

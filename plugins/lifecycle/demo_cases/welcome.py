@@ -51,10 +51,12 @@ def plant(shop) -> list[PlantedCase]:
          "interval): welcomed then, by the run ending A-1d-2h, not at sign-up", c,
          welcome_at=-DAY - 2 * HOUR - 30 * MINUTE)
 
-    c = customer("welcome_subscribed_before_signup", -2 * DAY + 30 * MINUTE, given=-41 * DAY, confirmed=-40 * DAY,
-                 source="newsletter_form")
+    # The subscription confirmed long ago is attached to the account when it is opened (updated_at).
+    created = -2 * DAY + 30 * MINUTE
+    c = customer("welcome_subscribed_before_signup", created, given=-41 * DAY, confirmed=-40 * DAY,
+                 source="newsletter_form", updated=created)
     case("welcome_subscribed_before_signup", "newsletter subscriber (double opt-in A-40d) who opened an account at "
-         "A-2d+30m: welcomed at sign-up, by the run ending A-2d+1h", c, welcome_at=-2 * DAY + 30 * MINUTE)
+         "A-2d+30m: welcomed at sign-up, by the run ending A-2d+1h", c, welcome_at=created)
 
     c = customer("welcome_confirmed_too_late", -20 * DAY, confirmed=-DAY - 5 * HOUR, source="newsletter_form")
     case("welcome_confirmed_too_late", "account opened A-20d, double opt-in only at A-1d-5h (19 days later, beyond "
