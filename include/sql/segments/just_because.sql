@@ -33,7 +33,7 @@ exit:
 -- date, the next range holds it. The key's year is the year of that day: a customer selected
 -- twice for the same year (their time zone moved west after their day) is enrolled once.
 -- Customers qualify with an account, a non-cancelled order and an opted-in email consent, all
--- as of the run.
+-- as of the run; one who qualifies only after their day waits for next year's.
 WITH zones AS (
     SELECT name FROM pg_timezone_names
 ), eligible AS (
