@@ -384,6 +384,7 @@ class _Shop:
                     ("customer", "order", "cart", "view", "review", "referral", "subscription")}
         self.created_at = array("q", [0])  # customer_id -> created offset, for referrals
         self.first_random_customer = 0  # set once the planted customers exist
+        self.customer_rows = 0  # customers written (ids a planter skipped are not rows)
 
     # ---- primitives
 
@@ -431,6 +432,7 @@ class _Shop:
                      self.rng.choice(country.timezones), country.locale,
                      birthday.isoformat() if birthday else None, self.ts(created))
         self.created_at.append(created)
+        self.customer_rows += 1
         return _Customer(customer_id, country, created, email, self.token(8), self.rng.choice(self.categories), None)
 
     def email(self, customer_id: int, first: str, last: str) -> str:
@@ -836,12 +838,13 @@ def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int 
         _refuse_non_empty(cursor)
         shop.load_catalogue()
         planted = shop.plant()
-        if customers < len(planted):
-            raise ValueError(f"customers={customers} is fewer than the {len(planted)} planted customers")
+        made = shop.customer_rows  # planted customers (a case may plant more than one, e.g. a referred friend)
+        if customers < made:
+            raise ValueError(f"customers={customers} is fewer than the {made} planted customers")
         foreign_keys = _drop_foreign_keys(cursor)
         copier = _BackgroundCopy(cursor)
         try:
-            for number in range(len(planted), customers):
+            for number in range(made, customers):
                 shop.simulate_customer()
                 if number % _CHUNK == 0:
                     copier.submit(shop.out.take())

@@ -62,7 +62,8 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
 def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
     """Put the `enrollments` CTE in front of a condition (merging with its own WITH)."""
     cte = f"enrollments AS ({enrollments_select})"
-    match = re.match(r"(?is)^\s*with(\s+recursive)?\s", condition)
+    # leading comments (the analyst's explanation) may come before the WITH
+    match = re.match(r"(?is)^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*with(\s+recursive)?\s", condition)
     if match:
         return f"WITH{match.group(1) or ''} {cte}, {condition[match.end():]}"
     return f"WITH {cte} {condition}"
