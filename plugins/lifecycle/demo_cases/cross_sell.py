@@ -89,4 +89,12 @@ def plant(shop) -> list[PlantedCase]:
     case("cross_sell_reordered_before_email", "a kettle at A-2d-20h and a T-shirt (not a suggestion) at A-2d-14h, "
          "both before the run at A-2d: the kettle order exits before its thank-you; the T-shirt order gets one "
          "(due A-1d-14h)", c, [first, again])
+
+    c = shop.planted_customer("cross_sell_converted_before_email", "FR")
+    first = order(c, -2 * DAY - 20 * HOUR, "COS-01-T3")
+    again = order(c, -2 * DAY - 10 * HOUR, "JEW-01-T3")
+    case("cross_sell_converted_before_email", "a face cream at A-2d-20h, then the Signature necklace it suggests at "
+         "A-2d-10h, both before the run at A-2d: the first order converts at once (a later purchase does not "
+         "remove a suggestion), no email for it; the necklace order gets its own thank-you",
+         c, [first, again], "JEW-01-T3")
     return cases
