@@ -125,15 +125,14 @@ class Rules:
         self.orders = sorted((o for o in orders.values() if o.status != "cancelled"),
                              key=lambda o: (o.ordered_at, o.order_id))
         self.picks: dict[str, list[tuple[int, int]]] = {}  # key -> [(product_id, score)] as enrolled
-        self.unranked: dict[tuple[str, datetime], list[tuple[int, int]]] = {}  # every candidate, for the case tests
         self.enrolled: set[str] = set()
         self.ties = 0  # candidate lists whose top MAX_PICKS + 1 hold two equal scores
 
-    def pairs(self, as_of: datetime) -> Counter:
-        """(product, other product) -> orders in [as_of - PAIRS, as_of) holding both."""
+    def pairs(self, as_of: datetime, window: timedelta = PAIRS) -> Counter:
+        """(product, other product) -> non-cancelled orders in [as_of - window, as_of) holding both."""
         counts: Counter = Counter()
         for o in self.orders:
-            if as_of - PAIRS <= o.ordered_at < as_of:
+            if as_of - window <= o.ordered_at < as_of:
                 products = self.products_of[o.order_id]
                 counts.update((a, b) for a in products for b in products if a != b)
         return counts
@@ -167,7 +166,6 @@ class Rules:
     def select(self, interval_start: datetime, as_of: datetime):
         for customer_id, ranked in self.recommend(as_of).items():
             key = iso_week_key(customer_id, as_of)
-            self.unranked[key, as_of] = ranked
             if key in self.enrolled:
                 continue  # already enrolled this ISO week: left alone
             top = [score for _, score in ranked[: MAX_PICKS + 1]]
@@ -425,18 +423,9 @@ def test_co_purchased_counts_the_orders_holding_both(run, rules):
     for as_of, days in ((ENDS[1], 90), (ENDS[1], 30), (ANCHOR - 60 * DAY, 90)):
         rows = run.query("SELECT product_id, other_product_id, orders_together FROM lifecycle.co_purchased(:a, :d)",
                          a=as_of, d=days)
-        wanted = dict(pairs_over(rules, as_of, days * DAY))
+        wanted = dict(rules.pairs(as_of, days * DAY))
         assert {(a, b): n for a, b, n in rows} == wanted
         assert all(wanted[b, a] == n for (a, b), n in wanted.items())
-
-
-def pairs_over(rules: Rules, as_of: datetime, window: timedelta) -> Counter:
-    counts: Counter = Counter()
-    for o in rules.orders:
-        if as_of - window <= o.ordered_at < as_of:
-            products = rules.products_of[o.order_id]
-            counts.update((a, b) for a in products for b in products if a != b)
-    return counts
 
 
 def test_recommend_for_replays_any_as_of_and_takes_a_customer_list(run, rules):
