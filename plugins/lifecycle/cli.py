@@ -172,18 +172,21 @@ def prepare_airflow(env: dict[str, str], quiet: bool = True) -> None:
         Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
 
 
-def interval_ends(schedule: str, start: datetime, end: datetime) -> list[datetime]:
-    period, ends, t = PERIODS[schedule], [], start + PERIODS[schedule]
-    while t <= end:
-        ends.append(t)
-        t += period
-    return ends
+def interval_ends(cron: str, start: datetime, end: datetime) -> list[datetime]:
+    """The schedule's interval ends in (start, end]; a schedule with none there (a weekly
+    journey in a 3-day window) gets its latest one before `end`, so every journey runs."""
+    from croniter import croniter
+
+    ticks, it = [], croniter(cron, start)
+    while (t := it.get_next(datetime)) <= end:
+        ticks.append(t)
+    return ticks or [croniter(cron, end + timedelta(seconds=1)).get_prev(datetime).replace(fold=0)]
 
 
 def plan_workers(specs: dict, start: datetime, end: datetime, workers: int) -> list[list[str]]:
     """Split the journeys over `workers` groups with about the same number of runs each
     (longest first, each to the lightest group): hourly journeys dominate."""
-    runs = {j: len(interval_ends(s.schedule, start, end)) for j, s in specs.items()}
+    runs = {j: len(interval_ends(s.cron, start, end)) for j, s in specs.items()}
     groups: list[list[str]] = [[] for _ in range(max(1, min(workers, len(runs))))]
     load = [0] * len(groups)
     for journey in sorted(runs, key=lambda j: (-runs[j], j)):
@@ -230,7 +233,7 @@ def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
     specs = {s.journey: s for s in load_all()[0]}
     dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
     for journey in journeys:
-        ends = interval_ends(specs[journey].schedule, start, end)
+        ends = interval_ends(specs[journey].cron, start, end)
         t0, failed = time.perf_counter(), 0
         for interval_end in ends:
             run = dags[journey].test(logical_date=interval_end)
