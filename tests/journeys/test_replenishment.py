@@ -268,7 +268,7 @@ def test_smtp_received_exactly_the_sent_reminders(run, expected):
 
 def test_conversions_are_reorders_after_the_reminder(run, expected):
     converted = [e for e in expected.enrollments.values() if e.status == "converted"]
-    assert len(converted) >= 2  # the planted one and at least one random customer
+    assert converted  # at least the planted reorder-after-reminder (random customers may add more)
     for e in converted:  # a reorder only converts after the reminder was recorded
         assert e.messages["reminder"].planned_for <= e.conversion.occurred_at
     check_conversions(run, expected)
