@@ -50,6 +50,7 @@ TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
+    "one_active_per_customer",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
@@ -137,6 +138,9 @@ class JourneySpec:
     audience_id: str | None = None  # Meta custom audience kept in step with active members
     refresh_clock: bool = False  # a later entered_at from a later run moves an active enrollment's clock
     offers: tuple = ()  # lifecycle.offers.Offer: holiday-dated offers, bound to the SQL as :offers
+    # A customer is in the journey at most once at a time: a row that would open a second active
+    # enrollment is quarantined. False for journeys whose entries are per cart, order or session.
+    one_active_per_customer: bool = True
 
     @property
     def channels(self) -> set[str]:
@@ -317,6 +321,9 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
     refresh_clock = h.get("refresh_clock", False)
     if not isinstance(refresh_clock, bool):
         c.add(f"refresh_clock: must be true or false, got {refresh_clock!r}")
+    one_active = h.get("one_active_per_customer", True)
+    if not isinstance(one_active, bool):
+        c.add(f"one_active_per_customer: must be true or false, got {one_active!r}")
     offers = ()
     if "offers" in h:  # seasonal offers, dated by the holidays package (imported only here)
         from lifecycle.offers import parse_offers
@@ -352,6 +359,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
         audience_id=audience_id,
         refresh_clock=refresh_clock,
         offers=offers,
+        one_active_per_customer=one_active,
     )
 
 

@@ -419,7 +419,7 @@ def test_what_the_smtp_server_received(referral_run, expected):
 
 
 def test_running_an_interval_again_changes_nothing(referral_run):
-    assert referral_run.rerun["enrolled"] == {"entered": 0, "refreshed": 0}
+    assert referral_run.rerun["enrolled"] == {"entered": 0, "refreshed": 0, "quarantined": 0}
     assert referral_run.rerun_emails == 0
     with referral_run.engine.connect() as conn:
         after = {name: conn.execute(sa.text(sql), {"journey": JOURNEY}).all() for name, sql in SNAPSHOT.items()}

@@ -9,6 +9,7 @@ description: >
   cooldown_days. Redeeming the code on an order that contains the product converts.
 schedule: hourly
 entry_key: behaviour_key        # customer + product + the qualifying view's UTC date
+one_active_per_customer: false  # a customer may have several viewed products in the journey at once
 entered_at: behaviour_clock     # the view that made it min_views views within window_days
 max_lateness: 6h
 complete_after: 7d              # watch redemptions while the code is valid (7 days from the clock)

@@ -9,6 +9,7 @@ description: >
   An order exits as a conversion; adding to a cart exits without one.
 schedule: hourly
 entry_key: session_key          # one enrollment per customer and session
+one_active_per_customer: false  # a customer may have several sessions in the journey at once
 entered_at: browse_clock        # the session's last view + wait_hours
 max_lateness: 6h
 params:

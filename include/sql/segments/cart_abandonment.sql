@@ -7,6 +7,7 @@ description: >
   the reminders not yet sent are timed from it and show the cart as it is now.
 schedule: hourly
 entry_key: cart_id             # one enrollment per cart
+one_active_per_customer: false  # a customer may have several carts in the journey at once
 entered_at: cart_updated_at    # the clock the delays count from
 refresh_clock: true            # ... and it moves when the cart changes again
 max_lateness: 6h               # a reminder more than 6h overdue is recorded as expired, not sent

@@ -9,6 +9,7 @@ description: >
   to suggest get no email.
 schedule: daily
 entry_key: order_id             # one enrollment per order
+one_active_per_customer: false  # a customer may have several orders in the journey at once
 entered_at: ordered_at          # the step delays count from the order
 params:
   max_products: 3               # up to this many suggestions

@@ -14,6 +14,7 @@ description: >
 schedule: hourly
 kind: transactional
 entry_key: notice_key           # "<order_id>:confirmation" or "<order_id>:shipping"
+one_active_per_customer: false  # a customer may have several orders' notices at once
 entered_at: notice_at           # ordered_at for the confirmation, shipped_at for the shipping notice
 max_lateness: 24h               # equal to the lookback: a notice the runs can still see is never too late
 complete_after: 0h              # nothing to watch after the notice (no exits)

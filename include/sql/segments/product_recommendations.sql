@@ -8,6 +8,7 @@ description: >
   the picks before the next week's email converts.
 schedule: weekly                # Mondays 00:00 UTC: a run's as_of is a Monday midnight
 entry_key: week_key             # customer + ISO week of the run's as_of (the week the email goes out)
+one_active_per_customer: false  # a new week's enrollment opens while last week's still watches for orders
 entered_at: picked_at           # the run's as_of
 complete_after: 7d              # watch for orders with a pick until the next weekly run
 params:

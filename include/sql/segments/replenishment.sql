@@ -13,6 +13,7 @@ description: >
   after the reminder converts.
 schedule: daily
 entry_key: line_key             # order_id:product_id, one enrollment per order line
+one_active_per_customer: false  # a customer may have several order lines due at once
 entered_at: due_at              # the line's computed due moment (the step below is sent at once)
 complete_after: 14d             # watch for the reorder until well after the pack runs out
 params:

@@ -7,6 +7,7 @@ description: >
   5 days later if no review. 4-5 stars: thank-you; 1-2 stars: an offer of help.
 schedule: daily
 entry_key: order_id            # one request per order
+one_active_per_customer: false  # a customer may have several orders in the journey at once
 entered_at: request_due_at     # delivery + the product-dependent delay
 params:
   soft_goods_days: 10

@@ -11,6 +11,7 @@ description: >
   conversion. One enrollment per customer, offer and holiday year.
 schedule: daily
 entry_key: offer_key            # customer:offer:holiday year
+one_active_per_customer: false  # one enrollment per offer: two holidays' offers may overlap
 entered_at: entered_at          # the run's as_of: the daily run that finds the send day on the customer's calendar
 complete_after: 22d             # exits are watched until the window closes (Christmas: 25 days from 1 December)
 # Offers: `holiday` as the holidays package names it in the `calendar` country; sent on a fixed

@@ -12,6 +12,7 @@ description: >
   upsell, the follow-up stays 24 hours after the first touch and shows the cart as it is now).
 schedule: hourly
 entry_key: item_key             # one enrollment per cart item: "<cart_id>:<product_id>"
+one_active_per_customer: false  # a customer may have several cart items in the journey at once
 entered_at: upsell_due_at       # the cart's last change + wait_minutes: the first touch is due then
 max_lateness: 6h
 params:
