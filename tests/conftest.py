@@ -25,6 +25,14 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("LIFECYCLE_SIGNING_KEY", "test-signing-key-" + secrets.token_hex(8))
 
 import sqlalchemy as sa  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# Property-based tests: few examples, derandomized (the same examples every run), so `make test`
+# stays quick and CI is reproducible; `--hypothesis-profile=thorough` explores many more.
+hypothesis_settings.register_profile("lifecycle", max_examples=6, derandomize=True, deadline=None,
+                                     print_blob=True)
+hypothesis_settings.register_profile("thorough", max_examples=200, deadline=None, print_blob=True)
+hypothesis_settings.load_profile("lifecycle")
 
 SERVICE_URL = os.environ.get("LIFECYCLE_TEST_SERVICE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
