@@ -95,8 +95,12 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
     for rule in spec.exits:
         with engine.begin() as conn:
             extra = materialise_condition(conn, rule.when, ACTIVE_ENROLLMENTS, run.binds(spec), "_exit_hits")
-            # The first qualifying event is the one attributed (its order and revenue).
-            order = "occurred_at NULLS LAST" if "occurred_at" in extra else "enrollment_id"
+            # The first qualifying event is the one attributed (its order and revenue). Ties (README,
+            # "Ties"): of two events at the same instant the smaller order id came first, compared as
+            # the condition's own type (numbers as numbers). Every column the pick returns is in the
+            # ORDER BY, so rows that still tie are identical and any plan gives the same result.
+            order = ", ".join(f"{col} NULLS LAST" for col in ("occurred_at", "order_id", "revenue") if col in extra)
+            order = order or "enrollment_id"
             pick = ", ".join(
                 col if col in extra else f"CAST(NULL AS {typ}) AS {col}"
                 for col, typ in (("occurred_at", "timestamptz"), ("order_id", "text"), ("revenue", "numeric"))
