@@ -54,15 +54,22 @@ def lint(paths: list[str], warehouse_url: str | None) -> int:
         else:
             steps = ", ".join(f"{s.name}@{_fmt(s.after)}" for s in spec.steps)
             print(f"ok   {path.name}: {spec.schedule}, steps {steps}")
-    conditions = [] if paths else sorted(CONDITIONS_DIR.glob("*.sql"))  # every one, used or not
+    print(f"\n{len(files) - failures} ok, {failures} broken")
+    if not paths:  # every condition file too, used or not (README "Ties")
+        failures += _lint_conditions(condition_tie_problems)
+    return 1 if failures else 0
+
+
+def _lint_conditions(condition_tie_problems) -> int:
+    conditions, failures = sorted(CONDITIONS_DIR.glob("*.sql")), 0
     for path in conditions:
         problems = condition_tie_problems(path)
         failures += bool(problems)
         print(f"FAIL {path}" if problems else f"ok   {path.name}")
         for problem in problems:
             print(f"     - {problem}")
-    print(f"\n{len(files) + len(conditions) - failures} ok, {failures} broken")
-    return 1 if failures else 0
+    print(f"\nconditions: {len(conditions) - failures} ok, {failures} broken")
+    return failures
 
 
 def _fmt(delta: timedelta) -> str:
