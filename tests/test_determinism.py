@@ -196,7 +196,8 @@ def tied_shop(shop_db):
 def plant_ties(engine, anchor) -> dict:
     """Tied moments in the demo shop; returns the planted ids."""
     a = anchor
-    c = {"win_back": ID + 1, "cart": ID + 2, "review": ID + 3, "views": ID + 4, "orders": ID + 5}
+    c = {"win_back": ID + 1, "cart": ID + 2, "review": ID + 3, "views": ID + 4, "orders": ID + 5,
+         "win_back_2": ID + 6}
     mug, mug2, up, up2, viewed = ID + 1, ID + 2, ID + 3, ID + 4, ID + 5
     rows = {
         "customers": [dict(customer_id=i, email=f"tie{i}@example.com", first_name="Tie", country="DE",
@@ -218,6 +219,10 @@ def plant_ties(engine, anchor) -> dict:
             *[dict(order_id=o, customer_id=c["win_back"], ordered_at=a - timedelta(days=100, hours=-5),
                    status="delivered", total=t, delivered_at=a - timedelta(days=97)) for o, t in
               ((ID + 2, 70), (ID + 1, 50))],
+            # the same for a second customer, the smaller id inserted first this time
+            *[dict(order_id=o, customer_id=c["win_back_2"], ordered_at=a - timedelta(days=120),
+                   status="delivered", total=t, delivered_at=a - timedelta(days=117)) for o, t in
+              ((ID + 8, 15), (ID + 9, 25))],
             # ... then two orders at the same instant after the win_back run: the conversion
             *[dict(order_id=o, customer_id=c["win_back"], ordered_at=a + timedelta(days=1, hours=2),
                    status="placed", total=t) for o, t in ((ID + 4, 30), (ID + 3, 20))],
@@ -302,10 +307,12 @@ def test_every_journey_selects_the_same_rows_under_any_plan(tied_shop):
     for journey, by_variant in outputs.items():
         for variant, rows in by_variant.items():
             assert rows == by_variant["default"], f"{journey}: rows differ under {variant!r} planner settings"
-    # the planted ties are in the outputs, decided by the rule
+    # the planted ties are in the outputs, decided by the rule: the last order is the larger id
+    for variant, lines in outputs["win_back"].items():
+        keys = {r["lapse_key"] for r in map(json.loads, lines)
+                if r["customer_id"] in (ids["customer_win_back"], ids["customer_win_back_2"])}
+        assert keys == {f"{ids['customer_win_back']}:{ID + 2}", f"{ids['customer_win_back_2']}:{ID + 9}"}, variant
     rows = {j: [json.loads(r) for r in v["default"]] for j, v in outputs.items()}
-    win_back = [r for r in rows["win_back"] if r["customer_id"] == ids["customer_win_back"]]
-    assert [r["lapse_key"] for r in win_back] == [f"{ids['customer_win_back']}:{ID + 2}"]  # the larger id is last
     cart = [r for r in rows["cart_abandonment"] if r["cart_id"] == ID + 1]
     assert [i["product_id"] for i in cart[0]["items"]] == [ids["mug"], ids["mug2"]]  # same name: by id
     review = [r for r in rows["review_request"] if r["order_id"] == ID + 5]
