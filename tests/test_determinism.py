@@ -409,3 +409,50 @@ def test_win_back_keys_the_later_order_and_exits_credit_the_smaller_tied_order(t
     # two orders placed at the same instant after entry: the smaller id came first and is credited
     assert results == [(str(ID + 3), Decimal("20.00"))] * 4
     reset_lifecycle(engine)
+
+
+def test_send_time_picks_the_same_coupon_and_push_subscription_whatever_was_inserted_first(tied_shop):
+    """Two codes of one enrollment issued in one transaction (same created_at) and two push
+    subscriptions created at the same instant: every batch shows the same ones, whichever row
+    was written first (two customers, the two insertion orders)."""
+    from lifecycle.send import load_batch
+
+    engine, anchor, ids = tied_shop
+    reset_lifecycle(engine)
+    customers = (ids["customer_cart"], ids["customer_review"])
+    with engine.begin() as conn:
+        for n, customer in enumerate(customers):
+            enrollment = conn.execute(sa.text(
+                "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+                "enrolled_run_id) VALUES ('ties', :key, :c, :at, :at, 'ties') RETURNING enrollment_id"),
+                {"key": f"k{n}", "c": customer, "at": anchor}).scalar_one()
+            codes = ("TIEAAA", "TIEZZZ") if n == 0 else ("TIEZZZ", "TIEAAA")
+            for code in codes:  # one statement each, same created_at: as issued within one transaction
+                conn.execute(sa.text(
+                    "INSERT INTO lifecycle.coupons (code, journey, enrollment_id, step, customer_id, percent_off, "
+                    "valid_from, valid_until, created_at) VALUES (:code, 'ties', :e, :step, :c, 10, :at, :until, :at)"),
+                    {"code": f"{code}{n}", "e": enrollment, "step": code, "c": customer, "at": anchor,
+                     "until": anchor + timedelta(days=14)})
+            subscriptions = (ID + 10 * n + 1, ID + 10 * n + 2)
+            for sub in (subscriptions if n == 0 else subscriptions[::-1]):
+                conn.execute(sa.text(
+                    "INSERT INTO shop.push_subscriptions (subscription_id, customer_id, endpoint, p256dh, auth, "
+                    "created_at) VALUES (:s, :c, :endpoint, 'k', 'a', :at)"),
+                    {"s": sub, "c": customer, "endpoint": f"https://push.example/{sub}", "at": anchor})
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.messages (idempotency_key, journey, enrollment_id, customer_id, step, channel, "
+                "status, due_at, planned_for, planned_run_id, run_id, batch_no) "
+                "VALUES (:key, 'ties', :e, :c, 'offer', 'push', 'planned', :at, :at, 'ties', 'ties', 0)"),
+                {"key": f"ties:k{n}:offer:push", "e": enrollment, "c": customer, "at": anchor})
+    batch = {"journey": "ties", "run_id": "ties", "batch": 0, "channel": "push"}
+    try:
+        for variant in SETTINGS:
+            rows = run_under(engine, variant, lambda conn: load_batch(conn, batch))
+            shown = {r.customer_id: (r.coupon_code, r.endpoint) for r in rows}
+            # the same instant: the smaller code; the newest subscription: the larger id
+            assert shown == {c: (f"TIEAAA{n}", f"https://push.example/{ID + 10 * n + 2}")
+                             for n, c in enumerate(customers)}, variant
+    finally:
+        reset_lifecycle(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DELETE FROM shop.push_subscriptions WHERE subscription_id > {ID}")
