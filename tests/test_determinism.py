@@ -456,3 +456,31 @@ def test_send_time_picks_the_same_coupon_and_push_subscription_whatever_was_inse
         reset_lifecycle(engine)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DELETE FROM shop.push_subscriptions WHERE subscription_id > {ID}")
+
+
+def test_report_counts_an_order_converting_two_enrollments_at_once_the_same_way(tied_shop):
+    """One order converts two enrollments of a journey at the same instant (two abandoned carts):
+    the report counts it once, with the revenue of the smaller enrollment id, whichever row came first."""
+    from lifecycle.report import SUMMARY_SQL
+
+    engine, anchor, ids = tied_shop
+    reset_lifecycle(engine)
+    with engine.begin() as conn:
+        for journey, order in (("ties_a", (0, 1)), ("ties_b", (1, 0))):
+            conn.execute(sa.text("INSERT INTO lifecycle.runs (journey, run_id, interval_start, interval_end, status) "
+                                 "VALUES (:j, 'r', :at, :at, 'ok')"), {"j": journey, "at": anchor})
+            enrollments = [conn.execute(sa.text(
+                "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+                "enrolled_run_id, status) VALUES (:j, :k, :c, :at, :at, 'r', 'converted') RETURNING enrollment_id"),
+                {"j": journey, "k": f"cart{n}", "c": ids["customer_cart"], "at": anchor}).scalar_one() for n in (0, 1)]
+            for n in order:  # revenue 10 for the first enrollment, 20 for the second
+                conn.execute(sa.text(
+                    "INSERT INTO lifecycle.conversions (enrollment_id, journey, customer_id, condition, order_id, "
+                    "revenue, converted_at) VALUES (:e, :j, :c, 'purchased_since_entry', 'o1', :rev, :at)"),
+                    {"e": enrollments[n], "j": journey, "c": ids["customer_cart"], "rev": 10 * (n + 1), "at": anchor})
+    try:
+        for variant in SETTINGS:
+            rows = run_under(engine, variant, lambda conn: conn.execute(sa.text(SUMMARY_SQL), {"mode": "live"}).all())
+            assert {r.journey: r.revenue for r in rows} == {"ties_a": Decimal("10.00"), "ties_b": Decimal("10.00")}
+    finally:
+        reset_lifecycle(engine)
