@@ -484,3 +484,41 @@ def test_report_counts_an_order_converting_two_enrollments_at_once_the_same_way(
             assert {r.journey: r.revenue for r in rows} == {"ties_a": Decimal("10.00"), "ties_b": Decimal("10.00")}
     finally:
         reset_lifecycle(engine)
+
+
+def test_an_audience_reads_the_same_contact_row_when_the_contacts_view_has_two(tied_shop):
+    """lifecycle.contacts is the user's view: with two rows for a customer, the audience sync hashes
+    the same one every time (by email, phone, country), whichever the view returns first."""
+    from lifecycle.audiences import _FILL_PEOPLE, _PEOPLE
+
+    engine, anchor, ids = tied_shop
+    reset_lifecycle(engine)
+    customers = (ids["customer_cart"], ids["customer_review"])
+    with engine.begin() as conn:
+        for customer in customers:
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+                "enrolled_run_id) VALUES ('ties', :k, :c, :at, :at, 'r')"), {"k": str(customer), "c": customer,
+                                                                              "at": anchor})
+
+    def people(conn):
+        # two rows per planted customer, in opposite orders for the two of them
+        conn.exec_driver_sql(f"""
+            CREATE OR REPLACE VIEW lifecycle.contacts AS
+            SELECT customer_id, email, phone, first_name, last_name, country, timezone, locale
+            FROM (SELECT c.*, 0 AS copy FROM shop.customers c
+                  UNION ALL
+                  SELECT c.customer_id, 'zz-' || c.email, c.phone, c.first_name, c.last_name, c.country, c.timezone,
+                         c.locale, c.birthday, c.created_at, 1 FROM shop.customers c
+                  WHERE c.customer_id IN ({customers[0]}, {customers[1]})) x
+            ORDER BY customer_id, CASE WHEN customer_id = {customers[0]} THEN copy ELSE -copy END""")
+        conn.exec_driver_sql(_PEOPLE)
+        conn.execute(sa.text(_FILL_PEOPLE), {"journey": "ties", "mode": "live", "statuses": ["active"]})
+        return dict(conn.execute(sa.text("SELECT customer_id, email FROM pg_temp.aud_people")).all())
+
+    try:
+        for variant in SETTINGS:
+            chosen = run_under(engine, variant, people)
+            assert chosen == {c: f"tie{c}@example.com" for c in customers}, variant
+    finally:
+        reset_lifecycle(engine)
