@@ -372,10 +372,15 @@ def test_every_condition_returns_the_same_rows_under_any_plan(tied_shop):
 
 
 # ---------------------------------------------------------------------------- (d) the engine
+def tuned_engine(engine, variant: str):
+    """An engine whose every connection uses the variant's planner settings."""
+    options = " ".join(f"-c {k}={v}" for k, v in SETTINGS[variant].items())
+    return sa.create_engine(engine.url, connect_args={"options": options} if options else {})
+
+
 def credited(engine, variant: str, spec, run) -> tuple[str, Decimal]:
     """Run evaluate_exits with the variant's settings; return what the win_back customer's conversion credits."""
-    options = " ".join(f"-c {k}={v}" for k, v in SETTINGS[variant].items())
-    tuned = sa.create_engine(engine.url, connect_args={"options": options} if options else {})
+    tuned = tuned_engine(engine, variant)
     try:
         if variant == "sorts":  # the smaller of the two tied conversion orders now lies after the larger one
             with tuned.begin() as conn:
@@ -520,5 +525,41 @@ def test_an_audience_reads_the_same_contact_row_when_the_contacts_view_has_two(t
         for variant in SETTINGS:
             chosen = run_under(engine, variant, people)
             assert chosen == {c: f"tie{c}@example.com" for c in customers}, variant
+    finally:
+        reset_lifecycle(engine)
+
+
+def test_the_volume_guard_reads_the_same_history_when_two_runs_end_at_once(tied_shop):
+    """Two successful runs of one interval (a scheduled run and a backfill) at the edge of the history
+    window: the guard's median counts the same one (the larger run_id is the later), whichever was first."""
+    import dataclasses
+
+    from lifecycle.spec import VolumeGuard
+    from lifecycle.validate import volume_limit
+
+    engine, anchor, _ids = tied_shop
+    spec = load_spec(SEGMENTS_DIR / "win_back.sql")
+    history = [(10, "a", 100), (9, "b", 200), (8, "c", 300)]
+    limits = {}
+    with engine.begin() as conn:
+        for journey, tied in (("ties_a", [(7, "d1", 1), (7, "d2", 1000)]), ("ties_b", [(7, "d2", 1000), (7, "d1", 1)])):
+            for day, run_id, rows in history + tied:
+                conn.execute(sa.text(
+                    "INSERT INTO lifecycle.runs (journey, run_id, interval_start, interval_end, status, rows_selected) "
+                    "VALUES (:j, :r, :end - interval '1 day', :end, 'ok', :rows)"),
+                    {"j": journey, "r": run_id, "end": anchor - timedelta(days=20 - day), "rows": rows})
+    try:
+        for variant in SETTINGS:
+            for journey in ("ties_a", "ties_b"):
+                guarded = dataclasses.replace(spec, journey=journey,
+                                              volume_guard=VolumeGuard(factor=5, min_rows=0, history=4))
+                run = RunContext(journey, "now", "live", anchor - timedelta(days=1), anchor)
+                tuned = tuned_engine(engine, variant)
+                try:
+                    limits[journey, variant] = volume_limit(tuned, guarded, run)
+                finally:
+                    tuned.dispose()
+        # the four latest: 100, 200, 300 and run d2's 1000 (median 250, times 5)
+        assert set(limits.values()) == {1250}, limits
     finally:
         reset_lifecycle(engine)
