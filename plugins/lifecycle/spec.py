@@ -49,9 +49,8 @@ RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "sho
 
 TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
-    "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
+    "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness", "unique_columns",
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
-    "unique_columns",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
