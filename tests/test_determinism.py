@@ -563,3 +563,22 @@ def test_the_volume_guard_reads_the_same_history_when_two_runs_end_at_once(tied_
         assert set(limits.values()) == {1250}, limits
     finally:
         reset_lifecycle(engine)
+
+
+@pytest.mark.parametrize("id_type", ["bigint", "text"])
+def test_the_exit_pick_compares_digit_ids_as_numbers_in_any_column_type(tied_shop, id_type):
+    """Two orders at the same instant with ids 9 and 10: the 9 is credited, whether the condition
+    returns the ids as numbers or as text (where '10' < '9' as strings); other text ids by their text."""
+    from lifecycle.state import exit_pick_order
+
+    engine, anchor, _ids = tied_shop
+    hits = [(1, "10", 20), (1, "9", 10), (2, "B-7", 5), (2, "A-8", 6), (3, "12", 1), (3, "X1", 2)]
+    if id_type == "bigint":
+        hits = [h for h in hits if h[1].isdigit()]
+    values = ", ".join(f"({e}, CAST(:at AS timestamptz), CAST('{o}' AS {id_type}), {r})" for e, o, r in hits)
+    sql = (f"SELECT DISTINCT ON (enrollment_id) enrollment_id, order_id::text FROM (VALUES {values}) "
+           f"AS h(enrollment_id, occurred_at, order_id, revenue) "
+           f"ORDER BY enrollment_id, {exit_pick_order({'occurred_at', 'order_id', 'revenue'})}")
+    for variant in SETTINGS:
+        picked = dict(run_under(engine, variant, lambda conn: conn.execute(sa.text(sql), {"at": anchor}).all()))
+        assert picked == ({1: "9", 2: "A-8", 3: "12"} if id_type == "text" else {1: "9", 3: "12"}), variant

@@ -89,18 +89,33 @@ ACTIVE_ENROLLMENTS = (
 )
 
 
+def exit_pick_order(columns: set[str]) -> str:
+    """ORDER BY terms (after enrollment_id) that pick the first qualifying event of a condition.
+
+    Ties (README, "Ties"): of two events at the same instant the smaller order id came first.
+    Ids made of digits compare as numbers, also when the column is text ('9' before '10'; zero-
+    padded, never cast, so any length works), the rest in the column's own type. Every column the
+    pick returns is in the ORDER BY, so rows that still tie are identical: any plan, same result.
+    """
+    terms = []
+    if "occurred_at" in columns:
+        terms.append("occurred_at NULLS LAST")
+    if "order_id" in columns:
+        terms += ["CASE WHEN order_id::text ~ '^[0-9]{1,40}$' THEN lpad(order_id::text, 40, '0') END NULLS LAST",
+                  "order_id NULLS LAST"]
+    if "revenue" in columns:
+        terms.append("revenue NULLS LAST")
+    return ", ".join(terms) or "enrollment_id"
+
+
 def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]:
     """Apply exit rules in header order; first match wins. Returns exits per condition."""
     counts = {}
     for rule in spec.exits:
         with engine.begin() as conn:
             extra = materialise_condition(conn, rule.when, ACTIVE_ENROLLMENTS, run.binds(spec), "_exit_hits")
-            # The first qualifying event is the one attributed (its order and revenue). Ties (README,
-            # "Ties"): of two events at the same instant the smaller order id came first, compared as
-            # the condition's own type (numbers as numbers). Every column the pick returns is in the
-            # ORDER BY, so rows that still tie are identical and any plan gives the same result.
-            order = ", ".join(f"{col} NULLS LAST" for col in ("occurred_at", "order_id", "revenue") if col in extra)
-            order = order or "enrollment_id"
+            # The first qualifying event is the one attributed (its order and revenue).
+            order = exit_pick_order(extra)
             pick = ", ".join(
                 col if col in extra else f"CAST(NULL AS {typ}) AS {col}"
                 for col, typ in (("occurred_at", "timestamptz"), ("order_id", "text"), ("revenue", "numeric"))
