@@ -348,7 +348,7 @@ FROM lifecycle.contacts ct
 WHERE ct.customer_id IN (SELECT e.customer_id FROM lifecycle.enrollments e
                          WHERE e.journey = :journey AND e.mode = :mode
                            AND e.status = ANY(CAST(:statuses AS text[])) AND NOT e.holdout)
-ORDER BY ct.customer_id
+ORDER BY ct.customer_id, ct.email, ct.phone, ct.country  -- a contacts view with two rows per customer: the same one every run
 """
 _PEOPLE_PAGE = """
 SELECT customer_id, email, phone, country FROM pg_temp.aud_people

@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR, STATE_DIR
+from lifecycle.config import CONDITIONS_DIR, PROJECT_DIR, SEGMENTS_DIR, STATE_DIR
 
 DEMO_DB = "lifecycle_demo"
 AIRFLOW_DB = "airflow_demo"  # Airflow's metadata on the same embedded server: parallel dag.test workers
@@ -31,7 +31,7 @@ PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": t
 
 # ---------------------------------------------------------------------------- lint
 def lint(paths: list[str], warehouse_url: str | None) -> int:
-    from lifecycle.spec import SpecError, discover, load_spec
+    from lifecycle.spec import SpecError, condition_tie_problems, discover, load_spec
 
     files = [Path(p) for p in paths] or discover(SEGMENTS_DIR)
     if not files:
@@ -55,7 +55,21 @@ def lint(paths: list[str], warehouse_url: str | None) -> int:
             steps = ", ".join(f"{s.name}@{_fmt(s.after)}" for s in spec.steps)
             print(f"ok   {path.name}: {spec.schedule}, steps {steps}")
     print(f"\n{len(files) - failures} ok, {failures} broken")
+    if not paths:  # every condition file too, used or not (README "Ties")
+        failures += _lint_conditions(condition_tie_problems)
     return 1 if failures else 0
+
+
+def _lint_conditions(condition_tie_problems) -> int:
+    conditions, failures = sorted(CONDITIONS_DIR.glob("*.sql")), 0
+    for path in conditions:
+        problems = condition_tie_problems(path)
+        failures += bool(problems)
+        print(f"FAIL {path}" if problems else f"ok   {path.name}")
+        for problem in problems:
+            print(f"     - {problem}")
+    print(f"\nconditions: {len(conditions) - failures} ok, {failures} broken")
+    return failures
 
 
 def _fmt(delta: timedelta) -> str:

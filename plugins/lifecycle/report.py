@@ -34,7 +34,7 @@ WITH e AS (
     SELECT journey, coalesce(sum(revenue), 0) AS revenue
     FROM (SELECT DISTINCT ON (journey, coalesce(order_id, enrollment_id::text)) journey, revenue
           FROM lifecycle.conversions WHERE mode = :mode AND NOT holdout
-          ORDER BY journey, coalesce(order_id, enrollment_id::text), converted_at) x
+          ORDER BY journey, coalesce(order_id, enrollment_id::text), converted_at, enrollment_id) x
     GROUP BY journey
 ), r AS (
     SELECT journey, count(*) AS runs, count(*) FILTER (WHERE status <> 'ok') AS runs_not_ok

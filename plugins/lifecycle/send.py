@@ -182,12 +182,12 @@ def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
             LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m.customer_id
             LEFT JOIN LATERAL (
                 SELECT c.code, c.percent_off, c.valid_until FROM lifecycle.coupons c
-                WHERE c.enrollment_id = m.enrollment_id ORDER BY c.created_at DESC LIMIT 1
+                WHERE c.enrollment_id = m.enrollment_id ORDER BY c.created_at DESC, c.valid_from DESC, c.code LIMIT 1
             ) cp ON true
             LEFT JOIN LATERAL (  -- the newest live push subscription (push batches only)
                 SELECT p.endpoint, p.p256dh, p.auth FROM lifecycle.push_subscriptions p
                 WHERE m.channel = 'push' AND p.customer_id = m.customer_id AND p.revoked_at IS NULL
-                ORDER BY p.created_at DESC LIMIT 1
+                ORDER BY p.created_at DESC, p.subscription_id DESC LIMIT 1
             ) ps ON true
             WHERE m.journey = :journey AND m.run_id = :run_id AND m.channel = :channel AND m.batch_no = :batch
               AND m.status = 'planned'

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
+from lifecycle.determinism import check_sql as check_ties
 
 HEADER = re.compile(r"\A\s*/\*\s*---\s*\n(?P<yaml>.*?)\n\s*---\s*\*/(?P<sql>.*)\Z", re.S)
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -48,7 +49,7 @@ RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "sho
 
 TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
-    "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness",
+    "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness", "unique_columns",
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
     "one_active_per_customer",
 }
@@ -189,6 +190,7 @@ class _Checker:
         self.problems: list[str] = []
         self.templates_dir = templates_dir
         self.conditions_dir = conditions_dir
+        self.tie_checked: set[str] = set()  # condition files already checked for ties (README "Ties")
 
     def add(self, problem: str) -> None:
         self.problems.append(problem)
@@ -221,6 +223,9 @@ class _Checker:
                 f"{where}: condition {name!r} has no file include/sql/conditions/{name}.sql"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
             )
+        elif name not in self.tie_checked:
+            self.tie_checked.add(name)
+            self.problems += [f"{where}: {p}" for p in condition_tie_problems(self.conditions_dir / f"{name}.sql")]
         return name
 
     def channels_and_template(self, where: str, channel: Any, template: Any) -> tuple[tuple[str, ...], str | None]:
@@ -267,10 +272,11 @@ def load_spec(
         raise SpecError(path, [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(header, dict):
         raise SpecError(path, ["the header must be a YAML mapping of keys (journey:, schedule:, steps:, ...)"])
-    return _build_spec(path, header, match["sql"], _Checker(templates_dir, conditions_dir))
+    sql_line = text.count("\n", 0, match.start("sql"))  # lines before the SQL body
+    return _build_spec(path, header, match["sql"], _Checker(templates_dir, conditions_dir), sql_line)
 
 
-def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
+def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -> JourneySpec:
     c.problems += _unknown_keys("", h, TOP_KEYS)
     journey = h.get("journey")
     if journey != path.stem:
@@ -301,6 +307,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker) -> JourneySpec:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         c.add(f"steps: name {dup!r} is used twice (step and exit message names must be unique)")
     sql_body = _check_sql(sql, set(params) | ({"offers"} if "offers" in h else set()), c)
+    _check_ties(sql, h.get("unique_columns"), sql_line, c)
     holdout = h.get("holdout_percent", 0)
     if not isinstance(holdout, (int, float)) or not 0 <= holdout < 100:
         c.add(f"holdout_percent: must be a number from 0 to 99, got {holdout!r}")
@@ -524,6 +531,25 @@ def _check_sql(sql: str, params: set[str], c: _Checker) -> str:
             f":as_of; add others under params:)"
         )
     return body
+
+
+def _check_ties(sql: str, unique_columns: Any, sql_line: int, c: _Checker) -> None:
+    """Every pick ends its ORDER BY in a unique column (lifecycle.determinism; README "Ties")."""
+    if unique_columns is None:
+        unique_columns = []
+    if not isinstance(unique_columns, list) or not all(isinstance(x, str) and NAME.match(x) for x in unique_columns):
+        c.add(f"unique_columns: must be a list of column names like [sku], got {unique_columns!r}")
+        unique_columns = []
+    c.problems += [f"SQL {finding}" for finding in check_ties(sql, unique_columns, sql_line)]
+
+
+def condition_tie_problems(path: Path) -> list[str]:
+    """A condition file's tie-prone picks, each naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"condition {path.name}: cannot read the file: {exc}"]
+    return [f"condition {path.name} {finding}" for finding in check_ties(text)]
 
 
 def discover(segments_dir: Path = SEGMENTS_DIR) -> list[Path]:

@@ -153,6 +153,25 @@ ACTIVE_ENROLLMENTS = (
 )
 
 
+def exit_pick_order(columns: set[str]) -> str:
+    """ORDER BY terms (after enrollment_id) that pick the first qualifying event of a condition.
+
+    Ties (README, "Ties"): of two events at the same instant the smaller order id came first.
+    Ids made of digits compare as numbers, also when the column is text ('9' before '10'; zero-
+    padded, never cast, so any length works), the rest in the column's own type. Every column the
+    pick returns is in the ORDER BY, so rows that still tie are identical: any plan, same result.
+    """
+    terms = []
+    if "occurred_at" in columns:
+        terms.append("occurred_at NULLS LAST")
+    if "order_id" in columns:
+        terms += ["CASE WHEN order_id::text ~ '^[0-9]{1,40}$' THEN lpad(order_id::text, 40, '0') END NULLS LAST",
+                  "order_id NULLS LAST"]
+    if "revenue" in columns:
+        terms.append("revenue NULLS LAST")
+    return ", ".join(terms) or "enrollment_id"
+
+
 def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]:
     """Apply exit rules in header order; first match wins. Returns exits per condition."""
     counts = {}
@@ -160,7 +179,7 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
         with engine.begin() as conn:
             extra = materialise_condition(conn, rule.when, ACTIVE_ENROLLMENTS, run.binds(spec), "_exit_hits")
             # The first qualifying event is the one attributed (its order and revenue).
-            order = "occurred_at NULLS LAST" if "occurred_at" in extra else "enrollment_id"
+            order = exit_pick_order(extra)
             pick = ", ".join(
                 col if col in extra else f"CAST(NULL AS {typ}) AS {col}"
                 for col, typ in (("occurred_at", "timestamptz"), ("order_id", "text"), ("revenue", "numeric"))

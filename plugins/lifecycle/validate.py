@@ -83,7 +83,7 @@ def volume_limit(engine: Engine, spec: JourneySpec, run: RunContext) -> int | No
                 SELECT rows_selected FROM lifecycle.runs
                 WHERE journey = :j AND mode = 'live' AND status = 'ok' AND run_id <> :r
                   AND rows_selected IS NOT NULL AND interval_end <= :as_of
-                ORDER BY interval_end DESC LIMIT :n
+                ORDER BY interval_end DESC, run_id DESC LIMIT :n
                 """
             ),
             {"j": spec.journey, "r": run.run_id, "as_of": run.as_of, "n": spec.volume_guard.history},

@@ -64,7 +64,7 @@ WITH lines_then AS (
                'quantity',    l.quantity,
                'unit_price',  l.unit_price,
                'product_url', :shop_url || '/p/' || p.sku
-           ) ORDER BY p.name) AS items,
+           ) ORDER BY p.name, p.product_id) AS items,   -- same-named products: by id
            sum(l.quantity * l.unit_price) AS cart_total
     FROM abandoned a
     JOIN lines_then l USING (cart_id)

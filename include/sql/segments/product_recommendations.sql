@@ -43,7 +43,7 @@ WITH picks AS (
                'price',       pr.price,
                'product_url', :shop_url || '/p/' || pr.sku,
                'score',       p.score
-           ) ORDER BY p.rank) AS products
+           ) ORDER BY p.rank, pr.product_id) AS products
     FROM picks p
     JOIN shop.products pr ON pr.product_id = p.product_id
     GROUP BY p.customer_id

@@ -40,7 +40,7 @@ WITH delivered AS (
                'name',       p.name,
                'image_url',  p.image_url,
                'review_url', :shop_url || '/review/' || o.order_id || '/' || p.product_id
-           ) ORDER BY p.name)                              AS items
+           ) ORDER BY p.name, p.product_id)                AS items
     FROM shop.orders o
     JOIN shop.order_items oi USING (order_id)
     JOIN shop.products p USING (product_id)

@@ -26,6 +26,8 @@ exit:
 -- Who qualifies: customers with at least one (non-cancelled) order, whose most recent
 -- order is at least lapsed_days old as of the run. The clock starts when the 90 days ran
 -- out, or at the start of this interval for customers who lapsed before we first looked.
+-- The last order is the latest (ordered_at, order_id): of two orders placed at the same
+-- instant, the larger id came last (README, "Ties"), so the lapse key never changes.
 WITH last_orders AS (
     SELECT DISTINCT ON (o.customer_id)
            o.customer_id,
@@ -35,7 +37,7 @@ WITH last_orders AS (
     FROM shop.orders o
     WHERE o.ordered_at < :as_of
       AND o.status <> 'cancelled'
-    ORDER BY o.customer_id, o.ordered_at DESC
+    ORDER BY o.customer_id, o.ordered_at DESC, o.order_id DESC
 )
 SELECT l.customer_id || ':' || l.last_order_id                                   AS lapse_key,
        l.customer_id,
