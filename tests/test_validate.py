@@ -1,5 +1,6 @@
 """The Great Expectations gate: bad rows are quarantined with every reason and the rest go on;
-a segment that suddenly selects far more rows than usual is held and nothing is enrolled."""
+a segment that suddenly would enroll far more new rows than usual is held and nothing is enrolled
+(rows a lookback segment selects again, already enrolled, never count)."""
 
 from __future__ import annotations
 
@@ -95,8 +96,9 @@ def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
         conn.exec_driver_sql("UPDATE public.spike_size SET n = 5000")
 
     end = END + 3 * day
-    with pytest.raises(VolumeHeld, match=r"volume_probe.sql: the segment selected 5000 rows, above this "
-                                         r"journey's limit of 50 .* approve_volume=true"):
+    with pytest.raises(VolumeHeld, match=r"volume_probe.sql: the segment selected 5000 rows, 4990 of them new "
+                                         r"\(not enrolled yet\), above this journey's limit of 50 new rows .* "
+                                         r"approve_volume=true"):
         run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike")
     with warehouse.connect() as conn:
         status, error = conn.execute(sa.text(
@@ -108,6 +110,54 @@ def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
     approved = run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike-approved",
                             approve_volume=True)
     assert approved["enrolled"]["entered"] == 4990
+
+
+def test_a_lookback_segment_is_guarded_on_new_rows_not_on_rows_selected_again(warehouse, tmp_path):
+    """A segment with a 2-day lookback selects yesterday's (enrolled) rows again each run. After one
+    real burst, approved, the next runs select the burst again plus a few new rows: not held.
+    A second burst among the re-selected rows is held, and the message says how many are new."""
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE public.signups (k int PRIMARY KEY, signed_up timestamptz NOT NULL)")
+    spec = segment(tmp_path, "lookback_probe", """
+        SELECT k AS customer_id, 'k' || k AS row_key, signed_up AS entered_at, 'c' || k || '@example.com' AS email
+        FROM public.signups
+        WHERE signed_up >= :as_of - INTERVAL '2 days' AND signed_up < :as_of
+    """)
+    day = timedelta(days=1)
+    next_key = iter(range(1, 1_000_000))
+
+    def sign_up(n: int, end: datetime) -> None:  # n new rows on the day ending at `end`
+        with warehouse.begin() as conn:
+            conn.execute(sa.text("INSERT INTO public.signups VALUES (:k, :at)"),
+                         [{"k": next(next_key), "at": end - day / 2} for _ in range(n)])
+
+    def run_day(i: int, **kwargs) -> dict:
+        end = END + i * day
+        return run_interval(warehouse, spec, end - day, end, no_channel, run_id=f"day{i}", **kwargs)
+
+    for i in range(3):  # ordinary days: 10 new rows each, plus yesterday's again
+        sign_up(10, END + i * day)
+        assert run_day(i)["enrolled"]["entered"] == 10
+    sign_up(2000, END + 3 * day)  # a real burst: held, then approved
+    with pytest.raises(VolumeHeld, match=r"selected 2010 rows, 2000 of them new \(not enrolled yet\), above "
+                                         r"this journey's limit of 50 new rows"):
+        run_day(3)
+    assert run_day(3, approve_volume=True)["enrolled"]["entered"] == 2000
+
+    for i in (4, 5):  # the burst is selected again (day 4), but only 10 rows are new each day
+        sign_up(10, END + i * day)
+        result = run_day(i)
+        assert (result["selected"], result["enrolled"]["entered"]) == (2010 if i == 4 else 20, 10)
+
+    sign_up(300, END + 6 * day)  # a burst of new rows among re-selected ones is still held
+    with pytest.raises(VolumeHeld, match=r"selected 310 rows, 300 of them new \(not enrolled yet\)"):
+        run_day(6)
+    with warehouse.connect() as conn:
+        runs = dict(conn.execute(sa.text("SELECT run_id, rows_new FROM lifecycle.runs "
+                                         "WHERE journey = 'lookback_probe'")).all())
+        enrolled = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments")).scalar()
+    assert runs == {"day0": 10, "day1": 10, "day2": 10, "day3": 2000, "day4": 10, "day5": 10, "day6": 300}
+    assert enrolled == 30 + 2000 + 20  # nothing of the held day 6
 
 
 def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
