@@ -4,12 +4,14 @@ a segment that suddenly would enroll far more new rows than usual is held and no
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from lifecycle import schema
+from lifecycle.config import SQL_DIR
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.validate import VolumeHeld
@@ -175,3 +177,36 @@ def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
     for i in range(1, 6):
         run_interval(warehouse, spec, END + (i - 1) * timedelta(days=1), END + i * timedelta(days=1), no_channel)
     assert open_connections() <= before  # a long-lived worker must not run out of connections
+
+
+def test_migration_013_gives_earlier_runs_their_new_rows(scratch_engine, tmp_path):
+    """Runs recorded before the guard counted new rows get the same measure from the enrollments
+    they created, so the history the guard compares with is like for like from the start."""
+    schema.create_shop_schema(scratch_engine)
+    before = tmp_path / "before_013"
+    before.mkdir()
+    for path in (SQL_DIR / "lifecycle").iterdir():
+        if not path.name.startswith("013_"):
+            shutil.copy(path, before / path.name)
+    schema.migrate(scratch_engine, before)
+    runs = [("r1", "ok", 1000, 10), ("r2", "ok", 1000, 0), ("r3", "held", 5000, 0), ("r4", "running", None, 0)]
+    with scratch_engine.begin() as conn:
+        for i, (run_id, status, selected, enrolled) in enumerate(runs):
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.runs (journey, run_id, interval_start, interval_end, status, rows_selected) "
+                "VALUES ('j', :r, :start, :end, :status, :selected)"),
+                {"r": run_id, "start": END + i * timedelta(days=1), "end": END + (i + 1) * timedelta(days=1),
+                 "status": status, "selected": selected})
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+                "enrolled_run_id) SELECT 'j', :r || '-' || g, g, :end, :end, :r FROM generate_series(1, :n) g"),
+                {"r": run_id, "end": END + (i + 1) * timedelta(days=1), "n": enrolled})
+        # another journey's enrollments with the same run id do not count
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+            "enrolled_run_id) VALUES ('other', 'x', 1, :end, :end, 'r2')"), {"end": END})
+
+    assert [m for m in schema.migrate(scratch_engine) if not m.startswith("contacts:")] == ["013_runs_rows_new"]
+    with scratch_engine.connect() as conn:
+        rows_new = dict(conn.execute(sa.text("SELECT run_id, rows_new FROM lifecycle.runs")).all())
+    assert rows_new == {"r1": 10, "r2": 0, "r3": 0, "r4": None}
