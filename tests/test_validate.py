@@ -133,9 +133,10 @@ def test_a_lookback_segment_is_guarded_on_new_rows_not_on_rows_selected_again(wa
             conn.execute(sa.text("INSERT INTO public.signups VALUES (:k, :at)"),
                          [{"k": next(next_key), "at": end - day / 2} for _ in range(n)])
 
-    def run_day(i: int, **kwargs) -> dict:
+    def run_day(i: int, mode: str = "live", **kwargs) -> dict:
         end = END + i * day
-        return run_interval(warehouse, spec, end - day, end, no_channel, run_id=f"day{i}", **kwargs)
+        run_id = f"day{i}" if mode == "live" else f"day{i}-{mode}"
+        return run_interval(warehouse, spec, end - day, end, no_channel, run_id=run_id, mode=mode, **kwargs)
 
     for i in range(3):  # ordinary days: 10 new rows each, plus yesterday's again
         sign_up(10, END + i * day)
@@ -151,14 +152,19 @@ def test_a_lookback_segment_is_guarded_on_new_rows_not_on_rows_selected_again(wa
         result = run_day(i)
         assert (result["selected"], result["enrolled"]["entered"]) == (2010 if i == 4 else 20, 10)
 
+    # A dry run (its own lane, no dry enrollments yet) previews day 4 again: what a live run would
+    # enroll is new, so the burst enrolled live does not count either.
+    assert run_day(4, mode="dry")["enrolled"]["entered"] == 2010
+
     sign_up(300, END + 6 * day)  # a burst of new rows among re-selected ones is still held
     with pytest.raises(VolumeHeld, match=r"selected 310 rows, 300 of them new \(not enrolled yet\)"):
         run_day(6)
     with warehouse.connect() as conn:
-        runs = dict(conn.execute(sa.text("SELECT run_id, rows_new FROM lifecycle.runs "
+        runs = dict(conn.execute(sa.text("SELECT run_id || ':' || mode, rows_new FROM lifecycle.runs "
                                          "WHERE journey = 'lookback_probe'")).all())
-        enrolled = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments")).scalar()
-    assert runs == {"day0": 10, "day1": 10, "day2": 10, "day3": 2000, "day4": 10, "day5": 10, "day6": 300}
+        enrolled = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments WHERE mode = 'live'")).scalar()
+    assert runs == {"day0:live": 10, "day1:live": 10, "day2:live": 10, "day3:live": 2000, "day4:live": 10,
+                    "day5:live": 10, "day4-dry:dry": 0, "day6:live": 300}
     assert enrolled == 30 + 2000 + 20  # nothing of the held day 6
 
 

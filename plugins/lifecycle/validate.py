@@ -98,8 +98,9 @@ def volume_limit(engine: Engine, spec: JourneySpec, run: RunContext) -> int | No
 
 
 def count_new_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
-    """Valid (not quarantined) staged rows whose enrollment key this journey and mode has not
-    enrolled yet: the rows that would be new enrollments."""
+    """Valid (not quarantined) staged rows whose enrollment key this journey has not enrolled yet:
+    the rows that would be new enrollments. A dry run also counts live enrollments as enrolled, so
+    that it measures what a live run would do (the history it is compared with is live)."""
     with engine.connect() as conn:
         return conn.execute(
             sa.text(
@@ -108,7 +109,7 @@ def count_new_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
                 WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
                                   WHERE q.journey = :j AND q.run_id = :r AND q.row_number = s._row)
                   AND NOT EXISTS (SELECT 1 FROM lifecycle.enrollments e
-                                  WHERE e.journey = :j AND e.mode = :m
+                                  WHERE e.journey = :j AND e.mode IN (:m, 'live')
                                     AND e.enrollment_key = s.{spec.entry_key}::text)
                 """
             ),
