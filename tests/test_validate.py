@@ -1,14 +1,17 @@
 """The Great Expectations gate: bad rows are quarantined with every reason and the rest go on;
-a segment that suddenly selects far more rows than usual is held and nothing is enrolled."""
+a segment that suddenly would enroll far more new rows than usual is held and nothing is enrolled
+(rows a lookback segment selects again, already enrolled, never count)."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from lifecycle import schema
+from lifecycle.config import SQL_DIR
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.validate import VolumeHeld
@@ -95,8 +98,9 @@ def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
         conn.exec_driver_sql("UPDATE public.spike_size SET n = 5000")
 
     end = END + 3 * day
-    with pytest.raises(VolumeHeld, match=r"volume_probe.sql: the segment selected 5000 rows, above this "
-                                         r"journey's limit of 50 .* approve_volume=true"):
+    with pytest.raises(VolumeHeld, match=r"volume_probe.sql: the segment selected 5000 rows, 4990 of them new "
+                                         r"\(not enrolled yet\), above this journey's limit of 50 new rows .* "
+                                         r"approve_volume=true"):
         run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike")
     with warehouse.connect() as conn:
         status, error = conn.execute(sa.text(
@@ -108,6 +112,60 @@ def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
     approved = run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike-approved",
                             approve_volume=True)
     assert approved["enrolled"]["entered"] == 4990
+
+
+def test_a_lookback_segment_is_guarded_on_new_rows_not_on_rows_selected_again(warehouse, tmp_path):
+    """A segment with a 2-day lookback selects yesterday's (enrolled) rows again each run. After one
+    real burst, approved, the next runs select the burst again plus a few new rows: not held.
+    A second burst among the re-selected rows is held, and the message says how many are new."""
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE public.signups (k int PRIMARY KEY, signed_up timestamptz NOT NULL)")
+    spec = segment(tmp_path, "lookback_probe", """
+        SELECT k AS customer_id, 'k' || k AS row_key, signed_up AS entered_at, 'c' || k || '@example.com' AS email
+        FROM public.signups
+        WHERE signed_up >= :as_of - INTERVAL '2 days' AND signed_up < :as_of
+    """)
+    day = timedelta(days=1)
+    next_key = iter(range(1, 1_000_000))
+
+    def sign_up(n: int, end: datetime) -> None:  # n new rows on the day ending at `end`
+        with warehouse.begin() as conn:
+            conn.execute(sa.text("INSERT INTO public.signups VALUES (:k, :at)"),
+                         [{"k": next(next_key), "at": end - day / 2} for _ in range(n)])
+
+    def run_day(i: int, mode: str = "live", **kwargs) -> dict:
+        end = END + i * day
+        run_id = f"day{i}" if mode == "live" else f"day{i}-{mode}"
+        return run_interval(warehouse, spec, end - day, end, no_channel, run_id=run_id, mode=mode, **kwargs)
+
+    for i in range(3):  # ordinary days: 10 new rows each, plus yesterday's again
+        sign_up(10, END + i * day)
+        assert run_day(i)["enrolled"]["entered"] == 10
+    sign_up(2000, END + 3 * day)  # a real burst: held, then approved
+    with pytest.raises(VolumeHeld, match=r"selected 2010 rows, 2000 of them new \(not enrolled yet\), above "
+                                         r"this journey's limit of 50 new rows"):
+        run_day(3)
+    assert run_day(3, approve_volume=True)["enrolled"]["entered"] == 2000
+
+    for i in (4, 5):  # the burst is selected again (day 4), but only 10 rows are new each day
+        sign_up(10, END + i * day)
+        result = run_day(i)
+        assert (result["selected"], result["enrolled"]["entered"]) == (2010 if i == 4 else 20, 10)
+
+    # A dry run (its own lane, no dry enrollments yet) previews day 4 again: what a live run would
+    # enroll is new, so the burst enrolled live does not count either.
+    assert run_day(4, mode="dry")["enrolled"]["entered"] == 2010
+
+    sign_up(300, END + 6 * day)  # a burst of new rows among re-selected ones is still held
+    with pytest.raises(VolumeHeld, match=r"selected 310 rows, 300 of them new \(not enrolled yet\)"):
+        run_day(6)
+    with warehouse.connect() as conn:
+        runs = dict(conn.execute(sa.text("SELECT run_id || ':' || mode, rows_new FROM lifecycle.runs "
+                                         "WHERE journey = 'lookback_probe'")).all())
+        enrolled = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments WHERE mode = 'live'")).scalar()
+    assert runs == {"day0:live": 10, "day1:live": 10, "day2:live": 10, "day3:live": 2000, "day4:live": 10,
+                    "day5:live": 10, "day4-dry:dry": 0, "day6:live": 300}
+    assert enrolled == 30 + 2000 + 20  # nothing of the held day 6
 
 
 def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
@@ -125,3 +183,36 @@ def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
     for i in range(1, 6):
         run_interval(warehouse, spec, END + (i - 1) * timedelta(days=1), END + i * timedelta(days=1), no_channel)
     assert open_connections() <= before  # a long-lived worker must not run out of connections
+
+
+def test_migration_013_gives_earlier_runs_their_new_rows(scratch_engine, tmp_path):
+    """Runs recorded before the guard counted new rows get the same measure from the enrollments
+    they created, so the history the guard compares with is like for like from the start."""
+    schema.create_shop_schema(scratch_engine)
+    before = tmp_path / "before_013"
+    before.mkdir()
+    for path in (SQL_DIR / "lifecycle").iterdir():
+        if not path.name.startswith("013_"):
+            shutil.copy(path, before / path.name)
+    schema.migrate(scratch_engine, before)
+    runs = [("r1", "ok", 1000, 10), ("r2", "ok", 1000, 0), ("r3", "held", 5000, 0), ("r4", "running", None, 0)]
+    with scratch_engine.begin() as conn:
+        for i, (run_id, status, selected, enrolled) in enumerate(runs):
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.runs (journey, run_id, interval_start, interval_end, status, rows_selected) "
+                "VALUES ('j', :r, :start, :end, :status, :selected)"),
+                {"r": run_id, "start": END + i * timedelta(days=1), "end": END + (i + 1) * timedelta(days=1),
+                 "status": status, "selected": selected})
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+                "enrolled_run_id) SELECT 'j', :r || '-' || g, g, :end, :end, :r FROM generate_series(1, :n) g"),
+                {"r": run_id, "end": END + (i + 1) * timedelta(days=1), "n": enrolled})
+        # another journey's enrollments with the same run id do not count
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+            "enrolled_run_id) VALUES ('other', 'x', 1, :end, :end, 'r2')"), {"end": END})
+
+    assert [m for m in schema.migrate(scratch_engine) if not m.startswith("contacts:")] == ["013_runs_rows_new"]
+    with scratch_engine.connect() as conn:
+        rows_new = dict(conn.execute(sa.text("SELECT run_id, rows_new FROM lifecycle.runs")).all())
+    assert rows_new == {"r1": 10, "r2": 0, "r3": 0, "r4": None}

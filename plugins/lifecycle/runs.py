@@ -84,7 +84,8 @@ def start_run(engine: Engine, run: RunContext) -> None:
 
 
 def update_run(engine: Engine, run: RunContext, **fields) -> None:
-    allowed = {"status", "rows_selected", "rows_valid", "rows_quarantined", "validation", "counts", "error"}
+    allowed = {"status", "rows_selected", "rows_valid", "rows_quarantined", "rows_new", "validation", "counts",
+               "error"}
     assert set(fields) <= allowed, set(fields) - allowed
     sets = ", ".join(f"{k} = :{k}" for k in fields)
     values = {k: json.dumps(v, default=str) if k in ("validation", "counts") else v for k, v in fields.items()}

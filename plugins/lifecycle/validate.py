@@ -3,8 +3,10 @@
 GX Core validates the staging table by SQL pushdown. Row-level failures become
 `lifecycle.quarantine` rows (with every reason that row failed), built from the
 `unexpected_index_query` GX itself returns, so GX stays the single judge. The
-row-count guard compares the run with the journey's recent history: a segment that
-suddenly selects far more people than usual is held, and nothing is enrolled or sent.
+volume guard compares the run's NEW rows (valid rows whose enrollment key is not enrolled
+yet) with the same measure in the journey's recent runs: a segment that suddenly would
+enroll far more people than usual is held, and nothing is enrolled or sent. Rows a lookback
+segment selects again (already enrolled) never count towards it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ MIN_HISTORY = 3  # runs of history before the volume guard has a baseline
 
 
 class VolumeHeld(RuntimeError):
-    """The segment selected far more rows than usual; the run is held, nothing was sent."""
+    """The segment would enroll far more new rows than usual; the run is held, nothing was sent."""
 
 
 @dataclass
@@ -35,6 +37,7 @@ class ValidationOutcome:
     rows_selected: int
     rows_valid: int
     rows_quarantined: int
+    rows_new: int  # valid rows whose enrollment key is not enrolled yet: what the volume guard counts
     volume_limit: int | None
     held: bool
     results: list[dict] = field(default_factory=list)
@@ -75,14 +78,15 @@ def row_expectations(spec: JourneySpec) -> list[tuple[object, str]]:
 
 
 def volume_limit(engine: Engine, spec: JourneySpec, run: RunContext) -> int | None:
-    """Most rows this run may select, from the median of recent successful live runs."""
+    """Most new rows this run may enroll, from the median of new rows in recent successful live
+    runs (like with like: a lookback segment re-selects enrolled rows, which never count)."""
     with engine.connect() as conn:
         history = conn.execute(
             sa.text(
                 """
-                SELECT rows_selected FROM lifecycle.runs
+                SELECT rows_new FROM lifecycle.runs
                 WHERE journey = :j AND mode = 'live' AND status = 'ok' AND run_id <> :r
-                  AND rows_selected IS NOT NULL AND interval_end <= :as_of
+                  AND rows_new IS NOT NULL AND interval_end <= :as_of
                 ORDER BY interval_end DESC, run_id DESC LIMIT :n
                 """
             ),
@@ -91,6 +95,26 @@ def volume_limit(engine: Engine, spec: JourneySpec, run: RunContext) -> int | No
     if len(history) < MIN_HISTORY:
         return None
     return int(max(spec.volume_guard.min_rows, spec.volume_guard.factor * max(statistics.median(history), 1)))
+
+
+def count_new_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
+    """Valid (not quarantined) staged rows whose enrollment key this journey has not enrolled yet:
+    the rows that would be new enrollments. A dry run also counts live enrollments as enrolled, so
+    that it measures what a live run would do (the history it is compared with is live)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                f"""
+                SELECT count(*) FROM {stage_table(run)} AS s
+                WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
+                                  WHERE q.journey = :j AND q.run_id = :r AND q.row_number = s._row)
+                  AND NOT EXISTS (SELECT 1 FROM lifecycle.enrollments e
+                                  WHERE e.journey = :j AND e.mode IN (:m, 'live')
+                                    AND e.enrollment_key = s.{spec.entry_key}::text)
+                """
+            ),
+            {"j": run.journey, "r": run.run_id, "m": run.mode},
+        ).scalar_one()
 
 
 def validate_stage(
@@ -130,8 +154,6 @@ def _validate_with(gx, source, table: str, engine: Engine, spec: JourneySpec, ru
     suite = gx.ExpectationSuite(name=f"{spec.journey}_segment")
     for expectation, _ in checks:
         suite.add_expectation(expectation)
-    if limit is not None:
-        suite.add_expectation(gx.expectations.ExpectTableRowCountToBeBetween(min_value=0, max_value=limit))
     result = batch.validate(
         suite,
         result_format={
@@ -141,17 +163,14 @@ def _validate_with(gx, source, table: str, engine: Engine, spec: JourneySpec, ru
             "return_unexpected_index_query": True,
         },
     )
-    failed_queries, summary, rows_selected = [], [], None
+    failed_queries, summary = [], []
     for r in result.results:
         kind = r.expectation_config.type
         column = r.expectation_config.kwargs.get("column")
         entry = {"expectation": kind, "column": column, "success": bool(r.success)}
         if "unexpected_count" in r.result:
             entry["unexpected_count"] = r.result["unexpected_count"]
-        if kind == "expect_table_row_count_to_be_between":
-            rows_selected = r.result.get("observed_value")
-            entry.update(observed=rows_selected, max=limit)
-        elif not r.success:
+        if not r.success:
             reason = next(
                 reason for e, reason in checks
                 if type(e).__name__ == _class_name(kind) and e.column == column
@@ -161,17 +180,21 @@ def _validate_with(gx, source, table: str, engine: Engine, spec: JourneySpec, ru
     quarantined = _quarantine(engine, spec, run, failed_queries)
     with engine.connect() as conn:
         total = conn.execute(sa.text(f"SELECT count(*) FROM {stage_table(run)}")).scalar_one()
-    held = limit is not None and total > limit and not approve_volume
-    outcome = ValidationOutcome(total, total - quarantined, quarantined, limit, held, summary)
+    new = count_new_rows(engine, spec, run)
+    over = limit is not None and new > limit
+    summary.append({"expectation": "volume_guard_new_rows", "column": None, "success": not over,
+                    "observed": new, "rows_selected": total, "max": limit})
+    held = over and not approve_volume
+    outcome = ValidationOutcome(total, total - quarantined, quarantined, new, limit, held, summary)
     update_run(
         engine, run,
-        rows_selected=total, rows_valid=outcome.rows_valid, rows_quarantined=quarantined,
-        validation={"success": bool(result.success), "volume_limit": limit, "approved": approve_volume,
+        rows_selected=total, rows_valid=outcome.rows_valid, rows_quarantined=quarantined, rows_new=new,
+        validation={"success": bool(result.success) and not over, "volume_limit": limit, "approved": approve_volume,
                     "expectations": summary},
-        **({"status": "held", "error": _held_message(spec, total, limit)} if held else {}),
+        **({"status": "held", "error": _held_message(spec, total, new, limit)} if held else {}),
     )
     if held:
-        raise VolumeHeld(_held_message(spec, total, limit))
+        raise VolumeHeld(_held_message(spec, total, new, limit))
     return outcome
 
 
@@ -179,12 +202,12 @@ def _class_name(expectation_type: str) -> str:
     return "".join(part.capitalize() for part in expectation_type.split("_"))
 
 
-def _held_message(spec: JourneySpec, total: int, limit: int | None) -> str:
+def _held_message(spec: JourneySpec, total: int, new: int, limit: int | None) -> str:
     return (
-        f"{spec.path.name}: the segment selected {total} rows, above this journey's limit of {limit} "
-        f"({spec.volume_guard.factor}x the median of its last {spec.volume_guard.history} runs, at least "
-        f"{spec.volume_guard.min_rows}). Nothing was enrolled or sent. If the volume is expected, "
-        "re-run with the param approve_volume=true."
+        f"{spec.path.name}: the segment selected {total} rows, {new} of them new (not enrolled yet), above "
+        f"this journey's limit of {limit} new rows ({spec.volume_guard.factor}x the median of new rows in its "
+        f"last {spec.volume_guard.history} runs, at least {spec.volume_guard.min_rows}). Nothing was enrolled "
+        "or sent. If the volume is expected, re-run with the param approve_volume=true."
     )
 
 

@@ -3,14 +3,18 @@
 service, compared with the outcome derived here from the shop tables.
 
 The expected outcome is stated in Python over the shop's rows (never the segment SQL):
-a known customer's session qualifies when, counting its views before the run's as_of, some
-product got at least MIN_SECONDS in total or MIN_VIEWS views, and the customer changed no
-cart and placed no (non-cancelled) order after the session's last view. The clock is the
-last view + WAIT; a run selects sessions whose clock is in (as_of - LOOKBACK, as_of], except
-those of a customer with another enrollment of the journey within COOLDOWN of the clock
-(and, among several new ones at once, the earliest only). email_1 at the clock,
-second_touch 24h later by push when the customer can receive push, else by email. An order
-after the last view converts; a cart change exits.
+counting a known customer's session views before the run's as_of, a product of the session is
+abandoned unless the customer put it in a cart (a cart line's added_at, else its cart's
+updated_at) or ordered it (not cancelled) at or after the product's first view in the session
+and before as_of. The session qualifies when some abandoned product got at least MIN_SECONDS in
+total or MIN_VIEWS views. The email lists the session's abandoned products only, the most
+recently viewed first (of two views at the same instant, the larger view id came later), at
+most three. The clock is the last view of the session + WAIT; a run selects sessions whose
+clock is in (as_of - LOOKBACK, as_of], except those of a customer with another enrollment of
+the journey within COOLDOWN of the clock (and, among several new ones at once, the earliest
+only). email_1 at the clock, second_touch 24h later by push when the customer can receive
+push, else by email. An order at or after entry (the enrolling run's as_of) converts; a cart
+created or changed at or after entry exits.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ SECOND_TOUCH = 24 * HOUR
 MAX_LATENESS = 6 * HOUR
 SHOP_URL = "https://shop.example.com"
 MINUTE = timedelta(minutes=1)
+SECOND = timedelta(seconds=1)
 
 
 # ----------------------------------------------------------------------------- planted cases
@@ -71,10 +76,11 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
     a = anchor
     with engine.connect() as conn:
         products = [r[0] for r in conn.execute(sa.text("SELECT product_id FROM shop.products ORDER BY product_id"))]
-    p = products[:12]
+    p = products[:20]
     view_ids = iter(range(9_000_000, 9_100_000))
-    rows: dict[str, list[dict]] = {"customers": [], "consents": [], "page_views": [], "carts": [], "orders": [],
-                                   "push_subscriptions": []}
+    cart_ids, order_ids = iter(range(9_000_001, 9_000_100)), iter(range(9_000_001, 9_000_100))
+    rows: dict[str, list[dict]] = {"customers": [], "consents": [], "page_views": [], "carts": [], "cart_items": [],
+                                   "orders": [], "order_items": [], "push_subscriptions": []}
     cases: dict[str, Case] = {}
 
     def customer(name: str, cid: int, *, push_consent: bool = False) -> Case:
@@ -90,10 +96,28 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
     def session(case: Case, n: int, end: datetime, views: list[tuple[int, int]]) -> None:
         """Views (product_id, seconds) that finish at `end`, one minute apart."""
         for i, (product_id, seconds) in enumerate(views):
-            rows["page_views"].append({
-                "view_id": next(view_ids), "customer_id": case.customer_id, "session_id": f"bt-{case.customer_id}-{n}",
-                "product_id": product_id, "viewed_at": end - (len(views) - 1 - i) * MINUTE, "seconds": seconds,
-            })
+            view(case, n, product_id, seconds, end - (len(views) - 1 - i) * MINUTE)
+
+    def view(case: Case, n: int, product_id: int, seconds: int, at: datetime) -> None:
+        rows["page_views"].append({
+            "view_id": next(view_ids), "customer_id": case.customer_id, "session_id": f"bt-{case.customer_id}-{n}",
+            "product_id": product_id, "viewed_at": at, "seconds": seconds,
+        })
+
+    def cart(case: Case, created: datetime, updated: datetime, lines: list[tuple[int, datetime | None]]) -> None:
+        """A cart with lines (product_id, added_at)."""
+        cart_id = next(cart_ids)
+        rows["carts"].append({"cart_id": cart_id, "customer_id": case.customer_id,
+                              "created_at": created, "updated_at": updated})
+        rows["cart_items"] += [{"cart_id": cart_id, "product_id": product_id, "added_at": added}
+                               for product_id, added in lines]
+
+    def order(case: Case, at: datetime, product_ids: list[int]) -> None:
+        order_id = next(order_ids)
+        rows["orders"].append({"order_id": order_id, "customer_id": case.customer_id, "ordered_at": at,
+                               "status": "placed", "total": Decimal("49.90"), "currency": "EUR",
+                               "shipping_country": "DE"})
+        rows["order_items"] += [{"order_id": order_id, "product_id": product_id} for product_id in product_ids]
 
     c = customer("long_look", 900001)  # 65 s on one product: qualifies, second touch by email
     c.last_view = a - 60 * HOUR
@@ -114,19 +138,16 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
     c.last_view = a - 55 * HOUR
     session(c, 1, c.last_view, [(p[4], 30), (p[5], 25)])
 
-    c = customer("carted", 900004)  # qualifies, but a cart 1h after the last view: not selected
+    c = customer("carted", 900004)  # qualifies, but carted 30 min after the last view: not selected
     c.last_view = a - 40 * HOUR
     session(c, 1, c.last_view, [(p[6], 90)])
-    rows["carts"].append({"cart_id": 9_000_001, "customer_id": c.customer_id,
-                          "created_at": c.last_view + 30 * MINUTE, "updated_at": c.last_view + HOUR})
+    cart(c, c.last_view + 30 * MINUTE, c.last_view + HOUR, [(p[6], c.last_view + 30 * MINUTE)])
 
     c = customer("ordered", 900005)  # enters, gets email_1, orders: converted, no second touch
     c.last_view = a - 60 * HOUR
     session(c, 1, c.last_view, [(p[7], 120)])
     c.extra["ordered_at"] = a - 45 * HOUR
-    rows["orders"].append({"order_id": 9_000_001, "customer_id": c.customer_id, "ordered_at": a - 45 * HOUR,
-                           "status": "placed", "total": Decimal("49.90"), "currency": "EUR",
-                           "shipping_country": "DE"})
+    order(c, a - 45 * HOUR, [p[7]])
 
     c = customer("cooldown", 900006)  # two qualifying sessions 3 days apart: one enrollment
     c.last_view = a - 90 * HOUR
@@ -137,8 +158,49 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
     c.last_view = a - 70 * HOUR
     session(c, 1, c.last_view, [(p[10], 61), (p[11], 5)])
     c.extra["carted_at"] = a - 60 * HOUR
-    rows["carts"].append({"cart_id": 9_000_002, "customer_id": c.customer_id,
-                          "created_at": a - 60 * HOUR, "updated_at": a - 59 * HOUR})
+    cart(c, a - 60 * HOUR, a - 59 * HOUR, [(p[11], a - 59 * HOUR)])
+
+    # Carted or bought products are never mailed (issue 8, item 7); all these sessions end at a - 30h.
+    end = a - 30 * HOUR
+    c = customer("recarted", 900008)  # viewed 4 times, carted, viewed again 40 s later: not selected
+    c.last_view = end
+    session(c, 1, end - MINUTE, [(p[12], 20)] * 4)
+    view(c, 1, p[12], 15, end)
+    cart(c, end - 40 * SECOND, end - 40 * SECOND, [(p[12], end - 40 * SECOND)])
+
+    c = customer("one_of_two", 900009)  # p[14] carted between views: only p[13] is mailed
+    c.last_view, c.products = end, [p[13]]
+    session(c, 1, end - MINUTE, [(p[13], 70), (p[14], 65)])
+    cart(c, end - 30 * SECOND, end - 30 * SECOND, [(p[14], end - 30 * SECOND)])
+    view(c, 1, p[13], 10, end)
+    c.extra["left_out"] = [p[14]]
+
+    c = customer("carted_after", 900010)  # p[16] carted after the last view: enters with p[15], stays
+    c.last_view, c.products = end, [p[15]]
+    session(c, 1, end, [(p[15], 70), (p[16], 70)])
+    cart(c, end + 5 * MINUTE, end + 5 * MINUTE, [(p[16], end + 5 * MINUTE)])
+    c.extra["left_out"] = [p[16]]
+
+    c = customer("bought_after", 900011)  # p[18] ordered after the last view: enters with p[17], no conversion
+    c.last_view, c.products = end, [p[17]]
+    session(c, 1, end, [(p[17], 70), (p[18], 70)])
+    order(c, end + 10 * MINUTE, [p[18]])
+    c.extra["left_out"] = [p[18]]
+
+    c = customer("all_carted", 900012)  # both looked-at products carted before a last look: not selected
+    c.last_view = end
+    session(c, 1, end, [(p[19], 70), (p[0], 70), (p[19], 5)])
+    cart(c, end - 30 * SECOND, end - 30 * SECOND, [(p[19], end - 30 * SECOND), (p[0], end - 30 * SECOND)])
+
+    c = customer("tie", 900013)  # carted in the same second as the first view: counts as after it
+    c.last_view = end
+    session(c, 1, end, [(p[1], 90), (p[1], 5)])
+    cart(c, end - MINUTE, end - MINUTE, [(p[1], end - MINUTE)])
+
+    c = customer("carted_before", 900014)  # the same, but carted a second before the first view: mailed
+    c.last_view, c.products = end, [p[1]]
+    session(c, 1, end, [(p[1], 90), (p[1], 5)])
+    cart(c, end - MINUTE - SECOND, end - MINUTE - SECOND, [(p[1], end - MINUTE - SECOND)])
 
     with engine.begin() as conn:
         conn.execute(sa.text(
@@ -154,9 +216,17 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
         conn.execute(sa.text("INSERT INTO shop.carts (cart_id, customer_id, created_at, updated_at) "
                              "VALUES (:cart_id, :customer_id, :created_at, :updated_at)"), rows["carts"])
         conn.execute(sa.text(
+            "INSERT INTO shop.cart_items (cart_id, product_id, quantity, unit_price, added_at) "
+            "SELECT :cart_id, :product_id, 1, p.price, :added_at FROM shop.products p WHERE p.product_id = :product_id"),
+            rows["cart_items"])
+        conn.execute(sa.text(
             "INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, shipping_country) "
             "VALUES (:order_id, :customer_id, :ordered_at, :status, :total, :currency, :shipping_country)"),
             rows["orders"])
+        conn.execute(sa.text(
+            "INSERT INTO shop.order_items (order_id, product_id, quantity, unit_price) "
+            "SELECT :order_id, :product_id, 1, p.price FROM shop.products p WHERE p.product_id = :product_id"),
+            rows["order_items"])
         conn.execute(sa.text(
             "INSERT INTO shop.push_subscriptions (subscription_id, customer_id, endpoint, p256dh, auth, created_at) "
             "VALUES (:subscription_id, :customer_id, :endpoint, :p256dh, :auth, :created_at)"),
@@ -249,6 +319,7 @@ class Enr:
     entered_at: datetime
     enrolled_at: datetime
     last_view: datetime
+    viewed: list[int]  # product ids the email lists, as of the latest run that selected it while active
     status: str = "active"
     exit_reason: str | None = None
     exited_at: datetime | None = None
@@ -267,7 +338,8 @@ class Expected:
 
 
 def frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
-    tables = ("customers", "consents", "page_views", "carts", "orders", "push_subscriptions")
+    tables = ("customers", "consents", "page_views", "carts", "cart_items", "orders", "order_items",
+              "push_subscriptions")
     with engine.connect() as conn:
         return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in tables}
 
@@ -282,21 +354,17 @@ def derive_expected(run: BrowseRun) -> Expected:
 
     # Views of known customers per session; only sessions that can matter in the window.
     views = f["page_views"][f["page_views"].customer_id.notna()]
-    sessions: dict[tuple[int, str], list[tuple[datetime, Any, int]]] = {}
+    sessions: dict[tuple[int, str], list[tuple[datetime, Any, int, int]]] = {}
     for v in views.itertuples(index=False):
         at = py(v.viewed_at)
         if first - LOOKBACK - WAIT - DAY <= at < last_end:
-            product = None if pd.isna(v.product_id) else int(v.product_id)
-            seconds = 0 if pd.isna(v.seconds_on_page) else int(v.seconds_on_page)
-            sessions.setdefault((int(v.customer_id), v.session_id), []).append((at, product, seconds))
-    # Sessions that straddle the pre-filter: take all their views.
-    wanted = set(sessions)
-    sessions = {}
+            sessions.setdefault((int(v.customer_id), v.session_id), [])
+    # Sessions that straddle the pre-filter: take all their views, as (at, product, seconds, view id).
     for v in views.itertuples(index=False):
-        if (int(v.customer_id), v.session_id) in wanted:
+        if (int(v.customer_id), v.session_id) in sessions:
             product = None if pd.isna(v.product_id) else int(v.product_id)
             seconds = 0 if pd.isna(v.seconds_on_page) else int(v.seconds_on_page)
-            sessions.setdefault((int(v.customer_id), v.session_id), []).append((py(v.viewed_at), product, seconds))
+            sessions[int(v.customer_id), v.session_id].append((py(v.viewed_at), product, seconds, int(v.view_id)))
 
     carts_of: dict[int, list[tuple[datetime, datetime]]] = {}
     for c in f["carts"][f["carts"].customer_id.notna()].itertuples(index=False):
@@ -307,16 +375,36 @@ def derive_expected(run: BrowseRun) -> Expected:
     for orders in orders_of.values():
         orders.sort()
 
-    def first_order(cid: int, after: datetime, before: datetime):
-        return next((o for o in orders_of.get(cid, ()) if after < o[0] < before), None)
+    # When each customer put each product in a cart or ordered it (not cancelled).
+    acted_on: dict[tuple[int, int], list[datetime]] = {}
+    cart_of = {int(c.cart_id): (int(c.customer_id), py(c.updated_at))
+               for c in f["carts"][f["carts"].customer_id.notna()].itertuples(index=False)}
+    for line in f["cart_items"].itertuples(index=False):
+        if int(line.cart_id) in cart_of:
+            cid, updated = cart_of[int(line.cart_id)]
+            added = py(line.added_at)
+            acted_on.setdefault((cid, int(line.product_id)), []).append(updated if added is None else added)
+    ordered = {int(o.order_id): (int(o.customer_id), py(o.ordered_at))
+               for o in f["orders"][f["orders"].status != "cancelled"].itertuples(index=False)}
+    for line in f["order_items"].itertuples(index=False):
+        if int(line.order_id) in ordered:
+            cid, at = ordered[int(line.order_id)]
+            acted_on.setdefault((cid, int(line.product_id)), []).append(at)
 
-    def first_cart(cid: int, after: datetime, before: datetime) -> datetime | None:
-        hits = [created if created > after else updated
-                for created, updated in carts_of.get(cid, ()) if after < updated < before]
+    def carted_or_bought(cid: int, product: int, since: datetime, before: datetime) -> bool:
+        return any(since <= at < before for at in acted_on.get((cid, product), ()))
+
+    def first_order(cid: int, since: datetime, before: datetime):
+        """The first order at or after `since` (the time of entry), before `before`."""
+        return next((o for o in orders_of.get(cid, ()) if since <= o[0] < before), None)
+
+    def first_cart(cid: int, since: datetime, before: datetime) -> datetime | None:
+        hits = [created if created >= since else updated
+                for created, updated in carts_of.get(cid, ()) if since <= updated < before]
         return min(hits) if hits else None
 
-    def qualifying(as_of: datetime) -> list[tuple[str, int, datetime, datetime]]:
-        """(key, customer, clock, last view) of every qualifying session, before the cooldown."""
+    def qualifying(as_of: datetime) -> list[tuple[str, int, datetime, datetime, list[int]]]:
+        """(key, customer, clock, last view, listed products) of every qualifying session, before the cooldown."""
         out = []
         for (cid, sid), vs in sessions.items():
             seen = [v for v in vs if v[0] < as_of]
@@ -326,15 +414,18 @@ def derive_expected(run: BrowseRun) -> Expected:
             clock = last + WAIT
             if not (as_of - LOOKBACK < clock <= as_of):
                 continue
-            per_product: dict[int, list[int]] = {}
-            for _, product, seconds in seen:
+            per_product: dict[int, list[tuple[datetime, int, int]]] = {}  # (at, view id, seconds)
+            for at, product, seconds, view_id in seen:
                 if product is not None:
-                    per_product.setdefault(product, []).append(seconds)
-            if not any(sum(s) >= MIN_SECONDS or len(s) >= MIN_VIEWS for s in per_product.values()):
+                    per_product.setdefault(product, []).append((at, view_id, seconds))
+            abandoned = {product: pv for product, pv in per_product.items()
+                         if not carted_or_bought(cid, product, min(at for at, _, _ in pv), as_of)}
+            if not any(sum(s for _, _, s in pv) >= MIN_SECONDS or len(pv) >= MIN_VIEWS for pv in abandoned.values()):
                 continue
-            if first_cart(cid, last, as_of) or first_order(cid, last, as_of):
-                continue
-            out.append((f"{cid}:{sid}", cid, clock, last))
+            # most recently viewed first: by the last view's (time, id)
+            listed = sorted(abandoned, key=lambda product: max((at, vid) for at, vid, _ in abandoned[product]),
+                            reverse=True)[:3]
+            out.append((f"{cid}:{sid}", cid, clock, last, listed))
         return out
 
     def can(cid: int, channel: str) -> bool:
@@ -374,25 +465,25 @@ def derive_expected(run: BrowseRun) -> Expected:
             if not any(u[1] == r[1] and (u[2], u[0]) < (r[2], r[0]) and u[2] > r[2] - COOLDOWN for u in unblocked)
         ]
         bad = 0
-        for key, cid, clock, last in picked:
+        for key, cid, clock, last, listed in picked:
             if not VALID_EMAIL.match(email_of.get(cid) or ""):
                 bad += 1
             elif key not in enrollments:
-                enrollments[key] = Enr(key, cid, clock, as_of, last)
-            elif enrollments[key].status == "active":
-                enrollments[key].last_view = last  # the context is refreshed while active
+                enrollments[key] = Enr(key, cid, clock, as_of, last, listed)
+            elif enrollments[key].status == "active":  # the context is refreshed while active
+                enrollments[key].last_view, enrollments[key].viewed = last, listed
         per_run.append((as_of, len(picked), bad))
 
         active = [e for e in enrollments.values() if e.status == "active" and e.entered_at <= as_of]
         for e in active:  # exit rules in header order
-            order = first_order(e.customer_id, e.last_view, as_of)
+            order = first_order(e.customer_id, e.enrolled_at, as_of)
             if order:
                 e.status, e.exit_reason, e.exited_at = "converted", "ordered_since_browse", min(order[0], as_of)
                 e.conversion = (str(order[1]), order[2])
         for e in active:
             if e.status != "active":
                 continue
-            carted = first_cart(e.customer_id, e.last_view, as_of)
+            carted = first_cart(e.customer_id, e.enrolled_at, as_of)
             if carted:
                 e.status, e.exit_reason, e.exited_at = "exited", "carted_since_browse", min(carted, as_of)
 
@@ -475,6 +566,12 @@ def test_enrollments_and_exits(browse_run, expected):
     assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited)")
 
 
+def test_emails_list_only_products_neither_carted_nor_bought(browse_run, expected):
+    actual = [(k, tuple(p["product_id"] for p in r.context["viewed"])) for k, r in enrollment_rows(browse_run).items()]
+    wanted = [(e.key, tuple(e.viewed)) for e in expected.enrollments.values()]
+    assert_same(actual, wanted, "(enrollment, product ids listed in its latest context)")
+
+
 def test_conversions(browse_run, expected):
     actual = {k: (cid, cond, order, revenue, at) for k, cid, cond, order, revenue, at in browse_run.query(
         "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
@@ -542,7 +639,9 @@ def test_viewed_twice_gets_email_then_push_to_the_product(browse_run):
 
 def test_below_thresholds_and_carted_never_enter(browse_run):
     keys = {r.customer_id for r in enrollment_rows(browse_run).values()}
-    for name in ("below", "carted"):
+    # recarted: carted, then viewed again 40 s later; all_carted: every looked-at product carted;
+    # tie: carted in the same second as the first view (counts as after it)
+    for name in ("below", "carted", "recarted", "all_carted", "tie"):
         assert browse_run.cases[name].customer_id not in keys, name
         assert not [m for m in browse_run.emails if m["To"] == browse_run.cases[name].email]
 
@@ -592,3 +691,22 @@ def test_email_shows_viewed_and_complementary_products(browse_run):
     for p in context["suggested"]:
         assert p["name"] in text and p["image_url"] in body
     assert message["List-Unsubscribe"] and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.parametrize("name", ["one_of_two", "carted_after", "bought_after", "carted_before"])
+def test_a_carted_or_bought_product_is_left_out_of_the_email(browse_run, name):
+    """The session enters for its other product, which alone is mailed; carting or buying before
+    entry neither exits nor converts the enrollment."""
+    case = browse_run.cases[name]
+    enrollment = enrollment_rows(browse_run)[case.key]
+    assert (enrollment.status, enrollment.entered_at) == ("active", case.last_view + WAIT)
+    assert [p["product_id"] for p in enrollment.context["viewed"]] == case.products
+    assert messages_of(browse_run, case.key)["email_1"][:2] == ("email", "sent")
+    (message,) = [m for m in browse_run.emails if m["To"] == case.email and m["X-Lifecycle-Step"] == "email_1"]
+    _, body = text_and_html(message)
+    skus = dict(browse_run.query("SELECT product_id, sku FROM shop.products WHERE product_id = ANY(:ids)",
+                                 ids=case.products + case.extra.get("left_out", [])))
+    for product_id in case.products:
+        assert f"/img/{skus[product_id]}.jpg" in body
+    for product_id in case.extra.get("left_out", []):
+        assert f"/img/{skus[product_id]}.jpg" not in body

@@ -1,5 +1,6 @@
--- The customer placed a (non-cancelled) order after the browsing session's last view (the
--- context's last_viewed_at; entered_at is later, last view + wait) and before the run's as_of.
+-- The customer placed a (non-cancelled) order after entering the journey (enrolled_at: the as_of
+-- of the run that enrolled them; that run already saw every earlier order and left the products
+-- ordered then out of the email) and before this run's as_of.
 -- The first such order is the conversion: its id and total are recorded.
 SELECT e.enrollment_id,
        o.ordered_at AS occurred_at,
@@ -8,6 +9,6 @@ SELECT e.enrollment_id,
 FROM enrollments e
 JOIN shop.orders o
   ON o.customer_id = e.customer_id
- AND o.ordered_at > (e.context ->> 'last_viewed_at')::timestamptz
+ AND o.ordered_at >= e.enrolled_at
  AND o.ordered_at < :as_of
 WHERE o.status <> 'cancelled'
