@@ -205,27 +205,31 @@ DEFAULT_LOCALE = "en_GB"
 _NAMED_DATE_FORMATS = ("short", "medium", "long", "full")
 
 
-@functools.lru_cache(maxsize=512)
 def _zone(name: Any) -> tzinfo:
     """The customer's IANA zone; UTC when it is missing or not a zone (never an error: the
     email still goes out, dated in UTC as before)."""
-    if not name or not isinstance(name, str):
-        return UTC
+    return _zone_named(name.strip()) if isinstance(name, str) and name.strip() else UTC
+
+
+@functools.lru_cache(maxsize=512)
+def _zone_named(name: str) -> tzinfo:
     try:
-        return ZoneInfo(name.strip())
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return UTC
 
 
-@functools.lru_cache(maxsize=256)
 def _locale(code: Any) -> Locale:
     """The customer's locale ('pt_BR' or 'pt-BR'); DEFAULT_LOCALE when missing or unknown."""
-    if code and isinstance(code, str):
-        try:
-            return Locale.parse(code.strip().replace("-", "_"))
-        except (UnknownLocaleError, ValueError, TypeError):
-            pass
-    return Locale.parse(DEFAULT_LOCALE)
+    return _locale_named(code.strip().replace("-", "_") if isinstance(code, str) else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _locale_named(code: str) -> Locale:
+    try:
+        return Locale.parse(code or DEFAULT_LOCALE)
+    except (UnknownLocaleError, ValueError, TypeError):
+        return Locale.parse(DEFAULT_LOCALE)
 
 
 def _local_moment(value: Any, zone: tzinfo) -> date | datetime | None:
