@@ -6,6 +6,7 @@ import copy
 import html as htmllib
 import json
 import re
+from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from lifecycle.render import (
     get_environment,
     missing_template_files,
     money,
+    percent,
     render_email,
+    render_push,
+    render_sms,
     template_files,
     utm,
 )
@@ -504,3 +508,84 @@ def test_template_names_are_checked():
         template_files("cart_abandonment/reminder_1", channel="pigeon")
     with pytest.raises(ValueError, match="invalid template name"):
         template_files("../secrets")
+
+
+# ------------------------------------------------------------------- percent: 15%, never 15.0%
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(15, "15%"), (15.0, "15%"), (12.5, "12.5%"), (Decimal("10.00"), "10%"), (Decimal("12.50"), "12.5%"),
+     ("20", "20%"), (0.1 + 0.2, "0.3%"), (None, ""), ("", "")],
+)
+def test_percent(value, expected):
+    assert percent(value) == expected
+    assert get_environment().from_string("{{ v|percent }}").render(v=value) == expected
+
+
+@pytest.mark.parametrize("value", ["fifteen", float("nan"), Decimal("Infinity")])
+def test_percent_refuses_what_is_not_a_number(value):
+    with pytest.raises(ValueError, match="percent: .* is not a number"):
+        percent(value)
+
+
+def journey_templates(journey: str) -> dict[str, list[str]]:
+    """The journey's templates per channel (a push or SMS step has its own files)."""
+    return {channel: [t for t in available_templates(channel) if t.split("/")[0] == journey]
+            for channel in ("email", "sms", "push")}
+
+
+def render_everything(template: str, channel: str, ctx: dict) -> dict[str, str]:
+    """Every part a customer sees of one template on one channel, by part name."""
+    if channel == "email":
+        email = render_email(template, ctx)
+        return {"subject": email.subject, "text": email.text, "html": email.html}
+    if channel == "sms":
+        return {"sms": render_sms(template, ctx)}
+    push = render_push(template, ctx)
+    return {"push title": push["title"], "push body": push["body"]}
+
+
+def rendered_samples(percent_off) -> list[tuple[str, str, str]]:
+    """(template, part, text) for every template of every journey, rendered with a coupon."""
+    out = []
+    for journey in sorted(ROWS):
+        for channel, templates in journey_templates(journey).items():
+            for template in templates:
+                ctx = make_context(template, coupon={**COUPON, "percent_off": percent_off})
+                for part, text in render_everything(template, channel, ctx).items():
+                    out.append((template, part, text))
+    return out
+
+
+JOURNEYS_WITH_A_COUPON = {"win_back", "birthday", "welcome", "referral", "just_because", "behaviour_discount",
+                          "cart_abandonment"}
+
+
+@pytest.mark.parametrize("journey", sorted(ROWS))
+@pytest.mark.parametrize(
+    ("percent_off", "shown"),
+    [(15, "15%"), (15.0, "15%"), (Decimal("15.00"), "15%"), (12.5, "12.5%")],
+    ids=["int", "float", "numeric", "fraction"],
+)
+def test_each_journey_shows_the_percent_as_people_write_it(journey, percent_off, shown):
+    """send.py passes numeric(5, 2) coupons as floats: 15.0 must still read '15%'."""
+    showing_the_code = 0
+    for channel, templates in journey_templates(journey).items():
+        for template in templates:
+            ctx = make_context(template, coupon={**COUPON, "percent_off": percent_off})
+            for part, text in render_everything(template, channel, ctx).items():
+                assert not re.search(r"\d\.0+%", text), f"{template} {part}: {text!r}"
+                if COUPON["code"] in text and part != "html":
+                    showing_the_code += 1
+                    assert shown in text, f"{template} {part} shows the code but not {shown}"
+    assert (showing_the_code > 0) == (journey in JOURNEYS_WITH_A_COUPON), journey
+
+
+def test_no_rendered_sample_says_point_zero_percent():
+    """Every sample on every channel (subject, text, html, SMS, push), with the float send.py passes."""
+    samples = rendered_samples(15.0)
+    assert {part for _, part, _ in samples} == {"subject", "text", "html", "sms", "push title", "push body"}
+    bad = [(template, part, m.group()) for template, part, text in samples for m in re.finditer(r".{0,30}\d\.0%", text)]
+    assert bad == []
+    assert any("15%" in text for _, part, text in samples if part == "sms")

@@ -25,8 +25,20 @@ Note for template authors: use ``row["items"]``, not ``row.items`` (that is the 
 method).
 
 Filters: ``money`` (``{{ 12.5|money('EUR') }}`` -> ``€12.50``; without an argument the
-context's ``currency``), ``utm(url, campaign, content)``, ``date`` (ISO string or
-date -> ``5 March 2025``).
+context's ``currency``), ``utm(url, campaign, content)``, ``percent`` (15, 15.0 or
+Decimal('15.00') -> ``15%``; 12.5 -> ``12.5%``), and ``date`` / ``datetime``, which show a
+moment in the customer's time zone and locale (``customer.timezone``, ``customer.locale``):
+
+- a timestamp with an offset (ISO string, aware datetime) is converted to the customer's IANA
+  zone (UTC when it is missing or unknown); a plain date (``2026-09-15``, a ``date``) and a
+  timestamp without an offset are shown as they are, never shifted;
+- ``date`` -> the locale's long date (en_GB ``15 September 2026``, en_US ``September 15, 2026``,
+  de_DE ``15. September 2026``, pt_BR ``15 de setembro de 2026``; en_GB when the locale is
+  missing or unknown); ``date("short"|"medium"|"long"|"full")``, or a CLDR skeleton such as
+  ``date("MMMMd")`` (``15 September`` / ``September 15``) for other localised formats; a
+  strftime format (``date("%-d %B")``) is applied as written, with English names;
+- ``datetime`` -> date and time, en_GB ``15 September 2026, 23:32``, en_US
+  ``September 15, 2026, 11:32 PM``.
 """
 
 from __future__ import annotations
@@ -34,14 +46,17 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import babel.dates
 import css_inline
 import jinja2
+from babel import Locale, UnknownLocaleError
 from jinja2 import FileSystemLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -49,13 +64,17 @@ from lifecycle.config import SHOP, TEMPLATES_DIR
 
 __all__ = [
     "CHANNEL_FILES",
+    "DEFAULT_LOCALE",
     "MissingTemplateError",
     "RenderedEmail",
     "TemplateRenderError",
     "available_templates",
+    "format_date",
+    "format_datetime",
     "get_environment",
     "missing_template_files",
     "money",
+    "percent",
     "render_email",
     "template_files",
     "utm",
@@ -163,20 +182,142 @@ def utm(url: str, campaign: str, content: str | None = None) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _format_date(value: Any, fmt: str = "%-d %B %Y") -> str:
-    """ISO string, date or datetime -> '5 March 2025' (strftime format; %-d = day without zero)."""
+def percent(value: Any) -> str:
+    """A discount as people write it: 15, 15.0, Decimal('15.00') -> '15%'; 12.5 -> '12.5%'; None -> ''.
+
+    Coupons are numeric(5, 2) in the warehouse and reach templates as floats or Decimals,
+    which print as '15.0' or '15.00'; at most two decimals are kept, trailing zeros never.
+    """
     if value is None or value == "":
         return ""
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise ValueError(f"percent: {value!r} is not a number") from exc
+    if not number.is_finite():
+        raise ValueError(f"percent: {value!r} is not a number")
+    number = number.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP).normalize()
+    return f"{number:f}%"
+
+
+# Dates: shown in the customer's zone and locale; these are used when theirs are unknown.
+DEFAULT_LOCALE = "en_GB"
+_NAMED_DATE_FORMATS = ("short", "medium", "long", "full")
+
+
+def _zone(name: Any) -> tzinfo:
+    """The customer's IANA zone; UTC when it is missing or not a zone (never an error: the
+    email still goes out, dated in UTC as before)."""
+    return _zone_named(name.strip()) if isinstance(name, str) and name.strip() else UTC
+
+
+@functools.lru_cache(maxsize=512)
+def _zone_named(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return UTC
+
+
+def _locale(code: Any) -> Locale:
+    """The customer's locale ('pt_BR' or 'pt-BR'); DEFAULT_LOCALE when missing or unknown."""
+    return _locale_named(code.strip().replace("-", "_") if isinstance(code, str) else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _locale_named(code: str) -> Locale:
+    try:
+        return Locale.parse(code or DEFAULT_LOCALE)
+    except (UnknownLocaleError, ValueError, TypeError):
+        return Locale.parse(DEFAULT_LOCALE)
+
+
+def _local_moment(value: Any, zone: tzinfo) -> date | datetime | None:
+    """What the customer should see: an aware timestamp in their zone; a plain date, or a
+    timestamp without an offset, as it is (it names no instant to convert)."""
+    if value is None or value == "":
+        return None
     if isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00")
+        text = value.strip()
         try:
-            value = datetime.fromisoformat(text)
+            value = date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
         except ValueError:
-            value = date.fromisoformat(text[:10])
-    if not isinstance(value, date):
-        raise ValueError(f"date: {value!r} is not a date")
-    # %-d is not portable (Windows); expand it ourselves.
-    return value.strftime(fmt.replace("%-d", str(value.day)))
+            raise ValueError(f"date: {value!r} is not an ISO date (2026-09-15) or timestamp "
+                             f"(2026-09-16T02:32:00+00:00)") from None
+    if isinstance(value, datetime):
+        return value.astimezone(zone) if value.utcoffset() is not None else value
+    if isinstance(value, date):
+        return value
+    raise ValueError(f"date: {value!r} is not a date")
+
+
+def _plain_spaces(text: str) -> str:
+    # CLDR puts (narrow) no-break spaces in some formats ('11:32\u202fPM'); SMS encodings and
+    # plain-text clients do better with an ordinary space.
+    return text.replace("\u202f", " ").replace("\xa0", " ")
+
+
+def _strftime(moment: date, fmt: str) -> str:
+    # %-d (day without a leading zero) is not portable (Windows); expand it ourselves.
+    return moment.strftime(fmt.replace("%-d", str(moment.day)))
+
+
+def _localised_date(moment: date, fmt: str, locale: Locale) -> str:
+    day = moment.date() if isinstance(moment, datetime) else moment
+    if fmt in _NAMED_DATE_FORMATS:
+        return _plain_spaces(babel.dates.format_date(day, fmt, locale=locale))
+    try:
+        return _plain_spaces(babel.dates.format_skeleton(fmt, day, locale=locale))
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(
+            f"date: unknown format {fmt!r}; use short, medium, long, full, a CLDR skeleton "
+            "such as 'MMMMd', or a strftime format such as '%-d %B'"
+        ) from None
+
+
+def format_date(value: Any, fmt: str | None = None, *, timezone: Any = None, locale: Any = None) -> str:
+    """The day a timestamp falls on in ``timezone`` (a plain date as is), in ``locale``'s words:
+    '2026-09-16T02:32:00+00:00', America/Sao_Paulo, en_GB -> '15 September 2026'."""
+    moment = _local_moment(value, _zone(timezone))
+    if moment is None:
+        return ""
+    if fmt and "%" in fmt:
+        return _strftime(moment, fmt)
+    return _localised_date(moment, fmt or "long", _locale(locale))
+
+
+def format_datetime(value: Any, fmt: str | None = None, *, timezone: Any = None, locale: Any = None) -> str:
+    """Date and time in ``timezone``: en_GB '15 September 2026, 23:32', en_US
+    'September 15, 2026, 11:32 PM'. A plain date has no time: it is shown as ``format_date``."""
+    moment = _local_moment(value, _zone(timezone))
+    if moment is None:
+        return ""
+    if fmt and "%" in fmt:
+        return _strftime(moment, fmt)
+    loc = _locale(locale)
+    day = _localised_date(moment, fmt or "long", loc)
+    if not isinstance(moment, datetime):
+        return day
+    clock = _plain_spaces(babel.dates.format_time(moment, "short", locale=loc))
+    # The locale's way of joining a date and a time ('{1}, {0}'; quotes mark literal text).
+    return loc.datetime_formats["medium"].replace("'", "").format(clock, day)
+
+
+def _customer(ctx) -> dict:
+    customer = ctx.get("customer")
+    return customer if isinstance(customer, dict) else {}
+
+
+@pass_context
+def _date_filter(ctx, value: Any, fmt: str | None = None) -> str:
+    customer = _customer(ctx)
+    return format_date(value, fmt, timezone=customer.get("timezone"), locale=customer.get("locale"))
+
+
+@pass_context
+def _datetime_filter(ctx, value: Any, fmt: str | None = None) -> str:
+    customer = _customer(ctx)
+    return format_datetime(value, fmt, timezone=customer.get("timezone"), locale=customer.get("locale"))
 
 
 # ----------------------------------------------------------------------- environment
@@ -199,7 +340,9 @@ def _environment(templates_dir: Path) -> SandboxedEnvironment:
     )
     env.filters["money"] = _money_filter
     env.filters["utm"] = utm
-    env.filters["date"] = _format_date
+    env.filters["date"] = _date_filter
+    env.filters["datetime"] = _datetime_filter
+    env.filters["percent"] = percent
     return env
 
 

@@ -211,8 +211,12 @@ def template_context(row: Any) -> dict:
             "email": row.email,
             "locale": row.locale,
             "country": row.country,
+            "timezone": row.timezone,  # the date/datetime filters show moments in it (UTC if unknown)
         },
         "row": context,
+        # percent_off is numeric(5, 2): templates print it with the `percent` filter (15 -> "15%").
+        # valid_until is the instant the code stops working, with its offset: the `date` filter
+        # shows the customer the day that is in their time zone.
         "coupon": (
             {"code": row.coupon_code, "percent_off": float(row.percent_off), "valid_until": row.valid_until.isoformat()}
             if row.coupon_code else None

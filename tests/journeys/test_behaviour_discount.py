@@ -22,7 +22,9 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
 
+import babel.dates
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -450,7 +452,10 @@ def test_the_email_shows_the_product_prices_code_and_expiry(bd_run, shop_db):
     sale = (price * (100 - PERCENT_OFF) / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     (message,) = bd_run.find_received(case.email, "offer")
     text, body = text_and_html(message)
-    expiry = f"{valid_until.day} {valid_until:%B %Y}"
+    # the last day as the customer reads it: in their time zone, in their locale's long format
+    tz, locale = bd_run.query("SELECT timezone, locale FROM shop.customers WHERE customer_id = :c",
+                              c=case.customer_id)[0]
+    expiry = babel.dates.format_date(valid_until.astimezone(ZoneInfo(tz)).date(), "long", locale=locale)
     for part, esc in ((text, str), (body, html.escape)):
         for shown in (name, money(price), money(sale), code, expiry, "10%"):
             assert esc(shown) in part, (shown, part[:2000])

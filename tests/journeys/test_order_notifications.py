@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import babel.dates
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -260,9 +261,10 @@ def message_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def local_date(at: datetime, tz: str) -> str:
+def local_date(at: datetime, tz: str, locale: str) -> str:
+    """The day in the customer's zone, in their locale's long format (CLDR, via babel)."""
     day = at.astimezone(ZoneInfo(tz)).date()
-    return f"{day.day} {day:%B %Y}"
+    return babel.dates.format_date(day, "long", locale=locale)
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -434,10 +436,10 @@ def test_every_email_shows_the_order(run, expected, frames):
         text, html = text_and_html(msg)
         if n.notice == "confirmation":
             assert msg["Subject"] == f"Order confirmed: #{n.order_id}"
-            assert f"placed on {local_date(py(order.ordered_at), customer.timezone)}" in text
+            assert f"placed on {local_date(py(order.ordered_at), customer.timezone, customer.locale)}" in text
         else:
             assert msg["Subject"] == f"Your order #{n.order_id} is on its way"
-            shipped = local_date(py(order.shipped_at), customer.timezone)
+            shipped = local_date(py(order.shipped_at), customer.timezone, customer.locale)
             assert f"shipped on {shipped}" in text and f"shipped on {shipped}" in html
         lines = items[items.order_id == n.order_id]
         assert len(lines)
