@@ -199,8 +199,8 @@ def test_what_lifts_a_sunset_and_when(engine, smtp):
     lifted = rows(engine, "SELECT customer_id, lifted_at, lifted_reason FROM lifecycle.suppressions "
                           "WHERE lifted_at IS NOT NULL")
     assert lifted == [(6, sunset_at + DAY, "clicked")]
-    with engine.begin() as conn:  # the later run that sees customer 10's order
-        assert lift_sunsets(conn, sunset_at + 11 * DAY) == 1
+    with engine.begin() as conn:  # a later send batch to customers 7 and 10 sees 10's order
+        assert lift_sunsets(conn, sunset_at + 11 * DAY, [7, 10]) == 1
     assert suppression_history(engine, 10)[0][3:] == (sunset_at + 10 * DAY, "ordered", "1010")
     active = rows(engine, "SELECT customer_id FROM lifecycle.suppressions WHERE lifted_at IS NULL ORDER BY 1")
     assert [c for (c,) in active] == [7, 8, 9]
