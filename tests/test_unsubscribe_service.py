@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
@@ -31,7 +31,7 @@ from cryptography.fernet import Fernet
 
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.links import unsubscribe_token
+from lifecycle.links import stay_token, unsubscribe_token
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.warehouse import airflow_conn_json
@@ -259,7 +259,115 @@ def test_a_token_for_another_channel_suppresses_only_that_channel(shop, service)
     assert suppressions(engine) == [(who.customer_id, "sms", "unsubscribe", "one_click")]
 
 
-# ---------------------------------------------------------------------------- 4. health, logs
+# ---------------------------------------------------------------------------- 4. "keep me subscribed"
+def sunset(engine, customer_id: int, reason: str = "no_response", days_ago: int = 3) -> None:
+    """An active suppression as win_back's stop_emailing (or the service) writes it."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since) "
+                             "VALUES (:c, 'email', :r, 'win_back', now() - make_interval(days => :d))"),
+                     {"c": customer_id, "r": reason, "d": days_ago})
+
+
+def history(engine, customer_id: int) -> list[tuple]:
+    """(reason, lifted?, lifted_reason, lifted_ref) of every suppression row, oldest first."""
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT reason, lifted_at IS NOT NULL, lifted_reason, lifted_ref FROM lifecycle.suppressions "
+            "WHERE customer_id = :c ORDER BY suppression_id"), {"c": customer_id})]
+
+
+def choices(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT customer_id, channel, choice, source FROM lifecycle.preference_choices ORDER BY choice_id"))]
+
+
+def stay(customer_id: int, channel: str = "email") -> str:
+    t = stay_token(customer_id, channel)
+    USED_TOKENS.append(t)
+    return t
+
+
+@pytest.fixture()
+def no_choices(shop):
+    with shop[0].begin() as conn:
+        conn.exec_driver_sql("DELETE FROM lifecycle.preference_choices")
+    return shop
+
+
+def test_preferences_page_asks_then_a_post_records_the_stay_and_lifts_the_sunset(no_choices, service):
+    engine = no_choices[0]
+    sunset_customer, unsubscribed = customer(engine, 3), customer(engine, 4)
+    sunset(engine, sunset_customer.customer_id)
+    sunset(engine, unsubscribed.customer_id, "unsubscribe")
+    t = stay(sunset_customer.customer_id)
+
+    page = service.client.get("/preferences", params={"t": t, "utm_source": "lifecycle"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<input type="hidden" name="choice" value="stay">' in page.text
+    assert "marketing emails" in page.text and SHOP_NAME_HTML in page.text
+    for private in (sunset_customer.email, sunset_customer.first_name, sunset_customer.last_name):
+        assert private not in page.text
+    assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+    # The page also offers to unsubscribe instead: a working unsubscribe link for the same customer.
+    other = re.search(r'href="(/unsubscribe\?t=[^"]+)"', page.text).group(1).replace("&amp;", "&")
+    USED_TOKENS.append(httpx.URL(other).params["t"])
+    assert service.client.get(other).status_code == 200
+    assert choices(engine) == [] and history(engine, sunset_customer.customer_id) == [
+        ("no_response", False, None, None)]  # link scanners fetch URLs: a GET records nothing
+
+    action = re.search(r'action="([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    target = httpx.URL(str(page.url)).join(action)
+    assert target.path == "/preferences" and target.params["t"] == t
+    done = service.client.post(target, data={"choice": "stay"})
+    assert done.status_code == 200 and "still subscribed" in done.text.replace("&#39;", "'")
+    assert choices(engine) == [(sunset_customer.customer_id, "email", "stay", "preferences_page")]
+    (row,) = history(engine, sunset_customer.customer_id)
+    assert row[:3] == ("no_response", True, "chose_to_stay") and row[3].startswith("choice ")
+
+    # "Stay" never overrides an unsubscribe: the choice is recorded, the unsubscribe stays active.
+    assert service.client.post("/preferences", params={"t": stay(unsubscribed.customer_id)},
+                               data={"choice": "stay"}).status_code == 200
+    assert history(engine, unsubscribed.customer_id) == [("unsubscribe", False, None, None)]
+    for body in ({}, {"choice": "leave"}, {"confirm": "yes"}):
+        assert service.client.post("/preferences", params={"t": t}, data=body).status_code == 400
+    assert len(choices(engine)) == 2
+
+
+def test_stay_and_unsubscribe_tokens_cannot_stand_in_for_each_other(no_choices, service):
+    engine = no_choices[0]
+    who = customer(engine, 5)
+    sunset(engine, who.customer_id)
+    unsubscribe, keep = token(who.customer_id), stay(who.customer_id)
+    assert service.client.get("/preferences", params={"t": unsubscribe}).status_code == 400
+    assert service.client.post("/preferences", params={"t": unsubscribe}, data={"choice": "stay"}).status_code == 400
+    assert service.client.get("/unsubscribe", params={"t": keep}).status_code == 400
+    assert service.client.post("/unsubscribe", params={"t": keep}, data=ONE_CLICK).status_code == 400
+    assert service.client.post("/unsubscribe", params={"t": keep}, data={"confirm": "yes"}).status_code == 400
+    assert choices(engine) == [] and history(engine, who.customer_id) == [("no_response", False, None, None)]
+
+
+def test_an_unsubscribe_supersedes_a_sunset_so_an_order_cannot_lift_it(no_choices, service):
+    """An unsubscribe on top of an active sunset closes the sunset (history) and is recorded
+    itself: the order that would have lifted the sunset leaves the unsubscribe in force."""
+    from lifecycle.sunsets import lift_sunsets
+
+    engine = no_choices[0]
+    who = customer(engine, 6)
+    sunset(engine, who.customer_id)
+    assert service.client.post("/unsubscribe", params={"t": token(who.customer_id)}, data=ONE_CLICK).status_code == 200
+    assert history(engine, who.customer_id) == [("no_response", True, "superseded", "unsubscribe"),
+                                                ("unsubscribe", False, None, None)]
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total) "
+                             "VALUES (990001, :c, now(), 'placed', 10)"), {"c": who.customer_id})
+        assert lift_sunsets(conn, datetime.now(UTC) + timedelta(minutes=1)) == 0
+    assert history(engine, who.customer_id)[-1] == ("unsubscribe", False, None, None)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM shop.orders WHERE order_id = 990001"))
+
+
+# ---------------------------------------------------------------------------- 5. health, logs
 def test_health(service):
     response = service.client.get("/health")
     assert response.status_code == 200 and response.text == "ok"

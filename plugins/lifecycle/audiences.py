@@ -343,7 +343,7 @@ SELECT DISTINCT ON (ct.customer_id) ct.customer_id, ct.email, ct.phone, ct.count
        EXISTS (SELECT 1 FROM lifecycle.consent c
                WHERE c.customer_id = ct.customer_id AND c.channel = 'ads' AND c.opted_in),
        EXISTS (SELECT 1 FROM lifecycle.suppressions s
-               WHERE s.customer_id = ct.customer_id AND s.channel = 'ads')
+               WHERE s.customer_id = ct.customer_id AND s.channel = 'ads' AND s.lifted_at IS NULL)
 FROM lifecycle.contacts ct
 WHERE ct.customer_id IN (SELECT e.customer_id FROM lifecycle.enrollments e
                          WHERE e.journey = :journey AND e.mode = :mode

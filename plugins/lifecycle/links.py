@@ -1,4 +1,5 @@
-"""Links in messages: opaque, signed unsubscribe tokens (no address or id readable in them)."""
+"""Links in messages: opaque, signed unsubscribe and "keep me subscribed" tokens (no address or id
+readable in them)."""
 
 from __future__ import annotations
 
@@ -38,18 +39,42 @@ def unsubscribe_token(customer_id: int, channel: str) -> str:
 
 
 def verify_unsubscribe_token(token: str) -> tuple[int, str] | None:
+    """(customer_id, channel) of an unsubscribe token; None for anything else, a stay token too
+    (its payload starts with its purpose, which is not a customer id)."""
     try:
         customer_id, channel = _cipher().decrypt(token.encode()).decode().split(":", 1)
+        return int(customer_id), channel
     except (InvalidToken, ValueError):
         return None
-    return int(customer_id), channel
+
+
+# "Keep me subscribed" tokens carry their purpose, so an unsubscribe link can never be replayed
+# as a stay choice, nor a stay link as an unsubscribe. Same key, same opacity.
+STAY = "stay"
+
+
+def stay_token(customer_id: int, channel: str) -> str:
+    return _cipher().encrypt(f"{STAY}:{customer_id}:{channel}".encode()).decode()
+
+
+def verify_stay_token(token: str) -> tuple[int, str] | None:
+    try:
+        purpose, customer_id, channel = _cipher().decrypt(token.encode()).decode().split(":", 2)
+        if purpose != STAY:
+            return None
+        return int(customer_id), channel
+    except (InvalidToken, ValueError):
+        return None
 
 
 def links_for(customer_id: int, channel: str) -> dict[str, str]:
+    """The links every message may show. `preferences` (the footer's "Email preferences" and
+    win_back's "Yes, keep me subscribed") opens the service's /preferences page, where a POST
+    records the choice to stay and ends a no_response sunset."""
     token = unsubscribe_token(customer_id, channel)
     domain = SHOP["from_email"].split("@")[-1]
     return {
         "unsubscribe": f"{SHOP['base_url']}/unsubscribe?t={token}",
         "unsubscribe_mailto": f"mailto:unsubscribe@{domain}?subject=unsubscribe%20{token}",
-        "preferences": f"{SHOP['base_url']}/preferences?t={token}",
+        "preferences": f"{SHOP['base_url']}/preferences?t={stay_token(customer_id, channel)}",
     }

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from lifecycle.runs import RunContext
 from lifecycle.spec import JourneySpec, Step
+from lifecycle.sunsets import lift_sunsets
 
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024) at any segment size
 STALE_CLAIM = timedelta(hours=1)
@@ -75,21 +76,24 @@ def insert_messages(
     ).all()
     if action == "suppress" and run.mode == "live":
         for channel in {r.channel for r in rows}:
-            _suppress(conn, spec, channel, [r.customer_id for r in rows if r.status == "sent" and r.channel == channel])
+            _suppress(conn, spec, run, channel,
+                      [r.customer_id for r in rows if r.status == "sent" and r.channel == channel])
     return [(r.message_id, r.status) for r in rows]
 
 
-def _suppress(conn: sa.Connection, spec: JourneySpec, channel: str, customer_ids: list[int]) -> None:
+def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: str, customer_ids: list[int]) -> None:
+    """A sunset ('no_response'), dated the run's as_of: an order or click after it lifts it
+    (lifecycle.sunsets), also in a replay of the past. An active suppression is left as it is."""
     if customer_ids:
         conn.execute(
             sa.text(
                 """
-                INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source)
-                SELECT unnest(CAST(:ids AS bigint[])), :channel, 'no_response', :journey
-                ON CONFLICT (customer_id, channel) DO NOTHING
+                INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since)
+                SELECT unnest(CAST(:ids AS bigint[])), :channel, 'no_response', :journey, :as_of
+                ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
                 """
             ),
-            {"ids": customer_ids, "channel": channel, "journey": spec.journey},
+            {"ids": customer_ids, "channel": channel, "journey": spec.journey, "as_of": run.as_of},
         )
 
 
@@ -108,10 +112,10 @@ def reachable_sql(channel: str, kind: str) -> str:
 
         reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
         return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "
-                f"c.customer_id AND x.channel = '{channel}' AND x.reason IN ({reasons}))")
+                f"c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL AND x.reason IN ({reasons}))")
     return (f"{address} AND EXISTS (SELECT 1 FROM lifecycle.consent k WHERE k.customer_id = c.customer_id "
             f"AND k.channel = '{channel}' AND k.opted_in) AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x "
-            f"WHERE x.customer_id = c.customer_id AND x.channel = '{channel}')")
+            f"WHERE x.customer_id = c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL)")
 
 
 def choose_channel_sql(channels: tuple[str, ...], kind: str) -> str:
@@ -193,6 +197,8 @@ def _issue_coupons(conn: sa.Connection, spec: JourneySpec, run: RunContext, step
 def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, dict[str, int]]:
     """Insert a message for every step that came due by as_of; return statuses per step."""
     planned = {}
+    with engine.begin() as conn:  # a returning customer's sunset ends before channels are chosen
+        lift_sunsets(conn, run.as_of)
     for step in spec.steps:
         with engine.begin() as conn:
             _due_candidates(conn, spec, run, step)

@@ -73,6 +73,7 @@ def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
 def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, now: datetime) -> int:
     """Consent, suppressions, enrollment state, lateness and address, checked now, not at planning."""
     exit_steps = [e.message_step for e in spec.exits if e.message_step]
+    _lift_returning_customers(conn, batch, now)
     return conn.execute(
         sa.text(
             """
@@ -112,6 +113,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
                 FROM lifecycle.messages m2
                 JOIN lifecycle.enrollments e ON e.enrollment_id = m2.enrollment_id
                 LEFT JOIN lifecycle.suppressions s ON s.customer_id = m2.customer_id AND s.channel = m2.channel
+                                                   AND s.lifted_at IS NULL
                 LEFT JOIN lifecycle.consent cs ON cs.customer_id = m2.customer_id AND cs.channel = m2.channel
                 LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m2.customer_id
                 WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.channel = :channel
@@ -123,6 +125,20 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
         {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX, "now": now,
          "blocks_transactional": list(BLOCKS_TRANSACTIONAL)},
     ).rowcount
+
+
+def _lift_returning_customers(conn: sa.Connection, batch: dict, now: datetime) -> None:
+    """End the sunsets of this batch's recipients who came back (ordered, clicked) before the
+    run's as_of (the sender's clock when the batch has none): their messages then go out."""
+    from lifecycle.sunsets import lift_sunsets
+
+    customers = conn.execute(
+        sa.text("SELECT DISTINCT customer_id FROM lifecycle.messages WHERE journey = :journey AND run_id = :run_id "
+                "AND channel = :channel AND batch_no = :batch AND status = 'planned'"),
+        _batch_binds(batch),
+    ).scalars().all()
+    as_of = datetime.fromisoformat(batch["as_of"]) if batch.get("as_of") else now
+    lift_sunsets(conn, min(as_of, now), customers)
 
 
 def apply_frequency_cap(conn: sa.Connection, batch: dict, now: datetime) -> int:
@@ -341,7 +357,7 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
             conn.execute(
                 sa.text(
                     "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
-                    "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) DO UPDATE "
+                    "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO UPDATE "
                     "SET reason = EXCLUDED.reason, source = EXCLUDED.source, since = now() "
                     "WHERE EXCLUDED.reason = ANY(CAST(:blocking AS text[])) "
                     "AND lifecycle.suppressions.reason <> ALL(CAST(:blocking AS text[]))"

@@ -22,13 +22,23 @@ Routes:
 ``POST /unsubscribe?t=TOKEN`` with body ``confirm=yes``
     The page's form: records the suppression (source 'unsubscribe_page') and shows
     "you're unsubscribed".
+``GET /preferences?t=STAY_TOKEN``
+    "Do you want to keep hearing from us?": a page with a button (and a link to unsubscribe
+    instead). Changes nothing, for the same reason as above.
+``POST /preferences?t=STAY_TOKEN`` with body ``choice=stay``
+    Records the choice in lifecycle.preference_choices (source 'preferences_page') and
+    lifts the customer's active 'no_response' sunset on that channel (lifecycle.sunsets);
+    win_back's ``chose_to_stay`` exit then spares them its stop_emailing step. A stay token
+    is signed for that purpose only: an unsubscribe token is refused here and vice versa.
 ``GET /health``
     200 ``ok`` when the warehouse answers ``SELECT 1``, else 503.
 
-A token that does not verify (tampered, truncated, signed with another key) gets 400 and
-writes nothing; so does a POST whose body is neither of the two above. Recording is
-idempotent (ON CONFLICT DO NOTHING): repeating any request is harmless, and an older
-suppression of the same (customer, channel), e.g. a hard bounce, is kept as it is.
+A token that does not verify (tampered, truncated, signed with another key or for another
+purpose) gets 400 and writes nothing; so does a POST whose body is none of the above.
+Unsubscribing is idempotent (ON CONFLICT DO NOTHING): repeating any request is harmless, and
+an older active suppression of the same (customer, channel), e.g. a hard bounce, is kept as
+it is, except a sunset ('no_response'), which an unsubscribe supersedes (the sunset row is
+closed with lifted_reason 'superseded', so no later order can lift the unsubscribe with it).
 The send-time checks (lifecycle.send) read lifecycle.suppressions before every message,
 so an unsubscribe stops all later marketing on that channel; transactional messages
 (order confirmations, shipping notices) still go out.
@@ -46,6 +56,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from urllib.parse import parse_qsl
 
@@ -61,7 +73,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from lifecycle.config import SHOP, TEMPLATES_DIR
-from lifecycle.links import verify_unsubscribe_token
+from lifecycle.links import unsubscribe_token, verify_stay_token, verify_unsubscribe_token
+from lifecycle.sunsets import LIFTABLE, lift_for_stay_choice
 from lifecycle.warehouse import url_from_connection
 
 log = logging.getLogger("lifecycle.unsubscribe")
@@ -96,13 +109,30 @@ SECURITY_HEADERS = {
 }
 
 # The routes the access log may name; anything else is logged as "-" (paths are user input).
-_ROUTES = ("/unsubscribe", "/unsubscribe/", "/health")
+_ROUTES = ("/unsubscribe", "/unsubscribe/", "/preferences", "/preferences/", "/health")
 
+# An unsubscribe outranks a sunset: close the active no_response row (kept as history), so
+# that an order, which lifts sunsets, can never lift the customer's unsubscribe with it.
+SUPERSEDE_SUNSET_SQL = sa.text(
+    """
+    UPDATE lifecycle.suppressions
+       SET lifted_at = now(), lifted_reason = 'superseded', lifted_ref = 'unsubscribe'
+     WHERE customer_id = :customer_id AND channel = :channel AND lifted_at IS NULL
+       AND reason = ANY(CAST(:liftable AS text[]))
+    """
+)
 SUPPRESS_SQL = sa.text(
     """
     INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source)
     VALUES (:customer_id, :channel, 'unsubscribe', :source)
-    ON CONFLICT (customer_id, channel) DO NOTHING
+    ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
+    """
+)
+RECORD_STAY_SQL = sa.text(
+    """
+    INSERT INTO lifecycle.preference_choices (customer_id, channel, choice, source, chosen_at)
+    VALUES (:customer_id, :channel, 'stay', :source, :chosen_at)
+    RETURNING choice_id
     """
 )
 
@@ -132,8 +162,9 @@ class _Invalid(Exception):
 
 
 # ---------------------------------------------------------------------------- the app
-def create_app(engine: Engine) -> Starlette:
-    """The ASGI app, writing suppressions through ``engine`` (one engine per process)."""
+def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Starlette:
+    """The ASGI app, writing suppressions through ``engine`` (one engine per process).
+    ``clock`` dates a stay choice: the wall clock, or a simulation's time in a replay."""
     pages = jinja2.Environment(
         loader=jinja2.FileSystemLoader(PAGES_DIR),
         autoescape=True,
@@ -151,10 +182,18 @@ def create_app(engine: Engine) -> Starlette:
         return page("error.html", status, title=title, message=message)
 
     def suppress(customer_id: int, channel: str, source: str) -> bool:
+        subject = {"customer_id": customer_id, "channel": channel}
         with engine.begin() as conn:
-            return conn.execute(
-                SUPPRESS_SQL, {"customer_id": customer_id, "channel": channel, "source": source}
-            ).rowcount == 1
+            conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
+            return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
+
+    def record_stay(customer_id: int, channel: str, source: str) -> bool:
+        """Record the choice and end an active sunset on the channel; True if one was lifted."""
+        chosen_at = clock()
+        with engine.begin() as conn:
+            choice_id = conn.execute(RECORD_STAY_SQL, {"customer_id": customer_id, "channel": channel,
+                                                       "source": source, "chosen_at": chosen_at}).scalar_one()
+            return lift_for_stay_choice(conn, customer_id, channel, choice_id, chosen_at) == 1
 
     def ping() -> None:
         with engine.connect() as conn:
@@ -209,6 +248,39 @@ def create_app(engine: Engine) -> Starlette:
             return PlainTextResponse("You have been unsubscribed.\n")
         return page("done.html", what=_label(channel))
 
+    async def preferences(request: Request) -> Response:
+        """GET: the question and a button (link scanners fetch URLs, so a GET records nothing);
+        POST choice=stay: record it."""
+        token = request.query_params.get("t", "")
+        subject = _verify(token, verify_stay_token)
+        if request.method in ("GET", "HEAD"):
+            if subject is None:
+                log.info("preferences page: invalid token")
+                return error_page("invalid_link", 400)
+            customer_id, channel = subject
+            unsubscribe = f"/unsubscribe?t={unsubscribe_token(customer_id, channel)}"
+            return page("preferences.html", token=token, what=_label(channel), unsubscribe=unsubscribe)
+        try:
+            form = await _read_form(request)
+        except _Invalid as exc:
+            log.info("preferences POST: unreadable body")
+            return PlainTextResponse("Bad request.\n", status_code=exc.status)
+        if form.get("choice") != "stay":
+            log.info("preferences POST: no choice=stay")
+            return error_page("bad_request", 400)
+        if subject is None:
+            log.info("preferences POST: invalid token")
+            return error_page("invalid_link", 400)
+        customer_id, channel = subject
+        try:
+            lifted = await run_in_threadpool(record_stay, customer_id, channel, "preferences_page")
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("could not record a stay choice (channel %s): %s", channel, type(exc).__name__)
+            return error_page("unavailable", 503)
+        log.info("stay choice recorded: customer %s, channel %s (%s)", customer_id, channel,
+                 "sunset lifted" if lifted else "no active sunset")
+        return page("stay_done.html", what=_label(channel))
+
     async def health(request: Request) -> Response:
         try:
             await run_in_threadpool(ping)
@@ -222,6 +294,8 @@ def create_app(engine: Engine) -> Starlette:
             # Both spellings answered directly: a POST must never be redirected (RFC 8058).
             Route("/unsubscribe", unsubscribe, methods=["GET", "POST"]),
             Route("/unsubscribe/", unsubscribe, methods=["GET", "POST"]),
+            Route("/preferences", preferences, methods=["GET", "POST"]),
+            Route("/preferences/", preferences, methods=["GET", "POST"]),
             Route("/health", health, methods=["GET"]),
         ],
         middleware=[Middleware(_HeadersAndAccessLog)],
@@ -230,10 +304,11 @@ def create_app(engine: Engine) -> Starlette:
     return app
 
 
-def _verify(token: str) -> tuple[int, str] | None:
+def _verify(token: str, verify: Callable[[str], tuple[int, str] | None] = verify_unsubscribe_token,
+            ) -> tuple[int, str] | None:
     if not token or len(token) > MAX_TOKEN:
         return None
-    subject = verify_unsubscribe_token(token)
+    subject = verify(token)
     if subject is None or not _CHANNEL.match(subject[1]):
         return None
     return subject

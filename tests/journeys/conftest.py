@@ -246,6 +246,7 @@ def simulate(
     quarantined: dict[str, list[datetime]] = {}
     per_run: list[dict] = []
     suppressed = dict(suppressed_before or {})
+    sunset_at: dict[int, datetime] = {}  # the sunsets this simulation wrote: customer -> since
     exit_steps = {r.message_step for r in exits if r.message_step}
 
     def plan(e: ExpectedEnrollment, step: str, due: datetime, as_of: datetime, action: bool) -> ExpectedMessage:
@@ -254,14 +255,22 @@ def simulate(
                                   f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
         elif action:
             msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "sent", "action:")
-            suppressed.setdefault(e.customer_id, "no_response")
+            if e.customer_id not in suppressed:
+                suppressed[e.customer_id], sunset_at[e.customer_id] = "no_response", as_of
         else:
             msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "planned", None)
         e.messages[step] = msg
         return msg
 
-    def send(msg: ExpectedMessage, e: ExpectedEnrollment) -> None:
+    def lift_sunset(customer_id: int, as_of: datetime) -> None:
+        """A sunset ends when the customer places a (non-cancelled) order at or after it, before as_of."""
+        since = sunset_at.get(customer_id)
+        if since and any(since <= o.ordered_at < as_of for o in shop.orders_of.get(customer_id, ())):
+            del suppressed[customer_id], sunset_at[customer_id]
+
+    def send(msg: ExpectedMessage, e: ExpectedEnrollment, as_of: datetime) -> None:
         """The send-time checks, in order: enrollment state, suppressions, consent, address."""
+        lift_sunset(msg.customer_id, as_of)
         consent = shop.email_consent.get(msg.customer_id)
         if e.status in EXIT_STATUSES and msg.step not in exit_steps:
             msg.status, msg.reason = "skipped", f"enrollment {e.status}"
@@ -319,7 +328,7 @@ def simulate(
 
         for msg, e in planned:
             if msg.status == "planned":
-                send(msg, e)
+                send(msg, e, as_of)
     return Expected(enrollments, quarantined, per_run, suppressed)
 
 

@@ -21,6 +21,8 @@ steps:
 exit:
   - when: purchased_since_entry
     then: {channel: email, template: win_back/thank_you}
+  - when: chose_to_stay          # "Yes, keep me subscribed" in email_3: no sunset for them
+    status: exited
 --- */
 
 -- Who qualifies: customers with at least one (non-cancelled) order, whose most recent

@@ -139,3 +139,4 @@ CREATE INDEX IF NOT EXISTS orders_delivered ON shop.orders (delivered_at);
 CREATE INDEX IF NOT EXISTS orders_time ON shop.orders (ordered_at);        -- new orders (confirmations)
 CREATE INDEX IF NOT EXISTS orders_shipped ON shop.orders (shipped_at);     -- shipping notices
 CREATE INDEX IF NOT EXISTS orders_coupon ON shop.orders (coupon_code) WHERE coupon_code IS NOT NULL;  -- redemptions
+CREATE INDEX IF NOT EXISTS engagement_customer_time ON shop.engagement_events (customer_id, occurred_at);  -- clicks lift sunsets
