@@ -531,11 +531,11 @@ def _row_fields(tree: jinja2.nodes.Template) -> set[str]:
 
 
 def check_template(
-    template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR
+    template: str, channel: str = "email", templates_dir: Path | str | None = None
 ) -> tuple[list[str], set[str]]:
     """Compile every file of a template (and the layouts and includes it uses) with the sandbox
     environment the sender uses: (problems, each naming file and line; the `row` fields used)."""
-    env = get_environment(templates_dir)
+    env = get_environment(templates_dir or TEMPLATES_DIR)
     problems: list[str] = []
     fields: set[str] = set()
     todo = [f"{template}{suffix}" for suffix in CHANNEL_FILES[channel]]

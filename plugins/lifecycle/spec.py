@@ -317,9 +317,12 @@ def load_spec(
     try:
         header = yaml.safe_load(match["yaml"]) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f"header line {mark.line + header_line}" if mark else "header"
-        raise SpecError(path, [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+        # The parser notices an unclosed bracket or quote where the header ends; say where it opened.
+        started = (f" ({exc.context} on header line {opened.line + header_line}, column {opened.column + 1})"
+                   if opened and getattr(exc, "context", None) else "")
+        raise SpecError(path, [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}{started}"]) from exc
     if not isinstance(header, dict):
         raise SpecError(path, ["the header must be a YAML mapping of keys (journey:, schedule:, steps:, ...)"])
     sql_line = text.count("\n", 0, match.start("sql"))  # lines before the SQL body
@@ -601,7 +604,7 @@ def _check_sql(sql: str, params: set[str], c: _Checker) -> str:
     for name in sorted(unknown):
         c.add(
             f"SQL: parameter :{name} is not bound (the engine binds :interval_start, :interval_end, "
-            f":as_of; add others under params:)"
+            f":as_of, :shop_url; add others under params:)"
         )
     return body
 
