@@ -36,9 +36,16 @@ PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": t
 # The run's "now" is :as_of; the clock of the warehouse makes a backfill select today's rows.
 WALL_CLOCK = re.compile(r"\b(now\s*\(|current_date\b|current_timestamp\b|clock_timestamp\s*\(|localtimestamp\b|"
                         r"statement_timestamp\s*\(|transaction_timestamp\s*\(|timeofday\s*\()", re.I)
-TIMESTAMP_TYPES = {"timestamptz", "timestamp", "date"}
 TEXT_TYPES = {"text", "varchar", "bpchar", "citext", "name"}
-INTEGER_TYPES = {"int2", "int4", "int8"}
+# information_schema's type names (what stage_segment checks) -> pg_type's (what a cursor reports)
+PG_TYPE_NAMES = {"bigint": "int8", "integer": "int4", "smallint": "int2", "text": "text", "character varying": "varchar",
+                 "character": "bpchar", "uuid": "uuid", "timestamp with time zone": "timestamptz",
+                 "timestamp without time zone": "timestamp", "date": "date"}
+
+
+def _run_types(names) -> set[str]:
+    """The types stage_segment accepts, as pg_type names: lint and the run agree."""
+    return {PG_TYPE_NAMES.get(name, name) for name in names}
 
 
 def lint(paths: list[str], warehouse_url: str | None) -> int:
@@ -167,6 +174,7 @@ def _literal_sql(spec, cursor) -> tuple[str, list[tuple[int, int, int]]]:
 
 def _warehouse_problems(spec, warehouse: _Warehouse, fields_by_template: dict[str, set[str]]) -> list[str]:
     """Run the SELECT with LIMIT 0 (nothing is read) and check what it returns."""
+    from lifecycle import stage
     from lifecycle.stage import coupon_product_columns, required_columns
 
     prefix = "SELECT * FROM (\n"
@@ -189,8 +197,10 @@ def _warehouse_problems(spec, warehouse: _Warehouse, fields_by_template: dict[st
     missing = sorted(required_columns(spec) - set(returned))
     if missing:
         problems.append(f"SQL: the SELECT must return column(s) {', '.join(missing)}; it returns {', '.join(returned)}")
-    expected = [(spec.entered_at, TIMESTAMP_TYPES, "a timestamp (entered_at)")]
-    expected += [(c, INTEGER_TYPES, "whole-number product ids (coupon.product)") for c in coupon_product_columns(spec)]
+    product_types = _run_types(getattr(stage, "ID_TYPES", None) or stage.INTEGER_TYPES)
+    expected = [(spec.entered_at, _run_types(stage.TIMESTAMP_TYPES), "a timestamp (entered_at)")]
+    expected += [(c, product_types, f"product ids ({', '.join(sorted(product_types))}; coupon.product)")
+                 for c in coupon_product_columns(spec)]
     if "email" in spec.channels:
         expected.append(("email", TEXT_TYPES, "text (email)"))
     for column, allowed, what in expected:
