@@ -124,3 +124,20 @@ def test_a_warehouse_without_the_lifecycle_schema_says_run_migrate_once(scratch_
     out = capsys.readouterr().out
     assert out.count("run `lifecycle migrate`") == 1
     assert "does not exist" not in out and "16 ok, 0 broken" in out
+
+
+def test_lint_flags_the_wall_clock_in_a_condition(tmp_path, monkeypatch, capsys):
+    from lifecycle import cli
+    from lifecycle.config import CONDITIONS_DIR
+
+    conditions = tmp_path / "conditions"
+    shutil.copytree(CONDITIONS_DIR, conditions)
+    condition = conditions / "purchased_since_entry.sql"
+    text = condition.read_text().replace(":as_of", "current_date", 1)
+    assert "current_date" in text
+    condition.write_text(text)
+    monkeypatch.setattr(cli, "CONDITIONS_DIR", conditions)
+    assert lint([], None) == 1
+    out = capsys.readouterr().out
+    assert f"condition purchased_since_entry.sql line {line_of(text, 'current_date')}: current_date reads " \
+           "the wall clock: use :as_of" in out

@@ -91,7 +91,7 @@ def _lint_file(path: Path, warehouse) -> tuple:
         return None, exc.problems
     except Exception as exc:  # noqa: BLE001 - whatever it is, it is this file's problem
         return None, [f"{type(exc).__name__}: {exc}"]
-    problems = [f"SQL line {_file_line(spec, m.start())}: {m.group(1).rstrip('(').strip()}() reads the wall clock: "
+    problems = [f"SQL line {_file_line(spec, m.start())}: {_clock_name(m)} reads the wall clock: "
                 "use :as_of (the run's interval end) so backfills replay the past exactly"
                 for m in WALL_CLOCK.finditer(_mask_sql(spec.sql))]
     fields_by_template: dict[str, set[str]] = {}
@@ -230,13 +230,27 @@ def _warehouse_error(spec, exc: Exception, prefix_len: int, pieces) -> str:
 def _lint_conditions(condition_tie_problems) -> int:
     conditions, failures = sorted(CONDITIONS_DIR.glob("*.sql")), 0
     for path in conditions:
-        problems = condition_tie_problems(path)
+        problems = condition_tie_problems(path) + _wall_clock_problems(path)
         failures += bool(problems)
         print(f"FAIL {path}" if problems else f"ok   {path.name}")
         for problem in problems:
             print(f"     - {problem}")
     print(f"\nconditions: {len(conditions) - failures} ok, {failures} broken")
     return failures
+
+
+def _clock_name(match: re.Match) -> str:
+    """`now()`, `current_date`: the wall-clock call as the analyst knows it."""
+    word = match.group(1)
+    return re.sub(r"\s*\($", "()", word) if word.endswith("(") else word
+
+
+def _wall_clock_problems(path: Path) -> list[str]:
+    """A condition reading the wall clock instead of :as_of (backfills would not replay)."""
+    text = path.read_text(encoding="utf-8")
+    return [f"condition {path.name} line {text.count(chr(10), 0, m.start()) + 1}: "
+            f"{_clock_name(m)} reads the wall clock: use :as_of"
+            for m in WALL_CLOCK.finditer(_mask_sql(text))]
 
 
 def _fmt(delta: timedelta) -> str:
