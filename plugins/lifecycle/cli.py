@@ -55,7 +55,7 @@ def lint(paths: list[str], warehouse_url: str | None) -> int:
     if not files:
         print(f"no segment files in {SEGMENTS_DIR}")
         return 1
-    warehouse = _lint_warehouse(warehouse_url) if warehouse_url else None
+    warehouse = _Warehouse(warehouse_url) if warehouse_url else None
     failures = 0
     try:
         for path in files:
@@ -136,6 +136,8 @@ def _file_line(spec, offset: int) -> str:
 
 
 class _Warehouse:
+    """The warehouse lint runs the SELECTs on; whether it has the `lifecycle` schema, asked once."""
+
     def __init__(self, url: str):
         import sqlalchemy as sa
 
@@ -146,10 +148,6 @@ class _Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _lint_warehouse(url: str) -> _Warehouse:
-    return _Warehouse(url)
 
 
 def _literal_sql(spec, cursor) -> tuple[str, list[tuple[int, int, int]]]:
