@@ -173,14 +173,24 @@ def shop_copy():
         drop()
 
 
-@pytest.fixture(scope="module", params=["embedded", "service"])
+# The focused set that also runs on the PostgreSQL service (TCP, a separate server) besides the
+# embedded one: connection handling, concurrency, guarantees. A module opts in with
+# `SHOP_SERVERS = ("embedded", "service")`; everything else runs on the embedded server only.
+def pytest_generate_tests(metafunc):
+    servers = getattr(metafunc.module, "SHOP_SERVERS", None)
+    if servers and "shop_db" in metafunc.fixturenames:
+        metafunc.parametrize("shop_db", servers, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def shop_db(request, shop_copy):
-    """A fresh database on either server holding the demo shop (600 customers, anchor
-    2026-11-20 UTC) and the lifecycle schema. Module-scoped: tests in one module share it,
-    so they use disjoint journeys or clean up what they change."""
+    """A fresh database holding the demo shop (600 customers, anchor 2026-11-20 UTC) and the
+    lifecycle schema, on the embedded server (or on the service: see SHOP_SERVERS).
+    Module-scoped: tests in one module share it, so they use disjoint journeys or clean up what
+    they change."""
     from datetime import datetime
 
-    url, drop, planted = shop_copy(_admin_url(request, request.param))
+    url, drop, planted = shop_copy(_admin_url(request, getattr(request, "param", "embedded")))
     engine = sa.create_engine(url)
     yield engine, planted, datetime(*ANCHOR_UTC, tzinfo=UTC)
     engine.dispose()
@@ -213,6 +223,17 @@ def airflow_db():
     for name, slots in POOLS.items():
         Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
     return os.environ["AIRFLOW_HOME"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark what `make test-fast` leaves out: tests on the PostgreSQL service (`service`) and
+    the journey replays (`slow`, like the modules that say so themselves)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "service" in callspec.params.values():
+            item.add_marker(pytest.mark.service)
+        if item.path.parent.name == "journeys":
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_unconfigure(config):

@@ -22,6 +22,8 @@ from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 
+SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
+
 SPEC = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
 # The same journey with a week of allowed lateness, so that a first (cold) run plans every
 # due reminder instead of expiring them: it gives the delivery tests enough messages.
