@@ -15,6 +15,7 @@ from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR
 from lifecycle.warehouse import airflow_conn_json
 
 SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
+pytestmark = pytest.mark.slow  # runs DAGs through Airflow (dag.test)
 
 JOURNEYS = {
     "cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday", "birthday_ask", "welcome",

@@ -204,6 +204,7 @@ def test_overdue_steps_expire_instead_of_sending_late(shop, smtp_server):
     assert case.email not in received(smtp_server)
 
 
+@pytest.mark.slow  # 30 hourly runs
 def test_nothing_lost_every_message_ends_sent_or_with_a_reason(shop, smtp_server):
     engine, _, anchor = shop
     smtp_server.reject["planted.cart_recent@example.com"] = "550 5.1.1 no such user"
