@@ -135,7 +135,7 @@ SHOP_CUSTOMERS, SHOP_SEED = 600, 11
 
 
 @pytest.fixture(scope="session")
-def shop_copy():
+def shop_copy(embedded_server_url):  # requested so that it is torn down before that server stops
     """`shop_copy(admin_url)` -> (url, drop, planted): a fresh database holding the demo shop
     (600 customers, anchor 2026-11-20 UTC) and the migrated lifecycle schema.
 
