@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint lint-segments bench lock clean
+.PHONY: install demo test test-fast lint lint-segments bench bench-journeys lock clean
 
 install: $(STAMP)
 
@@ -22,11 +22,18 @@ test: $(STAMP)  ## ruff (with Airflow's AIR rules), then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+test-fast: $(STAMP)  ## the edit loop: ruff, then every test not marked slow or service (under 2 minutes)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not slow and not service"
+
 lint-segments: $(STAMP)  ## check every segment file, for analysts
 	$(BIN)/lifecycle lint
 
 bench: $(STAMP)  ## one hourly cart-abandonment run on a generated 100k-customer shop
 	$(BIN)/python benchmarks/cart_abandonment_run.py
+
+bench-journeys: $(STAMP)  ## the journey tests' run windows against their time budgets, and DAG parsing
+	$(BIN)/python benchmarks/journey_replays.py
 
 lock:  ## re-resolve requirements.txt into constraints.txt in a throwaway venv
 	rm -rf /tmp/lifecycle-lock && $(PYTHON) -m venv /tmp/lifecycle-lock

@@ -7,6 +7,7 @@ message when nothing listens on 127.0.0.1:5432, except under CI=true, where it m
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import socket
@@ -46,12 +47,13 @@ def _service_reachable() -> bool:
         return False
 
 
-def _fresh_database(admin_url: str) -> tuple[str, callable]:
-    """Create a uniquely named database; return its URL and a function that drops it."""
+def _fresh_database(admin_url: str, template: str | None = None) -> tuple[str, callable]:
+    """Create a uniquely named database (empty, or a copy of `template`); return its URL and a
+    function that drops it."""
     name = f"lifecycle_test_{secrets.token_hex(4)}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     url = sa.make_url(admin_url).set(database=name)
 
     def drop() -> None:
@@ -129,22 +131,68 @@ def scratch_engine(embedded_server_url):
 ANCHOR_UTC = (2026, 11, 20)
 
 
-@pytest.fixture(scope="module", params=["embedded", "service"])
-def shop_db(request):
-    """A fresh database on either server holding the demo shop (600 customers, anchor
-    2026-11-20 UTC) and the lifecycle schema. Module-scoped: tests in one module share it,
-    so they use disjoint journeys or clean up what they change."""
+SHOP_CUSTOMERS, SHOP_SEED = 600, 11
+
+
+@pytest.fixture(scope="session")
+def shop_copy(embedded_server_url):  # requested so that it is torn down before that server stops
+    """`shop_copy(admin_url)` -> (url, drop, planted): a fresh database holding the demo shop
+    (600 customers, anchor 2026-11-20 UTC) and the migrated lifecycle schema.
+
+    The shop is generated once per server into a template database, and each caller gets a
+    `CREATE DATABASE ... TEMPLATE` copy of it: generating takes seconds, a copy a fraction of one.
+    The template is only connected to while it is built (PostgreSQL copies an idle database only)."""
     from datetime import datetime
 
     from lifecycle import demo_shop, schema
 
-    admin_url = _admin_url(request, request.param)
-    url, drop = _fresh_database(admin_url)
+    templates: dict[str, tuple[str, object]] = {}  # admin URL -> (template database, planted cases)
+    drops = []
+
+    def build_template(admin_url: str) -> tuple[str, object]:
+        url, drop = _fresh_database(admin_url)
+        drops.append(drop)
+        engine = sa.create_engine(url)
+        try:
+            planted = demo_shop.generate(engine, datetime(*ANCHOR_UTC, tzinfo=UTC), customers=SHOP_CUSTOMERS,
+                                         seed=SHOP_SEED)
+            schema.migrate(engine)
+        finally:
+            engine.dispose()
+        return sa.make_url(url).database, planted
+
+    def copy_of_shop(admin_url: str) -> tuple[str, callable, object]:
+        if admin_url not in templates:
+            templates[admin_url] = build_template(admin_url)
+        template, planted = templates[admin_url]
+        url, drop = _fresh_database(admin_url, template=template)
+        return url, drop, copy.deepcopy(planted)  # a module may add to its cases
+
+    yield copy_of_shop
+    for drop in drops:
+        drop()
+
+
+# The focused set that also runs on the PostgreSQL service (TCP, a separate server) besides the
+# embedded one: connection handling, concurrency, guarantees. A module opts in with
+# `SHOP_SERVERS = ("embedded", "service")`; everything else runs on the embedded server only.
+def pytest_generate_tests(metafunc):
+    servers = getattr(metafunc.module, "SHOP_SERVERS", None)
+    if servers and "shop_db" in metafunc.fixturenames:
+        metafunc.parametrize("shop_db", servers, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def shop_db(request, shop_copy):
+    """A fresh database holding the demo shop (600 customers, anchor 2026-11-20 UTC) and the
+    lifecycle schema, on the embedded server (or on the service: see SHOP_SERVERS).
+    Module-scoped: tests in one module share it, so they use disjoint journeys or clean up what
+    they change."""
+    from datetime import datetime
+
+    url, drop, planted = shop_copy(_admin_url(request, getattr(request, "param", "embedded")))
     engine = sa.create_engine(url)
-    anchor = datetime(*ANCHOR_UTC, tzinfo=UTC)
-    planted = demo_shop.generate(engine, anchor, customers=600, seed=11)
-    schema.migrate(engine)
-    yield engine, planted, anchor
+    yield engine, planted, datetime(*ANCHOR_UTC, tzinfo=UTC)
     engine.dispose()
     drop()
 
@@ -175,6 +223,17 @@ def airflow_db():
     for name, slots in POOLS.items():
         Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
     return os.environ["AIRFLOW_HOME"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark what `make test-fast` leaves out: tests on the PostgreSQL service (`service`) and
+    the journey replays (`slow`, like the modules that say so themselves)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "service" in callspec.params.values():
+            item.add_marker(pytest.mark.service)
+        if item.path.parent.name == "journeys":
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_unconfigure(config):

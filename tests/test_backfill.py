@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 # Starting a whole Airflow is slow: this module runs on the embedded warehouse only (the
 # engine's SQL runs on both servers in test_dags.py and the other modules).
-pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
+pytestmark = [pytest.mark.parametrize("shop_db", ["embedded"], indirect=True), pytest.mark.slow]
 
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,9 @@ from conftest import reset_lifecycle
 
 from lifecycle.config import PROJECT_DIR, SEGMENTS_DIR
 from lifecycle.warehouse import airflow_conn_json
+
+SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
+pytestmark = pytest.mark.slow  # runs DAGs through Airflow (dag.test)
 
 JOURNEYS = {
     "cart_abandonment", "win_back", "review_request", "browse_abandonment", "birthday", "birthday_ask", "welcome",
@@ -32,11 +34,9 @@ def dagbag(folder=PROJECT_DIR / "dags"):
 def test_every_dag_file_imports_without_errors_and_without_touching_the_network(monkeypatch):
     # An unreachable warehouse: parsing must not notice, because it never connects.
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", json.dumps({"conn_type": "postgres", "host": "10.255.255.1"}))
-    started = time.perf_counter()
-    bag = dagbag()
+    bag = dagbag()  # how long parsing takes: benchmarks/journey_replays.py
     assert bag.import_errors == {}
     assert set(bag.dags) == JOURNEYS | {DISPATCH}
-    assert time.perf_counter() - started < 5
     dispatch = bag.dags[DISPATCH]
     assert {t.task_id for t in dispatch.tasks} == {
         "collect", "batches_email", "send_email", "batches_sms", "send_sms", "batches_push", "send_push",

@@ -23,6 +23,8 @@ from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 
+SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
+
 SPEC = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
 # The same journey with a week of allowed lateness, so that a first (cold) run plans every
 # due reminder instead of expiring them: it gives the delivery tests enough messages.
@@ -203,6 +205,7 @@ def test_overdue_steps_expire_instead_of_sending_late(shop, smtp_server):
     assert case.email not in received(smtp_server)
 
 
+@pytest.mark.slow  # 30 hourly runs
 def test_nothing_lost_every_message_ends_sent_or_with_a_reason(shop, smtp_server):
     engine, _, anchor = shop
     smtp_server.reject["planted.cart_recent@example.com"] = "550 5.1.1 no such user"

@@ -213,12 +213,12 @@ def test_the_birthday_sms_and_subject_use_the_customers_words_and_day():
 # ---------------------------------------------------- end to end: the engine, a real SMTP server
 
 
-@pytest.fixture(params=["embedded", "service"])
+@pytest.fixture()
 def warehouse(request):
-    """A fresh database holding the shop's tables, on either server."""
+    """A fresh database holding the shop's tables, on the embedded server."""
     from lifecycle.schema import create_shop_schema
 
-    url, drop = _fresh_database(_admin_url(request, request.param))
+    url, drop = _fresh_database(_admin_url(request, "embedded"))
     engine = sa.create_engine(url)
     create_shop_schema(engine)
     yield engine

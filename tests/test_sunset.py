@@ -7,7 +7,7 @@ the run's as_of), keeping its row as history; unsubscribes, hard bounces and com
 end that way. And "Yes, keep me subscribed" in email_3 must carry a signed token, be recorded
 by the service, and spare the customer the sunset (exit `chose_to_stay`).
 
-Each test gets a fresh database (embedded PostgreSQL and the PostgreSQL service). The runs
+Each test gets a fresh database on the embedded PostgreSQL. The runs
 are the days on which win_back's steps fall due (a step is sent by the first run whose
 interval end is at or after its due time), so a whole sunset takes four runs.
 """
@@ -43,9 +43,9 @@ STEP_DAYS = {"email_1": 0, "email_2": 7, "email_3": 14, "stop_emailing": 21}
 
 
 # ----------------------------------------------------------------------------- a small shop
-@pytest.fixture(params=["embedded", "service"])
+@pytest.fixture()
 def engine(request):
-    url, drop = _fresh_database(_admin_url(request, request.param))
+    url, drop = _fresh_database(_admin_url(request, "embedded"))
     engine = sa.create_engine(url)
     schema.create_shop_schema(engine)
     schema.migrate(engine)

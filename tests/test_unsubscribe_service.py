@@ -36,6 +36,8 @@ from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.warehouse import airflow_conn_json
 
+SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
+
 SPEC = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 # The service's shop name: markup in it must come out escaped on every page.

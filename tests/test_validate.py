@@ -185,6 +185,44 @@ def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
     assert open_connections() <= before  # a long-lived worker must not run out of connections
 
 
+def test_one_gx_context_serves_every_validation_in_a_process(warehouse, tmp_path, monkeypatch):
+    """Building a GX context per run (and collecting the garbage it leaves) cost about a second a
+    run; the process builds one and reuses it. Spy (not a mock): the real get_context runs."""
+    import great_expectations as gx
+
+    from lifecycle import validate
+
+    built = []
+    real_get_context = gx.get_context
+    monkeypatch.setattr(gx, "get_context", lambda *a, **k: built.append(1) or real_get_context(*a, **k))
+    monkeypatch.setattr(validate, "_gx", {})  # as in a fresh process
+    spec = segment(tmp_path, "context_probe", """
+        SELECT g AS customer_id, 'k' || g AS row_key, :as_of AS entered_at, 'c' || g || '@example.com' AS email
+        FROM generate_series(1, 3) AS g
+    """)
+    for i in range(1, 4):
+        run_interval(warehouse, spec, END + (i - 1) * timedelta(days=1), END + i * timedelta(days=1), no_channel)
+    assert len(built) == 1
+
+
+def test_validating_the_same_stage_table_again_judges_its_new_rows(warehouse, tmp_path):
+    """A retried run stages into the same table name: the reused GX context must not answer from
+    what it measured for the earlier attempt."""
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE public.picks (customer_id bigint, row_key text, email text)")
+        conn.exec_driver_sql("INSERT INTO public.picks VALUES (1, 'a', 'a@example.com'), (2, 'b', 'b@example.com')")
+    spec = segment(tmp_path, "retry_probe", """
+        SELECT customer_id, row_key, :as_of AS entered_at, email FROM public.picks
+    """)
+    first = run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel, run_id="retried", mode="dry")
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO public.picks VALUES (3, 'a', 'c@example.com'), (4, 'd', 'not-an-email')")
+    again = run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel, run_id="retried", mode="dry")
+
+    assert (first["selected"], first["quarantined"]) == (2, 0)
+    assert (again["selected"], again["quarantined"]) == (4, 3)  # two duplicate keys 'a', one bad address
+
+
 def test_migration_013_gives_earlier_runs_their_new_rows(scratch_engine, tmp_path):
     """Runs recorded before the guard counted new rows get the same measure from the enrollments
     they created, so the history the guard compares with is like for like from the start."""

@@ -1,8 +1,9 @@
 """Create and migrate the warehouse schemas the engine needs.
 
 `include/sql/lifecycle/NNN_*.sql` files run once each, in order, recorded in
-lifecycle.schema_migrations; `contacts.sql` (views analysts adapt) is re-applied
-every time. A transaction-scoped advisory lock makes concurrent migrations safe.
+lifecycle.schema_migrations; `contacts.sql` (views analysts adapt) is re-applied each
+time it changes. A transaction-scoped advisory lock makes concurrent migrations safe; a database
+that is already current is recognised by one read without the lock (every run calls `migrate`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,31 @@ def create_shop_schema(engine: Engine) -> None:
         _run_script(conn, SQL_DIR / "shop" / "schema.sql")
 
 
+def _contacts_version(sql_dir: Path) -> tuple[str, str]:
+    """contacts.sql's text and the version it is recorded under (its content hash)."""
+    views = (sql_dir / "contacts.sql").read_text()
+    return views, "contacts:" + hashlib.sha256(views.encode()).hexdigest()[:16]
+
+
+def _migrations(sql_dir: Path) -> list[Path]:
+    return sorted(p for p in sql_dir.iterdir() if _MIGRATION.match(p.name))
+
+
+def is_current(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> bool:
+    """Whether every migration and the current contact views are recorded: one read, no lock,
+    so that the per-run `migrate` costs a single query once a database is up to date."""
+    wanted = {p.stem for p in _migrations(sql_dir)} | {_contacts_version(sql_dir)[1]}
+    with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('lifecycle.schema_migrations')")).scalar() is None:
+            return False
+        done = set(conn.execute(sa.text("SELECT version FROM lifecycle.schema_migrations")).scalars())
+    return wanted <= done
+
+
 def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
     """Apply pending migrations and refresh the contact views; return what was applied."""
+    if is_current(engine, sql_dir):
+        return []
     applied = []
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
@@ -51,7 +75,7 @@ def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = set(conn.execute(sa.text("SELECT version FROM lifecycle.schema_migrations")).scalars())
-        for path in sorted(p for p in sql_dir.iterdir() if _MIGRATION.match(p.name)):
+        for path in _migrations(sql_dir):
             if path.stem in done:
                 continue
             _run_script(conn, path)
@@ -59,8 +83,7 @@ def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
             applied.append(path.stem)
         # contacts.sql (views analysts adapt) is re-applied only when it changed: CREATE OR REPLACE
         # VIEW takes an exclusive lock that would queue every run behind any open reader.
-        views = (sql_dir / "contacts.sql").read_text()
-        version = "contacts:" + hashlib.sha256(views.encode()).hexdigest()[:16]
+        views, version = _contacts_version(sql_dir)
         if version not in done:
             run_script(conn, views)
             conn.execute(sa.text("DELETE FROM lifecycle.schema_migrations WHERE version LIKE 'contacts:%'"))

@@ -11,9 +11,10 @@ segment selects again (already enrolled) never count towards it.
 
 from __future__ import annotations
 
-import gc
 import logging
+import os
 import statistics
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -144,52 +145,89 @@ def count_new_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
         ).scalar_one()
 
 
+# One GX context per process and one expectation suite per journey's checks: building a context
+# and collecting the garbage a per-run context leaves (its reference cycles hold connection pools)
+# cost about a second per run in a large process, more than the validation itself. Each run still
+# gets its own datasource (a fresh execution engine, whose metric cache never serves an earlier
+# batch of the same stage table), disposed and deleted once the run is validated.
+_gx_lock = threading.Lock()
+_gx: dict = {}  # "context": the process's context; "suites": (journey, reasons) -> ExpectationSuite
+
+
+def _forget_gx_after_fork() -> None:
+    # A forked child (a task process) must not share the parent's context or a lock held there.
+    global _gx_lock
+    _gx_lock = threading.Lock()
+    _gx.clear()
+
+
+os.register_at_fork(after_in_child=_forget_gx_after_fork)
+
+
+def _gx_context():
+    """The process's ephemeral GX context (built on first use; call under _gx_lock)."""
+    if "context" not in _gx:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        _gx.update(context=context, suites={})
+    return _gx["context"]
+
+
+def _suite(spec: JourneySpec, checks: list[tuple[object, str]]):
+    """The expectation suite for these checks, built once per journey and set of checks."""
+    import great_expectations as gx
+
+    key = (spec.journey, tuple(reason for _, reason in checks))
+    if key not in _gx["suites"]:
+        suite = gx.ExpectationSuite(name=f"{spec.journey}_segment")
+        for expectation, _ in checks:
+            suite.add_expectation(expectation)
+        _gx["suites"][key] = suite
+    return _gx["suites"][key]
+
+
+def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list[tuple[object, str]]):
+    """GX's validation result for the run's stage table, by SQL pushdown."""
+    table = stage_table(run).split(".", 1)[1]
+    _quiet_gx()
+    with _gx_lock:
+        context = _gx_context()
+        name = f"warehouse_{run.journey}_{run.short_id}"
+        source = context.data_sources.add_sql(
+            name=name, connection_string=engine.url.render_as_string(hide_password=False)
+        )
+        try:
+            batch = (
+                source.add_table_asset(name=table, table_name=table, schema_name=STAGE_SCHEMA)
+                .add_batch_definition_whole_table("whole")
+                .get_batch()
+            )
+            return batch.validate(
+                _suite(spec, checks),
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": ["_row"],
+                    "partial_unexpected_count": 0,
+                    "return_unexpected_index_query": True,
+                },
+            )
+        finally:
+            # Close both of the datasource's connection pools now (a long-lived worker must not
+            # run out of connections), then drop it from the context so that nothing accumulates.
+            source.get_engine().dispose()
+            source.get_execution_engine().engine.dispose()
+            context.data_sources.delete(name)
+
+
 def validate_stage(
     engine: Engine, spec: JourneySpec, run: RunContext, *, approve_volume: bool = False
 ) -> ValidationOutcome:
-    import great_expectations as gx
-
-    _quiet_gx()
-    table = stage_table(run).split(".", 1)[1]
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = context.data_sources.add_sql(
-        name="warehouse", connection_string=engine.url.render_as_string(hide_password=False)
-    )
-    try:
-        return _validate_with(gx, source, table, engine, spec, run, approve_volume)
-    finally:
-        # GX opens its own engine per datasource and keeps it in reference cycles: without this,
-        # each validation leaves pooled connections open until the garbage collector happens to
-        # run, and a long-lived process (the demo, a test session) runs out of connections.
-        source.get_engine().dispose()
-        del context, source
-        gc.collect()
-
-
-def _validate_with(gx, source, table: str, engine: Engine, spec: JourneySpec, run: RunContext,
-                   approve_volume: bool) -> ValidationOutcome:
-    batch = (
-        source.add_table_asset(name=table, table_name=table, schema_name=STAGE_SCHEMA)
-        .add_batch_definition_whole_table("whole")
-        .get_batch()
-    )
     checks = row_expectations(spec)
     limit = volume_limit(engine, spec, run)
-    suite = gx.ExpectationSuite(name=f"{spec.journey}_segment")
-    for expectation, _ in checks:
-        suite.add_expectation(expectation)
-    result = batch.validate(
-        suite,
-        result_format={
-            "result_format": "COMPLETE",
-            "unexpected_index_column_names": ["_row"],
-            "partial_unexpected_count": 0,
-            "return_unexpected_index_query": True,
-        },
-    )
+    result = _gx_results(engine, spec, run, checks)
     failed_queries, summary = [], []
     for r in result.results:
         kind = r.expectation_config.type

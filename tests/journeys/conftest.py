@@ -1,9 +1,8 @@
 """End-to-end journey tests: the demo shop, real journey runs, a real SMTP server, and an
 expected outcome derived independently from the shop tables.
 
-Per database (`warehouse_engine` is parametrized over the embedded PostgreSQL and the
-PostgreSQL service), the shop is generated once (`shop`, session scope) and each journey
-runs once over its window (`journey_run`, called by a module-scoped fixture in each test
+On the embedded PostgreSQL, the shop is copied once from the session's template (`shop`,
+session scope) and each journey runs once over its window (`journey_run`, called by a module-scoped fixture in each test
 module) against its own `RecordingSMTPServer`.
 
 The expected outcome never reads the segment files or calls the engine's SQL: each test
@@ -32,7 +31,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import demo_shop, schema
+from lifecycle import demo_shop
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
@@ -40,8 +39,6 @@ from lifecycle.smtp_sink import ReceivedMessage, RecordingSMTPServer
 from lifecycle.spec import JourneySpec, load_spec
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)  # "A": the demo shop's history ends just before it
-CUSTOMERS = 600
-SEED = 11
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -444,11 +441,15 @@ def journey_run(shop: Shop, journey: str, start: datetime, end: datetime, every:
 
 
 @pytest.fixture(scope="session")
-def shop(warehouse_engine) -> Shop:
-    """The demo shop, generated once per database (generate() refuses a non-empty shop)."""
-    planted = demo_shop.generate(warehouse_engine, anchor=ANCHOR, customers=CUSTOMERS, seed=SEED)
-    schema.migrate(warehouse_engine)
-    return Shop(warehouse_engine, planted, read_shop_frames(warehouse_engine))
+def shop(embedded_server_url, shop_copy) -> Shop:
+    """The demo shop on the embedded server (a copy of the session's template), shared by the
+    journeys that use it. Journeys run on the embedded server only; the service server has its
+    focused tests (connections, concurrency, backfill, guarantees)."""
+    url, drop, planted = shop_copy(embedded_server_url)
+    engine = sa.create_engine(url)
+    yield Shop(engine, planted, read_shop_frames(engine))
+    engine.dispose()
+    drop()
 
 
 # ----------------------------------------------------------------------------- comparing

@@ -321,7 +321,6 @@ def test_runs_select_and_quarantine_what_the_rules_pick(birthday_run, expected):
                                        "GROUP BY status"))
     assert statuses == {"ok": len(ENDS)}
     assert len(expected.enrollments) > len(PLANTED)  # random customers' birthdays are in the window too
-    assert birthday_run.seconds < 60, f"{birthday_run.seconds:.1f}s"
 
 
 def test_enrollments_once_per_customer_and_year_entered_at_the_runs_as_of(birthday_run, expected):

@@ -552,8 +552,6 @@ def test_runs_select_the_expected_sessions(browse_run, expected):
     actual = [(end, r["selected"], r["quarantined"]) for (_, end), r in
               zip(browse_run.intervals, browse_run.results, strict=True)]
     assert_same(actual, expected.per_run, "(run end, rows selected, rows quarantined)")
-    # Each database takes well under the test's time budget.
-    assert browse_run.seconds < 90, browse_run.seconds
 
 
 def test_enrollments_and_exits(browse_run, expected):

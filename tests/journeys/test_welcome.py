@@ -360,7 +360,6 @@ def test_runs_select_the_expected_customers(welcome_run, expected):
     quarantine = welcome_run.query("SELECT q.enrollment_key, r.interval_end FROM lifecycle.quarantine q "
                                    "JOIN lifecycle.runs r USING (journey, run_id) WHERE q.journey = :journey")
     assert_same(quarantine, expected.quarantined, "quarantine (key, run end)")
-    assert welcome_run.seconds < 90, welcome_run.seconds
 
 
 def test_enrollments_and_exits(welcome_run, expected):
