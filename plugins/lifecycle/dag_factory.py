@@ -378,8 +378,9 @@ def _dispatch_context(journey: str, ctx):
 def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
     specs, errors = load_all(segments_dir)
     dags = {spec.journey: build_journey_dag(spec) for spec in specs}
-    if specs:
-        dags[DISPATCH_DAG_ID] = build_dispatch_dag(specs)
+    live = [spec for spec in specs if spec.status == "live"]  # a draft never delivers, not even left-overs
+    if live:
+        dags[DISPATCH_DAG_ID] = build_dispatch_dag(live)
     for error in errors:
         log.error("segment file %s is broken: %s", error.path, "; ".join(error.problems))
         dags.setdefault(error.path.stem, build_broken_dag(error))
