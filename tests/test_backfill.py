@@ -362,11 +362,7 @@ def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airf
 
     # A manual trigger without a logical date has no data interval: the run fails and says how to replay one.
     af.cli("dags", "trigger", dag_id)
-    deadline = time.monotonic() + 150
-    while not all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)):
-        if time.monotonic() > deadline:
-            pytest.fail("DEBUG " + af.explain_failures(dag_id, af.dag_runs(dag_id)))
-        time.sleep(1)
+    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), "the triggered run", dag_id)
     (failed,) = af.dag_runs(dag_id)
     assert failed["state"] == "failed" and failed["data_interval_start"] is None
     message = start_run_log(af, dag_id, failed["dag_run_id"])

@@ -262,10 +262,14 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             return sync(_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
 
         @task(trigger_rule="all_done", outlets=[journey_asset(spec.journey)])
-        def summarize(run: dict) -> dict:
+        def summarize(run: dict | None) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
             from lifecycle.runs import RunContext, finish_run, message_counts
             from lifecycle.stage import drop_stage
 
+            if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
+                raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
             ctx = get_current_context()
             engine, r = _engine(), RunContext.from_xcom(run)
             failed = _failed_tasks(ctx)
@@ -275,8 +279,6 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             drop_stage(engine, r)
             log.info("journey %s interval %s..%s: %s", r.journey, r.interval_start, r.interval_end, counts)
             if failed:  # recorded above; now make the DAG run itself show the failure
-                from airflow.sdk.exceptions import AirflowFailException
-
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
                     "lifecycle.runs and messages still planned will be sent by the next run"
