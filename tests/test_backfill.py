@@ -388,6 +388,9 @@ def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airf
     assert len(rows(engine, "SELECT 1 FROM lifecycle.runs WHERE journey = :j", j=dag_id)) == 1  # nothing done
     advice = re.search(r"`(airflow backfill create [^`]*--from-date 2026-11-18 [^`]*)`", message)
     assert advice, message[-3000:]
+    assert f"DELETE /api/v2/dags/{dag_id}/dagRuns/{wrong['dag_run_id']}" in message
+    delete = urllib.request.Request(f"{af.api}/api/v2/dags/{dag_id}/dagRuns/{wrong['dag_run_id']}", method="DELETE")
+    urllib.request.urlopen(delete, timeout=30).close()
     follow(af, dag_id, advice[1])
     assert rows(engine, "SELECT interval_start, interval_end, status FROM lifecycle.runs WHERE journey = :j "
                         "ORDER BY interval_start", j=dag_id) == [(day(17), day(18), "ok"), (day(18), day(19), "ok")]

@@ -118,11 +118,11 @@ def replay_advice(journey: str, logical_date: str = "<interval start>") -> str:
 
 
 def _asked_for_an_earlier_interval(ctx) -> bool:
-    """A manual run given a logical date before its data interval: the operator asked for a past
-    interval and Airflow gave the latest one instead (see replay_advice)."""
+    """A run whose logical date lies before its data interval: a manual run given a past logical
+    date got the latest interval instead (see replay_advice); a backfill that cleared such a run
+    keeps its wrong interval too."""
     logical_date = ctx.get("logical_date")
-    return (ctx["dag_run"].run_type == "manual" and logical_date is not None
-            and logical_date < ctx["data_interval_start"])
+    return logical_date is not None and logical_date < ctx["data_interval_start"]
 
 
 def _cli_date(moment) -> str:
@@ -154,7 +154,9 @@ def _run_context(spec: JourneySpec):
         raise AirflowFailException(
             f"{spec.journey}: this manual run was given the logical date {asked.isoformat()}, but Airflow gave it "
             f"the interval {ctx['data_interval_start'].isoformat()} .. {ctx['data_interval_end'].isoformat()}. "
-            f"Nothing was done. To run the interval starting {asked.isoformat()}, "
+            f"Nothing was done. To run the interval starting {asked.isoformat()}, delete this run first (its "
+            f"logical date is taken, and a backfill that re-ran it would keep its wrong interval: Airflow UI, or "
+            f"DELETE /api/v2/dags/{spec.journey}/dagRuns/{ctx['run_id']}), then "
             f"{replay_advice(spec.journey, _cli_date(asked))}"
         )
     return RunContext(
