@@ -1,6 +1,7 @@
 """`lifecycle` command line: lint segment files, run the demo, print the journey report.
 
-    lifecycle lint [FILES...] [--warehouse-url URL]   check segment files (no Airflow needed)
+    lifecycle lint [FILES...] [--warehouse-url URL]   check segment files and their templates (no Airflow
+                                                      needed); with a warehouse, run each SELECT (LIMIT 0)
     lifecycle demo [--days 3]                         the whole product on an embedded warehouse
     lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
     lifecycle env                                     shell exports to use `airflow` on the demo
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -31,40 +34,202 @@ PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": t
 
 
 # ---------------------------------------------------------------------------- lint
+# The run's "now" is :as_of; the clock of the warehouse makes a backfill select today's rows.
+WALL_CLOCK = re.compile(r"\b(now\s*\(|current_date\b|current_timestamp\b|clock_timestamp\s*\(|localtimestamp\b|"
+                        r"statement_timestamp\s*\(|transaction_timestamp\s*\(|timeofday\s*\()", re.I)
+TEXT_TYPES = {"text", "varchar", "bpchar", "citext", "name"}
+# information_schema's type names (what stage_segment checks) -> pg_type's (what a cursor reports)
+PG_TYPE_NAMES = {"bigint": "int8", "integer": "int4", "smallint": "int2", "text": "text", "character varying": "varchar",
+                 "character": "bpchar", "uuid": "uuid", "timestamp with time zone": "timestamptz",
+                 "timestamp without time zone": "timestamp", "date": "date"}
+
+
+def _run_types(names) -> set[str]:
+    """The types stage_segment accepts, as pg_type names: lint and the run agree."""
+    return {PG_TYPE_NAMES.get(name, name) for name in names}
+
+
 def lint(paths: list[str], warehouse_url: str | None) -> int:
-    from lifecycle.spec import SpecError, condition_tie_problems, discover, load_spec
+    from lifecycle.spec import condition_tie_problems, discover
 
     files = [Path(p) for p in paths] or discover(SEGMENTS_DIR)
     if not files:
         print(f"no segment files in {SEGMENTS_DIR}")
         return 1
+    warehouse = _Warehouse(warehouse_url) if warehouse_url else None
     failures = 0
-    for path in files:
-        try:
-            spec = load_spec(path)
-            if warehouse_url:
-                _explain(spec, warehouse_url)
-        except SpecError as exc:
-            failures += 1
-            print(f"FAIL {path}")
-            for problem in exc.problems:
-                print(f"     - {problem}")
-        except Exception as exc:  # SQL rejected by the warehouse
-            failures += 1
-            print(f"FAIL {path}\n     - {exc}")
-        else:
-            steps = ", ".join(f"{s.name}@{_fmt(s.after)}" for s in spec.steps)
-            print(f"ok   {path.name}: {spec.schedule}, steps {steps}")
+    try:
+        for path in files:
+            spec, problems = _lint_file(path, warehouse)
+            if problems:
+                failures += 1
+                print(f"FAIL {path}")
+                for problem in problems:
+                    print(f"     - {problem}")
+            else:
+                steps = ", ".join(f"{s.name}@{_fmt(s.after)}" for s in spec.steps)
+                print(f"ok   {path.name}: {spec.schedule}, steps {steps}")
+    finally:
+        if warehouse is not None:
+            warehouse.dispose()
     print(f"\n{len(files) - failures} ok, {failures} broken")
     if not paths:  # every condition file too, used or not (README "Ties")
         failures += _lint_conditions(condition_tie_problems)
+    if warehouse is not None and not warehouse.has_lifecycle:
+        print("\nthe warehouse has no `lifecycle` schema (the segments read its contacts and consent views): "
+              "run `lifecycle migrate` against it first; the SELECTs were not run")
+        failures += 1
     return 1 if failures else 0
+
+
+def _lint_file(path: Path, warehouse) -> tuple:
+    """(spec or None, every problem): the header, the templates, the clock, and the warehouse's view."""
+    from lifecycle.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(path)
+    except SpecError as exc:
+        return None, exc.problems
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it is this file's problem
+        return None, [f"{type(exc).__name__}: {exc}"]
+    problems = [f"SQL line {_file_line(spec, m.start())}: {_clock_name(m)} reads the wall clock: "
+                "use :as_of (the run's interval end) so backfills replay the past exactly"
+                for m in WALL_CLOCK.finditer(_mask_sql(spec.sql))]
+    fields_by_template: dict[str, set[str]] = {}
+    for where, channels, template in _messages(spec):
+        for channel in channels:
+            found, fields = _check_template(template, channel)
+            problems += [f"{where} ({template}, {channel}): {p}" for p in found]
+            fields_by_template.setdefault(template, set()).update(fields)
+    if warehouse is not None and warehouse.has_lifecycle:
+        problems += _warehouse_problems(spec, warehouse, fields_by_template)
+    return spec, problems
+
+
+def _messages(spec):
+    for step in spec.steps:
+        if step.template:
+            yield f"steps ({step.name})", step.channels, step.template
+    for i, rule in enumerate(spec.exits):
+        if rule.template:
+            yield f"exit[{i}].then", (rule.channel,), rule.template
+
+
+def _check_template(template: str, channel: str):
+    from lifecycle.render import check_template
+
+    return check_template(template, channel)
+
+
+def _mask_sql(sql: str) -> str:
+    """The SQL with comments and quoted text blanked out, character for character (offsets kept)."""
+    blank = lambda m: re.sub(r"[^\n]", " ", m.group(0))  # noqa: E731
+    return re.sub(r"/\*.*?\*/|--[^\n]*|'(?:[^']|'')*'", blank, sql, flags=re.S)
+
+
+def _file_line(spec, offset: int) -> str:
+    """`line L, column C` in the segment file for a character offset into spec.sql."""
+    text = spec.path.read_text(encoding="utf-8")
+    start = text.find(spec.sql)
+    at = (start if start >= 0 else 0) + offset
+    line = text.count("\n", 0, at) + 1
+    return f"{line}, column {at - text.rfind(chr(10), 0, at)}"
+
+
+class _Warehouse:
+    """The warehouse lint runs the SELECTs on; whether it has the `lifecycle` schema, asked once."""
+
+    def __init__(self, url: str):
+        import sqlalchemy as sa
+
+        self.engine = sa.create_engine(url)
+        with self.engine.connect() as conn:
+            self.has_lifecycle = conn.exec_driver_sql(
+                "SELECT to_regnamespace('lifecycle') IS NOT NULL").scalar()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _literal_sql(spec, cursor) -> tuple[str, list[tuple[int, int, int]]]:
+    """spec.sql with each bound parameter as the literal the driver would send (this hour's
+    values), and the pieces (statement offset, sql offset, length) to map a position back."""
+    from lifecycle.runs import RunContext
+    from lifecycle.spec import BIND
+
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    values = RunContext(spec.journey, "lint", "live", end - PERIODS[spec.schedule], end).binds(spec)
+    masked, sql = _mask_sql(spec.sql), spec.sql
+    out, pieces, pos = [], [], 0
+    for match in BIND.finditer(masked):
+        pieces.append((sum(map(len, out)), pos, match.start() - pos))
+        out.append(sql[pos:match.start()])
+        out.append(cursor.mogrify("%s", (values.get(match.group(1)),)).decode())
+        pos = match.end()
+    pieces.append((sum(map(len, out)), pos, len(sql) - pos))
+    out.append(sql[pos:])
+    return "".join(out), pieces
+
+
+def _warehouse_problems(spec, warehouse: _Warehouse, fields_by_template: dict[str, set[str]]) -> list[str]:
+    """Run the SELECT with LIMIT 0 (nothing is read) and check what it returns."""
+    from lifecycle import stage
+    from lifecycle.stage import coupon_product_columns, required_columns
+
+    prefix = "SELECT * FROM (\n"
+    raw = warehouse.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        body, pieces = _literal_sql(spec, cursor)
+        try:
+            cursor.execute(f"{prefix}{body}\n) q LIMIT 0")
+        except Exception as exc:  # noqa: BLE001 - the warehouse's own words, with where in the file
+            return [_warehouse_error(spec, exc, len(prefix), pieces)]
+        columns = [(d.name, d.type_code) for d in cursor.description]
+        cursor.execute("SELECT oid, typname FROM pg_type WHERE oid = ANY(%s)", ([t for _, t in columns],))
+        types = dict(cursor.fetchall())
+    finally:
+        raw.rollback()
+        raw.close()
+    returned = {name: types.get(oid, str(oid)) for name, oid in columns}
+    problems = []
+    missing = sorted(required_columns(spec) - set(returned))
+    if missing:
+        problems.append(f"SQL: the SELECT must return column(s) {', '.join(missing)}; it returns {', '.join(returned)}")
+    product_types = _run_types(getattr(stage, "ID_TYPES", None) or stage.INTEGER_TYPES)
+    expected = [(spec.entered_at, _run_types(stage.TIMESTAMP_TYPES), "a timestamp (entered_at)")]
+    expected += [(c, product_types, f"product ids ({', '.join(sorted(product_types))}; coupon.product)")
+                 for c in coupon_product_columns(spec)]
+    if "email" in spec.channels:
+        expected.append(("email", TEXT_TYPES, "text (email)"))
+    for column, allowed, what in expected:
+        if column in returned and returned[column] not in allowed:
+            problems.append(f"SQL: column {column!r} must be {what}, it is {returned[column]}")
+    for template, fields in sorted(fields_by_template.items()):
+        for field in sorted(fields - set(returned)):
+            hint = difflib.get_close_matches(field, list(returned), n=1)
+            problems.append(f"template {template} uses row.{field}, which the SELECT does not return"
+                            + (f" (did you mean row.{hint[0]}?)" if hint else ""))
+    return problems
+
+
+def _warehouse_error(spec, exc: Exception, prefix_len: int, pieces) -> str:
+    detail = str(getattr(exc, "pgerror", None) or exc).strip().splitlines()[0]
+    position = getattr(getattr(exc, "diag", None), "statement_position", None)
+    where = ""
+    if position:
+        at = int(position) - 1 - prefix_len  # PostgreSQL counts characters from 1
+        for start, sql_start, length in reversed(pieces):
+            if at >= start:
+                where = f" at line {_file_line(spec, sql_start + min(at - start, length))}"
+                break
+    return f"{spec.path.name}: the warehouse rejected the SQL{where}: {detail}"
 
 
 def _lint_conditions(condition_tie_problems) -> int:
     conditions, failures = sorted(CONDITIONS_DIR.glob("*.sql")), 0
     for path in conditions:
-        problems = condition_tie_problems(path)
+        problems = condition_tie_problems(path) + _wall_clock_problems(path)
         failures += bool(problems)
         print(f"FAIL {path}" if problems else f"ok   {path.name}")
         for problem in problems:
@@ -73,29 +238,26 @@ def _lint_conditions(condition_tie_problems) -> int:
     return failures
 
 
+def _clock_name(match: re.Match) -> str:
+    """`now()`, `current_date`: the wall-clock call as the analyst knows it."""
+    word = match.group(1)
+    return re.sub(r"\s*\($", "()", word) if word.endswith("(") else word
+
+
+def _wall_clock_problems(path: Path) -> list[str]:
+    """A condition reading the wall clock instead of :as_of (backfills would not replay)."""
+    text = path.read_text(encoding="utf-8")
+    return [f"condition {path.name} line {text.count(chr(10), 0, m.start()) + 1}: "
+            f"{_clock_name(m)} reads the wall clock: use :as_of"
+            for m in WALL_CLOCK.finditer(_mask_sql(text))]
+
+
 def _fmt(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return "0h"
-
-
-def _explain(spec, warehouse_url: str) -> None:
-    """Ask the warehouse to plan the SELECT with this hour's parameters (runs nothing)."""
-    import sqlalchemy as sa
-
-    from lifecycle.runs import RunContext
-    from lifecycle.sql import execute_file_sql
-
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    run = RunContext(spec.journey, "lint", "live", end - PERIODS[spec.schedule], end)
-    engine = sa.create_engine(warehouse_url)
-    try:
-        with engine.connect() as conn:
-            execute_file_sql(conn, spec.path, f"EXPLAIN {spec.sql}", run.binds(spec))
-    finally:
-        engine.dispose()
 
 
 # ---------------------------------------------------------------------------- demo
@@ -385,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_lint = sub.add_parser("lint", help="check segment files")
     p_lint.add_argument("files", nargs="*")
-    p_lint.add_argument("--warehouse-url", help="also EXPLAIN each SELECT on this warehouse")
+    p_lint.add_argument("--warehouse-url", help="also run each SELECT with LIMIT 0 on this warehouse and check its columns")
     p_demo = sub.add_parser("demo", help="run all journeys over past days on the embedded warehouse")
     p_demo.add_argument("--days", type=int, default=3)
     p_demo.add_argument("--customers", type=int, default=3000)

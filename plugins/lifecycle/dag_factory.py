@@ -11,13 +11,14 @@ the file's error, so it is visible in Airflow and every other journey still load
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, WAREHOUSE_CONN_ID
-from lifecycle.spec import JourneySpec, SpecError, load_all
+from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
 
 log = logging.getLogger(__name__)
 
@@ -301,17 +302,30 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
     return journey()
 
 
+def broken_dag_id(path: Path) -> str:
+    """The file's name as a DAG id Airflow accepts (letters, digits, `_`, `.`, `-`)."""
+    return re.sub(r"[^\w.-]", "_", path.stem)[:200] or "unnamed_segment"
+
+
 def build_broken_dag(error: SpecError) -> DAG:
-    """Stand-in for a segment file that does not parse: one task that fails with the error."""
+    """Stand-in for a segment file that does not parse: one task that fails with the error.
+
+    It keeps the file's schedule and owner when the header says them: every interval then
+    fails (and alerts whoever watches that owner's failures) until the file is fixed, instead
+    of the journey silently stopping. Without a readable schedule it only runs when triggered."""
     message = str(error)
+    schedule = CronDataIntervalTimetable(SCHEDULES[error.schedule], timezone="UTC") if error.schedule else None
 
     @dag(
-        dag_id=error.path.stem,
+        dag_id=broken_dag_id(error.path),
         description=f"BROKEN segment file: {message}"[:200],
         doc_md=f"### This segment file is broken\n\n`{error.path.name}`\n\n" + "\n".join(f"- {p}" for p in error.problems),
-        schedule=None,
+        schedule=schedule,
+        start_date=error.start_date or datetime(2026, 1, 1, tzinfo=UTC),
         catchup=False,
-        tags=["lifecycle", "broken"],
+        max_active_runs=1,
+        default_args={"owner": error.owner or DEFAULT_ARGS["owner"]},
+        tags=["lifecycle", "broken", *([error.schedule] if error.schedule else [])],
     )
     def broken():
         @task(retries=0)
@@ -380,12 +394,29 @@ def _dispatch_context(journey: str, ctx):
 
 
 def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
+    """Every segment file's DAG, and the dispatcher. Whatever goes wrong with one file (its
+    header, or Airflow refusing the DAG built from it) becomes that file's broken DAG: this
+    never raises, so dags/journeys.py always imports and the other journeys stay."""
     specs, errors = load_all(segments_dir)
-    dags = {spec.journey: build_journey_dag(spec) for spec in specs}
-    live = [spec for spec in specs if spec.status == "live"]  # a draft never delivers, not even left-overs
-    if live:
-        dags[DISPATCH_DAG_ID] = build_dispatch_dag(live)
+    dags: dict[str, DAG] = {}
+    for spec in specs:
+        try:
+            dags[spec.journey] = build_journey_dag(spec)
+        except Exception as exc:
+            errors.append(SpecError(spec.path, [f"Airflow refused the DAG: {type(exc).__name__}: {exc}"])
+                          .remember_header({"schedule": spec.schedule, "owner": spec.owner,
+                                            "start_date": spec.start_date}))
+    # a draft never delivers, not even messages it left planned while it was live
+    built = [spec for spec in specs if spec.journey in dags and spec.status == "live"]
+    if built:
+        try:
+            dags[DISPATCH_DAG_ID] = build_dispatch_dag(built)
+        except Exception:
+            log.exception("the %s DAG could not be built; the journeys' own runs still send", DISPATCH_DAG_ID)
     for error in errors:
         log.error("segment file %s is broken: %s", error.path, "; ".join(error.problems))
-        dags.setdefault(error.path.stem, build_broken_dag(error))
+        try:
+            dags.setdefault(broken_dag_id(error.path), build_broken_dag(error))
+        except Exception:
+            log.exception("segment file %s: not even its broken stand-in DAG could be built", error.path)
     return dags

@@ -69,6 +69,7 @@ __all__ = [
     "RenderedEmail",
     "TemplateRenderError",
     "available_templates",
+    "check_template",
     "format_date",
     "format_datetime",
     "get_environment",
@@ -444,13 +445,14 @@ def _tidy_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
 
-def render_email(template: str, context: dict, templates_dir: Path | str = TEMPLATES_DIR) -> RenderedEmail:
+def render_email(template: str, context: dict, templates_dir: Path | str | None = None) -> RenderedEmail:
     """Render ``<template>.subject.txt``, ``.txt`` and ``.html`` with ``context``.
 
     Raises MissingTemplateError if a file is missing and TemplateRenderError (naming the
     file and line) for anything else: undefined variables, sandbox violations, a subject
     that is empty or longer than one line.
     """
+    templates_dir = templates_dir or TEMPLATES_DIR  # read at call time: the configured folder
     env = get_environment(templates_dir)
     missing = missing_template_files(template, "email", templates_dir)
     if missing:
@@ -475,7 +477,8 @@ def render_email(template: str, context: dict, templates_dir: Path | str = TEMPL
     return RenderedEmail(subject=subject, text=text, html=html)
 
 
-def _one_file(template: str, channel: str, context: dict, templates_dir: Path | str) -> list[str]:
+def _one_file(template: str, channel: str, context: dict, templates_dir: Path | str | None) -> list[str]:
+    templates_dir = templates_dir or TEMPLATES_DIR  # read at call time: the configured folder
     env = get_environment(templates_dir)
     missing = missing_template_files(template, channel, templates_dir)
     if missing:
@@ -485,7 +488,7 @@ def _one_file(template: str, channel: str, context: dict, templates_dir: Path | 
             for suffix in CHANNEL_FILES[channel]]
 
 
-def render_sms(template: str, context: dict, templates_dir: Path | str = TEMPLATES_DIR) -> str:
+def render_sms(template: str, context: dict, templates_dir: Path | str | None = None) -> str:
     """``<template>.sms.txt`` as one line of text (white space folded: SMS has no layout)."""
     (body,) = _one_file(template, "sms", context, templates_dir)
     if not body:
@@ -493,10 +496,65 @@ def render_sms(template: str, context: dict, templates_dir: Path | str = TEMPLAT
     return body
 
 
-def render_push(template: str, context: dict, templates_dir: Path | str = TEMPLATES_DIR) -> dict:
+def render_push(template: str, context: dict, templates_dir: Path | str | None = None) -> dict:
     """``<template>.push-title.txt`` and ``.push-body.txt``; the click URL comes from the
     segment row's ``url`` (or the shop's home page)."""
     title, body = _one_file(template, "push", context, templates_dir)
     row = context.get("row") or {}
     shop = context.get("shop") or SHOP
     return {"title": title, "body": body, "url": row.get("url") or shop["base_url"]}
+
+
+# ----------------------------------------------------------------------------- lint
+
+
+def _referenced_with_context(tree: jinja2.nodes.Template) -> list[str]:
+    """Templates this one extends or includes (they share its context, `row` included)."""
+    names = []
+    for node in tree.find_all((jinja2.nodes.Extends, jinja2.nodes.Include)):
+        if isinstance(node.template, jinja2.nodes.Const) and isinstance(node.template.value, str):
+            names.append(node.template.value)
+    return names
+
+
+def _row_fields(tree: jinja2.nodes.Template) -> set[str]:
+    """Segment columns used as `row.<name>` or `row["name"]` (dict methods such as row.get aside)."""
+    fields = set()
+    for node in tree.find_all(jinja2.nodes.Getattr):
+        if isinstance(node.node, jinja2.nodes.Name) and node.node.name == "row" and not hasattr(dict, node.attr):
+            fields.add(node.attr)
+    for node in tree.find_all(jinja2.nodes.Getitem):
+        if (isinstance(node.node, jinja2.nodes.Name) and node.node.name == "row"
+                and isinstance(node.arg, jinja2.nodes.Const) and isinstance(node.arg.value, str)):
+            fields.add(node.arg.value)
+    return fields
+
+
+def check_template(
+    template: str, channel: str = "email", templates_dir: Path | str | None = None
+) -> tuple[list[str], set[str]]:
+    """Compile every file of a template (and the layouts and includes it uses) with the sandbox
+    environment the sender uses: (problems, each naming file and line; the `row` fields used)."""
+    env = get_environment(templates_dir or TEMPLATES_DIR)
+    problems: list[str] = []
+    fields: set[str] = set()
+    todo = [f"{template}{suffix}" for suffix in CHANNEL_FILES[channel]]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+            tree = env.parse(source, name)
+            env.compile(tree, name)
+        except jinja2.TemplateNotFound:
+            problems.append(f"include/templates/{name}: file not found")
+            continue
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"include/templates/{name} line {exc.lineno}: {exc.message}")
+            continue
+        fields |= _row_fields(tree)
+        todo += _referenced_with_context(tree)
+    return problems, fields

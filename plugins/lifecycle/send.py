@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from lifecycle.channels.base import Channel, ChannelUnavailable, Outcome
 from lifecycle.config import SHOP
+from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.validate import EMAIL_REGEX
 
@@ -40,6 +41,26 @@ class RetryBatch(RuntimeError):
 def _batch_binds(batch: dict) -> dict:
     return {"journey": batch["journey"], "run_id": batch["run_id"], "batch": batch["batch"],
             "channel": batch.get("channel", "email")}
+
+
+class TemplateBroken(RuntimeError):
+    """Templates failed to render: their messages stay planned (nothing was delivered) and a
+    retry of the task, once the template is fixed, sends them."""
+
+    def __init__(self, errors: dict[str, int]):
+        self.errors = errors
+        lines = [f"{error} ({n} message{'s' if n > 1 else ''})" for error, n in errors.items()]
+        super().__init__(f"{sum(errors.values())} message(s) not rendered, left planned; fix the template and "
+                         "retry the task (or let the next run send them):\n" + "\n".join(lines))
+
+
+def _wait_for_template_fix(engine: Engine, row: Any, exc: Exception) -> None:
+    """Keep an unrenderable message planned, with the template's error as its reason."""
+    log.error("render failed for message %s (%s/%s): %s", row.message_id, row.journey, row.step, exc)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE lifecycle.messages SET reason = :reason, updated_at = now() "
+                             "WHERE message_id = :id AND status = 'planned'"),
+                     {"id": row.message_id, "reason": f"waiting for a template fix: {exc}"[:1000]})
 
 
 class Skip(Exception):
@@ -423,13 +444,20 @@ def send_batch(
         rows = load_batch(conn, batch)
     token = secrets.token_hex(8)
     channels: dict[str, Channel] = {}
+    template_errors: dict[str, int] = {}  # a broken template's error -> messages left planned for the fix
     try:
         for row in rows:
-            counts[_send_one(engine, spec, row, token, channel_for, channels, dry_run, clock())] += 1
+            try:
+                counts[_send_one(engine, spec, row, token, channel_for, channels, dry_run, clock())] += 1
+            except TemplateRenderError as exc:  # nothing claimed, nothing delivered: the rest goes on
+                _wait_for_template_fix(engine, row, exc)
+                template_errors[str(exc)] = template_errors.get(str(exc), 0) + 1
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
     counts.pop("checked_out", None)
+    if template_errors:
+        raise TemplateBroken(template_errors)
     if counts.get("planned"):
         raise RetryBatch(f"{counts['planned']} message(s) hit transient errors and will be retried")
     return dict(counts)
@@ -474,6 +502,8 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
         if not dry_run:
             return _settle_unsent(engine, row.message_id, "planned", str(exc), not_before=exc.until)
         waits = str(exc)
+    except TemplateRenderError:
+        raise  # the template needs fixing: send_batch leaves the message planned and fails the task
     except Exception as exc:  # a template bug must not stop the rest of the batch
         log.error("render failed for message %s (%s/%s): %s", row.message_id, row.journey, row.step, exc)
         if not claim_message(engine, row.message_id, token):

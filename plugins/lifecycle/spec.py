@@ -47,6 +47,7 @@ ACTIONS = {"suppress"}
 EXIT_STATUSES = {"converted", "exited"}
 # A draft journey runs every interval as a dry run; `lifecycle promote` (or the header) makes it live.
 STATUSES = ("draft", "live")
+DEFAULT_START = "2026-01-01"
 RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "shop_url"}
 
 TOP_KEYS = {
@@ -62,13 +63,33 @@ COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
 GUARD_KEYS = {"factor", "min_rows", "history"}
 
 
+RESERVED_JOURNEYS = {"lifecycle_dispatch"}  # DAG ids the engine itself uses
+TAG_MAX_LEN = 100  # Airflow refuses longer DAG tags
+
+
 class SpecError(ValueError):
-    """A segment file that cannot become a journey; the message names file and problem."""
+    """A segment file that cannot become a journey; the message names file and problem.
+
+    `schedule`, `owner` and `start_date` are what could still be read from the header (None
+    when unreadable): the broken file's stand-in DAG keeps them, so each of its intervals fails
+    visibly (and alerts its owner) instead of the journey silently stopping."""
 
     def __init__(self, path: Path | str, problems: list[str]):
         self.path = Path(path)
         self.problems = problems
+        self.schedule: str | None = None
+        self.owner: str | None = None
+        self.start_date: datetime | None = None
         super().__init__(f"{self.path.name}: " + "; ".join(problems))
+
+    def remember_header(self, header: Any) -> SpecError:
+        """Keep the header values a stand-in DAG can use, where they are valid."""
+        if isinstance(header, dict):
+            schedule, owner = header.get("schedule"), header.get("owner")
+            self.schedule = schedule if isinstance(schedule, str) and schedule in SCHEDULES else None
+            self.owner = owner.strip() if isinstance(owner, str) and owner.strip() else None
+            self.start_date = _start_date(header.get("start_date", DEFAULT_START), _Checker(Path(), Path()))
+        return self
 
 
 @dataclass(frozen=True)
@@ -198,6 +219,29 @@ class _Checker:
     def add(self, problem: str) -> None:
         self.problems.append(problem)
 
+    def text(self, where: str, value: Any, default: str) -> str:
+        """A plain-words value (owner, description); numbers are taken as written."""
+        if value is None:
+            return default
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        self.add(f"{where}: must be plain text, got {type(value).__name__} {value!r}")
+        return default
+
+    def words(self, where: str, value: Any) -> tuple[str, ...]:
+        """`tags: [retention, email]` (one word alone is one tag)."""
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(t, str) and t.strip() for t in items):
+            self.add(f"{where}: must be a list of words like [retention, email], got {value!r}")
+            return ()
+        long = [t for t in items if len(t) > TAG_MAX_LEN]
+        if long:
+            self.add(f"{where}: a tag may have at most {TAG_MAX_LEN} characters, {long[0][:20]!r}... has {len(long[0])}")
+            return ()
+        return tuple(t.strip() for t in items)
+
     def duration(self, where: str, value: Any, default: timedelta | None = None) -> timedelta:
         if value is None and default is not None:
             return default
@@ -234,7 +278,7 @@ class _Checker:
     def channels_and_template(self, where: str, channel: Any, template: Any) -> tuple[tuple[str, ...], str | None]:
         """`channel: email` or `channel: [push, email]` (fallback order), each with its template files."""
         channels = tuple(channel) if isinstance(channel, list) else (channel,)
-        unknown = [c for c in channels if c not in CHANNELS]
+        unknown = [c for c in channels if not isinstance(c, str) or c not in CHANNELS]
         if unknown or not channels or len(set(channels)) != len(channels):
             self.add(f"{where}.channel: {channel!r} is not a channel or a list of distinct channels "
                      f"(available: {', '.join(sorted(CHANNELS))})")
@@ -242,8 +286,14 @@ class _Checker:
         if not isinstance(template, str) or not template:
             self.add(f"{where}.template: required for channel {channel!r}")
             return channels, None
-        from lifecycle.render import missing_template_files
+        from lifecycle.render import missing_template_files, template_files
 
+        try:
+            template_files(template, channels[0], self.templates_dir)
+        except ValueError:
+            self.add(f"{where}.template: {template!r} is not a template name like <journey>/<step> "
+                     "under include/templates/ (no '..', no absolute path)")
+            return channels, None
         for name in channels:
             missing = missing_template_files(template, name, self.templates_dir)
             if missing:
@@ -270,13 +320,23 @@ def load_spec(
     try:
         header = yaml.safe_load(match["yaml"]) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f"header line {mark.line + header_line}" if mark else "header"
-        raise SpecError(path, [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+        # The parser notices an unclosed bracket or quote where the header ends; say where it opened.
+        started = (f" ({exc.context} on header line {opened.line + header_line}, column {opened.column + 1})"
+                   if opened and getattr(exc, "context", None) else "")
+        raise SpecError(path, [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}{started}"]) from exc
     if not isinstance(header, dict):
         raise SpecError(path, ["the header must be a YAML mapping of keys (journey:, schedule:, steps:, ...)"])
     sql_line = text.count("\n", 0, match.start("sql"))  # lines before the SQL body
-    return _build_spec(path, header, match["sql"], _Checker(templates_dir, conditions_dir), sql_line)
+    try:
+        return _build_spec(path, header, match["sql"], _Checker(templates_dir, conditions_dir), sql_line)
+    except SpecError as exc:
+        raise exc.remember_header(header) from exc.__cause__
+    except Exception as exc:  # a value of a type no check foresaw: still this file's error, never an import error
+        raise SpecError(path, [f"could not be read as a journey: {type(exc).__name__}: {exc} "
+                               "(check the types of the header values against the README)"]
+                        ).remember_header(header) from exc
 
 
 def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -> JourneySpec:
@@ -286,22 +346,31 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
         c.add(f"journey: must equal the file name {path.stem!r}, got {journey!r}")
     if not NAME.match(path.stem):
         c.add("the file name must be lower_snake_case, e.g. cart_abandonment.sql")
+    if path.stem in RESERVED_JOURNEYS:
+        c.add(f"journey: {path.stem!r} is reserved for the engine's own DAG; choose another name")
     for key in ("schedule", "entry_key", "entered_at", "steps"):
         if key not in h:
             c.add(f"{key}: required")
     schedule = h.get("schedule", "daily")
-    if schedule not in SCHEDULES:
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
         c.add(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
         schedule = "daily"
     kind = h.get("kind", "marketing")
-    if kind not in ("marketing", "transactional"):
+    if not isinstance(kind, str) or kind not in ("marketing", "transactional"):
         c.add(f"kind: must be marketing or transactional, got {kind!r}")
-    start_date = _start_date(h.get("start_date", "2026-01-01"), c)
+        kind = "marketing"
+    description = c.text("description", h.get("description"), "")
+    owner = c.text("owner", h.get("owner"), "analytics")
+    tags = c.words("tags", h.get("tags"))
+    start_date = _start_date(h.get("start_date", DEFAULT_START), c)
     max_lateness = c.duration("max_lateness", h.get("max_lateness"), DEFAULT_LATENESS[schedule])
     params = h.get("params") or {}
     if not isinstance(params, dict):
         c.add("params: must be a mapping of name: value")
         params = {}
+    for name in [n for n in params if not isinstance(n, str) or not NAME.match(n)]:
+        c.add(f"params: {name!r} is not a parameter name (lower_snake_case, used in the SQL as :name)")
+        params = {n: v for n, v in params.items() if isinstance(n, str)}
     for name in set(params) & RUN_PARAMS:
         c.add(f"params.{name}: reserved, the engine binds it")
     steps = _steps(h.get("steps"), c, max_lateness)
@@ -348,7 +417,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
     return JourneySpec(
         journey=journey,
         path=path,
-        description=str(h.get("description", "")).strip(),
+        description=description.strip(),
         schedule=schedule,
         cron=SCHEDULES[schedule],
         start_date=start_date,
@@ -365,8 +434,8 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
         max_lateness=max_lateness,
         complete_after=complete_after,
         volume_guard=guard,
-        owner=str(h.get("owner", "analytics")),
-        tags=tuple(str(t) for t in h.get("tags") or ()),
+        owner=owner,
+        tags=tags,
         audience_id=audience_id,
         refresh_clock=refresh_clock,
         offers=offers,
@@ -415,17 +484,20 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
             c.add(f"{where}.after: steps must be in time order ({s.get('after')} comes before the previous step)")
         previous = max(previous, after)
         action = s.get("action")
-        if action is not None and action not in ACTIONS:
+        if action is not None and (not isinstance(action, str) or action not in ACTIONS):
             c.add(f"{where}.action: {action!r} is not an action (available: {', '.join(sorted(ACTIONS))})")
+            action = None
         if action:
             channels, template = (s.get("channel", "email"),), None
-            if channels[0] not in CHANNELS:
+            if not isinstance(channels[0], str) or channels[0] not in CHANNELS:
                 c.add(f"{where}.channel: {channels[0]!r} is not a channel")
+                channels = ("email",)
         else:
             channels, template = c.channels_and_template(where, s.get("channel"), s.get("template"))
         urgency = s.get("urgency", "normal")
-        if urgency not in URGENCIES:
+        if not isinstance(urgency, str) or urgency not in URGENCIES:
             c.add(f"{where}.urgency: one of {', '.join(sorted(URGENCIES))}, got {urgency!r}")
+            urgency = "normal"
         steps.append(
             Step(
                 name=name,
@@ -480,8 +552,9 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
         c.problems += _unknown_keys(f"{where}: ", e, EXIT_KEYS)
         when = c.condition(f"{where}.when", e["when"])
         status = e.get("status", "converted")
-        if status not in EXIT_STATUSES:
+        if not isinstance(status, str) or status not in EXIT_STATUSES:
             c.add(f"{where}.status: must be converted or exited, got {status!r}")
+            status = "converted"
         then, channel, template, step_name, coupon = e.get("then"), None, None, None, None
         if then is not None:
             if not isinstance(then, dict):
@@ -491,6 +564,9 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
                 channels, template = c.channels_and_template(f"{where}.then", then.get("channel"), then.get("template"))
                 channel = channels[0]
                 step_name = then.get("name") or (template.rsplit("/", 1)[-1] if template else f"exit_{when}")
+                if not isinstance(step_name, str) or not NAME.match(step_name):
+                    c.add(f"{where}.then.name: lower_snake_case, got {step_name!r}")
+                    step_name = f"exit_{i}"
                 coupon = _coupon(f"{where}.then", then.get("coupon"), c)
         exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template,
                           coupon=coupon))
@@ -540,7 +616,7 @@ def _check_sql(sql: str, params: set[str], c: _Checker) -> str:
     for name in sorted(unknown):
         c.add(
             f"SQL: parameter :{name} is not bound (the engine binds :interval_start, :interval_end, "
-            f":as_of; add others under params:)"
+            f":as_of, :shop_url; add others under params:)"
         )
     return body
 
@@ -576,4 +652,6 @@ def load_all(segments_dir: Path = SEGMENTS_DIR, **dirs) -> tuple[list[JourneySpe
             specs.append(load_spec(path, **dirs))
         except SpecError as exc:
             errors.append(exc)
+        except Exception as exc:  # load_spec wraps what it can; whatever escapes is still this file's
+            errors.append(SpecError(path, [f"could not be loaded: {type(exc).__name__}: {exc}"]))
     return specs, errors
