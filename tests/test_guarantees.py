@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from conftest import reset_lifecycle
 
 from lifecycle import plan, runs, send, stage, state, validate
+from lifecycle.channels.base import ChannelUnavailable
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
@@ -320,3 +321,99 @@ def test_an_older_backfill_never_overwrites_a_newer_context(shop):
     assert context() == ("3", anchor - timedelta(hours=1))
     enroll_as_of(anchor, items=4)                         # the next live run refreshes again
     assert context() == ("4", anchor)
+
+
+# --------------------------------------------------------------- errors that are not the message's
+def nothing_attempted(engine) -> bool:
+    """No message was claimed, sent or failed, and none used up an attempt: all left planned
+    (apart from the send-time checks' suppressions and skips)."""
+    with engine.connect() as conn:
+        statuses, attempts = conn.execute(sa.text(
+            "SELECT array_agg(DISTINCT status), sum(attempts) FROM lifecycle.messages")).one()
+    return "planned" in statuses and set(statuses) <= {"planned", "suppressed", "skipped"} and attempts == 0
+
+
+def test_smtp_refusing_our_sender_fails_the_task_and_leaves_the_batch_planned(shop, smtp_server):
+    """A 5xx at MAIL FROM is about our account, not a recipient: nobody is failed or suppressed,
+    the task fails and its retry (once the account is fixed) sends everyone once."""
+    engine, _, anchor = shop
+    _, batches = plan_interval(engine, anchor)
+    expected = planned_recipients(engine, batches)
+    smtp_server.handler.mail_reply = "553 5.7.1 Sender address rejected: account suspended"
+
+    with pytest.raises(send.RetryBatch, match="MAIL FROM"):
+        for batch in batches:
+            send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
+    assert nothing_attempted(engine)  # nothing claimed, failed or burnt
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.suppressions")).scalar() == 0
+
+    smtp_server.handler.mail_reply = None
+    for batch in batches:
+        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
+    assert sorted(received(smtp_server)) == sorted(expected)
+
+
+@pytest.mark.parametrize("login", [("shop", "wrong-password"), None], ids=["wrong-password", "tls-refused"])
+def test_smtp_auth_or_tls_failure_fails_the_task_with_nothing_claimed(shop, login):
+    """AUTH refused (a real AUTH exchange) or STARTTLS not possible: the channel never opens,
+    the messages stay planned for the retry."""
+    from lifecycle.smtp_sink import RecordingSMTPServer
+
+    engine, _, anchor = shop
+    _, batches = plan_interval(engine, anchor)
+    with RecordingSMTPServer(credentials=("shop", "right-password")) as server:
+        def channel(name):
+            if login is None:  # the server offers no STARTTLS
+                return EmailChannel("127.0.0.1", server.port, starttls=True)
+            return EmailChannel("127.0.0.1", server.port, login=login[0], password=login[1])
+
+        with pytest.raises(ChannelUnavailable):
+            for batch in batches:
+                send.send_batch(engine, LENIENT, batch, channel, clock=at(batch))
+        assert nothing_attempted(engine) and server.messages == []
+
+        for batch in batches:  # fixed credentials: the retry sends them
+            send.send_batch(engine, LENIENT, batch,
+                            lambda name: EmailChannel("127.0.0.1", server.port, login="shop",
+                                                      password="right-password"), clock=at(batch))
+        assert server.messages and count_status(engine, "planned") == 0
+
+
+def test_a_name_email_headers_cannot_carry_fails_that_message_only(shop, smtp_server):
+    """reminder_1's subject shows the first name: names with characters email.policy refuses in
+    a header fail their own message with the character named, before any claim; the rest go."""
+    engine, _, anchor = shop
+    _, batches = plan_interval(engine, anchor)
+    with engine.connect() as conn:
+        victims = conn.execute(sa.text(
+            "SELECT m.customer_id, c.first_name FROM lifecycle.messages m JOIN shop.customers c USING (customer_id) "
+            "JOIN lifecycle.consent k ON k.customer_id = m.customer_id AND k.channel = 'email' AND k.opted_in "
+            "WHERE m.status = 'planned' AND m.step = 'reminder_1' AND NOT EXISTS (SELECT 1 FROM "
+            "lifecycle.suppressions s WHERE s.customer_id = m.customer_id) ORDER BY m.message_id LIMIT 4")).all()
+    assert len(victims) == 4
+    breaks = ["\u2028", "\x0b", "\x1c", "\x85"]
+    try:
+        with engine.begin() as conn:
+            for (customer_id, _), ch in zip(victims, breaks, strict=True):
+                conn.execute(sa.text("UPDATE shop.customers SET first_name = :n WHERE customer_id = :c"),
+                             {"n": f"Ann{ch}Lee", "c": customer_id})
+        for batch in batches:  # no exception: the batch goes on
+            send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
+    finally:
+        with engine.begin() as conn:
+            for customer_id, name in victims:
+                conn.execute(sa.text("UPDATE shop.customers SET first_name = :n WHERE customer_id = :c"),
+                             {"n": name, "c": customer_id})
+    with engine.connect() as conn:
+        failed = dict(conn.execute(sa.text(
+            "SELECT customer_id, reason FROM lifecycle.messages WHERE status = 'failed' "
+            "AND reason LIKE 'cannot compose%'")).all())
+        never_claimed = conn.execute(sa.text(
+            "SELECT sum(attempts) FROM lifecycle.messages WHERE reason LIKE 'cannot compose%'")).scalar()
+        unknown = conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE reason LIKE 'outcome unknown%' "
+                                       "OR status = 'claimed'")).scalar()
+    assert failed == {c: f"cannot compose the email: Subject contains U+{ord(ch):04X}, a line break email "
+                         "headers cannot carry" for (c, _), ch in zip(victims, breaks, strict=True)}
+    assert never_claimed == 0 and unknown == 0 and count_status(engine, "planned") == 0
+    assert len(received(smtp_server)) == count_status(engine, "sent") > 0

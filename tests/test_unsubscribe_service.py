@@ -423,3 +423,44 @@ def test_the_log_carries_no_tokens_or_addresses(shop_db, service):
     with engine.connect() as conn:
         emails = conn.execute(sa.text("SELECT email FROM shop.customers")).scalars().all()
     assert not [e for e in emails if e and e in text]
+
+
+# ---------------------------------------------------------------------------- the signing key
+@pytest.mark.parametrize(("key", "problem"), [
+    (None, "is not set"),
+    ("short-but-random-Zq8", "too short: 20 bytes"),
+    ("x" * 48, "one character repeated"),
+    ("ab" * 24, "low-entropy"),
+    ("password" * 5, "low-entropy"),
+], ids=["missing", "short", "repeated", "two-characters", "a-word-repeated"])
+def test_the_service_refuses_to_start_without_a_sound_signing_key(key, problem):
+    """Started without a usable key it used to report healthy and answer 500 to every unsubscribe
+    (or, with a guessable key, accept forged ones): now it exits at once and says why."""
+    env = {k: v for k, v in os.environ.items() if k != "LIFECYCLE_SIGNING_KEY"}
+    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
+            "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": "postgresql://nobody@127.0.0.1:1/none"}
+    if key is not None:
+        env["LIFECYCLE_SIGNING_KEY"] = key
+    done = subprocess.run([sys.executable, "-m", "lifecycle.unsubscribe_service", "--port", str(_free_port())],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "refusing to start" in done.stderr and problem in done.stderr and "LIFECYCLE_SIGNING_KEY" in done.stderr
+    if key:
+        assert key not in done.stderr  # the message never echoes the key
+
+
+def test_keys_the_project_makes_are_accepted(monkeypatch):
+    """`lifecycle env` / `make demo`, docker-compose's default and the tests' own key all pass."""
+    import secrets
+
+    from lifecycle.cli import airflow_env
+    from lifecycle.links import signing_key_problem
+
+    test_key = os.environ["LIFECYCLE_SIGNING_KEY"]
+    monkeypatch.delenv("LIFECYCLE_SIGNING_KEY")
+    demo_key = airflow_env(Path("/tmp/unused"), "postgresql://u@127.0.0.1/w", 1025)["LIFECYCLE_SIGNING_KEY"]
+    compose_default = re.search(r"LIFECYCLE_SIGNING_KEY:-([^}]+)\}",
+                                (PLUGINS.parent / "docker-compose.yaml").read_text()).group(1)
+    for key in (demo_key, compose_default, test_key, secrets.token_urlsafe(32),
+                secrets.token_hex(32)):
+        assert signing_key_problem(key) is None, key

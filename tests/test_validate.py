@@ -216,3 +216,27 @@ def test_migration_013_gives_earlier_runs_their_new_rows(scratch_engine, tmp_pat
     with scratch_engine.connect() as conn:
         rows_new = dict(conn.execute(sa.text("SELECT run_id, rows_new FROM lifecycle.runs")).all())
     assert rows_new == {"r1": 10, "r2": 0, "r3": 0, "r4": None}
+
+
+def test_addresses_with_characters_email_headers_cannot_carry_are_quarantined(warehouse, tmp_path):
+    """The characters email.policy refuses in a header (tests/channels/test_email.py finds them):
+    each such row is quarantined naming the column and the character; the rest are enrolled."""
+    breaks = ["\u2028", "\x0b", "\x1c", "\x85", "\u2029", "\x1e"]
+    rows = ",\n".join(f"({i}, 'k{i}', TIMESTAMPTZ '2026-11-19', 'ann' || chr({ord(ch)}) || 'x@example.com')"
+                      for i, ch in enumerate(breaks, start=1))
+    spec = segment(tmp_path, "header_breaks", f"""
+        SELECT * FROM (VALUES
+            {rows},
+            (99, 'ok', TIMESTAMPTZ '2026-11-19', 'ok@example.com')
+        ) AS v(customer_id, row_key, entered_at, email)
+    """)
+    result = run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel)
+
+    assert (result["selected"], result["quarantined"]) == (len(breaks) + 1, len(breaks))
+    with warehouse.connect() as conn:
+        reasons = dict(conn.execute(sa.text(
+            "SELECT (row_data ->> 'customer_id')::int, reasons FROM lifecycle.quarantine")).all())
+        enrolled = conn.execute(sa.text("SELECT enrollment_key FROM lifecycle.enrollments")).scalars().all()
+    for i, ch in enumerate(breaks, start=1):
+        assert f"email: contains a line break email headers cannot carry (U+{ord(ch):04X})" in reasons[i], reasons[i]
+    assert enrolled == ["ok"]

@@ -49,6 +49,8 @@ import sqlalchemy as sa
 from phonenumbers import NumberParseException
 from sqlalchemy.engine import Engine
 
+from lifecycle import logsafe
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -201,6 +203,7 @@ class MetaAudienceClient:
 
     def _client(self) -> httpx.Client:
         if self._http is None:
+            logsafe.install()
             self._http = httpx.Client(timeout=self.timeout, headers={"User-Agent": "lifecycle-audiences"})
         return self._http
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import math
 import os
+from collections import Counter
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -18,14 +20,44 @@ def _fernet(key: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()))
 
 
+MIN_KEY_BYTES = 32
+# A key's information, estimated from its character frequencies (Shannon, times its length). The
+# estimate undercounts a random key a little (token_urlsafe(32) ~ 200 bits, a 32-digit hex ~ 117),
+# and catches the keys people type: "aaaa...", "abab...", "password-password-...".
+MIN_KEY_BITS = 100
+MIN_DISTINCT = 8
+HOW_TO = ("set a long random secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+          "the same for the Airflow workers and the unsubscribe service (`make demo` and `lifecycle env` make one)")
+
+
+def _estimated_bits(key: str) -> float:
+    counts = Counter(key)
+    return -sum(n * math.log2(n / len(key)) for n in counts.values())
+
+
+def signing_key_problem(key: str | None) -> str | None:
+    """Why `key` cannot sign unsubscribe tokens (a forgeable key lets anyone unsubscribe anyone),
+    or None when it is fit."""
+    if not key:
+        return "LIFECYCLE_SIGNING_KEY is not set"
+    size = len(key.encode())
+    if size < MIN_KEY_BYTES:
+        return f"LIFECYCLE_SIGNING_KEY is too short: {size} bytes, at least {MIN_KEY_BYTES} are needed"
+    if len(set(key)) == 1:
+        return "LIFECYCLE_SIGNING_KEY is one character repeated"
+    bits = _estimated_bits(key)
+    if bits < MIN_KEY_BITS or len(set(key)) < MIN_DISTINCT:
+        return (f"LIFECYCLE_SIGNING_KEY looks low-entropy: {len(set(key))} distinct characters, about {bits:.0f} "
+                f"bits, at least {MIN_KEY_BITS} expected")
+    return None
+
+
 def signing_key() -> str:
     """The secret behind unsubscribe links; without it anyone could forge an unsubscribe."""
     key = os.environ.get("LIFECYCLE_SIGNING_KEY", "")
-    if len(key) < 16:
-        raise RuntimeError(
-            "LIFECYCLE_SIGNING_KEY is not set (or shorter than 16 characters): set a long random secret, "
-            "the same for the Airflow workers and the unsubscribe service (`make demo` sets its own)."
-        )
+    problem = signing_key_problem(key)
+    if problem:
+        raise RuntimeError(f"{problem}: {HOW_TO}.")
     return key
 
 

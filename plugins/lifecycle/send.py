@@ -67,6 +67,11 @@ class Skip(Exception):
     """This message cannot go out on its channel (e.g. not a mobile number): record why."""
 
 
+class Undeliverable(Exception):
+    """This message can never be composed (a line break in a header, from the customer's data):
+    recorded `failed` with the reason before anything is claimed, the batch goes on."""
+
+
 class Defer(Exception):
     """Not now (e.g. outside the recipient's SMS hours): keep it planned until `until`."""
 
@@ -278,10 +283,23 @@ def build_email(row: Any, spec: JourneySpec, now: datetime):
         links = context["links"]
         headers["List-Unsubscribe"] = f"<{links['unsubscribe']}>, <{links['unsubscribe_mailto']}>"
         headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    return OutboundEmail(
+    outbound = OutboundEmail(
         to=row.email, subject=rendered.subject, text=rendered.text, html=rendered.html,
         message_id=message_id_for(row.idempotency_key), headers=headers,
     )
+    _check_composes(outbound)
+    return outbound
+
+
+def _check_composes(outbound) -> None:
+    """Compose the message as the channel will, before the claim: a header the email package
+    refuses becomes this message's `failed`, never a claim whose outcome looks unknown."""
+    from lifecycle.channels.email import compose, header_problem
+
+    try:
+        compose(outbound, SHOP["from_email"], SHOP["name"])
+    except (ValueError, TypeError) as exc:
+        raise Undeliverable(f"cannot compose the email: {header_problem(outbound) or exc}") from None
 
 
 def build_sms(row: Any, spec: JourneySpec, now: datetime):
@@ -498,6 +516,9 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
         outbound = BUILDERS[row.channel](row, spec, now)
     except Skip as exc:
         return _settle_unsent(engine, row.message_id, "skipped", str(exc))
+    except Undeliverable as exc:
+        log.warning("message %s (%s/%s) not sent: %s", row.message_id, row.journey, row.step, exc)
+        return _settle_unsent(engine, row.message_id, "failed", str(exc))
     except Defer as exc:
         if not dry_run:
             return _settle_unsent(engine, row.message_id, "planned", str(exc), not_before=exc.until)

@@ -18,10 +18,13 @@ Two uses, one handler:
   ``SMTPRecipientsRefused`` when no recipient is left). ``fail_nth`` answers the Nth
   DATA of the server's lifetime (1-based, counting failed attempts too) with the given
   reply, once: a retry is a new attempt and goes through (smtplib raises
-  ``SMTPDataError``). Both dicts can be changed while the server runs.
+  ``SMTPDataError``). Both dicts can be changed while the server runs. ``mail_reply``
+  (e.g. ``"553 5.7.1 sender not allowed"``) refuses every MAIL FROM while it is set, as a
+  provider refuses a blocked account; ``credentials=(login, password)`` makes the server offer
+  AUTH and refuse any other login (plain text, localhost only: tests).
 
-The server speaks plain SMTP on localhost: no TLS, no AUTH (an Airflow SMTP connection
-pointing at it needs ``disable_tls``/``disable_ssl`` and no login).
+The server speaks plain SMTP on localhost: no TLS, no AUTH unless ``credentials`` are given
+(an Airflow SMTP connection pointing at it needs ``disable_tls``/``disable_ssl``).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class SinkHandler:
         self.keep = keep
         self.reject: dict[str, str] = dict(reject or {})
         self.fail_nth: dict[int, str] = dict(fail_nth or {})
+        self.mail_reply: str | None = None  # set: refuse every MAIL FROM with this reply
         self.messages: list[ReceivedMessage] = []
         self.files: list[Path] = []
         # (what, detail, reply) for every refusal, to help tests explain themselves.
@@ -122,6 +126,14 @@ class SinkHandler:
             if addr.strip("<> ").lower() == wanted:
                 return reply
         return None
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802 (aiosmtpd hook name)
+        if self.mail_reply is not None:
+            self.refusals.append(("MAIL", address, self.mail_reply))
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 (aiosmtpd hook name)
         reply = self._rejection(address)
@@ -164,8 +176,21 @@ class _Controller(Controller):
         super()._trigger_server()
 
 
-def _controller(handler: SinkHandler, host: str, port: int) -> _Controller:
-    return _Controller(handler, hostname=host, port=port, server_hostname=SERVER_HOSTNAME, ready_timeout=10.0)
+def _controller(handler: SinkHandler, host: str, port: int, **smtp_params) -> _Controller:
+    return _Controller(handler, hostname=host, port=port, server_hostname=SERVER_HOSTNAME, ready_timeout=10.0,
+                       **smtp_params)
+
+
+def _password_check(login: str, password: str):
+    """aiosmtpd authenticator accepting exactly one login (AUTH PLAIN/LOGIN)."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login == login.encode()
+              and auth_data.password == password.encode())
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
 
 
 def start_sink(outbox: Path | str, host: str = "127.0.0.1", port: int = 0) -> tuple[Controller, int]:
@@ -184,6 +209,7 @@ class _ServerBase:
         self.host = host
         self._requested_port = port
         self._controller: _Controller | None = None
+        self.smtp_params: dict = {}
 
     @property
     def port(self) -> int:
@@ -194,7 +220,7 @@ class _ServerBase:
     def start(self):
         if self._controller is not None:
             raise RuntimeError("SMTP server already started")
-        controller = _controller(self.handler, self.host, self._requested_port)
+        controller = _controller(self.handler, self.host, self._requested_port, **self.smtp_params)
         controller.start()
         self._controller = controller
         return self
@@ -240,8 +266,11 @@ class RecordingSMTPServer(_ServerBase):
         reject: dict[str, str] | None = None,
         fail_nth: dict[int, str] | None = None,
         outbox: Path | str | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(SinkHandler(outbox, keep=True, reject=reject, fail_nth=fail_nth), host, port)
+        if credentials is not None:
+            self.smtp_params = {"authenticator": _password_check(*credentials), "auth_require_tls": False}
 
     @property
     def messages(self) -> list[ReceivedMessage]:

@@ -73,7 +73,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from lifecycle.config import SHOP, TEMPLATES_DIR
-from lifecycle.links import unsubscribe_token, verify_stay_token, verify_unsubscribe_token
+from lifecycle.links import signing_key, unsubscribe_token, verify_stay_token, verify_unsubscribe_token
 from lifecycle.sunsets import LIFTABLE, lift_for_stay_choice
 from lifecycle.warehouse import url_from_connection
 
@@ -416,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        signing_key()  # without a sound key every unsubscribe would answer 500, or be forgeable
+    except RuntimeError as exc:
+        parser.error(f"refusing to start: {exc}")
     try:
         engine = make_engine(warehouse_url(args.warehouse_url))
     except (ValueError, sa.exc.ArgumentError) as exc:

@@ -25,6 +25,9 @@ from lifecycle.spec import JourneySpec
 from lifecycle.stage import STAGE_SCHEMA, coupon_product_columns, stage_table
 
 EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# An address holding a character email headers cannot carry (lifecycle.channels.email.HEADER_BREAKS):
+# the row is quarantined here, its reason completed with the character (see _name_header_breaks).
+HEADER_BREAK_REASON = "email: contains a line break email headers cannot carry"
 MIN_HISTORY = 3  # runs of history before the volume guard has a baseline
 
 
@@ -73,8 +76,32 @@ def row_expectations(spec: JourneySpec) -> list[tuple[object, str]]:
         checks += [
             (E.ExpectColumnValuesToNotBeNull(column="email"), "email: missing"),
             (E.ExpectColumnValuesToMatchRegex(column="email", regex=EMAIL_REGEX), "email: not a valid address"),
+            (E.ExpectColumnValuesToNotMatchRegex(column="email", regex=_header_breaks_regex()), HEADER_BREAK_REASON),
         ]
     return checks
+
+
+def _header_breaks_regex() -> str:
+    """A PostgreSQL bracket expression of those characters, spelt as ASCII escapes (\\u2028):
+    GX cannot render a query whose literal holds the characters themselves."""
+    from lifecycle.channels.email import HEADER_BREAKS
+
+    return "[" + "".join(f"\\u{ord(ch):04x}" for ch in HEADER_BREAKS) + "]"
+
+
+def _name_header_breaks(conn: sa.Connection, run: RunContext) -> None:
+    """Say which character it is (U+2028, ...): the reason alone cannot, GX reports rows, not values."""
+    conn.execute(
+        sa.text(
+            """
+            UPDATE lifecycle.quarantine q
+               SET reasons = array_replace(q.reasons, :generic, :generic || ' (U+'
+                   || lpad(upper(to_hex(ascii((regexp_match(q.row_data ->> 'email', :regex))[1]))), 4, '0') || ')')
+             WHERE q.journey = :j AND q.run_id = :r AND :generic = ANY(q.reasons)
+            """
+        ),
+        {"generic": HEADER_BREAK_REASON, "regex": _header_breaks_regex(), "j": run.journey, "r": run.run_id},
+    )
 
 
 def volume_limit(engine: Engine, spec: JourneySpec, run: RunContext) -> int | None:
@@ -239,4 +266,5 @@ def _quarantine(engine: Engine, spec: JourneySpec, run: RunContext, failed: list
             ),
             {"j": run.journey, "r": run.run_id, "m": run.mode, **{f"reason_{i}": r for i, (r, _) in enumerate(failed)}},
         )
+        _name_header_breaks(conn, run)
         return result.rowcount

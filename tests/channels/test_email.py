@@ -6,6 +6,9 @@ import email
 import re
 from email import policy
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lifecycle.channels.email import EmailChannel, OutboundEmail, message_id_for
 from lifecycle.links import links_for, verify_unsubscribe_token
 
@@ -32,3 +35,22 @@ def test_one_click_unsubscribe_headers_arrive_unencoded(smtp_server):
     parsed = email.message_from_bytes(raw, policy=policy.default)
     assert parsed["Message-ID"] == message.message_id and parsed["Date"]
     assert parsed.get_body(("plain",)).get_content().strip() == "Hi"
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(min_size=1, max_size=12), place=st.sampled_from(["to", "subject", "header"]))
+def test_header_problem_predicts_exactly_what_compose_refuses(name, place):
+    """HEADER_BREAKS is the set email.policy refuses in a header, checked against the real
+    composer over arbitrary text: header_problem() says so iff compose() raises (bodies take anything).
+    The text sits inside the value: a break at its very end is stripped by the policy, not refused."""
+    from lifecycle.channels.email import OutboundEmail, compose, header_problem
+
+    to = f"a{name}b@example.com" if place == "to" else "a@example.com"
+    message = OutboundEmail(to=to, subject=f"Hi {name}!" if place == "subject" else "Hi", text=name, html=name,
+                            message_id="<1@x>", headers={"X-Name": f"v{name}w"} if place == "header" else {})
+    try:
+        compose(message, "shop@example.com", "Shop")
+        refused = False
+    except ValueError:
+        refused = True
+    assert refused == (header_problem(message) is not None)

@@ -5,9 +5,12 @@ conventions as the smtp provider (extras `from_email`, `disable_ssl`, `disable_t
 `timeout`). The envelope is driven step by step (MAIL, RCPT, DATA) so that a rejected
 recipient, a transient 4xx and a connection lost mid-DATA are told apart:
 
+    connect, TLS, AUTH  ChannelUnavailable: the task fails, every message stays planned
+    MAIL FROM not 250   ChannelUnavailable too: the server refuses our sender (account,
+                        credentials, reputation), not this message; nothing is burnt
     RCPT 5xx            failed, hard bounce (the address is suppressed)
-    any 4xx             retry later (the message goes back to planned)
-    5xx elsewhere       failed
+    RCPT/DATA 4xx       retry later (the message goes back to planned)
+    DATA 5xx            failed
     lost before DATA    retry (the server never had the message)
     lost during DATA    unknown (it may have been accepted: never re-sent blindly)
 """
@@ -29,6 +32,10 @@ QUEUE_ID = re.compile(r"queued as\s+(\S+)", re.I)
 # RFC 5322 allows 998-character lines. The default 78 makes the email package RFC 2047-encode a
 # long List-Unsubscribe header (its URLs cannot be folded), which mailbox providers then ignore.
 WIRE_POLICY = SMTP_POLICY.clone(max_line_length=998)
+# What email.policy refuses in a header value (To, Subject, ...): every character str.splitlines()
+# breaks on. Found by composing a message with each code point of U+0000-U+20FF, U+2028/9 in the
+# To and Subject (tests/channels/test_email.py re-checks the set with Hypothesis); bodies take them all.
+HEADER_BREAKS = "\n\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,17 @@ def message_id_for(idempotency_key: str) -> str:
     """Stable per intended message, so a receiving system can spot any duplicate."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
     return f"<{digest}@lifecycle.{SHOP['from_email'].split('@')[-1]}>"
+
+
+def header_problem(message: OutboundEmail) -> str | None:
+    """Why `compose` would refuse this message (a header holding a line break), naming the
+    header and the character; None when it composes."""
+    fields = {"To": message.to, "Subject": message.subject, **message.headers}
+    for name, value in fields.items():
+        bad = next((ch for ch in value if ch in HEADER_BREAKS), None)
+        if bad is not None:
+            return f"{name} contains U+{ord(bad):04X}, a line break email headers cannot carry"
+    return None
 
 
 def compose(message: OutboundEmail, from_email: str, from_name: str) -> bytes:
@@ -139,11 +157,14 @@ class EmailChannel:
         smtp = self._smtp
         if not message.to.isascii():  # no SMTPUTF8 here: refuse before the server sees anything
             return Outcome("failed", "invalid address: non-ASCII characters need SMTPUTF8, not supported")
-        raw = compose(message, self.from_email, self.from_name)
+        try:
+            raw = compose(message, self.from_email, self.from_name)
+        except (ValueError, TypeError) as exc:  # nothing was sent: a per-message failure, never unknown
+            return Outcome("failed", f"cannot compose the email: {header_problem(message) or exc}")
         try:
             code, reply = smtp.mail(self.from_email)
             if code != 250:
-                return self._rejected("MAIL", code, reply)
+                self._refused_sender(code, reply)
             code, reply = smtp.rcpt(message.to)
             if code not in (250, 251):
                 return self._rejected("RCPT", code, reply)
@@ -162,6 +183,16 @@ class EmailChannel:
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
         queued = QUEUE_ID.search(text)
         return Outcome("sent", provider_message_id=queued.group(1) if queued else message.message_id)
+
+    def _refused_sender(self, code: int, reply: bytes | str) -> None:
+        """MAIL FROM refused: our account or sender, the same for every message. Fail the task
+        and leave the batch planned (ChannelUnavailable) instead of failing every recipient."""
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        self._drop()
+        raise ChannelUnavailable(
+            f"SMTP server {self.host}:{self.port} refused our sender {self.from_email} at MAIL FROM "
+            f"({code} {text}); check the lifecycle_smtp connection and the account: the messages stay planned"
+        )
 
     def _rejected(self, stage: str, code: int, reply: bytes | str) -> Outcome:
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)

@@ -49,6 +49,7 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 
+from lifecycle import logsafe
 from lifecycle.channels.base import ChannelUnavailable, Outcome
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ class PushChannel:
 
     def _open(self) -> requests.Session:
         if self._session is None:
+            logsafe.install()  # urllib3 logs the endpoint's path (its token) at DEBUG
             session = requests.Session()
             session.max_redirects = 0  # a push service answers; it never redirects a POST elsewhere
             self._session = session

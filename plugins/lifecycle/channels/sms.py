@@ -37,6 +37,7 @@ import httpx
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
+from lifecycle import logsafe
 from lifecycle.channels.base import ChannelUnavailable, Outcome
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ class SMSChannel:
 
     def _open(self) -> httpx.Client:
         if self._client is None:
+            logsafe.install()  # the lookup's URL carries the phone number: keep it out of httpx's log
             self._client = httpx.Client(
                 auth=(self.account_sid, self.auth_token),
                 timeout=self.timeout,
