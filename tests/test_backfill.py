@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -332,3 +334,63 @@ def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
     assert not [k for k in by_status if not k.startswith("dry:")], by_status  # no live message at all
     assert "dry:sent" not in by_status, by_status
     assert len(smtp.messages) == delivered_before
+
+
+def start_run_log(af: Airflow, dag_id: str, run_id: str) -> str:
+    logs = sorted((af.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id=start_run/**/*.log"))
+    return "\n".join(log.read_text(errors="replace") for log in logs)
+
+
+def follow(af: Airflow, dag_id: str, command: str) -> None:
+    """Run the `airflow ...` command an error message advises, then wait for its runs."""
+    args = shlex.split(command)
+    assert args[0] == "airflow", command
+    if args[1] == "backfill":  # one unfinished backfill per DAG: let earlier ones be marked complete
+        for b in af.get("backfills", dag_id=dag_id)["backfills"]:
+            af._wait(lambda b=b: af.get(f"backfills/{b['id']}")["completed_at"] is not None,
+                     f"backfill {b['id']} of {dag_id} to be marked complete", dag_id)
+    af.cli(*args[1:])
+    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), f"the runs of `{command}`", dag_id)
+
+
+def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airflow):
+    """Issue 10 item 7: in Airflow 3.3 `airflow dags trigger --logical-date X` runs the latest
+    finished interval, not X's. The engine's errors must advise a command that replays X."""
+    af, engine, smtp = airflow
+    dag_id = "birthday_ask"
+    af.cli("dags", "unpause", dag_id)
+
+    # A manual trigger without a logical date has no data interval: the run fails and says how to replay one.
+    af.cli("dags", "trigger", dag_id)
+    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), "the triggered run", dag_id)
+    (failed,) = af.dag_runs(dag_id)
+    assert failed["state"] == "failed" and failed["data_interval_start"] is None
+    message = start_run_log(af, dag_id, failed["dag_run_id"])
+    assert "this run has no data interval" in message, message[-3000:]
+    advice = re.search(r"`(airflow [^`]*<interval start>[^`]*)`", message)
+    assert advice, message[-3000:]
+
+    follow(af, dag_id, advice[1].replace("<interval start>", "2026-11-17"))
+    replayed = [r for r in af.dag_runs(dag_id) if r["dag_run_id"] != failed["dag_run_id"]]
+    assert [(r["state"], r["data_interval_start"][:10], r["data_interval_end"][:10]) for r in replayed] == [
+        ("success", "2026-11-17", "2026-11-18")], af.explain_failures(dag_id, replayed)
+    assert rows(engine, "SELECT interval_start, interval_end, status FROM lifecycle.runs WHERE journey = :j",
+                j=dag_id) == [(day(17), day(18), "ok")]
+
+    # The old advice, `dags trigger --logical-date`: Airflow gives the run the latest interval, so
+    # the engine refuses it (nothing done) and names the command that replays the date asked for.
+    af.cli("dags", "trigger", dag_id, "--logical-date", "2026-11-18T00:00:00+00:00")
+    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), "the triggered run", dag_id)
+    (wrong,) = [r for r in af.dag_runs(dag_id) if (r["logical_date"] or "").startswith("2026-11-18")]
+    assert wrong["state"] == "failed" and not wrong["data_interval_start"].startswith("2026-11-18")
+    message = start_run_log(af, dag_id, wrong["dag_run_id"])
+    assert "was given the logical date 2026-11-18T00:00:00+00:00, but Airflow gave it the interval" in message
+    assert len(rows(engine, "SELECT 1 FROM lifecycle.runs WHERE journey = :j", j=dag_id)) == 1  # nothing done
+    advice = re.search(r"`(airflow backfill create [^`]*--from-date 2026-11-18 [^`]*)`", message)
+    assert advice, message[-3000:]
+    assert f"DELETE /api/v2/dags/{dag_id}/dagRuns/{wrong['dag_run_id']}" in message
+    delete = urllib.request.Request(f"{af.api}/api/v2/dags/{dag_id}/dagRuns/{wrong['dag_run_id']}", method="DELETE")
+    urllib.request.urlopen(delete, timeout=30).close()
+    follow(af, dag_id, advice[1])
+    assert rows(engine, "SELECT interval_start, interval_end, status FROM lifecycle.runs WHERE journey = :j "
+                        "ORDER BY interval_start", j=dag_id) == [(day(17), day(18), "ok"), (day(18), day(19), "ok")]

@@ -5,6 +5,7 @@
     lifecycle demo [--days 3]                         the whole product on an embedded warehouse
     lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
     lifecycle env                                     shell exports to use `airflow` on the demo
+    lifecycle promote JOURNEY                         make a draft journey live (status: live)
 """
 
 from __future__ import annotations
@@ -497,6 +498,24 @@ def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
     return 1 if failures or errors else 0
 
 
+# ---------------------------------------------------------------------------- promote
+def promote_journey(journey: str, segments_dir: Path) -> int:
+    """Set `status: live` in the journey's segment file (a path to the file works too)."""
+    from lifecycle.promote import PromoteError, promote
+
+    path = Path(journey) if journey.endswith(".sql") else segments_dir / f"{journey}.sql"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(segments_dir.glob("*.sql")))
+        print(f"no segment file {path} (journeys: {known})")
+        return 1
+    try:
+        print(promote(path).describe())
+    except PromoteError as exc:
+        print(exc)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------- report / env
 def _default_url() -> str:
     import sqlalchemy as sa
@@ -542,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     p_report.add_argument("--warehouse-url")
     p_report.add_argument("--mode", default="live", choices=["live", "dry"])
     sub.add_parser("env", help="print exports for running `airflow` against the demo")
+    p_promote = sub.add_parser("promote", help="make a draft journey live: set `status: live` in its header")
+    p_promote.add_argument("journey", help="journey name (or the segment file's path)")
+    p_promote.add_argument("--segments-dir", type=Path, default=SEGMENTS_DIR)
     args = parser.parse_args(argv)
     if args.command == "lint":
         return lint(args.files, args.warehouse_url)
@@ -551,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo_worker(args.journeys, args.start, args.end)
     if args.command == "report":
         return report(args.warehouse_url, args.mode)
+    if args.command == "promote":
+        return promote_journey(args.journey, args.segments_dir)
     return env()
 
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # Pools rate-limit each channel; transactional journeys have their own so they never wait
 # behind marketing sends. Slots are a deployment choice (`airflow pools set`).
 POOLS = {"lifecycle_email": 4, "lifecycle_sms": 2, "lifecycle_push": 4, "lifecycle_transactional": 4}
+DRAFT_NOTE = ("\n\n**Draft**: every run is a dry run (what would be sent is recorded with mode `dry`, nothing "
+              "is delivered). Go live with `lifecycle promote <journey>`.")
 DEFAULT_ARGS = {"owner": "lifecycle", "retries": 3, "retry_delay": timedelta(minutes=2)}
 
 
@@ -104,7 +106,38 @@ def _run_switch(name: str) -> bool:
     return bool(conf.get(name, False))
 
 
-def _run_context(journey: str):
+def replay_advice(journey: str, logical_date: str = "<interval start>") -> str:
+    """How to run one past interval in Airflow 3.3. Not `airflow dags trigger --logical-date`:
+    a manual run's data interval is inferred from the moment it is triggered (the latest finished
+    interval), whatever logical date it is given."""
+    return (
+        f"replay it with `airflow backfill create --dag-id {journey} --from-date {logical_date} "
+        f"--to-date {logical_date} --max-active-runs 1` (the date is the interval's start, its logical date; "
+        "the DAG must be unpaused; add `--reprocess-behavior completed` if that interval already ran). "
+        "`airflow dags trigger --logical-date` does not choose the interval: the run gets the latest finished one."
+    )
+
+
+def _asked_for_an_earlier_interval(ctx) -> bool:
+    """A run whose logical date lies before its data interval: a manual run given a past logical
+    date got the latest interval instead (see replay_advice); a backfill that cleared such a run
+    keeps its wrong interval too."""
+    logical_date = ctx.get("logical_date")
+    return logical_date is not None and logical_date < ctx["data_interval_start"]
+
+
+def _cli_date(moment) -> str:
+    """A logical date as `airflow backfill create` takes it: the day alone when it is midnight."""
+    return moment.date().isoformat() if moment.time() == moment.min.time() else moment.isoformat()
+
+
+def _run_mode(spec: JourneySpec) -> str:
+    """'dry' for a draft journey (every run records what it would send, delivers nothing) and for
+    a run asked to be dry (`{"dry_run": true}`); otherwise 'live'."""
+    return "dry" if spec.status == "draft" or _run_switch("dry_run") else "live"
+
+
+def _run_context(spec: JourneySpec):
     from lifecycle.runs import RunContext
 
     ctx = get_current_context()
@@ -112,15 +145,25 @@ def _run_context(journey: str):
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(
-            f"{journey}: this run has no data interval. A journey run replays one interval: trigger it "
-            f"with a logical date (`airflow dags trigger {journey} --logical-date <interval start>`) or "
-            "use `airflow backfill create`."
+            f"{spec.journey}: this run has no data interval. A journey run replays one interval: "
+            f"{replay_advice(spec.journey)}"
         )
-    dry = _run_switch("dry_run")
+    if _asked_for_an_earlier_interval(ctx):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        asked = ctx["logical_date"]
+        raise AirflowFailException(
+            f"{spec.journey}: this manual run was given the logical date {asked.isoformat()}, but Airflow gave it "
+            f"the interval {ctx['data_interval_start'].isoformat()} .. {ctx['data_interval_end'].isoformat()}. "
+            f"Nothing was done. To run the interval starting {asked.isoformat()}, delete this run first (its "
+            f"logical date is taken, and a backfill that re-ran it would keep its wrong interval: Airflow UI, or "
+            f"DELETE /api/v2/dags/{spec.journey}/dagRuns/{ctx['run_id']}), then "
+            f"{replay_advice(spec.journey, _cli_date(asked))}"
+        )
     return RunContext(
-        journey=journey,
+        journey=spec.journey,
         run_id=ctx["run_id"],
-        mode="dry" if dry else "live",
+        mode=_run_mode(spec),
         interval_start=ctx["data_interval_start"],
         interval_end=ctx["data_interval_end"],
     )
@@ -137,13 +180,14 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
     @dag(
         dag_id=spec.journey,
         description=spec.description[:200] or None,
-        doc_md=f"**{spec.journey}** — {spec.description}\n\nSegment file: `{spec.path.name}`",
+        doc_md=f"**{spec.journey}** ({spec.status}) — {spec.description}\n\nSegment file: `{spec.path.name}`"
+        + (DRAFT_NOTE if spec.status == "draft" else ""),
         schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
         start_date=spec.start_date,
         catchup=False,
         max_active_runs=1,  # a journey's state moves interval by interval: runs replay in order
         default_args={**DEFAULT_ARGS, "owner": spec.owner},
-        tags=["lifecycle", spec.schedule, spec.kind, *spec.tags],
+        tags=["lifecycle", spec.schedule, spec.kind, spec.status, *spec.tags],
         params={
             "dry_run": Param(False, type="boolean", description="Record what would be sent (status dry_run), deliver nothing."),
             "approve_volume": Param(False, type="boolean", description="Release a run held by the row-count guard."),
@@ -152,11 +196,13 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
     def journey():
         @task
         def start_run() -> dict:
+            from lifecycle.runs import refuse_if_an_earlier_run_is_unfinished
             from lifecycle.runs import start_run as record_start
             from lifecycle.schema import migrate
 
-            engine, run = _engine(), _run_context(spec.journey)
+            engine, run = _engine(), _run_context(spec)
             migrate(engine)
+            refuse_if_an_earlier_run_is_unfinished(engine, run)
             record_start(engine, run)
             return run.to_xcom()
 
@@ -197,9 +243,10 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         @task
         def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel, plan_due_steps
-            from lifecycle.runs import RunContext
+            from lifecycle.runs import RunContext, refuse_if_an_earlier_run_is_unfinished
 
             engine, ctx = _engine(), RunContext.from_xcom(run)
+            refuse_if_an_earlier_run_is_unfinished(engine, ctx)  # one may have started since start_run
             plan_due_steps(engine, spec, ctx)
             now = sender_clock(ctx.as_of.isoformat())()
             return by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
@@ -218,10 +265,14 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             return sync(_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
 
         @task(trigger_rule="all_done", outlets=[journey_asset(spec.journey)])
-        def summarize(run: dict) -> dict:
+        def summarize(run: dict | None) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
             from lifecycle.runs import RunContext, finish_run, message_counts
             from lifecycle.stage import drop_stage
 
+            if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
+                raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
             ctx = get_current_context()
             engine, r = _engine(), RunContext.from_xcom(run)
             failed = _failed_tasks(ctx)
@@ -231,8 +282,6 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             drop_stage(engine, r)
             log.info("journey %s interval %s..%s: %s", r.journey, r.interval_start, r.interval_end, counts)
             if failed:  # recorded above; now make the DAG run itself show the failure
-                from airflow.sdk.exceptions import AirflowFailException
-
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
                     "lifecycle.runs and messages still planned will be sent by the next run"
@@ -357,7 +406,8 @@ def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
             errors.append(SpecError(spec.path, [f"Airflow refused the DAG: {type(exc).__name__}: {exc}"])
                           .remember_header({"schedule": spec.schedule, "owner": spec.owner,
                                             "start_date": spec.start_date}))
-    built = [spec for spec in specs if spec.journey in dags]
+    # a draft never delivers, not even messages it left planned while it was live
+    built = [spec for spec in specs if spec.journey in dags and spec.status == "live"]
     if built:
         try:
             dags[DISPATCH_DAG_ID] = build_dispatch_dag(built)

@@ -45,6 +45,8 @@ CHANNELS = {"email", "sms", "push"}
 URGENCIES = {"very-low", "low", "normal", "high"}
 ACTIONS = {"suppress"}
 EXIT_STATUSES = {"converted", "exited"}
+# A draft journey runs every interval as a dry run; `lifecycle promote` (or the header) makes it live.
+STATUSES = ("draft", "live")
 DEFAULT_START = "2026-01-01"
 RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "shop_url"}
 
@@ -52,7 +54,7 @@ TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness", "unique_columns",
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
-    "one_active_per_customer",
+    "one_active_per_customer", "status",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "status", "then"}
@@ -163,6 +165,7 @@ class JourneySpec:
     # A customer is in the journey at most once at a time: a row that would open a second active
     # enrollment is quarantined. False for journeys whose entries are per cart, order or session.
     one_active_per_customer: bool = True
+    status: str = "draft"  # 'draft': every run is a dry run (records, delivers nothing); 'live': sends
 
     @property
     def channels(self) -> set[str]:
@@ -400,6 +403,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
     one_active = h.get("one_active_per_customer", True)
     if not isinstance(one_active, bool):
         c.add(f"one_active_per_customer: must be true or false, got {one_active!r}")
+    status = _status(h.get("status", "draft"), c)
     offers = ()
     if "offers" in h:  # seasonal offers, dated by the holidays package (imported only here)
         from lifecycle.offers import parse_offers
@@ -436,7 +440,15 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
         refresh_clock=refresh_clock,
         offers=offers,
         one_active_per_customer=one_active,
+        status=status,
     )
+
+
+def _status(value: Any, c: _Checker) -> str:
+    if value not in STATUSES:
+        c.add(f"status: must be draft (runs as a dry run, delivers nothing) or live, got {value!r}")
+        return "draft"
+    return value
 
 
 def _start_date(value: Any, c: _Checker) -> datetime:

@@ -1,5 +1,6 @@
 /* ---
 journey: behaviour_discount
+status: live
 description: >
   A nudge for a product someone keeps coming back to: a known customer who viewed the same
   product at least min_views times within window_days, has not ordered anything in the

@@ -1,5 +1,6 @@
 /* ---
 journey: birthday
+status: live
 description: >
   A birthday treat a week ahead: customers whose birthday is 7 days away in their own time
   zone get an email with a personal 20% code valid 30 days, and an SMS with the same code

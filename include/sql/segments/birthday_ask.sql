@@ -1,5 +1,6 @@
 /* ---
 journey: birthday_ask
+status: live
 description: >
   Ask customers who have ordered but never told us their birthday for it (so the birthday
   journey can treat them): 3 days after their first order, then once a year on that day's

@@ -1,5 +1,6 @@
 /* ---
 journey: browse_abandonment
+status: live
 description: >
   Known customers who looked closely at a product in one session (at least min_seconds on it
   in total, or min_views views of it) and neither carted nor ordered it after first viewing it.

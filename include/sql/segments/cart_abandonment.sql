@@ -1,5 +1,6 @@
 /* ---
 journey: cart_abandonment
+status: live
 description: >
   Remind shoppers who left items in their cart: three emails at 1 hour, 24 hours and
   48 hours after the cart's last change. Ordering stops the reminders and sends a thank-you.

@@ -1,5 +1,6 @@
 /* ---
 journey: cross_sell
+status: live
 description: >
   The day after an order, a thank-you email with up to 3 products that go with what was
   bought (the shop's cross_sell links of the ordered products) and that the customer has not

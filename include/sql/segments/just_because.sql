@@ -1,5 +1,6 @@
 /* ---
 journey: just_because
+status: live
 description: >
   Once a year, a surprise for no reason at all: customers with at least one order and email
   consent get a personal discount code on "their" day of the year. The day comes from a hash

@@ -1,5 +1,6 @@
 /* ---
 journey: order_notifications
+status: live
 description: >
   Service emails about an order: an order confirmation for every new order, and a shipping
   notice once the order has shipped (shipped_at is set). Both show the order's items (image,

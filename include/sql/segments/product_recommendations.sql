@@ -1,5 +1,6 @@
 /* ---
 journey: product_recommendations
+status: live
 description: >
   Once a week, customers who viewed or bought something in the last 30 days get a "picked
   for you" email with up to 4 products they have never bought, ranked by how often those

@@ -1,5 +1,6 @@
 /* ---
 journey: referral
+status: live
 description: >
   Ask active, satisfied customers to refer their friends. A customer qualifies when they have
   at least min_orders orders (cancelled ones do not count), the last one within active_days

@@ -1,5 +1,6 @@
 /* ---
 journey: replenishment
+status: live
 description: >
   Remind customers to reorder a consumable before it runs out. Each consumable product in
   an order (a product with pack_units and units_per_day) lasts quantity x pack_units /

@@ -1,5 +1,6 @@
 /* ---
 journey: review_request
+status: live
 description: >
   Ask for a review once the customer has had time with the products: 10 days after
   delivery for soft goods (clothing, shoes, cosmetics, jewellery) and consumables, 21 days

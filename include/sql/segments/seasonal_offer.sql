@@ -1,5 +1,6 @@
 /* ---
 journey: seasonal_offer
+status: live
 description: >
   Holiday offers, dated by the holidays package from the offers below: a Christmas offer on
   1 December to every customer with email consent, and a Thanksgiving offer 7 days before US

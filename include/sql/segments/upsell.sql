@@ -1,5 +1,6 @@
 /* ---
 journey: upsell
+status: live
 description: >
   A known customer's open cart (no order since its last change) holds an item with an upsell
   link to a higher-tier product. Ten minutes after the cart's last change: the upgrade next to

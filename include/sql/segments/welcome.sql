@@ -1,5 +1,6 @@
 /* ---
 journey: welcome
+status: live
 description: >
   Welcome a new customer whose email consent is opted in and confirmed by double opt-in:
   email 1 at once with a personal first-order discount code, email 2 three days later (if

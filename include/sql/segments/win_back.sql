@@ -1,5 +1,6 @@
 /* ---
 journey: win_back
+status: live
 description: >
   Bring back customers whose last order is at least 90 days old: a personal discount,
   a reminder a week later, then a "do you still want to hear from us?" a week after that.
