@@ -247,8 +247,9 @@ def test_unsubscribe_service_shares_the_warehouse_and_signing_key():
         airflow_env = SERVICES[name]["environment"]
         assert airflow_env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"] == env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"], name
         assert airflow_env["LIFECYCLE_SIGNING_KEY"] == env["LIFECYCLE_SIGNING_KEY"], name
-    # a placeholder read from the environment, with a local default
-    assert re.fullmatch(r"\$\{LIFECYCLE_SIGNING_KEY:-[^}]+\}", env["LIFECYCLE_SIGNING_KEY"])
+    # read from the environment, with no default: a key in a public file could forge unsubscribes,
+    # so compose refuses to start until the operator sets one
+    assert re.fullmatch(r"\$\{LIFECYCLE_SIGNING_KEY:\?[^}]+\}", env["LIFECYCLE_SIGNING_KEY"])
     conn = json.loads(env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"])
     assert (conn["conn_type"], conn["host"], int(conn["port"])) == ("postgres", "warehouse", 5432)
 
