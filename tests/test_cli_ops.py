@@ -33,7 +33,7 @@ def _versions(engine) -> set[str]:
 
 def test_migrate_applies_the_schemas_once(scratch_engine, capsys):
     url = scratch_engine.url.render_as_string(hide_password=False)
-    assert cli.main(["migrate", "--warehouse-url", url]) == 0
+    assert cli.main(["migrate", "--warehouse-url", url, "--demo-shop"]) == 0
     assert is_current(scratch_engine)
     versions = _versions(scratch_engine)
     migrations = {p.stem for p in (SQL_DIR / "lifecycle").glob("[0-9][0-9][0-9]_*.sql")}
@@ -47,12 +47,26 @@ def test_migrate_applies_the_schemas_once(scratch_engine, capsys):
 
 def test_migrate_reads_the_airflow_connection(scratch_engine, capsys, monkeypatch):
     """docker-compose gives the warehouse only as AIRFLOW_CONN_LIFECYCLE_WAREHOUSE."""
+    from lifecycle.schema import create_shop_schema
     from lifecycle.warehouse import airflow_conn_json
 
+    create_shop_schema(scratch_engine)  # the tables the default contact views read
     url = scratch_engine.url.render_as_string(hide_password=False)
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", airflow_conn_json(url))
     assert cli.main(["migrate"]) == 0
     assert is_current(scratch_engine)
+
+
+def test_migrate_says_which_file_a_warehouse_without_the_shop_tables_rejects(scratch_engine, capsys):
+    """A real warehouse whose contact views were not adapted yet: the file, the missing table,
+    and that nothing was applied (one transaction)."""
+    url = scratch_engine.url.render_as_string(hide_password=False)
+    assert cli.main(["migrate", "--warehouse-url", url]) == 1
+    out = capsys.readouterr().out
+    assert "contacts.sql" in out and 'relation "shop.customers" does not exist' in out
+    assert "Who is reachable" in out and "nothing was applied" in out
+    with scratch_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT to_regnamespace('lifecycle')").scalar() is None
 
 
 def test_migrate_names_an_unreachable_warehouse(capsys):
@@ -155,11 +169,13 @@ def test_airflow_init_runs_lifecycle_init_after_the_metadata_migration():
     init = COMPOSE["services"]["airflow-init"]
     script = init["command"][1]
     lines = [line.strip() for line in script.splitlines()]
-    assert "lifecycle init" in lines
+    # the compose warehouse plays the shop's: its demo tables are what the contact views read
+    assert "lifecycle init --demo-shop" in lines
     # /entrypoint migrates the metadata DB (_AIRFLOW_DB_MIGRATE) before the pools are created,
     # and the files init may write are chowned after it
-    assert lines.index("/entrypoint airflow version") < lines.index("lifecycle init")
-    assert lines.index("lifecycle init") < next(i for i, line in enumerate(lines) if line.startswith("chown"))
+    init_at = lines.index("lifecycle init --demo-shop")
+    assert lines.index("/entrypoint airflow version") < init_at
+    assert init_at < next(i for i, line in enumerate(lines) if line.startswith("chown"))
     assert init["depends_on"]["warehouse"]["condition"] == "service_healthy"
     assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
 
@@ -168,7 +184,7 @@ def _image_wrapper() -> str:
     """The /usr/local/bin/lifecycle script the Dockerfile writes (its printf lines)."""
     match = re.search(r"RUN printf '%s\\n' (.*?)\s*> /usr/local/bin/lifecycle", DOCKERFILE, re.S)
     assert match, "the Dockerfile does not write /usr/local/bin/lifecycle"
-    return "\n".join(shlex.split(match.group(1).replace("\\\n", " "))) + "\n"
+    return "\n".join(shlex.split(match.group(1).replace("\\\n", " ").rstrip(" \\"))) + "\n"
 
 
 def test_image_lifecycle_command_runs_the_mounted_package(tmp_path):

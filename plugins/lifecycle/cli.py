@@ -6,8 +6,8 @@
     lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
     lifecycle env                                     shell exports to use `airflow` on the demo
     lifecycle promote JOURNEY                         make a draft journey live (status: live)
-    lifecycle migrate [--warehouse-url URL]           apply the lifecycle migrations + contact views
-    lifecycle init [--warehouse-url URL]              create the (embedded) warehouse DB, migrate, create the pools
+    lifecycle migrate [--warehouse-url URL] [--demo-shop]   apply the lifecycle migrations + contact views
+    lifecycle init [--warehouse-url URL] [--demo-shop]      create the (embedded) warehouse DB, migrate, create the pools
     lifecycle stop                                    stop the embedded PostgreSQL
 """
 
@@ -587,28 +587,36 @@ def _shown(url: str) -> str:
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
-def migrate_warehouse(warehouse_url: str | None, state_dir: Path) -> int:
+def migrate_warehouse(warehouse_url: str | None, state_dir: Path, demo_shop: bool = False) -> int:
     """Apply the lifecycle migrations and the contact views to the warehouse (idempotent)."""
     try:
         url, embedded = _warehouse_target(warehouse_url, state_dir)
     except ValueError as exc:
         print(f"lifecycle migrate: {exc}")
         return 1
-    return _migrate(url, embedded, state_dir)
+    return _migrate(url, embedded, state_dir, demo_shop)
 
 
-def _migrate(url: str, embedded: bool, state_dir: Path) -> int:
+def _migrate(url: str, embedded: bool, state_dir: Path, demo_shop: bool) -> int:
+    """Migrate `url`; the embedded warehouse (or --demo-shop) also gets the demo shop's tables,
+    which the default contact views read."""
     import sqlalchemy as sa
 
-    from lifecycle.schema import migrate
+    from lifecycle.schema import MigrationError, create_shop_schema, migrate
 
     if embedded and _create_database_if_missing(url):
         print(f"created database {sa.make_url(url).database} on the embedded PostgreSQL ({state_dir / 'pgdata'})")
     engine = sa.create_engine(url)
     try:
+        if embedded or demo_shop:
+            create_shop_schema(engine)
         applied = migrate(engine)
+    except MigrationError as exc:
+        print(f"lifecycle migrate: warehouse {_shown(url)}: {exc}")
+        return 1
     except sa.exc.SQLAlchemyError as exc:
-        print(f"lifecycle migrate: warehouse {_shown(url)}: {str(getattr(exc, 'orig', exc)).strip()}; nothing was applied")
+        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        print(f"lifecycle migrate: warehouse {_shown(url)}: {detail}; nothing was applied")
         return 1
     finally:
         engine.dispose()
@@ -643,7 +651,7 @@ def create_pools() -> int:
     return 0
 
 
-def init(warehouse_url: str | None, state_dir: Path) -> int:
+def init(warehouse_url: str | None, state_dir: Path, demo_shop: bool = False) -> int:
     """Everything a new installation needs before the DAGs run: the warehouse database (if it is
     the embedded one), its schemas, and the Airflow pools."""
     try:
@@ -651,7 +659,7 @@ def init(warehouse_url: str | None, state_dir: Path) -> int:
     except ValueError as exc:
         print(f"lifecycle init: {exc}")
         return 1
-    if _migrate(url, embedded, state_dir):
+    if _migrate(url, embedded, state_dir, demo_shop):
         return 1
     if embedded:  # the embedded setup keeps Airflow's metadata on the same server (`lifecycle env`)
         if _create_database_if_missing(_embedded_url(state_dir, AIRFLOW_DB)):
@@ -721,14 +729,16 @@ def main(argv: list[str] | None = None) -> int:
     p_promote.add_argument("--segments-dir", type=Path, default=SEGMENTS_DIR)
     for name, text in (("migrate", "apply the lifecycle migrations and contact views to the warehouse"),
                        ("init", "create the warehouse database (embedded), migrate it, create the Airflow pools")):
-        sub.add_parser(name, help=text).add_argument(
-            "--warehouse-url", help="default: AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, else the embedded warehouse")
+        p_ops = sub.add_parser(name, help=text)
+        p_ops.add_argument("--warehouse-url", help="default: AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, else the embedded warehouse")
+        p_ops.add_argument("--demo-shop", action="store_true",
+                           help="also create the demo shop's tables (schema `shop`) the default contact views read")
     sub.add_parser("stop", help="stop the embedded PostgreSQL")
     args = parser.parse_args(argv)
     if args.command == "migrate":
-        return migrate_warehouse(args.warehouse_url, STATE_DIR)
+        return migrate_warehouse(args.warehouse_url, STATE_DIR, args.demo_shop)
     if args.command == "init":
-        return init(args.warehouse_url, STATE_DIR)
+        return init(args.warehouse_url, STATE_DIR, args.demo_shop)
     if args.command == "stop":
         return stop(STATE_DIR)
     if args.command == "lint":
