@@ -103,10 +103,8 @@ def state_dir(monkeypatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_init_on_the_embedded_warehouse_then_env_then_stop(state_dir, airflow_db, capsys):
+def test_init_on_the_embedded_warehouse(state_dir, airflow_db, capsys):
     from airflow.models.pool import Pool
-
-    from lifecycle.warehouse import embedded_running
 
     # an operator tuned one pool; another is missing (a new installation)
     Pool.create_or_update_pool("lifecycle_sms", slots=9, description="tuned", include_deferred=False)
@@ -130,26 +128,39 @@ def test_init_on_the_embedded_warehouse_then_env_then_stop(state_dir, airflow_db
         with warehouse.connect() as conn:
             assert conn.exec_driver_sql("SELECT to_regclass('public.kept')").scalar() == "kept"
         warehouse.dispose()
-
-        # `lifecycle env` twice: the same signing key, kept in the state dir, readable by its owner only
-        assert cli.main(["env"]) == 0
-        first = _export(capsys.readouterr().out, "LIFECYCLE_SIGNING_KEY")
-        assert cli.main(["env"]) == 0
-        assert _export(capsys.readouterr().out, "LIFECYCLE_SIGNING_KEY") == first
-        key_file = state_dir / cli.SIGNING_KEY_FILE
-        assert key_file.read_text().strip() == first and len(first) >= 43  # 32 random bytes
-        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-
-        data_dir = state_dir / "pgdata"
-        assert embedded_running(data_dir)
-        assert cli.main(["stop"]) == 0
-        assert "stopped the embedded PostgreSQL" in capsys.readouterr().out
-        assert not embedded_running(data_dir)
-        assert cli.main(["stop"]) == 0
-        assert "no embedded PostgreSQL running" in capsys.readouterr().out
     finally:
         for name, slots in POOLS.items():  # the session's other tests expect the default pools
             Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
+
+
+def test_env_keeps_the_signing_key_it_made(state_dir, capsys):
+    """`lifecycle env` twice: the same key (links already sent stay valid), kept in the state
+    dir, readable by its owner only."""
+    assert cli.main(["env"]) == 0
+    first = _export(capsys.readouterr().out, "LIFECYCLE_SIGNING_KEY")
+    assert cli.main(["env"]) == 0
+    assert _export(capsys.readouterr().out, "LIFECYCLE_SIGNING_KEY") == first
+    key_file = state_dir / cli.SIGNING_KEY_FILE
+    assert key_file.read_text().strip() == first and len(first) >= 43  # 32 random bytes
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_stop_stops_the_embedded_postgresql(state_dir, capsys):
+    from lifecycle.warehouse import embedded_running, start_embedded
+
+    data_dir = state_dir / "pgdata"
+    uri = start_embedded(data_dir)  # as `demo`, `env` or `init` leave it: running on
+    assert embedded_running(data_dir)
+    assert cli.main(["stop"]) == 0
+    assert "stopped the embedded PostgreSQL" in capsys.readouterr().out
+    assert not embedded_running(data_dir)
+    with pytest.raises(sa.exc.OperationalError):
+        sa.create_engine(uri.replace("postgresql://", "postgresql+psycopg2://", 1)).connect()
+    assert cli.main(["stop"]) == 0
+    assert "no embedded PostgreSQL running" in capsys.readouterr().out
+    assert embedded_running(state_dir / "pgdata") is False
+    start_embedded(data_dir)  # and the next command starts it again
+    assert embedded_running(data_dir)
 
 
 def test_env_tightens_a_key_file_others_can_read(state_dir):
