@@ -133,6 +133,21 @@ def test_init_on_the_embedded_warehouse(state_dir, airflow_db, capsys):
             Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
 
 
+def test_init_after_env_treats_its_connection_as_the_embedded_warehouse(state_dir, airflow_db, monkeypatch, capsys):
+    """`eval "$(lifecycle env)"` then `lifecycle init`: the connection names the embedded server,
+    so init still creates its databases and the demo shop's tables."""
+    from lifecycle.warehouse import airflow_conn_json, stop_embedded
+
+    url = cli._embedded_url(state_dir, cli.DEMO_DB)
+    stop_embedded(state_dir / "pgdata")  # and `lifecycle stop` ran since: init starts it again
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", airflow_conn_json(url))
+    assert cli.main(["init"]) == 0
+    assert f"created database {cli.DEMO_DB}" in capsys.readouterr().out
+    warehouse = sa.create_engine(cli._embedded_url(state_dir, cli.DEMO_DB))
+    assert is_current(warehouse)
+    warehouse.dispose()
+
+
 def test_env_keeps_the_signing_key_it_made(state_dir, capsys):
     """`lifecycle env` twice: the same key (links already sent stay valid), kept in the state
     dir, readable by its owner only."""

@@ -550,8 +550,17 @@ def _warehouse_target(warehouse_url: str | None, state_dir: Path) -> tuple[str, 
     from lifecycle.unsubscribe_service import warehouse_url as url_from_environment
 
     if warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
-        return url_from_environment(warehouse_url).render_as_string(hide_password=False), False
+        url = url_from_environment(warehouse_url)
+        if not _on_embedded_server(url, state_dir):
+            return url.render_as_string(hide_password=False), False
+        return _embedded_url(state_dir, url.database or DEMO_DB), True  # `lifecycle env`'s connection
     return _embedded_url(state_dir, DEMO_DB), True
+
+
+def _on_embedded_server(url, state_dir: Path) -> bool:
+    """Whether `url` is the embedded server's (its unix socket lives in the data directory)."""
+    host = url.query.get("host") or url.host or ""
+    return host.startswith("/") and Path(host).resolve() == (state_dir / "pgdata").resolve()
 
 
 def _embedded_url(state_dir: Path, database: str) -> str:
