@@ -267,3 +267,21 @@ def test_the_mailbox_dag_exists_only_where_a_maildir_is_configured(monkeypatch, 
     monkeypatch.setenv(MAILDIR_ENV, str(maildir))
     dag = build_dags()[MAILBOX_DAG_ID]
     assert [t.task_id for t in dag.tasks] == ["read_mailbox"]
+
+
+def test_airflow_runs_the_mailbox_dag(shop, maildir, airflow_db, monkeypatch):
+    from lifecycle.dag_factory import build_dags
+    from lifecycle.warehouse import airflow_conn_json
+
+    engine, (alice, bob, *_) = shop
+    monkeypatch.setenv(MAILDIR_ENV, str(maildir))
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE",
+                       airflow_conn_json(engine.url.render_as_string(hide_password=False)))
+    deliver(maildir, mailto_unsubscribe(alice))
+    deliver(maildir, dsn(original(sent_email(engine, bob, "order-2001"))))
+
+    assert build_dags()[MAILBOX_DAG_ID].test().state == "success"
+
+    assert suppressions(engine) == [(alice, "email", "unsubscribe", "mailto"), (bob, "email", "hard_bounce",
+                                                                                 "mailbox:dsn")]
+    assert files(maildir, "new") == []
