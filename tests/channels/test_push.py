@@ -411,3 +411,15 @@ def test_a_name_that_does_not_resolve_is_retried_without_a_request(push, vapid_k
     with PushChannel(pem(vapid_key), SUBJECT, allow_private=False) as channel:
         outcome = channel.deliver(outbound(subscription))
     assert outcome.status == "retry" and "did not resolve" in outcome.reason
+
+
+def test_the_address_connected_to_is_checked_too(push, vapid_key):
+    """DNS can answer the request differently from the check before it (rebinding): the
+    connection itself refuses a non-public peer. Here the check is passed by going around it,
+    straight to the channel's session, whose connection lands on the loopback push service."""
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=2, allow_private=False, allow_http=True) as channel:
+        with pytest.raises(requests.exceptions.ConnectionError) as info:
+            channel._open().post(push.endpoint("alice"), data=b"x")
+        outcome = channel._connection_error(push.origin, info.value)
+    assert outcome.status == "failed" and "non-public address 127.0.0.1" in outcome.reason
+    assert push.requests == 0

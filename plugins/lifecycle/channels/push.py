@@ -9,7 +9,7 @@ contact the push services may write to (`mailto:...` or an `https:` URL). Extras
 Endpoints come from customers' browsers, so they are untrusted: an endpoint that is not https,
 or whose host is or resolves to a loopback, private, link-local, shared, multicast or reserved
 address, fails (reason recorded, no request made) so a forged subscription cannot make the worker
-call internal services. A local push service (tests, `make demo`) needs `allow_private`: the
+call internal services. The connection checks its peer again (DNS rebinding). A local push service (tests, `make demo`) needs `allow_private`: the
 connection extra, or LIFECYCLE_PUSH_ALLOW_PRIVATE=1; it also allows plain http to such addresses.
 
 One requests.Session per batch; every push service reply is classified:
@@ -49,6 +49,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPusher
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
@@ -147,6 +150,47 @@ def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
+class NonPublicPeer(NewConnectionError):
+    """The connection reached a non-public address although the endpoint's check passed."""
+
+
+class _PublicPeerOnly:
+    """Checks the address actually connected to: DNS may answer the request differently from the
+    check before it (rebinding), and that second answer is the one that counts."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        peer = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
+        if not _is_public(peer):
+            sock.close()
+            raise NonPublicPeer(self, f"{self.host} connected to non-public address {peer}")
+        return sock
+
+
+class _PublicHTTPConnection(_PublicPeerOnly, HTTPConnection):
+    pass
+
+
+class _PublicHTTPSConnection(_PublicPeerOnly, HTTPSConnection):
+    pass
+
+
+class _PublicHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PublicHTTPConnection
+
+
+class _PublicHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """requests' adapter whose connections refuse non-public peers."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+
+
 def _retry_after(value: str | None) -> int | None:
     """Seconds from a Retry-After header (delay-seconds or an HTTP date)."""
     if not value:
@@ -214,6 +258,9 @@ class PushChannel:
             logsafe.install()  # urllib3 logs the endpoint's path (its token) at DEBUG
             session = requests.Session()
             session.max_redirects = 0  # a push service answers; it never redirects a POST elsewhere
+            if not self.allow_private:
+                for scheme in ("https://", "http://"):
+                    session.mount(scheme, PublicOnlyAdapter())
             self._session = session
         return self._session
 
@@ -313,6 +360,9 @@ class PushChannel:
         reason = exc.args[0] if exc.args else None
         if isinstance(reason, MaxRetryError):
             reason = reason.reason
+        if isinstance(reason, NonPublicPeer):  # nothing was sent: the socket closed before TLS
+            return Outcome("failed", f"push endpoint refused: {reason._message}",
+                           fallback=True)
         if isinstance(reason, NameResolutionError):
             # one push service's name: the other subscriptions in the batch still go out
             return Outcome("retry", f"push service host of {origin} did not resolve")
