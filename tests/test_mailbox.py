@@ -269,6 +269,7 @@ def test_the_mailbox_dag_exists_only_where_a_maildir_is_configured(monkeypatch, 
     assert [t.task_id for t in dag.tasks] == ["read_mailbox"]
 
 
+@pytest.mark.slow  # runs a DAG through Airflow (dag.test)
 def test_airflow_runs_the_mailbox_dag(shop, maildir, airflow_db, monkeypatch):
     from lifecycle.dag_factory import build_dags
     from lifecycle.warehouse import airflow_conn_json
