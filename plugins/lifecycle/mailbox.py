@@ -124,10 +124,12 @@ def _classify_dsn(msg: Message) -> Finding:
     if blocks is None:
         return Finding("unusable", "DSN without a message/delivery-status part")
     recipients = [b for b in blocks[1:] if b.get("Action") or b.get("Status")]
+    if not recipients:
+        return Finding("unusable", "DSN without per-recipient Action/Status fields")
     hard = [b for b in recipients if _is_hard_bounce(b)]
     if not hard:
-        statuses = ", ".join(f"{b.get('Action', '?')} {b.get('Status', '?')}".strip() for b in recipients)
-        return Finding("ignore", f"DSN not a hard bounce ({statuses or 'no recipient fields'})")
+        statuses = ", ".join(f"{b.get('Action', '?')} {b.get('Status', '?')}" for b in recipients)
+        return Finding("ignore", f"DSN not a hard bounce ({statuses})")
     status = str(hard[0].get("Status", "")).strip()
     return _about_original(msg, Finding("hard_bounce", f"DSN {hard[0].get('Action')} {status}"))
 
