@@ -330,7 +330,9 @@ def channel_sinks(engine, out: Path, seed: int):
             "AIRFLOW_CONN_LIFECYCLE_SMS": json.dumps({"conn_type": "http", "host": sms.base_url, "login": DEMO_ACCOUNT_SID,
                                                       "password": DEMO_AUTH_TOKEN, "extra": {"from": "+15005550006"}}),
             "AIRFLOW_CONN_LIFECYCLE_PUSH": json.dumps({"conn_type": "generic", "login": "mailto:ops@shop.example.com",
-                                                       "password": vapid}),
+                                                       "password": vapid,
+                                                       # the demo's push service is local (127.0.0.1)
+                                                       "extra": {"allow_private": True}}),
             "AIRFLOW_CONN_LIFECYCLE_META": json.dumps({"conn_type": "http", "host": meta.base_url,
                                                        "password": "demo-token"}),
         }
