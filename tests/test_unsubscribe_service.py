@@ -103,7 +103,7 @@ def shop(shop_db):
 def suppressions(engine) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT customer_id, channel, reason, source FROM lifecycle.suppressions ORDER BY customer_id, channel"))]
+            "SELECT customer_id::bigint, channel, reason, source FROM lifecycle.suppressions ORDER BY customer_id, channel"))]
 
 
 def customer(engine, offset: int = 0):

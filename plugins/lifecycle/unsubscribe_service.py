@@ -181,13 +181,13 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
         title, message = ERRORS[kind]
         return page("error.html", status, title=title, message=message)
 
-    def suppress(customer_id: int, channel: str, source: str) -> bool:
+    def suppress(customer_id: str, channel: str, source: str) -> bool:
         subject = {"customer_id": customer_id, "channel": channel}
         with engine.begin() as conn:
             conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
             return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
 
-    def record_stay(customer_id: int, channel: str, source: str) -> bool:
+    def record_stay(customer_id: str, channel: str, source: str) -> bool:
         """Record the choice and end an active sunset on the channel; True if one was lifted."""
         chosen_at = clock()
         with engine.begin() as conn:
@@ -304,8 +304,8 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
     return app
 
 
-def _verify(token: str, verify: Callable[[str], tuple[int, str] | None] = verify_unsubscribe_token,
-            ) -> tuple[int, str] | None:
+def _verify(token: str, verify: Callable[[str], tuple[str, str] | None] = verify_unsubscribe_token,
+            ) -> tuple[str, str] | None:
     if not token or len(token) > MAX_TOKEN:
         return None
     subject = verify(token)

@@ -122,7 +122,7 @@ def redeem(engine: sa.Engine, planted, anchor: datetime, end: datetime) -> None:
             continue
         case = planted[name]
         with engine.begin() as conn:
-            code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = :c"),
+            code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = CAST(:c AS text)"),
                                 {"j": JOURNEY, "c": case.customer_id}).scalar()
             if code is None:  # the case did not get its code: the tests about it fail on their own
                 continue

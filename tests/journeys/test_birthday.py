@@ -134,7 +134,7 @@ def birthday_run(shop_db) -> BirthdayRun:
                 # The redeemer got their code in this run; they use it a few days later.
                 with engine.begin() as conn:
                     (code,) = conn.execute(
-                        sa.text("SELECT code FROM lifecycle.coupons WHERE journey = 'birthday' AND customer_id = :c"),
+                        sa.text("SELECT code FROM lifecycle.coupons WHERE journey = 'birthday' AND customer_id = CAST(:c AS text)"),
                         {"c": ID["redeemer"]}).one()
                     conn.execute(
                         sa.text("INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "

@@ -98,7 +98,7 @@ def plant_extras(engine: sa.Engine, people: dict[str, Extra]) -> None:
 
 def code_of(engine: sa.Engine, customer_id: int) -> str:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = :c"),
+        return conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = CAST(:c AS text)"),
                             {"j": JOURNEY, "c": customer_id}).scalar_one()
 
 
