@@ -273,13 +273,13 @@ def history(engine, customer_id: int) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
             "SELECT reason, lifted_at IS NOT NULL, lifted_reason, lifted_ref FROM lifecycle.suppressions "
-            "WHERE customer_id = :c ORDER BY suppression_id"), {"c": customer_id})]
+            "WHERE customer_id = :c ORDER BY suppression_id"), {"c": str(customer_id)})]
 
 
 def choices(engine) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT customer_id, channel, choice, source FROM lifecycle.preference_choices ORDER BY choice_id"))]
+            "SELECT customer_id::bigint, channel, choice, source FROM lifecycle.preference_choices ORDER BY choice_id"))]
 
 
 def stay(customer_id: int, channel: str = "email") -> str:
