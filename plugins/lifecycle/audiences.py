@@ -404,6 +404,11 @@ WHERE r.member_id = m.member_id AND r.rn > :lo AND r.rn <= :hi AND m.removed_at 
 _TEMP_TABLES = ("aud_people", "aud_desired", "aud_add", "aud_remove")
 
 
+def fill_people_sql(conn: sa.Connection) -> str:
+    """The statement filling pg_temp.aud_people, with enrolled ids cast to the contacts view's type."""
+    return _FILL_PEOPLE.format(enrolled_id=shop_id(conn, "e.customer_id"))
+
+
 def sync_audience(engine: Engine, journey: str, audience_id: str, client: MetaAudienceClient, *,
                   mode: str = "live", statuses_in: Sequence[str] = ("active",), platform: str = "meta") -> dict:
     """Bring the audience in line with the journey; return counts.
@@ -475,7 +480,7 @@ def _stage(conn: sa.Connection, keys: dict, mode: str, statuses: list[str], page
     for name in _TEMP_TABLES:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{name}")
     conn.exec_driver_sql(_PEOPLE)
-    conn.execute(sa.text(_FILL_PEOPLE.format(enrolled_id=shop_id(conn, "e.customer_id"))),
+    conn.execute(sa.text(fill_people_sql(conn)),
                  {"journey": keys["journey"], "mode": mode, "statuses": statuses})
     conn.exec_driver_sql(_DESIRED)
     after = ""  # ids are text here: every id sorts after the empty string
