@@ -431,7 +431,7 @@ def journey_run(shop: Shop, journey: str, start: datetime, end: datetime, every:
     intervals = intervals_for(start, end, every)
     with shop.engine.connect() as conn:
         suppressed_before = dict(
-            conn.execute(sa.text("SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all()
+            conn.execute(sa.text("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all()
         )
     results = []
     t0 = time.perf_counter()

@@ -296,7 +296,7 @@ def test_runs_select_what_the_rules_pick(referral_run, expected):
 
 def test_enrollments_once_per_180_days(referral_run, expected):
     actual = referral_run.query(
-        "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, holdout "
+        "SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, holdout "
         "FROM lifecycle.enrollments WHERE journey = :journey")
     wanted = [(e.key, e.customer_id, e.entered_at, e.entered_at, e.status, e.exit_reason, e.exited_at, False)
               for e in expected.enrollments.values()]
@@ -396,7 +396,7 @@ def test_what_the_smtp_server_received(referral_run, expected):
 
     codes: dict[tuple[int, str], list[str]] = {}
     for cid, step, code in referral_run.query(
-            "SELECT customer_id, step, code FROM lifecycle.coupons WHERE journey = :journey ORDER BY created_at"):
+            "SELECT customer_id::bigint, step, code FROM lifecycle.coupons WHERE journey = :journey ORDER BY created_at"):
         codes.setdefault((cid, step), []).append(code)
     customer_of = {v: k for k, v in email_of.items()}
     for m in referral_run.emails:

@@ -233,7 +233,7 @@ def expected_offers(run: OfferRun) -> Expected:
                        "ORDER BY ordered_at, order_id")
     clicks = run.query("SELECT customer_id, occurred_at FROM shop.engagement_events "
                        "WHERE channel = 'email' AND event = 'click'")
-    suppressed = run.query("SELECT customer_id FROM lifecycle.suppressions")
+    suppressed = run.query("SELECT customer_id::bigint FROM lifecycle.suppressions")
     assert not suppressed, "no suppressions are expected in this run"
     placed = [o for o in orders if o.status != "cancelled"]
 
@@ -347,7 +347,7 @@ def test_runs_select_and_quarantine_what_the_rules_pick(offer_run, expected):
 
 def test_enrollments_once_per_customer_offer_and_year(offer_run, expected):
     actual = offer_run.query(
-        "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exited_at, holdout, "
+        "SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exited_at, holdout, "
         "(context ->> 'ends_at')::timestamptz FROM lifecycle.enrollments WHERE journey = 'seasonal_offer'")
     wanted = [(e.key, e.customer_id, e.entered_at, e.entered_at, e.status, e.exited_at, False, e.ends_at)
               for e in expected.enrollments.values()]

@@ -253,7 +253,7 @@ def upsell_run(shop_db) -> UpsellRun:
                                  "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
                          {"origin": push.origin})
             suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
-                sa.text("SELECT customer_id, channel, reason FROM lifecycle.suppressions"))}
+                sa.text("SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
         before = snapshot(engine)
         vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
@@ -496,7 +496,7 @@ def message_rows(run: UpsellRun) -> list[tuple]:
 
 
 def enrollment_rows(run: UpsellRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, "
+    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
                      "holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
     return {r.enrollment_key: r for r in rows}
 
