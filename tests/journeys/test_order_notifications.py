@@ -484,7 +484,7 @@ def test_holdout_never_applies(run, spec, tmp_path):
 
     start, end = run.intervals[-1]
     result = run_interval(run.engine, held, start, end, no_delivery, mode="dry", run_id="dry-holdout")
-    rows = run.query("SELECT e.holdout, m.status, m.reason, m.customer_id FROM lifecycle.messages m "
+    rows = run.query("SELECT e.holdout, m.status, m.reason, m.customer_id::bigint FROM lifecycle.messages m "
                      "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.journey = :journey AND m.mode = 'dry'")
     assert len(rows) == result["valid"] > 10
     assert sum(1 for h, *_ in rows if h) > len(rows) // 2  # flagged as held out, yet ...

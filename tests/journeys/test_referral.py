@@ -352,7 +352,7 @@ def test_messages_and_reasons(referral_run, expected):
 
 def test_a_converting_referral_converts_with_the_friends_order(referral_run, expected):
     actual = referral_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) WHERE c.journey = :journey")
     wanted = [(e.key, e.customer_id, e.exit_reason, *e.conversion, e.exited_at)
               for e in expected.enrollments.values() if e.conversion]
@@ -370,7 +370,7 @@ def test_a_converting_referral_converts_with_the_friends_order(referral_run, exp
 
 def test_codes_personal_link_and_reward(referral_run, expected):
     rows = referral_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.step, c.code, c.percent_off, c.valid_from, c.valid_until "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.step, c.code, c.percent_off, c.valid_from, c.valid_until "
         "FROM lifecycle.coupons c JOIN lifecycle.enrollments e USING (enrollment_id) WHERE c.journey = :journey")
     wanted = []
     for e in expected.enrollments.values():

@@ -572,7 +572,7 @@ def test_context_shows_the_item_its_upgrade_and_the_cart_as_last_seen(upsell_run
 
 def test_conversions(upsell_run, expected):
     actual = upsell_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
         "WHERE c.journey = :journey AND c.mode = 'live'")
     wanted = [(e.key, e.customer_id, "upsell_ordered_upgrade", *e.conversion, e.exited_at)

@@ -375,7 +375,7 @@ def test_enrollments_and_exits(welcome_run, expected):
 
 def test_conversions_record_the_first_order_and_whether_it_used_the_code(welcome_run, expected):
     actual = welcome_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
         "WHERE c.journey = :journey AND c.mode = 'live'")
     wanted = [(e.key, e.customer_id, e.exit_reason, *e.conversion, e.exited_at)
