@@ -176,7 +176,7 @@ def test_consent_is_checked_at_send_time(shop, smtp_server):
             conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_in' "
                                  "WHERE customer_id = :c AND channel = 'email'"), {"c": customer})
     with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c"),
+        row = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text)"),
                            {"c": customer}).one()
     assert tuple(row) == ("suppressed", "consent withdrawn")
     assert email not in received(smtp_server) and received(smtp_server)
@@ -224,16 +224,16 @@ def test_hard_bounce_is_recorded_and_suppresses_later_sends(shop, smtp_server):
     run_interval(engine, SPEC, anchor - timedelta(hours=1), anchor, channel_to(smtp_server))
     with engine.connect() as conn:
         status, reason = conn.execute(sa.text(
-            "SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c"), {"c": case.customer_id}).one()
+            "SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text)"), {"c": case.customer_id}).one()
         suppression = conn.execute(sa.text(
-            "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = :c"), {"c": case.customer_id}).one()
+            "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = CAST(:c AS text)"), {"c": case.customer_id}).one()
     assert status == "failed" and reason.startswith("hard bounce: SMTP RCPT 550")
     assert tuple(suppression) == ("email", "hard_bounce")
     # The next reminder (due +24h) is suppressed, not attempted.
     later = anchor + timedelta(hours=23)
     run_interval(engine, SPEC, later - timedelta(hours=1), later, channel_to(smtp_server))
     with engine.connect() as conn:
-        second = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c "
+        second = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text) "
                                       "AND step = 'reminder_2'"), {"c": case.customer_id}).one()
     assert tuple(second) == ("suppressed", "suppressed: hard_bounce")
     assert case.email not in received(smtp_server)

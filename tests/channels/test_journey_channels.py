@@ -160,13 +160,13 @@ def test_stop_reply_suppresses_sms_and_a_gone_subscription_falls_back_to_email(s
     for batch in batches:
         send.send_batch(engine, spec, batch, channel_for, clock=lambda: noon)
 
-    status, reason = rows(engine, "SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c "
+    status, reason = rows(engine, "SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text) "
                                   "AND step = 'reminder_1' AND channel = 'push'", c=target)[0]
     assert status == "failed" and reason.startswith("subscription gone")
     revoked = rows(engine, "SELECT endpoint FROM shop.push_subscriptions WHERE revoked_at IS NOT NULL")
     assert [r[0] for r in revoked] == [endpoint]  # exactly that endpoint
     fallback = rows(engine, "SELECT channel, status, fallback_of IS NOT NULL FROM lifecycle.messages "
-                            "WHERE customer_id = :c AND step = 'reminder_1' AND channel = 'email'", c=target)
+                            "WHERE customer_id = CAST(:c AS text) AND step = 'reminder_1' AND channel = 'email'", c=target)
     assert fallback == [("email", "planned", True)]
 
     stopped = rows(engine, "SELECT customer_id, reason FROM lifecycle.messages WHERE channel = 'sms' "
