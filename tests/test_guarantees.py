@@ -69,8 +69,8 @@ def planned_recipients(engine, batches) -> list[str]:
     """Who should receive the planned messages: read from the shop's own consent table."""
     with engine.connect() as conn:
         return conn.execute(
-            sa.text("SELECT c.email FROM lifecycle.messages m JOIN shop.customers c USING (customer_id) "
-                    "JOIN shop.consents k ON k.customer_id = m.customer_id AND k.channel = 'email' "
+            sa.text("SELECT c.email FROM lifecycle.messages m JOIN shop.customers c ON c.customer_id::text = m.customer_id "
+                    "JOIN shop.consents k ON k.customer_id::text = m.customer_id AND k.channel = 'email' "
                     "AND k.status = 'opted_in' "
                     "WHERE m.status = 'planned' AND m.run_id = :r ORDER BY m.message_id"),
             {"r": batches[0]["run_id"]},
@@ -107,7 +107,7 @@ def test_killed_worker_leaves_unknown_outcome_never_resent(shop, smtp_server):
     expected = planned_recipients(engine, batches)
     with engine.connect() as conn:
         victim, victim_email = conn.execute(sa.text(
-            "SELECT m.message_id, c.email FROM lifecycle.messages m JOIN shop.customers c USING (customer_id) "
+            "SELECT m.message_id, c.email FROM lifecycle.messages m JOIN shop.customers c ON c.customer_id::text = m.customer_id "
             "WHERE m.status = 'planned' AND c.email = :e"), {"e": expected[0]}).one()
     # The dead attempt claimed this message (same code path the send task uses), then died
     # before recording what the provider said.
