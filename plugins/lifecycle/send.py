@@ -397,7 +397,7 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
     return status
 
 
-def record_suppression(conn: sa.Connection, customer_id: int, channel: str, reason: str, source: str) -> bool:
+def record_suppression(conn: sa.Connection, customer_id: str, channel: str, reason: str, source: str) -> bool:
     """One suppression per (customer, channel). A blocking reason (hard bounce, complaint) replaces
     a marketing-only one (say, of an order confirmation to someone who had unsubscribed): otherwise
     it would be lost and transactional mail would keep going to a dead address. True when written."""
