@@ -390,8 +390,9 @@ def test_a_name_email_headers_cannot_carry_fails_that_message_only(shop, smtp_se
     _, batches = plan_interval(engine, anchor)
     with engine.connect() as conn:
         victims = conn.execute(sa.text(
-            "SELECT m.customer_id, c.first_name FROM lifecycle.messages m JOIN shop.customers c USING (customer_id) "
-            "JOIN lifecycle.consent k ON k.customer_id = m.customer_id AND k.channel = 'email' AND k.opted_in "
+            "SELECT m.customer_id, c.first_name FROM lifecycle.messages m "
+            "JOIN shop.customers c ON c.customer_id::text = m.customer_id "  # lifecycle ids are text
+            "JOIN lifecycle.consent k ON k.customer_id::text = m.customer_id AND k.channel = 'email' AND k.opted_in "
             "WHERE m.status = 'planned' AND m.step = 'reminder_1' AND NOT EXISTS (SELECT 1 FROM "
             "lifecycle.suppressions s WHERE s.customer_id = m.customer_id) ORDER BY m.message_id LIMIT 4")).all()
     assert len(victims) == 4
@@ -399,14 +400,14 @@ def test_a_name_email_headers_cannot_carry_fails_that_message_only(shop, smtp_se
     try:
         with engine.begin() as conn:
             for (customer_id, _), ch in zip(victims, breaks, strict=True):
-                conn.execute(sa.text("UPDATE shop.customers SET first_name = :n WHERE customer_id = :c"),
+                conn.execute(sa.text("UPDATE shop.customers SET first_name = :n WHERE customer_id::text = :c"),
                              {"n": f"Ann{ch}Lee", "c": customer_id})
         for batch in batches:  # no exception: the batch goes on
             send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
     finally:
         with engine.begin() as conn:
             for customer_id, name in victims:
-                conn.execute(sa.text("UPDATE shop.customers SET first_name = :n WHERE customer_id = :c"),
+                conn.execute(sa.text("UPDATE shop.customers SET first_name = :n WHERE customer_id::text = :c"),
                              {"n": name, "c": customer_id})
     with engine.connect() as conn:
         failed = dict(conn.execute(sa.text(

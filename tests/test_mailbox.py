@@ -57,8 +57,8 @@ def deliver(maildir: Path, msg: Message) -> str:
 def suppressions(engine) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT customer_id, channel, reason, source FROM lifecycle.suppressions "
-            "WHERE lifted_at IS NULL ORDER BY customer_id, channel"))]
+            "SELECT customer_id::bigint, channel, reason, source FROM lifecycle.suppressions "  # ids are text
+            "WHERE lifted_at IS NULL ORDER BY customer_id::bigint, channel"))]
 
 
 def sent_email(engine, customer_id: int, key: str, kind: str = "transactional") -> str:
