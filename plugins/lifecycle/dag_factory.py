@@ -83,8 +83,13 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
     def send(batch: dict) -> dict:
         from lifecycle.send import send_batch
 
-        return send_batch(_engine(), specs[batch["journey"]], batch, channel_factory,
-                          dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
+        from lifecycle.tasklog import batch_line
+
+        engine = _engine()
+        counts = send_batch(engine, specs[batch["journey"]], batch, channel_factory,
+                            dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
+        log.info("%s", batch_line(engine, batch, counts))
+        return counts
 
     return send
 
@@ -204,6 +209,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             migrate(engine)
             refuse_if_an_earlier_run_is_unfinished(engine, run)
             record_start(engine, run)
+            log.info("run %s: interval %s .. %s, mode %s", run.run_id, run.interval_start.isoformat(),
+                     run.interval_end.isoformat(), run.mode)
             return run.to_xcom()
 
         @task
@@ -211,7 +218,9 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import RunContext
             from lifecycle.stage import stage_segment as stage
 
-            return stage(_engine(), spec, RunContext.from_xcom(run))
+            rows = stage(_engine(), spec, RunContext.from_xcom(run))
+            log.info("segment selected %d rows", rows)
+            return rows
 
         @task
         def validate(run: dict, rows_selected: int) -> dict:
@@ -220,25 +229,38 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import RunContext
             from lifecycle.validate import VolumeHeld, validate_stage
 
+            from lifecycle.tasklog import validation_line
+
             approve = _run_switch("approve_volume")
             try:
-                return validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
+                outcome = validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
             except VolumeHeld as exc:
+                log.info("%s", validation_line(exc.outcome))
                 raise AirflowFailException(str(exc)) from exc  # retrying cannot help: a person must look
+            log.info("%s", validation_line(outcome))
+            return outcome
 
         @task
         def enroll(run: dict, validation: dict) -> dict:
             from lifecycle.runs import RunContext
             from lifecycle.state import enroll as upsert
 
-            return upsert(_engine(), spec, RunContext.from_xcom(run))
+            from lifecycle.tasklog import mapping_line
+
+            counts = upsert(_engine(), spec, RunContext.from_xcom(run))
+            log.info("%s", mapping_line("enrollments", counts))
+            return counts
 
         @task
         def evaluate_exits(run: dict, enrolled: dict) -> dict:
             from lifecycle.runs import RunContext
             from lifecycle.state import evaluate_exits as exits
 
-            return exits(_engine(), spec, RunContext.from_xcom(run))
+            from lifecycle.tasklog import mapping_line
+
+            counts = exits(_engine(), spec, RunContext.from_xcom(run))
+            log.info("%s", mapping_line("exits", counts))
+            return counts
 
         @task
         def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
@@ -249,7 +271,11 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             refuse_if_an_earlier_run_is_unfinished(engine, ctx)  # one may have started since start_run
             plan_due_steps(engine, spec, ctx)
             now = sender_clock(ctx.as_of.isoformat())()
-            return by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
+            from lifecycle.tasklog import plan_line
+
+            planned = by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
+            log.info("%s", plan_line(planned))
+            return planned
 
         @task
         def sync_audience(run: dict, planned: dict) -> dict:

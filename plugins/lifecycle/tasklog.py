@@ -1,0 +1,74 @@
+"""One human line per task in the Airflow task log, and stable reason codes to group by.
+
+A message's `reason` reads `code: detail` (`late: not sent by ...`, `frequency cap: at most ...`,
+`outcome unknown: ...`); reasons that carry no detail are their own code (`no consent`).
+`reason_code` gives the part to group by: counts per code, not per customer-specific detail."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+# Statuses in the order an operator reads them: what went out first, then why the rest did not.
+STATUS_ORDER = ("sent", "dry_run", "suppressed", "skipped", "expired", "failed", "planned", "waiting", "taken")
+
+
+def reason_code(reason: str | None) -> str:
+    """The stable part of a reason: the text before the first colon, without a parenthesised
+    detail. A suppression's own reason (`suppressed: unsubscribed`) is the code for it."""
+    if not reason:
+        return "no reason"
+    head, _, detail = reason.partition(":")
+    if head == "suppressed" and detail.strip():
+        head = detail
+    return re.sub(r"\s*\(.*\)\s*$", "", head).strip() or "no reason"
+
+
+def validation_line(outcome: dict) -> str:
+    return (f"selected {outcome['rows_selected']}, valid {outcome['rows_valid']}, "
+            f"quarantined {outcome['rows_quarantined']}, held {'yes' if outcome['held'] else 'no'}")
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def batch_line(engine: Engine, batch: dict, counts: dict[str, int]) -> str:
+    """`batch 3/7 (email): 153 messages: sent 65, suppressed 30 (no consent 22, frequency cap 8),
+    expired 58 (late 58)`, read back from the batch's messages, so it says what was recorded."""
+    binds = {"journey": batch["journey"], "run_id": batch["run_id"], "channel": batch["channel"]}
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE journey = :journey "
+                                    "AND run_id = :run_id AND channel = :channel AND batch_no = :batch"),
+                            {**binds, "batch": batch["batch"]}).all()
+        total = conn.execute(sa.text("SELECT count(DISTINCT batch_no) FROM lifecycle.messages WHERE "
+                                     "journey = :journey AND run_id = :run_id AND channel = :channel"),
+                             binds).scalar_one()
+    by_status: dict[str, Counter] = defaultdict(Counter)
+    for status, reason in rows:
+        by_status[status][reason_code(reason)] += 1
+    for status in ("waiting", "taken"):  # released from the batch, so no longer in it
+        if counts.get(status):
+            by_status[status]["sent by a later run" if status == "waiting" else "another run has it"] += counts[status]
+    parts = []
+    for status in sorted(by_status, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s)):
+        n = sum(by_status[status].values())
+        detail = "" if status in ("sent", "dry_run") else f" ({_counts_text(by_status[status])})"
+        parts.append(f"{status} {n}{detail}")
+    messages = sum(sum(c.values()) for c in by_status.values())
+    return (f"batch {batch['batch'] + 1}/{max(total, batch['batch'] + 1)} ({batch['channel']}): "
+            f"{messages} messages: {', '.join(parts) or 'nothing to send'}")
+
+
+def plan_line(planned: dict[str, list[dict]]) -> str:
+    per_channel = {ch: (len(bs), sum(b["size"] for b in bs)) for ch, bs in planned.items()}
+    total = sum(n for _, n in per_channel.values())
+    detail = ", ".join(f"{ch} {n} in {k} batch{'es' if k != 1 else ''}" for ch, (k, n) in per_channel.items() if n)
+    return f"planned {total} messages to send" + (f": {detail}" if detail else "")
+
+
+def mapping_line(what: str, counts: dict) -> str:
+    return f"{what}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "nothing")
