@@ -34,10 +34,15 @@ def test_each_task_logs_one_summary_line_and_great_expectations_stays_quiet(airf
         statuses = dict(conn.execute(sa.text(
             "SELECT status, count(*) FROM lifecycle.messages WHERE run_id = :r AND channel = 'email' "
             "AND batch_no = 0 GROUP BY status"), {"r": run.run_id}).all())
+        late = conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE planned_run_id = :r "
+                                    "AND status = 'expired' AND reason LIKE 'late: %'"), {"r": run.run_id}).scalar()
+    assert late > 0, "the demo shop has carts whose reminders are too late to send"
     assert (f"selected {run.rows_selected}, valid {run.rows_valid}, "
             f"quarantined {run.rows_quarantined}, held no") in ours
     assert any(re.fullmatch(r"segment selected \d+ rows", m) for m in ours)
-    assert any(m.startswith("planned ") and "email" in m for m in ours)
+    (plan,) = [m for m in ours if m.startswith("planned ")]
+    assert plan.startswith(f"planned {sum(statuses.values())} messages to send: email {sum(statuses.values())} "
+                           "in 1 batch;") and f"expired {late} (late {late})" in plan, plan
     (batch,) = [m for m in ours if m.startswith("batch ")]
     assert batch.startswith(f"batch 1/1 (email): {sum(statuses.values())} messages: sent {statuses['sent']}")
     assert statuses["sent"] == len(smtp.messages) > 0

@@ -82,7 +82,6 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
           max_active_tis_per_dagrun=4)
     def send(batch: dict) -> dict:
         from lifecycle.send import send_batch
-
         from lifecycle.tasklog import batch_line
 
         engine = _engine()
@@ -227,9 +226,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from airflow.sdk.exceptions import AirflowFailException
 
             from lifecycle.runs import RunContext
-            from lifecycle.validate import VolumeHeld, validate_stage
-
             from lifecycle.tasklog import validation_line
+            from lifecycle.validate import VolumeHeld, validate_stage
 
             approve = _run_switch("approve_volume")
             try:
@@ -244,7 +242,6 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         def enroll(run: dict, validation: dict) -> dict:
             from lifecycle.runs import RunContext
             from lifecycle.state import enroll as upsert
-
             from lifecycle.tasklog import mapping_line
 
             counts = upsert(_engine(), spec, RunContext.from_xcom(run))
@@ -255,7 +252,6 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         def evaluate_exits(run: dict, enrolled: dict) -> dict:
             from lifecycle.runs import RunContext
             from lifecycle.state import evaluate_exits as exits
-
             from lifecycle.tasklog import mapping_line
 
             counts = exits(_engine(), spec, RunContext.from_xcom(run))
@@ -266,15 +262,14 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel, plan_due_steps
             from lifecycle.runs import RunContext, refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.tasklog import plan_line
 
             engine, ctx = _engine(), RunContext.from_xcom(run)
             refuse_if_an_earlier_run_is_unfinished(engine, ctx)  # one may have started since start_run
             plan_due_steps(engine, spec, ctx)
             now = sender_clock(ctx.as_of.isoformat())()
-            from lifecycle.tasklog import plan_line
-
             planned = by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
-            log.info("%s", plan_line(planned))
+            log.info("%s", plan_line(engine, ctx.journey, ctx.run_id, planned))
             return planned
 
         @task

@@ -36,6 +36,23 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def status_text(by_status: dict[str, Counter]) -> str:
+    """`sent 65, suppressed 30 (no consent 22, frequency cap 8), expired 58 (late 58)`."""
+    parts = []
+    for status in sorted(by_status, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s)):
+        n = sum(by_status[status].values())
+        detail = "" if status in ("sent", "dry_run", "planned") else f" ({_counts_text(by_status[status])})"
+        parts.append(f"{status} {n}{detail}")
+    return ", ".join(parts)
+
+
+def _by_status(rows) -> dict[str, Counter]:
+    by_status: dict[str, Counter] = defaultdict(Counter)
+    for status, reason in rows:
+        by_status[status][reason_code(reason)] += 1
+    return by_status
+
+
 def batch_line(engine: Engine, batch: dict, counts: dict[str, int]) -> str:
     """`batch 3/7 (email): 153 messages: sent 65, suppressed 30 (no consent 22, frequency cap 8),
     expired 58 (late 58)`, read back from the batch's messages, so it says what was recorded."""
@@ -47,27 +64,27 @@ def batch_line(engine: Engine, batch: dict, counts: dict[str, int]) -> str:
         total = conn.execute(sa.text("SELECT count(DISTINCT batch_no) FROM lifecycle.messages WHERE "
                                      "journey = :journey AND run_id = :run_id AND channel = :channel"),
                              binds).scalar_one()
-    by_status: dict[str, Counter] = defaultdict(Counter)
-    for status, reason in rows:
-        by_status[status][reason_code(reason)] += 1
-    for status in ("waiting", "taken"):  # released from the batch, so no longer in it
-        if counts.get(status):
-            by_status[status]["sent by a later run" if status == "waiting" else "another run has it"] += counts[status]
-    parts = []
-    for status in sorted(by_status, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s)):
-        n = sum(by_status[status].values())
-        detail = "" if status in ("sent", "dry_run") else f" ({_counts_text(by_status[status])})"
-        parts.append(f"{status} {n}{detail}")
+    by_status = _by_status(rows)
+    for status, why in (("waiting", "for a later run"), ("taken", "another run has it")):
+        if counts.get(status):  # released from the batch, so no longer in it
+            by_status[status][why] += counts[status]
     messages = sum(sum(c.values()) for c in by_status.values())
     return (f"batch {batch['batch'] + 1}/{max(total, batch['batch'] + 1)} ({batch['channel']}): "
-            f"{messages} messages: {', '.join(parts) or 'nothing to send'}")
+            f"{messages} messages: {status_text(by_status) or 'nothing to send'}")
 
 
-def plan_line(planned: dict[str, list[dict]]) -> str:
+def plan_line(engine: Engine, journey: str, run_id: str, planned: dict[str, list[dict]]) -> str:
+    """`planned 153 messages to send: email 153 in 7 batches; settled now: expired 32 (late 32)`:
+    what the send tasks get, and what this run's planning recorded without sending (late, skipped)."""
     per_channel = {ch: (len(bs), sum(b["size"] for b in bs)) for ch, bs in planned.items()}
     total = sum(n for _, n in per_channel.values())
     detail = ", ".join(f"{ch} {n} in {k} batch{'es' if k != 1 else ''}" for ch, (k, n) in per_channel.items() if n)
-    return f"planned {total} messages to send" + (f": {detail}" if detail else "")
+    with engine.connect() as conn:
+        settled = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE journey = :j "
+                                       "AND planned_run_id = :r AND status <> 'planned'"),
+                               {"j": journey, "r": run_id}).all()
+    return (f"planned {total} messages to send" + (f": {detail}" if detail else "")
+            + (f"; settled at planning: {status_text(_by_status(settled))}" if settled else ""))
 
 
 def mapping_line(what: str, counts: dict) -> str:
