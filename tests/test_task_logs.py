@@ -46,6 +46,9 @@ def test_each_task_logs_one_summary_line_and_great_expectations_stays_quiet(airf
     (batch,) = [m for m in ours if m.startswith("batch ")]
     assert batch.startswith(f"batch 1/1 (email): {sum(statuses.values())} messages: sent {statuses['sent']}")
     assert statuses["sent"] == len(smtp.messages) > 0
+    assert any(m.startswith("run ok: interval ") and m.endswith(f"messages: expired {late}, sent {statuses['sent']}, "
+                                                                 f"suppressed {statuses.get('suppressed', 0)}")
+               for m in ours), ours
 
     gx = [r for r in caplog.records if r.name.startswith("great_expectations")]
     assert gx == [], f"{len(gx)} Great Expectations lines, e.g. {gx[0].name}: {gx[0].getMessage()}"
@@ -83,6 +86,10 @@ def _codes(rows) -> dict:
     ("enrollment converted (placed_order)", "enrollment converted"),
     ("outcome unknown: the attempt that claimed it died before confirming", "outcome unknown"),
     ("failed after retries: SMTP 451 try later", "failed after retries"),
+    ("hard bounce: SMTP RCPT 550 5.1.1 no such user", "hard bounce"),
+    ("push service HTTP 503 (retry-after 30)", "push service HTTP"),
+    ("push service https://push.example.net redirected the request", "push service redirected the request"),
+    ("subscription gone (410)", "subscription gone"),
     (None, "no reason"),
 ])
 def test_reason_codes_drop_the_detail_that_differs_per_message(reason, code):

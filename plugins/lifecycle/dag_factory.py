@@ -291,6 +291,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
             from lifecycle.runs import RunContext, finish_run, message_counts
             from lifecycle.stage import drop_stage
+            from lifecycle.tasklog import mapping_line
 
             if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
                 raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
@@ -301,7 +302,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             finish_run(engine, r, "failed" if failed else "ok", counts,
                        error=f"failed tasks: {', '.join(sorted(set(failed)))}" if failed else None)
             drop_stage(engine, r)
-            log.info("journey %s interval %s..%s: %s", r.journey, r.interval_start, r.interval_end, counts)
+            log.info("run %s: interval %s .. %s: %s", "failed" if failed else "ok", r.interval_start.isoformat(),
+                     r.interval_end.isoformat(), mapping_line("messages", dict(sorted(counts.items()))))
             if failed:  # recorded above; now make the DAG run itself show the failure
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "

@@ -17,14 +17,21 @@ STATUS_ORDER = ("sent", "dry_run", "suppressed", "skipped", "expired", "failed",
 
 
 def reason_code(reason: str | None) -> str:
-    """The stable part of a reason: the text before the first colon, without a parenthesised
-    detail. A suppression's own reason (`suppressed: unsubscribed`) is the code for it."""
+    """The stable part of a reason, to count by: the text before the first colon, without
+    parenthesised details, URLs, or anything from the first word holding a number (an HTTP
+    status, a count). A suppression's own reason (`suppressed: unsubscribed`) is its code."""
     if not reason:
         return "no reason"
-    head, _, detail = reason.partition(":")
-    if head == "suppressed" and detail.strip():
+    text = re.sub(r"\S+://\S+", "", re.sub(r"\s*\([^)]*\)", "", reason))
+    head, _, detail = text.partition(":")
+    if head.strip() == "suppressed" and detail.strip():
         head = detail
-    return re.sub(r"\s*\(.*\)\s*$", "", head).strip() or "no reason"
+    words = []
+    for word in head.split():
+        if any(ch.isdigit() for ch in word):
+            break
+        words.append(word)
+    return " ".join(words) or "no reason"
 
 
 def validation_line(outcome: dict) -> str:
