@@ -13,7 +13,7 @@ import test_dags
 
 from lifecycle.tasklog import reason_code
 
-pytestmark = pytest.mark.slow  # runs DAGs through Airflow (dag.test)
+slow = pytest.mark.slow  # runs DAGs through Airflow (dag.test)
 meta_server = test_dags.meta_server  # the fixtures test_dags' runs use, shared rather than copied
 airflow_env = test_dags.airflow_env
 
@@ -22,6 +22,7 @@ def lines(caplog, logger: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == logger]
 
 
+@slow
 def test_each_task_logs_one_summary_line_and_great_expectations_stays_quiet(airflow_env, caplog):
     engine, planted, anchor, smtp, bag = airflow_env
     caplog.set_level(logging.INFO)  # Airflow's default task log level
@@ -54,6 +55,7 @@ def test_each_task_logs_one_summary_line_and_great_expectations_stays_quiet(airf
     assert gx == [], f"{len(gx)} Great Expectations lines, e.g. {gx[0].name}: {gx[0].getMessage()}"
 
 
+@slow
 def test_a_batch_line_groups_what_was_not_sent_by_reason_code(airflow_env, caplog):
     engine, planted, anchor, smtp, bag = airflow_env
     caplog.set_level(logging.INFO)
@@ -94,3 +96,16 @@ def _codes(rows) -> dict:
 ])
 def test_reason_codes_drop_the_detail_that_differs_per_message(reason, code):
     assert reason_code(reason) == code
+
+
+def test_the_demo_prints_a_progress_line_per_journey_while_it_runs(capsys):
+    from lifecycle.cli import PROGRESS_EVERY, demo_progress
+
+    clock = iter([1.0, PROGRESS_EVERY + 2.0, PROGRESS_EVERY + 3.0, 2 * PROGRESS_EVERY + 4.0, 99.0])
+    last = t0 = 0.0
+    for done in range(1, 6):
+        last = demo_progress("cart_abandonment", done, 5, t0, last, now=lambda: next(clock))
+    assert capsys.readouterr().out.splitlines() == [
+        f"  cart_abandonment         2/5 runs  ({PROGRESS_EVERY + 2:.0f}s)",
+        f"  cart_abandonment         4/5 runs  ({2 * PROGRESS_EVERY + 4:.0f}s)",
+    ]  # the fifth run is the journey's own final line

@@ -418,6 +418,19 @@ def _test_with_retry(dag, logical_date: datetime, attempts: int = 3):
             time.sleep(attempt)
 
 
+PROGRESS_EVERY = 15.0  # seconds between a journey's progress lines in the demo
+
+
+def demo_progress(journey: str, done: int, total: int, t0: float, last: float, now=time.perf_counter) -> float:
+    """Print `journey  done/total runs, elapsed` when PROGRESS_EVERY seconds passed since the
+    last line (the demo takes minutes: say it is moving); return when a line was last printed."""
+    moment = now()
+    if done >= total or moment - last < PROGRESS_EVERY:
+        return last  # the journey's final line says the rest
+    print(f"  {journey:<22} {done:>3}/{total} runs  ({moment - t0:.0f}s)", flush=True)
+    return moment
+
+
 def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
     """One demo worker: dag.test each journey's DAG for every interval in [start, end)."""
     from airflow.dag_processing.dagbag import DagBag
@@ -429,11 +442,13 @@ def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
     for journey in journeys:
         ends = interval_ends(specs[journey].cron, start, end)
         t0, failed = time.perf_counter(), 0
-        for interval_end in ends:
+        last = t0
+        for done, interval_end in enumerate(ends, 1):
             run = _test_with_retry(dags[journey], interval_end)
             if run.state != "success":
                 failed += 1
                 print(f"FAILED {journey} {interval_end:%Y-%m-%d %H:%M}: {run.state}", flush=True)
+            last = demo_progress(journey, done, len(ends), t0, last)
         print(f"  {journey:<22} {len(ends):>3} runs  ({time.perf_counter() - t0:.0f}s)"
               + (f"  {failed} failed" if failed else ""), flush=True)
     return 0
