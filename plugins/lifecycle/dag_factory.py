@@ -233,7 +233,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             try:
                 outcome = validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
             except VolumeHeld as exc:
-                log.info("%s", validation_line(exc.outcome))
+                if exc.outcome:
+                    log.info("%s", validation_line(exc.outcome))
                 raise AirflowFailException(str(exc)) from exc  # retrying cannot help: a person must look
             log.info("%s", validation_line(outcome))
             return outcome
