@@ -23,6 +23,8 @@ os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+# the local push service listens on 127.0.0.1: production refuses such endpoints (issue 10 item 12)
+os.environ.setdefault("LIFECYCLE_PUSH_ALLOW_PRIVATE", "1")
 os.environ.setdefault("LIFECYCLE_SIGNING_KEY", "test-signing-key-" + secrets.token_hex(8))
 
 import sqlalchemy as sa  # noqa: E402

@@ -6,6 +6,9 @@
     lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
     lifecycle env                                     shell exports to use `airflow` on the demo
     lifecycle promote JOURNEY                         make a draft journey live (status: live)
+    lifecycle migrate [--warehouse-url URL] [--demo-shop]   apply the lifecycle migrations + contact views
+    lifecycle init [--warehouse-url URL] [--demo-shop]      create the (embedded) warehouse DB, migrate, create the pools
+    lifecycle stop                                    stop the embedded PostgreSQL
 """
 
 from __future__ import annotations
@@ -291,7 +294,7 @@ def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "LIFECYCLE_CLOCK": "as_of",  # a simulation of past days: each run sends as if on time
-        "LIFECYCLE_SIGNING_KEY": os.environ.get("LIFECYCLE_SIGNING_KEY") or secrets.token_urlsafe(32),
+        "LIFECYCLE_SIGNING_KEY": os.environ.get("LIFECYCLE_SIGNING_KEY") or signing_key(state_dir),
         "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(warehouse_url),
         "AIRFLOW_CONN_LIFECYCLE_SMTP": json.dumps(
             {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
@@ -327,7 +330,9 @@ def channel_sinks(engine, out: Path, seed: int):
             "AIRFLOW_CONN_LIFECYCLE_SMS": json.dumps({"conn_type": "http", "host": sms.base_url, "login": DEMO_ACCOUNT_SID,
                                                       "password": DEMO_AUTH_TOKEN, "extra": {"from": "+15005550006"}}),
             "AIRFLOW_CONN_LIFECYCLE_PUSH": json.dumps({"conn_type": "generic", "login": "mailto:ops@shop.example.com",
-                                                       "password": vapid}),
+                                                       "password": vapid,
+                                                       # the demo's push service is local (127.0.0.1)
+                                                       "extra": {"allow_private": True}}),
             "AIRFLOW_CONN_LIFECYCLE_META": json.dumps({"conn_type": "http", "host": meta.base_url,
                                                        "password": "demo-token"}),
         }
@@ -531,6 +536,175 @@ def promote_journey(journey: str, segments_dir: Path) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- init / migrate / stop
+SIGNING_KEY_FILE = "signing_key"  # in the state dir, mode 0600: the demo's links stay valid across calls
+
+
+def signing_key(state_dir: Path) -> str:
+    """The state dir's signing key, made (32 random bytes) the first time and kept: a new key per
+    `lifecycle env` would break every unsubscribe link already sent."""
+    path = state_dir / SIGNING_KEY_FILE
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:  # O_EXCL: two first calls at once cannot both write a key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # readable by others, it could forge unsubscribes
+        key = path.read_text(encoding="utf-8").strip()
+        if not key:
+            raise SystemExit(f"{path} is empty: delete it and `lifecycle env` makes a new signing key") from None
+        return key
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _warehouse_target(warehouse_url: str | None, state_dir: Path) -> tuple[str, bool]:
+    """(URL, is it the embedded one): --warehouse-url, else the Airflow connection in the environment
+    (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, as in docker-compose), else the embedded demo warehouse."""
+    from lifecycle.config import WAREHOUSE_CONN_ID
+    from lifecycle.unsubscribe_service import warehouse_url as url_from_environment
+
+    if warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
+        url = url_from_environment(warehouse_url)
+        if not _on_embedded_server(url, state_dir):
+            return url.render_as_string(hide_password=False), False
+        return _embedded_url(state_dir, url.database or DEMO_DB), True  # `lifecycle env`'s connection
+    return _embedded_url(state_dir, DEMO_DB), True
+
+
+def _on_embedded_server(url, state_dir: Path) -> bool:
+    """Whether `url` is the embedded server's (its unix socket lives in the data directory)."""
+    host = url.query.get("host") or url.host or ""
+    return host.startswith("/") and Path(host).resolve() == (state_dir / "pgdata").resolve()
+
+
+def _embedded_url(state_dir: Path, database: str) -> str:
+    """The embedded server's URL for `database` (started if it is not running)."""
+    import sqlalchemy as sa
+
+    from lifecycle.warehouse import start_embedded
+
+    uri = start_embedded(state_dir / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
+    return sa.make_url(uri).set(database=database).render_as_string(hide_password=False)
+
+
+def _create_database_if_missing(url: str) -> bool:
+    """CREATE DATABASE for the URL's database on its server unless it exists; whether it was made.
+    Never drops: unlike `lifecycle demo`, init keeps what is there."""
+    import sqlalchemy as sa
+
+    target = sa.make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": target.database}).first():
+                return False
+            conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
+            return True
+    finally:
+        admin.dispose()
+
+
+def _shown(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def migrate_warehouse(warehouse_url: str | None, state_dir: Path, demo_shop: bool = False) -> int:
+    """Apply the lifecycle migrations and the contact views to the warehouse (idempotent)."""
+    try:
+        url, embedded = _warehouse_target(warehouse_url, state_dir)
+    except ValueError as exc:
+        print(f"lifecycle migrate: {exc}")
+        return 1
+    return _migrate(url, embedded, state_dir, demo_shop)
+
+
+def _migrate(url: str, embedded: bool, state_dir: Path, demo_shop: bool) -> int:
+    """Migrate `url`; the embedded warehouse (or --demo-shop) also gets the demo shop's tables,
+    which the default contact views read."""
+    import sqlalchemy as sa
+
+    from lifecycle.schema import MigrationError, create_shop_schema, migrate
+
+    if embedded and _create_database_if_missing(url):
+        print(f"created database {sa.make_url(url).database} on the embedded PostgreSQL ({state_dir / 'pgdata'})")
+    engine = sa.create_engine(url)
+    try:
+        if embedded or demo_shop:
+            create_shop_schema(engine)
+        applied = migrate(engine)
+    except MigrationError as exc:
+        print(f"lifecycle migrate: warehouse {_shown(url)}: {exc}")
+        return 1
+    except sa.exc.SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        print(f"lifecycle migrate: warehouse {_shown(url)}: {detail}; nothing was applied")
+        return 1
+    finally:
+        engine.dispose()
+    if applied:
+        print(f"warehouse {_shown(url)}: applied {', '.join(applied)}")
+    else:
+        print(f"warehouse {_shown(url)}: already current")
+    return 0
+
+
+def create_pools() -> int:
+    """The Airflow pools the send tasks run in (dag_factory.POOLS), in the metadata database this
+    environment configures; a pool that exists keeps the slots an operator gave it."""
+    import sqlalchemy as sa
+    from airflow.models.pool import Pool
+
+    from lifecycle.dag_factory import POOLS
+
+    try:
+        existing = {name: Pool.get_pool(name) for name in POOLS}
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"lifecycle init: Airflow's metadata database is not reachable or not migrated "
+              f"({str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}): run `airflow db migrate` first "
+              "(docker-compose's airflow-init does); no pools were created")
+        return 1
+    for name, slots in POOLS.items():
+        if existing[name] is not None:
+            print(f"pool {name}: exists ({existing[name].slots} slots), left as it is")
+            continue
+        Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
+        print(f"pool {name}: created with {slots} slots")
+    return 0
+
+
+def init(warehouse_url: str | None, state_dir: Path, demo_shop: bool = False) -> int:
+    """Everything a new installation needs before the DAGs run: the warehouse database (if it is
+    the embedded one), its schemas, and the Airflow pools."""
+    try:
+        url, embedded = _warehouse_target(warehouse_url, state_dir)
+    except ValueError as exc:
+        print(f"lifecycle init: {exc}")
+        return 1
+    if _migrate(url, embedded, state_dir, demo_shop):
+        return 1
+    if embedded:  # the embedded setup keeps Airflow's metadata on the same server (`lifecycle env`)
+        if _create_database_if_missing(_embedded_url(state_dir, AIRFLOW_DB)):
+            print(f"created database {AIRFLOW_DB} on the embedded PostgreSQL (Airflow's metadata, see `lifecycle env`)")
+    return create_pools()
+
+
+def stop(state_dir: Path) -> int:
+    """Stop the embedded PostgreSQL that `demo`, `env`, `init` or `report` started."""
+    from lifecycle.warehouse import stop_embedded
+
+    data_dir = state_dir / "pgdata"
+    if stop_embedded(data_dir):
+        print(f"stopped the embedded PostgreSQL ({data_dir})")
+    else:
+        print(f"no embedded PostgreSQL running on {data_dir}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- report / env
 def _default_url() -> str:
     import sqlalchemy as sa
@@ -579,7 +753,20 @@ def main(argv: list[str] | None = None) -> int:
     p_promote = sub.add_parser("promote", help="make a draft journey live: set `status: live` in its header")
     p_promote.add_argument("journey", help="journey name (or the segment file's path)")
     p_promote.add_argument("--segments-dir", type=Path, default=SEGMENTS_DIR)
+    for name, text in (("migrate", "apply the lifecycle migrations and contact views to the warehouse"),
+                       ("init", "create the warehouse database (embedded), migrate it, create the Airflow pools")):
+        p_ops = sub.add_parser(name, help=text)
+        p_ops.add_argument("--warehouse-url", help="default: AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, else the embedded warehouse")
+        p_ops.add_argument("--demo-shop", action="store_true",
+                           help="also create the demo shop's tables (schema `shop`) the default contact views read")
+    sub.add_parser("stop", help="stop the embedded PostgreSQL")
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return migrate_warehouse(args.warehouse_url, STATE_DIR, args.demo_shop)
+    if args.command == "init":
+        return init(args.warehouse_url, STATE_DIR, args.demo_shop)
+    if args.command == "stop":
+        return stop(STATE_DIR)
     if args.command == "lint":
         return lint(args.files, args.warehouse_url)
     if args.command == "demo":

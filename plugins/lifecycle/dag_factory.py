@@ -11,6 +11,7 @@ the file's error, so it is visible in Airflow and every other journey still load
 from __future__ import annotations
 
 import logging
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, WAREHOUSE_CONN_ID
+from lifecycle.mailbox import MAILBOX_DAG_ID, MAILDIR_ENV, build_mailbox_dag
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
 
 log = logging.getLogger(__name__)
@@ -437,6 +439,11 @@ def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
             dags[DISPATCH_DAG_ID] = build_dispatch_dag(built)
         except Exception:
             log.exception("the %s DAG could not be built; the journeys' own runs still send", DISPATCH_DAG_ID)
+    if os.environ.get(MAILDIR_ENV):  # the return mailbox: only where one is configured
+        try:
+            dags[MAILBOX_DAG_ID] = build_mailbox_dag()
+        except Exception:
+            log.exception("the %s DAG could not be built", MAILBOX_DAG_ID)
     for error in errors:
         log.error("segment file %s is broken: %s", error.path, "; ".join(error.problems))
         try:

@@ -21,6 +21,22 @@ _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 7_412_001  # arbitrary, fixed: serialises migrations across workers
 
 
+class MigrationError(RuntimeError):
+    """A migration file the warehouse rejected: names the file; the transaction is rolled back."""
+
+
+def _apply(conn: sa.Connection, name: str, sql: str) -> None:
+    """Run one migration file's SQL; the warehouse's refusal names the file."""
+    try:
+        run_script(conn, sql)
+    except Exception as exc:
+        detail = str(getattr(exc, "pgerror", None) or exc).strip().splitlines()[0]
+        hint = (" (contacts.sql's views read your own tables: point them at the warehouse's tables,"
+                " README 'Who is reachable')" if name == "contacts.sql" and "does not exist" in detail else "")
+        raise MigrationError(f"{name}: the warehouse rejected it: {detail}{hint}; "
+                             "nothing was applied (one transaction)") from exc
+
+
 def run_script(conn: sa.Connection, sql: str) -> None:
     """Run a multi-statement script in one round trip, with no parameter parsing
     (so a literal % or :name in the SQL is left alone)."""
@@ -78,14 +94,14 @@ def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
         for path in _migrations(sql_dir):
             if path.stem in done:
                 continue
-            _run_script(conn, path)
+            _apply(conn, path.name, path.read_text())
             conn.execute(sa.text("INSERT INTO lifecycle.schema_migrations (version) VALUES (:v)"), {"v": path.stem})
             applied.append(path.stem)
         # contacts.sql (views analysts adapt) is re-applied only when it changed: CREATE OR REPLACE
         # VIEW takes an exclusive lock that would queue every run behind any open reader.
         views, version = _contacts_version(sql_dir)
         if version not in done:
-            run_script(conn, views)
+            _apply(conn, "contacts.sql", views)
             conn.execute(sa.text("DELETE FROM lifecycle.schema_migrations WHERE version LIKE 'contacts:%'"))
             conn.execute(sa.text("INSERT INTO lifecycle.schema_migrations (version) VALUES (:v)"), {"v": version})
             applied.append(version)

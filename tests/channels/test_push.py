@@ -231,7 +231,7 @@ def test_payload_limit_is_checked_before_any_request(push, channel):
     ({"p256dh": "AAAA"}, "subscription keys"),
     ({"auth": b64(b"short")}, "subscription keys"),
     ({"endpoint": "ftp://push.example.net/x"}, "endpoint"),
-    ({"endpoint": "http://push.example.net/push/x"}, "plain http"),
+    ({"endpoint": "http://93.184.216.34/push/x"}, "plain http"),  # public: http only with allow_http
 ])
 def test_invalid_messages_fail_without_a_request(push, channel, change, reason):
     fields = outbound(push.register()).__dict__ | change
@@ -358,3 +358,68 @@ def test_demo_shop_subscriptions_decrypt_with_their_derived_keys(scratch_engine,
     lines = [json.loads(line) for line in outbox.read_text().splitlines()]
     assert [line["payload"]["tag"] for line in lines] == [f"sub-{r[0]}" for r in rows]
     assert {line["urgency"] for line in lines} == {"normal"}
+
+
+# Endpoints are customer-supplied: the worker must not be made to call internal services --------
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]"])
+def test_endpoints_on_loopback_are_refused_without_a_request(push, vapid_key, host):
+    """https to the (listening) local push service: refused before any connection is made."""
+    subscription = dict(push.register("alice"), endpoint=f"https://{host}:{push.port}/push/alice")
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=2, allow_private=False) as channel:
+        outcome = channel.deliver(outbound(subscription))
+    assert outcome.status == "failed" and outcome.fallback is True and outcome.revoke is None
+    assert "non-public address" in outcome.reason and "LIFECYCLE_PUSH_ALLOW_PRIVATE" in outcome.reason
+    assert "/push/alice" not in outcome.reason  # the token stays out of the recorded reason
+    assert push.requests == 0
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://10.1.2.3/push/x", "https://192.168.0.10/push/x", "https://172.16.5.4/push/x",
+    "https://169.254.169.254/latest/meta-data/", "https://100.64.0.1/push/x", "https://0.0.0.0/push/x",
+    "https://240.0.0.1/push/x", "https://224.0.0.1/push/x", "https://[fe80::1]/push/x", "https://[fc00::1]/push/x",
+])
+def test_endpoints_on_private_link_local_or_reserved_addresses_are_refused(push, vapid_key, endpoint):
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=0.5, allow_private=False) as channel:
+        outcome = channel.deliver(outbound(dict(push.register(), endpoint=endpoint)))
+    assert outcome.status == "failed" and "non-public address" in outcome.reason, outcome
+
+
+def test_plain_http_to_the_local_push_service_needs_allow_private(push, vapid_key, monkeypatch):
+    subscription = push.register("alice")  # http://127.0.0.1:port/push/alice
+    monkeypatch.delenv("LIFECYCLE_PUSH_ALLOW_PRIVATE")
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=2) as channel:
+        refused = channel.deliver(outbound(subscription))
+    assert refused.status == "failed" and "plain http" in refused.reason
+    assert push.requests == 0
+
+    monkeypatch.setenv("LIFECYCLE_PUSH_ALLOW_PRIVATE", "1")
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=2) as channel:
+        assert channel.deliver(outbound(subscription)).status == "sent"
+    assert [r.token for r in push.received] == ["alice"]
+
+
+def test_allow_private_from_the_connection_extra(push, vapid_key, monkeypatch):
+    monkeypatch.delenv("LIFECYCLE_PUSH_ALLOW_PRIVATE")
+    conn = {"conn_type": "generic", "login": SUBJECT, "password": pem(vapid_key), "extra": {"allow_private": True}}
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_PUSH", json.dumps(conn))
+    with PushChannel.from_airflow() as channel:
+        assert channel.deliver(outbound(push.register())).status == "sent"
+
+
+def test_a_name_that_does_not_resolve_is_retried_without_a_request(push, vapid_key):
+    subscription = dict(push.register(), endpoint="https://push.invalid/push/x")
+    with PushChannel(pem(vapid_key), SUBJECT, allow_private=False) as channel:
+        outcome = channel.deliver(outbound(subscription))
+    assert outcome.status == "retry" and "did not resolve" in outcome.reason
+
+
+def test_the_address_connected_to_is_checked_too(push, vapid_key):
+    """DNS can answer the request differently from the check before it (rebinding): the
+    connection itself refuses a non-public peer. Here the check is passed by going around it,
+    straight to the channel's session, whose connection lands on the loopback push service."""
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=2, allow_private=False, allow_http=True) as channel:
+        with pytest.raises(requests.exceptions.ConnectionError) as info:
+            channel._open().post(push.endpoint("alice"), data=b"x")
+        outcome = channel._connection_error(push.origin, info.value)
+    assert outcome.status == "failed" and "non-public address 127.0.0.1" in outcome.reason
+    assert push.requests == 0

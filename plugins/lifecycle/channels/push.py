@@ -4,7 +4,13 @@ Configured by an Airflow connection (`lifecycle_push`): the password holds the V
 private key (PEM, as `vapid --gen` writes it, or the raw 32-byte key in base64url, as
 `web-push generate-vapid-keys` prints it); the login or the extra `subject` holds the
 contact the push services may write to (`mailto:...` or an `https:` URL). Extras:
-`timeout` (seconds), `allow_http` (plain-http endpoints beyond loopback, for test setups).
+`timeout` (seconds), `allow_http` (plain-http endpoints, for test setups), `allow_private`.
+
+Endpoints come from customers' browsers, so they are untrusted: an endpoint that is not https,
+or whose host is or resolves to a loopback, private, link-local, shared, multicast or reserved
+address, fails (reason recorded, no request made) so a forged subscription cannot make the worker
+call internal services. The connection checks its peer again (DNS rebinding). A local push service (tests, `make demo`) needs `allow_private`: the
+connection extra, or LIFECYCLE_PUSH_ALLOW_PRIVATE=1; it also allows plain http to such addresses.
 
 One requests.Session per batch; every push service reply is classified:
 
@@ -32,6 +38,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -42,6 +49,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPusher
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
@@ -65,7 +75,7 @@ REQUIRED_FIELDS = ("title", "body", "url")
 VAPID_LIFETIME = 12 * 3600  # exp = now + 12 h (RFC 8292 allows at most 24 h)
 VAPID_REFRESH = 3600  # sign a new token once the cached one has less than an hour left
 _SUBJECT = re.compile(r"mailto:[^@\s]+@[^@\s]+|https://[^/\s?#]+(?:[/?#]\S*)?", re.I)
-_LOOPBACK_NAMES = {"localhost"}
+ALLOW_PRIVATE_ENV = "LIFECYCLE_PUSH_ALLOW_PRIVATE"
 
 
 @dataclass(frozen=True)
@@ -119,13 +129,66 @@ def _b64encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
+def _allow_private_from_env() -> bool:
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address `host` stands for (an IP literal is itself); OSError when it does not resolve."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return [ipaddress.ip_address(host)]
     except ValueError:
-        return False
+        pass
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """False for loopback, private, link-local, shared (CGNAT), reserved, unspecified, multicast."""
+    if address.version == 6 and address.ipv4_mapped is not None:  # ::ffff:127.0.0.1 is loopback
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+class NonPublicPeer(NewConnectionError):
+    """The connection reached a non-public address although the endpoint's check passed."""
+
+
+class _PublicPeerOnly:
+    """Checks the address actually connected to: DNS may answer the request differently from the
+    check before it (rebinding), and that second answer is the one that counts."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        peer = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
+        if not _is_public(peer):
+            sock.close()
+            raise NonPublicPeer(self, f"{self.host} connected to non-public address {peer}")
+        return sock
+
+
+class _PublicHTTPConnection(_PublicPeerOnly, HTTPConnection):
+    pass
+
+
+class _PublicHTTPSConnection(_PublicPeerOnly, HTTPSConnection):
+    pass
+
+
+class _PublicHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PublicHTTPConnection
+
+
+class _PublicHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """requests' adapter whose connections refuse non-public peers."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
 
 
 def _retry_after(value: str | None) -> int | None:
@@ -145,7 +208,7 @@ class PushChannel:
     name = "push"
 
     def __init__(self, vapid_private_key: str, vapid_subject: str, *, timeout: float = 10.0,
-                 allow_http: bool = False):
+                 allow_http: bool = False, allow_private: bool | None = None):
         if not vapid_subject or not _SUBJECT.fullmatch(vapid_subject.strip()):
             raise ValueError(f"VAPID subject must be a mailto: address or an https: URL, not {vapid_subject!r}")
         self.subject = vapid_subject.strip()
@@ -153,6 +216,8 @@ class PushChannel:
         self.vapid = Vapid(private_key=load_vapid_key(vapid_private_key), conf={"no-strict": True})
         self.timeout = timeout
         self.allow_http = allow_http
+        # None: LIFECYCLE_PUSH_ALLOW_PRIVATE decides (set for a local push service only)
+        self.allow_private = _allow_private_from_env() if allow_private is None else allow_private
         self._session: requests.Session | None = None
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
 
@@ -168,7 +233,8 @@ class PushChannel:
         if not subject:
             raise ValueError(f"Airflow connection {conn_id!r} needs a login or extra 'subject' (mailto: or https:)")
         return cls(conn.password, subject, timeout=float(extra.get("timeout", 10.0)),
-                   allow_http=bool(extra.get("allow_http", False)))
+                   allow_http=bool(extra.get("allow_http", False)),
+                   allow_private=bool(extra["allow_private"]) if "allow_private" in extra else None)
 
     @property
     def application_server_key(self) -> str:
@@ -192,6 +258,9 @@ class PushChannel:
             logsafe.install()  # urllib3 logs the endpoint's path (its token) at DEBUG
             session = requests.Session()
             session.max_redirects = 0  # a push service answers; it never redirects a POST elsewhere
+            if not self.allow_private:
+                for scheme in ("https://", "http://"):
+                    session.mount(scheme, PublicOnlyAdapter())
             self._session = session
         return self._session
 
@@ -233,12 +302,9 @@ class PushChannel:
 
     def _check(self, message: OutboundPush) -> Outcome | None:
         """Everything that would fail no matter what the push service says: no request is made."""
-        parts = urlsplit(message.endpoint)
-        host = (parts.hostname or "").lower()
-        if parts.scheme not in ("https", "http") or not host:
-            return Outcome("failed", "invalid push endpoint (not an http(s) URL)", fallback=True)
-        if parts.scheme == "http" and not (self.allow_http or _is_loopback(host)):
-            return Outcome("failed", "invalid push endpoint (plain http)", fallback=True)
+        problem = self._endpoint_problem(message.endpoint)
+        if problem is not None:
+            return problem
         try:
             p256dh, auth = _b64decode(message.p256dh), _b64decode(message.auth)
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
@@ -265,10 +331,38 @@ class PushChannel:
                                      "fit in the 4096 bytes push services accept", details={"payload_bytes": size})
         return None
 
+    def _endpoint_problem(self, endpoint: str) -> Outcome | None:
+        """An endpoint the worker must not call: not https, or on a non-public address."""
+        try:
+            parts = urlsplit(endpoint)
+            host, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            return Outcome("failed", "invalid push endpoint (not an http(s) URL)", fallback=True)
+        if parts.scheme not in ("https", "http") or not host:
+            return Outcome("failed", "invalid push endpoint (not an http(s) URL)", fallback=True)
+        if parts.scheme == "http" and not (self.allow_http or self.allow_private):
+            return Outcome("failed", "invalid push endpoint (plain http)", fallback=True)
+        try:
+            addresses = _addresses(host, port or (443 if parts.scheme == "https" else 80))
+        except (OSError, UnicodeError):
+            return Outcome("retry", f"push service host of {origin_of(endpoint)} did not resolve")
+        internal = sorted({str(a) for a in addresses if not _is_public(a)})
+        if internal and not self.allow_private:
+            # names the host only: the path holds the subscription's token
+            return Outcome("failed", f"push endpoint refused: host {host} is or resolves to a non-public address "
+                                     f"({', '.join(internal)}); set {ALLOW_PRIVATE_ENV}=1 only for a local push "
+                                     "service", fallback=True)
+        if parts.scheme == "http" and not self.allow_http and len(internal) < len(addresses):
+            return Outcome("failed", "invalid push endpoint (plain http to a public address)", fallback=True)
+        return None
+
     def _connection_error(self, origin: str, exc: requests.exceptions.ConnectionError) -> Outcome:
         reason = exc.args[0] if exc.args else None
         if isinstance(reason, MaxRetryError):
             reason = reason.reason
+        if isinstance(reason, NonPublicPeer):  # nothing was sent: the socket closed before TLS
+            return Outcome("failed", f"push endpoint refused: {reason._message}",
+                           fallback=True)
         if isinstance(reason, NameResolutionError):
             # one push service's name: the other subscriptions in the batch still go out
             return Outcome("retry", f"push service host of {origin} did not resolve")
