@@ -109,3 +109,11 @@ def test_the_demo_prints_a_progress_line_per_journey_while_it_runs(capsys):
         f"  cart_abandonment         2/5 runs  ({PROGRESS_EVERY + 2:.0f}s)",
         f"  cart_abandonment         4/5 runs  ({2 * PROGRESS_EVERY + 4:.0f}s)",
     ]  # the fifth run is the journey's own final line
+
+
+@slow
+def test_the_dispatcher_says_how_many_waiting_messages_it_found(airflow_env, caplog):
+    engine, planted, anchor, smtp, bag = airflow_env
+    caplog.set_level(logging.INFO)
+    assert bag.dags["lifecycle_dispatch"].test(logical_date=anchor).state == "success"
+    assert "waiting or left behind: 0 messages to send" in lines(caplog, "lifecycle.dag_factory")

@@ -389,7 +389,7 @@ def run_window(specs: dict, start: datetime, end: datetime, workers: int) -> lis
     failures: list[str] = []
 
     def relay(proc: subprocess.Popen, group: list[str]) -> None:
-        for line in proc.stdout:  # one line per finished journey, and FAILED lines
+        for line in proc.stdout:  # progress lines, one per finished journey, and FAILED lines
             if line.startswith("FAILED "):
                 failures.append(line[len("FAILED "):].strip())
             elif line.strip():

@@ -391,6 +391,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
         @task
         def collect() -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel
+            from lifecycle.tasklog import batches_text
 
             ctx = get_current_context()
             batches = {"marketing": [], "transactional": []}
@@ -402,6 +403,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
             waiting = by_channel(batches["marketing"], channels)
             for channel, found in by_channel(batches["transactional"], transactional).items():
                 waiting[f"transactional_{channel}"] = found
+            log.info("waiting or left behind: %s", batches_text(waiting))
             return waiting
 
         waiting = collect()

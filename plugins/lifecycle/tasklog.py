@@ -80,17 +80,22 @@ def batch_line(engine: Engine, batch: dict, counts: dict[str, int]) -> str:
             f"{messages} messages: {status_text(by_status) or 'nothing to send'}")
 
 
-def plan_line(engine: Engine, journey: str, run_id: str, planned: dict[str, list[dict]]) -> str:
-    """`planned 153 messages to send: email 153 in 7 batches; settled now: expired 32 (late 32)`:
-    what the send tasks get, and what this run's planning recorded without sending (late, skipped)."""
+def batches_text(planned: dict[str, list[dict]]) -> str:
+    """`153 messages to send: email 150 in 7 batches, sms 3 in 1 batch`."""
     per_channel = {ch: (len(bs), sum(b["size"] for b in bs)) for ch, bs in planned.items()}
     total = sum(n for _, n in per_channel.values())
     detail = ", ".join(f"{ch} {n} in {k} batch{'es' if k != 1 else ''}" for ch, (k, n) in per_channel.items() if n)
+    return f"{total} messages to send" + (f": {detail}" if detail else "")
+
+
+def plan_line(engine: Engine, journey: str, run_id: str, planned: dict[str, list[dict]]) -> str:
+    """`planned 153 messages to send: email 153 in 7 batches; settled now: expired 32 (late 32)`:
+    what the send tasks get, and what this run's planning recorded without sending (late, skipped)."""
     with engine.connect() as conn:
         settled = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE journey = :j "
                                        "AND planned_run_id = :r AND status <> 'planned'"),
                                {"j": journey, "r": run_id}).all()
-    return (f"planned {total} messages to send" + (f": {detail}" if detail else "")
+    return (f"planned {batches_text(planned)}"
             + (f"; settled at planning: {status_text(_by_status(settled))}" if settled else ""))
 
 
