@@ -280,7 +280,7 @@ def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothin
 
     sent = rows(engine, """
         SELECT m.idempotency_key, m.step, m.run_id, c.email FROM lifecycle.messages m
-        JOIN shop.customers c USING (customer_id)
+        JOIN shop.customers c ON c.customer_id::text = m.customer_id
         WHERE m.journey = 'review_request' AND m.status = 'sent'""")
     assert len(sent) > 0, "the window has review requests due"
     assert {m.run_id for m in sent} <= set(run_ids)

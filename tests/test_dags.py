@@ -209,7 +209,7 @@ def test_cart_abandoners_are_kept_in_step_with_the_meta_audience(airflow_env, me
     # Who should be in the audience, from the shop's consent table: active members with ads consent.
     expected = count(engine, """
         SELECT count(DISTINCT e.customer_id) FROM lifecycle.enrollments e
-        JOIN shop.consents k ON k.customer_id = e.customer_id AND k.channel = 'ads' AND k.status = 'opted_in'
+        JOIN shop.consents k ON k.customer_id::text = e.customer_id AND k.channel = 'ads' AND k.status = 'opted_in'
         WHERE e.journey = 'cart_abandonment' AND e.status = 'active' AND NOT e.holdout""")
     assert len(meta_server.audience(audience)) == expected
     requests_before = len(meta_server.requests)
@@ -220,7 +220,7 @@ def test_cart_abandoners_are_kept_in_step_with_the_meta_audience(airflow_env, me
     assert dag.test(logical_date=anchor).state == "success"
     after = count(engine, """
         SELECT count(DISTINCT e.customer_id) FROM lifecycle.enrollments e
-        JOIN shop.consents k ON k.customer_id = e.customer_id AND k.channel = 'ads' AND k.status = 'opted_in'
+        JOIN shop.consents k ON k.customer_id::text = e.customer_id AND k.channel = 'ads' AND k.status = 'opted_in'
         WHERE e.journey = 'cart_abandonment' AND e.status = 'active' AND NOT e.holdout""")
     assert len(meta_server.audience(audience)) == after
     # The table of record agrees with Meta, member for member.

@@ -24,6 +24,7 @@ from conftest import reset_lifecycle
 
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR
 from lifecycle.determinism import check_sql, mask_comments_and_strings
+from lifecycle.ids import typed_enrollments
 from lifecycle.runs import RunContext
 from lifecycle.spec import SpecError, load_all, load_spec
 from lifecycle.sql import condition_sql, execute_file_sql
@@ -358,11 +359,16 @@ def test_every_condition_returns_the_same_rows_under_any_plan(tied_shop):
     for path in sorted(CONDITIONS_DIR.glob("*.sql")):
         journeys = users.get(path.stem, [])
         binds = run_for(journeys[0], later).binds(journeys[0]) if journeys else run_for(specs[0], later).binds()
-        chosen = "SELECT * FROM lifecycle.enrollments WHERE status = 'active'" + (
-            " AND journey IN (" + ", ".join(f"'{s.journey}'" for s in journeys) + ")" if journeys else "")
-        sql = f"SELECT * FROM ({with_enrollments_cte(condition_sql(path.stem)[1], chosen)}) AS hits"
-        by_variant = {v: run_under(engine, v, lambda conn, sql=sql, binds=binds, path=path: canonical(
-            execute_file_sql(conn, path, sql, binds).all())) for v in SETTINGS}
+        chosen = "FROM lifecycle.enrollments e WHERE e.status = 'active'" + (
+            " AND e.journey IN (" + ", ".join(f"'{s.journey}'" for s in journeys) + ")" if journeys else "")
+
+        def condition_hits(conn, chosen=chosen, binds=binds, path=path):
+            # as the engine does: the CTE's customer_id in the shop's type; ")" on its own line
+            # because a condition file may end in a "-- comment"
+            cte = with_enrollments_cte(condition_sql(path.stem)[1], typed_enrollments(conn, chosen))
+            return canonical(execute_file_sql(conn, path, f"SELECT * FROM ({cte}\n) AS hits", binds).all())
+
+        by_variant = {v: run_under(engine, v, condition_hits) for v in SETTINGS}
         for variant, rows in by_variant.items():
             assert rows == by_variant["default"], f"{path.name}: rows differ under {variant!r} planner settings"
         hits[path.stem] = [json.loads(r) for r in by_variant["default"]]
@@ -407,7 +413,7 @@ def test_win_back_keys_the_later_order_and_exits_credit_the_smaller_tied_order(t
         enroll_everyone(engine, spec, entry)
         with engine.connect() as conn:
             keys = conn.execute(sa.text("SELECT enrollment_key FROM lifecycle.enrollments WHERE customer_id = :c"),
-                                {"c": ids["customer_win_back"]}).scalars().all()
+                                {"c": str(ids["customer_win_back"])}).scalars().all()
         assert keys == [f"{ids['customer_win_back']}:{ID + 2}"]  # the latest (ordered_at, order_id)
         later = RunContext("win_back", f"ties-exit-{variant}", "live", anchor + timedelta(days=1),
                            anchor + timedelta(days=2))
@@ -454,7 +460,7 @@ def test_send_time_picks_the_same_coupon_and_push_subscription_whatever_was_inse
     try:
         for variant in SETTINGS:
             rows = run_under(engine, variant, lambda conn: load_batch(conn, batch))
-            shown = {r.customer_id: (r.coupon_code, r.endpoint) for r in rows}
+            shown = {int(r.customer_id): (r.coupon_code, r.endpoint) for r in rows}
             # the same instant: the smaller code; the newest subscription: the larger id
             assert shown == {c: (f"TIEAAA{n}", f"https://push.example/{ID + 10 * n + 2}")
                              for n, c in enumerate(customers)}, variant
@@ -495,7 +501,7 @@ def test_report_counts_an_order_converting_two_enrollments_at_once_the_same_way(
 def test_an_audience_reads_the_same_contact_row_when_the_contacts_view_has_two(tied_shop):
     """lifecycle.contacts is the user's view: with two rows for a customer, the audience sync hashes
     the same one every time (by email, phone, country), whichever the view returns first."""
-    from lifecycle.audiences import _FILL_PEOPLE, _PEOPLE
+    from lifecycle.audiences import _PEOPLE, fill_people_sql
 
     engine, anchor, ids = tied_shop
     reset_lifecycle(engine)
@@ -519,13 +525,13 @@ def test_an_audience_reads_the_same_contact_row_when_the_contacts_view_has_two(t
                   WHERE c.customer_id IN ({customers[0]}, {customers[1]})) x
             ORDER BY customer_id, CASE WHEN customer_id = {customers[0]} THEN copy ELSE -copy END""")
         conn.exec_driver_sql(_PEOPLE)
-        conn.execute(sa.text(_FILL_PEOPLE), {"journey": "ties", "mode": "live", "statuses": ["active"]})
+        conn.execute(sa.text(fill_people_sql(conn)), {"journey": "ties", "mode": "live", "statuses": ["active"]})
         return dict(conn.execute(sa.text("SELECT customer_id, email FROM pg_temp.aud_people")).all())
 
     try:
         for variant in SETTINGS:
             chosen = run_under(engine, variant, people)
-            assert chosen == {c: f"tie{c}@example.com" for c in customers}, variant
+            assert chosen == {str(c): f"tie{c}@example.com" for c in customers}, variant
     finally:
         reset_lifecycle(engine)
 

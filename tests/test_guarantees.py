@@ -72,8 +72,8 @@ def planned_recipients(engine, batches) -> list[str]:
     """Who should receive the planned messages: read from the shop's own consent table."""
     with engine.connect() as conn:
         return conn.execute(
-            sa.text("SELECT c.email FROM lifecycle.messages m JOIN shop.customers c USING (customer_id) "
-                    "JOIN shop.consents k ON k.customer_id = m.customer_id AND k.channel = 'email' "
+            sa.text("SELECT c.email FROM lifecycle.messages m JOIN shop.customers c ON c.customer_id::text = m.customer_id "
+                    "JOIN shop.consents k ON k.customer_id::text = m.customer_id AND k.channel = 'email' "
                     "AND k.status = 'opted_in' "
                     "WHERE m.status = 'planned' AND m.run_id = :r ORDER BY m.message_id"),
             {"r": batches[0]["run_id"]},
@@ -110,7 +110,7 @@ def test_killed_worker_leaves_unknown_outcome_never_resent(shop, smtp_server):
     expected = planned_recipients(engine, batches)
     with engine.connect() as conn:
         victim, victim_email = conn.execute(sa.text(
-            "SELECT m.message_id, c.email FROM lifecycle.messages m JOIN shop.customers c USING (customer_id) "
+            "SELECT m.message_id, c.email FROM lifecycle.messages m JOIN shop.customers c ON c.customer_id::text = m.customer_id "
             "WHERE m.status = 'planned' AND c.email = :e"), {"e": expected[0]}).one()
     # The dead attempt claimed this message (same code path the send task uses), then died
     # before recording what the provider said.
@@ -179,7 +179,7 @@ def test_consent_is_checked_at_send_time(shop, smtp_server):
             conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_in' "
                                  "WHERE customer_id = :c AND channel = 'email'"), {"c": customer})
     with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c"),
+        row = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text)"),
                            {"c": customer}).one()
     assert tuple(row) == ("suppressed", "consent withdrawn")
     assert email not in received(smtp_server) and received(smtp_server)
@@ -228,16 +228,16 @@ def test_hard_bounce_is_recorded_and_suppresses_later_sends(shop, smtp_server):
     run_interval(engine, SPEC, anchor - timedelta(hours=1), anchor, channel_to(smtp_server))
     with engine.connect() as conn:
         status, reason = conn.execute(sa.text(
-            "SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c"), {"c": case.customer_id}).one()
+            "SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text)"), {"c": case.customer_id}).one()
         suppression = conn.execute(sa.text(
-            "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = :c"), {"c": case.customer_id}).one()
+            "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = CAST(:c AS text)"), {"c": case.customer_id}).one()
     assert status == "failed" and reason.startswith("hard bounce: SMTP RCPT 550")
     assert tuple(suppression) == ("email", "hard_bounce")
     # The next reminder (due +24h) is suppressed, not attempted.
     later = anchor + timedelta(hours=23)
     run_interval(engine, SPEC, later - timedelta(hours=1), later, channel_to(smtp_server))
     with engine.connect() as conn:
-        second = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c "
+        second = conn.execute(sa.text("SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text) "
                                       "AND step = 'reminder_2'"), {"c": case.customer_id}).one()
     assert tuple(second) == ("suppressed", "suppressed: hard_bounce")
     assert case.email not in received(smtp_server)

@@ -94,7 +94,7 @@ def test_a_changed_key_for_an_active_customer_is_quarantined_not_mailed(warehous
 
     assert first["enrolled"]["entered"] == 1
     assert second["enrolled"] == {"entered": 0, "refreshed": 0, "quarantined": 1}
-    assert enrollments(warehouse, "lapsed_probe") == {(1, "1:100"): "active"}
+    assert enrollments(warehouse, "lapsed_probe") == {("1", "1:100"): "active"}
     assert planned_keys(warehouse, "lapsed_probe") == ["1:100"]  # one message, not two
     [(run_id, customer, key, reasons)] = quarantined(warehouse, "lapsed_probe")
     assert (customer, key) == ("1", "1:101") and run_id.endswith((D1 + DAY).isoformat())
@@ -129,7 +129,7 @@ def test_two_new_rows_for_one_customer_in_one_run_enroll_the_earliest(warehouse,
     result = run(warehouse, spec, D1)
 
     assert result["enrolled"] == {"entered": 3, "refreshed": 0, "quarantined": 2}
-    assert set(enrollments(warehouse, "pair_probe")) == {(2, "2:b"), (3, "3:x"), (4, "4:only")}
+    assert set(enrollments(warehouse, "pair_probe")) == {("2", "2:b"), ("3", "3:x"), ("4", "4:only")}
     reasons = {(c, k): r[0] for _, c, k, r in quarantined(warehouse, "pair_probe")}
     assert reasons == {
         ("2", "2:a"): "one_active_per_customer: another row for this customer enrolls in this run (2:b)",
@@ -143,7 +143,7 @@ def test_a_rerun_of_the_same_interval_quarantines_the_same_rows_once(warehouse, 
     run(warehouse, spec, D1)
     run(warehouse, spec, D1)  # same run id: the quarantine is rewritten, not added to
     assert [(c, k) for _, c, k, _ in quarantined(warehouse, "rerun_probe")] == [("5", "5:b")]
-    assert set(enrollments(warehouse, "rerun_probe")) == {(5, "5:a")}
+    assert set(enrollments(warehouse, "rerun_probe")) == {("5", "5:a")}
 
 
 def test_journeys_per_cart_or_order_may_say_false(warehouse, tmp_path):

@@ -108,12 +108,12 @@ def rows(engine, sql: str, **binds) -> list[tuple]:
 
 def suppression_history(engine, customer_id: int) -> list[tuple]:
     return rows(engine, "SELECT reason, source, since, lifted_at, lifted_reason, lifted_ref "
-                        "FROM lifecycle.suppressions WHERE customer_id = :c ORDER BY suppression_id", c=customer_id)
+                        "FROM lifecycle.suppressions WHERE customer_id = :c ORDER BY suppression_id", c=str(customer_id))
 
 
 def messages(engine, customer_id: int) -> list[tuple]:
     return rows(engine, "SELECT step, status, reason FROM lifecycle.messages WHERE customer_id = :c "
-                        "ORDER BY due_at, message_id", c=customer_id)
+                        "ORDER BY due_at, message_id", c=str(customer_id))
 
 
 def steps_received(smtp, address: str) -> list[str]:
@@ -183,7 +183,7 @@ def test_what_lifts_a_sunset_and_when(engine, smtp):
         add_customer(engine, c)
     run_sunset(engine, smtp, LAPSED)
     sunset_at = LAPSED + 22 * DAY
-    assert [r[0] for r in rows(engine, "SELECT customer_id FROM lifecycle.suppressions "
+    assert [r[0] for r in rows(engine, "SELECT customer_id::bigint FROM lifecycle.suppressions "
                                        "WHERE reason = 'no_response' ORDER BY 1")] == [6, 7, 8, 9, 10]
     add_click(engine, 6, sunset_at + DAY)                      # clicked after the sunset: lifted
     add_order(engine, 607, 6, sunset_at + 2 * DAY)             # ... and ordered later (the click came first)
@@ -196,13 +196,13 @@ def test_what_lifts_a_sunset_and_when(engine, smtp):
         assert lift_sunsets(conn, sunset_at + 5 * DAY) == 1
     with engine.begin() as conn:
         assert lift_sunsets(conn, sunset_at + 5 * DAY) == 0  # idempotent
-    lifted = rows(engine, "SELECT customer_id, lifted_at, lifted_reason FROM lifecycle.suppressions "
+    lifted = rows(engine, "SELECT customer_id::bigint, lifted_at, lifted_reason FROM lifecycle.suppressions "
                           "WHERE lifted_at IS NOT NULL")
     assert lifted == [(6, sunset_at + DAY, "clicked")]
     with engine.begin() as conn:  # a later send batch to customers 7 and 10 sees 10's order
         assert lift_sunsets(conn, sunset_at + 11 * DAY, [7, 10]) == 1
     assert suppression_history(engine, 10)[0][3:] == (sunset_at + 10 * DAY, "ordered", "1010")
-    active = rows(engine, "SELECT customer_id FROM lifecycle.suppressions WHERE lifted_at IS NULL ORDER BY 1")
+    active = rows(engine, "SELECT customer_id::bigint FROM lifecycle.suppressions WHERE lifted_at IS NULL ORDER BY 1")
     assert [c for (c,) in active] == [7, 8, 9]
 
 
@@ -263,9 +263,9 @@ def test_keep_me_subscribed_through_the_service_spares_the_sunset(engine, smtp):
     parts = urlsplit(link)
     assert f"{parts.scheme}://{parts.netloc}" == SHOP["base_url"] and parts.path == "/preferences"
     token = parse_qs(parts.query)["t"][0]
-    assert verify_stay_token(token) == (11, "email")
+    assert verify_stay_token(token) == ("11", "email")
     assert verify_unsubscribe_token(token) is None  # a stay link can never unsubscribe
-    assert verify_stay_token(parse_qs(urlsplit(keep_link(smtp, silent)).query)["t"][0]) == (12, "email")
+    assert verify_stay_token(parse_qs(urlsplit(keep_link(smtp, silent)).query)["t"][0]) == ("12", "email")
 
     with LiveService(engine) as service, httpx.Client(follow_redirects=False, timeout=10) as client:
         service.now = LAPSED + 16 * DAY + timedelta(hours=3)  # two days after email_3
@@ -274,12 +274,12 @@ def test_keep_me_subscribed_through_the_service_spares_the_sunset(engine, smtp):
         assert rows(engine, "SELECT count(*) FROM lifecycle.preference_choices") == [(0,)]  # a GET records nothing
         done = client.post(service.local(link), data={"choice": "stay"})
         assert done.status_code == 200 and "still subscribed" in done.text
-    assert rows(engine, "SELECT customer_id, channel, choice, source, chosen_at FROM lifecycle.preference_choices") \
+    assert rows(engine, "SELECT customer_id::bigint, channel, choice, source, chosen_at FROM lifecycle.preference_choices") \
         == [(11, "email", "stay", "preferences_page", service.now)]
 
     run_day(engine, smtp, LAPSED + 22 * DAY)  # stop_emailing falls due
-    assert rows(engine, "SELECT customer_id, status, exit_reason, exited_at FROM lifecycle.enrollments "
-                        "WHERE journey = 'win_back' ORDER BY customer_id") == [
+    assert rows(engine, "SELECT customer_id::bigint, status, exit_reason, exited_at FROM lifecycle.enrollments "
+                        "WHERE journey = 'win_back' ORDER BY 1") == [
         (11, "exited", "chose_to_stay", service.now), (12, "active", None, None)]
     assert "stop_emailing" not in [m[0] for m in messages(engine, 11)]
     assert suppression_history(engine, 11) == []

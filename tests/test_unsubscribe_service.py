@@ -105,7 +105,7 @@ def shop(shop_db):
 def suppressions(engine) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT customer_id, channel, reason, source FROM lifecycle.suppressions ORDER BY customer_id, channel"))]
+            "SELECT customer_id::bigint, channel, reason, source FROM lifecycle.suppressions ORDER BY customer_id, channel"))]
 
 
 def customer(engine, offset: int = 0):
@@ -275,13 +275,13 @@ def history(engine, customer_id: int) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
             "SELECT reason, lifted_at IS NOT NULL, lifted_reason, lifted_ref FROM lifecycle.suppressions "
-            "WHERE customer_id = :c ORDER BY suppression_id"), {"c": customer_id})]
+            "WHERE customer_id = :c ORDER BY suppression_id"), {"c": str(customer_id)})]
 
 
 def choices(engine) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT customer_id, channel, choice, source FROM lifecycle.preference_choices ORDER BY choice_id"))]
+            "SELECT customer_id::bigint, channel, choice, source FROM lifecycle.preference_choices ORDER BY choice_id"))]
 
 
 def stay(customer_id: int, channel: str = "email") -> str:

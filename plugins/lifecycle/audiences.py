@@ -50,6 +50,7 @@ from phonenumbers import NumberParseException
 from sqlalchemy.engine import Engine
 
 from lifecycle import logsafe
+from lifecycle.ids import shop_id
 
 log = logging.getLogger(__name__)
 
@@ -334,21 +335,22 @@ def _api_error(status: int, body: Any, text: str) -> AudienceAPIError:
 # Temp tables live on the sync's connection only (pg_temp); all dropped at the end.
 _PEOPLE = """
 CREATE TEMP TABLE aud_people (
-    customer_id bigint PRIMARY KEY, email text, phone text, country text,
+    customer_id text PRIMARY KEY, email text, phone text, country text,
     ads_consent boolean NOT NULL, suppressed boolean NOT NULL
 );
 """
 # Who the journey holds now: enrolled (status in :statuses, not in the holdout group, whose
 # members must not get the treatment), with their contact data and ads consent.
+# Ids are text in lifecycle; {enrolled_id} is the enrollment's id in the contacts view's type.
 _FILL_PEOPLE = """
 INSERT INTO pg_temp.aud_people
-SELECT DISTINCT ON (ct.customer_id) ct.customer_id, ct.email, ct.phone, ct.country,
+SELECT DISTINCT ON (ct.customer_id) ct.customer_id::text, ct.email, ct.phone, ct.country,
        EXISTS (SELECT 1 FROM lifecycle.consent c
                WHERE c.customer_id = ct.customer_id AND c.channel = 'ads' AND c.opted_in),
        EXISTS (SELECT 1 FROM lifecycle.suppressions s
-               WHERE s.customer_id = ct.customer_id AND s.channel = 'ads' AND s.lifted_at IS NULL)
+               WHERE s.customer_id = ct.customer_id::text AND s.channel = 'ads' AND s.lifted_at IS NULL)
 FROM lifecycle.contacts ct
-WHERE ct.customer_id IN (SELECT e.customer_id FROM lifecycle.enrollments e
+WHERE ct.customer_id IN (SELECT {enrolled_id} FROM lifecycle.enrollments e
                          WHERE e.journey = :journey AND e.mode = :mode
                            AND e.status = ANY(CAST(:statuses AS text[])) AND NOT e.holdout)
 ORDER BY ct.customer_id, ct.email, ct.phone, ct.country  -- a contacts view with two rows per customer: the same one every run
@@ -358,10 +360,10 @@ SELECT customer_id, email, phone, country FROM pg_temp.aud_people
 WHERE ads_consent AND NOT suppressed AND customer_id > :after
 ORDER BY customer_id LIMIT :n
 """
-_DESIRED = "CREATE TEMP TABLE aud_desired (customer_id bigint PRIMARY KEY, email_sha256 text, phone_sha256 text)"
+_DESIRED = "CREATE TEMP TABLE aud_desired (customer_id text PRIMARY KEY, email_sha256 text, phone_sha256 text)"
 _FILL_DESIRED = """
 INSERT INTO pg_temp.aud_desired
-SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:emails AS text[]), CAST(:phones AS text[]))
+SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:emails AS text[]), CAST(:phones AS text[]))
 """
 _CURRENT = "m.platform = :platform AND m.audience_id = :audience_id AND m.removed_at IS NULL"
 _TO_ADD = f"""
@@ -402,6 +404,11 @@ FROM pg_temp.aud_remove r
 WHERE r.member_id = m.member_id AND r.rn > :lo AND r.rn <= :hi AND m.removed_at IS NULL
 """
 _TEMP_TABLES = ("aud_people", "aud_desired", "aud_add", "aud_remove")
+
+
+def fill_people_sql(conn: sa.Connection) -> str:
+    """The statement filling pg_temp.aud_people, with enrolled ids cast to the contacts view's type."""
+    return _FILL_PEOPLE.format(enrolled_id=shop_id(conn, "e.customer_id"))
 
 
 def sync_audience(engine: Engine, journey: str, audience_id: str, client: MetaAudienceClient, *,
@@ -475,9 +482,10 @@ def _stage(conn: sa.Connection, keys: dict, mode: str, statuses: list[str], page
     for name in _TEMP_TABLES:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{name}")
     conn.exec_driver_sql(_PEOPLE)
-    conn.execute(sa.text(_FILL_PEOPLE), {"journey": keys["journey"], "mode": mode, "statuses": statuses})
+    conn.execute(sa.text(fill_people_sql(conn)),
+                 {"journey": keys["journey"], "mode": mode, "statuses": statuses})
     conn.exec_driver_sql(_DESIRED)
-    after = 0
+    after = ""  # ids are text here: every id sorts after the empty string
     while True:  # hashing needs libphonenumber: Python, one page at a time
         rows = conn.execute(sa.text(_PEOPLE_PAGE), {"after": after, "n": page}).all()
         if not rows:

@@ -65,19 +65,10 @@ def _cipher() -> Fernet:
     return _fernet(signing_key())
 
 
-def unsubscribe_token(customer_id: int, channel: str) -> str:
-    """Authenticated encryption (Fernet): opaque to the reader, tamper-evident to us."""
+def unsubscribe_token(customer_id: str | int, channel: str) -> str:
+    """Authenticated encryption (Fernet): opaque to the reader, tamper-evident to us.
+    The customer id travels as a string: a warehouse's ids may be text (`C-001`, UUIDs)."""
     return _cipher().encrypt(f"{customer_id}:{channel}".encode()).decode()
-
-
-def verify_unsubscribe_token(token: str) -> tuple[int, str] | None:
-    """(customer_id, channel) of an unsubscribe token; None for anything else, a stay token too
-    (its payload starts with its purpose, which is not a customer id)."""
-    try:
-        customer_id, channel = _cipher().decrypt(token.encode()).decode().split(":", 1)
-        return int(customer_id), channel
-    except (InvalidToken, ValueError):
-        return None
 
 
 # "Keep me subscribed" tokens carry their purpose, so an unsubscribe link can never be replayed
@@ -85,21 +76,41 @@ def verify_unsubscribe_token(token: str) -> tuple[int, str] | None:
 STAY = "stay"
 
 
-def stay_token(customer_id: int, channel: str) -> str:
-    return _cipher().encrypt(f"{STAY}:{customer_id}:{channel}".encode()).decode()
-
-
-def verify_stay_token(token: str) -> tuple[int, str] | None:
+def _payload(token: str) -> str | None:
     try:
-        purpose, customer_id, channel = _cipher().decrypt(token.encode()).decode().split(":", 2)
-        if purpose != STAY:
-            return None
-        return int(customer_id), channel
+        return _cipher().decrypt(token.encode()).decode()
     except (InvalidToken, ValueError):
         return None
 
 
-def links_for(customer_id: int, channel: str) -> dict[str, str]:
+def _id_and_channel(payload: str) -> tuple[str, str] | None:
+    """The channel never holds a ':', so the last one splits them (a text id may contain ':')."""
+    customer_id, sep, channel = payload.rpartition(":")
+    return (customer_id, channel) if sep and customer_id and channel else None
+
+
+def verify_unsubscribe_token(token: str) -> tuple[str, str] | None:
+    """(customer id as a string, channel) of an unsubscribe token; None for a forged or damaged
+    token and for a stay token (an unsubscribe payload never starts with the stay purpose)."""
+    payload = _payload(token)
+    if payload is None or payload.startswith(f"{STAY}:"):
+        return None
+    return _id_and_channel(payload)
+
+
+def stay_token(customer_id: str | int, channel: str) -> str:
+    return _cipher().encrypt(f"{STAY}:{customer_id}:{channel}".encode()).decode()
+
+
+def verify_stay_token(token: str) -> tuple[str, str] | None:
+    """(customer id as a string, channel) of a stay token; None for anything else."""
+    payload = _payload(token)
+    if payload is None or not payload.startswith(f"{STAY}:"):
+        return None
+    return _id_and_channel(payload.removeprefix(f"{STAY}:"))
+
+
+def links_for(customer_id: str | int, channel: str) -> dict[str, str]:
     """The links every message may show. `preferences` (the footer's "Email preferences" and
     win_back's "Yes, keep me subscribed") opens the service's /preferences page, where a POST
     records the choice to stay and ends a no_response sunset."""

@@ -77,7 +77,7 @@ class Finding:
 
     action: str
     detail: str
-    subject: tuple[int, str] | None = None  # (customer_id, channel) when the mail names it itself
+    subject: tuple[str, str] | None = None  # (customer_id, channel) when the mail names it itself
     digest: str | None = None  # the returned message's Message-ID digest, to look up
 
 

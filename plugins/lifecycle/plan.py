@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
 from lifecycle.runs import RunContext
 from lifecycle.spec import JourneySpec, Step
 from lifecycle.sunsets import lift_sunsets
@@ -81,7 +82,7 @@ def insert_messages(
     return [(r.message_id, r.status) for r in rows]
 
 
-def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: str, customer_ids: list[int]) -> None:
+def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: str, customer_ids: list[str]) -> None:
     """A sunset ('no_response'), dated the run's as_of: an order or click after it lifts it
     (lifecycle.sunsets), also in a replay of the past. An active suppression is left as it is."""
     if customer_ids:
@@ -89,7 +90,7 @@ def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: 
             sa.text(
                 """
                 INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since)
-                SELECT unnest(CAST(:ids AS bigint[])), :channel, 'no_response', :journey, :as_of
+                SELECT unnest(CAST(:ids AS text[])), :channel, 'no_response', :journey, :as_of
                 ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
                 """
             ),
@@ -97,14 +98,15 @@ def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: 
         )
 
 
-def reachable_sql(channel: str, kind: str) -> str:
-    """SQL test (on candidate row `c`) that the customer can receive `channel` right now."""
+def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
+    """SQL test (on candidate row `c`) that the customer can receive `channel` right now.
+    `ids`: c.customer_id in each contact view's id type (see shop_ids)."""
     address = {
-        "email": "EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = c.customer_id "
+        "email": f"EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = {ids[CONTACTS]} "
                  "AND ct.email ~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$')",
-        "sms": "EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = c.customer_id "
+        "sms": f"EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = {ids[CONTACTS]} "
                "AND nullif(trim(ct.phone), '') IS NOT NULL)",
-        "push": "EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = c.customer_id "
+        "push": f"EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = {ids[PUSH_SUBSCRIPTIONS]} "
                 "AND ps.revoked_at IS NULL)",
     }[channel]
     if kind == "transactional":  # no consent needed; only an address-level suppression stops it
@@ -113,17 +115,17 @@ def reachable_sql(channel: str, kind: str) -> str:
         reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
         return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "
                 f"c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL AND x.reason IN ({reasons}))")
-    return (f"{address} AND EXISTS (SELECT 1 FROM lifecycle.consent k WHERE k.customer_id = c.customer_id "
+    return (f"{address} AND EXISTS (SELECT 1 FROM lifecycle.consent k WHERE k.customer_id = {ids[CONSENT]} "
             f"AND k.channel = '{channel}' AND k.opted_in) AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x "
             f"WHERE x.customer_id = c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL)")
 
 
-def choose_channel_sql(channels: tuple[str, ...], kind: str) -> str:
+def choose_channel_sql(channels: tuple[str, ...], kind: str, ids: dict[str, str]) -> str:
     """The first channel of the step the customer can receive; else the first (its send-time
     check then records why it could not go)."""
     if len(channels) == 1:
         return f"'{channels[0]}'"
-    whens = " ".join(f"WHEN {reachable_sql(ch, kind)} THEN '{ch}'" for ch in channels)
+    whens = " ".join(f"WHEN {reachable_sql(ch, kind, ids)} THEN '{ch}'" for ch in channels)
     return f"CASE {whens} ELSE '{channels[0]}' END"
 
 
@@ -147,14 +149,15 @@ def _due_candidates(conn: sa.Connection, spec: JourneySpec, run: RunContext, ste
         ),
         {**run.binds(), "after": step.after.total_seconds(), "step": step.name},
     )
-    conn.exec_driver_sql(f"UPDATE _due AS c SET channel = {choose_channel_sql(step.channels, spec.kind)}")
+    channel = choose_channel_sql(step.channels, spec.kind, shop_ids(conn))
+    conn.exec_driver_sql(f"UPDATE _due AS c SET channel = {channel}")
 
 
 def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
     """Mark candidates whose `when` condition fails (or `unless` holds) with a skip reason."""
     from lifecycle.state import materialise_condition
 
-    scope = "SELECT e.* FROM lifecycle.enrollments e JOIN _due USING (enrollment_id)"
+    scope = typed_enrollments(conn, "FROM lifecycle.enrollments e JOIN _due USING (enrollment_id)")
     for name, holds_means_skip in ((step.when, False), (step.unless, True)):
         if not name:
             continue
@@ -180,7 +183,7 @@ def _issue_coupons(conn: sa.Connection, spec: JourneySpec, run: RunContext, step
             SELECT :code_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
                    m.journey, m.mode, m.enrollment_id, m.step, m.customer_id, :pct,
                    m.due_at, m.due_at + make_interval(days => :days),
-                   CAST(e.context ->> CAST(:product_column AS text) AS bigint)
+                   e.context ->> CAST(:product_column AS text)  -- the id as text, whatever its type in the shop
             FROM lifecycle.messages m
             JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
             WHERE m.journey = :journey AND m.mode = :mode AND m.step = :step

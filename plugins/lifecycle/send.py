@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from lifecycle.channels.base import Channel, ChannelUnavailable, Outcome
 from lifecycle.config import SHOP
+from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.validate import EMAIL_REGEX
@@ -100,9 +101,10 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
     """Consent, suppressions, enrollment state, lateness and address, checked now, not at planning."""
     exit_steps = [e.message_step for e in spec.exits if e.message_step]
     _lift_returning_customers(conn, batch, now)
+    ids = shop_ids(conn, "m2.customer_id")  # the message's text id in each contact view's type
     return conn.execute(
         sa.text(
-            """
+            f"""
             UPDATE lifecycle.messages m
                SET status = v.status, reason = v.reason, updated_at = now()
               FROM (
@@ -119,7 +121,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
                             WHEN m2.channel = 'sms' AND nullif(trim(ct.phone), '') IS NULL THEN 'skipped'
                             WHEN m2.channel = 'push' AND NOT EXISTS (
                                  SELECT 1 FROM lifecycle.push_subscriptions ps
-                                 WHERE ps.customer_id = m2.customer_id AND ps.revoked_at IS NULL) THEN 'skipped'
+                                 WHERE ps.customer_id = {ids[PUSH_SUBSCRIPTIONS]} AND ps.revoked_at IS NULL) THEN 'skipped'
                        END AS status,
                        CASE WHEN e.status IN ('converted', 'exited', 'expired')
                                  AND NOT (m2.step = ANY(CAST(:exit_steps AS text[])))
@@ -140,8 +142,8 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
                 JOIN lifecycle.enrollments e ON e.enrollment_id = m2.enrollment_id
                 LEFT JOIN lifecycle.suppressions s ON s.customer_id = m2.customer_id AND s.channel = m2.channel
                                                    AND s.lifted_at IS NULL
-                LEFT JOIN lifecycle.consent cs ON cs.customer_id = m2.customer_id AND cs.channel = m2.channel
-                LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m2.customer_id
+                LEFT JOIN lifecycle.consent cs ON cs.customer_id = {ids[CONSENT]} AND cs.channel = m2.channel
+                LEFT JOIN lifecycle.contacts ct ON ct.customer_id = {ids[CONTACTS]}
                 WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.channel = :channel
                   AND m2.batch_no = :batch AND m2.status = 'planned'
               ) v
@@ -212,23 +214,24 @@ def _span(window) -> str:
 
 def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
     """Everything needed to render the batch's planned messages (bounded by the batch size)."""
+    ids = shop_ids(conn, "m.customer_id")
     return conn.execute(
         sa.text(
-            """
+            f"""
             SELECT m.message_id, m.idempotency_key, m.journey, m.step, m.channel, m.template, m.kind,
                    m.customer_id, e.enrollment_key, e.context, ct.email, ct.phone, ct.first_name,
                    ct.last_name, ct.locale, ct.country, ct.timezone, cp.code AS coupon_code, cp.percent_off,
                    cp.valid_until, ps.endpoint, ps.p256dh, ps.auth
             FROM lifecycle.messages m
             JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
-            LEFT JOIN lifecycle.contacts ct ON ct.customer_id = m.customer_id
+            LEFT JOIN lifecycle.contacts ct ON ct.customer_id = {ids[CONTACTS]}
             LEFT JOIN LATERAL (
                 SELECT c.code, c.percent_off, c.valid_until FROM lifecycle.coupons c
                 WHERE c.enrollment_id = m.enrollment_id ORDER BY c.created_at DESC, c.valid_from DESC, c.code LIMIT 1
             ) cp ON true
             LEFT JOIN LATERAL (  -- the newest live push subscription (push batches only)
                 SELECT p.endpoint, p.p256dh, p.auth FROM lifecycle.push_subscriptions p
-                WHERE m.channel = 'push' AND p.customer_id = m.customer_id AND p.revoked_at IS NULL
+                WHERE m.channel = 'push' AND p.customer_id = {ids[PUSH_SUBSCRIPTIONS]} AND p.revoked_at IS NULL
                 ORDER BY p.created_at DESC, p.subscription_id DESC LIMIT 1
             ) ps ON true
             WHERE m.journey = :journey AND m.run_id = :run_id AND m.channel = :channel AND m.batch_no = :batch
@@ -351,7 +354,7 @@ def claim_message(engine: Engine, message_id: int, token: str) -> bool:
         ).rowcount == 1
 
 
-def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: int, channel: str,
+def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: str, channel: str,
          journey: str, next_channel: str | None = None, sent_at: datetime | None = None) -> str:
     """Record the outcome of a claimed message; return the status it ends in. `sent_at` is the
     sender's clock (the wall clock in production, the simulated time in a replay of the past)."""
@@ -394,7 +397,7 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
     return status
 
 
-def record_suppression(conn: sa.Connection, customer_id: int, channel: str, reason: str, source: str) -> bool:
+def record_suppression(conn: sa.Connection, customer_id: str, channel: str, reason: str, source: str) -> bool:
     """One suppression per (customer, channel). A blocking reason (hard bounce, complaint) replaces
     a marketing-only one (say, of an order confirmation to someone who had unsubscribed): otherwise
     it would be lost and transactional mail would keep going to a dead address. True when written."""

@@ -15,7 +15,9 @@ from lifecycle.sql import SegmentSQLError, execute_file_sql
 
 STAGE_SCHEMA = "lifecycle_stage"
 TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
-INTEGER_TYPES = {"bigint", "integer", "smallint"}
+# Ids a warehouse may use (information_schema spelling): whole numbers or text (hex, `#1001`, UUIDs).
+# The engine stores them as text in lifecycle.
+ID_TYPES = {"bigint", "integer", "smallint", "text", "character varying", "character", "uuid"}
 
 
 def stage_table(run: RunContext) -> str:
@@ -74,10 +76,10 @@ def _check_columns(spec: JourneySpec, columns: dict[str, str]) -> None:
             f"it is {columns[spec.entered_at]}"
         )
     for column in sorted(coupon_product_columns(spec)):
-        if columns[column] not in INTEGER_TYPES:
+        if columns[column] not in ID_TYPES:
             raise SegmentSQLError(
-                f"{spec.path.name}: coupon.product column {column!r} must hold whole-number product ids, "
-                f"it is {columns[column]}"
+                f"{spec.path.name}: coupon.product column {column!r} must hold product ids (whole numbers or "
+                f"text), it is {columns[column]}"
             )
 
 

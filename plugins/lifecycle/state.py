@@ -13,6 +13,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.ids import typed_enrollments
 from lifecycle.plan import _issue_coupons, insert_messages
 from lifecycle.runs import RunContext
 from lifecycle.spec import JourneySpec, Step
@@ -31,7 +32,7 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
         INSERT INTO lifecycle.enrollments AS e
             (journey, mode, enrollment_key, customer_id, entered_at, enrolled_at, enrolled_run_id, holdout, context,
              context_as_of)
-        SELECT :journey, :mode, s.{spec.entry_key}::text, s.{spec.customer_id}::bigint,
+        SELECT :journey, :mode, s.{spec.entry_key}::text, s.{spec.customer_id}::text,
                s.{spec.entered_at}::timestamptz, :as_of, :run_id, {bucket} < :holdout,
                to_jsonb(s) - '_row', :as_of
         FROM {stage_table(run)} AS s
@@ -147,9 +148,10 @@ def materialise_condition(conn: sa.Connection, name: str, enrollments_select: st
     return columns & {"occurred_at", "order_id", "revenue"}
 
 
+# The condition's `enrollments` CTE (ids.typed_enrollments gives customer_id the shop's type).
 ACTIVE_ENROLLMENTS = (
-    "SELECT * FROM lifecycle.enrollments "
-    "WHERE journey = :journey AND mode = :mode AND status = 'active' AND entered_at <= :as_of"
+    "FROM lifecycle.enrollments e "
+    "WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active' AND e.entered_at <= :as_of"
 )
 
 
@@ -177,7 +179,8 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
     counts = {}
     for rule in spec.exits:
         with engine.begin() as conn:
-            extra = materialise_condition(conn, rule.when, ACTIVE_ENROLLMENTS, run.binds(spec), "_exit_hits")
+            active = typed_enrollments(conn, ACTIVE_ENROLLMENTS)
+            extra = materialise_condition(conn, rule.when, active, run.binds(spec), "_exit_hits")
             # The first qualifying event is the one attributed (its order and revenue).
             order = exit_pick_order(extra)
             pick = ", ".join(

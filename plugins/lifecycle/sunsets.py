@@ -24,7 +24,8 @@ LIFTABLE = ("no_response",)  # the only reason a customer's return lifts
 
 # For each active sunset (of the given customers), the first sign of life after it began and
 # before :as_of. Set-based joins, not a per-row lookup: a warehouse's click table may have no
-# index on the customer. Ties (an order and a click at the same instant) go to the order, then
+# index on the customer. Lifecycle ids are text: they are cast to the shop's id type, so the
+# shop's indexes stay usable (see lifecycle.ids). Ties (an order and a click at the same instant) go to the order, then
 # the smaller reference. Rows are locked in suppression_id order, so that parallel send batches
 # lifting the same rows wait for each other, never deadlock.
 LIFT_SQL = """
@@ -32,13 +33,13 @@ WITH sunsets AS (
     SELECT s.suppression_id, s.customer_id, s.channel, s.since
     FROM lifecycle.suppressions s
     WHERE s.reason = ANY(CAST(:liftable AS text[])) AND s.lifted_at IS NULL
-      AND (CAST(:customer_ids AS bigint[]) IS NULL OR s.customer_id = ANY(CAST(:customer_ids AS bigint[])))
+      AND (CAST(:customer_ids AS text[]) IS NULL OR s.customer_id = ANY(CAST(:customer_ids AS text[])))
 ), signs_of_life AS (
     -- a non-cancelled order
     SELECT su.suppression_id, o.ordered_at AS at, 'ordered' AS why, CAST(o.order_id AS text) AS ref, 1 AS rank
     FROM sunsets su
     JOIN shop.orders o
-      ON o.customer_id = su.customer_id AND o.ordered_at >= su.since AND o.ordered_at < :as_of
+      ON o.customer_id = {order_customer} AND o.ordered_at >= su.since AND o.ordered_at < :as_of
     WHERE o.status <> 'cancelled'
     UNION ALL
     -- a click on the sunset's channel (provider events; per-message tracking may add the message id)
@@ -46,7 +47,7 @@ WITH sunsets AS (
            coalesce('message ' || ev.message_id, 'click at ' || CAST(ev.occurred_at AS text)), 2
     FROM sunsets su
     JOIN shop.engagement_events ev
-      ON ev.customer_id = su.customer_id AND ev.channel = su.channel
+      ON ev.customer_id = {event_customer} AND ev.channel = su.channel
      AND ev.occurred_at >= su.since AND ev.occurred_at < :as_of
     WHERE ev.event = 'click'
 ), comeback AS (
@@ -68,19 +69,25 @@ UPDATE lifecycle.suppressions s
 """
 
 
-def lift_sunsets(conn: sa.Connection, as_of: datetime, customer_ids: Sequence[int] | None = None) -> int:
+def lift_sunsets(conn: sa.Connection, as_of: datetime, customer_ids: Sequence[str | int] | None = None) -> int:
     """Lift every active sunset whose customer came back before `as_of` (only those of
     `customer_ids` when given, e.g. one send batch's recipients); return how many."""
+    from lifecycle.ids import as_type, column_type
+
     if customer_ids is not None and not customer_ids:
         return 0
+    sql = LIFT_SQL.format(
+        order_customer=as_type("su.customer_id", column_type(conn, "shop.orders")),
+        event_customer=as_type("su.customer_id", column_type(conn, "shop.engagement_events")),
+    )
     return conn.execute(
-        sa.text(LIFT_SQL),
+        sa.text(sql),
         {"as_of": as_of, "liftable": list(LIFTABLE),
-         "customer_ids": sorted(set(customer_ids)) if customer_ids is not None else None},
+         "customer_ids": sorted({str(c) for c in customer_ids}) if customer_ids is not None else None},
     ).rowcount
 
 
-def lift_for_stay_choice(conn: sa.Connection, customer_id: int, channel: str, choice_id: int,
+def lift_for_stay_choice(conn: sa.Connection, customer_id: str, channel: str, choice_id: int,
                          chosen_at: datetime) -> int:
     """"Keep me subscribed": lift the customer's active sunset on `channel` if it began before the
     choice (a sunset written after it is a newer decision and stays)."""
@@ -93,6 +100,6 @@ def lift_for_stay_choice(conn: sa.Connection, customer_id: int, channel: str, ch
                AND reason = ANY(CAST(:liftable AS text[])) AND since <= :at
             """
         ),
-        {"at": chosen_at, "choice_id": str(choice_id), "customer_id": customer_id, "channel": channel,
+        {"at": chosen_at, "choice_id": str(choice_id), "customer_id": str(customer_id), "channel": channel,
          "liftable": list(LIFTABLE)},
     ).rowcount

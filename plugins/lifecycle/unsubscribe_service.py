@@ -130,10 +130,10 @@ SUPPRESS_SQL = sa.text(
 )
 
 
-def record_unsubscribe(conn: sa.Connection, customer_id: int, channel: str, source: str) -> bool:
+def record_unsubscribe(conn: sa.Connection, customer_id: str, channel: str, source: str) -> bool:
     """Suppress `channel` for the customer (the link, one-click, or the mailbox's mailto);
     True when this made a new suppression, False when one was already active."""
-    subject = {"customer_id": customer_id, "channel": channel}
+    subject = {"customer_id": str(customer_id), "channel": channel}
     conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
     return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
 
@@ -191,11 +191,11 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
         title, message = ERRORS[kind]
         return page("error.html", status, title=title, message=message)
 
-    def suppress(customer_id: int, channel: str, source: str) -> bool:
+    def suppress(customer_id: str, channel: str, source: str) -> bool:
         with engine.begin() as conn:
             return record_unsubscribe(conn, customer_id, channel, source)
 
-    def record_stay(customer_id: int, channel: str, source: str) -> bool:
+    def record_stay(customer_id: str, channel: str, source: str) -> bool:
         """Record the choice and end an active sunset on the channel; True if one was lifted."""
         chosen_at = clock()
         with engine.begin() as conn:
@@ -312,8 +312,8 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
     return app
 
 
-def _verify(token: str, verify: Callable[[str], tuple[int, str] | None] = verify_unsubscribe_token,
-            ) -> tuple[int, str] | None:
+def _verify(token: str, verify: Callable[[str], tuple[str, str] | None] = verify_unsubscribe_token,
+            ) -> tuple[str, str] | None:
     if not token or len(token) > MAX_TOKEN:
         return None
     subject = verify(token)

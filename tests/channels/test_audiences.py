@@ -75,7 +75,7 @@ def enroll(conn, cid: int, status: str = "active", *, journey: str = JOURNEY, ke
 
 
 def set_status(conn, cid: int, status: str) -> None:
-    conn.execute(sa.text("UPDATE lifecycle.enrollments SET status = :s WHERE customer_id = :c AND journey = :j"),
+    conn.execute(sa.text("UPDATE lifecycle.enrollments SET status = :s WHERE customer_id = CAST(:c AS text) AND journey = :j"),
                  {"s": status, "c": cid, "j": JOURNEY})
 
 
@@ -90,7 +90,7 @@ def sha(text: str) -> str:
 def current_members(engine) -> dict[int, tuple]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text(
-            "SELECT customer_id, email_sha256, phone_sha256 FROM lifecycle.audience_members"
+            "SELECT customer_id::bigint AS customer_id, email_sha256, phone_sha256 FROM lifecycle.audience_members"
             " WHERE audience_id = :a AND removed_at IS NULL"), {"a": AUDIENCE}).all()
     return {r.customer_id: (r.email_sha256 or "", r.phone_sha256 or "") for r in rows}
 
@@ -195,7 +195,7 @@ def test_sync_adds_exactly_active_members_with_ads_consent_then_removes_leavers(
         assert meta.audience(AUDIENCE) == {expected[8], expected[10]}
         with db.connect() as conn:
             reasons = dict(conn.execute(sa.text(
-                "SELECT customer_id, remove_reason FROM lifecycle.audience_members WHERE removed_at IS NOT NULL")).all())
+                "SELECT customer_id::bigint, remove_reason FROM lifecycle.audience_members WHERE removed_at IS NOT NULL")).all())
         assert reasons == {1: "left_journey", 2: "no_ads_consent", 9: "left_journey"}
 
         # A new email address: the old row goes out, the new one comes in.
@@ -222,7 +222,7 @@ def test_replaying_a_finished_sync_sends_nothing(db, meta):
 def test_dry_mode_previews_the_diff_and_sends_nothing(db, meta):
     seed_journey(db)
     with db.begin() as conn:  # the dry lane has its own enrollments
-        conn.execute(sa.text("UPDATE lifecycle.enrollments SET mode = 'dry' WHERE customer_id IN (1, 2)"))
+        conn.execute(sa.text("UPDATE lifecycle.enrollments SET mode = 'dry' WHERE customer_id IN ('1', '2')"))
     with client_for(meta) as client:
         preview = sync_audience(db, JOURNEY, AUDIENCE, client, mode="dry")
     assert preview == {"added": 0, "removed": 0, "requests": 0, "would_add": 2, "would_remove": 0, "dry_run": True}

@@ -85,7 +85,7 @@ def test_push_first_then_email_and_sms_in_daytime_only(setup):
     run_interval(engine, spec, anchor - timedelta(hours=1), anchor, channel_for, clock=lambda: noon)
 
     # reminder_1 goes by push to whoever can receive push, by email to everyone else.
-    reminder_1 = rows(engine, "SELECT customer_id, channel, status FROM lifecycle.messages WHERE step = 'reminder_1'")
+    reminder_1 = rows(engine, "SELECT customer_id::bigint, channel, status FROM lifecycle.messages WHERE step = 'reminder_1'")
     pushable = can_receive_push(engine)
     recipients = {c for c, _, _ in reminder_1}
     assert recipients & pushable and recipients - pushable
@@ -104,7 +104,7 @@ def test_push_first_then_email_and_sms_in_daytime_only(setup):
     # reminder_2 is an SMS: sent where it is daytime at noon UTC, waiting elsewhere.
     sms_rows = rows(engine, """
         SELECT m.status, m.not_before, m.reason, c.timezone, c.phone, c.country, m.payload
-        FROM lifecycle.messages m JOIN shop.customers c USING (customer_id)
+        FROM lifecycle.messages m JOIN shop.customers c ON c.customer_id::text = m.customer_id
         WHERE m.step = 'reminder_2' AND m.channel = 'sms'""")
     assert sms_rows
     for status, not_before, reason, tz, phone, country, payload in sms_rows:
@@ -148,11 +148,11 @@ def test_stop_reply_suppresses_sms_and_a_gone_subscription_falls_back_to_email(s
     # every SMS recipient replies STOP.
     target, endpoint = rows(engine, """
         SELECT m.customer_id, s.endpoint FROM lifecycle.messages m
-        JOIN shop.push_subscriptions s ON s.customer_id = m.customer_id AND s.revoked_at IS NULL
+        JOIN shop.push_subscriptions s ON s.customer_id::text = m.customer_id AND s.revoked_at IS NULL
         WHERE m.channel = 'push' AND m.status = 'planned' ORDER BY m.message_id LIMIT 1""")[0]
     push.gone.add(endpoint.rsplit("/", 1)[1])
     for phone, country in rows(engine, "SELECT c.phone, c.country FROM lifecycle.messages m "
-                                       "JOIN shop.customers c USING (customer_id) WHERE m.channel = 'sms'"):
+                                       "JOIN shop.customers c ON c.customer_id::text = m.customer_id WHERE m.channel = 'sms'"):
         number, _ = normalise_number(phone, country)
         if number:
             sms.stop_numbers.add(number)
@@ -160,13 +160,13 @@ def test_stop_reply_suppresses_sms_and_a_gone_subscription_falls_back_to_email(s
     for batch in batches:
         send.send_batch(engine, spec, batch, channel_for, clock=lambda: noon)
 
-    status, reason = rows(engine, "SELECT status, reason FROM lifecycle.messages WHERE customer_id = :c "
+    status, reason = rows(engine, "SELECT status, reason FROM lifecycle.messages WHERE customer_id = CAST(:c AS text) "
                                   "AND step = 'reminder_1' AND channel = 'push'", c=target)[0]
     assert status == "failed" and reason.startswith("subscription gone")
     revoked = rows(engine, "SELECT endpoint FROM shop.push_subscriptions WHERE revoked_at IS NOT NULL")
     assert [r[0] for r in revoked] == [endpoint]  # exactly that endpoint
     fallback = rows(engine, "SELECT channel, status, fallback_of IS NOT NULL FROM lifecycle.messages "
-                            "WHERE customer_id = :c AND step = 'reminder_1' AND channel = 'email'", c=target)
+                            "WHERE customer_id = CAST(:c AS text) AND step = 'reminder_1' AND channel = 'email'", c=target)
     assert fallback == [("email", "planned", True)]
 
     stopped = rows(engine, "SELECT customer_id, reason FROM lifecycle.messages WHERE channel = 'sms' "

@@ -383,15 +383,16 @@ class JourneyRun:
 
     def enrollment_rows(self) -> dict[str, Any]:
         rows = self.query(
-            "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, holdout "
-            "FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'"
+            # lifecycle keeps ids as text; the demo shop's are whole numbers, compared as such here
+            "SELECT enrollment_key, customer_id::bigint AS customer_id, entered_at, enrolled_at, status, exit_reason, "
+            "exited_at, holdout FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'"
         )
         return {r.enrollment_key: r for r in rows}
 
     def conversion_rows(self) -> dict[str, tuple]:
         rows = self.query(
             """
-            SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at
+            SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at
             FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id)
             WHERE c.journey = :journey AND c.mode = 'live'
             """
@@ -427,7 +428,7 @@ def journey_run(shop: Shop, journey: str, start: datetime, end: datetime, every:
     intervals = intervals_for(start, end, every)
     with shop.engine.connect() as conn:
         suppressed_before = dict(
-            conn.execute(sa.text("SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all()
+            conn.execute(sa.text("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all()
         )
     results = []
     t0 = time.perf_counter()

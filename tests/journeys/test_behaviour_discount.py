@@ -122,7 +122,7 @@ def redeem(engine: sa.Engine, planted, anchor: datetime, end: datetime) -> None:
             continue
         case = planted[name]
         with engine.begin() as conn:
-            code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = :c"),
+            code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = CAST(:c AS text)"),
                                 {"j": JOURNEY, "c": case.customer_id}).scalar()
             if code is None:  # the case did not get its code: the tests about it fail on their own
                 continue
@@ -150,7 +150,7 @@ def bd_run(shop_db) -> JourneyRun:
     intervals = intervals_for(*window(anchor), HOUR)
     with engine.connect() as conn:
         suppressed_before = dict(conn.execute(sa.text(
-            "SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
+            "SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
     results = []
     t0 = time.perf_counter()
     with RecordingSMTPServer() as smtp:
@@ -168,7 +168,7 @@ def bd_run(shop_db) -> JourneyRun:
 
 def coupons(run: JourneyRun) -> dict[str, tuple]:
     """enrollment key -> (code, product_id, percent_off, valid_from, valid_until, step), as the engine issued them."""
-    rows = run.query("SELECT e.enrollment_key, c.code, c.product_id, c.percent_off, c.valid_from, c.valid_until, "
+    rows = run.query("SELECT e.enrollment_key, c.code, c.product_id::bigint, c.percent_off, c.valid_from, c.valid_until, "
                      "c.step FROM lifecycle.coupons c JOIN lifecycle.enrollments e USING (enrollment_id) "
                      "WHERE c.journey = :journey AND c.mode = 'live'")
     return {r[0]: tuple(r[1:]) for r in rows}

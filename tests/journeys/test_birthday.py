@@ -134,7 +134,7 @@ def birthday_run(shop_db) -> BirthdayRun:
                 # The redeemer got their code in this run; they use it a few days later.
                 with engine.begin() as conn:
                     (code,) = conn.execute(
-                        sa.text("SELECT code FROM lifecycle.coupons WHERE journey = 'birthday' AND customer_id = :c"),
+                        sa.text("SELECT code FROM lifecycle.coupons WHERE journey = 'birthday' AND customer_id = CAST(:c AS text)"),
                         {"c": ID["redeemer"]}).one()
                     conn.execute(
                         sa.text("INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "
@@ -192,7 +192,7 @@ def expected_birthday(engine: sa.Engine, codes: dict[int, set[str]]) -> Expected
         consent = {(c, ch): st for c, ch, st in conn.execute(sa.text(
             "SELECT customer_id, channel, status FROM shop.consents"))}
         suppressed = {(c, ch) for c, ch in conn.execute(sa.text(
-            "SELECT customer_id, channel FROM lifecycle.suppressions"))}
+            "SELECT customer_id::bigint, channel FROM lifecycle.suppressions"))}
         opens = conn.execute(sa.text(
             "SELECT customer_id, occurred_at FROM shop.engagement_events "
             "WHERE channel = 'email' AND event IN ('open', 'click')")).all()
@@ -298,7 +298,7 @@ def expected_birthday(engine: sa.Engine, codes: dict[int, set[str]]) -> Expected
 @pytest.fixture(scope="module")
 def codes(birthday_run) -> dict[int, set[str]]:
     out: dict[int, set[str]] = {}
-    for cid, code in birthday_run.query("SELECT customer_id, code FROM lifecycle.coupons WHERE journey = 'birthday'"):
+    for cid, code in birthday_run.query("SELECT customer_id::bigint, code FROM lifecycle.coupons WHERE journey = 'birthday'"):
         out.setdefault(cid, set()).add(code)
     return out
 
@@ -325,7 +325,7 @@ def test_runs_select_and_quarantine_what_the_rules_pick(birthday_run, expected):
 
 def test_enrollments_once_per_customer_and_year_entered_at_the_runs_as_of(birthday_run, expected):
     actual = birthday_run.query(
-        "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, holdout FROM lifecycle.enrollments "
+        "SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, holdout FROM lifecycle.enrollments "
         "WHERE journey = 'birthday'")
     wanted = [(e.key, e.customer_id, e.entered_at, e.entered_at, e.status, False) for e in expected.enrollments.values()]
     assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, holdout)")
@@ -518,7 +518,7 @@ def test_birthday_ask_at_most_once_a_year(ask_run):
     assert [r["selected"] for r in results] == selected
     with engine.connect() as conn:
         actual = conn.execute(sa.text(
-            "SELECT e.enrollment_key, e.customer_id, e.entered_at, m.status, m.reason FROM lifecycle.enrollments e "
+            "SELECT e.enrollment_key, e.customer_id::bigint, e.entered_at, m.status, m.reason FROM lifecycle.enrollments e "
             "JOIN lifecycle.messages m USING (enrollment_id) WHERE e.journey = 'birthday_ask' AND m.step = 'ask'")).all()
     assert_same(actual, [(k, *v) for k, v in asks.items()], "asks (key, customer, entered, status, reason)")
     with engine.connect() as conn:

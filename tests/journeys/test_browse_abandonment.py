@@ -272,7 +272,7 @@ def browse_run(shop_db) -> BrowseRun:
                                  "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
                          {"origin": push.origin})
             suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
-                sa.text("SELECT customer_id, channel, reason FROM lifecycle.suppressions"))}
+                sa.text("SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
         vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
         intervals = intervals_for(anchor - 4 * DAY, anchor, HOUR)
@@ -530,7 +530,7 @@ def message_rows(run: BrowseRun) -> list[tuple]:
 
 
 def enrollment_rows(run: BrowseRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, "
+    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
                      "context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
     return {r.enrollment_key: r for r in rows}
 
@@ -572,7 +572,7 @@ def test_emails_list_only_products_neither_carted_nor_bought(browse_run, expecte
 
 def test_conversions(browse_run, expected):
     actual = {k: (cid, cond, order, revenue, at) for k, cid, cond, order, revenue, at in browse_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
         "WHERE c.journey = :journey AND c.mode = 'live'")}
     wanted = {e.key: (e.customer_id, "ordered_since_browse", *e.conversion, e.exited_at)

@@ -193,7 +193,7 @@ def jb_run(shop_db) -> JustBecauseRun:
             with engine.begin() as conn:
                 if end == redeem_after:  # the surprise customer uses the code six hours later
                     code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j "
-                                                "AND customer_id = :c"),
+                                                "AND customer_id = CAST(:c AS text)"),
                                         {"j": JOURNEY, "c": planted["just_because_surprise"].customer_id}).scalar_one()
                     conn.execute(sa.text(
                         "INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "
@@ -348,7 +348,7 @@ def test_runs_select_exactly_the_expected_customers(jb_run, expected):
 
 
 def test_enrollments_one_per_customer_and_year(jb_run, expected):
-    actual = jb_run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, holdout "
+    actual = jb_run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, holdout "
                           "FROM lifecycle.enrollments WHERE journey = :journey")
     wanted = [(e.key, e.customer_id, e.entered_at, e.entered_at, e.status, False)
               for e in expected.enrollments.values()]
@@ -392,7 +392,7 @@ def test_smtp_received_the_sent_emails_with_the_code(jb_run, expected):
     assert_same([(m["To"], m["X-Lifecycle-Step"]) for m in jb_run.emails],
                 [(email_of[e.customer_id], "email") for e in sent], "(To, step) received by the SMTP server")
     code_of = {cid: code for cid, code in jb_run.query(
-        "SELECT customer_id, code FROM lifecycle.coupons WHERE journey = :journey")}
+        "SELECT customer_id::bigint, code FROM lifecycle.coupons WHERE journey = :journey")}
     customer_of = {v: k for k, v in email_of.items()}
     for m in jb_run.emails:
         text, body = text_and_html(m)
@@ -404,7 +404,7 @@ def test_smtp_received_the_sent_emails_with_the_code(jb_run, expected):
 def test_planted_demo_cases(jb_run, expected):
     p, a = jb_run.planted, jb_run.anchor
     enrolled = {cid: (key, entered) for key, cid, entered in jb_run.query(
-        "SELECT enrollment_key, customer_id, entered_at FROM lifecycle.enrollments WHERE journey = :journey")}
+        "SELECT enrollment_key, customer_id::bigint, entered_at FROM lifecycle.enrollments WHERE journey = :journey")}
     for name, west in (("just_because_surprise", False), ("just_because_americas", True)):
         case = p[name]
         day = dict(case.details)["surprise_date"]
@@ -425,7 +425,7 @@ def test_planted_demo_cases(jb_run, expected):
 def test_new_year_leap_day_and_time_zones(jb_run, expected):
     enrolled = {}
     for key, cid, entered in jb_run.query(
-            "SELECT enrollment_key, customer_id, entered_at FROM lifecycle.enrollments WHERE journey = :journey"):
+            "SELECT enrollment_key, customer_id::bigint, entered_at FROM lifecycle.enrollments WHERE journey = :journey"):
         enrolled.setdefault(cid, []).append((key, entered))
     for name, s in jb_run.people.items():
         assert enrolled[s.customer_id] == [(f"{s.customer_id}:{s.day.year}", s.selected_by)], name

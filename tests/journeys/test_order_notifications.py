@@ -152,7 +152,7 @@ def run(shop_db, spec) -> NotificationRun:
     plant_extras(engine, cases)
     with engine.connect() as conn:
         suppressions_before = dict(conn.execute(sa.text(
-            "SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
+            "SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
     intervals = intervals_for(anchor - WINDOW, anchor, HOUR)
     results = []
     previous_caps = os.environ.get("LIFECYCLE_FREQUENCY_CAPS")
@@ -286,7 +286,7 @@ def test_runs_select_and_quarantine_what_the_rules_pick(run, expected):
 
 
 def test_one_enrollment_per_order_and_notice_timed_from_its_event(run, expected):
-    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, holdout "
+    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, holdout "
                      "FROM lifecycle.enrollments WHERE journey = :journey")
     wanted = [(n.key, n.customer_id, n.at, n.enrolled_at, "completed", False) for n in expected.notices.values()]
     assert_same([tuple(r) for r in rows], wanted, "enrollments (key, customer, entered_at, enrolled_at, status, "
@@ -360,7 +360,7 @@ def test_transactional_mail_needs_no_consent_and_ignores_marketing_opt_outs(run,
         assert {(n.notice, n.status) for n in by_customer[c.customer_id]} == {(k, "sent") for k in notices}, name
         assert c.email in received
     # ... and the unsubscribe is still there: transactional mail neither lifts nor ignores it for marketing.
-    assert dict(run.query("SELECT customer_id, reason FROM lifecycle.suppressions WHERE customer_id = :c",
+    assert dict(run.query("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE customer_id = CAST(:c AS text)",
                           c=run.extras["unsubscribed"].customer_id)) == {run.extras["unsubscribed"].customer_id:
                                                                           "unsubscribe"}
 
@@ -369,7 +369,7 @@ def test_hard_bounces_and_complaints_stop_transactional_mail(run, expected):
     def outcome(c: Extra) -> dict[str, tuple]:
         return {s: (st, r) for s, st, r in run.query(
             "SELECT split_part(e.enrollment_key, ':', 2), m.status, m.reason FROM lifecycle.messages m "
-            "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.customer_id = :c", c=c.customer_id)}
+            "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.customer_id = CAST(:c AS text)", c=c.customer_id)}
 
     for name in ("hard_bounce", "unsubscribed_then_bounces"):
         c = run.extras[name]
@@ -377,7 +377,7 @@ def test_hard_bounces_and_complaints_stop_transactional_mail(run, expected):
         assert got["confirmation"][0] == "failed" and got["confirmation"][1].startswith("hard bounce: SMTP RCPT 550")
         assert got["shipping"] == ("suppressed", "suppressed: hard_bounce"), name
     # The bounce replaced the earlier unsubscribe: the address itself is now known to be dead.
-    reasons = dict(run.query("SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'"))
+    reasons = dict(run.query("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'"))
     assert reasons[run.extras["unsubscribed_then_bounces"].customer_id] == "hard_bounce"
     assert reasons[run.extras["hard_bounce"].customer_id] == "hard_bounce"
     assert reasons == expected.suppressed_after
@@ -484,12 +484,12 @@ def test_holdout_never_applies(run, spec, tmp_path):
 
     start, end = run.intervals[-1]
     result = run_interval(run.engine, held, start, end, no_delivery, mode="dry", run_id="dry-holdout")
-    rows = run.query("SELECT e.holdout, m.status, m.reason, m.customer_id FROM lifecycle.messages m "
+    rows = run.query("SELECT e.holdout, m.status, m.reason, m.customer_id::bigint FROM lifecycle.messages m "
                      "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.journey = :journey AND m.mode = 'dry'")
     assert len(rows) == result["valid"] > 10
     assert sum(1 for h, *_ in rows if h) > len(rows) // 2  # flagged as held out, yet ...
     assert not [r for r in rows if r.reason == "holdout"]
-    blocked = {c for c, r in run.query("SELECT customer_id, reason FROM lifecycle.suppressions")
+    blocked = {c for c, r in run.query("SELECT customer_id::bigint, reason FROM lifecycle.suppressions")
                if r in BLOCKING}
     assert {r.status for r in rows if r.customer_id not in blocked} == {"dry_run"}  # ... every one goes out
 

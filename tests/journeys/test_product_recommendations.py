@@ -202,7 +202,7 @@ def run(shop_db) -> JourneyRun:
     spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
     with engine.connect() as conn:
         suppressed_before = dict(conn.execute(sa.text(
-            "SELECT customer_id, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
+            "SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
     t0 = time.perf_counter()
     with RecordingSMTPServer() as server:
         results = [run_interval(engine, spec, start, end, lambda _: EmailChannel("127.0.0.1", server.port))
@@ -229,7 +229,7 @@ def context_of(run: JourneyRun, key: str) -> dict:
 def keys_of(run: JourneyRun, customer_id: int) -> dict[str, str]:
     """enrollment key -> status, for one customer."""
     return dict(run.query("SELECT enrollment_key, status FROM lifecycle.enrollments "
-                          "WHERE journey = :journey AND customer_id = :c", c=customer_id))
+                          "WHERE journey = :journey AND customer_id = CAST(:c AS text)", c=customer_id))
 
 
 def sku_id(run: JourneyRun, sku: str) -> int:

@@ -295,7 +295,7 @@ def test_runs_select_what_the_rules_pick(referral_run, expected):
 
 def test_enrollments_once_per_180_days(referral_run, expected):
     actual = referral_run.query(
-        "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, holdout "
+        "SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, holdout "
         "FROM lifecycle.enrollments WHERE journey = :journey")
     wanted = [(e.key, e.customer_id, e.entered_at, e.entered_at, e.status, e.exit_reason, e.exited_at, False)
               for e in expected.enrollments.values()]
@@ -351,7 +351,7 @@ def test_messages_and_reasons(referral_run, expected):
 
 def test_a_converting_referral_converts_with_the_friends_order(referral_run, expected):
     actual = referral_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) WHERE c.journey = :journey")
     wanted = [(e.key, e.customer_id, e.exit_reason, *e.conversion, e.exited_at)
               for e in expected.enrollments.values() if e.conversion]
@@ -369,7 +369,7 @@ def test_a_converting_referral_converts_with_the_friends_order(referral_run, exp
 
 def test_codes_personal_link_and_reward(referral_run, expected):
     rows = referral_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.step, c.code, c.percent_off, c.valid_from, c.valid_until "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.step, c.code, c.percent_off, c.valid_from, c.valid_until "
         "FROM lifecycle.coupons c JOIN lifecycle.enrollments e USING (enrollment_id) WHERE c.journey = :journey")
     wanted = []
     for e in expected.enrollments.values():
@@ -395,7 +395,7 @@ def test_what_the_smtp_server_received(referral_run, expected):
 
     codes: dict[tuple[int, str], list[str]] = {}
     for cid, step, code in referral_run.query(
-            "SELECT customer_id, step, code FROM lifecycle.coupons WHERE journey = :journey ORDER BY created_at"):
+            "SELECT customer_id::bigint, step, code FROM lifecycle.coupons WHERE journey = :journey ORDER BY created_at"):
         codes.setdefault((cid, step), []).append(code)
     customer_of = {v: k for k, v in email_of.items()}
     for m in referral_run.emails:

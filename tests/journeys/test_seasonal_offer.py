@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
+from lifecycle.ids import typed_enrollments
 from lifecycle.runner import run_interval
 from lifecycle.runs import RunContext
 from lifecycle.smtp_sink import RecordingSMTPServer
@@ -233,7 +234,7 @@ def expected_offers(run: OfferRun) -> Expected:
                        "ORDER BY ordered_at, order_id")
     clicks = run.query("SELECT customer_id, occurred_at FROM shop.engagement_events "
                        "WHERE channel = 'email' AND event = 'click'")
-    suppressed = run.query("SELECT customer_id FROM lifecycle.suppressions")
+    suppressed = run.query("SELECT customer_id::bigint FROM lifecycle.suppressions")
     assert not suppressed, "no suppressions are expected in this run"
     placed = [o for o in orders if o.status != "cancelled"]
 
@@ -347,7 +348,7 @@ def test_runs_select_and_quarantine_what_the_rules_pick(offer_run, expected):
 
 def test_enrollments_once_per_customer_offer_and_year(offer_run, expected):
     actual = offer_run.query(
-        "SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exited_at, holdout, "
+        "SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exited_at, holdout, "
         "(context ->> 'ends_at')::timestamptz FROM lifecycle.enrollments WHERE journey = 'seasonal_offer'")
     wanted = [(e.key, e.customer_id, e.entered_at, e.entered_at, e.status, e.exited_at, False, e.ends_at)
               for e in expected.enrollments.values()]
@@ -485,12 +486,12 @@ def test_behaviour_conditions_pick_the_right_customers(offer_run, expected, cond
     as_of = utc(2026, 12, 2)
     spec = load_spec(SEGMENTS_DIR / "seasonal_offer.sql")
     run = RunContext("seasonal_offer", "check", "live", as_of - DAY, as_of)
-    scope = ("SELECT * FROM lifecycle.enrollments WHERE journey = 'seasonal_offer' AND mode = 'live' "
-             "AND enrollment_key LIKE '%:christmas:2026'")
-    with offer_run.engine.begin() as conn:
-        materialise_condition(conn, condition, scope, run.binds(spec), "_check_hits")
+    scope = ("FROM lifecycle.enrollments e WHERE e.journey = 'seasonal_offer' AND e.mode = 'live' "
+             "AND e.enrollment_key LIKE '%:christmas:2026'")
+    with offer_run.engine.begin() as conn:  # as the engine does: the CTE's customer_id in the shop's type
+        materialise_condition(conn, condition, typed_enrollments(conn, scope), run.binds(spec), "_check_hits")
         hits = {cid for (cid,) in conn.execute(sa.text(
-            "SELECT e.customer_id FROM _check_hits h JOIN lifecycle.enrollments e USING (enrollment_id)"))}
+            "SELECT e.customer_id::bigint FROM _check_hits h JOIN lifecycle.enrollments e USING (enrollment_id)"))}
     placed = [(cid, t, code) for cid, t, status, code in offer_run.query(
         "SELECT customer_id, ordered_at, status, coupon_code FROM shop.orders") if status != "cancelled"]
     members = {e.customer_id for e in expected.enrollments.values() if e.offer == "christmas"}

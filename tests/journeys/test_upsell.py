@@ -253,7 +253,7 @@ def upsell_run(shop_db) -> UpsellRun:
                                  "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
                          {"origin": push.origin})
             suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
-                sa.text("SELECT customer_id, channel, reason FROM lifecycle.suppressions"))}
+                sa.text("SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
         before = snapshot(engine)
         vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
@@ -496,7 +496,7 @@ def message_rows(run: UpsellRun) -> list[tuple]:
 
 
 def enrollment_rows(run: UpsellRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, "
+    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
                      "holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
     return {r.enrollment_key: r for r in rows}
 
@@ -572,7 +572,7 @@ def test_context_shows_the_item_its_upgrade_and_the_cart_as_last_seen(upsell_run
 
 def test_conversions(upsell_run, expected):
     actual = upsell_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
         "WHERE c.journey = :journey AND c.mode = 'live'")
     wanted = [(e.key, e.customer_id, "upsell_ordered_upgrade", *e.conversion, e.exited_at)

@@ -98,7 +98,7 @@ def plant_extras(engine: sa.Engine, people: dict[str, Extra]) -> None:
 
 def code_of(engine: sa.Engine, customer_id: int) -> str:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = :c"),
+        return conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j AND customer_id = CAST(:c AS text)"),
                             {"j": JOURNEY, "c": customer_id}).scalar_one()
 
 
@@ -236,7 +236,7 @@ def derive_expected(run: WelcomeRun) -> Expected:
         orders_of.setdefault(int(o.customer_id), []).append(o)
     codes = {}  # customer -> (code, valid_from, valid_until): only to recognise an order that used it
     for cid, code, valid_from, valid_until in run.query(
-            "SELECT customer_id, code, valid_from, valid_until FROM lifecycle.coupons WHERE journey = :journey"):
+            "SELECT customer_id::bigint, code, valid_from, valid_until FROM lifecycle.coupons WHERE journey = :journey"):
         codes[cid] = (code, valid_from, valid_until)
     with_items = f["order_items"].merge(live_orders[["order_id", "ordered_at"]], on="order_id")
 
@@ -331,14 +331,14 @@ def expected(welcome_run) -> Expected:
 
 
 def enrollment_rows(run: WelcomeRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id, entered_at, enrolled_at, status, exit_reason, exited_at, "
+    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
                      "holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
     return {r.enrollment_key: r for r in rows}
 
 
 def messages_of(run: WelcomeRun, customer_id: int) -> dict[str, tuple]:
     rows = run.query("SELECT step, status, reason, due_at, planned_for FROM lifecycle.messages "
-                     "WHERE journey = :journey AND customer_id = :c", c=customer_id)
+                     "WHERE journey = :journey AND customer_id = CAST(:c AS text)", c=customer_id)
     return {r.step: tuple(r[1:]) for r in rows}
 
 
@@ -374,7 +374,7 @@ def test_enrollments_and_exits(welcome_run, expected):
 
 def test_conversions_record_the_first_order_and_whether_it_used_the_code(welcome_run, expected):
     actual = welcome_run.query(
-        "SELECT e.enrollment_key, c.customer_id, c.condition, c.order_id, c.revenue, c.converted_at "
+        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
         "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
         "WHERE c.journey = :journey AND c.mode = 'live'")
     wanted = [(e.key, e.customer_id, e.exit_reason, *e.conversion, e.exited_at)
@@ -420,7 +420,7 @@ def test_smtp_received_exactly_the_sent_emails(welcome_run, expected):
                 "(To, step) received by the SMTP server")
     assert all(r == [m["To"]] for r, m in zip(welcome_run.rcpt_tos, welcome_run.emails, strict=True))
     assert all(m["X-Lifecycle-Journey"] == JOURNEY and m["List-Unsubscribe-Post"] for m in welcome_run.emails)
-    codes = dict(welcome_run.query("SELECT customer_id, code FROM lifecycle.coupons WHERE journey = :journey"))
+    codes = dict(welcome_run.query("SELECT customer_id::bigint, code FROM lifecycle.coupons WHERE journey = :journey"))
     customer_of = {v: k for k, v in email_of.items()}
     for m in welcome_run.emails:  # both emails carry the customer's own code
         text, body = text_and_html(m)
@@ -490,7 +490,7 @@ def test_planted_demo_cases(welcome_run, expected):
     r = rows[str(case.customer_id)]
     assert (r.status, r.exit_reason, r.exited_at) == ("converted", "welcome_first_order", a - DAY)
     (conversion,) = welcome_run.query("SELECT order_id, revenue FROM lifecycle.conversions WHERE journey = :journey "
-                                      "AND customer_id = :c", c=case.customer_id)
+                                      "AND customer_id = CAST(:c AS text)", c=case.customer_id)
     (total,) = welcome_run.query("SELECT total FROM shop.orders WHERE order_id = :o", o=order_id)[0]
     assert conversion == (str(order_id), total)
     assert set(messages_of(welcome_run, case.customer_id)) == {"email_1"}
@@ -512,13 +512,13 @@ def test_test_only_cases(welcome_run):
     assert (redeemer.status, redeemer.exit_reason, redeemer.exited_at) == (
         "converted", "welcome_first_order_used_code", a + REDEEMED_AT_OFFSET)
     (conversion,) = welcome_run.query("SELECT order_id, revenue FROM lifecycle.conversions WHERE journey = :journey "
-                                      "AND customer_id = :c", c=x["redeemer"].customer_id)
+                                      "AND customer_id = CAST(:c AS text)", c=x["redeemer"].customer_id)
     assert conversion[0] == "990000001" and conversion[1] > 0
 
     second = rows[str(x["code_on_second_order"].customer_id)]
     assert (second.status, second.exit_reason, second.exited_at) == (
         "converted", "welcome_first_order", a - DAY - 20 * HOUR)
-    assert welcome_run.query("SELECT order_id FROM lifecycle.conversions WHERE journey = :journey AND customer_id = :c",
+    assert welcome_run.query("SELECT order_id FROM lifecycle.conversions WHERE journey = :journey AND customer_id = CAST(:c AS text)",
                              c=x["code_on_second_order"].customer_id) == [("990000002",)]
 
     optout = x["opted_out_after_email_1"]

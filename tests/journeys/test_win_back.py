@@ -112,7 +112,7 @@ def test_stop_emailing_suppresses_the_customers(winback_run, expected):
     }
     assert wanted
     actual = winback_run.query(
-        "SELECT customer_id, channel, reason FROM lifecycle.suppressions WHERE source = :journey"
+        "SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions WHERE source = :journey"
     )
     assert sorted(actual) == sorted((c, "email", "no_response") for c in wanted)
 
@@ -138,7 +138,7 @@ def test_coupons_issued_for_each_first_email(winback_run, expected):
 def messages_of(run: JourneyRun, customer_id: int) -> dict[str, tuple]:
     rows = run.query(
         "SELECT m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for FROM lifecycle.messages m "
-        "WHERE m.journey = :journey AND m.customer_id = :c",
+        "WHERE m.journey = :journey AND m.customer_id = CAST(:c AS text)",
         c=customer_id,
     )
     return {r.step: tuple(r[1:]) for r in rows}
@@ -158,7 +158,7 @@ def test_full_sequence_three_emails_then_suppressed(winback_run):
     }
     assert msgs["stop_emailing"][2].startswith("action:")
     assert winback_run.query(
-        "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = :c", c=case.customer_id
+        "SELECT channel, reason FROM lifecycle.suppressions WHERE customer_id = CAST(:c AS text)", c=case.customer_id
     ) == [("email", "no_response")]
     received = winback_run.steps_received_by(case.email)
     assert received == ["email_1", "email_2", "email_3"]
@@ -203,7 +203,7 @@ def test_recent_buyer_never_enrolled(winback_run):
 def test_first_email_carries_the_coupon_code(winback_run):
     case = winback_run.planted["winback_full_sequence"]
     (code,) = winback_run.query(
-        "SELECT c.code FROM lifecycle.coupons c WHERE c.journey = :journey AND c.customer_id = :c",
+        "SELECT c.code FROM lifecycle.coupons c WHERE c.journey = :journey AND c.customer_id = CAST(:c AS text)",
         c=case.customer_id,
     )[0]
     (message,) = winback_run.find_received(case.email, "email_1")
@@ -214,7 +214,7 @@ def test_first_email_carries_the_coupon_code(winback_run):
 
 def test_every_first_email_carries_its_own_coupon(winback_run):
     codes = dict(winback_run.query(
-        "SELECT ct.email, c.code FROM lifecycle.coupons c JOIN shop.customers ct USING (customer_id) "
+        "SELECT ct.email, c.code FROM lifecycle.coupons c JOIN shop.customers ct ON ct.customer_id::text = c.customer_id "
         "WHERE c.journey = :journey AND c.step = 'email_1'"
     ))
     firsts = [m for m in winback_run.emails if m["X-Lifecycle-Step"] == "email_1"]

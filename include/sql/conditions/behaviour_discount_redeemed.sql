@@ -15,5 +15,6 @@ JOIN shop.orders o
  AND o.ordered_at < cp.valid_until
  AND o.ordered_at < :as_of
 WHERE o.status <> 'cancelled'
+  -- lifecycle ids are text
   AND EXISTS (SELECT 1 FROM shop.order_items oi
-              WHERE oi.order_id = o.order_id AND oi.product_id = cp.product_id)
+              WHERE oi.order_id = o.order_id AND oi.product_id::text = cp.product_id)

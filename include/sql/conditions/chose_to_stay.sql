@@ -6,7 +6,7 @@ SELECT e.enrollment_id,
        min(pc.chosen_at) AS occurred_at
 FROM enrollments e
 JOIN lifecycle.preference_choices pc
-  ON pc.customer_id = e.customer_id
+  ON pc.customer_id = e.customer_id::text  -- lifecycle ids are text
  AND pc.channel = 'email'
  AND pc.choice = 'stay'
  AND pc.chosen_at >= e.entered_at

@@ -24,6 +24,6 @@ WHERE EXISTS (
     SELECT 1
     FROM shop.order_items oi
     JOIN jsonb_array_elements(n.context -> 'suggested') AS s
-      ON (s ->> 'product_id')::bigint = oi.product_id
+      ON s ->> 'product_id' = oi.product_id::text  -- as text: ids may be text
     WHERE oi.order_id = n.order_id
 )

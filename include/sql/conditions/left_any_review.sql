@@ -4,6 +4,6 @@ SELECT e.enrollment_id,
        r.created_at AS occurred_at
 FROM enrollments e
 JOIN shop.reviews r
-  ON r.order_id = (e.context ->> 'order_id')::bigint
+  ON r.order_id::text = e.context ->> 'order_id'  -- as text: ids may be text
  AND r.created_at < :as_of
 WHERE true

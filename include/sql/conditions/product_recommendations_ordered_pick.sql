@@ -15,6 +15,6 @@ WHERE o.status <> 'cancelled'
       SELECT 1
       FROM shop.order_items oi
       JOIN jsonb_array_elements(e.context -> 'products') AS pick
-        ON (pick ->> 'product_id')::bigint = oi.product_id
+        ON pick ->> 'product_id' = oi.product_id::text  -- as text: ids may be text
       WHERE oi.order_id = o.order_id
   )

@@ -11,8 +11,9 @@ FROM enrollments e
 JOIN shop.orders o
   ON o.customer_id = e.customer_id
  AND o.ordered_at < :as_of
- AND (o.ordered_at, o.order_id) > ((e.context ->> 'ordered_at')::timestamptz, (e.context ->> 'order_id')::bigint)
+ -- order ids compared as JSON: numerically for whole numbers, as strings for text ids
+ AND (o.ordered_at, to_jsonb(o.order_id)) > ((e.context ->> 'ordered_at')::timestamptz, e.context -> 'order_id')
 JOIN shop.order_items oi
   ON oi.order_id = o.order_id
- AND oi.product_id = (e.context ->> 'product_id')::bigint
+ AND oi.product_id::text = e.context ->> 'product_id'
 WHERE o.status <> 'cancelled'

@@ -6,15 +6,15 @@
 SELECT e.enrollment_id,
        CASE WHEN c.updated_at > e.entered_at THEN c.updated_at END AS occurred_at
 FROM enrollments e
-LEFT JOIN shop.carts c ON c.cart_id = (e.context ->> 'cart_id')::bigint
+LEFT JOIN shop.carts c ON c.cart_id::text = e.context ->> 'cart_id'  -- as text: ids may be text
 WHERE NOT EXISTS (
           SELECT 1 FROM shop.cart_items ci
-          WHERE ci.cart_id = (e.context ->> 'cart_id')::bigint
-            AND ci.product_id = (e.context ->> 'product_id')::bigint
+          WHERE ci.cart_id::text = e.context ->> 'cart_id'
+            AND ci.product_id::text = e.context ->> 'product_id'
       )
   AND NOT EXISTS (
           SELECT 1 FROM shop.cart_items ci
-          WHERE ci.cart_id = (e.context ->> 'cart_id')::bigint
-            AND ci.product_id = (e.context ->> 'upgrade_product_id')::bigint
+          WHERE ci.cart_id::text = e.context ->> 'cart_id'
+            AND ci.product_id::text = e.context ->> 'upgrade_product_id'
             AND coalesce(ci.added_at, c.updated_at) < :as_of
       )

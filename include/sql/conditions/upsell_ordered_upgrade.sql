@@ -12,5 +12,5 @@ JOIN shop.orders o
  AND o.ordered_at < :as_of
 JOIN shop.order_items oi
   ON oi.order_id = o.order_id
- AND oi.product_id = (e.context ->> 'upgrade_product_id')::bigint
+ AND oi.product_id::text = e.context ->> 'upgrade_product_id'  -- as text: ids may be text
 WHERE o.status <> 'cancelled'

@@ -4,7 +4,7 @@
 SELECT e.enrollment_id
 FROM enrollments e
 JOIN shop.cart_items ci
-  ON ci.cart_id = (e.context ->> 'cart_id')::bigint
- AND ci.product_id = (e.context ->> 'upgrade_product_id')::bigint
+  ON ci.cart_id::text = e.context ->> 'cart_id'  -- as text: ids may be text
+ AND ci.product_id::text = e.context ->> 'upgrade_product_id'
 JOIN shop.carts c ON c.cart_id = ci.cart_id
 WHERE coalesce(ci.added_at, c.updated_at) < :as_of

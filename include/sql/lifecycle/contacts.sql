@@ -2,6 +2,12 @@
 -- Re-applied on every migrate, so edits here take effect on the next run.
 -- lifecycle.contacts: one row per customer with the addresses channels use.
 -- lifecycle.consent:  one row per customer and channel; opted_in is checked at send time.
+--
+-- Ids may be whole numbers or text (hex ids, '#1001', UUIDs): expose customer_id in your
+-- warehouse's own type, the same in all three views (no cast here: a cast would hide the
+-- index on your customer table). The engine keeps ids as text in its lifecycle tables and reads
+-- the type of lifecycle.contacts.customer_id to compare like with like: conditions see
+-- `enrollments.customer_id` in that type, so `o.customer_id = e.customer_id` works unchanged.
 CREATE OR REPLACE VIEW lifecycle.contacts AS
 SELECT customer_id, email, phone, first_name, last_name, country, timezone, locale
 FROM shop.customers;
@@ -15,3 +21,8 @@ FROM shop.consents;
 CREATE OR REPLACE VIEW lifecycle.push_subscriptions AS
 SELECT subscription_id, customer_id, endpoint, p256dh, auth, created_at, revoked_at
 FROM shop.push_subscriptions;
+
+-- The recommender (lifecycle.recommend_for / co_purchased) returns ids in the types of
+-- shop.orders.customer_id and shop.order_items.product_id: re-created here, so re-applying these
+-- views after changing the warehouse's id types keeps it in step (012_text_ids.sql).
+SELECT lifecycle.define_recommender();

@@ -71,7 +71,7 @@ WITH recent AS (
       -- the cooldown; it also keeps a later run from selecting an enrolled moment again
       AND NOT EXISTS (
           SELECT 1 FROM lifecycle.enrollments e
-          WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = c.customer_id
+          WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = c.customer_id::text  -- lifecycle ids are text
             AND e.context ->> 'product_id' = c.product_id::text
             AND e.entered_at > c.viewed_at - make_interval(days => :cooldown_days)
             AND e.entered_at < c.viewed_at + make_interval(days => :cooldown_days)

@@ -96,7 +96,7 @@ WITH recent AS (
     FROM qualified q
     WHERE NOT EXISTS (
         SELECT 1 FROM lifecycle.enrollments e
-        WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = q.customer_id
+        WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = q.customer_id::text  -- lifecycle ids are text
           AND e.enrollment_key <> q.session_key
           AND e.entered_at > q.browse_clock - make_interval(days => :cooldown_days)
           AND e.entered_at < q.browse_clock + make_interval(days => :cooldown_days)

@@ -110,7 +110,7 @@ SELECT r.order_id,
        r.currency,
        b.items,
        s.suggested,
-       :shop_url || '/account/orders/' || r.order_id AS order_url
+       :shop_url || '/account/orders/' || lifecycle.url_escape(r.order_id::text) AS order_url
 FROM recent r
 JOIN suggested s ON s.order_id = r.order_id
 JOIN bought b ON b.order_id = r.order_id

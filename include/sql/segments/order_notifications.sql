@@ -87,7 +87,7 @@ SELECT e.order_id || ':' || e.notice                                      AS not
        o.total - coalesce(l.subtotal, 0)                                    AS adjustments,
        o.total,
        o.shipping_country,
-       :shop_url || '/account/orders/' || o.order_id                        AS order_url
+       :shop_url || '/account/orders/' || lifecycle.url_escape(o.order_id::text)                        AS order_url
 FROM events e
 JOIN shop.orders o ON o.order_id = e.order_id
 JOIN shop.customers cu ON cu.customer_id = o.customer_id

@@ -72,7 +72,7 @@ WITH recent AS (
       -- either side of this run (a backfill of an older run respects later enrollments too)
       AND NOT EXISTS (
           SELECT 1 FROM lifecycle.enrollments e
-          WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = h.customer_id
+          WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = h.customer_id::text  -- lifecycle ids are text
             AND e.enrollment_key <> h.referral_key
             AND e.entered_at > :as_of - make_interval(days => :cooldown_days)
             AND e.entered_at < :as_of + make_interval(days => :cooldown_days)

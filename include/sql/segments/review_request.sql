@@ -40,7 +40,7 @@ WITH delivered AS (
                'product_id', p.product_id,
                'name',       p.name,
                'image_url',  p.image_url,
-               'review_url', :shop_url || '/review/' || o.order_id || '/' || p.product_id
+               'review_url', :shop_url || '/review/' || lifecycle.url_escape(o.order_id::text) || '/' || lifecycle.url_escape(p.product_id::text)
            ) ORDER BY p.name, p.product_id)                AS items
     FROM shop.orders o
     JOIN shop.order_items oi USING (order_id)

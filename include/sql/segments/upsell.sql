@@ -82,7 +82,7 @@ WITH lines_then AS (
     WHERE NOT EXISTS (SELECT 1 FROM lines_then x
                       WHERE x.cart_id = u.cart_id AND x.product_id = u.upgrade_product_id)
       AND NOT EXISTS (SELECT 1 FROM lifecycle.enrollments e
-                      WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = u.customer_id
+                      WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = u.customer_id::text
                         AND split_part(e.enrollment_key, ':', 1) = u.cart_id::text
                         AND e.enrollment_key <> u.cart_id || ':' || u.product_id)
     ORDER BY u.cart_id, u.added_at DESC, u.unit_price DESC, u.product_id

@@ -59,11 +59,12 @@ WITH newcomers AS (
       )
       AND NOT EXISTS (
           SELECT 1 FROM lifecycle.enrollments e
-          WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = c.customer_id
+          WHERE e.journey = :journey AND e.mode = :mode AND e.customer_id = c.customer_id::text  -- lifecycle ids are text
       )
 ), waiting AS (
-    SELECT e.customer_id, e.entered_at AS welcome_at
+    SELECT c.customer_id, e.entered_at AS welcome_at
     FROM lifecycle.enrollments e
+    JOIN shop.customers c ON c.customer_id::text = e.customer_id  -- lifecycle ids are text
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
       AND e.next_step IS NOT NULL AND e.next_due_at <= :as_of
 ), welcomed AS (
