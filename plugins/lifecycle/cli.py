@@ -9,6 +9,8 @@
     lifecycle migrate [--warehouse-url URL] [--demo-shop]   apply the lifecycle migrations + contact views
     lifecycle init [--warehouse-url URL] [--demo-shop]      create the (embedded) warehouse DB, migrate, create the pools
     lifecycle stop                                    stop the embedded PostgreSQL
+    lifecycle preview JOURNEY [--customer ID] [--as-of T] [--step NAME] [--out DIR]
+                                                      render one customer's messages to files (writes nothing)
 """
 
 from __future__ import annotations
@@ -707,6 +709,46 @@ def report(warehouse_url: str | None, mode: str) -> int:
 
     engine = sa.create_engine(warehouse_url or _default_url())
     print(format_summary(journey_summary(engine, mode)))
+    if mode == "dry":
+        from lifecycle.report import DRY_RUN_COLUMNS, dry_run_messages
+
+        print("\nWhat the dry runs would have sent (subject; sha256 of the body when all are the same):")
+        print(format_summary(dry_run_messages(engine), DRY_RUN_COLUMNS))
+    return 0
+
+
+def preview(journey: str, customer: str | None, as_of: datetime | None, step: str | None,
+            out: Path | None, warehouse_url: str | None) -> int:
+    """Render one customer's messages of a journey to files; nothing is written to `lifecycle`."""
+    import sqlalchemy as sa
+
+    from lifecycle.preview import NotSelected
+    from lifecycle.preview import preview as render_preview
+    from lifecycle.spec import load_all
+
+    specs, _errors = load_all()
+    spec = next((s for s in specs if s.journey == journey), None)
+    if spec is None:
+        print(f"lifecycle preview: no journey {journey!r} (valid segment files: "
+              f"{', '.join(sorted(s.journey for s in specs))}; `lifecycle lint` shows the broken ones)", file=sys.stderr)
+        return 2
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    out = out or Path("preview") / journey
+    engine = sa.create_engine(warehouse_url or _default_url())
+    try:
+        result = render_preview(engine, spec, out, customer=customer, as_of=as_of, step=step)
+    except (NotSelected, ValueError) as exc:
+        print(f"lifecycle preview: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"{journey}: customer {result.customer_id}, interval {result.interval_start.isoformat()} .. "
+          f"{result.interval_end.isoformat()} (nothing written to the lifecycle schema)")
+    for path in result.written:
+        print(f"  wrote {path}")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0
 
 
@@ -745,6 +787,14 @@ def main(argv: list[str] | None = None) -> int:
         p_ops.add_argument("--demo-shop", action="store_true",
                            help="also create the demo shop's tables (schema `shop`) the default contact views read")
     sub.add_parser("stop", help="stop the embedded PostgreSQL")
+    p_preview = sub.add_parser("preview", help="render one customer's messages of a journey to files (writes nothing)")
+    p_preview.add_argument("journey")
+    p_preview.add_argument("--customer", help="customer id (default: the first the segment selects)")
+    p_preview.add_argument("--as-of", type=datetime.fromisoformat,
+                           help="the interval ending at this moment (default: the latest complete one; UTC if no offset)")
+    p_preview.add_argument("--step", help="only this step (default: every message step and exit message)")
+    p_preview.add_argument("--out", type=Path, help="directory for the files (default: ./preview/<journey>/)")
+    p_preview.add_argument("--warehouse-url", help="default: the embedded demo warehouse")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return migrate_warehouse(args.warehouse_url, STATE_DIR, args.demo_shop)
@@ -758,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args.days, args.customers, args.verbose, args.workers)
     if args.command == "demo-worker":
         return demo_worker(args.journeys, args.start, args.end)
+    if args.command == "preview":
+        return preview(args.journey, args.customer, args.as_of, args.step, args.out, args.warehouse_url)
     if args.command == "report":
         return report(args.warehouse_url, args.mode)
     if args.command == "promote":
