@@ -712,7 +712,7 @@ def report(warehouse_url: str | None, mode: str) -> int:
     if mode == "dry":
         from lifecycle.report import DRY_RUN_COLUMNS, dry_run_messages
 
-        print("\nWhat the dry runs would have sent (subject; sha256 of the body when all are the same):")
+        print("\nWhat the dry runs would have sent (distinct subjects and bodies, and the first message's subject):")
         print(format_summary(dry_run_messages(engine), DRY_RUN_COLUMNS))
     return 0
 

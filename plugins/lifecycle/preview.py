@@ -128,7 +128,9 @@ def render_files(spec: JourneySpec, row: SimpleNamespace, out: Path, now: dateti
     from lifecycle.config import SHOP
     from lifecycle.render import render_push, render_sms
 
-    base = out / f"{row.step}.{row.channel}"
+    def file(ext: str) -> Path:  # step and channel: a step with a fallback channel has two files
+        return out / f"{row.step}.{row.channel}.{ext}"
+
     note = None
     if row.channel == "email":
         try:
@@ -137,7 +139,7 @@ def render_files(spec: JourneySpec, row: SimpleNamespace, out: Path, now: dateti
             return None, f"{row.step}/email: not written: {exc}"
         if not row.email:
             note = f"{row.step}/email: the customer has no email address: the sender would skip it"
-        path = base.with_suffix(".eml")
+        path = file("eml")
         path.write_bytes(compose(outbound, SHOP["from_email"], SHOP["name"]))
         return path, note
     if row.channel == "sms":
@@ -145,14 +147,14 @@ def render_files(spec: JourneySpec, row: SimpleNamespace, out: Path, now: dateti
             body = send.build_sms(row, spec, now).body
         except (send.Skip, send.Defer) as exc:  # show the text anyway, and why it would not go now
             body, note = render_sms(row.template, send.template_context(row)), f"{row.step}/sms: {exc}"
-        path = base.with_suffix(".txt")
+        path = file("txt")
         path.write_text(body + "\n", encoding="utf-8")
         return path, note
     try:
         payload = send.build_push(row, spec, now).payload
     except send.Skip as exc:
         payload, note = render_push(row.template, send.template_context(row)), f"{row.step}/push: {exc}"
-    path = base.with_suffix(".json")
+    path = file("json")
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path, note
 

@@ -79,24 +79,22 @@ def _cell(value) -> str:
     return str(value)
 
 
-# What dry runs would have sent: one line per journey, step, channel and subject, with how many
-# messages and how many distinct bodies (a body that differs per customer counts each).
+# What dry runs would have sent: one line per journey, step and channel, with how many messages,
+# how many distinct subjects and bodies (personalised ones differ per customer) and the subject
+# of the first message (lowest id) as an example.
 DRY_RUN_SQL = """
-SELECT journey, step, channel, coalesce(dry_run_subject, '') AS subject,
-       count(*) AS messages, count(DISTINCT dry_run_body_sha256) AS bodies,
-       min(dry_run_body_sha256) AS body_sha256
+SELECT journey, step, channel, count(*) AS messages,
+       count(DISTINCT dry_run_subject) AS subjects, count(DISTINCT dry_run_body_sha256) AS bodies,
+       coalesce((array_agg(dry_run_subject ORDER BY message_id))[1], '') AS example_subject
 FROM lifecycle.messages
 WHERE mode = 'dry' AND status = 'dry_run'
-GROUP BY journey, step, channel, coalesce(dry_run_subject, '')
-ORDER BY journey, step, channel, subject
+GROUP BY journey, step, channel
+ORDER BY journey, step, channel
 """
 
-DRY_RUN_COLUMNS = ["journey", "step", "channel", "messages", "bodies", "body_sha256", "subject"]
+DRY_RUN_COLUMNS = ["journey", "step", "channel", "messages", "subjects", "bodies", "example_subject"]
 
 
 def dry_run_messages(engine: Engine) -> list[dict]:
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.text(DRY_RUN_SQL))]
-    for row in rows:  # one body: its hash (to compare with a preview); several: just the count
-        row["body_sha256"] = row["body_sha256"][:12] if row["bodies"] == 1 and row["body_sha256"] else "-"
-    return rows
+        return [dict(r._mapping) for r in conn.execute(sa.text(DRY_RUN_SQL))]
