@@ -161,3 +161,16 @@ def test_a_dry_run_records_subject_and_body_hash_and_the_dry_report_shows_them(s
     bodies = {r["dry_run_body_sha256"] for r in rows}
     assert line.split()[:6] == ["win_back", "email_1", "email", str(len(rows)), str(len(subjects)), str(len(bodies))]
     assert line.endswith(rows[0]["dry_run_subject"])
+
+
+def test_the_interval_is_the_one_ending_at_the_latest_tick_at_or_before_as_of(shop_db, tmp_path, capsys):
+    engine, _planted, anchor = shop_db  # win_back is daily at midnight UTC; the anchor is a midnight
+    assert preview_interval(WIN_BACK, anchor) == (anchor - timedelta(days=1), anchor)
+    assert preview_interval(WIN_BACK, anchor + timedelta(hours=15)) == (anchor - timedelta(days=1), anchor)
+
+    code, out, err = preview_cli(engine, tmp_path, capsys, "win_back", "--as-of", "2026-11-20T15:00",
+                                 "--step", "email_9")
+
+    assert code == 1 and out == "" and not any(tmp_path.iterdir())
+    assert err == ("lifecycle preview: win_back: no message step 'email_9'; "
+                   "its steps are email_1, email_2, email_3, thank_you\n")
