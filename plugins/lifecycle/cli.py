@@ -722,10 +722,18 @@ def preview(journey: str, customer: str | None, as_of: datetime | None, step: st
     """Render one customer's messages of a journey to files; nothing is written to `lifecycle`."""
     import sqlalchemy as sa
 
+    from lifecycle.links import signing_key
     from lifecycle.preview import NotSelected
     from lifecycle.preview import preview as render_preview
+    from lifecycle.render import TemplateRenderError
     from lifecycle.spec import load_all
+    from lifecycle.sql import SegmentSQLError
 
+    try:
+        signing_key()  # the messages carry signed unsubscribe links, as sent ones do
+    except RuntimeError as exc:
+        print(f"lifecycle preview: {exc}", file=sys.stderr)
+        return 2
     specs, _errors = load_all()
     spec = next((s for s in specs if s.journey == journey), None)
     if spec is None:
@@ -738,7 +746,7 @@ def preview(journey: str, customer: str | None, as_of: datetime | None, step: st
     engine = sa.create_engine(warehouse_url or _default_url())
     try:
         result = render_preview(engine, spec, out, customer=customer, as_of=as_of, step=step)
-    except (NotSelected, ValueError) as exc:
+    except (NotSelected, ValueError, SegmentSQLError, TemplateRenderError) as exc:  # each names what is wrong
         print(f"lifecycle preview: {exc}", file=sys.stderr)
         return 1
     finally:
