@@ -55,7 +55,7 @@ def selected_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> list[sa
     Ordered by customer and entry key (unique per journey), so "the first" is stable."""
     sql = (f"SELECT segment.{spec.customer_id}::text AS _customer, segment.{spec.entry_key}::text AS _key, "
            f"to_jsonb(segment) AS _context FROM (\n{spec.sql}\n) AS segment "
-           f"ORDER BY segment.{spec.customer_id}::text, segment.{spec.entry_key}::text")
+           f"ORDER BY segment.{spec.customer_id}, segment.{spec.entry_key}::text")  # ids in their own order
     with engine.connect() as conn:
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")  # the segment cannot write, even by mistake
         try:
