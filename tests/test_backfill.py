@@ -335,10 +335,20 @@ def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
     assert "dry:sent" not in by_status, by_status
     assert len(smtp.messages) == delivered_before
 
+    # The validate task's log (a real worker's file) says what it checked, without GX's noise.
+    log = task_log(af, "win_back", runs[0]["dag_run_id"], "validate")
+    selected = scalar(engine, "SELECT rows_selected FROM lifecycle.runs WHERE run_id = :r", r=runs[0]["dag_run_id"])
+    assert f"selected {selected}, valid {selected}, quarantined 0, held no" in log, log
+    assert "great_expectations" not in log, log
+
+
+def task_log(af: Airflow, dag_id: str, run_id: str, task_id: str) -> str:
+    logs = sorted((af.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/**/*.log"))
+    return "\n".join(log.read_text(errors="replace") for log in logs)
+
 
 def start_run_log(af: Airflow, dag_id: str, run_id: str) -> str:
-    logs = sorted((af.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id=start_run/**/*.log"))
-    return "\n".join(log.read_text(errors="replace") for log in logs)
+    return task_log(af, dag_id, run_id, "start_run")
 
 
 def follow(af: Airflow, dag_id: str, command: str) -> None:

@@ -14,6 +14,7 @@ from lifecycle import schema
 from lifecycle.config import SQL_DIR
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
+from lifecycle.tasklog import validation_line
 from lifecycle.validate import VolumeHeld
 
 HEADER = """/* ---
@@ -100,8 +101,10 @@ def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
     end = END + 3 * day
     with pytest.raises(VolumeHeld, match=r"volume_probe.sql: the segment selected 5000 rows, 4990 of them new "
                                          r"\(not enrolled yet\), above this journey's limit of 50 new rows .* "
-                                         r"approve_volume=true"):
+                                         r"approve_volume=true") as held:
         run_interval(warehouse, spec, end - day, end, no_channel, run_id="spike")
+    # what the validate task's summary line says of a held run
+    assert validation_line(held.value.outcome) == "selected 5000, valid 5000, quarantined 0, held yes"
     with warehouse.connect() as conn:
         status, error = conn.execute(sa.text(
             "SELECT status, error FROM lifecycle.runs WHERE run_id = 'spike'")).one()

@@ -9,6 +9,8 @@
     lifecycle migrate [--warehouse-url URL] [--demo-shop]   apply the lifecycle migrations + contact views
     lifecycle init [--warehouse-url URL] [--demo-shop]      create the (embedded) warehouse DB, migrate, create the pools
     lifecycle stop                                    stop the embedded PostgreSQL
+    lifecycle preview JOURNEY [--customer ID] [--as-of T] [--step NAME] [--out DIR]
+                                                      render one customer's messages to files (writes nothing)
 """
 
 from __future__ import annotations
@@ -389,7 +391,7 @@ def run_window(specs: dict, start: datetime, end: datetime, workers: int) -> lis
     failures: list[str] = []
 
     def relay(proc: subprocess.Popen, group: list[str]) -> None:
-        for line in proc.stdout:  # one line per finished journey, and FAILED lines
+        for line in proc.stdout:  # progress lines, one per finished journey, and FAILED lines
             if line.startswith("FAILED "):
                 failures.append(line[len("FAILED "):].strip())
             elif line.strip():
@@ -423,6 +425,19 @@ def _test_with_retry(dag, logical_date: datetime, attempts: int = 3):
             time.sleep(attempt)
 
 
+PROGRESS_EVERY = 15.0  # seconds between a journey's progress lines in the demo
+
+
+def demo_progress(journey: str, done: int, total: int, t0: float, last: float, now=time.perf_counter) -> float:
+    """Print `journey  done/total runs, elapsed` when PROGRESS_EVERY seconds passed since the
+    last line (the demo takes minutes: say it is moving); return when a line was last printed."""
+    moment = now()
+    if done >= total or moment - last < PROGRESS_EVERY:
+        return last  # the journey's final line says the rest
+    print(f"  {journey:<22} {done:>3}/{total} runs  ({moment - t0:.0f}s)", flush=True)
+    return moment
+
+
 def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
     """One demo worker: dag.test each journey's DAG for every interval in [start, end)."""
     from airflow.dag_processing.dagbag import DagBag
@@ -434,11 +449,13 @@ def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
     for journey in journeys:
         ends = interval_ends(specs[journey].cron, start, end)
         t0, failed = time.perf_counter(), 0
-        for interval_end in ends:
+        last = t0
+        for done, interval_end in enumerate(ends, 1):
             run = _test_with_retry(dags[journey], interval_end)
             if run.state != "success":
                 failed += 1
                 print(f"FAILED {journey} {interval_end:%Y-%m-%d %H:%M}: {run.state}", flush=True)
+            last = demo_progress(journey, done, len(ends), t0, last)
         print(f"  {journey:<22} {len(ends):>3} runs  ({time.perf_counter() - t0:.0f}s)"
               + (f"  {failed} failed" if failed else ""), flush=True)
     return 0
@@ -707,6 +724,54 @@ def report(warehouse_url: str | None, mode: str) -> int:
 
     engine = sa.create_engine(warehouse_url or _default_url())
     print(format_summary(journey_summary(engine, mode)))
+    if mode == "dry":
+        from lifecycle.report import DRY_RUN_COLUMNS, dry_run_messages
+
+        print("\nWhat the dry runs would have sent (distinct subjects and bodies, and the first message's subject):")
+        print(format_summary(dry_run_messages(engine), DRY_RUN_COLUMNS))
+    return 0
+
+
+def preview(journey: str, customer: str | None, as_of: datetime | None, step: str | None,
+            out: Path | None, warehouse_url: str | None) -> int:
+    """Render one customer's messages of a journey to files; nothing is written to `lifecycle`."""
+    import sqlalchemy as sa
+
+    from lifecycle.links import signing_key
+    from lifecycle.preview import NotSelected
+    from lifecycle.preview import preview as render_preview
+    from lifecycle.render import TemplateRenderError
+    from lifecycle.spec import load_all
+    from lifecycle.sql import SegmentSQLError
+
+    try:
+        signing_key()  # the messages carry signed unsubscribe links, as sent ones do
+    except RuntimeError as exc:
+        print(f"lifecycle preview: {exc}", file=sys.stderr)
+        return 2
+    specs, _errors = load_all()
+    spec = next((s for s in specs if s.journey == journey), None)
+    if spec is None:
+        print(f"lifecycle preview: no journey {journey!r} (valid segment files: "
+              f"{', '.join(sorted(s.journey for s in specs))}; `lifecycle lint` shows the broken ones)", file=sys.stderr)
+        return 2
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    out = out or Path("preview") / journey
+    engine = sa.create_engine(warehouse_url or _default_url())
+    try:
+        result = render_preview(engine, spec, out, customer=customer, as_of=as_of, step=step)
+    except (NotSelected, ValueError, SegmentSQLError, TemplateRenderError) as exc:  # each names what is wrong
+        print(f"lifecycle preview: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"{journey}: customer {result.customer_id}, interval {result.interval_start.isoformat()} .. "
+          f"{result.interval_end.isoformat()} (nothing written to the lifecycle schema)")
+    for path in result.written:
+        print(f"  wrote {path}")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0
 
 
@@ -745,6 +810,14 @@ def main(argv: list[str] | None = None) -> int:
         p_ops.add_argument("--demo-shop", action="store_true",
                            help="also create the demo shop's tables (schema `shop`) the default contact views read")
     sub.add_parser("stop", help="stop the embedded PostgreSQL")
+    p_preview = sub.add_parser("preview", help="render one customer's messages of a journey to files (writes nothing)")
+    p_preview.add_argument("journey")
+    p_preview.add_argument("--customer", help="customer id (default: the first the segment selects)")
+    p_preview.add_argument("--as-of", type=datetime.fromisoformat,
+                           help="the interval ending at this moment (default: the latest complete one; UTC if no offset)")
+    p_preview.add_argument("--step", help="only this step (default: every message step and exit message)")
+    p_preview.add_argument("--out", type=Path, help="directory for the files (default: ./preview/<journey>/)")
+    p_preview.add_argument("--warehouse-url", help="default: the embedded demo warehouse")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return migrate_warehouse(args.warehouse_url, STATE_DIR, args.demo_shop)
@@ -758,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args.days, args.customers, args.verbose, args.workers)
     if args.command == "demo-worker":
         return demo_worker(args.journeys, args.start, args.end)
+    if args.command == "preview":
+        return preview(args.journey, args.customer, args.as_of, args.step, args.out, args.warehouse_url)
     if args.command == "report":
         return report(args.warehouse_url, args.mode)
     if args.command == "promote":

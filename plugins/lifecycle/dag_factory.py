@@ -84,9 +84,13 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
           max_active_tis_per_dagrun=4)
     def send(batch: dict) -> dict:
         from lifecycle.send import send_batch
+        from lifecycle.tasklog import batch_line
 
-        return send_batch(_engine(), specs[batch["journey"]], batch, channel_factory,
-                          dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
+        engine = _engine()
+        counts = send_batch(engine, specs[batch["journey"]], batch, channel_factory,
+                            dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
+        log.info("%s", batch_line(engine, batch, counts))
+        return counts
 
     return send
 
@@ -206,6 +210,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             migrate(engine)
             refuse_if_an_earlier_run_is_unfinished(engine, run)
             record_start(engine, run)
+            log.info("run %s: interval %s .. %s, mode %s", run.run_id, run.interval_start.isoformat(),
+                     run.interval_end.isoformat(), run.mode)
             return run.to_xcom()
 
         @task
@@ -213,45 +219,61 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import RunContext
             from lifecycle.stage import stage_segment as stage
 
-            return stage(_engine(), spec, RunContext.from_xcom(run))
+            rows = stage(_engine(), spec, RunContext.from_xcom(run))
+            log.info("segment selected %d rows", rows)
+            return rows
 
         @task
         def validate(run: dict, rows_selected: int) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
             from lifecycle.runs import RunContext
+            from lifecycle.tasklog import validation_line
             from lifecycle.validate import VolumeHeld, validate_stage
 
             approve = _run_switch("approve_volume")
             try:
-                return validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
+                outcome = validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
             except VolumeHeld as exc:
+                if exc.outcome:
+                    log.info("%s", validation_line(exc.outcome))
                 raise AirflowFailException(str(exc)) from exc  # retrying cannot help: a person must look
+            log.info("%s", validation_line(outcome))
+            return outcome
 
         @task
         def enroll(run: dict, validation: dict) -> dict:
             from lifecycle.runs import RunContext
             from lifecycle.state import enroll as upsert
+            from lifecycle.tasklog import mapping_line
 
-            return upsert(_engine(), spec, RunContext.from_xcom(run))
+            counts = upsert(_engine(), spec, RunContext.from_xcom(run))
+            log.info("%s", mapping_line("enrollments", counts))
+            return counts
 
         @task
         def evaluate_exits(run: dict, enrolled: dict) -> dict:
             from lifecycle.runs import RunContext
             from lifecycle.state import evaluate_exits as exits
+            from lifecycle.tasklog import mapping_line
 
-            return exits(_engine(), spec, RunContext.from_xcom(run))
+            counts = exits(_engine(), spec, RunContext.from_xcom(run))
+            log.info("%s", mapping_line("exits", counts))
+            return counts
 
         @task
         def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel, plan_due_steps
             from lifecycle.runs import RunContext, refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.tasklog import plan_line
 
             engine, ctx = _engine(), RunContext.from_xcom(run)
             refuse_if_an_earlier_run_is_unfinished(engine, ctx)  # one may have started since start_run
             plan_due_steps(engine, spec, ctx)
             now = sender_clock(ctx.as_of.isoformat())()
-            return by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
+            planned = by_channel(assign_batches(engine, spec, ctx, now=now), spec.channels)
+            log.info("%s", plan_line(engine, ctx.journey, ctx.run_id, planned))
+            return planned
 
         @task
         def sync_audience(run: dict, planned: dict) -> dict:
@@ -272,6 +294,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
             from lifecycle.runs import RunContext, finish_run, message_counts
             from lifecycle.stage import drop_stage
+            from lifecycle.tasklog import mapping_line
 
             if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
                 raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
@@ -282,7 +305,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             finish_run(engine, r, "failed" if failed else "ok", counts,
                        error=f"failed tasks: {', '.join(sorted(set(failed)))}" if failed else None)
             drop_stage(engine, r)
-            log.info("journey %s interval %s..%s: %s", r.journey, r.interval_start, r.interval_end, counts)
+            log.info("run %s: interval %s .. %s: %s", "failed" if failed else "ok", r.interval_start.isoformat(),
+                     r.interval_end.isoformat(), mapping_line("messages", dict(sorted(counts.items()))))
             if failed:  # recorded above; now make the DAG run itself show the failure
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
@@ -367,6 +391,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
         @task
         def collect() -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel
+            from lifecycle.tasklog import batches_text
 
             ctx = get_current_context()
             batches = {"marketing": [], "transactional": []}
@@ -378,6 +403,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
             waiting = by_channel(batches["marketing"], channels)
             for channel, found in by_channel(batches["transactional"], transactional).items():
                 waiting[f"transactional_{channel}"] = found
+            log.info("waiting or left behind: %s", batches_text(waiting))
             return waiting
 
         waiting = collect()

@@ -77,3 +77,24 @@ def _cell(value) -> str:
     if isinstance(value, float) or hasattr(value, "quantize"):
         return f"{value:,.2f}"
     return str(value)
+
+
+# What dry runs would have sent: one line per journey, step and channel, with how many messages,
+# how many distinct subjects and bodies (personalised ones differ per customer) and the subject
+# of the first message (lowest id) as an example.
+DRY_RUN_SQL = """
+SELECT journey, step, channel, count(*) AS messages,
+       count(DISTINCT dry_run_subject) AS subjects, count(DISTINCT dry_run_body_sha256) AS bodies,
+       coalesce((array_agg(dry_run_subject ORDER BY message_id))[1], '') AS example_subject
+FROM lifecycle.messages
+WHERE mode = 'dry' AND status = 'dry_run'
+GROUP BY journey, step, channel
+ORDER BY journey, step, channel
+"""
+
+DRY_RUN_COLUMNS = ["journey", "step", "channel", "messages", "subjects", "bodies", "example_subject"]
+
+
+def dry_run_messages(engine: Engine) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(DRY_RUN_SQL))]

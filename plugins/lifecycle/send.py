@@ -8,6 +8,7 @@ records such leftovers as 'failed: outcome unknown' instead of sending them agai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -516,6 +517,24 @@ def _settle_unsent(engine: Engine, message_id: int, status: str, reason: str, no
     return "waiting" if not_before is not None else status
 
 
+def what_would_go_out(row: Any, outbound: Any) -> tuple[str | None, str]:
+    """A dry run's record of the message: its subject (email subject, push title; SMS has none)
+    and a sha256 of its rendered body (email: text and HTML parts; SMS: the text; push: the
+    JSON payload), so runs can be compared without storing customers' messages. `outbound` is
+    None for an SMS waiting for the recipient's hours: its text is rendered here."""
+    from lifecycle.render import render_sms
+
+    if row.channel == "email":
+        subject, body = outbound.subject, outbound.text + "\0" + outbound.html
+    elif row.channel == "sms":
+        subject = None
+        body = outbound.body if outbound is not None else render_sms(row.template, template_context(row))
+    else:
+        subject = outbound.payload.get("title")
+        body = json.dumps(outbound.payload, sort_keys=True, ensure_ascii=False)
+    return subject, hashlib.sha256(body.encode()).hexdigest()
+
+
 def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> str:
     waits = None
     try:
@@ -545,11 +564,13 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
     if not claim_message(engine, row.message_id, token):
         return "taken"  # another run claimed it first: it is theirs to send
     if dry_run:
+        subject, body_sha256 = what_would_go_out(row, outbound if waits is None else None)
         with engine.begin() as conn:
             conn.execute(
-                sa.text("UPDATE lifecycle.messages SET status = 'dry_run', reason = :reason, updated_at = now() "
-                        "WHERE message_id = :id"),
-                {"id": row.message_id, "reason": "dry run: rendered, not delivered" + (f" ({waits})" if waits else "")},
+                sa.text("UPDATE lifecycle.messages SET status = 'dry_run', reason = :reason, updated_at = now(), "
+                        "dry_run_subject = :subject, dry_run_body_sha256 = :sha WHERE message_id = :id"),
+                {"id": row.message_id, "reason": "dry run: rendered, not delivered" + (f" ({waits})" if waits else ""),
+                 "subject": subject, "sha": body_sha256},
             )
         return "dry_run"
     try:

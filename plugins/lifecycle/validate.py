@@ -35,6 +35,10 @@ MIN_HISTORY = 3  # runs of history before the volume guard has a baseline
 class VolumeHeld(RuntimeError):
     """The segment would enroll far more new rows than usual; the run is held, nothing was sent."""
 
+    def __init__(self, message: str, outcome: dict | None = None):
+        super().__init__(message)
+        self.outcome = outcome  # the validation counts, for the task's summary line
+
 
 @dataclass
 class ValidationOutcome:
@@ -51,11 +55,15 @@ class ValidationOutcome:
 
 
 def _quiet_gx() -> None:
-    # GX logs every docs decorator at INFO once Airflow has configured logging, and warns
+    # GX logs every docs decorator at INFO while it is imported (214 lines in a validate task's
+    # log under Airflow 3), so this runs before the first `import great_expectations`. It warns
     # that add_sql could be add_postgres (which rejects unix-socket URLs, so we can't use it).
     warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
-    for name in ("great_expectations", "great_expectations.core", "great_expectations.expectations"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its modules' loggers inherit it
+    import great_expectations  # noqa: F401  (quietly, now)
+
+    # ... except this one, which sets itself to INFO when imported ("Created temporary directory").
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 
 def row_expectations(spec: JourneySpec) -> list[tuple[object, str]]:
@@ -225,6 +233,7 @@ def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list
 def validate_stage(
     engine: Engine, spec: JourneySpec, run: RunContext, *, approve_volume: bool = False
 ) -> ValidationOutcome:
+    _quiet_gx()
     checks = row_expectations(spec)
     limit = volume_limit(engine, spec, run)
     result = _gx_results(engine, spec, run, checks)
@@ -259,7 +268,7 @@ def validate_stage(
         **({"status": "held", "error": _held_message(spec, total, new, limit)} if held else {}),
     )
     if held:
-        raise VolumeHeld(_held_message(spec, total, new, limit))
+        raise VolumeHeld(_held_message(spec, total, new, limit), outcome.to_xcom())
     return outcome
 
 
