@@ -191,17 +191,16 @@ def property_database(embedded_server_url: str, text_ids: bool):
             assert conn.execute(sa.text("SELECT data_type FROM information_schema.columns WHERE table_schema = "
                                         "'shop' AND table_name = 'orders' AND column_name = 'order_id'")).scalar() == "text"
     schema.migrate(eng)
-    return eng, admin, name
-
-
-@pytest.fixture(scope="module")
-def engine(embedded_server_url):
-    eng, admin, name = property_database(embedded_server_url, text_ids=False)
     yield eng
     eng.dispose()
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_server_url):
+    yield from property_database(embedded_server_url, text_ids=False)
 
 
 def selection(engine: sa.Engine, spec, as_of: datetime, plan: dict) -> list[str]:
@@ -283,12 +282,7 @@ def assert_selections_do_not_depend_on_the_plan(engine, generated):
 
 @pytest.fixture(scope="module")
 def text_id_engine(embedded_server_url):
-    eng, admin, name = property_database(embedded_server_url, text_ids=True)
-    yield eng
-    eng.dispose()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    yield from property_database(embedded_server_url, text_ids=True)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
