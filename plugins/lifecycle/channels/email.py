@@ -124,7 +124,7 @@ class EmailChannel:
         hook = ConnectionSmtpHook(connection)
         self.connection, self.from_name = connection, from_name
         self.from_email = hook.from_email or SHOP["from_email"]
-        self.server = f"{hook.host}:{hook.port or (465 if hook.use_ssl else 25)}"  # for messages
+        self.server = f"{hook.host}:{hook.port or (465 if hook.use_ssl else 25)}"  # as errors name it
         self._smtp: smtplib.SMTP | None = None
 
     # one SMTP session per batch ------------------------------------------------
