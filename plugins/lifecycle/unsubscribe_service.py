@@ -58,7 +58,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from urllib.parse import parse_qsl
 
 import jinja2
@@ -390,18 +389,16 @@ def warehouse_url(url: str | None = None, environ: dict[str, str] | None = None)
     value = (environ.get(CONN_ENV) or "").strip()
     if not value:
         raise ValueError(f"no warehouse: pass --warehouse-url or set {CONN_ENV} (the Airflow connection)")
-    if value.startswith("{"):
+    from airflow.sdk import Connection
+
+    if value.startswith("{"):  # JSON or URI, told apart as Airflow's environment-variable backend does
         try:
-            conn = json.loads(value)
-        except ValueError as exc:
+            conn = Connection.from_json(value, conn_id="lifecycle_warehouse")
+        except json.JSONDecodeError as exc:
             raise ValueError(f"{CONN_ENV} is not valid JSON: {exc.msg} at position {exc.pos}") from None
-        return url_from_connection(SimpleNamespace(
-            host=conn.get("host"), port=conn.get("port"), login=conn.get("login"),
-            password=conn.get("password"), schema=conn.get("schema"),
-        ))
-    # URI form, e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
-    parsed = sa.make_url(value)
-    return parsed.set(drivername="postgresql+psycopg2")
+    else:  # e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
+        conn = Connection.from_uri(value, conn_id="lifecycle_warehouse")
+    return url_from_connection(conn)
 
 
 def make_engine(url: URL | str) -> Engine:
