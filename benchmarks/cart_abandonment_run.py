@@ -185,7 +185,9 @@ def send_in_child(url: str, lenient: bool, batches: list[dict], smtp_port: int) 
 def measured_run(engine, url: str, spec, lenient: bool, end: datetime, smtp_port: int, label: str,
                  peaks: PeakTracker) -> dict:
     """One interval, stage by stage as lifecycle.runner.run_interval does, send in a child."""
-    from lifecycle import plan, runs, schema, stage, state, validate
+    from lifecycle import plan, runs, schema, stage, validate
+    from lifecycle.enroll import enroll
+    from lifecycle.exits import evaluate_exits
 
     timings: dict[str, float] = {}
 
@@ -202,8 +204,8 @@ def measured_run(engine, url: str, spec, lenient: bool, end: datetime, smtp_port
     runs.start_run(engine, run)
     selected = timed("stage", stage.stage_segment, engine, spec, run)
     outcome = timed("validate", validate.validate_stage, engine, spec, run)
-    enrolled = timed("enroll", state.enroll, engine, spec, run)
-    exits = timed("exits", state.evaluate_exits, engine, spec, run)
+    enrolled = timed("enroll", enroll, engine, spec, run)
+    exits = timed("exits", evaluate_exits, engine, spec, run)
     planned = timed("plan", plan.plan_due_steps, engine, spec, run)
     batches = timed("batch", plan.assign_batches, engine, spec, run)
     main_peak = proc_status_mb("VmHWM")

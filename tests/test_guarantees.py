@@ -16,10 +16,12 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import plan, runs, send, stage, state, validate
+from lifecycle import plan, runs, send, stage, validate
 from lifecycle.channels.base import ChannelUnavailable
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
+from lifecycle.enroll import enroll
+from lifecycle.exits import evaluate_exits
 from lifecycle.runner import run_interval
 from lifecycle.spec import load_spec
 
@@ -56,8 +58,8 @@ def plan_interval(engine, end, run_id="run-a", spec=LENIENT):
     runs.start_run(engine, run)
     stage.stage_segment(engine, spec, run)
     validate.validate_stage(engine, spec, run)
-    state.enroll(engine, spec, run)
-    state.evaluate_exits(engine, spec, run)
+    enroll(engine, spec, run)
+    evaluate_exits(engine, spec, run)
     plan.plan_due_steps(engine, spec, run)
     return run, plan.assign_batches(engine, spec, run)
 
@@ -310,7 +312,7 @@ def test_an_older_backfill_never_overwrites_a_newer_context(shop):
                 f"CREATE TABLE {stage.stage_table(run)} AS SELECT 1::bigint AS _row, 'cart-x'::text AS cart_id, "
                 "CAST(:c AS bigint) AS customer_id, CAST(:t AS timestamptz) AS cart_updated_at, "
                 "CAST(:n AS int) AS item_count"), {"c": customer, "t": anchor - timedelta(days=1), "n": items})
-        state.enroll(engine, SPEC, run)
+        enroll(engine, SPEC, run)
 
     def context():
         with engine.connect() as conn:

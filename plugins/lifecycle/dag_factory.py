@@ -18,9 +18,10 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, WAREHOUSE_CONN_ID
+from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID
 from lifecycle.mailbox import MAILBOX_DAG_ID, MAILDIR_ENV, build_mailbox_dag
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
+from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
         from lifecycle.send import send_batch
         from lifecycle.tasklog import batch_line
 
-        engine = _engine()
+        engine = task_engine()
         counts = send_batch(engine, specs[batch["journey"]], batch, channel_factory,
                             dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
         log.info("%s", batch_line(engine, batch, counts))
@@ -97,12 +98,6 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
 
 def journey_asset(journey: str) -> Asset:
     return Asset(name=f"lifecycle_{journey}_runs", uri=f"lifecycle://runs/{journey}")
-
-
-def _engine():
-    from lifecycle.warehouse import airflow_warehouse_engine
-
-    return airflow_warehouse_engine(WAREHOUSE_CONN_ID)
 
 
 def _run_switch(name: str) -> bool:
@@ -206,7 +201,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import start_run as record_start
             from lifecycle.schema import migrate
 
-            engine, run = _engine(), _run_context(spec)
+            engine, run = task_engine(), _run_context(spec)
             migrate(engine)
             refuse_if_an_earlier_run_is_unfinished(engine, run)
             record_start(engine, run)
@@ -219,7 +214,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import RunContext
             from lifecycle.stage import stage_segment as stage
 
-            rows = stage(_engine(), spec, RunContext.from_xcom(run))
+            rows = stage(task_engine(), spec, RunContext.from_xcom(run))
             log.info("segment selected %d rows", rows)
             return rows
 
@@ -233,7 +228,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
             approve = _run_switch("approve_volume")
             try:
-                outcome = validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
+                outcome = validate_stage(task_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
             except VolumeHeld as exc:
                 if exc.outcome:
                     log.info("%s", validation_line(exc.outcome))
@@ -243,21 +238,21 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
         @task
         def enroll(run: dict, validation: dict) -> dict:
+            from lifecycle.enroll import enroll as upsert
             from lifecycle.runs import RunContext
-            from lifecycle.state import enroll as upsert
             from lifecycle.tasklog import mapping_line
 
-            counts = upsert(_engine(), spec, RunContext.from_xcom(run))
+            counts = upsert(task_engine(), spec, RunContext.from_xcom(run))
             log.info("%s", mapping_line("enrollments", counts))
             return counts
 
         @task
         def evaluate_exits(run: dict, enrolled: dict) -> dict:
+            from lifecycle.exits import evaluate_exits as exits
             from lifecycle.runs import RunContext
-            from lifecycle.state import evaluate_exits as exits
             from lifecycle.tasklog import mapping_line
 
-            counts = exits(_engine(), spec, RunContext.from_xcom(run))
+            counts = exits(task_engine(), spec, RunContext.from_xcom(run))
             log.info("%s", mapping_line("exits", counts))
             return counts
 
@@ -267,7 +262,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.runs import RunContext, refuse_if_an_earlier_run_is_unfinished
             from lifecycle.tasklog import plan_line
 
-            engine, ctx = _engine(), RunContext.from_xcom(run)
+            engine, ctx = task_engine(), RunContext.from_xcom(run)
             refuse_if_an_earlier_run_is_unfinished(engine, ctx)  # one may have started since start_run
             plan_due_steps(engine, spec, ctx)
             now = sender_clock(ctx.as_of.isoformat())()
@@ -286,7 +281,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             ctx = RunContext.from_xcom(run)
             if ctx.mode == "dry":
                 return {"skipped": "dry run: audiences are not changed"}
-            return sync(_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
+            return sync(task_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
 
         @task(trigger_rule="all_done", outlets=[journey_asset(spec.journey)])
         def summarize(run: dict | None) -> dict:
@@ -299,7 +294,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
                 raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
             ctx = get_current_context()
-            engine, r = _engine(), RunContext.from_xcom(run)
+            engine, r = task_engine(), RunContext.from_xcom(run)
             failed = _failed_tasks(ctx)
             counts = message_counts(engine, r)
             finish_run(engine, r, "failed" if failed else "ok", counts,
@@ -399,7 +394,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
                 run = _dispatch_context(journey, ctx)
                 now = sender_clock(run.as_of.isoformat())()
                 batches[by_journey[journey].kind] += assign_batches(
-                    _engine(), by_journey[journey], run, only_waiting=True, now=now)
+                    task_engine(), by_journey[journey], run, only_waiting=True, now=now)
             waiting = by_channel(batches["marketing"], channels)
             for channel, found in by_channel(batches["transactional"], transactional).items():
                 waiting[f"transactional_{channel}"] = found

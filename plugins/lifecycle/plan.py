@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.conditions import materialise_condition
+from lifecycle.coupons import issue_coupons
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
 from lifecycle.runs import RunContext
 from lifecycle.spec import JourneySpec, Step
-from lifecycle.sunsets import lift_sunsets
+from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, start_sunset
 
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024) at any segment size
 STALE_CLAIM = timedelta(hours=1)
@@ -77,25 +79,9 @@ def insert_messages(
     ).all()
     if action == "suppress" and run.mode == "live":
         for channel in {r.channel for r in rows}:
-            _suppress(conn, spec, run, channel,
-                      [r.customer_id for r in rows if r.status == "sent" and r.channel == channel])
+            start_sunset(conn, [r.customer_id for r in rows if r.status == "sent" and r.channel == channel],
+                         channel, spec.journey, run.as_of)
     return [(r.message_id, r.status) for r in rows]
-
-
-def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: str, customer_ids: list[str]) -> None:
-    """A sunset ('no_response'), dated the run's as_of: an order or click after it lifts it
-    (lifecycle.sunsets), also in a replay of the past. An active suppression is left as it is."""
-    if customer_ids:
-        conn.execute(
-            sa.text(
-                """
-                INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since)
-                SELECT unnest(CAST(:ids AS text[])), :channel, 'no_response', :journey, :as_of
-                ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
-                """
-            ),
-            {"ids": customer_ids, "channel": channel, "journey": spec.journey, "as_of": run.as_of},
-        )
 
 
 def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
@@ -110,8 +96,6 @@ def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
                 "AND ps.revoked_at IS NULL)",
     }[channel]
     if kind == "transactional":  # no consent needed; only an address-level suppression stops it
-        from lifecycle.send import BLOCKS_TRANSACTIONAL
-
         reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
         return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "
                 f"c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL AND x.reason IN ({reasons}))")
@@ -155,8 +139,6 @@ def _due_candidates(conn: sa.Connection, spec: JourneySpec, run: RunContext, ste
 
 def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
     """Mark candidates whose `when` condition fails (or `unless` holds) with a skip reason."""
-    from lifecycle.state import materialise_condition
-
     scope = typed_enrollments(conn, "FROM lifecycle.enrollments e JOIN _due USING (enrollment_id)")
     for name, holds_means_skip in ((step.when, False), (step.unless, True)):
         if not name:
@@ -169,32 +151,6 @@ def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunConte
             sa.text(f"UPDATE _due SET skip_reason = :reason WHERE skip_reason IS NULL AND {test}"),
             {"reason": reason},
         )
-
-
-def _issue_coupons(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
-    """One unguessable code per planned message of a coupon step (idempotent per enrollment+step).
-    `coupon.product` names the context column whose product the code is limited to."""
-    conn.execute(
-        sa.text(
-            """
-            INSERT INTO lifecycle.coupons
-                (code, journey, mode, enrollment_id, step, customer_id, percent_off, valid_from, valid_until,
-                 product_id)
-            SELECT :code_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
-                   m.journey, m.mode, m.enrollment_id, m.step, m.customer_id, :pct,
-                   m.due_at, m.due_at + make_interval(days => :days),
-                   e.context ->> CAST(:product_column AS text)  -- the id as text, whatever its type in the shop
-            FROM lifecycle.messages m
-            JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
-            WHERE m.journey = :journey AND m.mode = :mode AND m.step = :step
-              AND m.planned_run_id = :run_id AND m.status IN ('planned', 'dry_run')
-            ON CONFLICT DO NOTHING
-            """
-        ),
-        {**run.binds(), "run_id": run.run_id, "step": step.name, "pct": step.coupon.percent_off,
-         "days": step.coupon.valid_days, "code_prefix": step.coupon.prefix or spec.journey[:2].upper() + "-",
-         "product_column": step.coupon.product},
-    )
 
 
 def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, dict[str, int]]:
@@ -212,7 +168,7 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 lateness=step.max_lateness, action=step.action,
             )
             if step.coupon:
-                _issue_coupons(conn, spec, run, step)
+                issue_coupons(conn, run, step.name, step.coupon)
         by_status: dict[str, int] = {}
         for _, status in rows:
             by_status[status] = by_status.get(status, 0) + 1

@@ -11,7 +11,9 @@ from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
-from lifecycle import plan, runs, schema, send, stage, state, validate
+from lifecycle import plan, runs, schema, send, stage, validate
+from lifecycle.enroll import enroll
+from lifecycle.exits import evaluate_exits
 from lifecycle.spec import JourneySpec
 
 
@@ -44,8 +46,8 @@ def run_interval(
     runs.start_run(engine, run)
     selected = timed("stage", stage.stage_segment, engine, spec, run)
     outcome = timed("validate", validate.validate_stage, engine, spec, run, approve_volume=approve_volume)
-    enrolled = timed("enroll", state.enroll, engine, spec, run)
-    exits = timed("exits", state.evaluate_exits, engine, spec, run)
+    enrolled = timed("enroll", enroll, engine, spec, run)
+    exits = timed("exits", evaluate_exits, engine, spec, run)
     timed("plan", plan.plan_due_steps, engine, spec, run)
     now = clock() if clock else run.as_of  # a simulation: the run happens at its as_of
     batches = timed("batch", plan.assign_batches, engine, spec, run, now=now)

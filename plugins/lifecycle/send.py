@@ -25,15 +25,11 @@ from lifecycle.config import SHOP
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
+from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, record_suppression
 from lifecycle.validate import EMAIL_REGEX
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-# Suppression reasons that stop transactional messages (order confirmations, shipping notices)
-# too: the address itself is unusable or its owner reported us as spam. Every other reason
-# (unsubscribe, a journey's no_response sunset, ...) is a marketing opt-out only. For SMS, a
-# carrier-level STOP (provider_opt_out) refuses every text from our number anyway.
-BLOCKS_TRANSACTIONAL = ("hard_bounce", "complaint", "provider_opt_out")
 
 
 class RetryBatch(RuntimeError):
@@ -159,8 +155,6 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
 def _lift_returning_customers(conn: sa.Connection, batch: dict, now: datetime) -> None:
     """End the sunsets of this batch's recipients who came back (ordered, clicked) before the
     run's as_of (the sender's clock when the batch has none): their messages then go out."""
-    from lifecycle.sunsets import lift_sunsets
-
     customers = conn.execute(
         sa.text("SELECT DISTINCT customer_id FROM lifecycle.messages WHERE journey = :journey AND run_id = :run_id "
                 "AND channel = :channel AND batch_no = :batch AND status = 'planned'"),
@@ -396,22 +390,6 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
         if outcome.suppress:
             record_suppression(conn, customer_id, channel, outcome.suppress, journey)
     return status
-
-
-def record_suppression(conn: sa.Connection, customer_id: str, channel: str, reason: str, source: str) -> bool:
-    """One suppression per (customer, channel). A blocking reason (hard bounce, complaint) replaces
-    a marketing-only one (say, of an order confirmation to someone who had unsubscribed): otherwise
-    it would be lost and transactional mail would keep going to a dead address. True when written."""
-    return conn.execute(
-        sa.text(
-            "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
-            "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO UPDATE "
-            "SET reason = EXCLUDED.reason, source = EXCLUDED.source, since = now() "
-            "WHERE EXCLUDED.reason = ANY(CAST(:blocking AS text[])) "
-            "AND lifecycle.suppressions.reason <> ALL(CAST(:blocking AS text[]))"
-        ),
-        {"c": customer_id, "ch": channel, "r": reason, "src": source, "blocking": list(BLOCKS_TRANSACTIONAL)},
-    ).rowcount == 1
 
 
 def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) -> None:
