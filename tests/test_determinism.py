@@ -27,7 +27,7 @@ from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR
 from lifecycle.determinism import check_sql, mask_comments_and_strings
 from lifecycle.exits import evaluate_exits
 from lifecycle.ids import typed_enrollments
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import SpecError, load_all, load_spec
 from lifecycle.sql import condition_sql, execute_file_sql
 from lifecycle.stage import drop_stage, stage_segment, stage_table

@@ -12,11 +12,12 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import plan, runs, send, stage, validate
+from lifecycle import plan, run_audit, send, stage, validate
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, frequency_caps
 from lifecycle.enroll import enroll
 from lifecycle.exits import evaluate_exits
+from lifecycle.run_context import RunContext
 from lifecycle.spec import load_spec
 
 CART = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
@@ -35,8 +36,8 @@ def shop(shop_db):
 
 
 def run_and_send(engine, spec, end, server) -> None:
-    run = runs.RunContext(spec.journey, f"{spec.journey}-{end:%Y%m%d%H}", "live", end - timedelta(hours=1), end)
-    runs.start_run(engine, run)
+    run = RunContext(spec.journey, f"{spec.journey}-{end:%Y%m%d%H}", "live", end - timedelta(hours=1), end)
+    run_audit.start_run(engine, run)
     stage.stage_segment(engine, spec, run)
     validate.validate_stage(engine, spec, run)
     enroll(engine, spec, run)

@@ -30,7 +30,7 @@ from lifecycle import schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SHOP
 from lifecycle.links import verify_stay_token, verify_unsubscribe_token
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 from lifecycle.suppression import lift_sunsets

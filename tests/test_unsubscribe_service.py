@@ -32,7 +32,7 @@ from cryptography.fernet import Fernet
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.links import stay_token, unsubscribe_token
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.warehouse import airflow_conn_json
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from lifecycle import schema
 from lifecycle.config import SQL_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.tasklog import validation_line
 from lifecycle.validate import VolumeHeld

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import Coupon
 
 

@@ -139,7 +139,7 @@ def _run_mode(spec: JourneySpec) -> str:
 
 
 def _run_context(spec: JourneySpec):
-    from lifecycle.runs import RunContext
+    from lifecycle.run_context import RunContext
 
     ctx = get_current_context()
     if ctx.get("data_interval_start") is None:  # Airflow 3 manual triggers default to no logical date
@@ -197,8 +197,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
     def journey():
         @task
         def start_run() -> dict:
-            from lifecycle.runs import refuse_if_an_earlier_run_is_unfinished
-            from lifecycle.runs import start_run as record_start
+            from lifecycle.run_audit import refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.run_audit import start_run as record_start
             from lifecycle.schema import migrate
 
             engine, run = task_engine(), _run_context(spec)
@@ -211,7 +211,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
         @task
         def stage_segment(run: dict) -> int:
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
             from lifecycle.stage import stage_segment as stage
 
             rows = stage(task_engine(), spec, RunContext.from_xcom(run))
@@ -222,7 +222,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         def validate(run: dict, rows_selected: int) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import validation_line
             from lifecycle.validate import VolumeHeld, validate_stage
 
@@ -239,7 +239,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         @task
         def enroll(run: dict, validation: dict) -> dict:
             from lifecycle.enroll import enroll as upsert
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import mapping_line
 
             counts = upsert(task_engine(), spec, RunContext.from_xcom(run))
@@ -249,7 +249,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         @task
         def evaluate_exits(run: dict, enrolled: dict) -> dict:
             from lifecycle.exits import evaluate_exits as exits
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import mapping_line
 
             counts = exits(task_engine(), spec, RunContext.from_xcom(run))
@@ -259,7 +259,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         @task
         def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel, plan_due_steps
-            from lifecycle.runs import RunContext, refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.run_audit import refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import plan_line
 
             engine, ctx = task_engine(), RunContext.from_xcom(run)
@@ -276,7 +277,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             after planning, which is where finished enrollments complete."""
             from lifecycle.audiences import MetaAudienceClient
             from lifecycle.audiences import sync_audience as sync
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
 
             ctx = RunContext.from_xcom(run)
             if ctx.mode == "dry":
@@ -287,7 +288,8 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         def summarize(run: dict | None) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from lifecycle.runs import RunContext, finish_run, message_counts
+            from lifecycle.run_audit import finish_run, message_counts
+            from lifecycle.run_context import RunContext
             from lifecycle.stage import drop_stage
             from lifecycle.tasklog import mapping_line
 
@@ -411,7 +413,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
 
 
 def _dispatch_context(journey: str, ctx):
-    from lifecycle.runs import RunContext
+    from lifecycle.run_context import RunContext
 
     return RunContext(journey, ctx["run_id"], "live", ctx["data_interval_start"], ctx["data_interval_end"])
 

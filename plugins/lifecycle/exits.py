@@ -14,7 +14,7 @@ from lifecycle.conditions import materialise_condition
 from lifecycle.coupons import issue_coupons
 from lifecycle.ids import typed_enrollments
 from lifecycle.plan import insert_messages
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 
 # The event columns a conversion records, in the SQL type each is given when a condition lacks it.

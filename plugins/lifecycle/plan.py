@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from lifecycle.conditions import materialise_condition
 from lifecycle.coupons import issue_coupons
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec, Step
 from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, start_sunset
 
