@@ -19,10 +19,12 @@ from lifecycle.coupons import issue_coupons
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec, Step
+from lifecycle.sql import query
 from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, start_sunset
 
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024) at any segment size
 STALE_CLAIM = timedelta(hours=1)
+ADVANCE_ENROLLMENTS_SQL = query("advance_enrollments")
 
 
 def insert_messages(
@@ -182,39 +184,7 @@ def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> 
     last_after = spec.steps[-1].after
     with engine.begin() as conn:
         conn.execute(
-            sa.text(
-                """
-                WITH steps AS (
-                    SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
-                           AS s(ord, name, after_s)
-                ), progress AS (
-                    SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at,
-                           (SELECT m.step FROM lifecycle.messages m WHERE m.enrollment_id = e.enrollment_id
-                            ORDER BY m.due_at DESC, m.message_id DESC LIMIT 1) AS current_step
-                    FROM lifecycle.enrollments e
-                    LEFT JOIN LATERAL (
-                        SELECT s.name, e.entered_at + make_interval(secs => s.after_s) AS due
-                        FROM steps s
-                        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.messages m
-                                          WHERE m.enrollment_id = e.enrollment_id AND m.step = s.name)
-                        ORDER BY s.ord LIMIT 1
-                    ) nx ON true
-                    WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
-                )
-                UPDATE lifecycle.enrollments e
-                   SET next_step = p.next_step, next_due_at = p.next_due_at, current_step = p.current_step,
-                       status = CASE WHEN p.next_step IS NULL
-                                      AND e.entered_at + make_interval(secs => :done_after) <= :as_of
-                                     THEN 'completed' ELSE e.status END,
-                       updated_at = now()
-                  FROM progress p
-                 WHERE e.enrollment_id = p.enrollment_id
-                   AND ((e.next_step, e.next_due_at, e.current_step)
-                            IS DISTINCT FROM (p.next_step, p.next_due_at, p.current_step)
-                        OR (p.next_step IS NULL
-                            AND e.entered_at + make_interval(secs => :done_after) <= :as_of))
-                """
-            ),
+            sa.text(ADVANCE_ENROLLMENTS_SQL),
             {
                 **run.binds(),
                 "ords": list(range(len(spec.steps))),
