@@ -20,6 +20,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_c
 
 from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID
 from lifecycle.mailbox import MAILBOX_DAG_ID, MAILDIR_ENV, build_mailbox_dag
+from lifecycle.model import Batch, Kind, Mode
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
 from lifecycle.warehouse import task_engine
 
@@ -34,7 +35,7 @@ DEFAULT_ARGS = {"owner": "lifecycle", "retries": 3, "retry_delay": timedelta(min
 
 
 def pool_for(kind: str, channel: str) -> str:
-    return "lifecycle_transactional" if kind == "transactional" else f"lifecycle_{channel}"
+    return "lifecycle_transactional" if kind == Kind.TRANSACTIONAL else f"lifecycle_{channel}"
 
 
 def channel_factory(name: str):
@@ -83,13 +84,13 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
 
     @task(task_id=f"send_{key or channel}", pool=pool_for(kind, channel), retry_delay=timedelta(seconds=30),
           max_active_tis_per_dagrun=4)
-    def send(batch: dict) -> dict:
+    def send(batch: Batch) -> dict:
         from lifecycle.send import send_batch
         from lifecycle.tasklog import batch_line
 
         engine = task_engine()
         counts = send_batch(engine, specs[batch["journey"]], batch, channel_factory,
-                            dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
+                            dry_run=batch["mode"] == Mode.DRY, clock=sender_clock(batch["as_of"]))
         log.info("%s", batch_line(engine, batch, counts))
         return counts
 
@@ -132,10 +133,10 @@ def _cli_date(moment) -> str:
     return moment.date().isoformat() if moment.time() == moment.min.time() else moment.isoformat()
 
 
-def _run_mode(spec: JourneySpec) -> str:
+def _run_mode(spec: JourneySpec) -> Mode:
     """'dry' for a draft journey (every run records what it would send, delivers nothing) and for
     a run asked to be dry (`{"dry_run": true}`); otherwise 'live'."""
-    return "dry" if spec.status == "draft" or _run_switch("dry_run") else "live"
+    return Mode.DRY if spec.status == "draft" or _run_switch("dry_run") else Mode.LIVE
 
 
 def _run_context(spec: JourneySpec):
@@ -280,7 +281,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.run_context import RunContext
 
             ctx = RunContext.from_xcom(run)
-            if ctx.mode == "dry":
+            if ctx.mode == Mode.DRY:
                 return {"skipped": "dry run: audiences are not changed"}
             return sync(task_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
 
@@ -415,7 +416,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
 def _dispatch_context(journey: str, ctx):
     from lifecycle.run_context import RunContext
 
-    return RunContext(journey, ctx["run_id"], "live", ctx["data_interval_start"], ctx["data_interval_end"])
+    return RunContext(journey, ctx["run_id"], Mode.LIVE, ctx["data_interval_start"], ctx["data_interval_end"])
 
 
 def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:

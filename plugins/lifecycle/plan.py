@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from lifecycle.conditions import materialise_condition
 from lifecycle.coupons import issue_coupons
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
+from lifecycle.model import Batch, Kind, MessageStatus, Mode
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec, Step
 from lifecycle.sql import query
@@ -40,8 +41,8 @@ def insert_messages(
 ) -> list[tuple[int, str]]:
     """Insert one message per candidate row (enrollment_id, enrollment_key, customer_id, holdout,
     due_at, skip_reason, channel); rows whose key exists are left alone. Returns (message_id, status)."""
-    done = "'dry_run'" if run.mode == "dry" else "'sent'"
-    ready = done if action else "'planned'"  # an action is carried out as it is planned
+    done = f"'{MessageStatus.DRY_RUN}'" if run.mode == Mode.DRY else f"'{MessageStatus.SENT}'"
+    ready = done if action else f"'{MessageStatus.PLANNED}'"  # an action is carried out as it is planned
     rows = conn.execute(
         sa.text(
             f"""
@@ -79,7 +80,7 @@ def insert_messages(
             "action_reason": f"action: {action}" if action else None,
         },
     ).all()
-    if action == "suppress" and run.mode == "live":
+    if action == "suppress" and run.mode == Mode.LIVE:
         for channel in {r.channel for r in rows}:
             start_sunset(conn, [r.customer_id for r in rows if r.status == "sent" and r.channel == channel],
                          channel, spec.journey, run.as_of)
@@ -97,7 +98,7 @@ def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
         "push": f"EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = {ids[PUSH_SUBSCRIPTIONS]} "
                 "AND ps.revoked_at IS NULL)",
     }[channel]
-    if kind == "transactional":  # no consent needed; only an address-level suppression stops it
+    if kind == Kind.TRANSACTIONAL:  # no consent needed; only an address-level suppression stops it
         reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
         return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "
                 f"c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL AND x.reason IN ({reasons}))")
@@ -205,7 +206,7 @@ LEFT_BEHIND = " AND (not_before IS NOT NULL OR run_id IS NULL OR planned_for < :
 
 def assign_batches(
     engine: Engine, spec: JourneySpec, run: RunContext, *, only_waiting: bool = False, now: datetime | None = None
-) -> list[dict]:
+) -> list[Batch]:
     """Give this run the journey's open messages, cut into single-channel batches; return
     descriptors {journey, run_id, mode, channel, batch, size}.
 
@@ -249,13 +250,13 @@ def assign_batches(
             {**run.binds(), "run_id": run.run_id},
         ).all()
     return [
-        {"journey": run.journey, "run_id": run.run_id, "mode": run.mode, "channel": r.channel,
-         "batch": r.batch_no, "size": r.n, "as_of": run.as_of.isoformat()}
+        Batch(journey=run.journey, run_id=run.run_id, mode=str(run.mode), channel=r.channel,
+              batch=r.batch_no, size=r.n, as_of=run.as_of.isoformat())
         for r in rows
     ]
 
 
-def by_channel(batches: list[dict], channels) -> dict[str, list[dict]]:
+def by_channel(batches: list[Batch], channels) -> dict[str, list[Batch]]:
     """Descriptors grouped per channel (every channel present, maybe empty): one mapped send
     task per channel, each in its own pool."""
     return {channel: [b for b in batches if b["channel"] == channel] for channel in sorted(channels)}

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from lifecycle.config import SHOP
+from lifecycle.model import Mode
 from lifecycle.spec import JourneySpec
 
 
@@ -16,7 +17,7 @@ from lifecycle.spec import JourneySpec
 class RunContext:
     journey: str
     run_id: str
-    mode: str  # 'live' or 'dry'
+    mode: Mode
     interval_start: datetime
     interval_end: datetime
 
@@ -27,7 +28,7 @@ class RunContext:
 
     @property
     def key_prefix(self) -> str:
-        return "dry:" if self.mode == "dry" else ""
+        return "dry:" if self.mode == Mode.DRY else ""
 
     @property
     def short_id(self) -> str:
@@ -51,6 +52,7 @@ class RunContext:
     def to_xcom(self) -> dict:
         d = asdict(self)
         d["interval_start"], d["interval_end"] = self.interval_start.isoformat(), self.interval_end.isoformat()
+        d["mode"] = str(self.mode)  # XCom carries plain JSON
         return d
 
     @classmethod
@@ -58,7 +60,7 @@ class RunContext:
         return cls(
             journey=d["journey"],
             run_id=d["run_id"],
-            mode=d["mode"],
+            mode=Mode(d["mode"]),
             interval_start=datetime.fromisoformat(d["interval_start"]),
             interval_end=datetime.fromisoformat(d["interval_end"]),
         )

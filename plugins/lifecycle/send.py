@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from lifecycle.channels.base import Channel, ChannelUnavailable, Outcome
 from lifecycle.config import SHOP
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
+from lifecycle.model import Batch, MessageStatus
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import query
@@ -40,7 +41,7 @@ class RetryBatch(RuntimeError):
     """Some messages hit transient errors and went back to planned: retry the task."""
 
 
-def _batch_binds(batch: dict) -> dict:
+def _batch_binds(batch: Batch) -> dict:
     return {"journey": batch["journey"], "run_id": batch["run_id"], "batch": batch["batch"],
             "channel": batch.get("channel", "email")}
 
@@ -87,7 +88,7 @@ def _id_placeholders(ids: dict[str, str]) -> dict[str, str]:
     return {"contacts_id": ids[CONTACTS], "consent_id": ids[CONSENT], "push_id": ids[PUSH_SUBSCRIPTIONS]}
 
 
-def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
+def reconcile_unconfirmed(conn: sa.Connection, batch: Batch) -> int:
     """Rows this batch left claimed in an earlier attempt that died: record, never re-send."""
     return conn.execute(
         sa.text(
@@ -103,7 +104,7 @@ def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
     ).rowcount
 
 
-def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, now: datetime) -> int:
+def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: Batch, now: datetime) -> int:
     """Consent, suppressions, enrollment state, lateness and address, checked now, not at planning."""
     exit_steps = [e.message_step for e in spec.exits if e.message_step]
     _lift_returning_customers(conn, batch, now)
@@ -115,7 +116,7 @@ def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, 
     ).rowcount
 
 
-def _lift_returning_customers(conn: sa.Connection, batch: dict, now: datetime) -> None:
+def _lift_returning_customers(conn: sa.Connection, batch: Batch, now: datetime) -> None:
     """End the sunsets of this batch's recipients who came back (ordered, clicked) before the
     run's as_of (the sender's clock when the batch has none): their messages then go out."""
     customers = conn.execute(
@@ -127,7 +128,7 @@ def _lift_returning_customers(conn: sa.Connection, batch: dict, now: datetime) -
     lift_sunsets(conn, min(as_of, now), customers)
 
 
-def apply_frequency_cap(conn: sa.Connection, batch: dict, now: datetime) -> int:
+def apply_frequency_cap(conn: sa.Connection, batch: Batch, now: datetime) -> int:
     """At most N marketing messages per customer and channel in a rolling window, across all
     journeys (LIFECYCLE_FREQUENCY_CAPS). Counts what was sent in the window plus this batch's
     earlier messages to the same customer; the rest are suppressed with the cap as reason.
@@ -152,7 +153,7 @@ def _span(window) -> str:
     return f"{hours:g}h" if hours < 24 or hours % 24 else f"{hours / 24:g}d"
 
 
-def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
+def load_batch(conn: sa.Connection, batch: Batch) -> list[Any]:
     """Everything needed to render the batch's planned messages (bounded by the batch size)."""
     ids = shop_ids(conn, "m.customer_id")
     return conn.execute(
@@ -276,7 +277,8 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
          journey: str, next_channel: str | None = None, sent_at: datetime | None = None) -> str:
     """Record the outcome of a claimed message; return the status it ends in. `sent_at` is the
     sender's clock (the wall clock in production, the simulated time in a replay of the past)."""
-    status = {"sent": "sent", "failed": "failed", "unknown": "failed", "retry": "planned"}[outcome.status]
+    status = {"sent": MessageStatus.SENT, "failed": MessageStatus.FAILED, "unknown": MessageStatus.FAILED,
+              "retry": MessageStatus.PLANNED}[outcome.status]
     reason = outcome.reason
     if outcome.status == "unknown":
         reason = f"outcome unknown: {reason}"
@@ -349,7 +351,7 @@ def _release(engine: Engine, message_id: int, token: str) -> None:
 def send_batch(
     engine: Engine,
     spec: JourneySpec,
-    batch: dict,
+    batch: Batch,
     channel_for: Callable[[str], Channel],
     *,
     dry_run: bool = False,
