@@ -70,9 +70,6 @@ def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec], key
 def sender_clock(as_of: str):
     """The wall clock, or, with LIFECYCLE_CLOCK=as_of (the demo and simulations), the run's as_of:
     replaying the past as if each run had happened on time."""
-    import os
-    from datetime import UTC, datetime
-
     if os.environ.get("LIFECYCLE_CLOCK") == "as_of":
         fixed = datetime.fromisoformat(as_of)
         return lambda: fixed
