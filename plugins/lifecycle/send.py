@@ -32,6 +32,7 @@ from lifecycle.validate import EMAIL_REGEX
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
+# The batch's long static statements, in include/sql/lifecycle/queries/.
 SEND_TIME_CHECKS_SQL = query("send_time_checks")
 FREQUENCY_CAP_SQL = query("frequency_cap")
 LOAD_BATCH_SQL = query("load_batch")
