@@ -38,7 +38,6 @@ import sqlalchemy as sa
 
 from lifecycle.config import SHOP
 from lifecycle.links import verify_unsubscribe_token
-from lifecycle.suppression import record_suppression, record_unsubscribe
 from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
@@ -203,6 +202,10 @@ def _about_original(msg: Message, finding: Finding) -> Finding:
 def record(conn: sa.Connection, finding: Finding) -> bool | None:
     """Write the finding's suppression: True if new, False if one was already active, None when
     it names no customer (a returned message not in lifecycle.messages)."""
+    # Imported here, not at the top: dag_factory imports this module while parsing DAG files,
+    # which must not load the engine (its SQL files included).
+    from lifecycle.suppression import record_suppression, record_unsubscribe
+
     if finding.subject is None:
         return None
     customer_id, channel = finding.subject
