@@ -27,7 +27,7 @@ Routes:
     instead). Changes nothing, for the same reason as above.
 ``POST /preferences?t=STAY_TOKEN`` with body ``choice=stay``
     Records the choice in lifecycle.preference_choices (source 'preferences_page') and
-    lifts the customer's active 'no_response' sunset on that channel (lifecycle.sunsets);
+    lifts the customer's active 'no_response' sunset on that channel (lifecycle.suppression);
     win_back's ``chose_to_stay`` exit then spares them its stop_emailing step. A stay token
     is signed for that purpose only: an unsubscribe token is refused here and vice versa.
 ``GET /health``
@@ -73,7 +73,7 @@ from starlette.routing import Route
 
 from lifecycle.config import SHOP, TEMPLATES_DIR
 from lifecycle.links import signing_key, unsubscribe_token, verify_stay_token, verify_unsubscribe_token
-from lifecycle.sunsets import LIFTABLE, lift_for_stay_choice
+from lifecycle.suppression import lift_for_stay_choice, record_unsubscribe
 from lifecycle.warehouse import url_from_connection
 
 log = logging.getLogger("lifecycle.unsubscribe")
@@ -109,33 +109,6 @@ SECURITY_HEADERS = {
 
 # The routes the access log may name; anything else is logged as "-" (paths are user input).
 _ROUTES = ("/unsubscribe", "/unsubscribe/", "/preferences", "/preferences/", "/health")
-
-# An unsubscribe outranks a sunset: close the active no_response row (kept as history), so
-# that an order, which lifts sunsets, can never lift the customer's unsubscribe with it.
-SUPERSEDE_SUNSET_SQL = sa.text(
-    """
-    UPDATE lifecycle.suppressions
-       SET lifted_at = now(), lifted_reason = 'superseded', lifted_ref = 'unsubscribe'
-     WHERE customer_id = :customer_id AND channel = :channel AND lifted_at IS NULL
-       AND reason = ANY(CAST(:liftable AS text[]))
-    """
-)
-SUPPRESS_SQL = sa.text(
-    """
-    INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source)
-    VALUES (:customer_id, :channel, 'unsubscribe', :source)
-    ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
-    """
-)
-
-
-def record_unsubscribe(conn: sa.Connection, customer_id: str, channel: str, source: str) -> bool:
-    """Suppress `channel` for the customer (the link, one-click, or the mailbox's mailto);
-    True when this made a new suppression, False when one was already active."""
-    subject = {"customer_id": str(customer_id), "channel": channel}
-    conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
-    return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
-
 
 RECORD_STAY_SQL = sa.text(
     """

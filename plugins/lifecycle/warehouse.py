@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from lifecycle.config import WAREHOUSE_CONN_ID
+
 
 def url_from_connection(conn: Any) -> URL:
     """SQLAlchemy URL for an Airflow Postgres connection, as the postgres provider's PostgresHook
@@ -58,6 +60,11 @@ def airflow_warehouse_engine(conn_id: str) -> Engine:
             "(see README, 'Connections') or run `make demo`, which points it at the embedded warehouse."
         ) from exc
     return engine_for(url_from_connection(conn))
+
+
+def task_engine() -> Engine:
+    """The warehouse engine of a task: the connection LIFECYCLE_WAREHOUSE_CONN_ID names."""
+    return airflow_warehouse_engine(WAREHOUSE_CONN_ID)
 
 
 def start_embedded(data_dir: Path | str) -> str:
