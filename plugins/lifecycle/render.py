@@ -77,6 +77,7 @@ __all__ = [
     "money",
     "percent",
     "render_email",
+    "render_plain",
     "template_files",
     "utm",
 ]
@@ -472,7 +473,9 @@ def render_email(template: str, context: dict, templates_dir: Path | str | None 
     return RenderedEmail(subject=subject, text=text, html=html)
 
 
-def _one_file(template: str, channel: str, context: dict, templates_dir: Path | str | None) -> list[str]:
+def render_plain(template: str, channel: str, context: dict, templates_dir: Path | str | None = None) -> list[str]:
+    """Each of the channel's template files rendered as one line of text (white space folded):
+    what SMS, push and any channel without a layout show."""
     templates_dir = templates_dir or TEMPLATES_DIR  # read at call time: the configured folder
     env = get_environment(templates_dir)
     missing = missing_template_files(template, channel, templates_dir)
@@ -485,7 +488,7 @@ def _one_file(template: str, channel: str, context: dict, templates_dir: Path | 
 
 def render_sms(template: str, context: dict, templates_dir: Path | str | None = None) -> str:
     """``<template>.sms.txt`` as one line of text (white space folded: SMS has no layout)."""
-    (body,) = _one_file(template, "sms", context, templates_dir)
+    (body,) = render_plain(template, "sms", context, templates_dir)
     if not body:
         raise TemplateRenderError(template, "SMS body is empty", file=f"{template}.sms.txt")
     return body
@@ -494,7 +497,7 @@ def render_sms(template: str, context: dict, templates_dir: Path | str | None = 
 def render_push(template: str, context: dict, templates_dir: Path | str | None = None) -> dict:
     """``<template>.push-title.txt`` and ``.push-body.txt``; the click URL comes from the
     segment row's ``url`` (or the shop's home page)."""
-    title, body = _one_file(template, "push", context, templates_dir)
+    title, body = render_plain(template, "push", context, templates_dir)
     row = context.get("row") or {}
     shop = context.get("shop") or SHOP
     return {"title": title, "body": body, "url": row.get("url") or shop["base_url"]}
