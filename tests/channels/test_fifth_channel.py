@@ -5,6 +5,7 @@ engine, with no other edit: everything asks the registry (lifecycle.channels).""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import timedelta
 
@@ -126,3 +127,11 @@ def test_planning_and_sending_ask_the_registry(whatsapp, shop_db, smtp_server, t
     assert sorted(m.to for m in whatsapp.DELIVERED) == sorted(phones[c] for c in sent)
     assert all(m.body.startswith("Hi ") and m.body.endswith("is waiting.") for m in whatsapp.DELIVERED)
     assert {st for c, ch, st in planned if ch == "email"} <= {"sent", "skipped", "suppressed"}
+
+    # `lifecycle preview` shows what its builder makes.
+    from lifecycle.preview import preview
+
+    customer = min(sent, key=int)
+    shown = preview(engine, spec, tmp_path / "preview", customer=customer, as_of=anchor)
+    (path,) = [p for p in shown.written if p.name == "nudge.whatsapp.json"]
+    assert json.loads(path.read_text())["to"] == phones[customer]
