@@ -3,22 +3,23 @@ its builder and its sender (here an outbox in memory instead of the WhatsApp Clo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lifecycle.channels.base import Channel, Outcome
+from lifecycle.channels.base import Outcome
+from lifecycle.channels.catalog.sms import CHANNEL as SMS
 from lifecycle.config import TEMPLATES_DIR
 
-CHANNEL = Channel(
+# WhatsApp reaches the phone numbers SMS reaches (lifecycle.contacts.phone); the rest is its own.
+CHANNEL = replace(
+    SMS,
     name="whatsapp",
     template_files=(".whatsapp.txt",),
     label="WhatsApp messages",
-    address_sql="EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = {contacts} "
-                "AND nullif(trim(ct.phone), '') IS NOT NULL)",
-    no_address="missing phone",
     sender=f"{__name__}:Outbox",
     build=f"{__name__}:build",
     pool_slots=1,
+    blocks_transactional=(),
 )
 templates_dir: Path = TEMPLATES_DIR  # the test points it at its own copy of the templates
 DELIVERED: list[OutboundWhatsApp] = []
