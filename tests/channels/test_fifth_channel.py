@@ -6,7 +6,10 @@ engine, with no other edit: everything asks the registry (lifecycle.channels).""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -85,6 +88,34 @@ def test_spec_validation_and_template_lookup_accept_the_registered_channel(whats
     monkeypatch.setenv("LIFECYCLE_FREQUENCY_CAPS", "whatsapp=1/1d")
     assert frequency_caps() == {"whatsapp": (1, timedelta(days=1))}
     assert _label("whatsapp") == "WhatsApp messages"
+
+
+def test_the_registry_is_read_without_any_provider_library():
+    """Descriptions only: DAG parsing (spec, render, the registry) never imports a sender or its
+    HTTP, phone-number or web-push libraries; the send task does, through `Channel.open()`."""
+    code = ("import sys, lifecycle.channels, lifecycle.spec, lifecycle.render, lifecycle.stage; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'httpx', 'phonenumbers', 'pywebpush', "
+            "'requests'} or m in {'lifecycle.send', 'lifecycle.channels.email', 'lifecycle.channels.sms', "
+            "'lifecycle.channels.push'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.strip() == "[]"
+    assert list(CHANNELS) == ["email", "push", "sms"]
+
+
+def test_a_channel_module_is_named_after_its_channel(tmp_path, monkeypatch):
+    package = tmp_path / "misnamed_channels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "telegram.py").write_text(
+        "from dataclasses import replace\n"
+        "from lifecycle.channels.catalog.sms import CHANNEL as SMS\n"
+        "CHANNEL = replace(SMS, name='signal')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import misnamed_channels
+
+    with pytest.raises(ValueError, match="misnamed_channels.telegram describes channel 'signal'"):
+        discover(misnamed_channels)
 
 
 def test_planning_and_sending_ask_the_registry(whatsapp, shop_db, smtp_server, tmp_path):
