@@ -119,7 +119,7 @@ def test_a_channel_module_is_named_after_its_channel(tmp_path, monkeypatch):
 
 
 def test_planning_and_sending_ask_the_registry(whatsapp, shop_db, smtp_server, tmp_path):
-    from lifecycle.runner import run_interval
+    from lifecycle.replay import run_interval
 
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
