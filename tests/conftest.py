@@ -129,6 +129,21 @@ def scratch_engine(embedded_server_url):
     drop()
 
 
+@pytest.fixture(scope="session")
+def empty_shop(embedded_server_url):
+    """The shop's tables without rows, and the migrated lifecycle schema, on the embedded server:
+    the given/expect tests of the SQL files (tests/sql/) put in the few rows each case needs."""
+    from lifecycle import schema
+
+    url, drop = _fresh_database(embedded_server_url)
+    engine = sa.create_engine(url)
+    schema.create_shop_schema(engine)
+    schema.migrate(engine)
+    yield engine
+    engine.dispose()
+    drop()
+
+
 # ---------------------------------------------------------------------------- a shop per module
 ANCHOR_UTC = (2026, 11, 20)
 
