@@ -50,7 +50,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "push_subscriptions": {"endpoint": "https://push.example.com/x", "p256dh": "k", "auth": "a"},
     "engagement_events": {"channel": "email"},
 }
-REFERS_TO_CUSTOMER = {"consents", "page_views", "carts", "orders", "reviews", "push_subscriptions"}
+REFERS_TO_CUSTOMER = {"consents": "customer_id", "page_views": "customer_id", "carts": "customer_id",
+                      "orders": "customer_id", "reviews": "customer_id", "push_subscriptions": "customer_id",
+                      "referrals": "referrer_customer_id"}
 REFERS_TO_PRODUCT = {"page_views", "cart_items", "order_items", "reviews"}
 SHOP_TABLES = ("engagement_events", "push_subscriptions", "referrals", "reviews", "order_items", "orders",
                "cart_items", "carts", "page_views", "product_links", "products", "consents", "customers")
@@ -115,7 +117,8 @@ class ShopSQL:
         with self.engine.connect() as conn:
             if table in REFERS_TO_CUSTOMER:
                 have = set(conn.execute(sa.text("SELECT customer_id FROM shop.customers")).scalars())
-                missing = sorted({r["customer_id"] for r in rows if r.get("customer_id") is not None} - have)
+                column = REFERS_TO_CUSTOMER[table]
+                missing = sorted({r[column] for r in rows if r.get(column) is not None} - have)
             else:
                 missing = []
             if table in REFERS_TO_PRODUCT:
