@@ -1,5 +1,6 @@
-"""Conditions about an order since entry: purchased_since_entry, ordered_since_browse,
-welcome_first_order, seasonal_offer_ordered_in_window (header rules, one case each way)."""
+"""The reusable conditions (README, "Conditions"): purchased_since_entry, redeemed_coupon,
+opened_or_clicked_first_email, price_sensitive, inactive_60d. Journey-specific conditions are
+tested next to their journey's segment (test_<journey>.py)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,61 @@ def test_purchased_since_entry_ignores_orders_before_entry_cancelled_or_at_as_of
     sql.customer(2)
     sql.order(20, 2, ENTERED + HOUR, 5)  # someone else's order
     assert sql.holds("purchased_since_entry", Enrollment("e1", 1, ENTERED)) == {}
+
+
+def coupon(sql, journey: str, key: str, enrollment_id: int, code: str, valid_from, days: int = 14) -> None:
+    sql.given("lifecycle.coupons", {"code": code, "journey": journey, "enrollment_id": enrollment_id, "step": "email",
+                                    "customer_id": key.split(":")[0], "percent_off": 20, "valid_from": valid_from,
+                                    "valid_until": valid_from + days * DAY})
+
+
+def test_redeemed_coupon_an_order_with_the_code_while_valid(sql):
+    ids = sql.enroll("birthday", *(Enrollment(f"{c}:2026", c, ENTERED) for c in (1, 2, 3, 4)))
+    for c in (1, 2, 3, 4):
+        coupon(sql, "birthday", f"{c}:2026", ids[f"{c}:2026"], f"BD{c}", ENTERED)
+    sql.order(10, 1, ENTERED + DAY, 5, coupon_code="BD1", total=80)
+    sql.order(20, 2, ENTERED + 14 * DAY, 5, coupon_code="BD2")  # at valid_until: expired
+    sql.order(30, 3, ENTERED + DAY, 5, coupon_code="BD3", status="cancelled")
+    sql.order(40, 4, ENTERED + DAY, 5, coupon_code="BD1")  # someone else's code
+    hits = sql.holds("redeemed_coupon", as_of=ENTERED + 20 * DAY, journey="birthday")
+    assert hits == {"1:2026": (ENTERED + DAY, "10", Decimal("80.00"))}
+
+
+def test_opened_or_clicked_after_the_first_email_went_out(sql):
+    ids = sql.enroll("birthday", *(Enrollment(f"{c}:2026", c, ENTERED) for c in (1, 2, 3, 4)))
+    statuses = {1: "sent", 2: "sent", 3: "suppressed", 4: "sent"}
+    sql.given("lifecycle.messages", *({"idempotency_key": f"k{c}", "journey": "birthday", "enrollment_id": ids[f"{c}:2026"],
+                                       "customer_id": str(c), "step": "email", "channel": "email", "status": st,
+                                       "due_at": ENTERED, "planned_for": ENTERED, "planned_run_id": "r"}
+                                      for c, st in statuses.items()))
+    sql.given("engagement_events", {"customer_id": 1, "event": "open", "occurred_at": ENTERED + HOUR},
+              {"customer_id": 1, "event": "click", "occurred_at": ENTERED + 2 * HOUR},
+              {"customer_id": 2, "event": "open", "occurred_at": ENTERED - HOUR},  # before the email
+              {"customer_id": 3, "event": "click", "occurred_at": ENTERED + HOUR},  # the email did not go out
+              {"customer_id": 4, "event": "delivered", "occurred_at": ENTERED + HOUR})
+    hits = sql.holds("opened_or_clicked_first_email", journey="birthday")
+    assert hits == {"1:2026": (ENTERED + HOUR, None, None)}  # the first open
+
+
+def test_price_sensitive_at_least_half_the_orders_with_a_code(sql):
+    sql.order(10, 1, ENTERED - 9 * DAY, 5, coupon_code="X")
+    sql.order(11, 1, ENTERED - 8 * DAY, 5)  # one of two: half
+    sql.order(20, 2, ENTERED - 9 * DAY, 5, coupon_code="X")
+    sql.order(21, 2, ENTERED - 8 * DAY, 5, coupon_code="")  # an empty code is no code
+    sql.order(22, 2, ENTERED - 7 * DAY, 5)
+    sql.order(30, 3, ENTERED - 9 * DAY, 5, coupon_code="X", status="cancelled")
+    sql.order(31, 3, ENTERED - 8 * DAY, 5)
+    sql.customer(4)  # no orders
+    hits = sql.holds("price_sensitive", *(Enrollment(str(c), c, ENTERED) for c in (1, 2, 3, 4)), journey="seasonal_offer")
+    assert set(hits) == {"1"}
+
+
+def test_inactive_60d_no_order_in_the_60_days_before_as_of(sql):
+    sql.order(10, 1, AS_OF - 61 * DAY, 5)
+    sql.customer(2)  # never ordered
+    sql.order(30, 3, AS_OF - 60 * DAY, 5)  # exactly 60 days: active
+    sql.order(40, 4, AS_OF - DAY, 5, status="cancelled")
+    sql.order(50, 5, AS_OF, 5)  # at as_of: not before it
+    sql.order(60, 6, AS_OF - DAY, 5)
+    hits = sql.holds("inactive_60d", *(Enrollment(str(c), c, ENTERED) for c in range(1, 7)), journey="seasonal_offer")
+    assert set(hits) == {"1", "2", "4", "5"}
