@@ -16,29 +16,39 @@ suppressions and the address are checked at send time.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from lifecycle import demo_shop
 from lifecycle.channels.email import EmailChannel
+from lifecycle.channels.push import PushChannel
+from lifecycle.channels.sms import SMSChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.replay import run_interval
+from lifecycle.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 from lifecycle.smtp_sink import ReceivedMessage, RecordingSMTPServer
 from lifecycle.spec import JourneySpec, load_spec
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)  # "A": the demo shop's history ends just before it
+SHOP_SEED = 11  # tests/conftest.py generates the shop with it; the demo push keys derive from it
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -115,9 +125,9 @@ def py(value: Any) -> Any:
     return value
 
 
-def read_shop_frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
+def read_shop_frames(engine: sa.Engine, tables: Iterable[str] = SHOP_TABLES) -> dict[str, pd.DataFrame]:
     with engine.connect() as conn:
-        return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in SHOP_TABLES}
+        return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in tables}
 
 
 # ----------------------------------------------------------------------------- expected outcome
@@ -332,28 +342,74 @@ def simulate(
 # ----------------------------------------------------------------------------- what the engine did
 
 
+class Replay:
+    """What a replay talks to while it runs: the shop's engine, the journey, and local servers
+    speaking the providers' APIs (SMTP always; Twilio and a web push service when asked for).
+    Hooks get it, to plant rows between runs or to run one more interval (`run_once`)."""
+
+    def __init__(self, engine: sa.Engine, spec: JourneySpec, smtp: RecordingSMTPServer,
+                 twilio: TwilioServer | None, push: PushServer | None) -> None:
+        self.engine, self.spec, self.smtp, self.twilio, self.push = engine, spec, smtp, twilio, push
+        self.cases: Any = None  # what the `setup` hook returned, for the later hooks
+        self._vapid: str | None = None
+
+    def channel(self, name: str):
+        if name == "email":
+            return EmailChannel("127.0.0.1", self.smtp.port)
+        if name == "sms" and self.twilio is not None:
+            return SMSChannel(self.twilio.base_url, DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, from_number="+15005550006",
+                              backoff=0.01, settle=0.01)
+        if name == "push" and self.push is not None:
+            if self._vapid is None:  # a fresh VAPID key per replay, as a deployment has its own
+                self._vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()).decode()
+            return PushChannel(self._vapid, "mailto:ops@shop.example.com")
+        raise AssertionError(f"this replay has no {name!r} server: pass sms=True / push=True")
+
+    def run_once(self, start: datetime, end: datetime, **kwargs) -> dict:
+        """One interval through the engine (run_interval's keywords: run_id, mode, clock, ...)."""
+        return run_interval(self.engine, self.spec, start, end, self.channel, **kwargs)
+
+
 @dataclass
 class JourneyRun:
+    """A journey replayed over intervals (`journey_run`), and what the servers received."""
+
     journey: str
     spec: JourneySpec
-    shop: Shop
+    engine: sa.Engine
+    planted: demo_shop.Planted
     intervals: list[tuple[datetime, datetime]]
     results: list[dict]  # run_interval's summary per run
     received: list[ReceivedMessage]  # what the SMTP server accepted, in order
-    suppressed_before: dict[int, str]  # lifecycle.suppressions before the journey's first run
+    suppressions_before: dict[tuple[int, str], str]  # (customer, channel) -> reason, before the first run
     seconds: float
+    sms: list[dict] = field(default_factory=list)  # what the Twilio server accepted
+    pushes: list = field(default_factory=list)  # push_server.Received
+    push_rejected: list = field(default_factory=list)
+    cases: Any = None  # what the `setup` hook returned: the cases it planted
+    finished: Any = None  # what the `finish` hook returned
     emails: list[EmailMessage] = field(init=False)  # `received`, parsed with the email package
+    rcpt_tos: list[list[str]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.emails = [m.message() for m in self.received]
+        self.rcpt_tos = [m.rcpt_tos for m in self.received]
+
+    @cached_property
+    def shop(self) -> Shop:
+        """The shop tables as DataFrames, read on first use (after the replay: with what hooks planted)."""
+        return Shop(self.engine, self.planted, read_shop_frames(self.engine))
 
     @property
-    def engine(self) -> sa.Engine:
-        return self.shop.engine
+    def suppressed_before(self) -> dict[int, str]:
+        """Email suppressions before the first run: customer -> reason."""
+        return {c: r for (c, channel), r in self.suppressions_before.items() if channel == "email"}
 
     @property
-    def planted(self) -> demo_shop.Planted:
-        return self.shop.planted
+    def ends(self) -> list[datetime]:
+        return [end for _, end in self.intervals]
 
     # -- lifecycle tables, read back with plain SQL
 
@@ -385,9 +441,20 @@ class JourneyRun:
         rows = self.query(
             # lifecycle keeps ids as text; the demo shop's are whole numbers, compared as such here
             "SELECT enrollment_key, customer_id::bigint AS customer_id, entered_at, enrolled_at, status, exit_reason, "
-            "exited_at, holdout FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'"
+            "exited_at, holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'"
         )
         return {r.enrollment_key: r for r in rows}
+
+    def messages_of(self, key: str | None = None, *, customer_id: int | None = None,
+                    columns: tuple[str, ...] = ("status", "reason", "due_at", "planned_for")) -> dict[str, tuple]:
+        """step -> `columns` of lifecycle.messages, for one enrollment key or every message to one customer."""
+        assert (key is None) != (customer_id is None), "one enrollment key or one customer"
+        rows = self.query(
+            f"SELECT m.step, {', '.join('m.' + c for c in columns)} FROM lifecycle.messages m "
+            "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.journey = :journey AND "
+            + ("e.enrollment_key = :key" if key is not None else "m.customer_id = CAST(:customer AS text)"),
+            key=key, customer=customer_id)
+        return {r.step: tuple(r[1:]) for r in rows}
 
     def conversion_rows(self) -> dict[str, tuple]:
         rows = self.query(
@@ -422,23 +489,96 @@ class JourneyRun:
         return [m for m in self.emails if m["To"] == to and m["X-Lifecycle-Step"] == step]
 
 
-def journey_run(shop: Shop, journey: str, start: datetime, end: datetime, every: timedelta) -> JourneyRun:
-    """Run `journey` for consecutive intervals over [start, end) against its own SMTP server."""
-    spec = load_spec(SEGMENTS_DIR / f"{journey}.sql")
-    intervals = intervals_for(start, end, every)
-    with shop.engine.connect() as conn:
-        suppressed_before = dict(
-            conn.execute(sa.text("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all()
-        )
-    results = []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as server:
-        channel_for = lambda name: EmailChannel("127.0.0.1", server.port)  # noqa: E731
-        for i_start, i_end in intervals:
-            results.append(run_interval(shop.engine, spec, i_start, i_end, channel_for))
-        received = list(server.messages)
-    return JourneyRun(journey, spec, shop, intervals, results, received, suppressed_before,
-                      time.perf_counter() - t0)
+def journey_run(
+    db: Shop | tuple,
+    journey: str,
+    intervals: list[tuple[datetime, datetime]],
+    *,
+    setup: Callable[[Replay], Any] | None = None,
+    before: Callable[[Replay, datetime, datetime], None] | None = None,
+    after: Callable[[Replay, datetime, datetime, dict], None] | None = None,
+    finish: Callable[[Replay], Any] | None = None,
+    clock: Callable[[datetime], datetime] | None = None,
+    spec: JourneySpec | None = None,
+    sms: bool = False,
+    push: bool = False,
+    smtp_reject: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+) -> JourneyRun:
+    """Replay `journey` over `intervals` (oldest first) against its own local servers.
+
+    `db` is the session's `Shop` or a module's `shop_db`. Hooks, all optional: `setup(replay)` once
+    the servers listen (plant rows; its return value is `run.cases`), `before(replay, start,
+    end)` and `after(replay, start, end, result)` around each interval (shop events between runs),
+    `finish(replay)` after the last one, servers still up (`run.finished`); `clock(end)` is the
+    wall clock each run sees (default: the real one). `env` is set for the replay only."""
+    engine, planted = (db.engine, db.planted) if isinstance(db, Shop) else db[:2]
+    spec = spec or load_spec(SEGMENTS_DIR / f"{journey}.sql")
+    results: list[dict] = []
+    with ExitStack() as stack:
+        stack.enter_context(_environ(env or {}))
+        smtp = stack.enter_context(RecordingSMTPServer(reject=smtp_reject))
+        twilio = stack.enter_context(TwilioServer()) if sms else None
+        push_server = None
+        if push:
+            push_server = PushServer(key_lookup=demo_key_lookup(engine, seed=SHOP_SEED))
+            push_server.start()
+            stack.callback(push_server.stop)
+        replay = Replay(engine, spec, smtp, twilio, push_server)
+        cases = replay.cases = setup(replay) if setup else None
+        if push_server:
+            _route_push_subscriptions(engine, push_server.origin)
+        with engine.connect() as conn:
+            suppressions_before = {(c, ch): r for c, ch, r in conn.execute(sa.text(
+                "SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
+        t0 = time.perf_counter()
+        for start, end in intervals:
+            if before:
+                before(replay, start, end)
+            kwargs = {"clock": lambda end=end: clock(end)} if clock else {}
+            results.append(replay.run_once(start, end, **kwargs))
+            if after:
+                after(replay, start, end, results[-1])
+        seconds = time.perf_counter() - t0
+        received = list(smtp.messages)
+        sent_sms = list(twilio.messages) if twilio else []
+        finished = finish(replay) if finish else None
+        pushes = list(push_server.received) if push_server else []
+        push_rejected = list(push_server.rejected) if push_server else []
+    if isinstance(db, Shop):
+        run = JourneyRun(journey, spec, engine, planted, intervals, results, received, suppressions_before, seconds,
+                         sent_sms, pushes, push_rejected, cases, finished)
+        run.shop = db  # the session's shop: its frames are read already
+        return run
+    return JourneyRun(journey, spec, engine, planted, intervals, results, received, suppressions_before, seconds,
+                      sent_sms, pushes, push_rejected, cases, finished)
+
+
+@contextmanager
+def _environ(values: dict[str, str]):
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _route_push_subscriptions(engine: sa.Engine, origin: str) -> None:
+    """The shop's subscriptions point at a made-up push host; route them to the local one."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE shop.push_subscriptions "
+                             "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
+                     {"origin": origin})
+
+
+def daily(ends: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
+    """One-day intervals ending at `ends` (not necessarily consecutive)."""
+    return [(end - DAY, end) for end in ends]
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -29,12 +28,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel
-from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
-from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
-from lifecycle.spec import load_spec
 
 from .conftest import (
     DAY,
@@ -45,7 +39,6 @@ from .conftest import (
     ExitRule,
     Expected,
     JourneyRun,
-    Shop,
     StepRule,
     assert_same,
     check_conversions,
@@ -55,8 +48,8 @@ from .conftest import (
     check_runs,
     check_smtp,
     intervals_for,
+    journey_run,
     py,
-    read_shop_frames,
     simulate,
     text_and_html,
 )
@@ -146,21 +139,9 @@ def redeem(engine: sa.Engine, planted, anchor: datetime, end: datetime) -> None:
 def bd_run(shop_db) -> JourneyRun:
     engine, planted, anchor = shop_db
     plant_test_rows(engine, anchor)
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    intervals = intervals_for(*window(anchor), HOUR)
-    with engine.connect() as conn:
-        suppressed_before = dict(conn.execute(sa.text(
-            "SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
-    results = []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as smtp:
-        for start, end in intervals:
-            results.append(run_interval(engine, spec, start, end, lambda name: EmailChannel("127.0.0.1", smtp.port)))
-            redeem(engine, planted, anchor, end)
-        received = list(smtp.messages)
-    seconds = time.perf_counter() - t0
-    shop = Shop(engine, planted, read_shop_frames(engine))  # after the run: with the redeeming orders
-    return JourneyRun(JOURNEY, spec, shop, intervals, results, received, suppressed_before, seconds)
+    # orders that use the issued codes land between runs; run.shop is read after the replay, with them
+    return journey_run(shop_db, JOURNEY, intervals_for(*window(anchor), HOUR),
+                       after=lambda replay, start, end, result: redeem(engine, planted, anchor, end))
 
 
 # ----------------------------------------------------------------------------- expected outcome

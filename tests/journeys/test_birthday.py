@@ -15,7 +15,6 @@ no follow-up).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -24,15 +23,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel
-from lifecycle.channels.sms import SMSChannel, normalise_number, send_window
-from lifecycle.config import SEGMENTS_DIR
-from lifecycle.replay import run_interval
-from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
-from lifecycle.smtp_sink import RecordingSMTPServer
-from lifecycle.spec import load_spec
+from lifecycle.channels.sms import normalise_number, send_window
 
-from .conftest import VALID_EMAIL, assert_same, text_and_html
+from .conftest import (
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    daily,
+    journey_run,
+    text_and_html,
+)
 
 DAY = timedelta(days=1)
 FIRST_END, LAST_END = datetime(2027, 2, 18, tzinfo=UTC), datetime(2027, 3, 10, tzinfo=UTC)
@@ -101,49 +102,25 @@ def plant(engine: sa.Engine) -> None:
 # ----------------------------------------------------------------------------- running it
 
 
-@dataclass
-class BirthdayRun:
-    engine: sa.Engine
-    results: list[dict]
-    emails: list  # parsed EmailMessage, in arrival order
-    sms: list[dict]  # what the Twilio server accepted
-    seconds: float
-
-    def query(self, sql: str, **params) -> list:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), params).all()
+def redeem(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
+    """The redeemer got their code in the run ending 2027-02-18; they use it a few days later."""
+    if end != datetime(2027, 2, 18, tzinfo=UTC):
+        return
+    with replay.engine.begin() as conn:
+        (code,) = conn.execute(
+            sa.text("SELECT code FROM lifecycle.coupons WHERE journey = 'birthday' AND customer_id = CAST(:c AS text)"),
+            {"c": ID["redeemer"]}).one()
+        conn.execute(
+            sa.text("INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "
+                    "coupon_code) VALUES (:o, :c, :t, 'placed', 80.00, 'EUR', :code)"),
+            {"o": REDEEM_ORDER_ID, "c": ID["redeemer"], "t": REDEEMED_AT, "code": code},
+        )
 
 
 @pytest.fixture(scope="module")
-def birthday_run(shop_db) -> BirthdayRun:
-    engine, _, _ = shop_db
-    plant(engine)
-    spec = load_spec(SEGMENTS_DIR / "birthday.sql")
-    results = []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as smtp, TwilioServer() as twilio:
-        channels = {
-            "email": lambda: EmailChannel("127.0.0.1", smtp.port),
-            "sms": lambda: SMSChannel(twilio.base_url, DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, from_number="+15005550006",
-                                      backoff=0.01, settle=0.01),
-        }
-        for end in ENDS:
-            results.append(run_interval(engine, spec, end - DAY, end, lambda name: channels[name](),
-                                        clock=lambda end=end: noon(end)))
-            if end == datetime(2027, 2, 18, tzinfo=UTC):
-                # The redeemer got their code in this run; they use it a few days later.
-                with engine.begin() as conn:
-                    (code,) = conn.execute(
-                        sa.text("SELECT code FROM lifecycle.coupons WHERE journey = 'birthday' AND customer_id = CAST(:c AS text)"),
-                        {"c": ID["redeemer"]}).one()
-                    conn.execute(
-                        sa.text("INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "
-                                "coupon_code) VALUES (:o, :c, :t, 'placed', 80.00, 'EUR', :code)"),
-                        {"o": REDEEM_ORDER_ID, "c": ID["redeemer"], "t": REDEEMED_AT, "code": code},
-                    )
-        emails = [m.message() for m in smtp.messages]
-        sms = list(twilio.messages)
-    return BirthdayRun(engine, results, emails, sms, time.perf_counter() - t0)
+def birthday_run(shop_db) -> JourneyRun:
+    plant(shop_db[0])
+    return journey_run(shop_db, "birthday", daily(ENDS), sms=True, clock=noon, after=redeem)
 
 
 # ----------------------------------------------------------------------------- expected, from the shop tables
@@ -449,8 +426,8 @@ def add_years(t: datetime, years: int) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def ask_run(shop_db):
-    engine, _, _ = shop_db
+def ask_run(shop_db) -> JourneyRun:
+    engine = shop_db[0]
     with engine.begin() as conn:
         for cid, (birthday, order_status, consent) in ASKED.items():
             conn.execute(
@@ -471,12 +448,7 @@ def ask_run(shop_db):
                             "VALUES (:o, :c, :t, :s, 30.00, 'EUR')"),
                     {"o": 990_000_000 + cid, "c": cid, "t": FIRST_ORDER, "s": order_status},
                 )
-    spec = load_spec(SEGMENTS_DIR / "birthday_ask.sql")
-    with RecordingSMTPServer() as smtp:
-        results = [run_interval(engine, spec, end - DAY, end, lambda name: EmailChannel("127.0.0.1", smtp.port))
-                   for end in ASK_ENDS]
-        emails = [m.message() for m in smtp.messages]
-    return engine, results, emails
+    return journey_run(shop_db, "birthday_ask", daily(ASK_ENDS))
 
 
 def expected_asks(engine: sa.Engine) -> tuple[list[int], dict[str, tuple]]:
@@ -513,7 +485,7 @@ def expected_asks(engine: sa.Engine) -> tuple[list[int], dict[str, tuple]]:
 
 
 def test_birthday_ask_at_most_once_a_year(ask_run):
-    engine, results, emails = ask_run
+    engine, results, emails = ask_run.engine, ask_run.results, ask_run.emails
     selected, asks = expected_asks(engine)
     assert [r["selected"] for r in results] == selected
     with engine.connect() as conn:

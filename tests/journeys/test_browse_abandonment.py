@@ -20,7 +20,6 @@ created or changed at or after entry exits.
 from __future__ import annotations
 
 import html
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,21 +29,25 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from lifecycle.channels.email import EmailChannel
-from lifecycle.channels.push import PushChannel
-from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
-from lifecycle.replay import run_interval
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-from lifecycle.spec import load_spec
+from lifecycle.sinks.push_server import PushServer
 
-from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, py, text_and_html
+from .conftest import (
+    DAY,
+    HOUR,
+    VALID_EMAIL,
+    JourneyRun,
+    assert_same,
+    intervals_for,
+    journey_run,
+    py,
+    read_shop_frames,
+    text_and_html,
+)
 
 JOURNEY = "browse_abandonment"
-SEED = 11
+BY_CHANNEL = ("channel", "status", "due_at")  # a message, as the planted cases read it
 MIN_SECONDS, MIN_VIEWS = 60, 2
 WAIT, LOOKBACK, COOLDOWN = 2 * HOUR, 48 * HOUR, 7 * DAY
 SECOND_TOUCH = 24 * HOUR
@@ -237,61 +240,11 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class BrowseRun:
-    engine: sa.Engine
-    anchor: datetime
-    cases: dict[str, Case]
-    intervals: list[tuple[datetime, datetime]]
-    results: list[dict]
-    emails: list  # EmailMessage, as received by the SMTP server
-    rcpt_tos: list[list[str]]
-    pushes: list  # push_server.Received
-    push_rejected: list
-    suppressed_before: dict[tuple[int, str], str]
-    seconds: float
-
-    def query(self, sql: str, **params) -> list[Any]:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
-
-
 @pytest.fixture(scope="module")
-def browse_run(shop_db) -> BrowseRun:
-    from lifecycle.smtp_sink import RecordingSMTPServer
-
+def browse_run(shop_db) -> JourneyRun:
     engine, _planted, anchor = shop_db
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    push = PushServer(key_lookup=demo_key_lookup(engine, seed=SEED))
-    push.start()
-    try:
-        cases = plant(engine, anchor, push)
-        with engine.begin() as conn:
-            # The shop's subscriptions point at a made-up push host; route them to the local one.
-            conn.execute(sa.text("UPDATE shop.push_subscriptions "
-                                 "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
-                         {"origin": push.origin})
-            suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
-                sa.text("SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
-        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-        intervals = intervals_for(anchor - 4 * DAY, anchor, HOUR)
-        results = []
-        t0 = time.perf_counter()
-        with RecordingSMTPServer() as smtp:
-            channels = {
-                "email": lambda: EmailChannel("127.0.0.1", smtp.port),
-                "push": lambda: PushChannel(vapid, "mailto:ops@shop.example.com"),
-            }
-            for start, end in intervals:
-                results.append(run_interval(engine, spec, start, end, lambda name: channels[name]()))
-            received = list(smtp.messages)
-        seconds = time.perf_counter() - t0
-    finally:
-        push.stop()
-    return BrowseRun(engine, anchor, cases, intervals, results, [m.message() for m in received],
-                     [m.rcpt_tos for m in received], list(push.received), list(push.rejected),
-                     suppressed_before, seconds)
+    return journey_run(shop_db, JOURNEY, intervals_for(anchor - 4 * DAY, anchor, HOUR), push=True,
+                       setup=lambda replay: plant(engine, anchor, replay.push))
 
 
 # ----------------------------------------------------------------------------- expected outcome
@@ -337,20 +290,14 @@ class Expected:
         return [m for e in self.enrollments.values() for m in e.messages.values()]
 
 
-def frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
-    tables = ("customers", "consents", "page_views", "carts", "cart_items", "orders", "order_items",
-              "push_subscriptions")
-    with engine.connect() as conn:
-        return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in tables}
-
-
-def derive_expected(run: BrowseRun) -> Expected:
-    f = frames(run.engine)
+def derive_expected(run: JourneyRun) -> Expected:
+    f = read_shop_frames(run.engine, ("customers", "consents", "page_views", "carts", "cart_items", "orders",
+                                      "order_items", "push_subscriptions"))
     first, last_end = run.intervals[0][1], run.intervals[-1][1]
     email_of = {int(r.customer_id): r.email for r in f["customers"].itertuples(index=False)}
     consent = {(int(r.customer_id), r.channel): r.status for r in f["consents"].itertuples(index=False)}
     live_push = {int(c) for c in f["push_subscriptions"].loc[f["push_subscriptions"].revoked_at.isna(), "customer_id"]}
-    suppressed = run.suppressed_before
+    suppressed = run.suppressions_before
 
     # Views of known customers per session; only sessions that can matter in the window.
     views = f["page_views"][f["page_views"].customer_id.notna()]
@@ -516,26 +463,7 @@ def expected(browse_run) -> Expected:
 # ----------------------------------------------------------------------------- what the engine did
 
 
-def message_rows(run: BrowseRun) -> list[tuple]:
-    out = []
-    for key, step, channel, status, reason, due_at, planned_for in run.query(
-        "SELECT e.enrollment_key, m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for "
-        "FROM lifecycle.messages m JOIN lifecycle.enrollments e USING (enrollment_id) "
-        "WHERE m.journey = :journey AND m.mode = 'live'"
-    ):
-        if status == "expired" and reason:
-            reason = reason.split(",")[0]
-        out.append((key, step, channel, status, reason, due_at, planned_for))
-    return out
-
-
-def enrollment_rows(run: BrowseRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
-                     "context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
-    return {r.enrollment_key: r for r in rows}
-
-
-def push_customer(run: BrowseRun) -> dict[str, int]:
+def push_customer(run: JourneyRun) -> dict[str, int]:
     """Push token -> customer, from the (rewritten) subscriptions."""
     return {endpoint.rsplit("/", 1)[1]: cid for endpoint, cid in
             run.query("SELECT endpoint, customer_id FROM shop.push_subscriptions")}
@@ -558,23 +486,20 @@ def test_enrollments_and_exits(browse_run, expected):
     statuses = Counter(e.status for e in expected.enrollments.values())
     assert statuses["active"] > 10 and statuses["converted"] >= 1 and statuses["exited"] >= 1, statuses
     actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at)
-              for k, r in enrollment_rows(browse_run).items()]
+              for k, r in browse_run.enrollment_rows().items()]
     wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at)
               for e in expected.enrollments.values()]
     assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited)")
 
 
 def test_emails_list_only_products_neither_carted_nor_bought(browse_run, expected):
-    actual = [(k, tuple(p["product_id"] for p in r.context["viewed"])) for k, r in enrollment_rows(browse_run).items()]
+    actual = [(k, tuple(p["product_id"] for p in r.context["viewed"])) for k, r in browse_run.enrollment_rows().items()]
     wanted = [(e.key, tuple(e.viewed)) for e in expected.enrollments.values()]
     assert_same(actual, wanted, "(enrollment, product ids listed in its latest context)")
 
 
 def test_conversions(browse_run, expected):
-    actual = {k: (cid, cond, order, revenue, at) for k, cid, cond, order, revenue, at in browse_run.query(
-        "SELECT e.enrollment_key, c.customer_id::bigint, c.condition, c.order_id, c.revenue, c.converted_at "
-        "FROM lifecycle.conversions c JOIN lifecycle.enrollments e USING (enrollment_id) "
-        "WHERE c.journey = :journey AND c.mode = 'live'")}
+    actual = browse_run.conversion_rows()
     wanted = {e.key: (e.customer_id, "ordered_since_browse", *e.conversion, e.exited_at)
               for e in expected.enrollments.values() if e.status == "converted"}
     assert_same(actual.items(), wanted.items(), "conversions")
@@ -585,7 +510,7 @@ def test_messages_match_expected(browse_run, expected):
     seen = {(m.step, m.channel, m.status) for m in expected.messages}
     assert {("email_1", "email", "sent"), ("second_touch", "email", "sent"), ("second_touch", "push", "sent"),
             ("email_1", "email", "expired")} <= seen, seen
-    assert_same(message_rows(browse_run), wanted, "messages (key, step, channel, status, reason, due, run)")
+    assert_same(browse_run.message_rows(), wanted, "messages (key, step, channel, status, reason, due, run)")
 
 
 def test_servers_received_exactly_the_sent_messages(browse_run, expected):
@@ -605,19 +530,12 @@ def test_servers_received_exactly_the_sent_messages(browse_run, expected):
 # ----------------------------------------------------------------------------- planted cases
 
 
-def messages_of(run: BrowseRun, key: str) -> dict[str, tuple]:
-    rows = run.query("SELECT m.step, m.channel, m.status, m.due_at FROM lifecycle.messages m "
-                     "JOIN lifecycle.enrollments e USING (enrollment_id) "
-                     "WHERE m.journey = :journey AND e.enrollment_key = :key", key=key)
-    return {r.step: tuple(r[1:]) for r in rows}
-
-
 def test_long_look_gets_email_then_email(browse_run):
     case = browse_run.cases["long_look"]
     clock = case.last_view + WAIT
-    assert messages_of(browse_run, case.key) == {
+    assert browse_run.messages_of(case.key, columns=BY_CHANNEL) == {
         "email_1": ("email", "sent", clock), "second_touch": ("email", "sent", clock + SECOND_TOUCH)}
-    enrollment = enrollment_rows(browse_run)[case.key]
+    enrollment = browse_run.enrollment_rows()[case.key]
     assert (enrollment.status, enrollment.entered_at, enrollment.enrolled_at) == ("active", clock, clock)
     steps = [m["X-Lifecycle-Step"] for m in browse_run.emails if m["To"] == case.email]
     assert steps == ["email_1", "second_touch"]
@@ -626,7 +544,7 @@ def test_long_look_gets_email_then_email(browse_run):
 def test_viewed_twice_gets_email_then_push_to_the_product(browse_run):
     case = browse_run.cases["viewed_twice"]
     clock = case.last_view + WAIT
-    assert messages_of(browse_run, case.key) == {
+    assert browse_run.messages_of(case.key, columns=BY_CHANNEL) == {
         "email_1": ("email", "sent", clock), "second_touch": ("push", "sent", clock + SECOND_TOUCH)}
     (push,) = [p for p in browse_run.pushes if p.token == case.extra["token"]]
     sku = browse_run.query("SELECT sku FROM shop.products WHERE product_id = :p", p=case.products[0])[0][0]
@@ -636,7 +554,7 @@ def test_viewed_twice_gets_email_then_push_to_the_product(browse_run):
 
 
 def test_below_thresholds_and_carted_never_enter(browse_run):
-    keys = {r.customer_id for r in enrollment_rows(browse_run).values()}
+    keys = {r.customer_id for r in browse_run.enrollment_rows().values()}
     # recarted: carted, then viewed again 40 s later; all_carted: every looked-at product carted;
     # tie: carted in the same second as the first view (counts as after it)
     for name in ("below", "carted", "recarted", "all_carted", "tie"):
@@ -646,33 +564,33 @@ def test_below_thresholds_and_carted_never_enter(browse_run):
 
 def test_order_converts_and_stops_the_second_touch(browse_run):
     case = browse_run.cases["ordered"]
-    enrollment = enrollment_rows(browse_run)[case.key]
+    enrollment = browse_run.enrollment_rows()[case.key]
     assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == (
         "converted", "ordered_since_browse", case.extra["ordered_at"])
-    assert set(messages_of(browse_run, case.key)) == {"email_1"}
+    assert set(browse_run.messages_of(case.key, columns=BY_CHANNEL)) == {"email_1"}
     assert [m["X-Lifecycle-Step"] for m in browse_run.emails if m["To"] == case.email] == ["email_1"]
 
 
 def test_cart_change_exits_without_conversion(browse_run):
     case = browse_run.cases["carted_later"]
-    enrollment = enrollment_rows(browse_run)[case.key]
+    enrollment = browse_run.enrollment_rows()[case.key]
     assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == (
         "exited", "carted_since_browse", case.extra["carted_at"])
-    assert set(messages_of(browse_run, case.key)) == {"email_1"}
+    assert set(browse_run.messages_of(case.key, columns=BY_CHANNEL)) == {"email_1"}
     assert not browse_run.query("SELECT 1 FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
                                 "USING (enrollment_id) WHERE e.enrollment_key = :key", key=case.key)
 
 
 def test_cooldown_allows_one_enrollment_per_week(browse_run):
     case = browse_run.cases["cooldown"]
-    rows = [r for r in enrollment_rows(browse_run).values() if r.customer_id == case.customer_id]
+    rows = [r for r in browse_run.enrollment_rows().values() if r.customer_id == case.customer_id]
     assert [r.enrollment_key for r in rows] == [case.key]
     assert rows[0].entered_at == case.last_view + WAIT
 
 
 def test_email_shows_viewed_and_complementary_products(browse_run):
     case = browse_run.cases["long_look"]
-    context = enrollment_rows(browse_run)[case.key].context
+    context = browse_run.enrollment_rows()[case.key].context
     assert [p["product_id"] for p in context["viewed"]] == case.products
     viewed = browse_run.query("SELECT product_id, name, image_url, price FROM shop.products "
                               "WHERE product_id = ANY(:ids)", ids=case.products)
@@ -696,10 +614,10 @@ def test_a_carted_or_bought_product_is_left_out_of_the_email(browse_run, name):
     """The session enters for its other product, which alone is mailed; carting or buying before
     entry neither exits nor converts the enrollment."""
     case = browse_run.cases[name]
-    enrollment = enrollment_rows(browse_run)[case.key]
+    enrollment = browse_run.enrollment_rows()[case.key]
     assert (enrollment.status, enrollment.entered_at) == ("active", case.last_view + WAIT)
     assert [p["product_id"] for p in enrollment.context["viewed"]] == case.products
-    assert messages_of(browse_run, case.key)["email_1"][:2] == ("email", "sent")
+    assert browse_run.messages_of(case.key, columns=BY_CHANNEL)["email_1"][:2] == ("email", "sent")
     (message,) = [m for m in browse_run.emails if m["To"] == case.email and m["X-Lifecycle-Step"] == "email_1"]
     _, body = text_and_html(message)
     skus = dict(browse_run.query("SELECT product_id, sku FROM shop.products WHERE product_id = ANY(:ids)",

@@ -23,6 +23,7 @@ from .conftest import (
     check_quarantine,
     check_runs,
     check_smtp,
+    intervals_for,
     intervals_from_ends,
     journey_run,
     purchased_since_entry,
@@ -80,7 +81,7 @@ def expected_cart_abandonment(shop: Shop, ends: list[datetime], suppressed_befor
 
 @pytest.fixture(scope="module")
 def cart_run(shop) -> JourneyRun:
-    return journey_run(shop, JOURNEY, *WINDOW, HOUR)
+    return journey_run(shop, JOURNEY, intervals_for(*WINDOW, HOUR))
 
 
 @pytest.fixture(scope="module")
@@ -128,24 +129,10 @@ def test_quarantine(cart_run, expected):
 # ----------------------------------------------------------------------------- planted cases
 
 
-def messages_of(run: JourneyRun, cart_id: int) -> dict[str, tuple]:
-    rows = run.query(
-        "SELECT m.step, m.status, m.reason, m.due_at, m.planned_for FROM lifecycle.messages m "
-        "JOIN lifecycle.enrollments e USING (enrollment_id) "
-        "WHERE m.journey = :journey AND e.enrollment_key = :key",
-        key=str(cart_id),
-    )
-    return {r.step: tuple(r[1:]) for r in rows}
-
-
-def enrollment_of(run: JourneyRun, cart_id: int):
-    return run.enrollment_rows().get(str(cart_id))
-
-
 def test_full_sequence_gets_three_reminders_on_time(cart_run):
     case = cart_run.planted["cart_full_sequence"]
     updated = ANCHOR - 4 * DAY - 2 * HOUR
-    msgs = messages_of(cart_run, case.cart_id)
+    msgs = cart_run.messages_of(str(case.cart_id))
     assert set(msgs) == {"reminder_1", "reminder_2", "reminder_3"}
     # reminder_1 is planned by the run that enrols the cart (updated_at < as_of - 1h first holds at A-4d);
     # the others by the run ending exactly at their due time.
@@ -156,20 +143,20 @@ def test_full_sequence_gets_three_reminders_on_time(cart_run):
     }
     assert cart_run.received_by_step()[case.email, "reminder_1"] == 1
     assert cart_run.received_by_step()[case.email, "reminder_3"] == 1
-    assert enrollment_of(cart_run, case.cart_id).status == "active"
+    assert cart_run.enrollment_rows().get(str(case.cart_id)).status == "active"
 
 
 def test_bought_after_first_reminder_gets_thank_you_and_no_more_reminders(cart_run):
     case = cart_run.planted["cart_bought_after_first_reminder"]
     (order_id,) = case.order_ids
     ordered_at, total = cart_run.query("SELECT ordered_at, total FROM shop.orders WHERE order_id = :o", o=order_id)[0]
-    msgs = messages_of(cart_run, case.cart_id)
+    msgs = cart_run.messages_of(str(case.cart_id))
     assert set(msgs) == {"reminder_1", "thank_you"}
     assert msgs["reminder_1"][0] == "sent" and msgs["reminder_1"][2] == ANCHOR - 3 * DAY + HOUR
     assert msgs["thank_you"][0] == "sent" and msgs["thank_you"][2] == ordered_at
     # reminder_1 by the run that enrols the cart (A-3d+2h); the thank-you by the first run after the order.
     assert (msgs["reminder_1"][3], msgs["thank_you"][3]) == (ANCHOR - 3 * DAY + 2 * HOUR, ANCHOR - 3 * DAY + 6 * HOUR)
-    enrollment = enrollment_of(cart_run, case.cart_id)
+    enrollment = cart_run.enrollment_rows().get(str(case.cart_id))
     assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == (
         "converted", "purchased_since_entry", ordered_at)
     assert cart_run.conversion_rows()[str(case.cart_id)][1:4] == ("purchased_since_entry", str(order_id), total)
@@ -182,14 +169,14 @@ def test_bought_after_first_reminder_gets_thank_you_and_no_more_reminders(cart_r
 def test_cart_updated_after_a_reminder_moves_the_clock_and_shows_the_new_item(cart_run):
     case = cart_run.planted["cart_updated_after_reminder"]
     first, again = ANCHOR - 3 * DAY + 2 * HOUR, ANCHOR - 2 * DAY - 4 * HOUR
-    msgs = messages_of(cart_run, case.cart_id)
+    msgs = cart_run.messages_of(str(case.cart_id))
     # reminder 1 on the first picture of the cart; the rest timed from the second change (not first + 24h/48h)
     assert msgs == {
         "reminder_1": ("sent", None, first + HOUR, first + 2 * HOUR),  # enrolled once left alone > 1h
         "reminder_2": ("sent", None, again + 24 * HOUR, again + 24 * HOUR),
         "reminder_3": ("sent", None, again + 48 * HOUR, again + 48 * HOUR),
     }
-    enrollment = enrollment_of(cart_run, case.cart_id)
+    enrollment = cart_run.enrollment_rows().get(str(case.cart_id))
     assert (enrollment.status, enrollment.entered_at) == ("active", again)
     names = [n for (n,) in cart_run.query(
         "SELECT p.name FROM shop.cart_items ci JOIN shop.products p USING (product_id) "
@@ -204,7 +191,7 @@ def test_cart_updated_after_a_reminder_moves_the_clock_and_shows_the_new_item(ca
 
 def test_consent_withdrawn_gets_nothing(cart_run):
     case = cart_run.planted["cart_consent_withdrawn"]
-    msgs = messages_of(cart_run, case.cart_id)
+    msgs = cart_run.messages_of(str(case.cart_id))
     assert set(msgs) == {"reminder_1", "reminder_2", "reminder_3"}
     assert {(s, r) for s, r, *_ in msgs.values()} == {("suppressed", "consent withdrawn")}
     assert not cart_run.find_received(case.email, "reminder_1")
@@ -213,7 +200,7 @@ def test_consent_withdrawn_gets_nothing(cart_run):
 
 def test_no_consent_row_gets_nothing(cart_run):
     case = cart_run.planted["cart_no_consent_row"]
-    msgs = messages_of(cart_run, case.cart_id)
+    msgs = cart_run.messages_of(str(case.cart_id))
     assert set(msgs) == {"reminder_1", "reminder_2"}  # reminder_3 is due at A+18h
     assert {(s, r) for s, r, *_ in msgs.values()} == {("suppressed", "no consent")}
     assert not cart_run.steps_received_by(case.email)
@@ -223,28 +210,28 @@ def test_invalid_email_is_quarantined_never_enrolled(cart_run):
     case = cart_run.planted["cart_invalid_email"]
     rows = [(k, r) for k, r, _ in cart_run.quarantine_rows() if k == str(case.cart_id)]
     assert rows and set(rows) == {(str(case.cart_id), ("email: not a valid address",))}
-    assert enrollment_of(cart_run, case.cart_id) is None
+    assert cart_run.enrollment_rows().get(str(case.cart_id)) is None
     assert not cart_run.steps_received_by("not-an-email")
 
 
 def test_empty_cart_never_enrolled(cart_run):
     case = cart_run.planted["cart_empty"]
-    assert enrollment_of(cart_run, case.cart_id) is None
+    assert cart_run.enrollment_rows().get(str(case.cart_id)) is None
     assert not [q for q in cart_run.quarantine_rows() if q[0] == str(case.cart_id)]
 
 
 def test_recent_cart_gets_first_reminder_in_last_run(cart_run):
     case = cart_run.planted["cart_recent"]
-    assert enrollment_of(cart_run, case.cart_id).enrolled_at == ANCHOR
-    assert messages_of(cart_run, case.cart_id) == {"reminder_1": ("sent", None, ANCHOR - HOUR, ANCHOR)}
+    assert cart_run.enrollment_rows().get(str(case.cart_id)).enrolled_at == ANCHOR
+    assert cart_run.messages_of(str(case.cart_id)) == {"reminder_1": ("sent", None, ANCHOR - HOUR, ANCHOR)}
     assert len(cart_run.find_received(case.email, "reminder_1")) == 1
 
 
 def test_order_before_the_cart_does_not_exit(cart_run):
     case = cart_run.planted["cart_ordered_before"]
-    enrollment = enrollment_of(cart_run, case.cart_id)
+    enrollment = cart_run.enrollment_rows().get(str(case.cart_id))
     assert (enrollment.status, enrollment.entered_at) == ("active", ANCHOR - 10 * HOUR)
-    msgs = messages_of(cart_run, case.cart_id)
+    msgs = cart_run.messages_of(str(case.cart_id))
     assert set(msgs) == {"reminder_1"} and msgs["reminder_1"][0] == "sent"
     assert str(case.cart_id) not in cart_run.conversion_rows()
 

@@ -46,8 +46,8 @@ from .conftest import (
     check_quarantine,
     check_runs,
     check_smtp,
+    intervals_for,
     journey_run,
-    read_shop_frames,
     simulate,
     text_and_html,
 )
@@ -157,8 +157,7 @@ def expected_outcome(shop: Shop, rules: Rules, intervals, suppressed_before) -> 
 def run(shop_db) -> JourneyRun:
     engine, planted, _ = shop_db
     plant(engine, planted["cart_invalid_email"].customer_id)
-    shop = Shop(engine, planted, read_shop_frames(engine))
-    return journey_run(shop, JOURNEY, FIRST_END - DAY, LAST_END, DAY)
+    return journey_run(shop_db, JOURNEY, intervals_for(FIRST_END - DAY, LAST_END, DAY))
 
 
 @pytest.fixture(scope="module")
@@ -173,17 +172,6 @@ def expected(run, rules) -> Expected:
 
 def sku_id(run: JourneyRun, sku: str) -> int:
     return run.query("SELECT product_id FROM shop.products WHERE sku = :s", s=sku)[0][0]
-
-
-def enrollment(run: JourneyRun, order_id: int):
-    return run.enrollment_rows().get(str(order_id))
-
-
-def messages_of(run: JourneyRun, order_id: int) -> dict[str, tuple]:
-    rows = run.query("SELECT m.step, m.status, m.reason, m.due_at, m.planned_for FROM lifecycle.messages m "
-                     "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.journey = :journey "
-                     "AND e.enrollment_key = :k", k=str(order_id))
-    return {r.step: tuple(r[1:]) for r in rows}
 
 
 def suggested_ids(run: JourneyRun, order_id: int) -> list[int]:
@@ -288,33 +276,33 @@ def test_full_sequence_thank_you_then_follow_up(run):
     (order_id,) = run.planted["cross_sell_full_sequence"].order_ids
     at = ordered_at(run, order_id)
     assert at == ANCHOR - 4 * DAY - 2 * HOUR
-    assert messages_of(run, order_id) == {
+    assert run.messages_of(str(order_id)) == {
         "thank_you": ("sent", None, at + DAY, ANCHOR - 3 * DAY),
         "follow_up": ("sent", None, at + 3 * DAY, ANCHOR - DAY),
     }
     assert set(suggested_ids(run, order_id)) == {sku_id(run, "SHO-01-T1"), sku_id(run, "SHO-02-T1")}
-    assert enrollment(run, order_id).status == "active"  # watched for 7 days after the follow-up
+    assert run.enrollment_rows().get(str(order_id)).status == "active"  # watched for 7 days after the follow-up
 
 
 def test_a_next_order_with_a_suggestion_converts(run):
     case = run.planted["cross_sell_converts"]
     first, again = case.order_ids
-    e = enrollment(run, first)
+    e = run.enrollment_rows().get(str(first))
     assert (e.status, e.exit_reason, e.exited_at) == ("converted", CONVERTS, ordered_at(run, again))
     total = run.query("SELECT total FROM shop.orders WHERE order_id = :o", o=again)[0][0]
     assert run.conversion_rows()[str(first)] == (case.customer_id, CONVERTS, str(again), total, ordered_at(run, again))
     assert case.product_id in suggested_ids(run, first)
-    assert set(messages_of(run, first)) == {"thank_you"}
+    assert set(run.messages_of(str(first))) == {"thank_you"}
 
 
 @pytest.mark.parametrize("name", ["cross_sell_ordered_other", "cross_sell_next_order_decides"])
 def test_a_next_order_without_a_suggestion_exits_without_conversion(run, name):
     case = run.planted[name]
     first, nxt = case.order_ids[:2]
-    e = enrollment(run, first)
+    e = run.enrollment_rows().get(str(first))
     assert (e.status, e.exit_reason, e.exited_at) == ("exited", ENDS, ordered_at(run, nxt))
     assert str(first) not in run.conversion_rows()
-    assert set(messages_of(run, first)) == {"thank_you"}
+    assert set(run.messages_of(str(first))) == {"thank_you"}
     assert not set(suggested_ids(run, first)) & {p for (p,) in run.query(
         "SELECT product_id FROM shop.order_items WHERE order_id = :o", o=nxt)}
     if name == "cross_sell_next_order_decides":  # the order after the next one holds a suggestion
@@ -323,7 +311,7 @@ def test_a_next_order_without_a_suggestion_exits_without_conversion(run, name):
 
 def test_the_next_order_gets_its_own_thank_you(run):
     _, again = run.planted["cross_sell_ordered_other"].order_ids
-    assert messages_of(run, again)["thank_you"][0] == "sent"
+    assert run.messages_of(str(again))["thank_you"][0] == "sent"
 
 
 def test_an_already_bought_product_is_not_suggested(run):
@@ -334,7 +322,7 @@ def test_an_already_bought_product_is_not_suggested(run):
 
 @pytest.mark.parametrize("name", ["cross_sell_nothing_to_suggest", "cross_sell_cancelled"])
 def test_never_enrolled(run, name):
-    assert enrollment(run, run.planted[name].order_ids[-1]) is None
+    assert run.enrollment_rows().get(str(run.planted[name].order_ids[-1])) is None
 
 
 def test_four_linked_products_three_suggested(run, rules):
@@ -345,16 +333,16 @@ def test_four_linked_products_three_suggested(run, rules):
 
 def test_no_consent_is_recorded_suppressed(run):
     (order_id,) = run.planted["cross_sell_no_consent"].order_ids
-    assert {step: m[:2] for step, m in messages_of(run, order_id).items()} == {
+    assert {step: m[:2] for step, m in run.messages_of(str(order_id)).items()} == {
         "thank_you": ("suppressed", "no consent"), "follow_up": ("suppressed", "no consent")}
 
 
 def test_a_reorder_before_the_thank_you_exits_at_once(run):
     first, again = run.planted["cross_sell_reordered_before_email"].order_ids
-    e = enrollment(run, first)
+    e = run.enrollment_rows().get(str(first))
     assert (e.status, e.enrolled_at, e.exited_at) == ("exited", ANCHOR - 2 * DAY, ordered_at(run, again))
-    assert messages_of(run, first) == {}
-    assert messages_of(run, again)["thank_you"][0] == "sent"
+    assert run.messages_of(str(first)) == {}
+    assert run.messages_of(str(again))["thank_you"][0] == "sent"
 
 
 def test_a_suggestion_bought_before_the_first_run_still_converts(run):
@@ -364,7 +352,7 @@ def test_a_suggestion_bought_before_the_first_run_still_converts(run):
     case = run.planted["cross_sell_converted_before_email"]
     first, again = case.order_ids
     assert case.product_id in suggested_ids(run, first)
-    e = enrollment(run, first)
+    e = run.enrollment_rows().get(str(first))
     assert (e.status, e.enrolled_at, e.exited_at) == ("converted", ANCHOR - 2 * DAY, ordered_at(run, again))
     assert run.conversion_rows()[str(first)][2] == str(again)
-    assert messages_of(run, first) == {}
+    assert run.messages_of(str(first)) == {}

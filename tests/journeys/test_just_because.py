@@ -23,26 +23,32 @@ west after their day).
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 import sqlalchemy as sa
 
 from lifecycle import stage
-from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.replay import run_interval
 from lifecycle.run_context import RunContext
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 
-from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, text_and_html
+from .conftest import (
+    ANCHOR,
+    DAY,
+    HOUR,
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    daily,
+    journey_run,
+    text_and_html,
+)
 
 pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
@@ -151,23 +157,6 @@ def plant(engine: sa.Engine, anchor: datetime, people: dict[str, Special]) -> No
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class JustBecauseRun:
-    engine: sa.Engine
-    anchor: datetime
-    planted: Any
-    people: dict[str, Special]
-    ends: list[datetime]
-    results: list[dict]
-    emails: list
-    redeemed_at: datetime
-    seconds: float
-
-    def query(self, sql: str, **params) -> list[Any]:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
-
-
 def redeem_run_end(planted, anchor: datetime) -> datetime:
     """The run that enrolls the planted just_because_surprise customer (Berlin: their day's midnight UTC)."""
     day = dict(planted["just_because_surprise"].details)["surprise_date"]
@@ -176,36 +165,34 @@ def redeem_run_end(planted, anchor: datetime) -> datetime:
     return end
 
 
+def redeemed_at(planted, anchor: datetime) -> datetime:
+    """The surprise customer uses the code six hours after the run that sent it."""
+    return redeem_run_end(planted, anchor) + 6 * HOUR
+
+
 @pytest.fixture(scope="module")
-def jb_run(shop_db) -> JustBecauseRun:
+def jb_run(shop_db) -> JourneyRun:
     engine, planted, a = shop_db
     people = specials()
     plant(engine, a, people)
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
     ends = [a - 2 * DAY, a - DAY, a, a + DAY, utc(2028, 12, 30), utc(2028, 12, 31), utc(2029, 1, 1), utc(2029, 1, 2)]
-    redeem_after = redeem_run_end(planted, a)
-    redeemed_at = redeem_after + 6 * HOUR
-    results = []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as smtp:
-        channel_for = lambda name: EmailChannel("127.0.0.1", smtp.port)  # noqa: E731
-        for end in ends:
-            results.append(run_interval(engine, spec, end - DAY, end, channel_for))
-            with engine.begin() as conn:
-                if end == redeem_after:  # the surprise customer uses the code six hours later
-                    code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j "
-                                                "AND customer_id = CAST(:c AS text)"),
-                                        {"j": JOURNEY, "c": planted["just_because_surprise"].customer_id}).scalar_one()
-                    conn.execute(sa.text(
-                        "INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "
-                        "coupon_code, shipping_country) VALUES (:o, :c, :t, 'placed', 61.50, 'EUR', :code, 'DE')"),
-                        {"o": REDEEM_ORDER_ID, "c": planted["just_because_surprise"].customer_id, "t": redeemed_at,
-                         "code": code})
-                if end == MOVE_WEST_AFTER:
-                    conn.execute(sa.text("UPDATE shop.customers SET timezone = :tz WHERE customer_id = :c"),
-                                 {"tz": MOVED_TO, "c": people["moves_west"].customer_id})
-        emails = [m.message() for m in smtp.messages]
-    return JustBecauseRun(engine, a, planted, people, ends, results, emails, redeemed_at, time.perf_counter() - t0)
+
+    def between_runs(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
+        with engine.begin() as conn:
+            if end == redeem_run_end(planted, a):
+                code = conn.execute(sa.text("SELECT code FROM lifecycle.coupons WHERE journey = :j "
+                                            "AND customer_id = CAST(:c AS text)"),
+                                    {"j": JOURNEY, "c": planted["just_because_surprise"].customer_id}).scalar_one()
+                conn.execute(sa.text(
+                    "INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, total, currency, "
+                    "coupon_code, shipping_country) VALUES (:o, :c, :t, 'placed', 61.50, 'EUR', :code, 'DE')"),
+                    {"o": REDEEM_ORDER_ID, "c": planted["just_because_surprise"].customer_id,
+                     "t": redeemed_at(planted, a), "code": code})
+            if end == MOVE_WEST_AFTER:
+                conn.execute(sa.text("UPDATE shop.customers SET timezone = :tz WHERE customer_id = :c"),
+                             {"tz": MOVED_TO, "c": people["moves_west"].customer_id})
+
+    return journey_run(shop_db, JOURNEY, daily(ends), setup=lambda replay: people, after=between_runs)
 
 
 # ----------------------------------------------------------------------------- expected outcome
@@ -273,15 +260,15 @@ class Expected:
     codes: dict[str, tuple] = field(default_factory=dict)
 
 
-def derive_expected(run: JustBecauseRun) -> Expected:
+def derive_expected(run: JourneyRun) -> Expected:
     shop = read_shop(run.engine)
-    moved = run.people["moves_west"].customer_id
+    moved = run.cases["moves_west"].customer_id
     codes = {k: (code, vf, vu) for k, code, vf, vu in run.query(
         "SELECT e.enrollment_key, c.code, c.valid_from, c.valid_until FROM lifecycle.coupons c "
         "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE c.journey = :journey")}
 
     def tz_at(end: datetime):  # the time zone each customer had when the run ending `end` ran
-        return lambda cid: run.people["moves_west"].timezone if cid == moved and end <= MOVE_WEST_AFTER \
+        return lambda cid: run.cases["moves_west"].timezone if cid == moved and end <= MOVE_WEST_AFTER \
             else shop.timezone.get(cid)
 
     enrollments: dict[str, Enr] = {}
@@ -325,7 +312,7 @@ def expected(jb_run) -> Expected:
     return derive_expected(jb_run)
 
 
-def stage_rows(run: JustBecauseRun, start: datetime, end: datetime) -> list[tuple[str, int, date]]:
+def stage_rows(run: JourneyRun, start: datetime, end: datetime) -> list[tuple[str, int, date]]:
     """What the segment selects for [start, end): the runner's first stage only (nothing is sent)."""
     spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
     ctx = RunContext(JOURNEY, f"stage_only__{start.isoformat()}__{end.isoformat()}", "live", start, end)
@@ -384,7 +371,7 @@ def test_messages_coupons_and_conversions(jb_run, expected):
                               if e.conversion], "conversions (key, condition, order, revenue, at)")
     surprise = jb_run.planted["just_because_surprise"].customer_id
     assert [(r[0].split(":")[0], r[2], r[3], r[4]) for r in conversions] == [
-        (str(surprise), str(REDEEM_ORDER_ID), Decimal("61.50"), jb_run.redeemed_at)]
+        (str(surprise), str(REDEEM_ORDER_ID), Decimal("61.50"), redeemed_at(jb_run.planted, ANCHOR))]
 
 
 def test_smtp_received_the_sent_emails_with_the_code(jb_run, expected):
@@ -403,7 +390,7 @@ def test_smtp_received_the_sent_emails_with_the_code(jb_run, expected):
 
 
 def test_planted_demo_cases(jb_run, expected):
-    p, a = jb_run.planted, jb_run.anchor
+    p, a = jb_run.planted, ANCHOR
     enrolled = {cid: (key, entered) for key, cid, entered in jb_run.query(
         "SELECT enrollment_key, customer_id::bigint, entered_at FROM lifecycle.enrollments WHERE journey = :journey")}
     for name, west in (("just_because_surprise", False), ("just_because_americas", True)):
@@ -428,14 +415,14 @@ def test_new_year_leap_day_and_time_zones(jb_run, expected):
     for key, cid, entered in jb_run.query(
             "SELECT enrollment_key, customer_id::bigint, entered_at FROM lifecycle.enrollments WHERE journey = :journey"):
         enrolled.setdefault(cid, []).append((key, entered))
-    for name, s in jb_run.people.items():
+    for name, s in jb_run.cases.items():
         assert enrolled[s.customer_id] == [(f"{s.customer_id}:{s.day.year}", s.selected_by)], name
         assert sum(m["To"] == f"jb.{name.replace('_', '.')}@example.com" for m in jb_run.emails) == 1, name
     # Day 366 of 2028 is 31 December; the same customers' day in 2027 (365 days) is 31 December too.
-    assert {surprise_date(jb_run.people[n].customer_id, 2027) for n in ("leap_day_366_berlin",
+    assert {surprise_date(jb_run.cases[n].customer_id, 2027) for n in ("leap_day_366_berlin",
                                                                          "leap_day_366_pago_pago")} == {date(2027, 12, 31)}
     # moves_west: selected again the next day (30 December in Los Angeles), same key, nothing new.
-    moved = jb_run.people["moves_west"].customer_id
+    moved = jb_run.cases["moves_west"].customer_id
     selections = [end for end, rows in expected.selected.items() for _, cid, _ in rows if cid == moved]
     assert selections == [utc(2028, 12, 30), utc(2028, 12, 31)]
     assert jb_run.results[jb_run.ends.index(utc(2028, 12, 31))]["enrolled"]["refreshed"] >= 1

@@ -20,14 +20,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html as htmllib
-import os
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import babel.dates
@@ -35,14 +31,24 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SHOP
 from lifecycle.render import money
 from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec
 
-from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, py, text_and_html
+from .conftest import (
+    ANCHOR,
+    DAY,
+    HOUR,
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    intervals_for,
+    journey_run,
+    py,
+    text_and_html,
+)
 
 pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
@@ -122,56 +128,23 @@ def plant_extras(engine: sa.Engine, cases: dict[str, Extra]) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class NotificationRun:
-    engine: sa.Engine
-    anchor: datetime
-    planted: Any
-    extras: dict[str, Extra]
-    intervals: list[tuple[datetime, datetime]]
-    results: list[dict]
-    emails: list[EmailMessage]
-    rcpt_tos: list[list[str]]
-    suppressions_before: dict[int, str]
-    seconds: float
-
-    def query(self, sql: str, **params) -> list:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
-
-
 @pytest.fixture(scope="module")
 def spec():
     return load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
 
 
 @pytest.fixture(scope="module")
-def run(shop_db, spec) -> NotificationRun:
-    engine, planted, anchor = shop_db
+def run(shop_db, spec) -> JourneyRun:
+    engine, _planted, anchor = shop_db
     cases = extras(anchor)
-    plant_extras(engine, cases)
-    with engine.connect() as conn:
-        suppressions_before = dict(conn.execute(sa.text(
-            "SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
-    intervals = intervals_for(anchor - WINDOW, anchor, HOUR)
-    results = []
-    previous_caps = os.environ.get("LIFECYCLE_FREQUENCY_CAPS")
-    os.environ["LIFECYCLE_FREQUENCY_CAPS"] = "email=1/1d"  # marketing only: must not touch these notices
-    t0 = time.perf_counter()
-    try:
-        reject = {c.email: BOUNCE for c in cases.values() if c.bounces}
-        with RecordingSMTPServer(reject=reject) as smtp:
-            for start, end in intervals:
-                results.append(run_interval(engine, spec, start, end,
-                                            lambda name: EmailChannel("127.0.0.1", smtp.port)))
-            received = list(smtp.messages)
-    finally:
-        if previous_caps is None:
-            os.environ.pop("LIFECYCLE_FREQUENCY_CAPS", None)
-        else:
-            os.environ["LIFECYCLE_FREQUENCY_CAPS"] = previous_caps
-    return NotificationRun(engine, anchor, planted, cases, intervals, results, [m.message() for m in received],
-                           [m.rcpt_tos for m in received], suppressions_before, time.perf_counter() - t0)
+
+    def planted_here(replay: Replay) -> dict[str, Extra]:
+        plant_extras(engine, cases)
+        return cases
+
+    return journey_run(shop_db, JOURNEY, intervals_for(anchor - WINDOW, anchor, HOUR), spec=spec, setup=planted_here,
+                       smtp_reject={c.email: BOUNCE for c in cases.values() if c.bounces},
+                       env={"LIFECYCLE_FREQUENCY_CAPS": "email=1/1d"})  # marketing only: must not touch these notices
 
 
 # ----------------------------------------------------------------------------- expected outcome
@@ -203,10 +176,10 @@ def shop_frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
                 for t in ("customers", "orders", "order_items", "products")}
 
 
-def expected_outcome(run: NotificationRun, frames: dict[str, pd.DataFrame]) -> Expected:
+def expected_outcome(run: JourneyRun, frames: dict[str, pd.DataFrame]) -> Expected:
     emails = dict(zip(frames["customers"].customer_id.astype(int), frames["customers"].email, strict=True))
-    bouncing = {c.email for c in run.extras.values() if c.bounces}
-    suppressed = dict(run.suppressions_before)
+    bouncing = {c.email for c in run.cases.values() if c.bounces}
+    suppressed = dict(run.suppressed_before)
     events = []  # (order_id, customer_id, notice, at)
     for o in frames["orders"].itertuples(index=False):
         if o.status == "cancelled":
@@ -281,8 +254,8 @@ def test_runs_select_and_quarantine_what_the_rules_pick(run, expected):
         "JOIN lifecycle.runs r USING (journey, run_id) WHERE q.journey = :journey")
     wanted = [(k, ("email: not a valid address",), end) for k, ends in expected.quarantined.items() for end in ends]
     assert_same([(k, tuple(r), end) for k, r, end in quarantine], wanted, "quarantine (key, reasons, run end)")
-    assert expected.quarantined[f"{run.extras['invalid_email'].order_id}:confirmation"] == [
-        run.anchor - h * HOUR for h in range(7, -1, -1)]
+    assert expected.quarantined[f"{run.cases['invalid_email'].order_id}:confirmation"] == [
+        ANCHOR - h * HOUR for h in range(7, -1, -1)]
 
 
 def test_one_enrollment_per_order_and_notice_timed_from_its_event(run, expected):
@@ -356,12 +329,12 @@ def test_transactional_mail_needs_no_consent_and_ignores_marketing_opt_outs(run,
                              b=run.planted["order_notifications_opted_out"].customer_id))
     assert consent == {run.planted["order_notifications_opted_out"].customer_id: "opted_out"}
     for name, notices in (("unsubscribed", {"confirmation", "shipping"}), ("sunset", {"confirmation"})):
-        c = run.extras[name]
+        c = run.cases[name]
         assert {(n.notice, n.status) for n in by_customer[c.customer_id]} == {(k, "sent") for k in notices}, name
         assert c.email in received
     # ... and the unsubscribe is still there: transactional mail neither lifts nor ignores it for marketing.
     assert dict(run.query("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE customer_id = CAST(:c AS text)",
-                          c=run.extras["unsubscribed"].customer_id)) == {run.extras["unsubscribed"].customer_id:
+                          c=run.cases["unsubscribed"].customer_id)) == {run.cases["unsubscribed"].customer_id:
                                                                           "unsubscribe"}
 
 
@@ -372,24 +345,24 @@ def test_hard_bounces_and_complaints_stop_transactional_mail(run, expected):
             "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.customer_id = CAST(:c AS text)", c=c.customer_id)}
 
     for name in ("hard_bounce", "unsubscribed_then_bounces"):
-        c = run.extras[name]
+        c = run.cases[name]
         got = outcome(c)
         assert got["confirmation"][0] == "failed" and got["confirmation"][1].startswith("hard bounce: SMTP RCPT 550")
         assert got["shipping"] == ("suppressed", "suppressed: hard_bounce"), name
     # The bounce replaced the earlier unsubscribe: the address itself is now known to be dead.
     reasons = dict(run.query("SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'"))
-    assert reasons[run.extras["unsubscribed_then_bounces"].customer_id] == "hard_bounce"
-    assert reasons[run.extras["hard_bounce"].customer_id] == "hard_bounce"
+    assert reasons[run.cases["unsubscribed_then_bounces"].customer_id] == "hard_bounce"
+    assert reasons[run.cases["hard_bounce"].customer_id] == "hard_bounce"
     assert reasons == expected.suppressed_after
-    c = run.extras["complaint"]
+    c = run.cases["complaint"]
     assert outcome(c) == {"confirmation": ("suppressed", "suppressed: complaint"),
                           "shipping": ("suppressed", "suppressed: complaint")}
-    bounced = {run.extras[n].email for n in ("hard_bounce", "unsubscribed_then_bounces", "complaint")}
+    bounced = {run.cases[n].email for n in ("hard_bounce", "unsubscribed_then_bounces", "complaint")}
     assert not bounced & {m["To"] for m in run.emails}
 
 
 def test_planted_cases_play_out(run, expected):
-    a = run.anchor
+    a = ANCHOR
     by_order: dict[int, dict[str, Notice]] = {}
     for n in expected.notices.values():
         by_order.setdefault(n.order_id, {})[n.notice] = n
@@ -411,7 +384,7 @@ def test_planted_cases_play_out(run, expected):
     assert notices("order_notifications_backorder") == {"shipping": ("sent", a - 40 * HOUR)}
     assert notices("order_notifications_two_orders", 0) == {"confirmation": ("sent", a - 14 * HOUR)}
     assert notices("order_notifications_two_orders", 1) == {"confirmation": ("sent", a - 14 * HOUR)}
-    assert run.extras["invalid_email"].order_id not in by_order
+    assert run.cases["invalid_email"].order_id not in by_order
     # Same hour: the confirmation reaches the customer before the shipping notice.
     case = run.planted["order_notifications_same_hour"]
     subjects = [m["Subject"] for m in run.emails if m["To"] == case.email]

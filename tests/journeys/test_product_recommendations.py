@@ -18,7 +18,6 @@ order with one of the picks after the email and before the next weekly run conve
 from __future__ import annotations
 
 import html
-import time
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -26,12 +25,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel, message_id_for
-from lifecycle.config import SEGMENTS_DIR
+from lifecycle.channels.email import message_id_for
 from lifecycle.render import money
-from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
-from lifecycle.spec import load_spec
 
 from .conftest import (
     ANCHOR,
@@ -51,7 +46,7 @@ from .conftest import (
     check_quarantine,
     check_runs,
     check_smtp,
-    read_shop_frames,
+    journey_run,
     simulate,
     text_and_html,
 )
@@ -196,19 +191,8 @@ def expected_outcome(shop: Shop, rules: Rules, suppressed_before: dict[int, str]
 
 @pytest.fixture(scope="module")
 def run(shop_db) -> JourneyRun:
-    engine, planted, _ = shop_db
-    plant(engine)
-    shop = Shop(engine, planted, read_shop_frames(engine))
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    with engine.connect() as conn:
-        suppressed_before = dict(conn.execute(sa.text(
-            "SELECT customer_id::bigint, reason FROM lifecycle.suppressions WHERE channel = 'email'")).all())
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as server:
-        results = [run_interval(engine, spec, start, end, lambda _: EmailChannel("127.0.0.1", server.port))
-                   for start, end in INTERVALS]
-        received = list(server.messages)
-    return JourneyRun(JOURNEY, spec, shop, INTERVALS, results, received, suppressed_before, time.perf_counter() - t0)
+    plant(shop_db[0])
+    return journey_run(shop_db, JOURNEY, INTERVALS)
 
 
 @pytest.fixture(scope="module")

@@ -16,23 +16,26 @@ valid 60 days. Enrollments complete 30 days after entry (reminder at 7d + comple
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
-from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec
 
-from .conftest import VALID_EMAIL, assert_same, text_and_html
+from .conftest import (
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    daily,
+    journey_run,
+    text_and_html,
+)
 
 pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
@@ -76,22 +79,6 @@ def plant(engine: sa.Engine) -> None:
 # ----------------------------------------------------------------------------- running it
 
 
-@dataclass
-class ReferralRun:
-    engine: sa.Engine
-    planted: Any
-    results: list[dict]
-    emails: list  # EmailMessage, as received
-    seconds: float
-    snapshot: dict[str, list]  # audit rows after the window
-    rerun: dict  # the window's A-1d interval run again afterwards
-    rerun_emails: int
-
-    def query(self, sql: str, **params) -> list:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
-
-
 SNAPSHOT = {
     "enrollments": "SELECT enrollment_key, customer_id, entered_at, status, exit_reason, exited_at "
                    "FROM lifecycle.enrollments WHERE journey = :journey",
@@ -101,27 +88,29 @@ SNAPSHOT = {
 }
 
 
+@dataclass
+class Rerun:
+    """The window's A-1d interval run again after the window (a retry or a backfill, another run id)."""
+
+    snapshot: dict[str, list]  # audit rows after the window, before the rerun
+    result: dict
+    emails: int  # how many emails the rerun sent
+
+
+def rerun_a_day(replay: Replay) -> Rerun:
+    with replay.engine.connect() as conn:
+        snapshot = {name: conn.execute(sa.text(sql), {"journey": JOURNEY}).all() for name, sql in SNAPSHOT.items()}
+    sent = len(replay.smtp.messages)
+    result = replay.run_once(A - 2 * DAY, A - DAY, run_id="rerun__A-1d")
+    return Rerun(snapshot, result, len(replay.smtp.messages) - sent)
+
+
 @pytest.fixture(scope="module")
-def referral_run(shop_db) -> ReferralRun:
-    engine, planted, anchor = shop_db
+def referral_run(shop_db) -> JourneyRun:
+    engine, _planted, anchor = shop_db
     assert anchor == A
     plant(engine)
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    results = []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as smtp:
-        channel_for = lambda name: EmailChannel("127.0.0.1", smtp.port)  # noqa: E731
-        for end in ENDS:
-            results.append(run_interval(engine, spec, end - DAY, end, channel_for))
-        seconds = time.perf_counter() - t0
-        received = len(smtp.messages)
-        with engine.connect() as conn:
-            snapshot = {name: conn.execute(sa.text(sql), {"journey": JOURNEY}).all() for name, sql in SNAPSHOT.items()}
-        # The same interval again (a retry or a backfill, with another run id): nothing new.
-        rerun = run_interval(engine, spec, A - 2 * DAY, A - DAY, channel_for, run_id="rerun__A-1d")
-        emails = [m.message() for m in smtp.messages]
-    return ReferralRun(engine, planted, results, emails[:received], seconds, snapshot, rerun,
-                       len(emails) - received)
+    return journey_run(shop_db, JOURNEY, daily(ENDS), finish=rerun_a_day)
 
 
 # ----------------------------------------------------------------------------- expected, from the shop tables
@@ -246,7 +235,7 @@ def expected(referral_run) -> Expected:
     return expected_referral(referral_run.engine)
 
 
-def case_id(run: ReferralRun, name: str) -> int:
+def case_id(run: JourneyRun, name: str) -> int:
     if name in run.planted:
         return run.planted[name].customer_id
     return next(cid for cid, (n, *_) in COOLDOWN_CASES.items() if n == name)
@@ -418,9 +407,9 @@ def test_what_the_smtp_server_received(referral_run, expected):
 
 
 def test_running_an_interval_again_changes_nothing(referral_run):
-    assert referral_run.rerun["enrolled"] == {"entered": 0, "refreshed": 0, "quarantined": 0}
-    assert referral_run.rerun_emails == 0
+    assert referral_run.finished.result["enrolled"] == {"entered": 0, "refreshed": 0, "quarantined": 0}
+    assert referral_run.finished.emails == 0
     with referral_run.engine.connect() as conn:
         after = {name: conn.execute(sa.text(sql), {"journey": JOURNEY}).all() for name, sql in SNAPSHOT.items()}
-    for name, rows in referral_run.snapshot.items():
+    for name, rows in referral_run.finished.snapshot.items():
         assert_same(after[name], rows, f"{name} after running A-1d again")

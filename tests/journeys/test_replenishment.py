@@ -43,10 +43,10 @@ from .conftest import (
     check_quarantine,
     check_runs,
     check_smtp,
+    intervals_for,
     intervals_from_ends,
     journey_run,
     py,
-    read_shop_frames,
     simulate,
     text_and_html,
 )
@@ -212,8 +212,7 @@ def expected_replenishment(shop: Shop, ends: list[datetime], suppressed_before: 
 def run(shop_db) -> JourneyRun:
     engine, planted, _ = shop_db
     plant(engine)
-    shop = Shop(engine, planted, read_shop_frames(engine))
-    return journey_run(shop, JOURNEY, ENDS[0] - DAY, ENDS[-1], DAY)
+    return journey_run(shop_db, JOURNEY, intervals_for(ENDS[0] - DAY, ENDS[-1], DAY))
 
 
 @pytest.fixture(scope="module")
@@ -226,14 +225,6 @@ def line_key(run: JourneyRun, name: str, order_index: int = 0, sku: str | None =
     product_id = case.product_id if sku is None else run.query(
         "SELECT product_id FROM shop.products WHERE sku = :s", s=sku)[0][0]
     return f"{case.order_ids[order_index]}:{product_id}"
-
-
-def messages_of(run: JourneyRun, key: str) -> dict[str, tuple]:
-    rows = run.query(
-        "SELECT m.step, m.status, m.reason, m.due_at, m.planned_for FROM lifecycle.messages m "
-        "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE m.journey = :journey AND e.enrollment_key = :key",
-        key=key)
-    return {r.step: tuple(r[1:]) for r in rows}
 
 
 def ordered_at(run: JourneyRun, order_id: int) -> datetime:
@@ -285,7 +276,7 @@ def test_issue_example_100_capsules_1_a_day_5_days_shipping_due_on_day_92(run):
     enrollment = run.enrollment_rows()[key]
     assert enrollment.entered_at == EXAMPLE_ORDERED + 92 * DAY
     assert enrollment.enrolled_at == ANCHOR  # due at A-10h: the first run at or after it ends at A
-    assert messages_of(run, key) == {"reminder": ("sent", None, EXAMPLE_ORDERED + 92 * DAY, ANCHOR)}
+    assert run.messages_of(key) == {"reminder": ("sent", None, EXAMPLE_ORDERED + 92 * DAY, ANCHOR)}
     (context,) = run.query("SELECT context FROM lifecycle.enrollments WHERE journey = :journey "
                            "AND enrollment_key = :k", k=key)[0]
     assert (Decimal(str(context["supply_days"])), Decimal(str(context["lead_time_days"]))) == (100, 5)
@@ -347,7 +338,7 @@ def test_reminded_cases(run, name, enrolled_by, status, reason):
     enrollment = run.enrollment_rows()[key]
     assert (enrollment.enrolled_at, enrollment.status) == (enrolled_by, "active")
     assert enrolled_by - DAY < enrollment.entered_at <= enrolled_by
-    assert messages_of(run, key) == {"reminder": (status, reason, enrollment.entered_at, enrolled_by)}
+    assert run.messages_of(key) == {"reminder": (status, reason, enrollment.entered_at, enrolled_by)}
     assert run.steps_received_by(run.planted[name].email) == (["reminder"] if status == "sent" else [])
 
 
@@ -385,7 +376,7 @@ def test_reorder_after_the_reminder_converts(run):
     (total,) = run.query("SELECT total FROM shop.orders WHERE order_id = :o", o=reorder)[0]
     assert run.conversion_rows()[key] == (case.customer_id, "replenishment_reordered", str(reorder), total,
                                           reordered_at)
-    assert messages_of(run, key)["reminder"][0::3] == ("sent", ANCHOR - 2 * DAY)  # reminded first
+    assert run.messages_of(key)["reminder"][0::3] == ("sent", ANCHOR - 2 * DAY)  # reminded first
     assert run.steps_received_by(case.email) == ["reminder"]
 
 

@@ -24,6 +24,7 @@ from .conftest import (
     check_quarantine,
     check_runs,
     check_smtp,
+    intervals_for,
     intervals_from_ends,
     journey_run,
     py,
@@ -84,7 +85,7 @@ def expected_review_request(shop: Shop, ends: list[datetime], suppressed_before:
 
 @pytest.fixture(scope="module")
 def review_run(shop) -> JourneyRun:
-    return journey_run(shop, JOURNEY, *WINDOW, DAY)
+    return journey_run(shop, JOURNEY, intervals_for(*WINDOW, DAY))
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +135,6 @@ def order_facts(run: JourneyRun, order_id: int):
     return run.query("SELECT delivered_at FROM shop.orders WHERE order_id = :o", o=order_id)[0].delivered_at
 
 
-def messages_of(run: JourneyRun, order_id: int) -> dict[str, tuple]:
-    rows = run.query(
-        "SELECT m.step, m.status, m.reason, m.due_at, m.planned_for FROM lifecycle.messages m "
-        "JOIN lifecycle.enrollments e USING (enrollment_id) "
-        "WHERE m.journey = :journey AND e.enrollment_key = :key",
-        key=str(order_id),
-    )
-    return {r.step: tuple(r[1:]) for r in rows}
-
-
 def planted_order(run: JourneyRun, name: str) -> tuple[int, str]:
     case = run.planted[name]
     (order_id,) = case.order_ids
@@ -153,7 +144,7 @@ def planted_order(run: JourneyRun, name: str) -> tuple[int, str]:
 def test_soft_goods_requested_ten_days_after_delivery(review_run):
     order_id, address = planted_order(review_run, "review_soft")
     delivered = order_facts(review_run, order_id)
-    assert messages_of(review_run, order_id) == {"request": ("sent", None, delivered + 10 * DAY, ANCHOR - 3 * DAY)}
+    assert review_run.messages_of(str(order_id)) == {"request": ("sent", None, delivered + 10 * DAY, ANCHOR - 3 * DAY)}
     assert len(review_run.find_received(address, "request")) == 1
 
 
@@ -161,7 +152,7 @@ def test_hard_good_requested_twenty_one_days_after_delivery(review_run):
     order_id, address = planted_order(review_run, "review_hard")
     delivered = order_facts(review_run, order_id)
     assert delivered == ANCHOR - 24 * DAY
-    assert messages_of(review_run, order_id) == {"request": ("sent", None, delivered + 21 * DAY, ANCHOR - 3 * DAY)}
+    assert review_run.messages_of(str(order_id)) == {"request": ("sent", None, delivered + 21 * DAY, ANCHOR - 3 * DAY)}
     assert review_run.enrollment_rows()[str(order_id)].entered_at == delivered + 21 * DAY
     assert len(review_run.find_received(address, "request")) == 1
 
@@ -169,7 +160,7 @@ def test_hard_good_requested_twenty_one_days_after_delivery(review_run):
 def test_reminder_five_days_after_request(review_run):
     order_id, address = planted_order(review_run, "review_reminder")
     due = order_facts(review_run, order_id) + 10 * DAY
-    assert messages_of(review_run, order_id) == {
+    assert review_run.messages_of(str(order_id)) == {
         "request": ("sent", None, due, due), "reminder": ("sent", None, due + 5 * DAY, due + 5 * DAY)}
     received = review_run.steps_received_by(address)
     assert received == ["request", "reminder"]
@@ -192,7 +183,7 @@ def test_review_exits(review_run, name, rating, condition, exit_step):
     enrollment = review_run.enrollment_rows()[str(order_id)]
     assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == ("converted", condition, created)
     assert review_run.conversion_rows()[str(order_id)] == (case.customer_id, condition, None, None, created)
-    msgs = messages_of(review_run, order_id)
+    msgs = review_run.messages_of(str(order_id))
     due = order_facts(review_run, order_id) + 10 * DAY
     wanted = {"request": ("sent", None, due, due)}
     if exit_step:

@@ -23,7 +23,6 @@ email consent before the runs: fewer emails, and the consent rule is exercised o
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -32,16 +31,21 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel
 from lifecycle.conditions import materialise_condition
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.ids import typed_enrollments
-from lifecycle.replay import run_interval
 from lifecycle.run_context import RunContext
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 
-from .conftest import VALID_EMAIL, assert_same, text_and_html
+from .conftest import (
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    daily,
+    journey_run,
+    text_and_html,
+)
 
 pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
@@ -157,44 +161,31 @@ def plant(engine: sa.Engine, planted_ids: set[int]) -> None:
 # ----------------------------------------------------------------------------- running it
 
 
-@dataclass
-class OfferRun:
-    engine: sa.Engine
-    planted: dict
-    results: list[dict]
-    emails: list  # parsed EmailMessage, in arrival order
-    seconds: float
-    consent_log: list[tuple[datetime, dict[int, str]]]  # (run end, email consent per customer at that run)
-
-    def query(self, sql: str, **params) -> list:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), params).all()
-
-
 def email_consent(engine: sa.Engine) -> dict[int, str]:
     with engine.connect() as conn:
         return dict(conn.execute(sa.text("SELECT customer_id, status FROM shop.consents WHERE channel = 'email'")).all())
 
 
 @pytest.fixture(scope="module")
-def offer_run(shop_db) -> OfferRun:
+def consent_log() -> list[tuple[datetime, dict[int, str]]]:
+    """(run end, email consent per customer at that run), filled while `offer_run` replays."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def offer_run(shop_db, consent_log) -> JourneyRun:
     engine, planted, _ = shop_db
     plant(engine, planted.customer_ids)
-    spec = load_spec(SEGMENTS_DIR / "seasonal_offer.sql")
-    results, consent_log = [], []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as smtp:
-        channel_for = lambda name: EmailChannel("127.0.0.1", smtp.port)  # noqa: E731
-        for end in ENDS:
-            consent_log.append((end, email_consent(engine)))
-            results.append(run_interval(engine, spec, end - DAY, end, channel_for))
-            if end == WITHDRAW_AFTER:
-                with engine.begin() as conn:
-                    conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_out', updated_at = :t "
-                                         "WHERE customer_id = :c AND channel = 'email'"),
-                                 {"c": ID["consent_withdrawn"], "t": end + timedelta(hours=8)})
-        emails = [m.message() for m in smtp.messages]
-    return OfferRun(engine, planted, results, emails, time.perf_counter() - t0, consent_log)
+
+    def withdraw_consent(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
+        if end == WITHDRAW_AFTER:
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_out', updated_at = :t "
+                                     "WHERE customer_id = :c AND channel = 'email'"),
+                             {"c": ID["consent_withdrawn"], "t": end + timedelta(hours=8)})
+
+    return journey_run(shop_db, "seasonal_offer", daily(ENDS), after=withdraw_consent,
+                       before=lambda replay, start, end: consent_log.append((end, email_consent(engine))))
 
 
 # ----------------------------------------------------------------------------- expected, from the shop tables
@@ -228,7 +219,7 @@ class Expected:
     selected: list[int]  # rows selected per run
 
 
-def expected_offers(run: OfferRun) -> Expected:
+def expected_offers(run: JourneyRun, consent_log: list[tuple[datetime, dict[int, str]]]) -> Expected:
     customers = run.query("SELECT customer_id, email, country, timezone, created_at FROM shop.customers")
     orders = run.query("SELECT order_id, customer_id, ordered_at, status, total, coupon_code FROM shop.orders "
                        "ORDER BY ordered_at, order_id")
@@ -244,7 +235,7 @@ def expected_offers(run: OfferRun) -> Expected:
 
     enrollments: dict[str, Want] = {}
     quarantined, selected = [], []
-    for as_of, consent in run.consent_log:
+    for as_of, consent in consent_log:
         rows = []
         for c in customers:
             if c.created_at >= as_of or consent.get(c.customer_id) != "opted_in":
@@ -312,8 +303,8 @@ def expected_offers(run: OfferRun) -> Expected:
 
 
 @pytest.fixture(scope="module")
-def expected(offer_run) -> Expected:
-    return expected_offers(offer_run)
+def expected(offer_run, consent_log) -> Expected:
+    return expected_offers(offer_run, consent_log)
 
 
 def enrollment_of(expected: Expected, name: str, offer: str = "christmas") -> Want:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,24 +36,26 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from lifecycle.channels.email import EmailChannel
-from lifecycle.channels.push import PushChannel
-from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
-from lifecycle.replay import run_interval
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-from lifecycle.smtp_sink import RecordingSMTPServer
-from lifecycle.spec import load_spec
 
-from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, text_and_html
+from .conftest import (
+    ANCHOR,
+    DAY,
+    HOUR,
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    intervals_for,
+    journey_run,
+    text_and_html,
+)
 
 pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
 JOURNEY = "upsell"
-SEED = 11
+BY_CHANNEL = ("channel", "status", "reason", "planned_for")  # a message, as the planted cases read it
 MINUTE = timedelta(minutes=1)
 WAIT, LOOKBACK, FOLLOW_UP, MAX_LATENESS = 10 * MINUTE, 6 * HOUR, 24 * HOUR, 6 * HOUR
 COMPLETE_AFTER = 7 * DAY
@@ -187,24 +188,12 @@ class Snapshot:
 
 
 @dataclass
-class UpsellRun:
-    engine: sa.Engine
-    anchor: datetime
-    extra: dict[str, Extra]
-    mutations: list[Mutation]
-    snapshot: Snapshot
-    intervals: list[tuple[datetime, datetime]]
-    results: list[dict]
-    emails: list  # EmailMessage, in arrival order
-    rcpt_tos: list[list[str]]
-    pushes: list  # push_server.Received
-    push_rejected: list
-    suppressed_before: dict[tuple[int, str], str]
-    seconds: float
+class Planted:
+    """What the test plants before the replay, and the shop as the rules read it then."""
 
-    def query(self, sql: str, **params) -> list[Any]:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
+    extra: dict[str, Extra]
+    mutations: list[Mutation]  # applied between runs
+    snapshot: Snapshot
 
 
 def snapshot(engine: sa.Engine) -> Snapshot:
@@ -240,44 +229,21 @@ def snapshot(engine: sa.Engine) -> Snapshot:
 
 
 @pytest.fixture(scope="module")
-def upsell_run(shop_db) -> UpsellRun:
+def upsell_run(shop_db) -> JourneyRun:
     engine, _planted, anchor = shop_db
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    push = PushServer(key_lookup=demo_key_lookup(engine, seed=SEED))
-    push.start()
-    try:
+    intervals = intervals_for(anchor - (FIRST_END + 1) * HOUR, anchor, HOUR)
+    ends = [end for _, end in intervals]
+
+    def plant(replay: Replay) -> Planted:
         extra, mutations = plant_extra(engine, anchor)
-        with engine.begin() as conn:
-            # The shop's subscriptions point at a made-up push host; route them to the local one.
-            conn.execute(sa.text("UPDATE shop.push_subscriptions "
-                                 "SET endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
-                         {"origin": push.origin})
-            suppressed_before = {(c, ch): r for c, ch, r in conn.execute(
-                sa.text("SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
-        before = snapshot(engine)
-        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-        intervals = intervals_for(anchor - (FIRST_END + 1) * HOUR, anchor, HOUR)
-        ends = [end for _, end in intervals]
-        results = []
-        t0 = time.perf_counter()
-        with RecordingSMTPServer() as smtp:
-            channels = {
-                "email": lambda: EmailChannel("127.0.0.1", smtp.port),
-                "push": lambda: PushChannel(vapid, "mailto:ops@shop.example.com"),
-            }
-            for start, end in intervals:
-                for m in mutations:
-                    if applied_before(m, ends) == end:
-                        apply_mutation(engine, m)
-                results.append(run_interval(engine, spec, start, end, lambda name: channels[name]()))
-            received = list(smtp.messages)
-        seconds = time.perf_counter() - t0
-    finally:
-        push.stop()
-    return UpsellRun(engine, anchor, extra, mutations, before, intervals, results, [m.message() for m in received],
-                     [m.rcpt_tos for m in received], list(push.received), list(push.rejected), suppressed_before,
-                     seconds)
+        return Planted(extra, mutations, snapshot(engine))
+
+    def mutate(replay: Replay, start: datetime, end: datetime) -> None:
+        for m in replay.cases.mutations:
+            if applied_before(m, ends) == end:
+                apply_mutation(engine, m)
+
+    return journey_run(shop_db, JOURNEY, intervals, push=True, setup=plant, before=mutate)
 
 
 # ----------------------------------------------------------------------------- expected outcome
@@ -326,13 +292,13 @@ class Expected:
         return [m for e in self.enrollments.values() for m in e.messages.values()]
 
 
-def derive_expected(run: UpsellRun) -> Expected:
-    s = run.snapshot
+def derive_expected(run: JourneyRun) -> Expected:
+    s = run.cases.snapshot
     ends = [end for _, end in run.intervals]
     carts = {c: dict(v) for c, v in s.carts.items()}
     lines = {c: dict(v) for c, v in s.lines.items()}
-    pending = sorted(run.mutations, key=lambda m: m.at)
-    suppressed = run.suppressed_before
+    pending = sorted(run.cases.mutations, key=lambda m: m.at)
+    suppressed = run.suppressions_before
 
     def upgrade_of(pid: int, price: Decimal) -> int | None:
         p = s.products[pid]
@@ -482,41 +448,15 @@ def expected(upsell_run) -> Expected:
 # ----------------------------------------------------------------------------- what the engine did
 
 
-def message_rows(run: UpsellRun) -> list[tuple]:
-    out = []
-    for key, step, channel, status, reason, due_at, planned_for in run.query(
-        "SELECT e.enrollment_key, m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for "
-        "FROM lifecycle.messages m JOIN lifecycle.enrollments e USING (enrollment_id) "
-        "WHERE m.journey = :journey AND m.mode = 'live'"
-    ):
-        if status == "expired" and reason:
-            reason = reason.split(",")[0]
-        out.append((key, step, channel, status, reason, due_at, planned_for))
-    return out
+def keys_of_cart(run: JourneyRun, cart_id: int) -> list[str]:
+    return sorted(k for k in run.enrollment_rows() if k.split(":")[0] == str(cart_id))
 
 
-def enrollment_rows(run: UpsellRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
-                     "holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
-    return {r.enrollment_key: r for r in rows}
-
-
-def messages_of(run: UpsellRun, key: str) -> dict[str, tuple]:
-    rows = run.query("SELECT m.step, m.channel, m.status, m.reason, m.planned_for FROM lifecycle.messages m "
-                     "JOIN lifecycle.enrollments e USING (enrollment_id) "
-                     "WHERE m.journey = :journey AND e.enrollment_key = :key", key=key)
-    return {r.step: tuple(r[1:]) for r in rows}
-
-
-def keys_of_cart(run: UpsellRun, cart_id: int) -> list[str]:
-    return sorted(k for k in enrollment_rows(run) if k.split(":")[0] == str(cart_id))
-
-
-def sku(run: UpsellRun, product_id: int) -> str:
+def sku(run: JourneyRun, product_id: int) -> str:
     return run.query("SELECT sku FROM shop.products WHERE product_id = :p", p=product_id)[0][0]
 
 
-def product_id(run: UpsellRun, sku_: str) -> int:
+def product_id(run: JourneyRun, sku_: str) -> int:
     return run.query("SELECT product_id FROM shop.products WHERE sku = :s", s=sku_)[0][0]
 
 
@@ -539,7 +479,7 @@ def test_runs_select_and_quarantine_what_the_rules_pick(upsell_run, expected):
     quarantined = {k for (k,) in upsell_run.query("SELECT DISTINCT enrollment_key FROM lifecycle.quarantine "
                                                    "WHERE journey = :journey")}
     assert quarantined == expected.quarantined_keys and quarantined
-    assert not quarantined & set(enrollment_rows(upsell_run))
+    assert not quarantined & set(upsell_run.enrollment_rows())
 
 
 def test_enrollments_and_exits(upsell_run, expected):
@@ -547,7 +487,7 @@ def test_enrollments_and_exits(upsell_run, expected):
     assert statuses["active", None] > 10 and statuses["converted", "upsell_ordered_upgrade"] >= 2
     assert statuses["exited", "purchased_since_entry"] >= 1 and statuses["exited", "upsell_item_removed"] == 1
     actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at, r.holdout)
-              for k, r in enrollment_rows(upsell_run).items()]
+              for k, r in upsell_run.enrollment_rows().items()]
     wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, False)
               for e in expected.enrollments.values()]
     assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited, holdout)")
@@ -555,14 +495,14 @@ def test_enrollments_and_exits(upsell_run, expected):
 
 def test_context_shows_the_item_its_upgrade_and_the_cart_as_last_seen(upsell_run, expected):
     actual, wanted = [], []
-    for key, r in enrollment_rows(upsell_run).items():
+    for key, r in upsell_run.enrollment_rows().items():
         c = r.context
         actual.append((key, c["product_id"], c["upgrade_product_id"], c["item"]["product_id"],
                        c["upgrade"]["product_id"], ts(c["cart_updated_at"]), ts(c["upsell_due_at"]),
                        c["item"]["quantity"], Decimal(str(c["item"]["price"])), Decimal(str(c["upgrade"]["price"])),
                        Decimal(str(c["price_difference"])), c["url"], c["cart_url"]))
     for e in expected.enrollments.values():
-        up = upsell_run.snapshot.products[e.upgrade_id]
+        up = upsell_run.cases.snapshot.products[e.upgrade_id]
         x = e.context
         wanted.append((e.key, e.product_id, e.upgrade_id, e.product_id, e.upgrade_id, x["cart_updated_at"],
                        x["upsell_due_at"], x["quantity"], x["price"], up.price, x["price_difference"],
@@ -584,13 +524,13 @@ def test_messages_match_expected(upsell_run, expected):
     seen = {(m.step, m.channel, m.status) for m in expected.messages}
     assert {("offer", "email", "sent"), ("offer", "push", "sent"), ("follow_up", "email", "sent"),
             ("follow_up", "email", "skipped")} <= seen, seen
-    assert_same(message_rows(upsell_run), [m.row() for m in expected.messages],
+    assert_same(upsell_run.message_rows(), [m.row() for m in expected.messages],
                 "messages (key, step, channel, status, reason, due, run)")
 
 
 def test_servers_received_exactly_the_sent_messages(upsell_run, expected):
     sent = [m for m in expected.messages if m.status == "sent"]
-    email_of = upsell_run.snapshot.email_of
+    email_of = upsell_run.cases.snapshot.email_of
     assert_same([(m["To"], m["X-Lifecycle-Step"]) for m in upsell_run.emails],
                 [(email_of[m.customer_id], m.step) for m in sent if m.channel == "email"],
                 "(To, step) received by the SMTP server")
@@ -610,16 +550,16 @@ def case_key(case) -> str:
     return f"{case.cart_id}:{case.product_id}"
 
 
-def at(run: UpsellRun, hours: float, minutes: int = 0) -> datetime:
-    return run.anchor - timedelta(hours=hours, minutes=minutes)
+def at(run: JourneyRun, hours: float, minutes: int = 0) -> datetime:
+    return ANCHOR - timedelta(hours=hours, minutes=minutes)
 
 
 def test_email_case_gets_both_products_with_prices(upsell_run, shop_db):
     case = shop_db[1]["upsell_email"]
     key = case_key(case)
-    assert messages_of(upsell_run, key) == {"offer": ("email", "sent", None, at(upsell_run, 31)),
+    assert upsell_run.messages_of(key, columns=BY_CHANNEL) == {"offer": ("email", "sent", None, at(upsell_run, 31)),
                                             "follow_up": ("email", "sent", None, at(upsell_run, 7))}
-    e = enrollment_rows(upsell_run)[key]
+    e = upsell_run.enrollment_rows()[key]
     assert e.entered_at == at(upsell_run, 31, 15) and e.status == "active"
     assert e.context["upgrade"]["product_id"] == product_id(upsell_run, "CLO-01-T2")
     products = {sku_: upsell_run.query("SELECT name, image_url, price FROM shop.products WHERE sku = :s", s=sku_)[0]
@@ -639,7 +579,7 @@ def test_email_case_gets_both_products_with_prices(upsell_run, shop_db):
 def test_push_case_gets_the_upgrade_by_push_then_the_follow_up_by_email(upsell_run, shop_db):
     planted = shop_db[1]
     case = planted["upsell_push"]
-    assert messages_of(upsell_run, case_key(case)) == {"offer": ("push", "sent", None, at(upsell_run, 31)),
+    assert upsell_run.messages_of(case_key(case), columns=BY_CHANNEL) == {"offer": ("push", "sent", None, at(upsell_run, 31)),
                                                        "follow_up": ("email", "sent", None, at(upsell_run, 7))}
     tokens = {endpoint.rsplit("/", 1)[1] for (endpoint,) in upsell_run.query(
         "SELECT endpoint FROM shop.push_subscriptions WHERE customer_id = :c", c=case.customer_id)}
@@ -654,12 +594,12 @@ def test_push_case_gets_the_upgrade_by_push_then_the_follow_up_by_email(upsell_r
     assert [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email] == ["follow_up"]
     # A live subscription without push consent: email.
     other = planted["upsell_push_without_consent"]
-    assert messages_of(upsell_run, case_key(other))["offer"] == ("email", "sent", None, at(upsell_run, 30))
+    assert upsell_run.messages_of(case_key(other), columns=BY_CHANNEL)["offer"] == ("email", "sent", None, at(upsell_run, 30))
 
 
 def test_ordering_the_upgrade_converts_with_the_orders_total(upsell_run, shop_db):
     case = shop_db[1]["upsell_ordered_upgrade"]
-    e = enrollment_rows(upsell_run)[case_key(case)]
+    e = upsell_run.enrollment_rows()[case_key(case)]
     assert (e.status, e.exit_reason, e.exited_at) == ("converted", "upsell_ordered_upgrade", at(upsell_run, 26))
     (order_id,) = case.order_ids
     total = upsell_run.query("SELECT total FROM shop.orders WHERE order_id = :o", o=order_id)[0][0]
@@ -667,25 +607,25 @@ def test_ordering_the_upgrade_converts_with_the_orders_total(upsell_run, shop_db
                                   "JOIN lifecycle.enrollments e USING (enrollment_id) WHERE e.enrollment_key = :k",
                                   k=case_key(case))
     assert conversion == [(str(order_id), total)] and total > 0
-    assert set(messages_of(upsell_run, case_key(case))) == {"offer"}
+    assert set(upsell_run.messages_of(case_key(case), columns=BY_CHANNEL)) == {"offer"}
 
 
 def test_any_other_order_exits_and_a_cancelled_one_does_not(upsell_run, shop_db):
     planted = shop_db[1]
     other = planted["upsell_ordered_other"]
-    e = enrollment_rows(upsell_run)[case_key(other)]
+    e = upsell_run.enrollment_rows()[case_key(other)]
     assert (e.status, e.exit_reason, e.exited_at) == ("exited", "purchased_since_entry", at(upsell_run, 20))
-    assert set(messages_of(upsell_run, case_key(other))) == {"offer"}
+    assert set(upsell_run.messages_of(case_key(other), columns=BY_CHANNEL)) == {"offer"}
     assert not upsell_run.query("SELECT 1 FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
                                 "USING (enrollment_id) WHERE e.enrollment_key = :k", k=case_key(other))
     cancelled = planted["upsell_cancelled_order"]
-    assert enrollment_rows(upsell_run)[case_key(cancelled)].status == "active"
-    assert messages_of(upsell_run, case_key(cancelled))["follow_up"] == ("email", "sent", None, at(upsell_run, 5))
+    assert upsell_run.enrollment_rows()[case_key(cancelled)].status == "active"
+    assert upsell_run.messages_of(case_key(cancelled), columns=BY_CHANNEL)["follow_up"] == ("email", "sent", None, at(upsell_run, 5))
 
 
 def test_carts_that_never_enter(upsell_run, shop_db):
     planted = shop_db[1]
-    customers = {r.customer_id for r in enrollment_rows(upsell_run).values()}
+    customers = {r.customer_id for r in upsell_run.enrollment_rows().values()}
     for name in ("upsell_top_tier", "upsell_ordered_within_wait"):
         assert planted[name].customer_id not in customers, name
         assert not [m for m in upsell_run.emails if m["To"] == planted[name].email]
@@ -695,27 +635,27 @@ def test_one_item_per_cart(upsell_run, shop_db):
     planted = shop_db[1]
     two = planted["upsell_two_items"]  # the capsules were added last
     assert keys_of_cart(upsell_run, two.cart_id) == [f"{two.cart_id}:{product_id(upsell_run, 'COF-01-T1')}"]
-    assert messages_of(upsell_run, case_key(two))["offer"][-1] == at(upsell_run, 27)
+    assert upsell_run.messages_of(case_key(two), columns=BY_CHANNEL)["offer"][-1] == at(upsell_run, 27)
     has_upgrade = planted["upsell_upgrade_already_in_cart"]  # the 30 pack's upgrade is the 90 pack in the cart
     assert keys_of_cart(upsell_run, has_upgrade.cart_id) == [case_key(has_upgrade)]
     assert has_upgrade.product_id == product_id(upsell_run, "VIT-02-T2")
-    context = enrollment_rows(upsell_run)[case_key(has_upgrade)].context
+    context = upsell_run.enrollment_rows()[case_key(has_upgrade)].context
     assert context["upgrade"]["sku"] == "VIT-02-T3"
 
 
 def test_a_cart_changed_after_the_upsell_keeps_its_enrollment(upsell_run, shop_db):
     case = shop_db[1]["upsell_cart_changed_after"]
     assert keys_of_cart(upsell_run, case.cart_id) == [case_key(case)]  # no upsell for the earrings
-    e = enrollment_rows(upsell_run)[case_key(case)]
+    e = upsell_run.enrollment_rows()[case_key(case)]
     assert e.entered_at == at(upsell_run, 28, 10)  # the clock did not move ...
     assert ts(e.context["cart_updated_at"]) == at(upsell_run, 20)  # ... the context did
-    assert messages_of(upsell_run, case_key(case)) == {"offer": ("email", "sent", None, at(upsell_run, 28)),
+    assert upsell_run.messages_of(case_key(case), columns=BY_CHANNEL) == {"offer": ("email", "sent", None, at(upsell_run, 28)),
                                                        "follow_up": ("email", "sent", None, at(upsell_run, 4))}
 
 
 def test_upgrade_in_the_cart_skips_the_follow_up(upsell_run, shop_db):
     case = shop_db[1]["upsell_upgrade_added"]
-    assert messages_of(upsell_run, case_key(case))["follow_up"] == (
+    assert upsell_run.messages_of(case_key(case), columns=BY_CHANNEL)["follow_up"] == (
         "email", "skipped", "condition met: upsell_upgrade_in_cart", at(upsell_run, 3))
     assert [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email] == ["offer"]
 
@@ -723,27 +663,27 @@ def test_upgrade_in_the_cart_skips_the_follow_up(upsell_run, shop_db):
 def test_due_at_or_after_the_run_end(upsell_run, shop_db):
     planted = shop_db[1]
     on_the_hour = planted["upsell_due_on_the_hour"]
-    assert messages_of(upsell_run, case_key(on_the_hour))["offer"][-1] == at(upsell_run, 5)
-    assert enrollment_rows(upsell_run)[case_key(on_the_hour)].entered_at == at(upsell_run, 5)
+    assert upsell_run.messages_of(case_key(on_the_hour), columns=BY_CHANNEL)["offer"][-1] == at(upsell_run, 5)
+    assert upsell_run.enrollment_rows()[case_key(on_the_hour)].entered_at == at(upsell_run, 5)
     late = planted["upsell_changed_just_before_a_run"]
-    assert messages_of(upsell_run, case_key(late))["offer"][-1] == at(upsell_run, 2)
-    assert enrollment_rows(upsell_run)[case_key(late)].entered_at == at(upsell_run, 2, 55)
+    assert upsell_run.messages_of(case_key(late), columns=BY_CHANNEL)["offer"][-1] == at(upsell_run, 2)
+    assert upsell_run.enrollment_rows()[case_key(late)].entered_at == at(upsell_run, 2, 55)
 
 
 def test_item_taken_out_exits_and_never_comes_back(upsell_run):
-    case = upsell_run.extra["removed_then_readded"]
-    e = enrollment_rows(upsell_run)[case.key]
+    case = upsell_run.cases.extra["removed_then_readded"]
+    e = upsell_run.enrollment_rows()[case.key]
     assert (e.status, e.exit_reason, e.exited_at) == ("exited", "upsell_item_removed", case.details["removed"])
-    assert set(messages_of(upsell_run, case.key)) == {"offer"}
+    assert set(upsell_run.messages_of(case.key, columns=BY_CHANNEL)) == {"offer"}
     assert keys_of_cart(upsell_run, case.cart_id) == [case.key]  # the pet food is never upsold
     assert [m["X-Lifecycle-Step"] for m in upsell_run.emails if m["To"] == case.email] == ["offer"]
 
 
 def test_swap_to_the_upgrade_skips_the_follow_up_and_its_order_converts(upsell_run):
-    case = upsell_run.extra["swapped_then_ordered"]
-    e = enrollment_rows(upsell_run)[case.key]
+    case = upsell_run.cases.extra["swapped_then_ordered"]
+    e = upsell_run.enrollment_rows()[case.key]
     assert (e.status, e.exit_reason, e.exited_at) == ("converted", "upsell_ordered_upgrade", case.details["ordered"])
-    assert messages_of(upsell_run, case.key)["follow_up"][:3] == (
+    assert upsell_run.messages_of(case.key, columns=BY_CHANNEL)["follow_up"][:3] == (
         "email", "skipped", "condition met: upsell_upgrade_in_cart")
     assert upsell_run.query("SELECT c.order_id FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
                             "USING (enrollment_id) WHERE e.enrollment_key = :k", k=case.key) == [(str(case.order_id),)]

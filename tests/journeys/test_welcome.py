@@ -21,7 +21,6 @@ followed within the hour by one with it, and a consent withdrawn after email_1.
 from __future__ import annotations
 
 import html
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,14 +31,22 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle.channels.email import EmailChannel
-from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
-from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
-from lifecycle.spec import load_spec
 
-from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, py, text_and_html
+from .conftest import (
+    ANCHOR,
+    DAY,
+    HOUR,
+    VALID_EMAIL,
+    JourneyRun,
+    Replay,
+    assert_same,
+    intervals_for,
+    journey_run,
+    py,
+    read_shop_frames,
+    text_and_html,
+)
 
 pytestmark = pytest.mark.parametrize("shop_db", ["embedded"], indirect=True)
 
@@ -121,58 +128,36 @@ def add_order(engine: sa.Engine, order_id: int, customer_id: int, at: datetime, 
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class WelcomeRun:
-    engine: sa.Engine
-    anchor: datetime
-    planted: Any
-    extras: dict[str, Extra]
-    intervals: list[tuple[datetime, datetime]]
-    results: list[dict]
-    emails: list  # EmailMessage, as the SMTP server received them
-    rcpt_tos: list[list[str]]
-    consent_changes: dict[int, tuple[str, datetime]]  # customer -> (status before, end of the last run that saw it)
-    seconds: float
-
-    def query(self, sql: str, **params) -> list[Any]:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.text(sql), {"journey": JOURNEY, **params}).all()
-
-
 @pytest.fixture(scope="module")
-def welcome_run(shop_db) -> WelcomeRun:
-    engine, planted, a = shop_db
+def welcome_run(shop_db) -> JourneyRun:
+    engine, _planted, a = shop_db
     people = extras(a)
     plant_extras(engine, people)
-    spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    intervals = intervals_for(a - 3 * DAY, a, HOUR)
     with engine.connect() as conn:
         products = [r[0] for r in conn.execute(sa.text("SELECT product_id FROM shop.products ORDER BY product_id"))]
-    changes: dict[int, tuple[str, datetime]] = {}
-    results = []
-    t0 = time.perf_counter()
-    with RecordingSMTPServer() as smtp:
-        channel_for = lambda name: EmailChannel("127.0.0.1", smtp.port)  # noqa: E731
-        for start, end in intervals:
-            results.append(run_interval(engine, spec, start, end, channel_for))
-            if end == a + OPT_OUT_AFTER_RUN:
-                x = people["opted_out_after_email_1"]
-                with engine.begin() as conn:
-                    conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_out', updated_at = :t "
-                                         "WHERE customer_id = :c AND channel = 'email'"),
-                                 {"c": x.customer_id, "t": end + 10 * MINUTE})
-                changes[x.customer_id] = ("opted_in", end)
-            if end == people["redeemer"].confirmed.replace(minute=0, second=0) + HOUR:  # the run that welcomed them
-                add_order(engine, 990_000_001, people["redeemer"].customer_id, a + REDEEMED_AT_OFFSET,
-                          code_of(engine, people["redeemer"].customer_id), [(products[0], 2), (products[5], 1)])
-                second = people["code_on_second_order"]
-                add_order(engine, 990_000_002, second.customer_id, a - DAY - 20 * HOUR, None, [(products[1], 1)])
-                add_order(engine, 990_000_003, second.customer_id, a - DAY - 19 * HOUR - 30 * MINUTE,
-                          code_of(engine, second.customer_id), [(products[2], 3)])
-        received = list(smtp.messages)
-    seconds = time.perf_counter() - t0
-    return WelcomeRun(engine, a, planted, people, intervals, results, [m.message() for m in received],
-                      [m.rcpt_tos for m in received], changes, seconds)
+
+    def between_runs(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
+        if end == a + OPT_OUT_AFTER_RUN:
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE shop.consents SET status = 'opted_out', updated_at = :t "
+                                     "WHERE customer_id = :c AND channel = 'email'"),
+                             {"c": people["opted_out_after_email_1"].customer_id, "t": end + 10 * MINUTE})
+        if end == people["redeemer"].confirmed.replace(minute=0, second=0) + HOUR:  # the run that welcomed them
+            add_order(engine, 990_000_001, people["redeemer"].customer_id, a + REDEEMED_AT_OFFSET,
+                      code_of(engine, people["redeemer"].customer_id), [(products[0], 2), (products[5], 1)])
+            second = people["code_on_second_order"]
+            add_order(engine, 990_000_002, second.customer_id, a - DAY - 20 * HOUR, None, [(products[1], 1)])
+            add_order(engine, 990_000_003, second.customer_id, a - DAY - 19 * HOUR - 30 * MINUTE,
+                      code_of(engine, second.customer_id), [(products[2], 3)])
+
+    return journey_run(shop_db, JOURNEY, intervals_for(a - 3 * DAY, a, HOUR), setup=lambda replay: people,
+                       after=between_runs)
+
+
+def consent_changes(run: JourneyRun) -> dict[int, tuple[str, datetime]]:
+    """customer -> (email consent before, end of the last run that saw it): the opt-out between runs."""
+    assert ANCHOR + OPT_OUT_AFTER_RUN in run.ends
+    return {run.cases["opted_out_after_email_1"].customer_id: ("opted_in", ANCHOR + OPT_OUT_AFTER_RUN)}
 
 
 # ----------------------------------------------------------------------------- expected outcome
@@ -218,14 +203,8 @@ class Expected:
         return [m for e in self.enrollments.values() for m in e.messages.values()]
 
 
-def frames(engine: sa.Engine) -> dict[str, pd.DataFrame]:
-    tables = ("customers", "consents", "orders", "order_items", "products")
-    with engine.connect() as conn:
-        return {t: pd.read_sql(sa.text(f"SELECT * FROM shop.{t}"), conn, coerce_float=False) for t in tables}
-
-
-def derive_expected(run: WelcomeRun) -> Expected:
-    f = frames(run.engine)
+def derive_expected(run: JourneyRun) -> Expected:
+    f = read_shop_frames(run.engine, ("customers", "consents", "orders", "order_items", "products"))
     customers = {int(r.customer_id): r for r in f["customers"].itertuples(index=False)}
     email_consent = {int(r.customer_id): r for r in f["consents"][f["consents"].channel == "email"]
                      .itertuples(index=False)}
@@ -240,14 +219,16 @@ def derive_expected(run: WelcomeRun) -> Expected:
         codes[cid] = (code, valid_from, valid_until)
     with_items = f["order_items"].merge(live_orders[["order_id", "ordered_at"]], on="order_id")
 
+    changes = consent_changes(run)
+
     def consent_at(cid: int, as_of: datetime) -> tuple[str | None, datetime | None]:
         """(status, double opt-in) of the email consent as the run ending `as_of` saw it."""
         row = email_consent.get(cid)
         if row is None:
             return None, None
         status = row.status
-        if cid in run.consent_changes and as_of <= run.consent_changes[cid][1]:
-            status = run.consent_changes[cid][0]
+        if cid in changes and as_of <= changes[cid][1]:
+            status = changes[cid][0]
         return status, py(row.double_opt_in_at)
 
     def bestsellers(as_of: datetime) -> list[int]:
@@ -330,22 +311,6 @@ def expected(welcome_run) -> Expected:
     return derive_expected(welcome_run)
 
 
-def enrollment_rows(run: WelcomeRun) -> dict[str, Any]:
-    rows = run.query("SELECT enrollment_key, customer_id::bigint, entered_at, enrolled_at, status, exit_reason, exited_at, "
-                     "holdout, context FROM lifecycle.enrollments WHERE journey = :journey AND mode = 'live'")
-    return {r.enrollment_key: r for r in rows}
-
-
-def messages_of(run: WelcomeRun, customer_id: int) -> dict[str, tuple]:
-    rows = run.query("SELECT step, status, reason, due_at, planned_for FROM lifecycle.messages "
-                     "WHERE journey = :journey AND customer_id = CAST(:c AS text)", c=customer_id)
-    return {r.step: tuple(r[1:]) for r in rows}
-
-
-def emails_to(run: WelcomeRun, address: str) -> list:
-    return [m for m in run.emails if m["To"] == address]
-
-
 # ----------------------------------------------------------------------------- bulk comparison
 
 
@@ -366,7 +331,7 @@ def test_enrollments_and_exits(welcome_run, expected):
     statuses = Counter(e.status for e in expected.enrollments.values())
     assert statuses["active"] >= 5 and statuses["converted"] >= 4, statuses
     actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at, r.holdout)
-              for k, r in enrollment_rows(welcome_run).items()]
+              for k, r in welcome_run.enrollment_rows().items()]
     wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, False)
               for e in expected.enrollments.values()]
     assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited, holdout)")
@@ -429,9 +394,9 @@ def test_smtp_received_exactly_the_sent_emails(welcome_run, expected):
 
 
 def test_email_2_shows_the_bestsellers_of_the_30_days_before_it_is_sent(welcome_run, expected):
-    products = {int(r.product_id): r for r in frames(welcome_run.engine)["products"].itertuples(index=False)}
+    products = {int(r.product_id): r for r in read_shop_frames(welcome_run.engine, ("products",))["products"].itertuples(index=False)}
     email_of = dict(welcome_run.query("SELECT customer_id, email FROM shop.customers"))
-    rows = enrollment_rows(welcome_run)
+    rows = welcome_run.enrollment_rows()
     checked = 0
     for m in expected.messages:
         if m.step != "email_2" or m.status != "sent":
@@ -459,8 +424,8 @@ def test_email_2_shows_the_bestsellers_of_the_30_days_before_it_is_sent(welcome_
 
 
 def test_planted_demo_cases(welcome_run, expected):
-    a, p = welcome_run.anchor, welcome_run.planted
-    rows = enrollment_rows(welcome_run)
+    a, p = ANCHOR, welcome_run.planted
+    rows = welcome_run.enrollment_rows()
 
     def welcomed_at(name: str) -> datetime:
         return a + timedelta(seconds=dict(p[name].details)["welcome_at"])
@@ -471,16 +436,16 @@ def test_planted_demo_cases(welcome_run, expected):
     for name in ("welcome_series", "welcome_cancelled_order"):
         case, clock = p[name], welcomed_at(name)
         assert clock == a - 3 * DAY
-        assert messages_of(welcome_run, case.customer_id) == {
+        assert welcome_run.messages_of(customer_id=case.customer_id) == {
             "email_1": ("sent", None, clock, a - 3 * DAY + HOUR), "email_2": ("sent", None, clock + 3 * DAY, a)}
         assert rows[str(case.customer_id)].status == "active"
-        assert [m["X-Lifecycle-Step"] for m in emails_to(welcome_run, case.email)] == ["email_1", "email_2"]
+        assert welcome_run.steps_received_by(case.email) == ["email_1", "email_2"]
 
     for name in ("welcome_late_confirmation", "welcome_subscribed_before_signup"):
         case, clock = p[name], welcomed_at(name)
         r = rows[str(case.customer_id)]
         assert (r.entered_at, r.enrolled_at, r.status) == (clock, run_after(clock), "active"), name
-        assert messages_of(welcome_run, case.customer_id) == {"email_1": ("sent", None, clock, run_after(clock))}
+        assert welcome_run.messages_of(customer_id=case.customer_id) == {"email_1": ("sent", None, clock, run_after(clock))}
     late = p["welcome_late_confirmation"]
     assert welcomed_at("welcome_late_confirmation") == a - DAY - 2 * HOUR - 30 * MINUTE
     assert rows[str(late.customer_id)].context["signed_up_at"] < rows[str(late.customer_id)].context["welcome_at"]
@@ -493,20 +458,20 @@ def test_planted_demo_cases(welcome_run, expected):
                                       "AND customer_id = CAST(:c AS text)", c=case.customer_id)
     (total,) = welcome_run.query("SELECT total FROM shop.orders WHERE order_id = :o", o=order_id)[0]
     assert conversion == (str(order_id), total)
-    assert set(messages_of(welcome_run, case.customer_id)) == {"email_1"}
+    assert set(welcome_run.messages_of(customer_id=case.customer_id)) == {"email_1"}
 
     for name in ("welcome_confirmed_too_late", "welcome_no_consent", "welcome_opted_out",
                  "welcome_confirmation_pending", "welcome_ordered_before_welcome"):
         assert str(p[name].customer_id) not in rows, name
-        assert not emails_to(welcome_run, p[name].email), name
+        assert not welcome_run.steps_received_by(p[name].email), name
     assert {e.customer_id for e in expected.enrollments.values()} >= {
         p[n].customer_id for n in ("welcome_series", "welcome_cancelled_order", "welcome_late_confirmation",
                                    "welcome_subscribed_before_signup", "welcome_first_order")}
 
 
 def test_test_only_cases(welcome_run):
-    a, x = welcome_run.anchor, welcome_run.extras
-    rows = enrollment_rows(welcome_run)
+    a, x = ANCHOR, welcome_run.cases
+    rows = welcome_run.enrollment_rows()
 
     redeemer = rows[str(x["redeemer"].customer_id)]
     assert (redeemer.status, redeemer.exit_reason, redeemer.exited_at) == (
@@ -522,7 +487,7 @@ def test_test_only_cases(welcome_run):
                              c=x["code_on_second_order"].customer_id) == [("990000002",)]
 
     optout = x["opted_out_after_email_1"]
-    assert messages_of(welcome_run, optout.customer_id) == {
+    assert welcome_run.messages_of(customer_id=optout.customer_id) == {
         "email_1": ("sent", None, a - 3 * DAY, a - 3 * DAY + HOUR),
         "email_2": ("suppressed", "consent withdrawn", a, a)}
-    assert [m["X-Lifecycle-Step"] for m in emails_to(welcome_run, optout.email)] == ["email_1"]
+    assert welcome_run.steps_received_by(optout.email) == ["email_1"]

@@ -22,6 +22,7 @@ from .conftest import (
     check_quarantine,
     check_runs,
     check_smtp,
+    intervals_for,
     intervals_from_ends,
     journey_run,
     purchased_since_entry,
@@ -30,6 +31,7 @@ from .conftest import (
 )
 
 JOURNEY = "win_back"
+WITH_CHANNEL = ("channel", "status", "reason", "due_at", "planned_for")  # a message, as the tests below read it
 WINDOW = (ANCHOR - 26 * DAY, ANCHOR)
 LAPSED = 90 * DAY
 STEPS = [
@@ -63,7 +65,7 @@ def expected_win_back(shop: Shop, ends: list[datetime], suppressed_before: dict[
 
 @pytest.fixture(scope="module")
 def winback_run(shop) -> JourneyRun:
-    return journey_run(shop, JOURNEY, *WINDOW, DAY)
+    return journey_run(shop, JOURNEY, intervals_for(*WINDOW, DAY))
 
 
 @pytest.fixture(scope="module")
@@ -135,21 +137,12 @@ def test_coupons_issued_for_each_first_email(winback_run, expected):
 # ----------------------------------------------------------------------------- planted cases
 
 
-def messages_of(run: JourneyRun, customer_id: int) -> dict[str, tuple]:
-    rows = run.query(
-        "SELECT m.step, m.channel, m.status, m.reason, m.due_at, m.planned_for FROM lifecycle.messages m "
-        "WHERE m.journey = :journey AND m.customer_id = CAST(:c AS text)",
-        c=customer_id,
-    )
-    return {r.step: tuple(r[1:]) for r in rows}
-
-
 def test_full_sequence_three_emails_then_suppressed(winback_run):
     case = winback_run.planted["winback_full_sequence"]
     entered = ANCHOR - 25 * DAY  # last order A-115d + 90d
     (enrollment,) = [r for k, r in winback_run.enrollment_rows().items() if r.customer_id == case.customer_id]
     assert enrollment.entered_at == entered and enrollment.status == "active"
-    msgs = messages_of(winback_run, case.customer_id)
+    msgs = winback_run.messages_of(customer_id=case.customer_id, columns=WITH_CHANNEL)
     assert {step: (ch, status, due, run_end) for step, (ch, status, _, due, run_end) in msgs.items()} == {
         "email_1": ("email", "sent", entered, entered),
         "email_2": ("email", "sent", entered + 7 * DAY, entered + 7 * DAY),
@@ -175,7 +168,7 @@ def test_converts_exits_with_thank_you_and_conversion(winback_run):
     assert (enrollment.status, enrollment.exit_reason, enrollment.exited_at) == (
         "converted", "purchased_since_entry", ordered_at)
     assert winback_run.conversion_rows()[key][1:] == ("purchased_since_entry", str(second_order), total, ordered_at)
-    msgs = messages_of(winback_run, case.customer_id)
+    msgs = winback_run.messages_of(customer_id=case.customer_id, columns=WITH_CHANNEL)
     assert {s: (st, due) for s, (_, st, _, due, _) in msgs.items()} == {
         "email_1": ("sent", ANCHOR - 4 * DAY), "thank_you": ("sent", ordered_at)}
     received = winback_run.steps_received_by(case.email)
@@ -186,7 +179,7 @@ def test_enters_when_ninety_days_run_out(winback_run):
     case = winback_run.planted["winback_enters"]
     (key,) = [k for k, r in winback_run.enrollment_rows().items() if r.customer_id == case.customer_id]
     assert key == f"{case.customer_id}:{case.order_ids[0]}"
-    msgs = messages_of(winback_run, case.customer_id)
+    msgs = winback_run.messages_of(customer_id=case.customer_id, columns=WITH_CHANNEL)
     assert {s: (st, due, end) for s, (_, st, _, due, end) in msgs.items()} == {
         "email_1": ("sent", ANCHOR - 2 * DAY, ANCHOR - 2 * DAY)}
 
@@ -194,7 +187,7 @@ def test_enters_when_ninety_days_run_out(winback_run):
 def test_recent_buyer_never_enrolled(winback_run):
     case = winback_run.planted["winback_recent_buyer"]
     assert not [r for r in winback_run.enrollment_rows().values() if r.customer_id == case.customer_id]
-    assert not messages_of(winback_run, case.customer_id)
+    assert not winback_run.messages_of(customer_id=case.customer_id, columns=WITH_CHANNEL)
 
 
 # ----------------------------------------------------------------------------- the email itself
