@@ -129,18 +129,29 @@ def scratch_engine(embedded_server_url):
     drop()
 
 
-@pytest.fixture(scope="session")
-def empty_shop(embedded_server_url):
-    """The shop's tables without rows, and the migrated lifecycle schema, on the embedded server:
-    the given/expect tests of the SQL files (tests/sql/) put in the few rows each case needs."""
+def _empty_shop(admin_url: str) -> tuple[sa.Engine, callable]:
+    """A fresh database with the shop's tables (no rows) and the migrated lifecycle schema; its
+    engine and a function that disposes of it and drops the database."""
     from lifecycle import schema
 
-    url, drop = _fresh_database(embedded_server_url)
+    url, drop = _fresh_database(admin_url)
     engine = sa.create_engine(url)
     schema.create_shop_schema(engine)
     schema.migrate(engine)
+
+    def dispose_and_drop() -> None:
+        engine.dispose()
+        drop()
+
+    return engine, dispose_and_drop
+
+
+@pytest.fixture(scope="session")
+def empty_shop(embedded_server_url):
+    """An empty shop on the embedded server: the given/expect tests of the SQL files (tests/sql/)
+    put in the few rows each case needs."""
+    engine, drop = _empty_shop(embedded_server_url)
     yield engine
-    engine.dispose()
     drop()
 
 

@@ -24,9 +24,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import _admin_url, _fresh_database
+from conftest import _admin_url, _empty_shop
 
-from lifecycle import schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SHOP
 from lifecycle.links import verify_stay_token, verify_unsubscribe_token
@@ -45,12 +44,8 @@ STEP_DAYS = {"email_1": 0, "email_2": 7, "email_3": 14, "stop_emailing": 21}
 # ----------------------------------------------------------------------------- a small shop
 @pytest.fixture()
 def engine(request):
-    url, drop = _fresh_database(_admin_url(request, "embedded"))
-    engine = sa.create_engine(url)
-    schema.create_shop_schema(engine)
-    schema.migrate(engine)
+    engine, drop = _empty_shop(_admin_url(request, "embedded"))
     yield engine
-    engine.dispose()
     drop()
 
 
