@@ -129,14 +129,23 @@ def scratch_engine(embedded_server_url):
     drop()
 
 
-def _empty_shop(admin_url: str) -> tuple[sa.Engine, callable]:
-    """A fresh database with the shop's tables (no rows) and the migrated lifecycle schema; its
-    engine and a function that disposes of it and drops the database."""
+def _empty_shop(admin_url: str, *, text_ids: bool = False) -> tuple[sa.Engine, callable]:
+    """A fresh database with the shop's tables (no rows; `text_ids`: every *_id column text, not
+    bigint) and the migrated lifecycle schema; its engine and a function that disposes of it and
+    drops the database."""
+    import re
+
     from lifecycle import schema
+    from lifecycle.config import SQL_DIR
 
     url, drop = _fresh_database(admin_url)
     engine = sa.create_engine(url)
-    schema.create_shop_schema(engine)
+    if text_ids:
+        shop_sql = (SQL_DIR / "shop" / "schema.sql").read_text(encoding="utf-8")
+        with engine.begin() as conn:
+            schema.run_script(conn, re.sub(r"\b(\w+_id\s+)bigint\b", r"\1text", shop_sql))
+    else:
+        schema.create_shop_schema(engine)
     schema.migrate(engine)
 
     def dispose_and_drop() -> None:
@@ -151,6 +160,15 @@ def empty_shop(embedded_server_url):
     """An empty shop on the embedded server: the given/expect tests of the SQL files (tests/sql/)
     put in the few rows each case needs."""
     engine, drop = _empty_shop(embedded_server_url)
+    yield engine
+    drop()
+
+
+@pytest.fixture(scope="session")
+def empty_text_shop(embedded_server_url):
+    """The same with text ids (customers, orders, products, carts, ...): the engine meets such a
+    shop in its own types (README, "Text ids")."""
+    engine, drop = _empty_shop(embedded_server_url, text_ids=True)
     yield engine
     drop()
 

@@ -65,7 +65,7 @@ class Enrollment:
     """An active enrollment a condition is checked against (lifecycle.enrollments)."""
 
     key: str
-    customer_id: int
+    customer_id: int | str  # the shop's type: text ids on a text shop
     entered_at: datetime
     context: dict = dataclasses.field(default_factory=dict)
     enrolled_at: datetime | None = None  # default: entered_at
@@ -94,13 +94,14 @@ class ShopSQL:
                 conn.execute(sa.text(f"INSERT INTO {qualified} ({columns}) VALUES ({values})"),
                              {c: json.dumps(v, default=str) if isinstance(v, dict | list) else v for c, v in row.items()})
 
-    def customer(self, customer_id: int, *, consent: str | None = "opted_in", **columns) -> None:
+    def customer(self, customer_id: int | str, *, consent: str | None = "opted_in", **columns) -> None:
         """A customer, with an email consent row (`consent=None`: none; 'opted_out')."""
         self.given("customers", {"customer_id": customer_id, **columns})
         if consent:
             self.given("consents", {"customer_id": customer_id, "status": consent})
 
-    def order(self, order_id: int, customer_id: int, ordered_at: datetime, *products: int, **columns) -> None:
+    def order(self, order_id: int | str, customer_id: int | str, ordered_at: datetime, *products: int | str,
+              **columns) -> None:
         """An order (delivered, 10.00 unless `columns` say otherwise) with one line per product."""
         self.given("orders", {"order_id": order_id, "customer_id": customer_id, "ordered_at": ordered_at, **columns})
         self.given("order_items", *({"order_id": order_id, "product_id": p} for p in products))
@@ -198,10 +199,21 @@ class ShopSQL:
         return {k: (at, order_id, revenue) for k, at, order_id, revenue in rows}
 
 
+def _emptied(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE " + ", ".join(f"shop.{t}" for t in SHOP_TABLES) + ", "
+                             + ", ".join(f"lifecycle.{t}" for t in LIFECYCLE_TABLES) + " CASCADE")
+
+
 @pytest.fixture()
 def sql(empty_shop) -> ShopSQL:
     """The empty shop, emptied again after the test."""
     yield ShopSQL(empty_shop)
-    with empty_shop.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE " + ", ".join(f"shop.{t}" for t in SHOP_TABLES) + ", "
-                             + ", ".join(f"lifecycle.{t}" for t in LIFECYCLE_TABLES) + " CASCADE")
+    _emptied(empty_shop)
+
+
+@pytest.fixture()
+def text_sql(empty_text_shop) -> ShopSQL:
+    """The empty text-id shop, emptied again after the test."""
+    yield ShopSQL(empty_text_shop)
+    _emptied(empty_text_shop)
