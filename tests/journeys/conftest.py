@@ -16,13 +16,12 @@ suppressions and the address are checked at send time.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -516,7 +515,9 @@ def journey_run(
     spec = spec or load_spec(SEGMENTS_DIR / f"{journey}.sql")
     results: list[dict] = []
     with ExitStack() as stack:
-        stack.enter_context(_environ(env or {}))
+        environ = stack.enter_context(pytest.MonkeyPatch.context())
+        for name, value in (env or {}).items():
+            environ.setenv(name, value)
         smtp = stack.enter_context(RecordingSMTPServer(reject=smtp_reject))
         twilio = stack.enter_context(TwilioServer()) if sms else None
         push_server = None
@@ -545,27 +546,11 @@ def journey_run(
         finished = finish(replay) if finish else None
         pushes = list(push_server.received) if push_server else []
         push_rejected = list(push_server.rejected) if push_server else []
+    run = JourneyRun(journey, spec, engine, planted, intervals, results, received, suppressions_before, seconds,
+                     sent_sms, pushes, push_rejected, cases, finished)
     if isinstance(db, Shop):
-        run = JourneyRun(journey, spec, engine, planted, intervals, results, received, suppressions_before, seconds,
-                         sent_sms, pushes, push_rejected, cases, finished)
         run.shop = db  # the session's shop: its frames are read already
-        return run
-    return JourneyRun(journey, spec, engine, planted, intervals, results, received, suppressions_before, seconds,
-                      sent_sms, pushes, push_rejected, cases, finished)
-
-
-@contextmanager
-def _environ(values: dict[str, str]):
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return run
 
 
 def _route_push_subscriptions(engine: sa.Engine, origin: str) -> None:
