@@ -36,25 +36,26 @@ def test_not_yet_due_too_late_reviewed_or_cancelled_orders_are_not(sql):
     assert sql.keys("review_request") == {"14"}  # a review at as_of is not before it
 
 
-def test_reviews_exit_by_rating(sql):
-    entered = AS_OF - 3 * DAY
-    for order_id, rating in ((10, 1), (11, 3), (12, 5)):
+def reviewed(sql, entered, *ratings: tuple[int, int, object]) -> list[Enrollment]:
+    """Orders of customer 1 with a review each (order id, rating, reviewed at), and their enrollments."""
+    for order_id, rating, at in ratings:
         sql.order(order_id, 1, entered - 20 * DAY, 1)
         sql.given("reviews", {"review_id": order_id, "order_id": order_id, "customer_id": 1, "rating": rating,
-                              "created_at": entered + DAY})
-    sql.order(13, 1, entered - 20 * DAY, 1)
-    sql.given("reviews", {"review_id": 13, "order_id": 13, "customer_id": 1, "rating": 1, "created_at": AS_OF})
-    enrollments = [Enrollment(str(o), 1, entered, {"order_id": o}) for o in (10, 11, 12, 13, 14)]
-    at = (entered + DAY, None, None)
-    assert sql.holds("left_negative_review", *enrollments, journey="review_request") == {"10": at}
+                              "created_at": at})
+    return [Enrollment(str(o), 1, entered, {"order_id": o}) for o, _, _ in ratings]
+
+
+def test_a_low_rating_before_as_of_exits_for_service_recovery(sql):
+    entered = AS_OF - 3 * DAY
+    enrollments = reviewed(sql, entered, (10, 1, entered + DAY), (11, 3, entered + DAY), (12, 5, entered + DAY),
+                           (13, 1, AS_OF))  # reviewed at as_of: not before it
+    enrollments.append(Enrollment("14", 1, entered, {"order_id": 14}))  # no review
+    assert sql.holds("left_negative_review", *enrollments, journey="review_request") == {"10": (entered + DAY, None, None)}
 
 
 def test_positive_and_any_review(sql):
     entered = AS_OF - 3 * DAY
-    for order_id, rating in ((10, 2), (11, 3), (12, 4)):
-        sql.order(order_id, 1, entered - 20 * DAY, 1)
-        sql.given("reviews", {"review_id": order_id, "order_id": order_id, "customer_id": 1, "rating": rating,
-                              "created_at": entered + DAY})
-    enrollments = [Enrollment(str(o), 1, entered, {"order_id": o}) for o in (10, 11, 12, 13)]
+    enrollments = reviewed(sql, entered, (10, 2, entered + DAY), (11, 3, entered + DAY), (12, 4, entered + DAY))
+    enrollments.append(Enrollment("13", 1, entered, {"order_id": 13}))  # no review
     assert set(sql.holds("left_positive_review", *enrollments, journey="review_request")) == {"12"}
     assert set(sql.holds("left_any_review", *enrollments, journey="review_request")) == {"10", "11"}  # 12 exited
