@@ -382,7 +382,7 @@ class JourneyRun:
     intervals: list[tuple[datetime, datetime]]
     results: list[dict]  # run_interval's summary per run
     received: list[ReceivedMessage]  # what the SMTP server accepted, in order
-    suppressions_before: dict[tuple[int, str], str]  # (customer, channel) -> reason, before the first run
+    suppressions_before: dict[tuple[int | str, str], str]  # (customer, channel) -> reason, before the first run
     seconds: float
     sms: list[dict] = field(default_factory=list)  # what the Twilio server accepted
     pushes: list = field(default_factory=list)  # push_server.Received
@@ -530,8 +530,8 @@ def journey_run(
         if push_server:
             _route_push_subscriptions(engine, push_server.origin)
         with engine.connect() as conn:
-            suppressions_before = {(c, ch): r for c, ch, r in conn.execute(sa.text(
-                "SELECT customer_id::bigint, channel, reason FROM lifecycle.suppressions"))}
+            suppressions_before = {(int(c) if c.isdigit() else c, ch): r for c, ch, r in conn.execute(sa.text(
+                "SELECT customer_id, channel, reason FROM lifecycle.suppressions"))}  # the demo shop's ids: numbers
         t0 = time.perf_counter()
         for start, end in intervals:
             if before:

@@ -31,17 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lifecycle import schema
-from lifecycle.channels.email import EmailChannel
-from lifecycle.config import SEGMENTS_DIR
-from lifecycle.replay import run_interval
 from lifecycle.run_context import RunContext
-from lifecycle.smtp_sink import RecordingSMTPServer
-from lifecycle.spec import load_all, load_spec
+from lifecycle.spec import load_all
 
 from .conftest import (
     DAY,
     HOUR,
-    Shop,
+    Replay,
     check_conversions,
     check_enrollments,
     check_messages,
@@ -49,7 +45,7 @@ from .conftest import (
     check_runs,
     check_smtp,
     intervals_from_ends,
-    read_shop_frames,
+    journey_run,
 )
 from .test_cart_abandonment import expected_cart_abandonment
 from .test_review_request import expected_review_request
@@ -217,24 +213,6 @@ def selection(engine: sa.Engine, spec, as_of: datetime, plan: dict) -> list[str]
         return sorted(conn.execute(clause, params).scalars())
 
 
-def run_journey(engine: sa.Engine, journey: str, ends: list[datetime], every: timedelta):
-    """Run consecutive intervals, then the last one again with the same run id (a retry)."""
-    spec = load_spec(SEGMENTS_DIR / f"{journey}.sql")
-    intervals = intervals_from_ends(ends, every)
-    results = []
-    with RecordingSMTPServer() as server:
-        channel_for = lambda name: EmailChannel("127.0.0.1", server.port)  # noqa: E731
-        for start, end in intervals:
-            results.append(run_interval(engine, spec, start, end, channel_for))
-        received = list(server.messages)
-        before = audit_snapshot(engine, journey)
-        start, end = intervals[-1]
-        run_interval(engine, spec, start, end, channel_for)  # same run id as the last run
-        assert audit_snapshot(engine, journey) == before, f"{journey}: re-running {end} changed the audit tables"
-        assert len(server.messages) == len(received), f"{journey}: re-running {end} sent again"
-    return spec, intervals, results, received
-
-
 def audit_snapshot(engine: sa.Engine, journey: str) -> dict:
     with engine.connect() as conn:
         return {
@@ -251,12 +229,18 @@ def audit_snapshot(engine: sa.Engine, journey: str) -> dict:
 
 
 def check_against_oracle(engine, journey, ends, every, oracle) -> None:
-    from .conftest import JourneyRun
+    """Run consecutive intervals, then the last one again with the same run id (a retry), which
+    must change nothing; compare what the engine did with the oracle."""
+    intervals = intervals_from_ends(ends, every)
 
-    spec, intervals, results, received = run_journey(engine, journey, ends, every)
-    shop = Shop(engine, None, read_shop_frames(engine))
-    run = JourneyRun(journey, spec, shop, intervals, results, received, {}, 0.0)
-    expected = oracle(shop, [end for _, end in intervals], {})
+    def rerun_the_last_interval(replay: Replay) -> None:
+        before, sent = audit_snapshot(engine, journey), len(replay.smtp.messages)
+        replay.run_once(*intervals[-1])  # the default run id: the same as the last run's
+        assert audit_snapshot(engine, journey) == before, f"{journey}: re-running {ends[-1]} changed the audit tables"
+        assert len(replay.smtp.messages) == sent, f"{journey}: re-running {ends[-1]} sent again"
+
+    run = journey_run((engine, None), journey, intervals, finish=rerun_the_last_interval)
+    expected = oracle(run.shop, run.ends, {})
     for check in (check_runs, check_messages, check_smtp, check_enrollments, check_conversions, check_quarantine):
         check(run, expected)
 
