@@ -243,6 +243,7 @@ def outcomes(twin_shops):
 # ----------------------------------------------------------------------------- the tests
 
 
+@pytest.mark.slow  # the twin shops' journey replays
 def test_the_text_shop_really_has_text_ids(twin_shops):
     int_shop, text_shop, _ = twin_shops
     for table, columns in ID_COLUMNS.items():
@@ -251,6 +252,7 @@ def test_the_text_shop_really_has_text_ids(twin_shops):
             assert id_type(text_shop, f"shop.{table}", column) == "text", (table, column)
 
 
+@pytest.mark.slow  # the twin shops' journey replays
 @pytest.mark.parametrize("journey", list(RUNS))
 def test_a_journey_on_text_ids_does_what_it_does_on_integer_ids(outcomes, journey):
     expected, actual = outcomes[journey]
@@ -262,6 +264,7 @@ def test_a_journey_on_text_ids_does_what_it_does_on_integer_ids(outcomes, journe
     assert expected["emails"], f"{journey} sent nothing: the comparison would prove nothing"
 
 
+@pytest.mark.slow  # the twin shops' journey replays
 def test_the_text_shop_stores_its_own_ids(outcomes):
     """The lifecycle rows hold the shop's text ids, not numbers."""
     _, text = outcomes["win_back"]
@@ -273,6 +276,7 @@ def test_the_text_shop_stores_its_own_ids(outcomes):
     assert suppressed and all(c.startswith("C-") for c, *_ in suppressed)
 
 
+@pytest.mark.slow  # the twin shops' journey replays
 def test_a_product_code_is_issued_and_redeemed_with_text_product_ids(outcomes, twin_shops):
     _, text = outcomes["behaviour_discount"]
     assert text["coupons"] and all(p.startswith("sku-") for _, _, p, *_ in text["coupons"])
@@ -280,6 +284,7 @@ def test_a_product_code_is_issued_and_redeemed_with_text_product_ids(outcomes, t
     assert [o for _, _, o, _, _ in redeemed] == [as_text("order", REDEEM_ORDER)]
 
 
+@pytest.mark.slow  # the twin shops' journey replays
 def test_picks_name_text_product_ids(outcomes, twin_shops):
     _, text_shop, _ = twin_shops
     with text_shop.connect() as conn:
