@@ -24,10 +24,10 @@ import pytest
 import sqlalchemy as sa
 
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runs import RunContext
+from lifecycle.exits import evaluate_exits
+from lifecycle.run_context import RunContext
 from lifecycle.spec import Exit, JourneySpec, load_spec
 from lifecycle.stage import drop_stage, stage_segment, stage_table
-from lifecycle.state import evaluate_exits
 
 AS_OF = datetime(2026, 11, 20, tzinfo=UTC)  # every case's run ends here unless it says otherwise
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
