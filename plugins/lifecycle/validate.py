@@ -198,8 +198,21 @@ def _suite(spec: JourneySpec, checks: list[tuple[object, str]]):
     return _gx["suites"][key]
 
 
+# Counting a stage table's bad rows takes a handful of queries per expectation; listing them (the
+# index query that quarantines them) takes as many again. Most runs have no bad row, so the suite
+# runs with counts only, and only the expectations that failed run again to say which rows.
+_COUNTS = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
+_ROWS = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": ["_row"],
+    "partial_unexpected_count": 0,
+    "return_unexpected_index_query": True,
+}
+
+
 def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list[tuple[object, str]]):
-    """GX's validation result for the run's stage table, by SQL pushdown."""
+    """GX's validation result for the run's stage table, by SQL pushdown, and for each failed
+    check (by reason) the query that selects its bad rows."""
     table = stage_table(run).split(".", 1)[1]
     _quiet_gx()
     with _gx_lock:
@@ -214,15 +227,13 @@ def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list
                 .add_batch_definition_whole_table("whole")
                 .get_batch()
             )
-            return batch.validate(
-                _suite(spec, checks),
-                result_format={
-                    "result_format": "COMPLETE",
-                    "unexpected_index_column_names": ["_row"],
-                    "partial_unexpected_count": 0,
-                    "return_unexpected_index_query": True,
-                },
-            )
+            counts = batch.validate(_suite(spec, checks), result_format=_COUNTS)
+            failed = [check for check, r in zip(checks, _by_check(checks, counts), strict=True) if not r.success]
+            if not failed:
+                return counts, {}
+            rows = batch.validate(_suite(spec, failed), result_format=_ROWS)
+            return counts, {reason: r.result["unexpected_index_query"]
+                            for (_, reason), r in zip(failed, _by_check(failed, rows), strict=True)}
         finally:
             # Close both of the datasource's connection pools now (a long-lived worker must not
             # run out of connections), then drop it from the context so that nothing accumulates.
@@ -231,27 +242,30 @@ def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list
             context.data_sources.delete(name)
 
 
+def _by_check(checks: list[tuple[object, str]], result) -> list:
+    """The suite result's expectation results in the order of `checks` (GX may reorder them)."""
+    def key(expectation_type: str, column: str | None) -> tuple[str, str | None]:
+        return _class_name(expectation_type), column
+
+    by_key = {key(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in result.results}
+    return [by_key[(type(e).__name__, e.column)] for e, _ in checks]
+
+
 def validate_stage(
     engine: Engine, spec: JourneySpec, run: RunContext, *, approve_volume: bool = False
 ) -> ValidationOutcome:
     _quiet_gx()
     checks = row_expectations(spec)
     limit = volume_limit(engine, spec, run)
-    result = _gx_results(engine, spec, run, checks)
-    failed_queries, summary = [], []
+    result, failed = _gx_results(engine, spec, run, checks)
+    summary = []
     for r in result.results:
-        kind = r.expectation_config.type
-        column = r.expectation_config.kwargs.get("column")
-        entry = {"expectation": kind, "column": column, "success": bool(r.success)}
+        entry = {"expectation": r.expectation_config.type, "column": r.expectation_config.kwargs.get("column"),
+                 "success": bool(r.success)}
         if "unexpected_count" in r.result:
             entry["unexpected_count"] = r.result["unexpected_count"]
-        if not r.success:
-            reason = next(
-                reason for e, reason in checks
-                if type(e).__name__ == _class_name(kind) and e.column == column
-            )
-            failed_queries.append((reason, r.result["unexpected_index_query"]))
         summary.append(entry)
+    failed_queries = list(failed.items())
     quarantined = _quarantine(engine, spec, run, failed_queries)
     with engine.connect() as conn:
         total = conn.execute(sa.text(f"SELECT count(*) FROM {stage_table(run)}")).scalar_one()
