@@ -36,7 +36,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from lifecycle.config import SHOP
+from lifecycle.config import SHOP, settings
 from lifecycle.links import verify_unsubscribe_token
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def build_mailbox_dag():
         def read_mailbox() -> dict:
             from lifecycle.dag_factory import _engine
 
-            report = read_maildir(os.environ[MAILDIR_ENV], _engine())
+            report = read_maildir(settings().maildir, _engine())
             return {"unsubscribes": report.unsubscribes, "hard_bounces": report.hard_bounces,
                     "complaints": report.complaints, "already_suppressed": report.already_suppressed,
                     "ignored": report.ignored, "unusable": report.unusable}

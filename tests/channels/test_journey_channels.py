@@ -19,9 +19,9 @@ from lifecycle.channels.push import PushChannel
 from lifecycle.channels.sms import SMSChannel, normalise_number
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle_demo.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 
 HEADER = """/* ---
 journey: channel_probe

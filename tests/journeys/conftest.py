@@ -31,12 +31,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import demo_shop
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
-from lifecycle.smtp_sink import ReceivedMessage, RecordingSMTPServer
 from lifecycle.spec import JourneySpec, load_spec
+from lifecycle_demo import demo_shop
+from lifecycle_demo.sinks.smtp_server import ReceivedMessage, RecordingSMTPServer
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)  # "A": the demo shop's history ends just before it
 HOUR = timedelta(hours=1)

@@ -28,9 +28,9 @@ from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.sms import SMSChannel, normalise_number, send_window
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
-from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
+from lifecycle_demo.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 
 from .conftest import VALID_EMAIL, assert_same, text_and_html
 

@@ -38,8 +38,8 @@ from lifecycle.channels.push import PushChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
 from lifecycle.runner import run_interval
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
 
 from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, py, text_and_html
 
@@ -258,7 +258,7 @@ class BrowseRun:
 
 @pytest.fixture(scope="module")
 def browse_run(shop_db) -> BrowseRun:
-    from lifecycle.smtp_sink import RecordingSMTPServer
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     engine, _planted, anchor = shop_db
     spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")

@@ -38,8 +38,8 @@ from lifecycle import runs, stage
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, text_and_html
 

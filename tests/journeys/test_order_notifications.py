@@ -39,8 +39,8 @@ from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SHOP
 from lifecycle.render import money
 from lifecycle.runner import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, py, text_and_html
 

@@ -30,8 +30,8 @@ from lifecycle.channels.email import EmailChannel, message_id_for
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
 from lifecycle.runner import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import (
     ANCHOR,

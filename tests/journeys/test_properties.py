@@ -35,8 +35,8 @@ from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.runner import run_interval
 from lifecycle.runs import RunContext
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_all, load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import (
     DAY,

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
 from lifecycle.runner import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import VALID_EMAIL, assert_same, text_and_html
 

@@ -37,9 +37,9 @@ from lifecycle.config import SEGMENTS_DIR
 from lifecycle.ids import typed_enrollments
 from lifecycle.runner import run_interval
 from lifecycle.runs import RunContext
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 from lifecycle.state import materialise_condition
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import VALID_EMAIL, assert_same, text_and_html
 

@@ -45,9 +45,9 @@ from lifecycle.channels.push import PushChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
 from lifecycle.runner import run_interval
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 from .conftest import DAY, HOUR, VALID_EMAIL, assert_same, intervals_for, text_and_html
 

@@ -29,7 +29,7 @@ or a ``key_lookup(token) -> (private_key, auth_secret) | None`` callable (the de
 deterministic keys: see ``demo_key_lookup``). With ``jsonl_path`` every accepted message
 is appended as one JSON line: the demo's push outbox.
 
-CLI (the demo): ``python -m lifecycle.sinks.push_server --port 8790 --jsonl out.jsonl
+CLI (the demo): ``python -m lifecycle_demo.sinks.push_server --port 8790 --jsonl out.jsonl
 --warehouse-url postgresql://... --seed 7`` serves the demo shop's subscriptions until
 killed; the shop's endpoints must point at it (any host, the token is the last segment).
 """
@@ -378,7 +378,7 @@ def demo_key_lookup(engine, seed: int) -> Callable[[str], KeyPair | None]:
     shop.push_subscriptions endpoint; its keys follow from (seed, subscription_id)."""
     import sqlalchemy as sa
 
-    from lifecycle.demo_shop import push_subscription_keys
+    from lifecycle_demo.demo_shop import push_subscription_keys
 
     query = sa.text("SELECT subscription_id FROM shop.push_subscriptions "
                     "WHERE right(endpoint, length(:token) + 1) = '/' || :token ORDER BY subscription_id LIMIT 1")

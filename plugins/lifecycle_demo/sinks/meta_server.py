@@ -34,7 +34,7 @@ Failures are scripted with ``fail_next``::
         meta.fail_next(drop=True)                   # apply, then hang up without answering
         ... MetaAudienceClient(meta.base_url, access_token="t") ...
 
-CLI for the demo: ``python -m lifecycle.sinks.meta_server --port 8765 --jsonl audiences.jsonl``.
+CLI for the demo: ``python -m lifecycle_demo.sinks.meta_server --port 8765 --jsonl audiences.jsonl``.
 """
 
 from __future__ import annotations
@@ -445,7 +445,7 @@ def _handler_for(server: MetaAudienceServer) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lifecycle.sinks.meta_server",
+    parser = argparse.ArgumentParser(prog="python -m lifecycle_demo.sinks.meta_server",
                                      description="Local Meta custom-audience API (POST/DELETE /{v}/{audience}/users).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")

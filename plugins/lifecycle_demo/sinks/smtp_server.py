@@ -5,7 +5,7 @@ Two uses, one handler:
 - **The demo's outbox** (``EmlSink`` / ``start_sink``): every message the engine sends
   is written, byte for byte as received, to
   ``<outbox>/<UTC timestamp>_<n>_<recipient>.eml``; open it in any mail client.
-  CLI: ``python -m lifecycle.smtp_sink --outbox DIR --port N`` runs until killed.
+  CLI: ``python -m lifecycle_demo.sinks.smtp_server --outbox DIR --port N`` runs until killed.
 - **Tests** (``RecordingSMTPServer``): keeps messages in memory
   (``.messages``: ``(mail_from, rcpt_tos, data)``) and can answer with SMTP errors over a
   real SMTP conversation, to simulate a provider's failures::
@@ -308,7 +308,7 @@ class RecordingSMTPServer(_ServerBase):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lifecycle.smtp_sink",
+        prog="python -m lifecycle_demo.sinks.smtp_server",
         description="Local SMTP server: writes every message it receives to OUTBOX as an .eml file.",
     )
     parser.add_argument(

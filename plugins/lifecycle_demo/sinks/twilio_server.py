@@ -39,7 +39,7 @@ accepted and recorded (a provider that took the message and then failed: "maybe 
 An entry is ``(status, headers, body)``; a dict body is sent as JSON.
 
 The demo's SMS outbox: ``jsonl_path`` appends every accepted message as one JSON line.
-CLI: ``python -m lifecycle.sinks.twilio_server --port N --jsonl FILE --account-sid AC... --auth-token ...``
+CLI: ``python -m lifecycle_demo.sinks.twilio_server --port N --jsonl FILE --account-sid AC... --auth-token ...``
 runs until killed.
 """
 
@@ -469,7 +469,7 @@ class TwilioServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lifecycle.sinks.twilio_server",
+        prog="python -m lifecycle_demo.sinks.twilio_server",
         description="Local server speaking Twilio's Messages API; appends each accepted SMS to a JSONL file.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
