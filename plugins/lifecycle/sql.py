@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from lifecycle.config import CONDITIONS_DIR
+from lifecycle.config import CONDITIONS_DIR, SQL_DIR
 from lifecycle.spec import bind_names
 
 
@@ -38,3 +39,9 @@ def execute_file_sql(conn: sa.Connection, source: Path | str, sql: str, values: 
 def condition_sql(name: str, conditions_dir: Path = CONDITIONS_DIR) -> tuple[Path, str]:
     path = conditions_dir / f"{name}.sql"
     return path, path.read_text(encoding="utf-8").strip().rstrip(";")
+
+
+@functools.cache
+def query(name: str) -> str:
+    """The engine's own static statement include/sql/lifecycle/queries/<name>.sql, read once."""
+    return (SQL_DIR / "lifecycle" / "queries" / f"{name}.sql").read_text(encoding="utf-8")
