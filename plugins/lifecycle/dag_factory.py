@@ -18,6 +18,7 @@ from pathlib import Path
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, WAREHOUSE_CONN_ID, settings
+from lifecycle.fingerprint import journey_fingerprint
 from lifecycle.mailbox import MAILBOX_DAG_ID, build_mailbox_dag
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
 
@@ -185,6 +186,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         dag_id=spec.journey,
         description=spec.description[:200] or None,
         doc_md=f"**{spec.journey}** ({spec.status}) — {spec.description}\n\nSegment file: `{spec.path.name}`"
+        f" (files hash `{journey_fingerprint(spec)}`: segment, conditions, templates)"
         + (DRAFT_NOTE if spec.status == "draft" else ""),
         schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
         start_date=spec.start_date,
