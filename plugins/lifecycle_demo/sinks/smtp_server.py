@@ -36,7 +36,6 @@ import itertools
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from aiosmtpd.controller import Controller
+
+from lifecycle_demo.sinks.serving import serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -322,20 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command at INFO
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     controller, port = start_sink(args.outbox, args.host, args.port)
     print(
         f"smtp sink listening on {args.host}:{port}, writing .eml files to {args.outbox.resolve()}",
         flush=True,
     )
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        controller.stop()
-    return 0
+    return serve_until_signalled(controller.stop)
 
 
 if __name__ == "__main__":
