@@ -8,13 +8,15 @@ from sqlalchemy.engine import Engine
 
 from lifecycle.sql import query
 
+SUMMARY_SQL = query("journey_summary")
+DRY_RUN_SQL = query("dry_run_messages")
 COLUMNS = ["journey", "runs", "entered", "sent", "converted", "exited", "completed", "active",
            "suppressed", "expired", "quarantined", "failed", "revenue"]
 
 
 def journey_summary(engine: Engine, mode: str = "live") -> list[dict]:
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(query("journey_summary")), {"mode": mode})]
+        return [dict(r._mapping) for r in conn.execute(sa.text(SUMMARY_SQL), {"mode": mode})]
 
 
 def format_summary(rows: list[dict], columns: list[str] = COLUMNS) -> str:
@@ -39,4 +41,4 @@ DRY_RUN_COLUMNS = ["journey", "step", "channel", "messages", "subjects", "bodies
 
 def dry_run_messages(engine: Engine) -> list[dict]:
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(query("dry_run_messages")))]
+        return [dict(r._mapping) for r in conn.execute(sa.text(DRY_RUN_SQL))]

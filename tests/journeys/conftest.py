@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.spec import JourneySpec, load_spec
 from lifecycle_demo import demo_shop
 from lifecycle_demo.sinks.smtp_server import ReceivedMessage, RecordingSMTPServer

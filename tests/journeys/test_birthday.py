@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.sms import SMSChannel, normalise_number, send_window
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.spec import load_spec
 from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 from lifecycle_demo.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
