@@ -170,7 +170,7 @@ def _literal_sql(spec, cursor) -> tuple[str, list[tuple[int, int, int]]]:
 def _warehouse_problems(spec, warehouse: _Warehouse, fields_by_template: dict[str, set[str]]) -> list[str]:
     """Run the SELECT with LIMIT 0 (nothing is read) and check what it returns."""
     from lifecycle import stage
-    from lifecycle.stage import coupon_product_columns, required_columns
+    from lifecycle.stage import channel_columns, coupon_product_columns, required_columns
 
     prefix = "SELECT * FROM (\n"
     raw = warehouse.engine.raw_connection()
@@ -196,8 +196,7 @@ def _warehouse_problems(spec, warehouse: _Warehouse, fields_by_template: dict[st
     expected = [(spec.entered_at, _run_types(stage.TIMESTAMP_TYPES), "a timestamp (entered_at)")]
     expected += [(c, product_types, f"product ids ({', '.join(sorted(product_types))}; coupon.product)")
                  for c in coupon_product_columns(spec)]
-    if "email" in spec.channels:
-        expected.append(("email", TEXT_TYPES, "text (email)"))
+    expected += [(c, TEXT_TYPES, f"text ({c})") for c in sorted(channel_columns(spec))]
     for column, allowed, what in expected:
         if column in returned and returned[column] not in allowed:
             problems.append(f"SQL: column {column!r} must be {what}, it is {returned[column]}")

@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from lifecycle.channels import CHANNELS
+
 _DEFAULT_PROJECT_DIR = Path(__file__).resolve().parents[2]  # plugins/lifecycle/config.py -> project root
 
 
@@ -101,8 +103,8 @@ def frequency_caps() -> dict[str, tuple[int, timedelta]]:
     caps: dict[str, tuple[int, timedelta]] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _CAP.match(part)
-        if not match or match["channel"] not in ("email", "sms", "push"):
-            raise ValueError(f"LIFECYCLE_FREQUENCY_CAPS: {part!r} is not <email|sms|push>=<count>/<window> "
+        if not match or match["channel"] not in CHANNELS:
+            raise ValueError(f"LIFECYCLE_FREQUENCY_CAPS: {part!r} is not <{'|'.join(CHANNELS)}>=<count>/<window> "
                              "(window like 12h, 1d, 1w)")
         seconds = int(match["n"]) * {"h": 3600, "d": 86400, "w": 604800}[match["unit"]]
         caps[match["channel"]] = (int(match["count"]), timedelta(seconds=seconds))

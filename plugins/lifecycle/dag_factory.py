@@ -17,7 +17,8 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, settings
+from lifecycle import channels as registry
+from lifecycle.config import SEGMENTS_DIR, settings
 from lifecycle.fingerprint import journey_fingerprint
 from lifecycle.mailbox import MAILBOX_DAG_ID, build_mailbox_dag
 from lifecycle.model import Batch, Kind, Mode
@@ -26,33 +27,22 @@ from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
 
-# Pools rate-limit each channel; transactional journeys have their own so they never wait
-# behind marketing sends. Slots are a deployment choice (`airflow pools set`).
-POOLS = {"lifecycle_email": 4, "lifecycle_sms": 2, "lifecycle_push": 4, "lifecycle_transactional": 4}
+# Pools rate-limit each channel (lifecycle.channels: `Channel.pool`); transactional journeys have
+# their own so they never wait behind marketing sends. Slots are a deployment choice (`airflow pools set`).
+TRANSACTIONAL_POOL = "lifecycle_transactional"
+POOLS = {**{c.pool: c.pool_slots for c in registry.CHANNELS.values()}, TRANSACTIONAL_POOL: 4}
 DRAFT_NOTE = ("\n\n**Draft**: every run is a dry run (what would be sent is recorded with mode `dry`, nothing "
               "is delivered). Go live with `lifecycle promote <journey>`.")
 DEFAULT_ARGS = {"owner": "lifecycle", "retries": 3, "retry_delay": timedelta(minutes=2)}
 
 
 def pool_for(kind: str, channel: str) -> str:
-    return "lifecycle_transactional" if kind == Kind.TRANSACTIONAL else f"lifecycle_{channel}"
+    return TRANSACTIONAL_POOL if kind == Kind.TRANSACTIONAL else registry.channel(channel).pool
 
 
-def channel_factory(name: str):
-    """The delivery channel `name`, configured from its Airflow connection (inside a task)."""
-    if name == "email":
-        from lifecycle.channels.email import EmailChannel
-
-        return EmailChannel.from_airflow(SMTP_CONN_ID)
-    if name == "sms":
-        from lifecycle.channels.sms import SMSChannel
-
-        return SMSChannel.from_airflow()
-    if name == "push":
-        from lifecycle.channels.push import PushChannel
-
-        return PushChannel.from_airflow()
-    raise ValueError(f"unknown channel {name!r}")
+def open_sender(name: str):
+    """The sender of channel `name`, configured from its Airflow connection (inside a task)."""
+    return registry.channel(name).open()
 
 
 def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec], key: str | None = None):
@@ -86,7 +76,7 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
         from lifecycle.tasklog import batch_line
 
         engine = task_engine()
-        counts = send_batch(engine, specs[batch["journey"]], batch, channel_factory,
+        counts = send_batch(engine, specs[batch["journey"]], batch, open_sender,
                             dry_run=batch["mode"] == Mode.DRY, clock=sender_clock(batch["as_of"]))
         log.info("%s", batch_line(engine, batch, counts))
         return counts

@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle import channels as registry
 from lifecycle.conditions import materialise_condition
 from lifecycle.coupons import issue_coupons
-from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
+from lifecycle.ids import CONSENT, shop_ids, typed_enrollments
 from lifecycle.model import Batch, Kind, MessageStatus, Mode
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec, Step
@@ -90,14 +91,7 @@ def insert_messages(
 def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
     """SQL test (on candidate row `c`) that the customer can receive `channel` right now.
     `ids`: c.customer_id in each contact view's id type (see shop_ids)."""
-    address = {
-        "email": f"EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = {ids[CONTACTS]} "
-                 "AND ct.email ~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$')",
-        "sms": f"EXISTS (SELECT 1 FROM lifecycle.contacts ct WHERE ct.customer_id = {ids[CONTACTS]} "
-               "AND nullif(trim(ct.phone), '') IS NOT NULL)",
-        "push": f"EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = {ids[PUSH_SUBSCRIPTIONS]} "
-                "AND ps.revoked_at IS NULL)",
-    }[channel]
+    address = registry.channel(channel).has_address(ids)
     if kind == Kind.TRANSACTIONAL:  # no consent needed; only an address-level suppression stops it
         reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
         return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "

@@ -8,6 +8,7 @@ for email, composed by the channel's `compose`, so the .eml is what the SMTP ser
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle import channels as registry
 from lifecycle.run_context import RunContext
 from lifecycle.spec import Coupon, JourneySpec
 from lifecycle.sql import execute_file_sql
@@ -150,10 +152,14 @@ def render_files(spec: JourneySpec, row: SimpleNamespace, out: Path, now: dateti
         path = file("txt")
         path.write_text(body + "\n", encoding="utf-8")
         return path, note
-    try:
-        payload = send.build_push(row, spec, now).payload
-    except send.Skip as exc:
-        payload, note = render_push(row.template, send.template_context(row)), f"{row.step}/push: {exc}"
+    if row.channel == "push":
+        try:
+            payload = send.build_push(row, spec, now).payload
+        except send.Skip as exc:
+            payload, note = render_push(row.template, send.template_context(row)), f"{row.step}/push: {exc}"
+    else:  # a channel added later (lifecycle.channels): what its builder makes, as JSON
+        outbound = registry.channel(row.channel).outbound(row, spec, now)
+        payload = dataclasses.asdict(outbound) if dataclasses.is_dataclass(outbound) else {"message": str(outbound)}
     path = file("json")
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path, note

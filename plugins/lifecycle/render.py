@@ -60,10 +60,10 @@ from babel import Locale, UnknownLocaleError
 from jinja2 import FileSystemLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from lifecycle.channels import CHANNELS
 from lifecycle.config import SHOP, TEMPLATES_DIR
 
 __all__ = [
-    "CHANNEL_FILES",
     "DEFAULT_LOCALE",
     "MissingTemplateError",
     "RenderedEmail",
@@ -77,16 +77,10 @@ __all__ = [
     "money",
     "percent",
     "render_email",
+    "render_plain",
     "template_files",
     "utm",
 ]
-
-# The files a template needs, per channel, as suffixes appended to the template name.
-CHANNEL_FILES: dict[str, tuple[str, ...]] = {
-    "email": (".subject.txt", ".txt", ".html"),
-    "sms": (".sms.txt",),
-    "push": (".push-title.txt", ".push-body.txt"),
-}
 
 UTM_SOURCE = "lifecycle"
 UTM_MEDIUM = "email"
@@ -365,18 +359,20 @@ def _inliner() -> css_inline.CSSInliner:
 def template_files(
     template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR
 ) -> list[Path]:
-    """The files a template needs for a channel (email: .subject.txt, .txt, .html)."""
-    try:
-        suffixes = CHANNEL_FILES[channel]
-    except KeyError:
-        raise ValueError(
-            f"no template files defined for channel {channel!r} (known: {sorted(CHANNEL_FILES)})"
-        ) from None
+    """The files a template needs for a channel (its `Channel.template_files`; email:
+    .subject.txt, .txt, .html)."""
+    suffixes = _suffixes(channel)
     name = str(template).strip().strip("/")
     if not name or ".." in Path(name).parts or Path(name).is_absolute():
         raise ValueError(f"invalid template name {template!r}")
     base = Path(templates_dir)
     return [base / f"{name}{suffix}" for suffix in suffixes]
+
+
+def _suffixes(channel: str) -> tuple[str, ...]:
+    if channel not in CHANNELS:
+        raise ValueError(f"no template files defined for channel {channel!r} (known: {sorted(CHANNELS)})")
+    return CHANNELS[channel].template_files
 
 
 def missing_template_files(
@@ -389,7 +385,7 @@ def missing_template_files(
 def available_templates(channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR) -> list[str]:
     """Names of the complete templates for a channel (layouts and _partials excluded)."""
     base = Path(templates_dir)
-    first = CHANNEL_FILES[channel][0]
+    first = _suffixes(channel)[0]
     names = []
     for path in sorted(base.rglob(f"*{first}")):
         name = path.relative_to(base).as_posix()[: -len(first)]
@@ -477,7 +473,9 @@ def render_email(template: str, context: dict, templates_dir: Path | str | None 
     return RenderedEmail(subject=subject, text=text, html=html)
 
 
-def _one_file(template: str, channel: str, context: dict, templates_dir: Path | str | None) -> list[str]:
+def render_plain(template: str, channel: str, context: dict, templates_dir: Path | str | None = None) -> list[str]:
+    """Each of the channel's template files rendered as one line of text (white space folded):
+    what SMS, push and any channel without a layout show."""
     templates_dir = templates_dir or TEMPLATES_DIR  # read at call time: the configured folder
     env = get_environment(templates_dir)
     missing = missing_template_files(template, channel, templates_dir)
@@ -485,12 +483,12 @@ def _one_file(template: str, channel: str, context: dict, templates_dir: Path | 
         raise MissingTemplateError(template, f"missing template file(s): {', '.join(p.name for p in missing)}")
     ctx = _default_context(context)
     return [" ".join(_render_file(env, template, f"{template}{suffix}", ctx).split())
-            for suffix in CHANNEL_FILES[channel]]
+            for suffix in _suffixes(channel)]
 
 
 def render_sms(template: str, context: dict, templates_dir: Path | str | None = None) -> str:
     """``<template>.sms.txt`` as one line of text (white space folded: SMS has no layout)."""
-    (body,) = _one_file(template, "sms", context, templates_dir)
+    (body,) = render_plain(template, "sms", context, templates_dir)
     if not body:
         raise TemplateRenderError(template, "SMS body is empty", file=f"{template}.sms.txt")
     return body
@@ -499,7 +497,7 @@ def render_sms(template: str, context: dict, templates_dir: Path | str | None = 
 def render_push(template: str, context: dict, templates_dir: Path | str | None = None) -> dict:
     """``<template>.push-title.txt`` and ``.push-body.txt``; the click URL comes from the
     segment row's ``url`` (or the shop's home page)."""
-    title, body = _one_file(template, "push", context, templates_dir)
+    title, body = render_plain(template, "push", context, templates_dir)
     row = context.get("row") or {}
     shop = context.get("shop") or SHOP
     return {"title": title, "body": body, "url": row.get("url") or shop["base_url"]}
@@ -538,7 +536,7 @@ def check_template(
     env = get_environment(templates_dir or TEMPLATES_DIR)
     problems: list[str] = []
     fields: set[str] = set()
-    todo = [f"{template}{suffix}" for suffix in CHANNEL_FILES[channel]]
+    todo = [f"{template}{suffix}" for suffix in _suffixes(channel)]
     seen: set[str] = set()
     while todo:
         name = todo.pop(0)

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from lifecycle.channels import CHANNELS
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
 from lifecycle.determinism import check_sql as check_ties
 from lifecycle.model import Kind
@@ -42,7 +43,6 @@ BIND = re.compile(r"(?<![:\w\\]):([A-Za-z_]\w*)")
 
 SCHEDULES = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}
 DEFAULT_LATENESS = {"hourly": timedelta(hours=6), "daily": timedelta(days=2), "weekly": timedelta(days=3)}
-CHANNELS = {"email", "sms", "push"}
 URGENCIES = {"very-low", "low", "normal", "high"}
 ACTIONS = {"suppress"}
 EXIT_STATUSES = {"converted", "exited"}

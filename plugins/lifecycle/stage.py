@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.channels import channel
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import SegmentSQLError, execute_file_sql
@@ -30,11 +31,13 @@ def coupon_product_columns(spec: JourneySpec) -> set[str]:
     return {c.product for c in coupons if c and c.product}
 
 
+def channel_columns(spec: JourneySpec) -> set[str]:
+    """Columns of the segment's rows that the journey's channels read (email: `email`), text."""
+    return {c.segment_column for c in map(channel, spec.channels) if c.segment_column}
+
+
 def required_columns(spec: JourneySpec) -> set[str]:
-    needed = {spec.customer_id, spec.entry_key, spec.entered_at} | coupon_product_columns(spec)
-    if "email" in spec.channels:
-        needed.add("email")
-    return needed
+    return {spec.customer_id, spec.entry_key, spec.entered_at} | coupon_product_columns(spec) | channel_columns(spec)
 
 
 def stage_segment(engine: Engine, spec: JourneySpec, run: RunContext) -> int:

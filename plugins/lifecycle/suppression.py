@@ -28,14 +28,16 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from lifecycle.channels import blocks_transactional
 from lifecycle.ids import as_type, column_type
 from lifecycle.sql import query
 
 # Suppression reasons that stop transactional messages (order confirmations, shipping notices)
 # too: the address itself is unusable or its owner reported us as spam. Every other reason
-# (unsubscribe, a journey's no_response sunset, ...) is a marketing opt-out only. For SMS, a
-# carrier-level STOP (provider_opt_out) refuses every text from our number anyway.
-BLOCKS_TRANSACTIONAL = ("hard_bounce", "complaint", "provider_opt_out")
+# (unsubscribe, a journey's no_response sunset, ...) is a marketing opt-out only. Each channel
+# names its own (Channel.blocks_transactional: email hard_bounce, complaint; SMS provider_opt_out,
+# a carrier-level STOP that refuses every text from our number anyway).
+BLOCKS_TRANSACTIONAL = blocks_transactional()
 LIFTABLE = ("no_response",)  # the only reason a customer's return lifts
 LIFT_SQL = query("lift_sunsets")  # a customer's first sign of life after each active sunset
 

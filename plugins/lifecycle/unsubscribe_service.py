@@ -71,6 +71,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from lifecycle.channels import CHANNELS
 from lifecycle.config import SHOP, TEMPLATES_DIR
 from lifecycle.links import signing_key, unsubscribe_token, verify_stay_token, verify_unsubscribe_token
 from lifecycle.suppression import lift_for_stay_choice, record_unsubscribe
@@ -85,13 +86,9 @@ MAX_BODY = 16 * 1024  # the one-click body is 26 bytes; the page's form, 11
 MAX_TOKEN = 1024  # our tokens are ~120 characters
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
-# What the pages call each channel ("Unsubscribe from ...?").
-CHANNEL_LABELS = {
-    "email": "marketing emails",
-    "sms": "marketing text messages",
-    "push": "browser notifications",
-    "ads": "personalised ads",
-}
+# What the pages call a consent that is not a message channel ("Unsubscribe from ...?"): ads
+# (lifecycle.audiences keeps Meta custom audiences to those with it). Channels label themselves.
+CONSENT_LABELS = {"ads": "personalised ads"}
 
 # Sent with every response: no caching of pages carrying a token in their URL, no Referer
 # leaving with it, no framing, no indexing, nothing loaded from anywhere.
@@ -295,7 +292,9 @@ def _verify(token: str, verify: Callable[[str], tuple[str, str] | None] = verify
 
 
 def _label(channel: str) -> str:
-    return CHANNEL_LABELS.get(channel, f"{channel} messages")
+    if channel in CHANNELS:
+        return CHANNELS[channel].label
+    return CONSENT_LABELS.get(channel, f"{channel} messages")
 
 
 async def _read_form(request: Request) -> dict[str, str]:

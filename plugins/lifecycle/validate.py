@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.channels.catalog.email import EMAIL_REGEX
 from lifecycle.run_audit import update_run
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 from lifecycle.stage import STAGE_SCHEMA, coupon_product_columns, stage_table
 
-EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 # An address holding a character email headers cannot carry (lifecycle.channels.email.HEADER_BREAKS):
 # the row is quarantined here, its reason completed with the character (see _name_header_breaks).
 HEADER_BREAK_REASON = "email: contains a line break email headers cannot carry"

@@ -1,10 +1,14 @@
-"""The interface every channel implements."""
+"""What a channel is (`Channel`, one per module in channels/catalog/) and the interface its
+sender implements (`Sender`: delivers one message at a time, classifies every outcome)."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
+
+from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,12 @@ class ChannelUnavailable(RuntimeError):
     """The provider cannot be reached at all; nothing in flight was accepted."""
 
 
-class Channel(Protocol):
+class Sender(Protocol):
+    """One open connection to a channel's provider, for one batch."""
+
     name: str
 
-    def __enter__(self) -> Channel: ...
+    def __enter__(self) -> Sender: ...
 
     def __exit__(self, *exc: Any) -> None: ...
 
@@ -41,7 +47,55 @@ class Channel(Protocol):
 
 
 class Reconciling(Protocol):
-    """A channel whose provider can be asked whether a message went out (e.g. SMS lookups):
+    """A sender whose provider can be asked whether a message went out (e.g. SMS lookups):
     an 'unknown' outcome is then settled by looking, never by sending again."""
 
     def reconcile(self, message: Any, claimed_at: datetime) -> Outcome | None: ...
+
+
+def _load(path: str) -> Any:
+    """`module:attribute`, imported on first use: providers' libraries stay out of DAG parsing."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Everything the engine knows about one channel. The description is plain data, cheap to
+    import at DAG parse time; the provider code it names (`sender`, `build`) is imported inside
+    the send task.
+
+    `address_sql` is a SQL test that the customer has somewhere to receive the channel; it
+    names the customer id through `{contacts}`, `{consent}` and `{push_subscriptions}`: the
+    id cast to the type of that contact view (lifecycle.ids.shop_ids).
+    """
+
+    name: str
+    template_files: tuple[str, ...]  # suffixes appended to the template name, e.g. ('.sms.txt',)
+    label: str  # what the unsubscribe pages call it: "Unsubscribe from <label>?"
+    address_sql: str
+    no_address: str  # the reason recorded when the send-time check finds no address
+    sender: str  # `module:Class` whose `from_airflow()` opens a Sender from the channel's connection
+    build: str  # `module:function(row, spec, now)` that renders a loaded message for the sender
+    pool_slots: int  # slots of its Airflow pool `lifecycle_<name>` (a deployment may change them)
+    # Suppressions the provider or the return mailbox records for this channel that stop
+    # transactional messages too (the address is dead, or its owner refuses every message).
+    blocks_transactional: tuple[str, ...] = ()
+    segment_column: str | None = None  # a column the segment's SELECT must return (text) when a step uses it
+
+    @property
+    def pool(self) -> str:
+        return f"lifecycle_{self.name}"
+
+    def has_address(self, ids: dict[str, str]) -> str:
+        """`address_sql` for the customer id expressions `ids` (keyed by contact view)."""
+        return self.address_sql.format(contacts=ids[CONTACTS], consent=ids[CONSENT],
+                                       push_subscriptions=ids[PUSH_SUBSCRIPTIONS])
+
+    def open(self) -> Sender:
+        """A sender configured from the channel's Airflow connection (inside a task)."""
+        return _load(self.sender).from_airflow()
+
+    def outbound(self, row: Any, spec: Any, now: datetime) -> Any:
+        """The message `row` (as send.load_batch loads it) rendered for the sender."""
+        return _load(self.build)(row, spec, now)
