@@ -17,12 +17,13 @@ RUN pip install --no-cache-dir \
 # plugins/lifecycle/config.py finds include/ relative to this directory.
 ENV LIFECYCLE_PROJECT_DIR=/opt/airflow
 
-# The `lifecycle` command (lint, migrate, init, ...) runs the mounted plugins/lifecycle package;
+# The `lifecycle` command (lint, migrate, init, ...) runs the mounted plugins/ packages, as the
+# console script does (lifecycle_demo.cli: the engine's commands and the demo's);
 # docker-compose's airflow-init runs `lifecycle init`.
 USER root
 RUN printf '%s\n' '#!/bin/sh' \
         'export PYTHONPATH="/opt/airflow/plugins${PYTHONPATH:+:$PYTHONPATH}"' \
-        'exec python -m lifecycle.cli "$@"' \
+        'exec python -m lifecycle_demo.cli "$@"' \
         > /usr/local/bin/lifecycle \
     && chmod 0755 /usr/local/bin/lifecycle
 USER airflow

@@ -5,7 +5,7 @@
 What it does (see benchmarks/README.md for the figures measured):
 
 1. starts a fresh embedded PostgreSQL and a real SMTP server (``python -m
-   lifecycle.smtp_sink`` in its own process, writing .eml files to a temp dir), generates
+   lifecycle_demo.sinks.smtp_server`` in its own process, writing .eml files to a temp dir), generates
    the demo shop and migrates the lifecycle schema;
 2. **cold start**: the hour ending at the anchor on empty lifecycle tables (a first run
    ever, which expires most reminders: they are more than max_lateness late);
@@ -244,7 +244,7 @@ def warm_up(engine, spec, smtp_port: int, hours: int) -> tuple[float, Counter]:
 def start_smtp_sink(outbox: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lifecycle.smtp_sink", "--outbox", str(outbox), "--port", "0"],
+        [sys.executable, "-m", "lifecycle_demo.sinks.smtp_server", "--outbox", str(outbox), "--port", "0"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     log.close()
@@ -321,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import sqlalchemy as sa
 
-    from lifecycle import demo_shop, schema
+    from lifecycle import schema
     from lifecycle.warehouse import start_embedded, stop_embedded
+    from lifecycle_demo import demo_shop
 
     peaks = PeakTracker()
     spec = journey(args.lenient)

@@ -109,9 +109,10 @@ def main() -> int:
 
     import sqlalchemy as sa
 
-    from lifecycle import demo_shop, schema
-    from lifecycle.smtp_sink import RecordingSMTPServer
+    from lifecycle import schema
     from lifecycle.warehouse import start_embedded, stop_embedded
+    from lifecycle_demo import demo_shop
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     data_dir = Path(tempfile.mkdtemp(prefix="lifecycle-bench-pgdata-"))
     admin_url = start_embedded(data_dir).replace("postgresql://", "postgresql+psycopg2://", 1)

@@ -190,7 +190,8 @@ def shop_copy(embedded_server_url):  # requested so that it is torn down before 
     The template is only connected to while it is built (PostgreSQL copies an idle database only)."""
     from datetime import datetime
 
-    from lifecycle import demo_shop, schema
+    from lifecycle import schema
+    from lifecycle_demo import demo_shop
 
     templates: dict[str, tuple[str, object]] = {}  # admin URL -> (template database, planted cases)
     drops = []
@@ -246,7 +247,7 @@ def shop_db(request, shop_copy):
 @pytest.fixture()
 def smtp_server():
     """A real SMTP server (aiosmtpd) that records what it receives."""
-    from lifecycle.smtp_sink import RecordingSMTPServer
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     server = RecordingSMTPServer()
     server.start()

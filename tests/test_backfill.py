@@ -192,9 +192,9 @@ def metadata_db(embedded_server_url):
 @pytest.fixture(scope="module")
 def airflow(shop_db, metadata_db):
     """A running Airflow whose tasks use this module's demo shop and SMTP server."""
-    from lifecycle.cli import airflow_env
     from lifecycle.dag_factory import POOLS
-    from lifecycle.smtp_sink import RecordingSMTPServer
+    from lifecycle_demo.cli import airflow_env
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     engine, planted, anchor = shop_db
     state_dir = Path(tempfile.mkdtemp(prefix="lifecycle-backfill-"))

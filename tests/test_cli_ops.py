@@ -22,6 +22,7 @@ from lifecycle import cli
 from lifecycle.config import SQL_DIR
 from lifecycle.dag_factory import POOLS
 from lifecycle.schema import is_current
+from lifecycle_demo import cli as demo_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def state_dir(monkeypatch):
     from lifecycle.warehouse import stop_embedded
 
     path = Path(tempfile.mkdtemp(prefix="lifecycle-state-"))
-    monkeypatch.setattr(cli, "STATE_DIR", path)
+    monkeypatch.setenv("LIFECYCLE_STATE_DIR", str(path))
     monkeypatch.delenv("AIRFLOW_CONN_LIFECYCLE_WAREHOUSE", raising=False)
     monkeypatch.delenv("LIFECYCLE_SIGNING_KEY", raising=False)
     yield path
@@ -151,11 +152,11 @@ def test_init_after_env_treats_its_connection_as_the_embedded_warehouse(state_di
 def test_env_keeps_the_signing_key_it_made(state_dir, capsys):
     """`lifecycle env` twice: the same key (links already sent stay valid), kept in the state
     dir, readable by its owner only."""
-    assert cli.main(["env"]) == 0
+    assert demo_cli.main(["env"]) == 0
     first = _export(capsys.readouterr().out, "LIFECYCLE_SIGNING_KEY")
-    assert cli.main(["env"]) == 0
+    assert demo_cli.main(["env"]) == 0
     assert _export(capsys.readouterr().out, "LIFECYCLE_SIGNING_KEY") == first
-    key_file = state_dir / cli.SIGNING_KEY_FILE
+    key_file = state_dir / demo_cli.SIGNING_KEY_FILE
     assert key_file.read_text().strip() == first and len(first) >= 43  # 32 random bytes
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
@@ -179,10 +180,10 @@ def test_stop_stops_the_embedded_postgresql(state_dir, capsys):
 
 
 def test_env_tightens_a_key_file_others_can_read(state_dir):
-    key_file = state_dir / cli.SIGNING_KEY_FILE
+    key_file = state_dir / demo_cli.SIGNING_KEY_FILE
     key_file.write_text("k" * 10 + "an-existing-key-made-earlier-0123456789\n")
     key_file.chmod(0o644)
-    assert cli.signing_key(state_dir) == "k" * 10 + "an-existing-key-made-earlier-0123456789"
+    assert demo_cli.signing_key(state_dir) == "k" * 10 + "an-existing-key-made-earlier-0123456789"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
 
@@ -223,3 +224,4 @@ def test_image_lifecycle_command_runs_the_mounted_package(tmp_path):
     done = subprocess.run(["sh", str(script), "--help"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "migrate" in done.stdout and "init" in done.stdout and "stop" in done.stdout
+    assert "demo" in done.stdout and "env" in done.stdout  # the demo's commands too, as the console script

@@ -273,7 +273,7 @@ def test_sms_and_meta_connections_point_at_the_local_sinks():
     sms = json.loads(env["AIRFLOW_CONN_LIFECYCLE_SMS"])
     meta = json.loads(env["AIRFLOW_CONN_LIFECYCLE_META"])
     assert sms["host"] == "http://sms-sink:8089" and meta["host"] == "http://meta-sink:8765"
-    assert "lifecycle.sinks.twilio_server" in services["sms-sink"]["command"]
+    assert "lifecycle_demo.sinks.twilio_server" in services["sms-sink"]["command"]
     assert "--port 8089" in services["sms-sink"]["command"]
-    assert "lifecycle.sinks.meta_server" in services["meta-sink"]["command"]
+    assert "lifecycle_demo.sinks.meta_server" in services["meta-sink"]["command"]
     assert f"--token {meta['password']}" in services["meta-sink"]["command"]

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.replay import run_interval
 from lifecycle.schema import create_shop_schema
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec
 from lifecycle.sql import SegmentSQLError
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 HEADER = """/* ---
 journey: {name}

@@ -80,7 +80,7 @@ def test_a_broken_segment_file_fails_alone_with_a_clear_message(tmp_path, airflo
 
 @pytest.fixture()
 def meta_server():
-    from lifecycle.sinks.meta_server import MetaAudienceServer
+    from lifecycle_demo.sinks.meta_server import MetaAudienceServer
 
     with MetaAudienceServer(access_token="local-token") as server:
         yield server

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
-from lifecycle.demo_shop import PLANTED_EMAIL_DOMAIN, ShopNotEmptyError, generate, planted_cases
+from lifecycle_demo.demo_shop import PLANTED_EMAIL_DOMAIN, ShopNotEmptyError, generate, planted_cases
 
 # Not midnight and with microseconds, so planted times must be exact offsets of the anchor itself.
 A = datetime(2026, 3, 1, 9, 30, 15, 250000, tzinfo=UTC)
@@ -301,7 +301,7 @@ def test_planted_cases_are_listed_with_their_ids(planted_shop):
 
 def test_planted_customers_are_untouched_by_random_data(planted_shop):
     conn, planted = planted_shop
-    # The built-in cases (the journeys' own modules in demo_cases/ plant richer customers and
+    # The built-in cases (the journeys' own modules in lifecycle_demo/cases/ plant richer customers and
     # are checked by their journey tests).
     for name, case in planted.items():
         if name not in CASES:

@@ -94,7 +94,7 @@ def test_promote_refuses_a_broken_file_and_leaves_it_alone(tmp_path, capsys):
 # ---------------------------------------------------------------------------- a draft through Airflow
 @pytest.fixture()
 def airflow_env(shop_db, airflow_db, smtp_server, monkeypatch):
-    from lifecycle.sinks.meta_server import MetaAudienceServer
+    from lifecycle_demo.sinks.meta_server import MetaAudienceServer
 
     engine, planted, anchor = shop_db
     reset_lifecycle(engine)

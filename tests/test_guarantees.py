@@ -364,7 +364,7 @@ def test_smtp_refusing_our_sender_fails_the_task_and_leaves_the_batch_planned(sh
 def test_smtp_auth_or_tls_failure_fails_the_task_with_nothing_claimed(shop, login):
     """AUTH refused (a real AUTH exchange) or STARTTLS not possible: the channel never opens,
     the messages stay planned for the retry."""
-    from lifecycle.smtp_sink import RecordingSMTPServer
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     engine, _, anchor = shop
     _, batches = plan_interval(engine, anchor)

@@ -19,8 +19,8 @@ from lifecycle.cli import main
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.preview import NotSelected, preview, preview_interval
 from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 WIN_BACK = load_spec(SEGMENTS_DIR / "win_back.sql")
 

@@ -266,8 +266,8 @@ def plant_deliveries(engine) -> None:
 def test_the_review_request_sent_by_the_engine_names_the_local_day(warehouse):
     from lifecycle.channels.email import EmailChannel
     from lifecycle.replay import run_interval
-    from lifecycle.smtp_sink import RecordingSMTPServer
     from lifecycle.spec import load_spec
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     plant_deliveries(warehouse)
     # The request comes due 10 days after delivery (soft goods): the daily run ending 27 September.

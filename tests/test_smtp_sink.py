@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifecycle.smtp_sink import EmlSink, RecordingSMTPServer, eml_filename, start_sink
+from lifecycle_demo.sinks.smtp_server import EmlSink, RecordingSMTPServer, eml_filename, start_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 EML_NAME = re.compile(r"^\d{8}T\d{12}Z_\d{6}_[A-Za-z0-9@._+-]+\.eml$")
@@ -103,7 +103,7 @@ def test_cli_runs_until_killed(tmp_path):
     outbox = tmp_path / "cli-outbox"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lifecycle.smtp_sink", "--outbox", str(outbox), "--port", "0"],
+        [sys.executable, "-m", "lifecycle_demo.sinks.smtp_server", "--outbox", str(outbox), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -30,9 +30,9 @@ from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SHOP
 from lifecycle.links import verify_stay_token, verify_unsubscribe_token
 from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 from lifecycle.suppression import lift_sunsets
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 DAY = timedelta(days=1)
 SPEC = load_spec(SEGMENTS_DIR / "win_back.sql")

@@ -99,7 +99,7 @@ def test_reason_codes_drop_the_detail_that_differs_per_message(reason, code):
 
 
 def test_the_demo_prints_a_progress_line_per_journey_while_it_runs(capsys):
-    from lifecycle.cli import PROGRESS_EVERY, demo_progress
+    from lifecycle_demo.cli import PROGRESS_EVERY, demo_progress
 
     clock = iter([1.0, PROGRESS_EVERY + 2.0, PROGRESS_EVERY + 3.0, 2 * PROGRESS_EVERY + 4.0, 99.0])
     last = t0 = 0.0

@@ -26,13 +26,14 @@ import pytest
 import sqlalchemy as sa
 from conftest import _admin_url, _fresh_database
 
-from lifecycle import demo_shop, schema
+from lifecycle import schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SQL_DIR
 from lifecycle.links import unsubscribe_token, verify_unsubscribe_token
 from lifecycle.replay import run_interval
-from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
+from lifecycle_demo import demo_shop
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
 CUSTOMERS, SEED = 600, 11

@@ -456,8 +456,8 @@ def test_keys_the_project_makes_are_accepted(monkeypatch, tmp_path):
     pass; docker-compose has no default key (a public one would forge unsubscribes)."""
     import secrets
 
-    from lifecycle.cli import airflow_env
     from lifecycle.links import signing_key_problem
+    from lifecycle_demo.cli import airflow_env
 
     test_key = os.environ["LIFECYCLE_SIGNING_KEY"]
     monkeypatch.delenv("LIFECYCLE_SIGNING_KEY")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import secrets
 import time
@@ -50,6 +49,7 @@ from phonenumbers import NumberParseException
 from sqlalchemy.engine import Engine
 
 from lifecycle import logsafe
+from lifecycle.config import settings
 from lifecycle.ids import shop_id
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ __all__ = [
     "sync_audience",
 ]
 
-META_CONN_ID = os.environ.get("LIFECYCLE_META_CONN_ID", "lifecycle_meta")
+META_CONN_ID = settings().meta_conn_id
 MAX_ROWS = 10_000  # Meta's limit per request
 DEFAULT_SCHEMA = ("EMAIL", "PHONE")  # multi-key schema, SHA-256 values (see the module docstring)
 # Graph error codes worth another try: unknown (1), service (2), app/user/account rate limits

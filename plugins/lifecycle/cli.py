@@ -1,10 +1,9 @@
-"""`lifecycle` command line: lint segment files, run the demo, print the journey report.
+"""`lifecycle` command line, the engine's commands: lint segment files, migrate and init a
+warehouse, preview, promote, report. The demo adds its own (`lifecycle_demo.cli`).
 
     lifecycle lint [FILES...] [--warehouse-url URL]   check segment files and their templates (no Airflow
                                                       needed); with a warehouse, run each SELECT (LIMIT 0)
-    lifecycle demo [--days 3]                         the whole product on an embedded warehouse
     lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
-    lifecycle env                                     shell exports to use `airflow` on the demo
     lifecycle promote JOURNEY                         make a draft journey live (status: live)
     lifecycle migrate [--warehouse-url URL] [--demo-shop]   apply the lifecycle migrations + contact views
     lifecycle init [--warehouse-url URL] [--demo-shop]      create the (embedded) warehouse DB, migrate, create the pools
@@ -16,25 +15,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
-import json
 import os
 import re
-import secrets
-import shutil
-import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lifecycle.config import CONDITIONS_DIR, PROJECT_DIR, SEGMENTS_DIR, STATE_DIR
+from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, settings
 
-DEMO_DB = "lifecycle_demo"
+DEMO_DB = "lifecycle_demo"  # the embedded warehouse's database
 AIRFLOW_DB = "airflow_demo"  # Airflow's metadata on the same embedded server: parallel dag.test workers
-DEMO_SEED = 7  # demo_shop.generate's default seed
-DEMO_OUT = PROJECT_DIR / "demo_output"
 PERIODS = {"hourly": timedelta(hours=1), "daily": timedelta(days=1), "weekly": timedelta(weeks=1)}
 
 
@@ -264,261 +255,6 @@ def _fmt(delta: timedelta) -> str:
     return "0h"
 
 
-# ---------------------------------------------------------------------------- demo
-def _demo_database(state_dir: Path) -> str:
-    """A fresh database on the embedded PostgreSQL; returns its SQLAlchemy URL."""
-    import sqlalchemy as sa
-
-    from lifecycle.warehouse import start_embedded
-
-    uri = start_embedded(state_dir / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
-    admin = sa.create_engine(uri, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in (DEMO_DB, AIRFLOW_DB):  # the shop + audit tables, and Airflow's metadata
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return sa.make_url(uri).set(database=DEMO_DB).render_as_string(hide_password=False)
-
-
-def airflow_env(state_dir: Path, warehouse_url: str, smtp_port: int) -> dict[str, str]:
-    """Environment for an Airflow that runs this project's DAGs against the demo services."""
-    import sqlalchemy as sa
-
-    from lifecycle.warehouse import airflow_conn_json
-
-    metadata_url = sa.make_url(warehouse_url).set(database=AIRFLOW_DB).render_as_string(hide_password=False)
-    return {
-        "AIRFLOW_HOME": str(state_dir / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "LIFECYCLE_CLOCK": "as_of",  # a simulation of past days: each run sends as if on time
-        "LIFECYCLE_SIGNING_KEY": os.environ.get("LIFECYCLE_SIGNING_KEY") or signing_key(state_dir),
-        "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(warehouse_url),
-        "AIRFLOW_CONN_LIFECYCLE_SMTP": json.dumps(
-            {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
-             "extra": {"disable_ssl": True, "disable_tls": True}}
-        ),
-    }
-
-
-@contextlib.contextmanager
-def channel_sinks(engine, out: Path, seed: int):
-    """Local servers for the other channels (Twilio-shaped SMS API, a web push service, the
-    Meta Graph API), each writing what it receives to a JSON-lines file in `out`; yields the
-    AIRFLOW_CONN_* values that point the channels at them."""
-    import sqlalchemy as sa
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from lifecycle.sinks.meta_server import MetaAudienceServer
-    from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-    from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
-
-    sms = TwilioServer(jsonl_path=out / "sms.jsonl")
-    push = PushServer(key_lookup=demo_key_lookup(engine, seed), jsonl_path=out / "push.jsonl")
-    meta = MetaAudienceServer(access_token="demo-token", jsonl_path=out / "meta_audiences.jsonl")
-    with sms, push, meta:
-        with engine.begin() as conn:  # the demo shop's browsers subscribed to the local push service
-            conn.execute(sa.text("UPDATE shop.push_subscriptions SET "
-                                 "endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
-                         {"origin": push.origin})
-        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(  # a fresh demo key, never stored
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-        yield {
-            "AIRFLOW_CONN_LIFECYCLE_SMS": json.dumps({"conn_type": "http", "host": sms.base_url, "login": DEMO_ACCOUNT_SID,
-                                                      "password": DEMO_AUTH_TOKEN, "extra": {"from": "+15005550006"}}),
-            "AIRFLOW_CONN_LIFECYCLE_PUSH": json.dumps({"conn_type": "generic", "login": "mailto:ops@shop.example.com",
-                                                       "password": vapid,
-                                                       # the demo's push service is local (127.0.0.1)
-                                                       "extra": {"allow_private": True}}),
-            "AIRFLOW_CONN_LIFECYCLE_META": json.dumps({"conn_type": "http", "host": meta.base_url,
-                                                       "password": "demo-token"}),
-        }
-
-
-def prepare_airflow(env: dict[str, str], quiet: bool = True) -> None:
-    """Point this process at the demo Airflow home, migrate its metadata DB, create the pool."""
-    os.environ.update(env)
-    if quiet:
-        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ.copy(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
-    from airflow.models.pool import Pool
-
-    from lifecycle.dag_factory import POOLS
-
-    for name, slots in POOLS.items():
-        Pool.create_or_update_pool(name, slots=slots, description="lifecycle sends", include_deferred=False)
-    # Write every DAG to the metadata DB once, before parallel workers each sync their DagBag.
-    subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True, env=os.environ.copy(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
-
-
-def interval_ends(cron: str, start: datetime, end: datetime) -> list[datetime]:
-    """The schedule's interval ends in (start, end]; a schedule with none there (a weekly
-    journey in a 3-day window) gets its latest one before `end`, so every journey runs."""
-    from croniter import croniter
-
-    ticks, it = [], croniter(cron, start)
-    while (t := it.get_next(datetime)) <= end:
-        ticks.append(t)
-    return ticks or [croniter(cron, end + timedelta(seconds=1)).get_prev(datetime).replace(fold=0)]
-
-
-def plan_workers(specs: dict, start: datetime, end: datetime, workers: int) -> list[list[str]]:
-    """Split the journeys over `workers` groups with about the same number of runs each
-    (longest first, each to the lightest group): hourly journeys dominate."""
-    runs = {j: len(interval_ends(s.cron, start, end)) for j, s in specs.items()}
-    groups: list[list[str]] = [[] for _ in range(max(1, min(workers, len(runs))))]
-    load = [0] * len(groups)
-    for journey in sorted(runs, key=lambda j: (-runs[j], j)):
-        i = load.index(min(load))
-        groups[i].append(journey)
-        load[i] += runs[journey]
-    return [g for g in groups if g]
-
-
-def run_window(specs: dict, start: datetime, end: datetime, workers: int) -> list[str]:
-    """Run every journey's DAG through Airflow (dag.test) for each interval in [start, end),
-    in `workers` parallel processes (each a group of journeys, run one after another)."""
-    import threading
-
-    failures: list[str] = []
-
-    def relay(proc: subprocess.Popen, group: list[str]) -> None:
-        for line in proc.stdout:  # progress lines, one per finished journey, and FAILED lines
-            if line.startswith("FAILED "):
-                failures.append(line[len("FAILED "):].strip())
-            elif line.strip():
-                print(line.rstrip(), flush=True)
-        if proc.wait() != 0:
-            failures.append(f"demo worker for {' '.join(group)} exited with {proc.returncode}")
-
-    relays = []
-    for group in plan_workers(specs, start, end, workers):
-        cmd = [sys.executable, "-m", "lifecycle.cli", "demo-worker", "--start", start.isoformat(),
-               "--end", end.isoformat(), *group]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-        relays.append(threading.Thread(target=relay, args=(proc, group)))
-        relays[-1].start()
-    for thread in relays:
-        thread.join()
-    return failures
-
-
-def _test_with_retry(dag, logical_date: datetime, attempts: int = 3):
-    """dag.test, retried when the workers' DAG syncs collide in the metadata DB (before any
-    task of the run has started: the collision is in the bookkeeping, not in a send)."""
-    from sqlalchemy.exc import DBAPIError, InvalidRequestError
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return dag.test(logical_date=logical_date)
-        except (DBAPIError, InvalidRequestError):
-            if attempt == attempts:
-                raise
-            time.sleep(attempt)
-
-
-PROGRESS_EVERY = 15.0  # seconds between a journey's progress lines in the demo
-
-
-def demo_progress(journey: str, done: int, total: int, t0: float, last: float, now=time.perf_counter) -> float:
-    """Print `journey  done/total runs, elapsed` when PROGRESS_EVERY seconds passed since the
-    last line (the demo takes minutes: say it is moving); return when a line was last printed."""
-    moment = now()
-    if done >= total or moment - last < PROGRESS_EVERY:
-        return last  # the journey's final line says the rest
-    print(f"  {journey:<22} {done:>3}/{total} runs  ({moment - t0:.0f}s)", flush=True)
-    return moment
-
-
-def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
-    """One demo worker: dag.test each journey's DAG for every interval in [start, end)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from lifecycle.spec import load_all
-
-    specs = {s.journey: s for s in load_all()[0]}
-    dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
-    for journey in journeys:
-        ends = interval_ends(specs[journey].cron, start, end)
-        t0, failed = time.perf_counter(), 0
-        last = t0
-        for done, interval_end in enumerate(ends, 1):
-            run = _test_with_retry(dags[journey], interval_end)
-            if run.state != "success":
-                failed += 1
-                print(f"FAILED {journey} {interval_end:%Y-%m-%d %H:%M}: {run.state}", flush=True)
-            last = demo_progress(journey, done, len(ends), t0, last)
-        print(f"  {journey:<22} {len(ends):>3} runs  ({time.perf_counter() - t0:.0f}s)"
-              + (f"  {failed} failed" if failed else ""), flush=True)
-    return 0
-
-
-def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
-    import logging
-
-    import sqlalchemy as sa
-
-    from lifecycle import demo_shop, schema
-    from lifecycle.report import format_summary, journey_summary
-    from lifecycle.smtp_sink import EmlSink
-    from lifecycle.spec import load_all
-
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd would log addresses
-    anchor = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = anchor - timedelta(days=days)
-    print(f"lifecycle demo: simulating {start:%Y-%m-%d} .. {anchor:%Y-%m-%d} (UTC) on an embedded PostgreSQL")
-    url = _demo_database(STATE_DIR)
-    engine = sa.create_engine(url)
-    demo_shop.generate(engine, anchor, customers=customers, seed=DEMO_SEED)
-    schema.migrate(engine)
-    print(f"  demo shop: {customers} customers generated (seeded, planted cases included)")
-    outbox = DEMO_OUT / "outbox"
-    shutil.rmtree(outbox, ignore_errors=True)
-    outbox.mkdir(parents=True)
-    specs, errors = load_all()
-    for error in errors:
-        print(f"  BROKEN {error}")
-    for old in DEMO_OUT.glob("*.jsonl"):
-        old.unlink()
-    with EmlSink(outbox) as sink, channel_sinks(engine, DEMO_OUT, DEMO_SEED) as channel_conns:
-        prepare_airflow({**airflow_env(STATE_DIR, url, sink.port), **channel_conns}, quiet=not verbose)
-        from airflow.dag_processing.dagbag import DagBag
-
-        from lifecycle.dag_factory import DISPATCH_DAG_ID
-
-        dags = DagBag(dag_folder=str(PROJECT_DIR / "dags")).dags
-        t0 = time.perf_counter()
-        print(f"  running {len(specs)} journeys in {workers} Airflow worker processes ...")
-        failures = run_window({s.journey: s for s in specs}, start, anchor, workers)
-        print(f"  all journeys ran in {time.perf_counter() - t0:.0f}s")
-        # The next morning: the dispatcher sends what waited for the recipient's daytime (SMS).
-        morning = anchor + timedelta(hours=9)
-        print(f"  {DISPATCH_DAG_ID:<22} sends what waited for {morning:%Y-%m-%d %H:%M} UTC (SMS hours)")
-        if dags[DISPATCH_DAG_ID].test(logical_date=morning).state != "success":
-            failures.append(f"{DISPATCH_DAG_ID}: failed")
-    summary = format_summary(journey_summary(engine))
-    (DEMO_OUT / "summary.txt").write_text(summary + "\n")
-    print(f"\n{summary}\n\nWhat each channel delivered, on disk:")
-    print(f"  email            {len(list(outbox.glob('*.eml'))):>5}  {outbox.relative_to(PROJECT_DIR)}/*.eml "
-          "(open any in a mail client)")
-    for name, file in (("SMS", "sms.jsonl"), ("web push", "push.jsonl"), ("Meta audiences", "meta_audiences.jsonl")):
-        path = DEMO_OUT / file
-        lines = len(path.read_text().splitlines()) if path.exists() else 0
-        print(f"  {name:<16} {lines:>5}  {path.relative_to(PROJECT_DIR)} (one JSON object per request)")
-    print(f"audit tables: schema lifecycle in {url}")
-    for failure in failures:
-        print(f"  FAILED RUN {failure}")
-    engine.dispose()
-    return 1 if failures or errors else 0
-
-
 # ---------------------------------------------------------------------------- promote
 def promote_journey(journey: str, segments_dir: Path) -> int:
     """Set `status: live` in the journey's segment file (a path to the file works too)."""
@@ -538,29 +274,6 @@ def promote_journey(journey: str, segments_dir: Path) -> int:
 
 
 # ---------------------------------------------------------------------------- init / migrate / stop
-SIGNING_KEY_FILE = "signing_key"  # in the state dir, mode 0600: the demo's links stay valid across calls
-
-
-def signing_key(state_dir: Path) -> str:
-    """The state dir's signing key, made (32 random bytes) the first time and kept: a new key per
-    `lifecycle env` would break every unsubscribe link already sent."""
-    path = state_dir / SIGNING_KEY_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:  # O_EXCL: two first calls at once cannot both write a key
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)  # readable by others, it could forge unsubscribes
-        key = path.read_text(encoding="utf-8").strip()
-        if not key:
-            raise SystemExit(f"{path} is empty: delete it and `lifecycle env` makes a new signing key") from None
-        return key
-    key = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(key + "\n")
-    return key
-
-
 def _warehouse_target(warehouse_url: str | None, state_dir: Path) -> tuple[str, bool]:
     """(URL, is it the embedded one): --warehouse-url, else the Airflow connection in the environment
     (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, as in docker-compose), else the embedded demo warehouse."""
@@ -706,14 +419,10 @@ def stop(state_dir: Path) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- report / env
-def _default_url() -> str:
-    import sqlalchemy as sa
-
-    from lifecycle.warehouse import start_embedded
-
-    uri = start_embedded(STATE_DIR / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
-    return sa.make_url(uri).set(database=DEMO_DB).render_as_string(hide_password=False)
+# ---------------------------------------------------------------------------- report / preview
+def default_warehouse_url() -> str:
+    """The embedded warehouse (`lifecycle demo` fills it), for report and preview without a URL."""
+    return _embedded_url(settings().state_dir, DEMO_DB)
 
 
 def report(warehouse_url: str | None, mode: str) -> int:
@@ -721,7 +430,7 @@ def report(warehouse_url: str | None, mode: str) -> int:
 
     from lifecycle.report import format_summary, journey_summary
 
-    engine = sa.create_engine(warehouse_url or _default_url())
+    engine = sa.create_engine(warehouse_url or default_warehouse_url())
     print(format_summary(journey_summary(engine, mode)))
     if mode == "dry":
         from lifecycle.report import DRY_RUN_COLUMNS, dry_run_messages
@@ -757,7 +466,7 @@ def preview(journey: str, customer: str | None, as_of: datetime | None, step: st
     if as_of is not None and as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     out = out or Path("preview") / journey
-    engine = sa.create_engine(warehouse_url or _default_url())
+    engine = sa.create_engine(warehouse_url or default_warehouse_url())
     try:
         result = render_preview(engine, spec, out, customer=customer, as_of=as_of, step=step)
     except (NotSelected, ValueError, SegmentSQLError, TemplateRenderError) as exc:  # each names what is wrong
@@ -774,41 +483,33 @@ def preview(journey: str, customer: str | None, as_of: datetime | None, step: st
     return 0
 
 
-def env() -> int:
-    for key, value in airflow_env(STATE_DIR, _default_url(), int(os.environ.get("LIFECYCLE_SMTP_PORT", 1025))).items():
-        print(f"export {key}={json.dumps(value) if not value.startswith('{') else repr(value)}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lifecycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(description: str = __doc__) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The engine's commands; each sets `run(args) -> exit code`. Returns the subparsers too, so
+    the demo's command line can add its own."""
+    parser = argparse.ArgumentParser(prog="lifecycle", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_lint = sub.add_parser("lint", help="check segment files")
     p_lint.add_argument("files", nargs="*")
     p_lint.add_argument("--warehouse-url", help="also run each SELECT with LIMIT 0 on this warehouse and check its columns")
-    p_demo = sub.add_parser("demo", help="run all journeys over past days on the embedded warehouse")
-    p_demo.add_argument("--days", type=int, default=3)
-    p_demo.add_argument("--customers", type=int, default=3000)
-    p_demo.add_argument("--verbose", action="store_true")
-    p_demo.add_argument("--workers", type=int, default=3, help="parallel Airflow processes running the journeys")
-    p_worker = sub.add_parser("demo-worker", help=argparse.SUPPRESS)  # internal: one process of `demo`
-    p_worker.add_argument("--start", type=datetime.fromisoformat, required=True)
-    p_worker.add_argument("--end", type=datetime.fromisoformat, required=True)
-    p_worker.add_argument("journeys", nargs="+")
+    p_lint.set_defaults(run=lambda a: lint(a.files, a.warehouse_url))
     p_report = sub.add_parser("report", help="per-journey summary")
     p_report.add_argument("--warehouse-url")
     p_report.add_argument("--mode", default="live", choices=["live", "dry"])
-    sub.add_parser("env", help="print exports for running `airflow` against the demo")
+    p_report.set_defaults(run=lambda a: report(a.warehouse_url, a.mode))
     p_promote = sub.add_parser("promote", help="make a draft journey live: set `status: live` in its header")
     p_promote.add_argument("journey", help="journey name (or the segment file's path)")
     p_promote.add_argument("--segments-dir", type=Path, default=SEGMENTS_DIR)
-    for name, text in (("migrate", "apply the lifecycle migrations and contact views to the warehouse"),
-                       ("init", "create the warehouse database (embedded), migrate it, create the Airflow pools")):
+    p_promote.set_defaults(run=lambda a: promote_journey(a.journey, a.segments_dir))
+    for name, text, command in (
+            ("migrate", "apply the lifecycle migrations and contact views to the warehouse", migrate_warehouse),
+            ("init", "create the warehouse database (embedded), migrate it, create the Airflow pools", init)):
         p_ops = sub.add_parser(name, help=text)
         p_ops.add_argument("--warehouse-url", help="default: AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, else the embedded warehouse")
         p_ops.add_argument("--demo-shop", action="store_true",
                            help="also create the demo shop's tables (schema `shop`) the default contact views read")
-    sub.add_parser("stop", help="stop the embedded PostgreSQL")
+        p_ops.set_defaults(run=lambda a, command=command: command(a.warehouse_url, settings().state_dir, a.demo_shop))
+    sub.add_parser("stop", help="stop the embedded PostgreSQL").set_defaults(run=lambda a: stop(settings().state_dir))
     p_preview = sub.add_parser("preview", help="render one customer's messages of a journey to files (writes nothing)")
     p_preview.add_argument("journey")
     p_preview.add_argument("--customer", help="customer id (default: the first the segment selects)")
@@ -817,26 +518,13 @@ def main(argv: list[str] | None = None) -> int:
     p_preview.add_argument("--step", help="only this step (default: every message step and exit message)")
     p_preview.add_argument("--out", type=Path, help="directory for the files (default: ./preview/<journey>/)")
     p_preview.add_argument("--warehouse-url", help="default: the embedded demo warehouse")
-    args = parser.parse_args(argv)
-    if args.command == "migrate":
-        return migrate_warehouse(args.warehouse_url, STATE_DIR, args.demo_shop)
-    if args.command == "init":
-        return init(args.warehouse_url, STATE_DIR, args.demo_shop)
-    if args.command == "stop":
-        return stop(STATE_DIR)
-    if args.command == "lint":
-        return lint(args.files, args.warehouse_url)
-    if args.command == "demo":
-        return demo(args.days, args.customers, args.verbose, args.workers)
-    if args.command == "demo-worker":
-        return demo_worker(args.journeys, args.start, args.end)
-    if args.command == "preview":
-        return preview(args.journey, args.customer, args.as_of, args.step, args.out, args.warehouse_url)
-    if args.command == "report":
-        return report(args.warehouse_url, args.mode)
-    if args.command == "promote":
-        return promote_journey(args.journey, args.segments_dir)
-    return env()
+    p_preview.set_defaults(run=lambda a: preview(a.journey, a.customer, a.as_of, a.step, a.out, a.warehouse_url))
+    return parser, sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser()[0].parse_args(argv)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the file's error, so it is visible in Airflow and every other journey still load
 from __future__ import annotations
 
 import logging
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +18,9 @@ from pathlib import Path
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from lifecycle import channels as registry
-from lifecycle.config import SEGMENTS_DIR
-from lifecycle.mailbox import MAILBOX_DAG_ID, MAILDIR_ENV, build_mailbox_dag
+from lifecycle.config import SEGMENTS_DIR, settings
+from lifecycle.fingerprint import journey_fingerprint
+from lifecycle.mailbox import MAILBOX_DAG_ID, build_mailbox_dag
 from lifecycle.model import Batch, Kind, Mode
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
 from lifecycle.warehouse import task_engine
@@ -60,7 +60,7 @@ def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec], key
 def sender_clock(as_of: str):
     """The wall clock, or, with LIFECYCLE_CLOCK=as_of (the demo and simulations), the run's as_of:
     replaying the past as if each run had happened on time."""
-    if os.environ.get("LIFECYCLE_CLOCK") == "as_of":
+    if settings().clock == "as_of":
         fixed = datetime.fromisoformat(as_of)
         return lambda: fixed
     return lambda: datetime.now(UTC)
@@ -170,6 +170,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         dag_id=spec.journey,
         description=spec.description[:200] or None,
         doc_md=f"**{spec.journey}** ({spec.status}) — {spec.description}\n\nSegment file: `{spec.path.name}`"
+        f" (files hash `{journey_fingerprint(spec)}`: segment, conditions, templates)"
         + (DRAFT_NOTE if spec.status == "draft" else ""),
         schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
         start_date=spec.start_date,
@@ -426,7 +427,7 @@ def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:
             dags[DISPATCH_DAG_ID] = build_dispatch_dag(built)
         except Exception:
             log.exception("the %s DAG could not be built; the journeys' own runs still send", DISPATCH_DAG_ID)
-    if os.environ.get(MAILDIR_ENV):  # the return mailbox: only where one is configured
+    if settings().maildir:  # the return mailbox: only where one is configured
         try:
             dags[MAILBOX_DAG_ID] = build_mailbox_dag()
         except Exception:

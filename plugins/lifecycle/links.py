@@ -7,12 +7,11 @@ import base64
 import functools
 import hashlib
 import math
-import os
 from collections import Counter
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from lifecycle.config import SHOP
+from lifecycle.config import SHOP, settings
 
 
 @functools.cache
@@ -54,7 +53,7 @@ def signing_key_problem(key: str | None) -> str | None:
 
 def signing_key() -> str:
     """The secret behind unsubscribe links; without it anyone could forge an unsubscribe."""
-    key = os.environ.get("LIFECYCLE_SIGNING_KEY", "")
+    key = settings().signing_key
     problem = signing_key_problem(key)
     if problem:
         raise RuntimeError(f"{problem}: {HOW_TO}.")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from lifecycle.config import SHOP
+from lifecycle.config import SHOP, settings
 from lifecycle.links import verify_unsubscribe_token
 from lifecycle.warehouse import task_engine
 
@@ -294,7 +294,7 @@ def build_mailbox_dag():
     def mailbox():
         @task(retries=2, retry_delay=timedelta(minutes=1))
         def read_mailbox() -> dict:
-            report = read_maildir(os.environ[MAILDIR_ENV], task_engine())
+            report = read_maildir(settings().maildir, task_engine())
             return {"unsubscribes": report.unsubscribes, "hard_bounces": report.hard_bounces,
                     "complaints": report.complaints, "already_suppressed": report.already_suppressed,
                     "ignored": report.ignored, "unusable": report.unusable}

@@ -1,58 +1,15 @@
-"""What marketers read: per journey, who entered, what was sent, who converted or left."""
+"""What marketers read: per journey, who entered, what was sent, who converted or left.
+The queries are include/sql/lifecycle/queries/journey_summary.sql and dry_run_messages.sql."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-SUMMARY_SQL = """
-WITH e AS (
-    SELECT journey,
-           count(*)                                        AS entered,
-           count(*) FILTER (WHERE status = 'converted')    AS converted,
-           count(*) FILTER (WHERE status = 'exited')       AS exited,
-           count(*) FILTER (WHERE status = 'completed')    AS completed,
-           count(*) FILTER (WHERE status = 'active')       AS active,
-           count(*) FILTER (WHERE holdout)                 AS holdout
-    FROM lifecycle.enrollments WHERE mode = :mode GROUP BY journey
-), m AS (
-    -- messages with a template are real messages; rows without one are actions (suppress)
-    SELECT journey,
-           count(*) FILTER (WHERE status = 'sent' AND template IS NOT NULL)  AS sent,
-           count(*) FILTER (WHERE status = 'dry_run')                       AS dry_run,
-           count(*) FILTER (WHERE status = 'suppressed')                    AS suppressed,
-           count(*) FILTER (WHERE status = 'expired')                       AS expired,
-           count(*) FILTER (WHERE status = 'skipped')                       AS skipped,
-           count(*) FILTER (WHERE status = 'failed')                        AS failed,
-           count(*) FILTER (WHERE status IN ('planned', 'claimed'))         AS pending
-    FROM lifecycle.messages WHERE mode = :mode GROUP BY journey
-), q AS (
-    -- the same bad row seen by several runs counts once
-    SELECT journey, count(DISTINCT coalesce(enrollment_key, row_data::text)) AS quarantined FROM lifecycle.quarantine WHERE mode = :mode GROUP BY journey
-), c AS (
-    -- one order can convert several enrollments (two abandoned carts, one order): count it once
-    SELECT journey, coalesce(sum(revenue), 0) AS revenue
-    FROM (SELECT DISTINCT ON (journey, coalesce(order_id, enrollment_id::text)) journey, revenue
-          FROM lifecycle.conversions WHERE mode = :mode AND NOT holdout
-          ORDER BY journey, coalesce(order_id, enrollment_id::text), converted_at, enrollment_id) x
-    GROUP BY journey
-), r AS (
-    SELECT journey, count(*) AS runs, count(*) FILTER (WHERE status <> 'ok') AS runs_not_ok
-    FROM lifecycle.runs WHERE mode = :mode GROUP BY journey
-)
-SELECT r.journey, r.runs, r.runs_not_ok,
-       coalesce(e.entered, 0) AS entered, coalesce(m.sent, 0) AS sent,
-       coalesce(e.converted, 0) AS converted, coalesce(e.exited, 0) AS exited,
-       coalesce(e.completed, 0) AS completed, coalesce(e.active, 0) AS active,
-       coalesce(m.suppressed, 0) AS suppressed, coalesce(m.expired, 0) AS expired,
-       coalesce(m.skipped, 0) AS skipped, coalesce(m.failed, 0) AS failed,
-       coalesce(m.pending, 0) AS pending, coalesce(m.dry_run, 0) AS dry_run,
-       coalesce(q.quarantined, 0) AS quarantined, coalesce(c.revenue, 0) AS revenue
-FROM r
-LEFT JOIN e USING (journey) LEFT JOIN m USING (journey) LEFT JOIN q USING (journey) LEFT JOIN c USING (journey)
-ORDER BY r.journey
-"""
+from lifecycle.sql import query
 
+SUMMARY_SQL = query("journey_summary")
+DRY_RUN_SQL = query("dry_run_messages")
 COLUMNS = ["journey", "runs", "entered", "sent", "converted", "exited", "completed", "active",
            "suppressed", "expired", "quarantined", "failed", "revenue"]
 
@@ -78,19 +35,6 @@ def _cell(value) -> str:
         return f"{value:,.2f}"
     return str(value)
 
-
-# What dry runs would have sent: one line per journey, step and channel, with how many messages,
-# how many distinct subjects and bodies (personalised ones differ per customer) and the subject
-# of the first message (lowest id) as an example.
-DRY_RUN_SQL = """
-SELECT journey, step, channel, count(*) AS messages,
-       count(DISTINCT dry_run_subject) AS subjects, count(DISTINCT dry_run_body_sha256) AS bodies,
-       coalesce((array_agg(dry_run_subject ORDER BY message_id))[1], '') AS example_subject
-FROM lifecycle.messages
-WHERE mode = 'dry' AND status = 'dry_run'
-GROUP BY journey, step, channel
-ORDER BY journey, step, channel
-"""
 
 DRY_RUN_COLUMNS = ["journey", "step", "channel", "messages", "subjects", "bodies", "example_subject"]
 

@@ -1,7 +1,7 @@
 """Meta custom audiences: hashing, the client, the local Graph server and sync_audience.
 
 Real PostgreSQL (a scratch database per test) and real HTTP to the local server
-(lifecycle.sinks.meta_server) on 127.0.0.1.
+(lifecycle_demo.sinks.meta_server) on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from lifecycle.audiences import (
     normalise_phone,
     sync_audience,
 )
-from lifecycle.sinks.meta_server import MetaAudienceServer
+from lifecycle_demo.sinks.meta_server import MetaAudienceServer
 
 TOKEN = "EAAB-test-token"
 AUDIENCE = "23850000000000001"

@@ -21,9 +21,9 @@ from lifecycle.config import SEGMENTS_DIR
 from lifecycle.enroll import enroll
 from lifecycle.replay import run_interval
 from lifecycle.run_context import RunContext
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 from lifecycle.spec import load_spec
+from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle_demo.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 
 HEADER = """/* ---
 journey: channel_probe

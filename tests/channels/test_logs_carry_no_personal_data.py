@@ -20,12 +20,12 @@ from lifecycle.channels.base import ChannelUnavailable
 from lifecycle.channels.email import EmailChannel, OutboundEmail
 from lifecycle.channels.push import OutboundPush, PushChannel
 from lifecycle.channels.sms import OutboundSMS, SMSChannel
-from lifecycle.sinks.meta_server import MetaAudienceServer
-from lifecycle.sinks.push_server import PushServer
-from lifecycle.sinks.twilio_server import TwilioServer, twilio_error
-from lifecycle.smtp_sink import RecordingSMTPServer
+from lifecycle_demo.sinks.meta_server import MetaAudienceServer
+from lifecycle_demo.sinks.push_server import PushServer
+from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
+from lifecycle_demo.sinks.twilio_server import TwilioServer, twilio_error
 
-SERVER_LOGGERS = ("mail.log", "lifecycle.sinks", "lifecycle.smtp_sink")
+SERVER_LOGGERS = ("mail.log", "lifecycle_demo.sinks")  # the local provider servers log what they receive
 PHONE = "+4915123456789"
 EMAIL = "ann.private@example.org"
 BOUNCING = "gone.private@example.org"

@@ -23,7 +23,7 @@ from py_vapid import Vapid
 
 from lifecycle.channels.base import ChannelUnavailable
 from lifecycle.channels.push import MAX_PAYLOAD_BYTES, OutboundPush, PushChannel
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
 
 SUBJECT = "mailto:push-ops@shop.example.com"
 PAYLOAD = {"title": "Still thinking it over?", "body": "Your Merino Hoodie is waiting — ünïcode ok",
@@ -331,7 +331,7 @@ def test_the_push_service_rejects_a_forged_signature(push, channel):
 
 
 def test_demo_shop_subscriptions_decrypt_with_their_derived_keys(scratch_engine, vapid_key, tmp_path):
-    from lifecycle.demo_shop import generate, push_subscription_keys
+    from lifecycle_demo.demo_shop import generate, push_subscription_keys
 
     seed = 5
     generate(scratch_engine, datetime(2026, 11, 20, tzinfo=UTC), customers=500, seed=seed)

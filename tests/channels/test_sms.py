@@ -21,7 +21,7 @@ from lifecycle.channels.sms import (
     send_window,
     sms_segments,
 )
-from lifecycle.sinks.twilio_server import TwilioServer, twilio_error
+from lifecycle_demo.sinks.twilio_server import TwilioServer, twilio_error
 
 SENDER = "+15005550006"
 TO = "+4915123456789"  # a German mobile
@@ -460,7 +460,7 @@ def test_server_lists_with_twilio_filters(twilio):
 def test_jsonl_outbox_and_cli(tmp_path):
     outbox = tmp_path / "sms.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lifecycle.sinks.twilio_server", "--port", "0", "--jsonl", str(outbox),
+        [sys.executable, "-m", "lifecycle_demo.sinks.twilio_server", "--port", "0", "--jsonl", str(outbox),
          "--account-sid", "AC" + "a" * 32, "--auth-token", "secret"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

@@ -41,10 +41,10 @@ from lifecycle.channels.push import PushChannel
 from lifecycle.channels.sms import SMSChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.replay import run_interval
-from lifecycle.sinks.push_server import PushServer, demo_key_lookup
-from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
-from lifecycle.smtp_sink import ReceivedMessage, RecordingSMTPServer
 from lifecycle.spec import JourneySpec, load_spec
+from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
+from lifecycle_demo.sinks.smtp_server import ReceivedMessage, RecordingSMTPServer
+from lifecycle_demo.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)  # "A": the demo shop's history ends just before it
 SHOP_SEED = 11  # tests/conftest.py generates the shop with it; the demo push keys derive from it

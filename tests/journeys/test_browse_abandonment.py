@@ -31,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 from lifecycle.render import money
-from lifecycle.sinks.push_server import PushServer
+from lifecycle_demo.sinks.push_server import PushServer
 
 from .conftest import (
     DAY,

@@ -36,7 +36,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 import time
@@ -61,10 +60,11 @@ from urllib3.exceptions import (
 
 from lifecycle import logsafe
 from lifecycle.channels.base import ChannelUnavailable, Outcome
+from lifecycle.config import settings
 
 log = logging.getLogger(__name__)
 
-PUSH_CONN_ID = os.environ.get("LIFECYCLE_PUSH_CONN_ID", "lifecycle_push")
+PUSH_CONN_ID = settings().push_conn_id
 
 URGENCIES = ("very-low", "low", "normal", "high")  # RFC 8030 section 5.3
 # RFC 8291 section 4: push services must accept 4096 bytes of encrypted body. aes128gcm
@@ -127,10 +127,6 @@ def _b64decode(text: str) -> bytes:
 
 def _b64encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _allow_private_from_env() -> bool:
-    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -217,7 +213,7 @@ class PushChannel:
         self.timeout = timeout
         self.allow_http = allow_http
         # None: LIFECYCLE_PUSH_ALLOW_PRIVATE decides (set for a local push service only)
-        self.allow_private = _allow_private_from_env() if allow_private is None else allow_private
+        self.allow_private = settings().push_allow_private if allow_private is None else allow_private
         self._session: requests.Session | None = None
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
 

@@ -24,7 +24,6 @@ Twilio quotes in its error messages are masked before they reach a reason.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -39,10 +38,11 @@ from phonenumbers import NumberParseException, PhoneNumberType
 
 from lifecycle import logsafe
 from lifecycle.channels.base import ChannelUnavailable, Outcome
+from lifecycle.config import settings
 
 log = logging.getLogger(__name__)
 
-SMS_CONN_ID = os.environ.get("LIFECYCLE_SMS_CONN_ID", "lifecycle_sms")
+SMS_CONN_ID = settings().sms_conn_id
 TWILIO_API = "https://api.twilio.com"
 API_VERSION = "2010-04-01"
 

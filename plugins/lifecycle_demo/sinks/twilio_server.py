@@ -39,7 +39,7 @@ accepted and recorded (a provider that took the message and then failed: "maybe 
 An entry is ``(status, headers, body)``; a dict body is sent as JSON.
 
 The demo's SMS outbox: ``jsonl_path`` appends every accepted message as one JSON line.
-CLI: ``python -m lifecycle.sinks.twilio_server --port N --jsonl FILE --account-sid AC... --auth-token ...``
+CLI: ``python -m lifecycle_demo.sinks.twilio_server --port N --jsonl FILE --account-sid AC... --auth-token ...``
 runs until killed.
 """
 
@@ -53,7 +53,6 @@ import hmac
 import json
 import logging
 import re
-import signal
 import socket
 import sys
 import threading
@@ -62,12 +61,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from lifecycle.channels.sms import sms_segments
+from lifecycle_demo.sinks.serving import BackgroundHTTPServer, OwnedHTTPServer, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "lifecycle-twilio-sink/1"
     timeout = 60  # an idle keep-alive connection is closed after a minute
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-    server: _Server
+    server: OwnedHTTPServer
 
     # plumbing ------------------------------------------------------------------
     def setup(self) -> None:
@@ -305,14 +305,11 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: TwilioServer
-
-
-class TwilioServer:
+class TwilioServer(BackgroundHTTPServer):
     """The local Twilio Messages API; see the module docstring."""
+
+    name = "Twilio sink"
+    allow_reuse_address = True
 
     def __init__(
         self,
@@ -325,7 +322,7 @@ class TwilioServer:
         stop_numbers: set[str] | None = None,
     ) -> None:
         self.account_sid, self.auth_token = account_sid, auth_token
-        self.host, self._requested_port = host, port
+        super().__init__(host, port)
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
         self.stop_numbers: set[str] = set(stop_numbers or ())
         self.fail_next: list[Scripted] = []
@@ -337,44 +334,22 @@ class TwilioServer:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # lifecycle -----------------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("Twilio sink not started")
-        return self._httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def handler_class(self) -> type[_Handler]:
+        return _Handler
 
     @property
     def messages_path(self) -> str:
         return f"/{API_VERSION}/Accounts/{self.account_sid}/Messages.json"
 
     def start(self) -> TwilioServer:
-        if self._httpd is not None:
-            raise RuntimeError("Twilio sink already started")
         if self.jsonl_path is not None:
             self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        httpd = _Server((self.host, self._requested_port), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="twilio-sink", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Stop listening and cut open keep-alive connections (the provider is gone)."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.server_close()
+    def _stopped(self) -> None:
+        """Cut open keep-alive connections too (the provider is gone)."""
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
@@ -382,15 +357,6 @@ class TwilioServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> TwilioServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # state (called from handler threads) ------------------------------------------
     def _track(self, conn: socket.socket, add: bool) -> None:
@@ -469,7 +435,7 @@ class TwilioServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lifecycle.sinks.twilio_server",
+        prog="python -m lifecycle_demo.sinks.twilio_server",
         description="Local server speaking Twilio's Messages API; appends each accepted SMS to a JSONL file.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -480,19 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     server = TwilioServer(args.account_sid, args.auth_token, host=args.host, port=args.port,
                           jsonl_path=args.jsonl).start()
     where = f", appending messages to {args.jsonl.resolve()}" if args.jsonl else ""
     print(f"twilio sink listening on {server.base_url} (AccountSid {server.account_sid}){where}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    return 0
+    return serve_until_signalled(server.stop)
 
 
 if __name__ == "__main__":

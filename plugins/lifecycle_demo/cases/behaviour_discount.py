@@ -12,7 +12,7 @@ cases that enter.
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import DAY, HOUR, MINUTE, PlantedCase
+from lifecycle_demo.demo_shop import DAY, HOUR, MINUTE, PlantedCase
 
 PAST = 17 * MINUTE  # moments sit this far past an hour: the next hourly run is unambiguous
 

@@ -11,7 +11,7 @@ The demo's daily runs end at A-2d, A-1d and A.
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import DAY, HOUR, PlantedCase
+from lifecycle_demo.demo_shop import DAY, HOUR, PlantedCase
 
 DE_LEAD = 2 * DAY + 12 * HOUR  # the planted German orders take as long as the random ones, on average
 

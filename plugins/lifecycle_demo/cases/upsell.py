@@ -17,7 +17,7 @@ from base64 import urlsafe_b64encode
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from lifecycle.demo_shop import DAY, HOUR, MINUTE, PlantedCase, push_subscription_keys
+from lifecycle_demo.demo_shop import DAY, HOUR, MINUTE, PlantedCase, push_subscription_keys
 
 
 def plant(shop) -> list[PlantedCase]:

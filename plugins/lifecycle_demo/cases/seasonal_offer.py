@@ -10,7 +10,7 @@ anchor, so "price-sensitive" and "inactive" hold at any anchor in late November.
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import DAY, HOUR, PlantedCase
+from lifecycle_demo.demo_shop import DAY, HOUR, PlantedCase
 
 
 def plant(shop) -> list[PlantedCase]:

@@ -665,7 +665,7 @@ class _Shop:
         for case in (*self.plant_cart_cases(), *self.plant_winback_cases(), *self.plant_review_cases(),
                      self.plant_leap_day_birthday()):
             planted[case.name] = case
-        from lifecycle.demo_cases import planters
+        from lifecycle_demo.cases import planters
 
         for planter in planters():  # one module per journey (issue 3's catalogue)
             for case in planter(self):

@@ -9,7 +9,7 @@ furniture <-> household, sports equipment <-> vitamins).
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import DAY, HOUR, PlantedCase
+from lifecycle_demo.demo_shop import DAY, HOUR, PlantedCase
 
 
 def plant(shop) -> list[PlantedCase]:

@@ -13,7 +13,7 @@ tests/journeys/test_order_notifications.py plants them itself.
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import DAY, HOUR, MINUTE, PlantedCase
+from lifecycle_demo.demo_shop import DAY, HOUR, MINUTE, PlantedCase
 
 
 def plant(shop) -> list[PlantedCase]:

@@ -12,7 +12,7 @@ plants those itself.
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import COUNTRIES, DAY, HOUR, MINUTE, PLANTED_EMAIL_DOMAIN, PlantedCase
+from lifecycle_demo.demo_shop import COUNTRIES, DAY, HOUR, MINUTE, PLANTED_EMAIL_DOMAIN, PlantedCase
 
 _DE = next(c for c in COUNTRIES if c.code == "DE")
 

@@ -5,7 +5,7 @@ Two uses, one handler:
 - **The demo's outbox** (``EmlSink`` / ``start_sink``): every message the engine sends
   is written, byte for byte as received, to
   ``<outbox>/<UTC timestamp>_<n>_<recipient>.eml``; open it in any mail client.
-  CLI: ``python -m lifecycle.smtp_sink --outbox DIR --port N`` runs until killed.
+  CLI: ``python -m lifecycle_demo.sinks.smtp_server --outbox DIR --port N`` runs until killed.
 - **Tests** (``RecordingSMTPServer``): keeps messages in memory
   (``.messages``: ``(mail_from, rcpt_tos, data)``) and can answer with SMTP errors over a
   real SMTP conversation, to simulate a provider's failures::
@@ -36,7 +36,6 @@ import itertools
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from aiosmtpd.controller import Controller
+
+from lifecycle_demo.sinks.serving import serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class RecordingSMTPServer(_ServerBase):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lifecycle.smtp_sink",
+        prog="python -m lifecycle_demo.sinks.smtp_server",
         description="Local SMTP server: writes every message it receives to OUTBOX as an .eml file.",
     )
     parser.add_argument(
@@ -322,20 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command at INFO
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     controller, port = start_sink(args.outbox, args.host, args.port)
     print(
         f"smtp sink listening on {args.host}:{port}, writing .eml files to {args.outbox.resolve()}",
         flush=True,
     )
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        controller.stop()
-    return 0
+    return serve_until_signalled(controller.stop)
 
 
 if __name__ == "__main__":

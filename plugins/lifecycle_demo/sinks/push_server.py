@@ -29,7 +29,7 @@ or a ``key_lookup(token) -> (private_key, auth_secret) | None`` callable (the de
 deterministic keys: see ``demo_key_lookup``). With ``jsonl_path`` every accepted message
 is appended as one JSON line: the demo's push outbox.
 
-CLI (the demo): ``python -m lifecycle.sinks.push_server --port 8790 --jsonl out.jsonl
+CLI (the demo): ``python -m lifecycle_demo.sinks.push_server --port 8790 --jsonl out.jsonl
 --warehouse-url postgresql://... --seed 7`` serves the demo shop's subscriptions until
 killed; the shop's endpoints must point at it (any host, the token is the last segment).
 """
@@ -43,12 +43,11 @@ import json
 import logging
 import re
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -58,6 +57,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from lifecycle_demo.sinks.serving import BackgroundHTTPServer, OwnedHTTPServer, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def verify_vapid(authorization: str | None, audience: str, now: float | None = N
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
+    server: OwnedHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive: one connection per batch, as with a real service
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (BaseHTTPRequestHandler's signature)
@@ -189,18 +190,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_GET  # noqa: N815
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: PushServer
-
-
-class PushServer:
+class PushServer(BackgroundHTTPServer):
     """The push service; see the module docstring. Usable as a context manager."""
+
+    name = "push server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  key_lookup: Callable[[str], KeyPair | None] | None = None,
                  jsonl_path: Path | str | None = None) -> None:
-        self.host, self._port = host, port
+        super().__init__(host, port)
         self.key_lookup = key_lookup
         self.jsonl_path = Path(jsonl_path) if jsonl_path else None
         self.received: list[Received] = []
@@ -212,41 +210,13 @@ class PushServer:
         self._keys: dict[str, KeyPair] = {}
         self._application_keys: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # lifecycle -------------------------------------------------------------------
-    def start(self) -> PushServer:
-        httpd = _HTTPServer((self.host, self._port), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="lifecycle-push-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(timeout=5)
-            self._httpd = self._thread = None
-
-    def __enter__(self) -> PushServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("push server not started")
-        return self._httpd.server_address[1]
+    def handler_class(self) -> type[_Handler]:
+        return _Handler
 
     @property
     def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.base_url
 
     def endpoint(self, token: str) -> str:
         return f"{self.origin}/push/{token}"
@@ -378,7 +348,7 @@ def demo_key_lookup(engine, seed: int) -> Callable[[str], KeyPair | None]:
     shop.push_subscriptions endpoint; its keys follow from (seed, subscription_id)."""
     import sqlalchemy as sa
 
-    from lifecycle.demo_shop import push_subscription_keys
+    from lifecycle_demo.demo_shop import push_subscription_keys
 
     query = sa.text("SELECT subscription_id FROM shop.push_subscriptions "
                     "WHERE right(endpoint, length(:token) + 1) = '/' || :token ORDER BY subscription_id LIMIT 1")
@@ -406,14 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         lookup = demo_key_lookup(sa.create_engine(args.warehouse_url), args.seed)
     server = PushServer(args.host, args.port, key_lookup=lookup, jsonl_path=args.jsonl).start()
     print(f"push service listening on {server.origin}/push/<token>", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    server.stop()
-    return 0
+    return serve_until_signalled(server.stop)
 
 
 if __name__ == "__main__":

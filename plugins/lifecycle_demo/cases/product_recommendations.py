@@ -14,7 +14,7 @@ random shop's orders give any pair (a few), so it is among the picks unless it w
 
 from __future__ import annotations
 
-from lifecycle.demo_shop import DAY, HOUR, PlantedCase
+from lifecycle_demo.demo_shop import DAY, HOUR, PlantedCase
 
 EARRINGS = "JEW-02-T3"  # the seed product of the cases
 SERUM = "COS-02-T3"  # bought together with it in the planted bundle orders

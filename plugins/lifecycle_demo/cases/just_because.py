@@ -19,7 +19,7 @@ import hashlib
 import itertools
 from datetime import date, timedelta
 
-from lifecycle.demo_shop import DAY, PlantedCase
+from lifecycle_demo.demo_shop import DAY, PlantedCase
 
 
 def surprise_date(customer_id: int, year: int) -> date:

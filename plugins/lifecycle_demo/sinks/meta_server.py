@@ -34,7 +34,7 @@ Failures are scripted with ``fail_next``::
         meta.fail_next(drop=True)                   # apply, then hang up without answering
         ... MetaAudienceClient(meta.base_url, access_token="t") ...
 
-CLI for the demo: ``python -m lifecycle.sinks.meta_server --port 8765 --jsonl audiences.jsonl``.
+CLI for the demo: ``python -m lifecycle_demo.sinks.meta_server --port 8765 --jsonl audiences.jsonl``.
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ import json
 import logging
 import re
 import secrets
-import signal
 import socket
 import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from lifecycle_demo.sinks.serving import BackgroundHTTPServer, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,14 @@ def _param(params: dict[str, Any], name: str) -> Any:
     return value
 
 
-class MetaAudienceServer:
+class MetaAudienceServer(BackgroundHTTPServer):
     """See the module docstring. ``port=0`` picks a free port."""
+
+    name = "Meta audience server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, access_token: str = "test-token",
                  jsonl_path: Path | str | None = None) -> None:
-        self.host = host
-        self._requested_port = port
+        super().__init__(host, port)
         self.access_token = access_token
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
         self.requests: list[RecordedRequest] = []
@@ -164,45 +166,9 @@ class MetaAudienceServer:
         self.sessions: dict[int, _Session] = {}
         self._script: list[_Failure | None] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --------------------------------------------------------------------------- lifecycle
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("Meta audience server not started")
-        return self._httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> MetaAudienceServer:
-        if self._httpd is not None:
-            raise RuntimeError("Meta audience server already started")
-        httpd = ThreadingHTTPServer((self.host, self._requested_port), _handler_for(self))
-        httpd.daemon_threads = True
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="meta-audience-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> MetaAudienceServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     # --------------------------------------------------------------------------- test helpers
     def fail_next(self, status: int | None = None, code: int | None = None, *, times: int = 1, after: int = 0,
@@ -445,7 +411,7 @@ def _handler_for(server: MetaAudienceServer) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lifecycle.sinks.meta_server",
+    parser = argparse.ArgumentParser(prog="python -m lifecycle_demo.sinks.meta_server",
                                      description="Local Meta custom-audience API (POST/DELETE /{v}/{audience}/users).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
@@ -453,14 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jsonl", type=Path, help="append one JSON line per request to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with MetaAudienceServer(args.host, args.port, access_token=args.token, jsonl_path=args.jsonl) as server:
-        print(f"meta audience server listening on {server.base_url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    return 0
+    server = MetaAudienceServer(args.host, args.port, access_token=args.token, jsonl_path=args.jsonl).start()
+    print(f"meta audience server listening on {server.base_url}", flush=True)
+    return serve_until_signalled(server.stop)
 
 
 if __name__ == "__main__":

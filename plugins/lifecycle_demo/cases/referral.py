@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lifecycle.demo_shop import COUNTRIES, DAY, HOUR, PlantedCase
+from lifecycle_demo.demo_shop import COUNTRIES, DAY, HOUR, PlantedCase
 
 _GOODS = ("CLO-01-T1", "SHO-01-T2", "JEW-01-T1", "CLO-02-T1", "JEW-02-T1")
 

@@ -1,0 +1,10 @@
+-- `lifecycle report --mode dry`: what dry runs would have sent, one line per journey, step and
+-- channel: how many messages, how many distinct subjects and bodies (personalised ones differ per
+-- customer) and the subject of the first message (lowest id) as an example.
+SELECT journey, step, channel, count(*) AS messages,
+       count(DISTINCT dry_run_subject) AS subjects, count(DISTINCT dry_run_body_sha256) AS bodies,
+       coalesce((array_agg(dry_run_subject ORDER BY message_id))[1], '') AS example_subject
+FROM lifecycle.messages
+WHERE mode = 'dry' AND status = 'dry_run'
+GROUP BY journey, step, channel
+ORDER BY journey, step, channel
