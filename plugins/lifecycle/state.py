@@ -17,7 +17,7 @@ from lifecycle.ids import typed_enrollments
 from lifecycle.plan import _issue_coupons, insert_messages
 from lifecycle.runs import RunContext
 from lifecycle.spec import JourneySpec, Step
-from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql
+from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql, shared_ctes
 from lifecycle.stage import stage_table
 
 # Deterministic 0-99 bucket per (journey, customer): the same customer is always in
@@ -126,7 +126,7 @@ def _quarantine_second_enrollments(conn: sa.Connection, spec: JourneySpec, run: 
 
 def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
     """Put the `enrollments` CTE in front of a condition (merging with its own WITH)."""
-    cte = f"enrollments AS ({enrollments_select})"
+    cte = f"enrollments AS ({enrollments_select}){shared_ctes(condition)}"
     # leading comments (the analyst's explanation) may come before the WITH
     match = re.match(r"(?is)^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*with(\s+recursive)?\s", condition)
     if match:
@@ -180,7 +180,7 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
     for rule in spec.exits:
         with engine.begin() as conn:
             active = typed_enrollments(conn, ACTIVE_ENROLLMENTS)
-            extra = materialise_condition(conn, rule.when, active, run.binds(spec), "_exit_hits")
+            extra = materialise_condition(conn, rule.when, active, {**run.binds(spec), **rule.params}, "_exit_hits")
             # The first qualifying event is the one attributed (its order and revenue).
             order = exit_pick_order(extra)
             pick = ", ".join(
@@ -214,7 +214,7 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                     SELECT enrollment_id, exited_at FROM upd
                     """
                 ),
-                {**run.binds(), "status": rule.status, "reason": rule.when},
+                {**run.binds(), "status": rule.status, "reason": rule.reason},
             ).all()
             if rule.channel and exited:
                 conn.execute(
@@ -233,5 +233,5 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                     _issue_coupons(conn, spec, run, Step(
                         name=rule.message_step, after=timedelta(0), channels=(rule.channel,),
                         template=rule.template, max_lateness=spec.max_lateness, coupon=rule.coupon))
-        counts[rule.when] = len(exited)
+        counts[rule.reason] = len(exited)
     return counts
