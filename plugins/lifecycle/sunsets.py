@@ -35,12 +35,11 @@ WITH sunsets AS (
     WHERE s.reason = ANY(CAST(:liftable AS text[])) AND s.lifted_at IS NULL
       AND (CAST(:customer_ids AS text[]) IS NULL OR s.customer_id = ANY(CAST(:customer_ids AS text[])))
 ), signs_of_life AS (
-    -- a non-cancelled order
+    -- an order that counts (lifecycle.orders: not cancelled)
     SELECT su.suppression_id, o.ordered_at AS at, 'ordered' AS why, CAST(o.order_id AS text) AS ref, 1 AS rank
     FROM sunsets su
-    JOIN shop.orders o
+    JOIN lifecycle.orders o
       ON o.customer_id = {order_customer} AND o.ordered_at >= su.since AND o.ordered_at < :as_of
-    WHERE o.status <> 'cancelled'
     UNION ALL
     -- a click on the sunset's channel (provider events; per-message tracking may add the message id)
     SELECT su.suppression_id, ev.occurred_at, 'clicked',
@@ -77,7 +76,7 @@ def lift_sunsets(conn: sa.Connection, as_of: datetime, customer_ids: Sequence[st
     if customer_ids is not None and not customer_ids:
         return 0
     sql = LIFT_SQL.format(
-        order_customer=as_type("su.customer_id", column_type(conn, "shop.orders")),
+        order_customer=as_type("su.customer_id", column_type(conn, "lifecycle.orders")),
         event_customer=as_type("su.customer_id", column_type(conn, "shop.engagement_events")),
     )
     return conn.execute(
