@@ -13,7 +13,7 @@ What it does (see benchmarks/README.md for the figures measured):
    warm-up, then **steady state**: the hour ending at the anchor again.
 
 Each measured run does stage, validate, enroll, exits, plan and batch in this process
-(the calls `lifecycle.runner.run_interval` makes, timed the same way), then sends all
+(the calls `lifecycle.replay.run_interval` makes, timed the same way), then sends all
 batches with `lifecycle.send.send_batch` in a child process ('spawn'), as Airflow runs
 each mapped send task in a process of its own. The child's memory is read from
 /proc/self/status: RSS after its imports and engine are ready, then the peak RSS
@@ -184,8 +184,11 @@ def send_in_child(url: str, lenient: bool, batches: list[dict], smtp_port: int) 
 
 def measured_run(engine, url: str, spec, lenient: bool, end: datetime, smtp_port: int, label: str,
                  peaks: PeakTracker) -> dict:
-    """One interval, stage by stage as lifecycle.runner.run_interval does, send in a child."""
-    from lifecycle import plan, runs, schema, stage, state, validate
+    """One interval, stage by stage as lifecycle.replay.run_interval does, send in a child."""
+    from lifecycle import plan, run_audit, schema, stage, validate
+    from lifecycle.enroll import enroll
+    from lifecycle.exits import evaluate_exits
+    from lifecycle.run_context import RunContext
 
     timings: dict[str, float] = {}
 
@@ -197,20 +200,20 @@ def measured_run(engine, url: str, spec, lenient: bool, end: datetime, smtp_port
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
     peaks.reset()
-    run = runs.RunContext(spec.journey, f"bench_{label}__{end.isoformat()}", "live", end - HOUR, end)
+    run = RunContext(spec.journey, f"bench_{label}__{end.isoformat()}", "live", end - HOUR, end)
     schema.migrate(engine)
-    runs.start_run(engine, run)
+    run_audit.start_run(engine, run)
     selected = timed("stage", stage.stage_segment, engine, spec, run)
     outcome = timed("validate", validate.validate_stage, engine, spec, run)
-    enrolled = timed("enroll", state.enroll, engine, spec, run)
-    exits = timed("exits", state.evaluate_exits, engine, spec, run)
+    enrolled = timed("enroll", enroll, engine, spec, run)
+    exits = timed("exits", evaluate_exits, engine, spec, run)
     planned = timed("plan", plan.plan_due_steps, engine, spec, run)
     batches = timed("batch", plan.assign_batches, engine, spec, run)
     main_peak = proc_status_mb("VmHWM")
     child = send_in_child(url, lenient, batches, smtp_port) if batches else None
     timings["send"] = child["seconds"] if child else 0.0
-    counts = runs.message_counts(engine, run)
-    runs.finish_run(engine, run, "ok", counts)
+    counts = run_audit.message_counts(engine, run)
+    run_audit.finish_run(engine, run, "ok", counts)
     stage.drop_stage(engine, run)
     planned_total = Counter()
     for by_status in planned.values():
@@ -223,7 +226,7 @@ def measured_run(engine, url: str, spec, lenient: bool, end: datetime, smtp_port
 
 
 def warm_up(engine, spec, smtp_port: int, hours: int) -> tuple[float, Counter]:
-    from lifecycle.runner import run_interval
+    from lifecycle.replay import run_interval
 
     sent: Counter[str] = Counter()
     t0 = time.perf_counter()

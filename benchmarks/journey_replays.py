@@ -9,7 +9,7 @@ script measures the same things on demand (see benchmarks/README.md):
    use (600 customers, seed 11, anchor 2026-11-20 UTC) and migrates the lifecycle schema;
 2. per journey, replays the runs its end-to-end test replays (the same interval ends, on a copy
    of that shop: a CREATE DATABASE ... TEMPLATE, as the tests do) through
-   `lifecycle.runner.run_interval`, email to the SMTP server (a journey that also uses SMS or push
+   `lifecycle.replay.run_interval`, email to the SMTP server (a journey that also uses SMS or push
    runs as a dry run: every stage but delivery), and compares the seconds with the
    budget the test used to assert;
 3. parses the dags/ folder with Airflow's DagBag, budget 5 s (was in tests/test_dags.py).
@@ -74,7 +74,7 @@ BUDGETS = {
 def replay(engine, journey: str, every: timedelta, ends: list[datetime], smtp_port: int) -> tuple[float, str]:
     from lifecycle.channels.email import EmailChannel
     from lifecycle.config import SEGMENTS_DIR
-    from lifecycle.runner import run_interval
+    from lifecycle.replay import run_interval
     from lifecycle.spec import load_spec
 
     spec = load_spec(SEGMENTS_DIR / f"{journey}.sql")

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.schema import create_shop_schema
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec

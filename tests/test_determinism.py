@@ -22,14 +22,15 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
+from lifecycle.conditions import with_enrollments_cte
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR
 from lifecycle.determinism import check_sql, mask_comments_and_strings
+from lifecycle.exits import evaluate_exits
 from lifecycle.ids import typed_enrollments
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import SpecError, load_all, load_spec
 from lifecycle.sql import condition_sql, execute_file_sql
 from lifecycle.stage import drop_stage, stage_segment, stage_table
-from lifecycle.state import evaluate_exits, with_enrollments_cte
 
 OLD_WIN_BACK = """
 WITH last_orders AS (
@@ -576,7 +577,7 @@ def test_the_volume_guard_reads_the_same_history_when_two_runs_end_at_once(tied_
 def test_the_exit_pick_compares_digit_ids_as_numbers_in_any_column_type(tied_shop, id_type):
     """Two orders at the same instant with ids 9 and 10: the 9 is credited, whether the condition
     returns the ids as numbers or as text (where '10' < '9' as strings); other text ids by their text."""
-    from lifecycle.state import exit_pick_order
+    from lifecycle.exits import exit_pick_order
 
     engine, anchor, _ids = tied_shop
     hits = [(1, "10", 20), (1, "9", 10), (2, "B-7", 5), (2, "A-8", 6), (3, "12", 1), (3, "X1", 2)]

@@ -12,9 +12,12 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import plan, runs, send, stage, state, validate
+from lifecycle import plan, run_audit, send, stage, validate
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, frequency_caps
+from lifecycle.enroll import enroll
+from lifecycle.exits import evaluate_exits
+from lifecycle.run_context import RunContext
 from lifecycle.spec import load_spec
 
 CART = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
@@ -33,12 +36,12 @@ def shop(shop_db):
 
 
 def run_and_send(engine, spec, end, server) -> None:
-    run = runs.RunContext(spec.journey, f"{spec.journey}-{end:%Y%m%d%H}", "live", end - timedelta(hours=1), end)
-    runs.start_run(engine, run)
+    run = RunContext(spec.journey, f"{spec.journey}-{end:%Y%m%d%H}", "live", end - timedelta(hours=1), end)
+    run_audit.start_run(engine, run)
     stage.stage_segment(engine, spec, run)
     validate.validate_stage(engine, spec, run)
-    state.enroll(engine, spec, run)
-    state.evaluate_exits(engine, spec, run)
+    enroll(engine, spec, run)
+    evaluate_exits(engine, spec, run)
     plan.plan_due_steps(engine, spec, run)
     for batch in plan.assign_batches(engine, spec, run):
         send.send_batch(engine, spec, batch, lambda name: EmailChannel("127.0.0.1", server.port),

@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import runs
+from lifecycle import run_audit
 from lifecycle.cli import main
 from lifecycle.config import SEGMENTS_DIR
+from lifecycle.run_context import RunContext
 from lifecycle.spec import SpecError, discover, load_spec
 from lifecycle.warehouse import airflow_conn_json
 
@@ -152,14 +153,14 @@ def test_a_run_refuses_to_plan_while_an_earlier_interval_of_the_journey_and_mode
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
     hour = timedelta(hours=1)
-    backfill = runs.RunContext("cart_abandonment", "backfill__2026-11-19T20:00:00+00:00", "live",
+    backfill = RunContext("cart_abandonment", "backfill__2026-11-19T20:00:00+00:00", "live",
                                anchor - 4 * hour, anchor - 3 * hour)
-    scheduled = runs.RunContext("cart_abandonment", "scheduled__2026-11-19T23:00:00+00:00", "live",
+    scheduled = RunContext("cart_abandonment", "scheduled__2026-11-19T23:00:00+00:00", "live",
                                 anchor - hour, anchor)
-    runs.start_run(engine, backfill)  # started, never finished (still running, or it died)
+    run_audit.start_run(engine, backfill)  # started, never finished (still running, or it died)
 
-    with pytest.raises(runs.EarlierRunUnfinished) as err:
-        runs.refuse_if_an_earlier_run_is_unfinished(engine, scheduled)
+    with pytest.raises(run_audit.EarlierRunUnfinished) as err:
+        run_audit.refuse_if_an_earlier_run_is_unfinished(engine, scheduled)
     message = str(err.value)
     assert message.startswith(
         "cart_abandonment: not running the interval 2026-11-19T23:00:00+00:00 .. 2026-11-20T00:00:00+00:00 (live, run "
@@ -168,17 +169,17 @@ def test_a_run_refuses_to_plan_while_an_earlier_interval_of_the_journey_and_mode
     assert "is unfinished" in message and "run_id = 'backfill__2026-11-19T20:00:00+00:00'" in message
 
     # Not blocked: the earlier run itself (re-started), an earlier interval, and the other mode.
-    runs.refuse_if_an_earlier_run_is_unfinished(engine, backfill)
-    runs.refuse_if_an_earlier_run_is_unfinished(engine, runs.RunContext(
+    run_audit.refuse_if_an_earlier_run_is_unfinished(engine, backfill)
+    run_audit.refuse_if_an_earlier_run_is_unfinished(engine, RunContext(
         "cart_abandonment", "earlier", "live", anchor - 5 * hour, anchor - 4 * hour))
-    runs.refuse_if_an_earlier_run_is_unfinished(engine, runs.RunContext(
+    run_audit.refuse_if_an_earlier_run_is_unfinished(engine, RunContext(
         "cart_abandonment", "dry-preview", "dry", anchor - hour, anchor))
-    runs.refuse_if_an_earlier_run_is_unfinished(engine, runs.RunContext(
+    run_audit.refuse_if_an_earlier_run_is_unfinished(engine, RunContext(
         "win_back", "other-journey", "live", anchor - hour, anchor))
 
     # Once the earlier run has finished (ok or failed), the later interval goes on.
-    runs.finish_run(engine, backfill, "failed", {})
-    runs.refuse_if_an_earlier_run_is_unfinished(engine, scheduled)
+    run_audit.finish_run(engine, backfill, "failed", {})
+    run_audit.refuse_if_an_earlier_run_is_unfinished(engine, scheduled)
 
 
 def test_a_shipped_copy_keeps_its_other_keys(tmp_path):

@@ -16,11 +16,14 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import plan, runs, send, stage, state, validate
+from lifecycle import plan, run_audit, send, stage, validate
 from lifecycle.channels.base import ChannelUnavailable
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.enroll import enroll
+from lifecycle.exits import evaluate_exits
+from lifecycle.replay import run_interval
+from lifecycle.run_context import RunContext
 from lifecycle.spec import load_spec
 
 SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
@@ -52,12 +55,12 @@ def channel_to(server):
 
 def plan_interval(engine, end, run_id="run-a", spec=LENIENT):
     """Stage → validate → enroll → exits → plan → batches for the hour ending at `end`."""
-    run = runs.RunContext(spec.journey, run_id, "live", end - timedelta(hours=1), end)
-    runs.start_run(engine, run)
+    run = RunContext(spec.journey, run_id, "live", end - timedelta(hours=1), end)
+    run_audit.start_run(engine, run)
     stage.stage_segment(engine, spec, run)
     validate.validate_stage(engine, spec, run)
-    state.enroll(engine, spec, run)
-    state.evaluate_exits(engine, spec, run)
+    enroll(engine, spec, run)
+    evaluate_exits(engine, spec, run)
     plan.plan_due_steps(engine, spec, run)
     return run, plan.assign_batches(engine, spec, run)
 
@@ -281,7 +284,7 @@ def test_messages_on_a_channel_removed_from_the_journey_are_retired_with_a_reaso
     waiting = count_status(engine, "planned")
     sms_only = dataclasses.replace(LENIENT, exits=(), steps=tuple(dataclasses.replace(s, channels=("sms",))
                                                                  for s in LENIENT.steps))
-    run = runs.RunContext(SPEC.journey, "after-edit", "live", anchor, anchor + timedelta(hours=1))
+    run = RunContext(SPEC.journey, "after-edit", "live", anchor, anchor + timedelta(hours=1))
     assert plan.assign_batches(engine, sms_only, run) == []
     with engine.connect() as conn:
         reasons = conn.execute(sa.text("SELECT DISTINCT reason FROM lifecycle.messages WHERE status = 'skipped' "
@@ -303,14 +306,14 @@ def test_an_older_backfill_never_overwrites_a_newer_context(shop):
     customer = planted["cart_recent"].customer_id
 
     def enroll_as_of(as_of, items: int) -> None:
-        run = runs.RunContext(SPEC.journey, f"ctx-{as_of:%d%H}", "live", as_of - timedelta(hours=1), as_of)
+        run = RunContext(SPEC.journey, f"ctx-{as_of:%d%H}", "live", as_of - timedelta(hours=1), as_of)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage.stage_table(run)}")
             conn.execute(sa.text(
                 f"CREATE TABLE {stage.stage_table(run)} AS SELECT 1::bigint AS _row, 'cart-x'::text AS cart_id, "
                 "CAST(:c AS bigint) AS customer_id, CAST(:t AS timestamptz) AS cart_updated_at, "
                 "CAST(:n AS int) AS item_count"), {"c": customer, "t": anchor - timedelta(days=1), "n": items})
-        state.enroll(engine, SPEC, run)
+        enroll(engine, SPEC, run)
 
     def context():
         with engine.connect() as conn:

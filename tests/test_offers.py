@@ -16,7 +16,7 @@ import yaml
 
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.offers import Offer, dated, offers_json, parse_offers
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import SpecError, load_spec
 
 DAY = timedelta(days=1)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from lifecycle import schema
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.spec import SpecError, load_spec
 
 HEADER = """/* ---

@@ -18,7 +18,7 @@ from lifecycle.channels.email import EmailChannel
 from lifecycle.cli import main
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.preview import NotSelected, preview, preview_interval
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 
@@ -40,7 +40,7 @@ def table_counts(engine) -> dict[str, int]:
 def selected_customers(engine, as_of) -> list[str]:
     """The customers win_back selects for the interval ending at as_of, in the preview's order."""
     from lifecycle.preview import selected_rows
-    from lifecycle.runs import RunContext
+    from lifecycle.run_context import RunContext
 
     start, end = preview_interval(WIN_BACK, as_of)
     rows = selected_rows(engine, WIN_BACK, RunContext("win_back", "t", "dry", start, end))

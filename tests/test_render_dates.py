@@ -265,7 +265,7 @@ def plant_deliveries(engine) -> None:
 
 def test_the_review_request_sent_by_the_engine_names_the_local_day(warehouse):
     from lifecycle.channels.email import EmailChannel
-    from lifecycle.runner import run_interval
+    from lifecycle.replay import run_interval
     from lifecycle.smtp_sink import RecordingSMTPServer
     from lifecycle.spec import load_spec
 

@@ -30,10 +30,10 @@ from lifecycle import schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SHOP
 from lifecycle.links import verify_stay_token, verify_unsubscribe_token
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
-from lifecycle.sunsets import lift_sunsets
+from lifecycle.suppression import lift_sunsets
 
 DAY = timedelta(days=1)
 SPEC = load_spec(SEGMENTS_DIR / "win_back.sql")

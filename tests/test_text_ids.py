@@ -30,7 +30,7 @@ from lifecycle import demo_shop, schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR, SQL_DIR
 from lifecycle.links import unsubscribe_token, verify_unsubscribe_token
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 

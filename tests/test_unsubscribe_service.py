@@ -32,7 +32,7 @@ from cryptography.fernet import Fernet
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.links import stay_token, unsubscribe_token
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.warehouse import airflow_conn_json
 
@@ -352,7 +352,7 @@ def test_stay_and_unsubscribe_tokens_cannot_stand_in_for_each_other(no_choices, 
 def test_an_unsubscribe_supersedes_a_sunset_so_an_order_cannot_lift_it(no_choices, service):
     """An unsubscribe on top of an active sunset closes the sunset (history) and is recorded
     itself: the order that would have lifted the sunset leaves the unsubscribe in force."""
-    from lifecycle.sunsets import lift_sunsets
+    from lifecycle.suppression import lift_sunsets
 
     engine = no_choices[0]
     who = customer(engine, 6)

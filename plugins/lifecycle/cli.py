@@ -159,7 +159,7 @@ class _Warehouse:
 def _literal_sql(spec, cursor) -> tuple[str, list[tuple[int, int, int]]]:
     """spec.sql with each bound parameter as the literal the driver would send (this hour's
     values), and the pieces (statement offset, sql offset, length) to map a position back."""
-    from lifecycle.runs import RunContext
+    from lifecycle.run_context import RunContext
     from lifecycle.spec import BIND
 
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID, WAREHOUSE_CONN_ID
+from lifecycle.config import SEGMENTS_DIR, SMTP_CONN_ID
 from lifecycle.mailbox import MAILBOX_DAG_ID, MAILDIR_ENV, build_mailbox_dag
+from lifecycle.model import Batch, Kind, Mode
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
+from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ DEFAULT_ARGS = {"owner": "lifecycle", "retries": 3, "retry_delay": timedelta(min
 
 
 def pool_for(kind: str, channel: str) -> str:
-    return "lifecycle_transactional" if kind == "transactional" else f"lifecycle_{channel}"
+    return "lifecycle_transactional" if kind == Kind.TRANSACTIONAL else f"lifecycle_{channel}"
 
 
 def channel_factory(name: str):
@@ -68,9 +70,6 @@ def fan_out(planned, channel: str, kind: str, specs: dict[str, JourneySpec], key
 def sender_clock(as_of: str):
     """The wall clock, or, with LIFECYCLE_CLOCK=as_of (the demo and simulations), the run's as_of:
     replaying the past as if each run had happened on time."""
-    import os
-    from datetime import UTC, datetime
-
     if os.environ.get("LIFECYCLE_CLOCK") == "as_of":
         fixed = datetime.fromisoformat(as_of)
         return lambda: fixed
@@ -82,13 +81,13 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
 
     @task(task_id=f"send_{key or channel}", pool=pool_for(kind, channel), retry_delay=timedelta(seconds=30),
           max_active_tis_per_dagrun=4)
-    def send(batch: dict) -> dict:
+    def send(batch: Batch) -> dict:
         from lifecycle.send import send_batch
         from lifecycle.tasklog import batch_line
 
-        engine = _engine()
+        engine = task_engine()
         counts = send_batch(engine, specs[batch["journey"]], batch, channel_factory,
-                            dry_run=batch["mode"] == "dry", clock=sender_clock(batch["as_of"]))
+                            dry_run=batch["mode"] == Mode.DRY, clock=sender_clock(batch["as_of"]))
         log.info("%s", batch_line(engine, batch, counts))
         return counts
 
@@ -97,12 +96,6 @@ def make_send_task(channel: str, kind: str, specs: dict[str, JourneySpec], key: 
 
 def journey_asset(journey: str) -> Asset:
     return Asset(name=f"lifecycle_{journey}_runs", uri=f"lifecycle://runs/{journey}")
-
-
-def _engine():
-    from lifecycle.warehouse import airflow_warehouse_engine
-
-    return airflow_warehouse_engine(WAREHOUSE_CONN_ID)
 
 
 def _run_switch(name: str) -> bool:
@@ -137,14 +130,14 @@ def _cli_date(moment) -> str:
     return moment.date().isoformat() if moment.time() == moment.min.time() else moment.isoformat()
 
 
-def _run_mode(spec: JourneySpec) -> str:
+def _run_mode(spec: JourneySpec) -> Mode:
     """'dry' for a draft journey (every run records what it would send, delivers nothing) and for
     a run asked to be dry (`{"dry_run": true}`); otherwise 'live'."""
-    return "dry" if spec.status == "draft" or _run_switch("dry_run") else "live"
+    return Mode.DRY if spec.status == "draft" or _run_switch("dry_run") else Mode.LIVE
 
 
 def _run_context(spec: JourneySpec):
-    from lifecycle.runs import RunContext
+    from lifecycle.run_context import RunContext
 
     ctx = get_current_context()
     if ctx.get("data_interval_start") is None:  # Airflow 3 manual triggers default to no logical date
@@ -202,11 +195,11 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
     def journey():
         @task
         def start_run() -> dict:
-            from lifecycle.runs import refuse_if_an_earlier_run_is_unfinished
-            from lifecycle.runs import start_run as record_start
+            from lifecycle.run_audit import refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.run_audit import start_run as record_start
             from lifecycle.schema import migrate
 
-            engine, run = _engine(), _run_context(spec)
+            engine, run = task_engine(), _run_context(spec)
             migrate(engine)
             refuse_if_an_earlier_run_is_unfinished(engine, run)
             record_start(engine, run)
@@ -216,10 +209,10 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
         @task
         def stage_segment(run: dict) -> int:
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
             from lifecycle.stage import stage_segment as stage
 
-            rows = stage(_engine(), spec, RunContext.from_xcom(run))
+            rows = stage(task_engine(), spec, RunContext.from_xcom(run))
             log.info("segment selected %d rows", rows)
             return rows
 
@@ -227,13 +220,13 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
         def validate(run: dict, rows_selected: int) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import validation_line
             from lifecycle.validate import VolumeHeld, validate_stage
 
             approve = _run_switch("approve_volume")
             try:
-                outcome = validate_stage(_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
+                outcome = validate_stage(task_engine(), spec, RunContext.from_xcom(run), approve_volume=approve).to_xcom()
             except VolumeHeld as exc:
                 if exc.outcome:
                     log.info("%s", validation_line(exc.outcome))
@@ -243,31 +236,32 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
 
         @task
         def enroll(run: dict, validation: dict) -> dict:
-            from lifecycle.runs import RunContext
-            from lifecycle.state import enroll as upsert
+            from lifecycle.enroll import enroll as upsert
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import mapping_line
 
-            counts = upsert(_engine(), spec, RunContext.from_xcom(run))
+            counts = upsert(task_engine(), spec, RunContext.from_xcom(run))
             log.info("%s", mapping_line("enrollments", counts))
             return counts
 
         @task
         def evaluate_exits(run: dict, enrolled: dict) -> dict:
-            from lifecycle.runs import RunContext
-            from lifecycle.state import evaluate_exits as exits
+            from lifecycle.exits import evaluate_exits as exits
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import mapping_line
 
-            counts = exits(_engine(), spec, RunContext.from_xcom(run))
+            counts = exits(task_engine(), spec, RunContext.from_xcom(run))
             log.info("%s", mapping_line("exits", counts))
             return counts
 
         @task
         def plan_messages(run: dict, exited: dict) -> dict[str, list[dict]]:
             from lifecycle.plan import assign_batches, by_channel, plan_due_steps
-            from lifecycle.runs import RunContext, refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.run_audit import refuse_if_an_earlier_run_is_unfinished
+            from lifecycle.run_context import RunContext
             from lifecycle.tasklog import plan_line
 
-            engine, ctx = _engine(), RunContext.from_xcom(run)
+            engine, ctx = task_engine(), RunContext.from_xcom(run)
             refuse_if_an_earlier_run_is_unfinished(engine, ctx)  # one may have started since start_run
             plan_due_steps(engine, spec, ctx)
             now = sender_clock(ctx.as_of.isoformat())()
@@ -281,25 +275,26 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             after planning, which is where finished enrollments complete."""
             from lifecycle.audiences import MetaAudienceClient
             from lifecycle.audiences import sync_audience as sync
-            from lifecycle.runs import RunContext
+            from lifecycle.run_context import RunContext
 
             ctx = RunContext.from_xcom(run)
-            if ctx.mode == "dry":
+            if ctx.mode == Mode.DRY:
                 return {"skipped": "dry run: audiences are not changed"}
-            return sync(_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
+            return sync(task_engine(), spec.journey, spec.audience_id, MetaAudienceClient.from_airflow())
 
         @task(trigger_rule="all_done", outlets=[journey_asset(spec.journey)])
         def summarize(run: dict | None) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from lifecycle.runs import RunContext, finish_run, message_counts
+            from lifecycle.run_audit import finish_run, message_counts
+            from lifecycle.run_context import RunContext
             from lifecycle.stage import drop_stage
             from lifecycle.tasklog import mapping_line
 
             if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
                 raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
             ctx = get_current_context()
-            engine, r = _engine(), RunContext.from_xcom(run)
+            engine, r = task_engine(), RunContext.from_xcom(run)
             failed = _failed_tasks(ctx)
             counts = message_counts(engine, r)
             finish_run(engine, r, "failed" if failed else "ok", counts,
@@ -399,7 +394,7 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
                 run = _dispatch_context(journey, ctx)
                 now = sender_clock(run.as_of.isoformat())()
                 batches[by_journey[journey].kind] += assign_batches(
-                    _engine(), by_journey[journey], run, only_waiting=True, now=now)
+                    task_engine(), by_journey[journey], run, only_waiting=True, now=now)
             waiting = by_channel(batches["marketing"], channels)
             for channel, found in by_channel(batches["transactional"], transactional).items():
                 waiting[f"transactional_{channel}"] = found
@@ -416,9 +411,9 @@ def build_dispatch_dag(specs: list[JourneySpec]) -> DAG:
 
 
 def _dispatch_context(journey: str, ctx):
-    from lifecycle.runs import RunContext
+    from lifecycle.run_context import RunContext
 
-    return RunContext(journey, ctx["run_id"], "live", ctx["data_interval_start"], ctx["data_interval_end"])
+    return RunContext(journey, ctx["run_id"], Mode.LIVE, ctx["data_interval_start"], ctx["data_interval_end"])
 
 
 def build_dags(segments_dir: Path = SEGMENTS_DIR) -> dict[str, DAG]:

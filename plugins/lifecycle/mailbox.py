@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from lifecycle.config import SHOP
 from lifecycle.links import verify_unsubscribe_token
+from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,9 @@ def _about_original(msg: Message, finding: Finding) -> Finding:
 def record(conn: sa.Connection, finding: Finding) -> bool | None:
     """Write the finding's suppression: True if new, False if one was already active, None when
     it names no customer (a returned message not in lifecycle.messages)."""
-    from lifecycle.send import record_suppression
-    from lifecycle.unsubscribe_service import record_unsubscribe
+    # Imported here, not at the top: dag_factory imports this module while parsing DAG files,
+    # which must not load the engine (its SQL files included).
+    from lifecycle.suppression import record_suppression, record_unsubscribe
 
     if finding.subject is None:
         return None
@@ -292,9 +294,7 @@ def build_mailbox_dag():
     def mailbox():
         @task(retries=2, retry_delay=timedelta(minutes=1))
         def read_mailbox() -> dict:
-            from lifecycle.dag_factory import _engine
-
-            report = read_maildir(os.environ[MAILDIR_ENV], _engine())
+            report = read_maildir(os.environ[MAILDIR_ENV], task_engine())
             return {"unsubscribes": report.unsubscribes, "hard_bounces": report.hard_bounces,
                     "complaints": report.complaints, "already_suppressed": report.already_suppressed,
                     "ignored": report.ignored, "unusable": report.unusable}

@@ -14,13 +14,18 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.conditions import materialise_condition
+from lifecycle.coupons import issue_coupons
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids, typed_enrollments
-from lifecycle.runs import RunContext
+from lifecycle.model import Batch, Kind, MessageStatus, Mode
+from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec, Step
-from lifecycle.sunsets import lift_sunsets
+from lifecycle.sql import query
+from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, start_sunset
 
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024) at any segment size
 STALE_CLAIM = timedelta(hours=1)
+ADVANCE_ENROLLMENTS_SQL = query("advance_enrollments")
 
 
 def insert_messages(
@@ -36,8 +41,8 @@ def insert_messages(
 ) -> list[tuple[int, str]]:
     """Insert one message per candidate row (enrollment_id, enrollment_key, customer_id, holdout,
     due_at, skip_reason, channel); rows whose key exists are left alone. Returns (message_id, status)."""
-    done = "'dry_run'" if run.mode == "dry" else "'sent'"
-    ready = done if action else "'planned'"  # an action is carried out as it is planned
+    done = f"'{MessageStatus.DRY_RUN}'" if run.mode == Mode.DRY else f"'{MessageStatus.SENT}'"
+    ready = done if action else f"'{MessageStatus.PLANNED}'"  # an action is carried out as it is planned
     rows = conn.execute(
         sa.text(
             f"""
@@ -75,27 +80,11 @@ def insert_messages(
             "action_reason": f"action: {action}" if action else None,
         },
     ).all()
-    if action == "suppress" and run.mode == "live":
+    if action == "suppress" and run.mode == Mode.LIVE:
         for channel in {r.channel for r in rows}:
-            _suppress(conn, spec, run, channel,
-                      [r.customer_id for r in rows if r.status == "sent" and r.channel == channel])
+            start_sunset(conn, [r.customer_id for r in rows if r.status == "sent" and r.channel == channel],
+                         channel, spec.journey, run.as_of)
     return [(r.message_id, r.status) for r in rows]
-
-
-def _suppress(conn: sa.Connection, spec: JourneySpec, run: RunContext, channel: str, customer_ids: list[str]) -> None:
-    """A sunset ('no_response'), dated the run's as_of: an order or click after it lifts it
-    (lifecycle.sunsets), also in a replay of the past. An active suppression is left as it is."""
-    if customer_ids:
-        conn.execute(
-            sa.text(
-                """
-                INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since)
-                SELECT unnest(CAST(:ids AS text[])), :channel, 'no_response', :journey, :as_of
-                ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
-                """
-            ),
-            {"ids": customer_ids, "channel": channel, "journey": spec.journey, "as_of": run.as_of},
-        )
 
 
 def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
@@ -109,9 +98,7 @@ def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
         "push": f"EXISTS (SELECT 1 FROM lifecycle.push_subscriptions ps WHERE ps.customer_id = {ids[PUSH_SUBSCRIPTIONS]} "
                 "AND ps.revoked_at IS NULL)",
     }[channel]
-    if kind == "transactional":  # no consent needed; only an address-level suppression stops it
-        from lifecycle.send import BLOCKS_TRANSACTIONAL
-
+    if kind == Kind.TRANSACTIONAL:  # no consent needed; only an address-level suppression stops it
         reasons = ", ".join(f"'{r}'" for r in BLOCKS_TRANSACTIONAL)
         return (f"{address} AND NOT EXISTS (SELECT 1 FROM lifecycle.suppressions x WHERE x.customer_id = "
                 f"c.customer_id AND x.channel = '{channel}' AND x.lifted_at IS NULL AND x.reason IN ({reasons}))")
@@ -155,8 +142,6 @@ def _due_candidates(conn: sa.Connection, spec: JourneySpec, run: RunContext, ste
 
 def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
     """Mark candidates whose `when` condition fails (or `unless` holds) with a skip reason."""
-    from lifecycle.state import materialise_condition
-
     scope = typed_enrollments(conn, "FROM lifecycle.enrollments e JOIN _due USING (enrollment_id)")
     for name, holds_means_skip in ((step.when, False), (step.unless, True)):
         if not name:
@@ -169,32 +154,6 @@ def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunConte
             sa.text(f"UPDATE _due SET skip_reason = :reason WHERE skip_reason IS NULL AND {test}"),
             {"reason": reason},
         )
-
-
-def _issue_coupons(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
-    """One unguessable code per planned message of a coupon step (idempotent per enrollment+step).
-    `coupon.product` names the context column whose product the code is limited to."""
-    conn.execute(
-        sa.text(
-            """
-            INSERT INTO lifecycle.coupons
-                (code, journey, mode, enrollment_id, step, customer_id, percent_off, valid_from, valid_until,
-                 product_id)
-            SELECT :code_prefix || upper(substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)),
-                   m.journey, m.mode, m.enrollment_id, m.step, m.customer_id, :pct,
-                   m.due_at, m.due_at + make_interval(days => :days),
-                   e.context ->> CAST(:product_column AS text)  -- the id as text, whatever its type in the shop
-            FROM lifecycle.messages m
-            JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
-            WHERE m.journey = :journey AND m.mode = :mode AND m.step = :step
-              AND m.planned_run_id = :run_id AND m.status IN ('planned', 'dry_run')
-            ON CONFLICT DO NOTHING
-            """
-        ),
-        {**run.binds(), "run_id": run.run_id, "step": step.name, "pct": step.coupon.percent_off,
-         "days": step.coupon.valid_days, "code_prefix": step.coupon.prefix or spec.journey[:2].upper() + "-",
-         "product_column": step.coupon.product},
-    )
 
 
 def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, dict[str, int]]:
@@ -212,7 +171,7 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 lateness=step.max_lateness, action=step.action,
             )
             if step.coupon:
-                _issue_coupons(conn, spec, run, step)
+                issue_coupons(conn, run, step.name, step.coupon)
         by_status: dict[str, int] = {}
         for _, status in rows:
             by_status[status] = by_status.get(status, 0) + 1
@@ -226,39 +185,7 @@ def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> 
     last_after = spec.steps[-1].after
     with engine.begin() as conn:
         conn.execute(
-            sa.text(
-                """
-                WITH steps AS (
-                    SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
-                           AS s(ord, name, after_s)
-                ), progress AS (
-                    SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at,
-                           (SELECT m.step FROM lifecycle.messages m WHERE m.enrollment_id = e.enrollment_id
-                            ORDER BY m.due_at DESC, m.message_id DESC LIMIT 1) AS current_step
-                    FROM lifecycle.enrollments e
-                    LEFT JOIN LATERAL (
-                        SELECT s.name, e.entered_at + make_interval(secs => s.after_s) AS due
-                        FROM steps s
-                        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.messages m
-                                          WHERE m.enrollment_id = e.enrollment_id AND m.step = s.name)
-                        ORDER BY s.ord LIMIT 1
-                    ) nx ON true
-                    WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
-                )
-                UPDATE lifecycle.enrollments e
-                   SET next_step = p.next_step, next_due_at = p.next_due_at, current_step = p.current_step,
-                       status = CASE WHEN p.next_step IS NULL
-                                      AND e.entered_at + make_interval(secs => :done_after) <= :as_of
-                                     THEN 'completed' ELSE e.status END,
-                       updated_at = now()
-                  FROM progress p
-                 WHERE e.enrollment_id = p.enrollment_id
-                   AND ((e.next_step, e.next_due_at, e.current_step)
-                            IS DISTINCT FROM (p.next_step, p.next_due_at, p.current_step)
-                        OR (p.next_step IS NULL
-                            AND e.entered_at + make_interval(secs => :done_after) <= :as_of))
-                """
-            ),
+            sa.text(ADVANCE_ENROLLMENTS_SQL),
             {
                 **run.binds(),
                 "ords": list(range(len(spec.steps))),
@@ -279,7 +206,7 @@ LEFT_BEHIND = " AND (not_before IS NOT NULL OR run_id IS NULL OR planned_for < :
 
 def assign_batches(
     engine: Engine, spec: JourneySpec, run: RunContext, *, only_waiting: bool = False, now: datetime | None = None
-) -> list[dict]:
+) -> list[Batch]:
     """Give this run the journey's open messages, cut into single-channel batches; return
     descriptors {journey, run_id, mode, channel, batch, size}.
 
@@ -323,13 +250,13 @@ def assign_batches(
             {**run.binds(), "run_id": run.run_id},
         ).all()
     return [
-        {"journey": run.journey, "run_id": run.run_id, "mode": run.mode, "channel": r.channel,
-         "batch": r.batch_no, "size": r.n, "as_of": run.as_of.isoformat()}
+        Batch(journey=run.journey, run_id=run.run_id, mode=str(run.mode), channel=r.channel,
+              batch=r.batch_no, size=r.n, as_of=run.as_of.isoformat())
         for r in rows
     ]
 
 
-def by_channel(batches: list[dict], channels) -> dict[str, list[dict]]:
+def by_channel(batches: list[Batch], channels) -> dict[str, list[Batch]]:
     """Descriptors grouped per channel (every channel present, maybe empty): one mapped send
     task per channel, each in its own pool."""
     return {channel: [b for b in batches if b["channel"] == channel] for channel in sorted(channels)}

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lifecycle.runs import RunContext
+from lifecycle.run_context import RunContext
 from lifecycle.spec import Coupon, JourneySpec
 from lifecycle.sql import execute_file_sql
 

@@ -23,24 +23,26 @@ from sqlalchemy.engine import Engine
 from lifecycle.channels.base import Channel, ChannelUnavailable, Outcome
 from lifecycle.config import SHOP
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
+from lifecycle.model import Batch, MessageStatus
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
+from lifecycle.sql import query
+from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, record_suppression
 from lifecycle.validate import EMAIL_REGEX
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-# Suppression reasons that stop transactional messages (order confirmations, shipping notices)
-# too: the address itself is unusable or its owner reported us as spam. Every other reason
-# (unsubscribe, a journey's no_response sunset, ...) is a marketing opt-out only. For SMS, a
-# carrier-level STOP (provider_opt_out) refuses every text from our number anyway.
-BLOCKS_TRANSACTIONAL = ("hard_bounce", "complaint", "provider_opt_out")
+# The batch's long static statements, in include/sql/lifecycle/queries/.
+SEND_TIME_CHECKS_SQL = query("send_time_checks")
+FREQUENCY_CAP_SQL = query("frequency_cap")
+LOAD_BATCH_SQL = query("load_batch")
 
 
 class RetryBatch(RuntimeError):
     """Some messages hit transient errors and went back to planned: retry the task."""
 
 
-def _batch_binds(batch: dict) -> dict:
+def _batch_binds(batch: Batch) -> dict:
     return {"journey": batch["journey"], "run_id": batch["run_id"], "batch": batch["batch"],
             "channel": batch.get("channel", "email")}
 
@@ -82,7 +84,12 @@ class Defer(Exception):
         self.until = until
 
 
-def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
+def _id_placeholders(ids: dict[str, str]) -> dict[str, str]:
+    """The customer id expressions of shop_ids under the names the query files use."""
+    return {"contacts_id": ids[CONTACTS], "consent_id": ids[CONSENT], "push_id": ids[PUSH_SUBSCRIPTIONS]}
+
+
+def reconcile_unconfirmed(conn: sa.Connection, batch: Batch) -> int:
     """Rows this batch left claimed in an earlier attempt that died: record, never re-send."""
     return conn.execute(
         sa.text(
@@ -98,69 +105,21 @@ def reconcile_unconfirmed(conn: sa.Connection, batch: dict) -> int:
     ).rowcount
 
 
-def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: dict, now: datetime) -> int:
+def apply_send_time_checks(conn: sa.Connection, spec: JourneySpec, batch: Batch, now: datetime) -> int:
     """Consent, suppressions, enrollment state, lateness and address, checked now, not at planning."""
     exit_steps = [e.message_step for e in spec.exits if e.message_step]
     _lift_returning_customers(conn, batch, now)
     ids = shop_ids(conn, "m2.customer_id")  # the message's text id in each contact view's type
     return conn.execute(
-        sa.text(
-            f"""
-            UPDATE lifecycle.messages m
-               SET status = v.status, reason = v.reason, updated_at = now()
-              FROM (
-                SELECT m2.message_id,
-                       CASE WHEN e.status IN ('converted', 'exited', 'expired')
-                                 AND NOT (m2.step = ANY(CAST(:exit_steps AS text[]))) THEN 'skipped'
-                            WHEN m2.expires_at < :now THEN 'expired'
-                            WHEN s.customer_id IS NOT NULL
-                                 AND (m2.kind = 'marketing' OR s.reason = ANY(CAST(:blocks_transactional AS text[])))
-                                 THEN 'suppressed'
-                            WHEN m2.kind = 'marketing' AND coalesce(cs.opted_in, false) = false THEN 'suppressed'
-                            WHEN m2.channel = 'email' AND (ct.email IS NULL OR ct.email !~ :email_regex)
-                                 THEN 'skipped'
-                            WHEN m2.channel = 'sms' AND nullif(trim(ct.phone), '') IS NULL THEN 'skipped'
-                            WHEN m2.channel = 'push' AND NOT EXISTS (
-                                 SELECT 1 FROM lifecycle.push_subscriptions ps
-                                 WHERE ps.customer_id = {ids[PUSH_SUBSCRIPTIONS]} AND ps.revoked_at IS NULL) THEN 'skipped'
-                       END AS status,
-                       CASE WHEN e.status IN ('converted', 'exited', 'expired')
-                                 AND NOT (m2.step = ANY(CAST(:exit_steps AS text[])))
-                                 THEN 'enrollment ' || e.status || coalesce(' (' || e.exit_reason || ')', '')
-                            WHEN m2.expires_at < :now
-                                 THEN 'late: not sent by ' || to_char(m2.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
-                                      || ' UTC (due ' || to_char(m2.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ')'
-                            WHEN s.customer_id IS NOT NULL
-                                 AND (m2.kind = 'marketing' OR s.reason = ANY(CAST(:blocks_transactional AS text[])))
-                                 THEN 'suppressed: ' || s.reason
-                            WHEN m2.kind = 'marketing' AND cs.customer_id IS NULL THEN 'no consent'
-                            WHEN m2.kind = 'marketing' AND NOT cs.opted_in THEN 'consent withdrawn'
-                            WHEN m2.channel = 'sms' THEN 'missing phone'
-                            WHEN m2.channel = 'push' THEN 'no live push subscription'
-                            ELSE 'invalid address'
-                       END AS reason
-                FROM lifecycle.messages m2
-                JOIN lifecycle.enrollments e ON e.enrollment_id = m2.enrollment_id
-                LEFT JOIN lifecycle.suppressions s ON s.customer_id = m2.customer_id AND s.channel = m2.channel
-                                                   AND s.lifted_at IS NULL
-                LEFT JOIN lifecycle.consent cs ON cs.customer_id = {ids[CONSENT]} AND cs.channel = m2.channel
-                LEFT JOIN lifecycle.contacts ct ON ct.customer_id = {ids[CONTACTS]}
-                WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.channel = :channel
-                  AND m2.batch_no = :batch AND m2.status = 'planned'
-              ) v
-             WHERE m.message_id = v.message_id AND v.status IS NOT NULL
-            """
-        ),
+        sa.text(SEND_TIME_CHECKS_SQL.format(**_id_placeholders(ids))),
         {**_batch_binds(batch), "exit_steps": exit_steps, "email_regex": EMAIL_REGEX, "now": now,
          "blocks_transactional": list(BLOCKS_TRANSACTIONAL)},
     ).rowcount
 
 
-def _lift_returning_customers(conn: sa.Connection, batch: dict, now: datetime) -> None:
+def _lift_returning_customers(conn: sa.Connection, batch: Batch, now: datetime) -> None:
     """End the sunsets of this batch's recipients who came back (ordered, clicked) before the
     run's as_of (the sender's clock when the batch has none): their messages then go out."""
-    from lifecycle.sunsets import lift_sunsets
-
     customers = conn.execute(
         sa.text("SELECT DISTINCT customer_id FROM lifecycle.messages WHERE journey = :journey AND run_id = :run_id "
                 "AND channel = :channel AND batch_no = :batch AND status = 'planned'"),
@@ -170,7 +129,7 @@ def _lift_returning_customers(conn: sa.Connection, batch: dict, now: datetime) -
     lift_sunsets(conn, min(as_of, now), customers)
 
 
-def apply_frequency_cap(conn: sa.Connection, batch: dict, now: datetime) -> int:
+def apply_frequency_cap(conn: sa.Connection, batch: Batch, now: datetime) -> int:
     """At most N marketing messages per customer and channel in a rolling window, across all
     journeys (LIFECYCLE_FREQUENCY_CAPS). Counts what was sent in the window plus this batch's
     earlier messages to the same customer; the rest are suppressed with the cap as reason.
@@ -183,25 +142,7 @@ def apply_frequency_cap(conn: sa.Connection, batch: dict, now: datetime) -> int:
         return 0
     limit, window = cap
     return conn.execute(
-        sa.text(
-            """
-            UPDATE lifecycle.messages m
-               SET status = 'suppressed', reason = :reason, updated_at = now()
-              FROM (
-                SELECT m2.message_id,
-                       row_number() OVER (PARTITION BY m2.customer_id ORDER BY m2.due_at, m2.message_id)
-                       + (SELECT count(*) FROM lifecycle.messages x
-                          WHERE x.customer_id = m2.customer_id AND x.channel = m2.channel
-                            AND x.mode = m2.mode AND x.kind = 'marketing' AND x.status = 'sent'
-                            AND x.sent_at > CAST(:now AS timestamptz) - make_interval(secs => :window)
-                            AND x.sent_at <= :now) AS nth
-                FROM lifecycle.messages m2
-                WHERE m2.journey = :journey AND m2.run_id = :run_id AND m2.channel = :channel
-                  AND m2.batch_no = :batch AND m2.status = 'planned' AND m2.kind = 'marketing'
-              ) v
-             WHERE m.message_id = v.message_id AND v.nth > :limit
-            """
-        ),
+        sa.text(FREQUENCY_CAP_SQL),
         {**_batch_binds(batch), "now": now, "limit": limit, "window": window.total_seconds(),
          "reason": f"frequency cap: at most {limit} marketing {batch.get('channel', 'email')} "
                    f"per {_span(window)} per customer"},
@@ -213,33 +154,11 @@ def _span(window) -> str:
     return f"{hours:g}h" if hours < 24 or hours % 24 else f"{hours / 24:g}d"
 
 
-def load_batch(conn: sa.Connection, batch: dict) -> list[Any]:
+def load_batch(conn: sa.Connection, batch: Batch) -> list[Any]:
     """Everything needed to render the batch's planned messages (bounded by the batch size)."""
     ids = shop_ids(conn, "m.customer_id")
     return conn.execute(
-        sa.text(
-            f"""
-            SELECT m.message_id, m.idempotency_key, m.journey, m.step, m.channel, m.template, m.kind,
-                   m.customer_id, e.enrollment_key, e.context, ct.email, ct.phone, ct.first_name,
-                   ct.last_name, ct.locale, ct.country, ct.timezone, cp.code AS coupon_code, cp.percent_off,
-                   cp.valid_until, ps.endpoint, ps.p256dh, ps.auth
-            FROM lifecycle.messages m
-            JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
-            LEFT JOIN lifecycle.contacts ct ON ct.customer_id = {ids[CONTACTS]}
-            LEFT JOIN LATERAL (
-                SELECT c.code, c.percent_off, c.valid_until FROM lifecycle.coupons c
-                WHERE c.enrollment_id = m.enrollment_id ORDER BY c.created_at DESC, c.valid_from DESC, c.code LIMIT 1
-            ) cp ON true
-            LEFT JOIN LATERAL (  -- the newest live push subscription (push batches only)
-                SELECT p.endpoint, p.p256dh, p.auth FROM lifecycle.push_subscriptions p
-                WHERE m.channel = 'push' AND p.customer_id = {ids[PUSH_SUBSCRIPTIONS]} AND p.revoked_at IS NULL
-                ORDER BY p.created_at DESC, p.subscription_id DESC LIMIT 1
-            ) ps ON true
-            WHERE m.journey = :journey AND m.run_id = :run_id AND m.channel = :channel AND m.batch_no = :batch
-              AND m.status = 'planned'
-            ORDER BY m.due_at, m.message_id  -- in the order they came due: an order's confirmation before its shipping notice
-            """
-        ),
+        sa.text(LOAD_BATCH_SQL.format(**_id_placeholders(ids))),
         _batch_binds(batch),
     ).all()
 
@@ -359,7 +278,8 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
          journey: str, next_channel: str | None = None, sent_at: datetime | None = None) -> str:
     """Record the outcome of a claimed message; return the status it ends in. `sent_at` is the
     sender's clock (the wall clock in production, the simulated time in a replay of the past)."""
-    status = {"sent": "sent", "failed": "failed", "unknown": "failed", "retry": "planned"}[outcome.status]
+    status = {"sent": MessageStatus.SENT, "failed": MessageStatus.FAILED, "unknown": MessageStatus.FAILED,
+              "retry": MessageStatus.PLANNED}[outcome.status]
     reason = outcome.reason
     if outcome.status == "unknown":
         reason = f"outcome unknown: {reason}"
@@ -398,22 +318,6 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
     return status
 
 
-def record_suppression(conn: sa.Connection, customer_id: str, channel: str, reason: str, source: str) -> bool:
-    """One suppression per (customer, channel). A blocking reason (hard bounce, complaint) replaces
-    a marketing-only one (say, of an order confirmation to someone who had unsubscribed): otherwise
-    it would be lost and transactional mail would keep going to a dead address. True when written."""
-    return conn.execute(
-        sa.text(
-            "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source) "
-            "VALUES (:c, :ch, :r, :src) ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO UPDATE "
-            "SET reason = EXCLUDED.reason, source = EXCLUDED.source, since = now() "
-            "WHERE EXCLUDED.reason = ANY(CAST(:blocking AS text[])) "
-            "AND lifecycle.suppressions.reason <> ALL(CAST(:blocking AS text[]))"
-        ),
-        {"c": customer_id, "ch": channel, "r": reason, "src": source, "blocking": list(BLOCKS_TRANSACTIONAL)},
-    ).rowcount == 1
-
-
 def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) -> None:
     """Plan the same step on the journey's next channel; the next run (or the dispatcher)
     sends it after the usual send-time checks."""
@@ -448,7 +352,7 @@ def _release(engine: Engine, message_id: int, token: str) -> None:
 def send_batch(
     engine: Engine,
     spec: JourneySpec,
-    batch: dict,
+    batch: Batch,
     channel_for: Callable[[str], Channel],
     *,
     dry_run: bool = False,

@@ -31,6 +31,7 @@ import yaml
 
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
 from lifecycle.determinism import check_sql as check_ties
+from lifecycle.model import Kind
 
 HEADER = re.compile(r"\A\s*/\*\s*---\s*\n(?P<yaml>.*?)\n\s*---\s*\*/(?P<sql>.*)\Z", re.S)
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -396,10 +397,10 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
     if not isinstance(schedule, str) or schedule not in SCHEDULES:
         c.add(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
         schedule = "daily"
-    kind = h.get("kind", "marketing")
-    if not isinstance(kind, str) or kind not in ("marketing", "transactional"):
+    kind = h.get("kind", Kind.MARKETING.value)  # kept a plain str: it goes into DAG tags
+    if not isinstance(kind, str) or kind not in set(Kind):
         c.add(f"kind: must be marketing or transactional, got {kind!r}")
-        kind = "marketing"
+        kind = Kind.MARKETING.value
     description = c.text("description", h.get("description"), "")
     owner = c.text("owner", h.get("owner"), "analytics")
     tags = c.words("tags", h.get("tags"))
@@ -426,7 +427,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
     if not isinstance(holdout, (int, float)) or not 0 <= holdout < 100:
         c.add(f"holdout_percent: must be a number from 0 to 99, got {holdout!r}")
         holdout = 0
-    if kind == "transactional" and holdout:
+    if kind == Kind.TRANSACTIONAL and holdout:
         # An order confirmation must reach every customer: no one is held out to measure lift.
         c.add(f"holdout_percent: a transactional journey never holds anyone out (got {holdout!r}); remove the key")
         holdout = 0

@@ -1,4 +1,5 @@
-"""Running analyst SQL: bound parameters only, and errors that name the file."""
+"""SQL from files: the analysts' (bound parameters only, errors that name the file) and the
+engine's own static statements (`query`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from lifecycle.config import CONDITIONS_DIR
+from lifecycle.config import CONDITIONS_DIR, SQL_DIR
 from lifecycle.spec import bind_names, file_params
+
+# The engine's static statements, one per file next to the migrations. Modules read theirs once,
+# at import, into constants; statements assembled from fragments at run time stay inline.
+QUERIES_DIR = SQL_DIR / "lifecycle" / "queries"
+
+
+def query(name: str) -> str:
+    """The text of `include/sql/lifecycle/queries/<name>.sql`. `{name}` placeholders in it are
+    SQL fragments the caller fills in with str.format (e.g. an id cast to the shop's type)."""
+    return (QUERIES_DIR / f"{name}.sql").read_text(encoding="utf-8")
 
 
 class SegmentSQLError(RuntimeError):

@@ -27,7 +27,7 @@ Routes:
     instead). Changes nothing, for the same reason as above.
 ``POST /preferences?t=STAY_TOKEN`` with body ``choice=stay``
     Records the choice in lifecycle.preference_choices (source 'preferences_page') and
-    lifts the customer's active 'no_response' sunset on that channel (lifecycle.sunsets);
+    lifts the customer's active 'no_response' sunset on that channel (lifecycle.suppression);
     win_back's ``chose_to_stay`` exit then spares them its stop_emailing step. A stay token
     is signed for that purpose only: an unsubscribe token is refused here and vice versa.
 ``GET /health``
@@ -58,7 +58,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from urllib.parse import parse_qsl
 
 import jinja2
@@ -74,7 +73,7 @@ from starlette.routing import Route
 
 from lifecycle.config import SHOP, TEMPLATES_DIR
 from lifecycle.links import signing_key, unsubscribe_token, verify_stay_token, verify_unsubscribe_token
-from lifecycle.sunsets import LIFTABLE, lift_for_stay_choice
+from lifecycle.suppression import lift_for_stay_choice, record_unsubscribe
 from lifecycle.warehouse import url_from_connection
 
 log = logging.getLogger("lifecycle.unsubscribe")
@@ -110,33 +109,6 @@ SECURITY_HEADERS = {
 
 # The routes the access log may name; anything else is logged as "-" (paths are user input).
 _ROUTES = ("/unsubscribe", "/unsubscribe/", "/preferences", "/preferences/", "/health")
-
-# An unsubscribe outranks a sunset: close the active no_response row (kept as history), so
-# that an order, which lifts sunsets, can never lift the customer's unsubscribe with it.
-SUPERSEDE_SUNSET_SQL = sa.text(
-    """
-    UPDATE lifecycle.suppressions
-       SET lifted_at = now(), lifted_reason = 'superseded', lifted_ref = 'unsubscribe'
-     WHERE customer_id = :customer_id AND channel = :channel AND lifted_at IS NULL
-       AND reason = ANY(CAST(:liftable AS text[]))
-    """
-)
-SUPPRESS_SQL = sa.text(
-    """
-    INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source)
-    VALUES (:customer_id, :channel, 'unsubscribe', :source)
-    ON CONFLICT (customer_id, channel) WHERE lifted_at IS NULL DO NOTHING
-    """
-)
-
-
-def record_unsubscribe(conn: sa.Connection, customer_id: str, channel: str, source: str) -> bool:
-    """Suppress `channel` for the customer (the link, one-click, or the mailbox's mailto);
-    True when this made a new suppression, False when one was already active."""
-    subject = {"customer_id": str(customer_id), "channel": channel}
-    conn.execute(SUPERSEDE_SUNSET_SQL, {**subject, "liftable": list(LIFTABLE)})
-    return conn.execute(SUPPRESS_SQL, {**subject, "source": source}).rowcount == 1
-
 
 RECORD_STAY_SQL = sa.text(
     """
@@ -390,18 +362,16 @@ def warehouse_url(url: str | None = None, environ: dict[str, str] | None = None)
     value = (environ.get(CONN_ENV) or "").strip()
     if not value:
         raise ValueError(f"no warehouse: pass --warehouse-url or set {CONN_ENV} (the Airflow connection)")
-    if value.startswith("{"):
+    from airflow.sdk import Connection
+
+    if value.startswith("{"):  # JSON or URI, told apart as Airflow's environment-variable backend does
         try:
-            conn = json.loads(value)
-        except ValueError as exc:
+            conn = Connection.from_json(value, conn_id="lifecycle_warehouse")
+        except json.JSONDecodeError as exc:
             raise ValueError(f"{CONN_ENV} is not valid JSON: {exc.msg} at position {exc.pos}") from None
-        return url_from_connection(SimpleNamespace(
-            host=conn.get("host"), port=conn.get("port"), login=conn.get("login"),
-            password=conn.get("password"), schema=conn.get("schema"),
-        ))
-    # URI form, e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
-    parsed = sa.make_url(value)
-    return parsed.set(drivername="postgresql+psycopg2")
+    else:  # e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
+        conn = Connection.from_uri(value, conn_id="lifecycle_warehouse")
+    return url_from_connection(conn)
 
 
 def make_engine(url: URL | str) -> Engine:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lifecycle.runs import RunContext, update_run
+from lifecycle.run_audit import update_run
+from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 from lifecycle.stage import STAGE_SCHEMA, coupon_product_columns, stage_table
 

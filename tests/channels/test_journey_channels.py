@@ -13,12 +13,14 @@ from conftest import reset_lifecycle
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lifecycle import plan, runs, send, stage, state, validate
+from lifecycle import plan, run_audit, send, stage, validate
 from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.push import PushChannel
 from lifecycle.channels.sms import SMSChannel, normalise_number
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.enroll import enroll
+from lifecycle.replay import run_interval
+from lifecycle.run_context import RunContext
 from lifecycle.sinks.push_server import PushServer, demo_key_lookup
 from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 from lifecycle.spec import load_spec
@@ -137,11 +139,11 @@ def test_waiting_sms_goes_out_when_the_recipients_day_starts(setup):
 def test_stop_reply_suppresses_sms_and_a_gone_subscription_falls_back_to_email(setup):
     engine, anchor, spec, channel_for, push, sms, smtp = setup
     noon = NOON(anchor)
-    run = runs.RunContext(spec.journey, "probe", "live", anchor - timedelta(hours=1), anchor)
-    runs.start_run(engine, run)
+    run = RunContext(spec.journey, "probe", "live", anchor - timedelta(hours=1), anchor)
+    run_audit.start_run(engine, run)
     stage.stage_segment(engine, spec, run)
     validate.validate_stage(engine, spec, run)
-    state.enroll(engine, spec, run)
+    enroll(engine, spec, run)
     plan.plan_due_steps(engine, spec, run)
     batches = plan.assign_batches(engine, spec, run)
     # From what was planned: one push recipient whose subscription turns out to be gone, and

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from lifecycle import demo_shop
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import ReceivedMessage, RecordingSMTPServer
 from lifecycle.spec import JourneySpec, load_spec
 

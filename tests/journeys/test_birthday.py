@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.sms import SMSChannel, normalise_number, send_window
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec

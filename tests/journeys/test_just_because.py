@@ -34,10 +34,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import runs, stage
+from lifecycle import stage
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
+from lifecycle.run_context import RunContext
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 
@@ -327,7 +328,7 @@ def expected(jb_run) -> Expected:
 def stage_rows(run: JustBecauseRun, start: datetime, end: datetime) -> list[tuple[str, int, date]]:
     """What the segment selects for [start, end): the runner's first stage only (nothing is sent)."""
     spec = load_spec(SEGMENTS_DIR / f"{JOURNEY}.sql")
-    ctx = runs.RunContext(JOURNEY, f"stage_only__{start.isoformat()}__{end.isoformat()}", "live", start, end)
+    ctx = RunContext(JOURNEY, f"stage_only__{start.isoformat()}__{end.isoformat()}", "live", start, end)
     stage.stage_segment(run.engine, spec, ctx)
     try:
         return [tuple(r) for r in run.query(

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from lifecycle import schema
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.runner import run_interval
-from lifecycle.runs import RunContext
+from lifecycle.replay import run_interval
+from lifecycle.run_context import RunContext
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_all, load_spec
 

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import CONDITIONS_DIR, SEGMENTS_DIR, TEMPLATES_DIR
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import SpecError, load_spec
 

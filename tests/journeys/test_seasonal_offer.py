@@ -33,13 +33,13 @@ import pytest
 import sqlalchemy as sa
 
 from lifecycle.channels.email import EmailChannel
+from lifecycle.conditions import materialise_condition
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.ids import typed_enrollments
-from lifecycle.runner import run_interval
-from lifecycle.runs import RunContext
+from lifecycle.replay import run_interval
+from lifecycle.run_context import RunContext
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
-from lifecycle.state import materialise_condition
 
 from .conftest import VALID_EMAIL, assert_same, text_and_html
 

@@ -44,7 +44,7 @@ from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.push import PushChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.sinks.push_server import PushServer, demo_key_lookup
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.render import money
-from lifecycle.runner import run_interval
+from lifecycle.replay import run_interval
 from lifecycle.smtp_sink import RecordingSMTPServer
 from lifecycle.spec import load_spec
 

@@ -1,9 +1,10 @@
 """Email over SMTP: one connection per batch, every SMTP reply classified.
 
-Configured by an Airflow SMTP connection (`lifecycle_smtp`), read with the same
-conventions as the smtp provider (extras `from_email`, `disable_ssl`, `disable_tls`,
-`timeout`). The envelope is driven step by step (MAIL, RCPT, DATA) so that a rejected
-recipient, a transient 4xx and a connection lost mid-DATA are told apart:
+Configured by an Airflow SMTP connection (`lifecycle_smtp`); the smtp provider's SmtpHook
+opens each session from it (extras `from_email`, `disable_ssl`, `disable_tls`, `timeout`,
+`retry_limit`, `ssl_context`, `auth_type`: see channels/smtp_hook.py). The envelope is
+driven step by step (MAIL, RCPT, DATA) so that a rejected recipient, a transient 4xx and a
+connection lost mid-DATA are told apart:
 
     connect, TLS, AUTH  ChannelUnavailable: the task fails, every message stays planned
     MAIL FROM not 250   ChannelUnavailable too: the server refuses our sender (account,
@@ -18,6 +19,7 @@ recipient, a transient 4xx and a connection lost mid-DATA are told apart:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import smtplib
 from dataclasses import dataclass, field
@@ -91,33 +93,39 @@ class EmailChannel:
         password: str | None = None,
         use_ssl: bool = False,
         starttls: bool = False,
-        timeout: float = 30,
+        timeout: int = 30,
         from_email: str = SHOP["from_email"],
         from_name: str = SHOP["name"],
+        **extra,
     ):
-        self.host, self.port = host, port
-        self.login, self.password = login, password
-        self.use_ssl, self.starttls, self.timeout = use_ssl, starttls, timeout
-        self.from_email, self.from_name = from_email, from_name
-        self._smtp: smtplib.SMTP | None = None
+        """Send through the SMTP server at host:port, described as an Airflow SMTP connection:
+        `extra` takes the smtp provider's other extras (`retry_limit`, `ssl_context`, `auth_type`).
+        `from_airflow` reads a configured connection instead."""
+        from airflow.sdk import Connection
+
+        extra = {"disable_ssl": not use_ssl, "disable_tls": not starttls, "timeout": timeout,
+                 "from_email": from_email, **extra}
+        self._configure(Connection(conn_id="email_channel", conn_type="smtp", host=host, port=port,
+                                   login=login, password=password, extra=json.dumps(extra)), from_name)
 
     @classmethod
     def from_airflow(cls, conn_id: str = SMTP_CONN_ID) -> EmailChannel:
+        """The channel of the Airflow SMTP connection `conn_id`, read once: its fields and extras
+        mean what they mean to the smtp provider's SmtpHook, which opens every session."""
         from airflow.sdk import BaseHook
 
-        conn = BaseHook.get_connection(conn_id)
-        extra = conn.extra_dejson
-        use_ssl = not extra.get("disable_ssl", False)
-        return cls(
-            conn.host or "localhost",
-            conn.port or (465 if use_ssl else 25),
-            login=conn.login or None,
-            password=conn.password or None,
-            use_ssl=use_ssl,
-            starttls=not use_ssl and not extra.get("disable_tls", False),
-            timeout=float(extra.get("timeout", 30)),
-            from_email=extra.get("from_email") or SHOP["from_email"],
-        )
+        channel = cls.__new__(cls)
+        channel._configure(BaseHook.get_connection(conn_id), SHOP["name"])
+        return channel
+
+    def _configure(self, connection, from_name: str) -> None:
+        from lifecycle.channels.smtp_hook import ConnectionSmtpHook
+
+        hook = ConnectionSmtpHook(connection)
+        self.connection, self.from_name = connection, from_name
+        self.from_email = hook.from_email or SHOP["from_email"]
+        self.server = f"{hook.host}:{hook.port or (465 if hook.use_ssl else 25)}"  # as errors name it
+        self._smtp: smtplib.SMTP | None = None
 
     # one SMTP session per batch ------------------------------------------------
     def __enter__(self) -> EmailChannel:
@@ -133,18 +141,12 @@ class EmailChannel:
             self._smtp = None
 
     def _connect(self) -> None:
+        from lifecycle.channels.smtp_hook import AirflowException, ConnectionSmtpHook
+
         try:
-            cls = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
-            smtp = cls(self.host, self.port, timeout=self.timeout)
-            smtp.ehlo()
-            if self.starttls:
-                smtp.starttls()
-                smtp.ehlo()
-            if self.login and self.password:
-                smtp.login(self.login, self.password)
-        except (smtplib.SMTPException, OSError) as exc:
-            raise ChannelUnavailable(f"SMTP server {self.host}:{self.port} unavailable: {exc}") from exc
-        self._smtp = smtp
+            self._smtp = ConnectionSmtpHook(self.connection).open()
+        except (AirflowException, RuntimeError, smtplib.SMTPException, OSError) as exc:
+            raise ChannelUnavailable(f"SMTP server {self.server} unavailable: {exc}") from exc
 
     def _drop(self) -> None:
         if self._smtp is not None:
@@ -190,7 +192,7 @@ class EmailChannel:
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
         self._drop()
         raise ChannelUnavailable(
-            f"SMTP server {self.host}:{self.port} refused our sender {self.from_email} at MAIL FROM "
+            f"SMTP server {self.server} refused our sender {self.from_email} at MAIL FROM "
             f"({code} {text}); check the lifecycle_smtp connection and the account: the messages stay planned"
         )
 

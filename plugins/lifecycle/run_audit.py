@@ -1,69 +1,14 @@
-"""One journey run = one data interval: its identity, its bound parameters, its audit row."""
+"""A run's audit row in lifecycle.runs: started, counted, finished; and the rule that a
+journey's intervals run in order (an earlier unfinished run holds the later ones back)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass
-from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lifecycle.config import SHOP
-from lifecycle.spec import JourneySpec
-
-
-@dataclass(frozen=True)
-class RunContext:
-    journey: str
-    run_id: str
-    mode: str  # 'live' or 'dry'
-    interval_start: datetime
-    interval_end: datetime
-
-    @property
-    def as_of(self) -> datetime:
-        """The run's 'now': segments and conditions never look past it (backfills replay exactly)."""
-        return self.interval_end
-
-    @property
-    def key_prefix(self) -> str:
-        return "dry:" if self.mode == "dry" else ""
-
-    @property
-    def short_id(self) -> str:
-        return hashlib.sha1(f"{self.journey}|{self.mode}|{self.run_id}".encode()).hexdigest()[:12]
-
-    def binds(self, spec: JourneySpec | None = None) -> dict:
-        base = {
-            "interval_start": self.interval_start,
-            "interval_end": self.interval_end,
-            "as_of": self.as_of,
-            "journey": self.journey,
-            "mode": self.mode,
-            "shop_url": SHOP["base_url"],
-        }
-        if spec is not None and spec.offers:  # holiday-dated offers around as_of (lifecycle.offers)
-            from lifecycle.offers import offers_json
-
-            base["offers"] = offers_json(spec.offers, self.as_of)
-        return {**(spec.params if spec else {}), **base}
-
-    def to_xcom(self) -> dict:
-        d = asdict(self)
-        d["interval_start"], d["interval_end"] = self.interval_start.isoformat(), self.interval_end.isoformat()
-        return d
-
-    @classmethod
-    def from_xcom(cls, d: dict) -> RunContext:
-        return cls(
-            journey=d["journey"],
-            run_id=d["run_id"],
-            mode=d["mode"],
-            interval_start=datetime.fromisoformat(d["interval_start"]),
-            interval_end=datetime.fromisoformat(d["interval_end"]),
-        )
+from lifecycle.run_context import RunContext
 
 
 def start_run(engine: Engine, run: RunContext) -> None:

@@ -11,7 +11,10 @@ from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
-from lifecycle import plan, runs, schema, send, stage, state, validate
+from lifecycle import plan, run_audit, schema, send, stage, validate
+from lifecycle.enroll import enroll
+from lifecycle.exits import evaluate_exits
+from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 
 
@@ -39,13 +42,13 @@ def run_interval(
         finally:
             t[name] = t.get(name, 0.0) + timer() - t0
 
-    run = runs.RunContext(spec.journey, run_id or f"local__{end.isoformat()}", mode, start, end)
+    run = RunContext(spec.journey, run_id or f"local__{end.isoformat()}", mode, start, end)
     schema.migrate(engine)
-    runs.start_run(engine, run)
+    run_audit.start_run(engine, run)
     selected = timed("stage", stage.stage_segment, engine, spec, run)
     outcome = timed("validate", validate.validate_stage, engine, spec, run, approve_volume=approve_volume)
-    enrolled = timed("enroll", state.enroll, engine, spec, run)
-    exits = timed("exits", state.evaluate_exits, engine, spec, run)
+    enrolled = timed("enroll", enroll, engine, spec, run)
+    exits = timed("exits", evaluate_exits, engine, spec, run)
     timed("plan", plan.plan_due_steps, engine, spec, run)
     now = clock() if clock else run.as_of  # a simulation: the run happens at its as_of
     batches = timed("batch", plan.assign_batches, engine, spec, run, now=now)
@@ -54,8 +57,8 @@ def run_interval(
         # A simulation: the messages go out at the run's as_of unless the caller says otherwise.
         sent.update(timed("send", send.send_batch, engine, spec, batch, channel_for, dry_run=mode == "dry",
                           clock=clock or (lambda: run.as_of)))
-    counts = runs.message_counts(engine, run)
-    runs.finish_run(engine, run, "ok", counts)
+    counts = run_audit.message_counts(engine, run)
+    run_audit.finish_run(engine, run, "ok", counts)
     stage.drop_stage(engine, run)
     return {
         "selected": selected,

@@ -1,0 +1,32 @@
+-- Each active enrollment's current and next step (lifecycle.plan.plan_due_steps, after planning);
+-- one past its last step and the conversion window (done_after seconds after entry) completes.
+-- The steps arrive as arrays in header order (ords, names, afters).
+WITH steps AS (
+    SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
+           AS s(ord, name, after_s)
+), progress AS (
+    SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at,
+           (SELECT m.step FROM lifecycle.messages m WHERE m.enrollment_id = e.enrollment_id
+            ORDER BY m.due_at DESC, m.message_id DESC LIMIT 1) AS current_step
+    FROM lifecycle.enrollments e
+    LEFT JOIN LATERAL (
+        SELECT s.name, e.entered_at + make_interval(secs => s.after_s) AS due
+        FROM steps s
+        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.messages m
+                          WHERE m.enrollment_id = e.enrollment_id AND m.step = s.name)
+        ORDER BY s.ord LIMIT 1
+    ) nx ON true
+    WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
+)
+UPDATE lifecycle.enrollments e
+   SET next_step = p.next_step, next_due_at = p.next_due_at, current_step = p.current_step,
+       status = CASE WHEN p.next_step IS NULL
+                      AND e.entered_at + make_interval(secs => :done_after) <= :as_of
+                     THEN 'completed' ELSE e.status END,
+       updated_at = now()
+  FROM progress p
+ WHERE e.enrollment_id = p.enrollment_id
+   AND ((e.next_step, e.next_due_at, e.current_step)
+            IS DISTINCT FROM (p.next_step, p.next_due_at, p.current_step)
+        OR (p.next_step IS NULL
+            AND e.entered_at + make_interval(secs => :done_after) <= :as_of))

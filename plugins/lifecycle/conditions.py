@@ -1,0 +1,40 @@
+"""Condition files (`include/sql/conditions/<name>.sql`) run against a set of enrollments.
+
+A condition is analyst SQL that reads a CTE named `enrollments` and returns `enrollment_id`,
+optionally with `occurred_at`, `order_id` and `revenue`. Exits (lifecycle.exits) and a step's
+`when` / `unless` (lifecycle.plan) materialise one into a temp table and join it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+
+from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql, shared_ctes
+
+OPTIONAL_COLUMNS = {"occurred_at", "order_id", "revenue"}
+
+
+def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
+    """Put the `enrollments` CTE in front of a condition (merging with its own WITH)."""
+    cte = f"enrollments AS ({enrollments_select}){shared_ctes(condition)}"
+    # leading comments (the analyst's explanation) may come before the WITH
+    match = re.match(r"(?is)^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*with(\s+recursive)?\s", condition)
+    if match:
+        return f"WITH{match.group(1) or ''} {cte}, {condition[match.end():]}"
+    return f"WITH {cte} {condition}"
+
+
+def materialise_condition(conn: sa.Connection, name: str, enrollments_select: str, binds: dict, into: str) -> set[str]:
+    """Run condition `name` into temp table `into`; return the optional columns it provides."""
+    path, condition = condition_sql(name)
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {into}")
+    execute_file_sql(
+        conn, path, f"CREATE TEMP TABLE {into} ON COMMIT DROP AS {with_enrollments_cte(condition, enrollments_select)}",
+        binds,
+    )
+    columns = set(conn.execute(sa.text(f"SELECT * FROM {into} LIMIT 0")).keys())
+    if "enrollment_id" not in columns:
+        raise SegmentSQLError(f"{path.name}: a condition must return an enrollment_id column (it returns {sorted(columns)})")
+    return columns & OPTIONAL_COLUMNS

@@ -1,0 +1,117 @@
+"""Enroll a run's valid rows in lifecycle.enrollments: the upsert, the holdout, one active per customer.
+
+Set-based SQL in the warehouse, reading the run's staging table (lifecycle.stage) minus the
+rows validation quarantined.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lifecycle.run_context import RunContext
+from lifecycle.spec import JourneySpec
+from lifecycle.stage import stage_table
+
+# Deterministic 0-99 bucket per (journey, customer): the same customer is always in
+# (or out of) a journey's holdout, run after run.
+HOLDOUT_BUCKET = "((('x' || substr(md5({journey} || ':' || {customer}), 1, 8))::bit(32)::int & 2147483647) % 100)"
+
+
+def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]:
+    """Upsert the staged, non-quarantined rows; return how many entered and were refreshed."""
+    bucket = HOLDOUT_BUCKET.format(journey=":journey", customer=f"s.{spec.customer_id}::text")
+    sql = f"""
+        INSERT INTO lifecycle.enrollments AS e
+            (journey, mode, enrollment_key, customer_id, entered_at, enrolled_at, enrolled_run_id, holdout, context,
+             context_as_of)
+        SELECT :journey, :mode, s.{spec.entry_key}::text, s.{spec.customer_id}::text,
+               s.{spec.entered_at}::timestamptz, :as_of, :run_id, {bucket} < :holdout,
+               to_jsonb(s) - '_row', :as_of
+        FROM {stage_table(run)} AS s
+        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
+                          WHERE q.journey = :journey AND q.run_id = :run_id AND q.row_number = s._row)
+        ON CONFLICT (journey, mode, enrollment_key) DO UPDATE
+            SET context = EXCLUDED.context, context_as_of = EXCLUDED.context_as_of, updated_at = now(),
+                -- refresh_clock: the thing changed again (a cart updated after a reminder), so
+                -- the steps not yet sent are timed from the new moment; sent steps never repeat.
+                entered_at = CASE WHEN :refresh_clock THEN greatest(e.entered_at, EXCLUDED.entered_at)
+                                  ELSE e.entered_at END
+            -- Only a run at least as recent as the context's own data refreshes it: a backfill of
+            -- an older interval must not overwrite what a later run saw.
+            WHERE e.status = 'active'
+              AND EXCLUDED.context_as_of >= coalesce(e.context_as_of, e.enrolled_at)
+              AND e.context IS DISTINCT FROM EXCLUDED.context  -- unchanged rows are not rewritten
+        RETURNING (xmax = 0) AS inserted
+    """
+    with engine.begin() as conn:
+        quarantined = _quarantine_second_enrollments(conn, spec, run) if spec.one_active_per_customer else 0
+        flags = conn.execute(
+            sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent,
+                           "refresh_clock": spec.refresh_clock}
+        ).scalars().all()
+    entered = sum(1 for f in flags if f)
+    return {"entered": entered, "refreshed": len(flags) - entered, "quarantined": quarantined}
+
+
+ONE_ACTIVE = "one_active_per_customer"
+
+
+def _quarantine_second_enrollments(conn: sa.Connection, spec: JourneySpec, run: RunContext) -> int:
+    """`one_active_per_customer`: a staged row that would open a second active enrollment for a
+    customer (one is already active, or another new row of this run came first) is quarantined
+    with the reason, not enrolled. Of two new rows, the earlier `entered_at` wins, then the
+    smaller entry key. Rows that refresh the active enrollment (same key) are not affected.
+    Ids are compared as text, so integer and text customer ids both work."""
+    conn.execute(
+        sa.text("DELETE FROM lifecycle.quarantine WHERE journey = :journey AND run_id = :run_id "
+                "AND reasons[1] LIKE :prefix"),
+        {"journey": run.journey, "run_id": run.run_id, "prefix": ONE_ACTIVE + ":%"},
+    )
+    result = conn.execute(
+        sa.text(
+            f"""
+            WITH new_rows AS (  -- valid rows whose key has never been enrolled: they would open one
+                SELECT s._row, s.{spec.customer_id}::text AS customer, s.{spec.entry_key}::text AS entry_key,
+                       row_number() OVER (PARTITION BY s.{spec.customer_id}::text
+                                          ORDER BY s.{spec.entered_at}::timestamptz, s.{spec.entry_key}::text,
+                                                   s._row) AS nth
+                FROM {stage_table(run)} AS s
+                WHERE NOT EXISTS (SELECT 1 FROM lifecycle.quarantine q
+                                  WHERE q.journey = :journey AND q.run_id = :run_id AND q.row_number = s._row)
+                  AND NOT EXISTS (SELECT 1 FROM lifecycle.enrollments e
+                                  WHERE e.journey = :journey AND e.mode = :mode
+                                    AND e.enrollment_key = s.{spec.entry_key}::text)
+            ), active AS (
+                SELECT customer_id::text AS customer, min(enrollment_key) AS entry_key
+                FROM lifecycle.enrollments
+                WHERE journey = :journey AND mode = :mode AND status = 'active'
+                GROUP BY customer_id
+            ), refused AS (
+                SELECT n._row,
+                       CASE WHEN a.entry_key IS NOT NULL
+                            THEN :one || ': the customer already has an active enrollment (' || a.entry_key
+                                 || ') in this journey; this row waits until it ends'
+                            ELSE :one || ': another row for this customer enrolls in this run ('
+                                 || first_value(n.entry_key) OVER (PARTITION BY n.customer ORDER BY n.nth) || ')'
+                       END AS reason,
+                       n.nth, a.entry_key AS active_key
+                FROM new_rows n LEFT JOIN active a USING (customer)
+            )
+            INSERT INTO lifecycle.quarantine
+                (journey, run_id, mode, row_number, enrollment_key, customer_id, reasons, row_data)
+            SELECT :journey, :run_id, :mode, s._row, s.{spec.entry_key}::text, s.{spec.customer_id}::text,
+                   ARRAY[r.reason], to_jsonb(s) - '_row'
+            FROM refused r JOIN {stage_table(run)} AS s USING (_row)
+            WHERE r.active_key IS NOT NULL OR r.nth > 1
+            """
+        ),
+        {**run.binds(), "run_id": run.run_id, "one": ONE_ACTIVE},
+    )
+    if result.rowcount:
+        conn.execute(
+            sa.text("UPDATE lifecycle.runs SET rows_quarantined = (SELECT count(*) FROM lifecycle.quarantine q "
+                    "WHERE q.journey = :journey AND q.run_id = :run_id) WHERE journey = :journey AND run_id = :run_id"),
+            {"journey": run.journey, "run_id": run.run_id},
+        )
+    return result.rowcount
