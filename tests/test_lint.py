@@ -132,12 +132,12 @@ def test_lint_flags_the_wall_clock_in_a_condition(tmp_path, monkeypatch, capsys)
 
     conditions = tmp_path / "conditions"
     shutil.copytree(CONDITIONS_DIR, conditions)
-    condition = conditions / "purchased_since_entry.sql"
+    condition = conditions / "redeemed_coupon.sql"
     text = condition.read_text().replace(":as_of", "current_date", 1)
     assert "current_date" in text
     condition.write_text(text)
     monkeypatch.setattr(cli, "CONDITIONS_DIR", conditions)
     assert lint([], None) == 1
     out = capsys.readouterr().out
-    assert f"condition purchased_since_entry.sql line {line_of(text, 'current_date')}: current_date reads " \
+    assert f"condition redeemed_coupon.sql line {line_of(text, 'current_date')}: current_date reads " \
            "the wall clock: use :as_of" in out

@@ -78,6 +78,50 @@ def test_each_mistake_is_named(tmp_path, change, expected):
     assert any(expected in p for p in found), found
 
 
+def test_exit_rules_set_a_conditions_parameters_and_name_their_reason():
+    upsell = load_spec(SEGMENTS_DIR / "upsell.sql")
+    converts, exits_quietly = upsell.exits[0], upsell.exits[1]
+    assert (converts.when, converts.params, converts.reason) == (
+        "purchased_since_entry", {"holding": "upgrade_product_id"}, "upsell_ordered_upgrade")
+    assert (exits_quietly.when, exits_quietly.params, exits_quietly.reason) == (
+        "purchased_since_entry", {}, "purchased_since_entry")
+
+
+THANK_YOU_EXIT = "  - when: purchased_since_entry\n    then:"
+
+
+@pytest.mark.parametrize(
+    ("exit_rule", "expected"),
+    [
+        ("  - {when: purchased_since_entry, params: {holdin: product_id}}\n",
+         "exit[0].params: purchased_since_entry has no parameter 'holdin' (it has: before, holding)"),
+        ("  - {when: purchased_since_entry, params: {holding: [a, b]}}\n",
+         "exit[0].params.holding: must be one value"),
+        ("  - {when: purchased_since_entry, params: holding}\n", "exit[0].params: must be a mapping"),
+        ("  - {when: purchased_since_entry, status: exited}\n",
+         "exit: two rules record the reason 'purchased_since_entry'; give one a `reason:` of its own"),
+        ("  - {when: purchased_since_entry, reason: Bought!}\n", "exit[0].reason: lower_snake_case"),
+    ],
+)
+def test_exit_parameter_mistakes_are_named(tmp_path, exit_rule, expected):
+    assert THANK_YOU_EXIT in GOOD
+    found = problems(tmp_path, GOOD.replace(THANK_YOU_EXIT, exit_rule + THANK_YOU_EXIT, 1))
+    assert any(expected in p for p in found), found
+
+
+def test_a_conditions_parameters_are_its_own_or_the_journeys(tmp_path):
+    conditions = tmp_path / "conditions"
+    conditions.mkdir()
+    (conditions / "purchased_since_entry.sql").write_text(
+        "/* ---\nparams: {lookback_hours: 1}\n--- */\nSELECT e.enrollment_id FROM enrollments e WHERE :since < :as_of")
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, GOOD), conditions_dir=conditions)
+    assert any("condition purchased_since_entry.sql params.lookback_hours: also a parameter of the journey" in p
+               for p in info.value.problems), info.value.problems
+    assert any("condition purchased_since_entry.sql parameter :since is not bound" in p
+               for p in info.value.problems), info.value.problems
+
+
 def test_all_problems_are_reported_at_once(tmp_path):
     text = GOOD.replace("after: 24h", "after: soon").replace("schedule: hourly", "schedule: often")
     found = problems(tmp_path, text)

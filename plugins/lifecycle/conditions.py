@@ -11,14 +11,14 @@ import re
 
 import sqlalchemy as sa
 
-from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql
+from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql, shared_ctes
 
 OPTIONAL_COLUMNS = {"occurred_at", "order_id", "revenue"}
 
 
 def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
     """Put the `enrollments` CTE in front of a condition (merging with its own WITH)."""
-    cte = f"enrollments AS ({enrollments_select})"
+    cte = f"enrollments AS ({enrollments_select}){shared_ctes(condition)}"
     # leading comments (the analyst's explanation) may come before the WITH
     match = re.match(r"(?is)^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*with(\s+recursive)?\s", condition)
     if match:

@@ -52,7 +52,7 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
     for rule in spec.exits:
         with engine.begin() as conn:
             active = typed_enrollments(conn, ACTIVE_ENROLLMENTS)
-            extra = materialise_condition(conn, rule.when, active, run.binds(spec), "_exit_hits")
+            extra = materialise_condition(conn, rule.when, active, {**run.binds(spec), **rule.params}, "_exit_hits")
             # The first qualifying event is the one attributed (its order and revenue).
             order = exit_pick_order(extra)
             pick = ", ".join(
@@ -86,7 +86,7 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                     SELECT enrollment_id, exited_at FROM upd
                     """
                 ),
-                {**run.binds(), "status": rule.status, "reason": rule.when},
+                {**run.binds(), "status": rule.status, "reason": rule.reason},
             ).all()
             if rule.channel and exited:
                 conn.execute(
@@ -103,5 +103,5 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 )
                 if rule.coupon:  # `then: {coupon: ...}`: a code with the exit message (a reward), as for a step's
                     issue_coupons(conn, run, rule.message_step, rule.coupon)
-        counts[rule.when] = len(exited)
+        counts[rule.reason] = len(exited)
     return counts

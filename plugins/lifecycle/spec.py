@@ -58,7 +58,7 @@ TOP_KEYS = {
     "one_active_per_customer", "status",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
-EXIT_KEYS = {"when", "status", "then"}
+EXIT_KEYS = {"when", "params", "reason", "status", "then"}
 THEN_KEYS = {"name", "channel", "template", "coupon"}
 COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
 GUARD_KEYS = {"factor", "min_rows", "history"}
@@ -122,12 +122,15 @@ class Step:
 
 @dataclass(frozen=True)
 class Exit:
-    when: str
+    when: str  # the condition file
     status: str
     message_step: str | None  # the exit message's step name, e.g. "thank_you"
     channel: str | None
     template: str | None
     coupon: Coupon | None = None  # a code issued with the exit message (e.g. a referral reward)
+    # values for the condition's declared params (`params:` in its header), bound for this rule only
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    reason: str = ""  # recorded as exit_reason and conversions.condition: `reason:`, else the condition's name
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,32 @@ def parse_duration(text: Any) -> timedelta:
     return timedelta(seconds=int(match["n"]) * UNIT_SECONDS[match["unit"]])
 
 
+def read_file_params(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The `params:` of a file's `/* --- ... --- */` header (a segment's, or a condition's optional
+    one) and what is wrong with it; no header: no params."""
+    try:
+        match = HEADER.match(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return {}, []
+    if not match:
+        return {}, []
+    try:
+        header = yaml.safe_load(match["yaml"]) or {}
+    except yaml.YAMLError as exc:
+        return {}, [f"header: invalid YAML: {getattr(exc, 'problem', exc)}"]
+    params = header.get("params") if isinstance(header, dict) else None
+    if params is None:
+        return {}, []
+    if not isinstance(params, dict) or not all(isinstance(n, str) and NAME.match(n) for n in params):
+        return {}, ["params: must be a mapping of lower_snake_case names to default values"]
+    return params, []
+
+
+def file_params(path: Path) -> dict[str, Any]:
+    """A file's declared params with their defaults ({} when it has none or they are unreadable)."""
+    return read_file_params(path)[0]
+
+
 def bind_names(sql: str) -> set[str]:
     return set(BIND.findall(_strip_sql_comments_and_strings(sql)))
 
@@ -216,6 +245,7 @@ class _Checker:
         self.templates_dir = templates_dir
         self.conditions_dir = conditions_dir
         self.tie_checked: set[str] = set()  # condition files already checked for ties (README "Ties")
+        self.journey_params: set[str] = set()  # a condition may read the journey's params too
 
     def add(self, problem: str) -> None:
         self.problems.append(problem)
@@ -273,8 +303,19 @@ class _Checker:
             )
         elif name not in self.tie_checked:
             self.tie_checked.add(name)
-            self.problems += [f"{where}: {p}" for p in condition_tie_problems(self.conditions_dir / f"{name}.sql")]
+            path = self.conditions_dir / f"{name}.sql"
+            self.problems += [f"{where}: {p}" for p in condition_tie_problems(path) + self.condition_params(path)]
         return name
+
+    def condition_params(self, path: Path) -> list[str]:
+        """A condition file's `params:` header and its bound names: each must be the engine's, the
+        condition's own or the journey's (and never both of the latter: which would it read?)."""
+        declared, problems = read_file_params(path)
+        text = path.read_text(encoding="utf-8")
+        problems += [f"params.{n}: also a parameter of the journey; rename one" for n in sorted(set(declared) & self.journey_params)]
+        problems += [f"parameter :{n} is not bound (declare it under params: in the condition's header, "
+                     "or in the journey's)" for n in sorted(bind_names(text) - RUN_PARAMS - set(declared) - self.journey_params)]
+        return [f"condition {path.name} {p}" for p in problems]
 
     def channels_and_template(self, where: str, channel: Any, template: Any) -> tuple[tuple[str, ...], str | None]:
         """`channel: email` or `channel: [push, email]` (fallback order), each with its template files."""
@@ -374,6 +415,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
         params = {n: v for n, v in params.items() if isinstance(n, str)}
     for name in set(params) & RUN_PARAMS:
         c.add(f"params.{name}: reserved, the engine binds it")
+    c.journey_params = set(params) | ({"offers"} if "offers" in h else set())
     steps = _steps(h.get("steps"), c, max_lateness)
     exits = _exits(h.get("exit") or [], c)
     names = [s.name for s in steps] + [e.message_step for e in exits if e.message_step]
@@ -569,9 +611,33 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
                     c.add(f"{where}.then.name: lower_snake_case, got {step_name!r}")
                     step_name = f"exit_{i}"
                 coupon = _coupon(f"{where}.then", then.get("coupon"), c)
+        params = _exit_params(f"{where}.params", e.get("params"), when, c)
+        reason = e.get("reason", when)
+        if reason is not None and (not isinstance(reason, str) or not NAME.match(reason)):
+            c.add(f"{where}.reason: lower_snake_case, got {reason!r}")
         exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template,
-                          coupon=coupon))
+                          coupon=coupon, params=params, reason=str(reason or when or "")))
+    reasons = [e.reason for e in exits]
+    for dup in sorted({r for r in reasons if reasons.count(r) > 1}):
+        c.add(f"exit: two rules record the reason {dup!r}; give one a `reason:` of its own")
     return exits
+
+
+def _exit_params(where: str, raw: Any, condition: str | None, c: _Checker) -> dict[str, Any]:
+    """`params: {holding: upgrade_product_id}`: values for parameters the condition declares."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        c.add(f"{where}: must be a mapping like {{holding: product_id}}")
+        return {}
+    declared = read_file_params(c.conditions_dir / f"{condition}.sql")[0] if condition else {}
+    for name in sorted(set(raw) - set(declared), key=str):
+        c.add(f"{where}: {condition} has no parameter {name!r}"
+              + (f" (it has: {', '.join(sorted(declared))})" if declared else " (it declares none)"))
+    for name, value in raw.items():
+        if isinstance(value, (dict, list)):
+            c.add(f"{where}.{name}: must be one value (text or a number), got {value!r}")
+    return {k: v for k, v in raw.items() if k in declared}
 
 
 def _audience(raw: Any, c: _Checker) -> str | None:

@@ -3,12 +3,13 @@ engine's own static statements (`query`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from lifecycle.config import CONDITIONS_DIR, SQL_DIR
-from lifecycle.spec import bind_names
+from lifecycle.spec import bind_names, file_params
 
 # The engine's static statements, one per file next to the migrations. Modules read theirs once,
 # at import, into constants; statements assembled from fragments at run time stay inline.
@@ -32,7 +33,9 @@ def bound(sql: str, values: dict) -> tuple[sa.TextClause, dict]:
 
 
 def execute_file_sql(conn: sa.Connection, source: Path | str, sql: str, values: dict):
-    clause, params = bound(sql, values)
+    # A parameter the file declares under `params:` in its header and nobody set takes the
+    # declared default (a condition's optional filters; a segment's params are always given).
+    clause, params = bound(sql, {**file_params(Path(source)), **values})
     try:
         return conn.execute(clause, params)
     except sa.exc.DBAPIError as exc:
@@ -49,3 +52,19 @@ def execute_file_sql(conn: sa.Connection, source: Path | str, sql: str, values: 
 def condition_sql(name: str, conditions_dir: Path = CONDITIONS_DIR) -> tuple[Path, str]:
     path = conditions_dir / f"{name}.sql"
     return path, path.read_text(encoding="utf-8").strip().rstrip(";")
+
+
+# Each enrollment's orders since it entered (after entered_at, before the run's as_of; only the
+# orders that count, lifecycle.orders): one row per enrollment and order, the order's columns
+# plus enrollment_id. Join `enrollments` on enrollment_id for the context.
+ORDERS_SINCE_ENTRY = (
+    "orders_since_entry AS (SELECT e.enrollment_id, o.* FROM enrollments e JOIN lifecycle.orders o"
+    " ON o.customer_id = e.customer_id AND o.ordered_at > e.entered_at AND o.ordered_at < :as_of)"
+)
+
+
+def shared_ctes(condition: str) -> str:
+    """The CTEs the engine offers a condition besides `enrollments`, as `, name AS (...)`: only
+    those it reads (an unread CTE still counts as a reference to `enrollments`, which PostgreSQL
+    then materialises instead of inlining)."""
+    return f", {ORDERS_SINCE_ENTRY}" if re.search(r"\borders_since_entry\b", condition) else ""

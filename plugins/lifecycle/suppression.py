@@ -107,7 +107,7 @@ def lift_sunsets(conn: sa.Connection, as_of: datetime, customer_ids: Sequence[st
     if customer_ids is not None and not customer_ids:
         return 0
     sql = LIFT_SQL.format(
-        order_customer=as_type("su.customer_id", column_type(conn, "shop.orders")),
+        order_customer=as_type("su.customer_id", column_type(conn, "lifecycle.orders")),
         event_customer=as_type("su.customer_id", column_type(conn, "shop.engagement_events")),
     )
     return conn.execute(

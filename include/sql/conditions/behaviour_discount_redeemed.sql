@@ -9,12 +9,11 @@ SELECT e.enrollment_id,
 FROM enrollments e
 JOIN lifecycle.coupons cp
   ON cp.enrollment_id = e.enrollment_id
-JOIN shop.orders o
+JOIN lifecycle.orders o
   ON o.coupon_code = cp.code
  AND o.ordered_at >= cp.valid_from
  AND o.ordered_at < cp.valid_until
  AND o.ordered_at < :as_of
-WHERE o.status <> 'cancelled'
-  -- lifecycle ids are text
-  AND EXISTS (SELECT 1 FROM shop.order_items oi
+-- lifecycle ids are text
+WHERE EXISTS (SELECT 1 FROM shop.order_items oi
               WHERE oi.order_id = o.order_id AND oi.product_id::text = cp.product_id)

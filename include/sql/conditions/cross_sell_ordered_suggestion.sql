@@ -5,15 +5,11 @@
 -- here, even if a later one has one: cross_sell's second exit rule (purchased_since_entry,
 -- status exited) then ends the enrollment without a conversion.
 WITH next_order AS (
-    SELECT DISTINCT ON (e.enrollment_id)
-           e.enrollment_id, e.context, o.order_id, o.ordered_at, o.total
-    FROM enrollments e
-    JOIN shop.orders o
-      ON o.customer_id = e.customer_id
-     AND o.ordered_at > e.entered_at
-     AND o.ordered_at < :as_of
-    WHERE o.status <> 'cancelled'
-    ORDER BY e.enrollment_id, o.ordered_at, o.order_id
+    SELECT DISTINCT ON (o.enrollment_id)
+           o.enrollment_id, e.context, o.order_id, o.ordered_at, o.total
+    FROM orders_since_entry o
+    JOIN enrollments e USING (enrollment_id)
+    ORDER BY o.enrollment_id, o.ordered_at, o.order_id
 )
 SELECT n.enrollment_id,
        n.ordered_at AS occurred_at,

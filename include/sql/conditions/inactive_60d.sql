@@ -4,9 +4,8 @@
 SELECT e.enrollment_id
 FROM enrollments e
 WHERE NOT EXISTS (
-    SELECT 1 FROM shop.orders o
+    SELECT 1 FROM lifecycle.orders o
     WHERE o.customer_id = e.customer_id
       AND o.ordered_at >= :as_of - INTERVAL '60 days'
       AND o.ordered_at < :as_of
-      AND o.status <> 'cancelled'
 )

@@ -7,8 +7,7 @@ SELECT e.enrollment_id,
        o.order_id,
        o.total      AS revenue
 FROM enrollments e
-JOIN shop.orders o
+JOIN lifecycle.orders o
   ON o.customer_id = e.customer_id
  AND o.ordered_at >= e.enrolled_at
  AND o.ordered_at < :as_of
-WHERE o.status <> 'cancelled'

@@ -3,9 +3,8 @@
 -- A behaviour segment any journey can use as a step `when:` / `unless:`.
 SELECT e.enrollment_id
 FROM enrollments e
-JOIN shop.orders o
+JOIN lifecycle.orders o
   ON o.customer_id = e.customer_id
  AND o.ordered_at < :as_of
- AND o.status <> 'cancelled'
 GROUP BY e.enrollment_id
 HAVING 2 * count(nullif(o.coupon_code, '')) >= count(*)

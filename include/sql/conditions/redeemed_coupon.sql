@@ -7,9 +7,8 @@ SELECT e.enrollment_id,
 FROM enrollments e
 JOIN lifecycle.coupons cp
   ON cp.enrollment_id = e.enrollment_id
-JOIN shop.orders o
+JOIN lifecycle.orders o
   ON o.coupon_code = cp.code
  AND o.ordered_at >= cp.valid_from
  AND o.ordered_at < cp.valid_until
  AND o.ordered_at < :as_of
-WHERE o.status <> 'cancelled'

@@ -10,7 +10,6 @@ JOIN shop.referrals r
   ON r.referrer_customer_id = e.customer_id
  AND r.created_at >= e.entered_at
  AND r.created_at < :as_of
-JOIN shop.orders o
+JOIN lifecycle.orders o
   ON o.order_id = r.converted_order_id
  AND o.ordered_at < :as_of
-WHERE o.status <> 'cancelled'

@@ -8,7 +8,7 @@ SELECT e.enrollment_id,
        o.order_id,
        o.total      AS revenue
 FROM enrollments e
-JOIN shop.orders o
+JOIN lifecycle.orders o
   ON o.customer_id = e.customer_id
  AND o.ordered_at < :as_of
  -- order ids compared as JSON: numerically for whole numbers, as strings for text ids
@@ -16,4 +16,3 @@ JOIN shop.orders o
 JOIN shop.order_items oi
   ON oi.order_id = o.order_id
  AND oi.product_id::text = e.context ->> 'product_id'
-WHERE o.status <> 'cancelled'

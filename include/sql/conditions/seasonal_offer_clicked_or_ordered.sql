@@ -21,12 +21,7 @@ JOIN shop.engagement_events ev
  AND ev.occurred_at < :as_of
 GROUP BY e.enrollment_id
 UNION ALL
-SELECT e.enrollment_id,
+SELECT o.enrollment_id,
        min(o.ordered_at) AS occurred_at
-FROM enrollments e
-JOIN shop.orders o
-  ON o.customer_id = e.customer_id
- AND o.ordered_at > e.entered_at
- AND o.ordered_at < :as_of
-WHERE o.status <> 'cancelled'
-GROUP BY e.enrollment_id
+FROM orders_since_entry o
+GROUP BY o.enrollment_id

@@ -8,15 +8,10 @@ SELECT f.enrollment_id,
        f.order_id,
        f.total      AS revenue
 FROM (
-    SELECT DISTINCT ON (e.enrollment_id)
-           e.enrollment_id, o.order_id, o.ordered_at, o.total, o.coupon_code
-    FROM enrollments e
-    JOIN shop.orders o
-      ON o.customer_id = e.customer_id
-     AND o.ordered_at > e.entered_at
-     AND o.ordered_at < :as_of
-    WHERE o.status <> 'cancelled'
-    ORDER BY e.enrollment_id, o.ordered_at, o.order_id
+    SELECT DISTINCT ON (o.enrollment_id)
+           o.enrollment_id, o.order_id, o.ordered_at, o.total, o.coupon_code
+    FROM orders_since_entry o
+    ORDER BY o.enrollment_id, o.ordered_at, o.order_id
 ) AS f
 JOIN lifecycle.coupons cp
   ON cp.enrollment_id = f.enrollment_id

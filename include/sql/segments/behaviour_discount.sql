@@ -57,16 +57,16 @@ WITH recent AS (
     WHERE c.view_count >= :min_views
       AND c.viewed_at >= :as_of - make_interval(hours => :lookback_hours)
       AND NOT EXISTS (
-          SELECT 1 FROM shop.orders o
-          WHERE o.customer_id = c.customer_id AND o.status <> 'cancelled'
+          SELECT 1 FROM lifecycle.orders o
+          WHERE o.customer_id = c.customer_id
             AND o.ordered_at >= c.viewed_at - make_interval(days => :no_order_days)
             AND o.ordered_at <  :as_of
       )
       AND NOT EXISTS (
-          SELECT 1 FROM shop.orders o
+          SELECT 1 FROM lifecycle.orders o
           JOIN shop.order_items oi ON oi.order_id = o.order_id
           WHERE o.customer_id = c.customer_id AND oi.product_id = c.product_id
-            AND o.status <> 'cancelled' AND o.ordered_at < :as_of
+            AND o.ordered_at < :as_of
       )
       -- the cooldown; it also keeps a later run from selecting an enrolled moment again
       AND NOT EXISTS (

@@ -24,9 +24,8 @@ WITH first_orders AS (
     SELECT o.customer_id,
            min(o.ordered_at) AS first_order_at,
            count(*)          AS orders_count
-    FROM shop.orders o
+    FROM lifecycle.orders o
     WHERE o.ordered_at < :as_of
-      AND o.status <> 'cancelled'
     GROUP BY o.customer_id
 ), bases AS (
     SELECT f.*,

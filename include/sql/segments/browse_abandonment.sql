@@ -72,10 +72,9 @@ WITH recent AS (
             AND coalesce(ci.added_at, c.updated_at) <  :as_of
       )
       AND NOT EXISTS (
-          SELECT 1 FROM shop.orders o JOIN shop.order_items oi USING (order_id)
+          SELECT 1 FROM lifecycle.orders o JOIN shop.order_items oi USING (order_id)
           WHERE o.customer_id = sp.customer_id AND oi.product_id = sp.product_id
             AND o.ordered_at >= sp.first_viewed_at AND o.ordered_at < :as_of
-            AND o.status <> 'cancelled'
       )
 ), qualified AS (
     -- a session with at least one product looked at closely and then neither carted nor ordered;
@@ -121,13 +120,7 @@ WITH recent AS (
     JOIN picked p USING (customer_id, session_id)
 ), viewed AS (
     SELECT vp.customer_id, vp.session_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  pr.product_id,
-               'name',        pr.name,
-               'image_url',   pr.image_url,
-               'price',       pr.price,
-               'product_url', :shop_url || '/p/' || pr.sku
-           ) ORDER BY vp.rank) AS viewed,
+           jsonb_agg(lifecycle.product_card(pr, :shop_url) ORDER BY vp.rank) AS viewed,
            min(:shop_url || '/p/' || pr.sku) FILTER (WHERE vp.rank = 1) AS url
     FROM viewed_products vp
     JOIN shop.products pr USING (product_id)
@@ -147,13 +140,7 @@ WITH recent AS (
     GROUP BY vp.customer_id, vp.session_id, l.linked_product_id
 ), suggested AS (
     SELECT s.customer_id, s.session_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  pr.product_id,
-               'name',        pr.name,
-               'image_url',   pr.image_url,
-               'price',       pr.price,
-               'product_url', :shop_url || '/p/' || pr.sku
-           ) ORDER BY s.rank) AS suggested
+           jsonb_agg(lifecycle.product_card(pr, :shop_url) ORDER BY s.rank) AS suggested
     FROM suggestions s
     JOIN shop.products pr USING (product_id)
     WHERE s.rank <= 2

@@ -14,6 +14,7 @@ refresh_clock: true            # ... and it moves when the cart changes again
 max_lateness: 6h               # a reminder more than 6h overdue is recorded as expired, not sent
 audience: {audience_id: "120000000000001"}  # Meta custom audience of current cart abandoners (ads consent only)
 params:
+  wait_hours: 1                # a cart counts as abandoned this long after its last change
   lookback_hours: 48           # how far back a run looks for carts it may have missed
 steps:
   - {name: reminder_1, after: 1h,  channel: email, template: cart_abandonment/reminder_1}
@@ -24,7 +25,7 @@ exit:
     then: {channel: email, template: cart_abandonment/thank_you}
 --- */
 
--- Who qualifies: a cart with at least one item, last changed at least an hour before the
+-- Who qualifies: a cart with at least one item, last changed at least wait_hours before the
 -- run (and no more than lookback_hours before), whose customer has placed no order since
 -- that change. Everything is "as of" the end of the run's interval, so backfills replay:
 -- a cart changed after as_of is seen as it was then, from its items' added_at (an item
@@ -46,26 +47,20 @@ WITH lines_then AS (
 ), abandoned AS (
     SELECT c.cart_id, c.customer_id, c.updated_at
     FROM carts_then c
-    WHERE c.updated_at <  :as_of - INTERVAL '1 hour'
+    WHERE c.updated_at <  :as_of - make_interval(hours => :wait_hours)
       AND c.updated_at >= :as_of - make_interval(hours => :lookback_hours)
       AND NOT EXISTS (
-          SELECT 1 FROM shop.orders o
+          SELECT 1 FROM lifecycle.orders o
           WHERE o.customer_id = c.customer_id
             AND o.ordered_at > c.updated_at
             AND o.ordered_at < :as_of
-            AND o.status <> 'cancelled'
       )
 ), cart_lines AS (
     -- the items of those carts only (not of every cart in the shop)
     SELECT l.cart_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  p.product_id,
-               'name',        p.name,
-               'image_url',   p.image_url,
-               'quantity',    l.quantity,
-               'unit_price',  l.unit_price,
-               'product_url', :shop_url || '/p/' || p.sku
-           ) ORDER BY p.name, p.product_id) AS items,   -- same-named products: by id
+           jsonb_agg(lifecycle.product_card(p, :shop_url)
+                     || jsonb_build_object('quantity', l.quantity, 'unit_price', l.unit_price)
+                     ORDER BY p.name, p.product_id) AS items,   -- same-named products: by id
            sum(l.quantity * l.unit_price) AS cart_total
     FROM abandoned a
     JOIN lines_then l USING (cart_id)

@@ -38,9 +38,8 @@ exit:
 -- follow-up shows what the thank-you showed and a conversion is checked against them.
 WITH recent AS (
     SELECT o.order_id, o.customer_id, o.ordered_at, o.total, o.currency
-    FROM shop.orders o
-    WHERE o.status <> 'cancelled'
-      AND o.ordered_at >= :as_of - make_interval(days => :lookback_days)
+    FROM lifecycle.orders o
+    WHERE o.ordered_at >= :as_of - make_interval(days => :lookback_days)
       AND o.ordered_at <  :as_of
       AND NOT EXISTS (SELECT 1 FROM lifecycle.enrollments e
                       WHERE e.journey = :journey AND e.mode = :mode AND e.enrollment_key = o.order_id::text)
@@ -54,10 +53,9 @@ WITH recent AS (
     FROM candidates c
     WHERE NOT EXISTS (
         SELECT 1
-        FROM shop.orders o
+        FROM lifecycle.orders o
         JOIN shop.order_items oi ON oi.order_id = o.order_id
         WHERE o.customer_id = c.customer_id
-          AND o.status <> 'cancelled'
           AND o.ordered_at <= c.ordered_at
           AND oi.product_id = c.product_id
     )
@@ -73,14 +71,8 @@ WITH recent AS (
     FROM scored s
 ), suggested AS (
     SELECT r.order_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  pr.product_id,
-               'name',        pr.name,
-               'image_url',   pr.image_url,
-               'price',       pr.price,
-               'product_url', :shop_url || '/p/' || pr.sku,
-               'score',       r.score
-           ) ORDER BY r.rank) AS suggested
+           jsonb_agg(lifecycle.product_card(pr, :shop_url) || jsonb_build_object('score', r.score)
+                     ORDER BY r.rank) AS suggested
     FROM ranked r
     JOIN shop.products pr ON pr.product_id = r.product_id
     WHERE r.rank <= :max_products
@@ -88,14 +80,9 @@ WITH recent AS (
 ), bought AS (
     -- what the order held, for the "thanks for your order" part
     SELECT oi.order_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  pr.product_id,
-               'name',        pr.name,
-               'image_url',   pr.image_url,
-               'quantity',    oi.quantity,
-               'unit_price',  oi.unit_price,
-               'product_url', :shop_url || '/p/' || pr.sku
-           ) ORDER BY pr.name, pr.product_id) AS items
+           jsonb_agg(lifecycle.product_card(pr, :shop_url)
+                     || jsonb_build_object('quantity', oi.quantity, 'unit_price', oi.unit_price)
+                     ORDER BY pr.name, pr.product_id) AS items
     FROM suggested s
     JOIN shop.order_items oi ON oi.order_id = s.order_id
     JOIN shop.products pr ON pr.product_id = oi.product_id

@@ -53,8 +53,8 @@ WITH zones AS (
           WHERE k.customer_id = c.customer_id AND k.channel = 'email' AND k.status = 'opted_in'
       )
       AND EXISTS (
-          SELECT 1 FROM shop.orders o
-          WHERE o.customer_id = c.customer_id AND o.ordered_at < :as_of AND o.status <> 'cancelled'
+          SELECT 1 FROM lifecycle.orders o
+          WHERE o.customer_id = c.customer_id AND o.ordered_at < :as_of
       )
 ), days AS (
     -- the customer's day in each local year the run's range touches (two around New Year)

@@ -35,28 +35,22 @@ steps:
 -- confirmation and no shipping notice.
 WITH events AS (
     SELECT o.order_id, 'confirmation' AS notice, o.ordered_at AS notice_at
-    FROM shop.orders o
+    FROM lifecycle.orders o
     WHERE o.ordered_at >= :as_of - make_interval(hours => :lookback_hours)
       AND o.ordered_at <  :as_of
-      AND o.status <> 'cancelled'
     UNION ALL
     SELECT o.order_id, 'shipping' AS notice, o.shipped_at AS notice_at
-    FROM shop.orders o
+    FROM lifecycle.orders o
     WHERE o.shipped_at >= :as_of - make_interval(hours => :lookback_hours)
       AND o.shipped_at <  :as_of
-      AND o.status <> 'cancelled'
 ), lines AS (
     -- the order's lines as the templates show them, with the items' subtotal
     SELECT oi.order_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  p.product_id,
-               'name',        p.name,
-               'image_url',   p.image_url,
-               'quantity',    oi.quantity,
-               'unit_price',  oi.unit_price,
-               'line_total',  oi.quantity * oi.unit_price,
-               'product_url', :shop_url || '/p/' || p.sku
-           ) ORDER BY p.name, p.product_id)  AS items,
+           jsonb_agg(lifecycle.product_card(p, :shop_url)
+                     || jsonb_build_object('quantity',   oi.quantity,
+                                           'unit_price', oi.unit_price,
+                                           'line_total', oi.quantity * oi.unit_price)
+                     ORDER BY p.name, p.product_id)  AS items,
            sum(oi.quantity)                  AS units,
            sum(oi.quantity * oi.unit_price)  AS subtotal
     FROM shop.order_items oi

@@ -19,7 +19,8 @@ params:
 steps:
   - {name: picked_for_you, after: 0h, channel: email, template: product_recommendations/picked_for_you}
 exit:
-  - {when: product_recommendations_ordered_pick, status: converted}
+  # an order holding one of the picks (the context's products) converts
+  - {when: purchased_since_entry, params: {holding: products}, reason: product_recommendations_ordered_pick, status: converted}
 --- */
 
 -- The ranking is the warehouse recommender (include/sql/lifecycle/007_recommendations.sql):
@@ -37,14 +38,8 @@ WITH picks AS (
     FROM lifecycle.recommend_for(NULL, :as_of, :max_products, :activity_days, :pair_days) AS r
 ), per_customer AS (
     SELECT p.customer_id,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  pr.product_id,
-               'name',        pr.name,
-               'image_url',   pr.image_url,
-               'price',       pr.price,
-               'product_url', :shop_url || '/p/' || pr.sku,
-               'score',       p.score
-           ) ORDER BY p.rank, pr.product_id) AS products
+           jsonb_agg(lifecycle.product_card(pr, :shop_url) || jsonb_build_object('score', p.score)
+                     ORDER BY p.rank, pr.product_id) AS products
     FROM picks p
     JOIN shop.products pr ON pr.product_id = p.product_id
     GROUP BY p.customer_id

@@ -45,18 +45,16 @@ exit:
 WITH recent AS (
     -- only customers who ordered recently are counted (an index range on ordered_at)
     SELECT DISTINCT o.customer_id
-    FROM shop.orders o
+    FROM lifecycle.orders o
     WHERE o.ordered_at >= :as_of - make_interval(days => :active_days)
       AND o.ordered_at <  :as_of
-      AND o.status <> 'cancelled'
 ), history AS (
     SELECT o.customer_id,
            o.customer_id || ':' || to_char(CAST(:as_of AS timestamptz) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS referral_key,
            count(*) AS orders_count, max(o.ordered_at) AS last_ordered_at
-    FROM shop.orders o
+    FROM lifecycle.orders o
     JOIN recent USING (customer_id)
     WHERE o.ordered_at < :as_of
-      AND o.status <> 'cancelled'
     GROUP BY o.customer_id
 ), satisfied AS (
     SELECT h.*

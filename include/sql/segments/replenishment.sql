@@ -52,13 +52,12 @@ WITH lead_times AS (
            oi.quantity,
            CAST(oi.quantity * p.pack_units * 86400 / p.units_per_day AS float8)        AS supply_secs,
            coalesce(lt.lead_secs, CAST(:default_lead_days AS float8) * 86400)           AS lead_secs
-    FROM shop.orders o
+    FROM lifecycle.orders o
     JOIN shop.order_items oi USING (order_id)
     JOIN shop.products p USING (product_id)
     JOIN shop.customers c ON c.customer_id = o.customer_id
     LEFT JOIN lead_times lt ON lt.country = c.country
-    WHERE o.status <> 'cancelled'
-      AND o.ordered_at < :as_of
+    WHERE o.ordered_at < :as_of
       AND p.product_type = 'consumable'
       AND p.pack_units > 0
       AND p.units_per_day > 0
@@ -78,16 +77,9 @@ SELECT d.order_id || ':' || d.product_id                                  AS lin
        d.ordered_at,
        d.quantity,
        d.product_id,
-       jsonb_build_object(
-           'product_id',    p.product_id,
-           'sku',           p.sku,
-           'name',          p.name,
-           'image_url',     p.image_url,
-           'price',         p.price,
-           'pack_units',    p.pack_units,
-           'units_per_day', p.units_per_day,
-           'product_url',   :shop_url || '/p/' || p.sku
-       )                                                                   AS product,
+       lifecycle.product_card(p, :shop_url)
+         || jsonb_build_object('sku', p.sku, 'pack_units', p.pack_units,
+                               'units_per_day', p.units_per_day)                   AS product,
        round(CAST(d.supply_secs / 86400 AS numeric), 2)                    AS supply_days,
        round(CAST(d.lead_secs / 86400 AS numeric), 2)                      AS lead_time_days,
        d.runs_out_at,
@@ -106,10 +98,9 @@ WHERE d.due_at <= :as_of
   -- customer has restocked, so this line is never reminded.
   AND NOT EXISTS (
       SELECT 1
-      FROM shop.orders o2
+      FROM lifecycle.orders o2
       JOIN shop.order_items oi2 ON oi2.order_id = o2.order_id AND oi2.product_id = d.product_id
       WHERE o2.customer_id = d.customer_id
-        AND o2.status <> 'cancelled'
         AND o2.ordered_at < :as_of
         AND (o2.ordered_at, o2.order_id) > (d.ordered_at, d.order_id)
   )

@@ -36,19 +36,15 @@ WITH delivered AS (
            o.delivered_at + make_interval(days => CASE WHEN bool_or(p.product_type = 'hard')
                                                        THEN :hard_goods_days ELSE :soft_goods_days END)
                                                            AS request_due_at,
-           jsonb_agg(jsonb_build_object(
-               'product_id', p.product_id,
-               'name',       p.name,
-               'image_url',  p.image_url,
+           jsonb_agg(lifecycle.product_card(p, :shop_url) || jsonb_build_object(
                'review_url', :shop_url || '/review/' || lifecycle.url_escape(o.order_id::text) || '/' || lifecycle.url_escape(p.product_id::text)
            ) ORDER BY p.name, p.product_id)                AS items
-    FROM shop.orders o
+    FROM lifecycle.orders o
     JOIN shop.order_items oi USING (order_id)
     JOIN shop.products p USING (product_id)
     WHERE o.delivered_at IS NOT NULL
       AND o.delivered_at < :as_of
       AND o.delivered_at >= :as_of - make_interval(days => :hard_goods_days + :lookback_days)
-      AND o.status <> 'cancelled'
     GROUP BY o.order_id, o.customer_id, o.delivered_at
 )
 SELECT d.order_id,

@@ -31,7 +31,8 @@ steps:
   - {name: offer_value, after: 0h, channel: email, template: seasonal_offer/offer_value, when: price_sensitive}
   - {name: reminder, after: 3d, channel: email, template: seasonal_offer/reminder, unless: seasonal_offer_clicked_or_ordered}
 exit:
-  - {when: seasonal_offer_ordered_in_window, status: converted}   # an order inside the window
+  # an order inside the window: before the context's ends_at (the end of the holiday on the customer's clock)
+  - {when: purchased_since_entry, params: {before: ends_at}, reason: seasonal_offer_ordered_in_window, status: converted}
 --- */
 
 -- Who qualifies: customers with email consent (and an account as of the run) whose calendar
@@ -67,17 +68,16 @@ WITH offers AS (
     WHERE o.countries IS NULL OR o.countries @> to_jsonb(p.country)
 ), sales AS (
     SELECT oi.product_id, sum(oi.quantity) AS units
-    FROM shop.orders o
+    FROM lifecycle.orders o
     JOIN shop.order_items oi USING (order_id)
     WHERE o.ordered_at >= :as_of - make_interval(days => :bestseller_days)
       AND o.ordered_at < :as_of
-      AND o.status <> 'cancelled'
     GROUP BY oi.product_id
 ), median AS (
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY price) AS price FROM shop.products
 ), ranked AS (
     -- best sellers first (ties and unsold products by id); "value": priced at or below the median
-    SELECT pr.product_id, pr.sku, pr.name, pr.image_url, pr.price,
+    SELECT pr AS product,   -- the whole row, for lifecycle.product_card
            row_number() OVER (ORDER BY coalesce(s.units, 0) DESC, pr.product_id) AS best_rank,
            row_number() OVER (PARTITION BY pr.price <= m.price
                               ORDER BY coalesce(s.units, 0) DESC, pr.product_id) AS value_rank,
@@ -86,20 +86,10 @@ WITH offers AS (
     CROSS JOIN median m
     LEFT JOIN sales s USING (product_id)
 ), picks AS (
-    SELECT jsonb_agg(jsonb_build_object(
-               'product_id',  product_id,
-               'name',        name,
-               'image_url',   image_url,
-               'price',       price,
-               'product_url', :shop_url || '/p/' || sku
-           ) ORDER BY best_rank) FILTER (WHERE best_rank <= 3) AS bestsellers,
-           jsonb_agg(jsonb_build_object(
-               'product_id',  product_id,
-               'name',        name,
-               'image_url',   image_url,
-               'price',       price,
-               'product_url', :shop_url || '/p/' || sku
-           ) ORDER BY value_rank) FILTER (WHERE is_value AND value_rank <= 3) AS value_picks
+    SELECT jsonb_agg(lifecycle.product_card(product, :shop_url) ORDER BY best_rank)
+               FILTER (WHERE best_rank <= 3) AS bestsellers,
+           jsonb_agg(lifecycle.product_card(product, :shop_url) ORDER BY value_rank)
+               FILTER (WHERE is_value AND value_rank <= 3) AS value_picks
     FROM ranked
 )
 SELECT d.customer_id || ':' || d.offer || ':' || d.year          AS offer_key,

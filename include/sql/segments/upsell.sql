@@ -23,7 +23,8 @@ steps:
   - {name: offer, after: 0m, channel: [push, email], template: upsell/offer, ttl: 12h}
   - {name: follow_up, after: 24h, channel: email, template: upsell/follow_up, unless: upsell_upgrade_in_cart}
 exit:
-  - {when: upsell_ordered_upgrade, status: converted}  # checked first: an order with the upgrade converts
+  # checked first: an order with the upgrade converts (recorded as upsell_ordered_upgrade)
+  - {when: purchased_since_entry, params: {holding: upgrade_product_id}, reason: upsell_ordered_upgrade, status: converted}
   - {when: purchased_since_entry, status: exited}      # any other order ends the journey quietly
   - {when: upsell_item_removed, status: exited}        # the item left the cart (and its upgrade did not come in)
 --- */
@@ -52,10 +53,9 @@ WITH lines_then AS (
     WHERE c.updated_at + make_interval(mins => :wait_minutes) <= :as_of
       AND c.updated_at + make_interval(mins => :wait_minutes) > :as_of - make_interval(hours => :lookback_hours)
       AND NOT EXISTS (
-          SELECT 1 FROM shop.orders o
+          SELECT 1 FROM lifecycle.orders o
           WHERE o.customer_id = c.customer_id
             AND o.ordered_at > c.updated_at AND o.ordered_at < :as_of
-            AND o.status <> 'cancelled'
       )
 ), upgrades AS (
     -- Each line's upgrade: an upsell link to a higher tier that costs more than the line's
@@ -96,23 +96,10 @@ SELECT k.cart_id || ':' || k.product_id              AS item_key,
        k.upsell_due_at,
        k.product_id,
        k.upgrade_product_id,
-       jsonb_build_object(
-           'product_id',  p.product_id,
-           'sku',         p.sku,
-           'name',        p.name,
-           'image_url',   p.image_url,
-           'price',       k.unit_price,
-           'quantity',    k.quantity,
-           'product_url', :shop_url || '/p/' || p.sku
-       )                                              AS item,
-       jsonb_build_object(
-           'product_id',  up.product_id,
-           'sku',         up.sku,
-           'name',        up.name,
-           'image_url',   up.image_url,
-           'price',       up.price,
-           'product_url', :shop_url || '/p/' || up.sku
-       )                                              AS upgrade,
+       -- the item at the price it has in the cart
+       lifecycle.product_card(p, :shop_url)
+         || jsonb_build_object('sku', p.sku, 'price', k.unit_price, 'quantity', k.quantity) AS item,
+       lifecycle.product_card(up, :shop_url) || jsonb_build_object('sku', up.sku)     AS upgrade,
        up.price - k.unit_price                        AS price_difference,
        :shop_url || '/p/' || up.sku                   AS url,
        :shop_url || '/cart/' || k.cart_id             AS cart_url

@@ -54,8 +54,8 @@ WITH newcomers AS (
       AND greatest(c.created_at, k.double_opt_in_at) <  :interval_end
       AND k.double_opt_in_at < c.created_at + make_interval(days => :confirm_within_days)
       AND NOT EXISTS (
-          SELECT 1 FROM shop.orders o
-          WHERE o.customer_id = c.customer_id AND o.ordered_at < :as_of AND o.status <> 'cancelled'
+          SELECT 1 FROM lifecycle.orders o
+          WHERE o.customer_id = c.customer_id AND o.ordered_at < :as_of
       )
       AND NOT EXISTS (
           SELECT 1 FROM lifecycle.enrollments e
@@ -73,23 +73,16 @@ WITH newcomers AS (
     SELECT customer_id, welcome_at FROM waiting
 ), units AS (
     SELECT oi.product_id, sum(oi.quantity) AS units
-    FROM shop.orders o
+    FROM lifecycle.orders o
     JOIN shop.order_items oi USING (order_id)
-    WHERE o.status <> 'cancelled'
-      AND o.ordered_at >= CAST(:as_of AS timestamptz) - make_interval(days => :bestseller_days)
+    WHERE o.ordered_at >= CAST(:as_of AS timestamptz) - make_interval(days => :bestseller_days)
       AND o.ordered_at <  :as_of
     GROUP BY oi.product_id
     ORDER BY units DESC, oi.product_id
     LIMIT :bestseller_count
 ), bestsellers AS (
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-               'product_id',  p.product_id,
-               'name',        p.name,
-               'image_url',   p.image_url,
-               'price',       p.price,
-               'units_sold',  u.units,
-               'product_url', :shop_url || '/p/' || p.sku
-           ) ORDER BY u.units DESC, p.product_id), '[]'::jsonb) AS bestsellers
+    SELECT coalesce(jsonb_agg(lifecycle.product_card(p, :shop_url) || jsonb_build_object('units_sold', u.units)
+                              ORDER BY u.units DESC, p.product_id), '[]'::jsonb) AS bestsellers
     FROM units u
     JOIN shop.products p USING (product_id)
 )

@@ -37,9 +37,8 @@ WITH last_orders AS (
            o.order_id                                      AS last_order_id,
            o.ordered_at                                    AS last_order_at,
            count(*) OVER (PARTITION BY o.customer_id)      AS orders_count
-    FROM shop.orders o
+    FROM lifecycle.orders o
     WHERE o.ordered_at < :as_of
-      AND o.status <> 'cancelled'
     ORDER BY o.customer_id, o.ordered_at DESC, o.order_id DESC
 )
 SELECT l.customer_id || ':' || l.last_order_id                                   AS lapse_key,

@@ -11,12 +11,11 @@ WITH sunsets AS (
     WHERE s.reason = ANY(CAST(:liftable AS text[])) AND s.lifted_at IS NULL
       AND (CAST(:customer_ids AS text[]) IS NULL OR s.customer_id = ANY(CAST(:customer_ids AS text[])))
 ), signs_of_life AS (
-    -- a non-cancelled order
+    -- an order that counts (lifecycle.orders: not cancelled)
     SELECT su.suppression_id, o.ordered_at AS at, 'ordered' AS why, CAST(o.order_id AS text) AS ref, 1 AS rank
     FROM sunsets su
-    JOIN shop.orders o
+    JOIN lifecycle.orders o
       ON o.customer_id = {order_customer} AND o.ordered_at >= su.since AND o.ordered_at < :as_of
-    WHERE o.status <> 'cancelled'
     UNION ALL
     -- a click on the sunset's channel (provider events; per-message tracking may add the message id)
     SELECT su.suppression_id, ev.occurred_at, 'clicked',
