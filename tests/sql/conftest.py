@@ -184,8 +184,12 @@ class ShopSQL:
         revenue) of the enrollments it holds for (order and revenue: the conversion it credits).
         Active enrollments already in the journey (`enroll`: to give them coupons or messages
         first, or from an earlier call) take part too; those an earlier call exited do not."""
-        spec = self.spec(journey, exits=(Exit(when=condition, status="converted", message_step=None, channel=None,
-                                              template=None),))
+        # A rule the journey names by `reason:` (a shared condition with params) is that exit rule.
+        own = next((e for e in self.spec(journey).exits if e.reason == condition), None)
+        rule = (dataclasses.replace(own, status="converted", message_step=None, channel=None, template=None, coupon=None)
+                if own else Exit(when=condition, status="converted", message_step=None, channel=None, template=None,
+                             reason=condition))
+        spec = self.spec(journey, exits=(rule,))
         if params:
             spec = dataclasses.replace(spec, params={**spec.params, **params})
         self.enroll(journey, *enrollments)
