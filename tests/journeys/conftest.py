@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lifecycle import demo_shop
+from lifecycle_demo import demo_shop
 from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.push import PushChannel
 from lifecycle.channels.sms import SMSChannel
