@@ -35,13 +35,13 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lifecycle_demo import demo_shop
 from lifecycle.channels.email import EmailChannel
 from lifecycle.channels.push import PushChannel
 from lifecycle.channels.sms import SMSChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.replay import run_interval
 from lifecycle.spec import JourneySpec, load_spec
+from lifecycle_demo import demo_shop
 from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
 from lifecycle_demo.sinks.smtp_server import ReceivedMessage, RecordingSMTPServer
 from lifecycle_demo.sinks.twilio_server import DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN, TwilioServer
