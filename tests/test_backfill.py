@@ -336,18 +336,26 @@ def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
     assert len(smtp.messages) == delivered_before
 
     # The validate task's log (a real worker's file) says what it checked, without GX's noise.
-    log = task_log(af, "win_back", runs[0]["dag_run_id"], "validate")
     # Backfill run ids (backfill__<date>) repeat across DAGs: an earlier test of the module backfilled
     # another journey over the same dates, so the row is picked by journey as well.
     selected = scalar(engine, "SELECT rows_selected FROM lifecycle.runs "
                               "WHERE journey = 'win_back' AND run_id = :r AND mode = 'dry'", r=runs[0]["dag_run_id"])
+    line = f"selected {selected}, valid {selected}, quarantined 0, held no"
+    log = task_log(af, "win_back", runs[0]["dag_run_id"], "validate", wait_for=line)
     assert f"selected {selected}, valid {selected}, quarantined 0, held no" in log, log
     assert "great_expectations" not in log, log
 
 
-def task_log(af: Airflow, dag_id: str, run_id: str, task_id: str) -> str:
-    logs = sorted((af.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/**/*.log"))
-    return "\n".join(log.read_text(errors="replace") for log in logs)
+def task_log(af: Airflow, dag_id: str, run_id: str, task_id: str, wait_for: str = "", timeout: float = 60) -> str:
+    """The task's log files as the worker wrote them; with `wait_for`, read again until that text is
+    there (the log is written out by the task's supervisor, which may finish after the run's state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = sorted((af.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/**/*.log"))
+        text = "\n".join(log.read_text(errors="replace") for log in logs)
+        if wait_for in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def start_run_log(af: Airflow, dag_id: str, run_id: str) -> str:
