@@ -117,10 +117,15 @@ def mask_comments_and_strings(sql: str) -> str:
             end = n if end < 0 else end + 1
             out.append(sql[i:end])
             i = end
-        else:
-            out.append(ch)
-            i += 1
+        else:  # plain SQL: copy up to the next character that may open a comment, string or identifier
+            end = _PLAIN.search(sql, i + 1)
+            end = n if end is None else end.start()
+            out.append(sql[i:end])
+            i = end
     return "".join(out)
+
+
+_PLAIN = re.compile(r"[-/'$\"]")
 
 
 class _Tokens:
@@ -142,7 +147,7 @@ class _Tokens:
                 depth += 1
             elif tok == ")" and stack:
                 self.match[stack.pop()] = len(self.text) - 1
-        self._line_starts = [0] + [i + 1 for i, c in enumerate(masked) if c == "\n"]
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", masked)]
 
     def __len__(self) -> int:
         return len(self.text)

@@ -18,7 +18,7 @@ text, holiday_date date, send_date date, end_date date, countries jsonb)`. `end_
 the first day after the window; `countries` is null for `countries: all`.
 
 Everything here is pure Python (no network): safe at DAG parse time. `holidays` is
-imported only when a file has offers.
+imported only when a file has offers and its answers are not on disk yet (lifecycle.holiday_cache).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
+
+from lifecycle.holiday_cache import remembered
 
 OFFER_KEYS = {"name", "holiday", "calendar", "send_on", "days_before", "days_after_holiday", "countries"}
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -67,20 +69,33 @@ def holiday_dates(calendar: str, years: tuple[int, ...]) -> dict[str, list[date]
 
 @lru_cache(maxsize=64)
 def _calendar(calendar: str, years: tuple[int, ...]) -> dict[str, list[date]]:
+    # Kept on disk (lifecycle.holiday_cache): DAG parsing then never imports holidays.
+    names = remembered(f"calendar {calendar} {','.join(map(str, years))}", lambda: _ask_calendar(calendar, years))
+    return {name: [date.fromisoformat(d) for d in days] for name, days in names.items()}
+
+
+def _ask_calendar(calendar: str, years: tuple[int, ...]) -> dict[str, list[str]]:
     import holidays
 
-    names: dict[str, list[date]] = {}
+    names: dict[str, list[str]] = {}
     # observed=False: "Christmas Day (observed)" on a Friday is not Christmas.
     for day, joined in sorted(holidays.country_holidays(calendar, years=years, observed=False).items()):
         for name in joined.split("; "):  # two holidays on one day are joined with "; "
-            names.setdefault(name, []).append(day)
+            names.setdefault(name, []).append(day.isoformat())
     return names
 
 
 def supported_calendars() -> set[str]:
-    import holidays
+    return set(remembered("calendars", _ask_calendars))
 
-    return {code for code in holidays.list_supported_countries() if COUNTRY.match(code)}
+
+def _ask_calendars() -> list[str]:
+    """The country codes `holidays` has a calendar for, read from its registry: not
+    `holidays.list_supported_countries()`, which imports all ~250 country modules to list
+    their subdivisions (0.2-0.5 s)."""
+    from holidays.registry import EntityLoader
+
+    return sorted(code for code in EntityLoader.get_country_codes(include_aliases=True) if COUNTRY.match(code))
 
 
 def dated(offer: Offer, year: int) -> dict | None:

@@ -21,6 +21,7 @@ so an analyst can fix it without reading Python. The full key list is in the REA
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,7 @@ COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
 GUARD_KEYS = {"factor", "min_rows", "history"}
 
 
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # CSafeLoader: PyYAML built with libyaml
 RESERVED_JOURNEYS = {"lifecycle_dispatch"}  # DAG ids the engine itself uses
 TAG_MAX_LEN = 100  # Airflow refuses longer DAG tags
 
@@ -360,7 +362,7 @@ def load_spec(
         raise SpecError(path, ["the file must start with a header comment `/* --- ... --- */` (see README)"])
     header_line = 2  # YAML starts on the file's second line
     try:
-        header = yaml.safe_load(match["yaml"]) or {}
+        header = _read_header(match["yaml"])
     except yaml.YAMLError as exc:
         mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f"header line {mark.line + header_line}" if mark else "header"
@@ -379,6 +381,18 @@ def load_spec(
         raise SpecError(path, [f"could not be read as a journey: {type(exc).__name__}: {exc} "
                                "(check the types of the header values against the README)"]
                         ).remember_header(header) from exc
+
+
+def _read_header(text: str) -> Any:
+    """The header's YAML, read by libyaml's C parser where PyYAML has it (several times faster:
+    this runs for every segment file at every DAG parse). On an error the pure-Python parser
+    reads it again: it decides, and its messages and marks are the ones analysts are shown."""
+    if FAST_LOADER is not yaml.SafeLoader:
+        try:
+            return yaml.load(text, Loader=FAST_LOADER) or {}
+        except yaml.YAMLError:
+            pass
+    return yaml.safe_load(text) or {}
 
 
 def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -> JourneySpec:
@@ -704,7 +718,13 @@ def condition_tie_problems(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [f"condition {path.name}: cannot read the file: {exc}"]
-    return [f"condition {path.name} {finding}" for finding in check_ties(text)]
+    return list(_condition_ties(path.name, text))
+
+
+@functools.lru_cache(maxsize=256)
+def _condition_ties(name: str, text: str) -> tuple[str, ...]:
+    """Scanned once per parse, not once per journey using the condition (keyed by its text)."""
+    return tuple(f"condition {name} {finding}" for finding in check_ties(text))
 
 
 def discover(segments_dir: Path = SEGMENTS_DIR) -> list[Path]:
