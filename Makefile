@@ -29,7 +29,8 @@ test-fast: $(STAMP)  ## the edit loop: ruff, then every test not marked slow or 
 lint-segments: $(STAMP)  ## check every segment file, for analysts
 	$(BIN)/lifecycle lint
 
-bench: $(STAMP)  ## one hourly cart-abandonment run on a generated 100k-customer shop
+bench: $(STAMP)  ## DAG parsing with 50 segment files; one hourly cart-abandonment run on a generated 100k-customer shop
+	$(BIN)/python benchmarks/parse_dags.py
 	$(BIN)/python benchmarks/cart_abandonment_run.py
 
 bench-journeys: $(STAMP)  ## the journey tests' run windows against their time budgets, and DAG parsing
