@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lifecycle import config, holiday_cache, offers
+from lifecycle import holiday_cache, offers
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.spec import load_spec
 
@@ -17,7 +17,7 @@ SEASONAL = SEGMENTS_DIR / "seasonal_offer.sql"
 @pytest.fixture
 def fresh_process(monkeypatch, tmp_path):
     """A state dir of its own and nothing remembered in memory, as in a new parsing process."""
-    monkeypatch.setattr(config, "STATE_DIR", tmp_path)
+    monkeypatch.setenv("LIFECYCLE_STATE_DIR", str(tmp_path))
 
     def forget():
         monkeypatch.setattr(holiday_cache, "_loaded", {})
@@ -58,6 +58,6 @@ def test_a_read_only_state_dir_still_parses(fresh_process, monkeypatch, tmp_path
     fresh_process()
     blocked = tmp_path / "a-file"
     blocked.write_text("", encoding="utf-8")
-    monkeypatch.setattr(config, "STATE_DIR", blocked)  # cache/ cannot be created under a file
+    monkeypatch.setenv("LIFECYCLE_STATE_DIR", str(blocked))  # cache/ cannot be created under a file
     assert load_spec(SEASONAL).offers == expected
     assert not (blocked / "cache").exists()

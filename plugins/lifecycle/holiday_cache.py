@@ -40,7 +40,7 @@ def cache_file() -> Path | None:
         version = metadata.version("holidays")
     except metadata.PackageNotFoundError:
         return None
-    return Path(config.STATE_DIR) / "cache" / f"holidays-{version}.json"
+    return config.settings().state_dir / "cache" / f"holidays-{version}.json"
 
 
 def _answers(path: Path) -> dict[str, Any]:
