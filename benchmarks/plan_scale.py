@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
@@ -41,23 +42,15 @@ def run_stages(engine, spec, end: datetime, every: timedelta, label: str) -> tup
     from lifecycle.exits import evaluate_exits
     from lifecycle.run_context import RunContext
 
-    timings: dict[str, float] = {}
-
-    def timed(name, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            timings[name] = time.perf_counter() - t0
-
     run = RunContext(spec.journey, f"bench_{label}__{end.isoformat()}", "live", end - every, end)
     run_audit.start_run(engine, run)
-    timed("stage", stage.stage_segment, engine, spec, run)
-    timed("validate", validate.validate_stage, engine, spec, run, approve_volume=True)
-    timed("enroll", enroll, engine, spec, run)
-    timed("exits", evaluate_exits, engine, spec, run)
-    timed("plan", plan.plan_due_steps, engine, spec, run)
-    batches = timed("batch", plan.assign_batches, engine, spec, run)
+    calls = (stage.stage_segment, partial(validate.validate_stage, approve_volume=True), enroll, evaluate_exits,
+             plan.plan_due_steps, plan.assign_batches)
+    timings: dict[str, float] = {}
+    for name, call in zip(STAGES, calls, strict=True):
+        t0 = time.perf_counter()
+        batches = call(engine, spec, run)
+        timings[name] = time.perf_counter() - t0
     run_audit.finish_run(engine, run, "ok", run_audit.message_counts(engine, run))
     stage.drop_stage(engine, run)
     return timings, sum(b["size"] for b in batches)
