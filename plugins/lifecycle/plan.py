@@ -205,7 +205,8 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
 
 
 def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> None:
-    """Record each active enrollment's current/next step; complete those past their last step."""
+    """Record the current/next step of the active enrollments this run can have changed; complete
+    those past their last step."""
     last_after = spec.steps[-1].after
     with engine.begin() as conn:
         conn.execute(
