@@ -29,9 +29,10 @@ test-fast: $(STAMP)  ## the edit loop: ruff, then every test not marked slow or 
 lint-segments: $(STAMP)  ## check every segment file, for analysts
 	$(BIN)/lifecycle lint
 
-bench: $(STAMP)  ## DAG parsing with 50 segment files; one hourly cart-abandonment run on a generated 100k-customer shop
+bench: $(STAMP)  ## DAG parsing with 50 segment files; an hourly cart-abandonment run at 100k customers; planning at 20k and 100k
 	$(BIN)/python benchmarks/parse_dags.py
 	$(BIN)/python benchmarks/cart_abandonment_run.py
+	$(BIN)/python benchmarks/plan_scale.py
 
 bench-journeys: $(STAMP)  ## the journey tests' run windows against their time budgets, and DAG parsing
 	$(BIN)/python benchmarks/journey_replays.py

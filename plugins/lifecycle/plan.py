@@ -8,7 +8,6 @@ leave this module through XCom.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -27,6 +26,29 @@ from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, start_suns
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024) at any segment size
 STALE_CLAIM = timedelta(hours=1)
 ADVANCE_ENROLLMENTS_SQL = query("advance_enrollments")
+# Per channel, how many of this run's planned messages already have a batch (a run plans several
+# steps, and its exits, and adopts what was left open): read through messages_open_batches, so it
+# costs this run's rows, not the table's.
+NUMBERED_SQL = """
+    SELECT channel, count(*) AS n FROM lifecycle.messages
+     WHERE journey = :journey AND run_id = :run_id AND status = 'planned' AND batch_no IS NOT NULL
+     GROUP BY channel
+"""
+
+
+def batch_no_sql(position: str, total: str) -> str:
+    """The batch of the message at 0-based `position` among this run's `total` planned messages of
+    its channel (numbered ones `nb.n` first): spec.batch_size a batch, more if that would take
+    over MAX_BATCHES."""
+    size = f"greatest(:batch_size, ceil(({total}) / CAST(:max_batches AS numeric)))"
+    return f"((coalesce(nb.n, 0) + {position}) / CAST({size} AS bigint))::int"
+
+
+# A planned message's batch, numbered as it is inserted: no second pass over the new rows, so no
+# plan that depends on statistics the insert just made stale.
+INSERT_BATCH_NO_SQL = "CASE WHEN r.status = 'planned' THEN " + batch_no_sql(
+    "row_number() OVER open - 1", "coalesce(nb.n, 0) + count(*) OVER (PARTITION BY r.channel, r.status = 'planned')"
+) + " END"
 
 
 def insert_messages(
@@ -49,22 +71,28 @@ def insert_messages(
             f"""
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
-                 status, reason, due_at, planned_for, planned_run_id, run_id, expires_at)
-            SELECT :prefix || :journey || ':' || c.enrollment_key || ':' || :step || ':' || c.channel,
-                   :journey, :mode, c.enrollment_id, c.customer_id, :step, c.channel, :template, :kind,
-                   CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'
-                        WHEN c.skip_reason IS NOT NULL THEN 'skipped'
-                        WHEN c.due_at + make_interval(secs => :lateness) < :as_of THEN 'expired'
-                        ELSE {ready} END,
-                   CASE WHEN c.holdout AND :kind = 'marketing' THEN 'holdout'
-                        WHEN c.skip_reason IS NOT NULL THEN c.skip_reason
-                        WHEN c.due_at + make_interval(secs => :lateness) < :as_of
-                             THEN 'late: due ' || to_char(c.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
-                                  || ' UTC, more than ' || :lateness_text || ' before the run'
-                        ELSE :action_reason END,
-                   c.due_at, :as_of, :run_id, :run_id, c.due_at + make_interval(secs => :lateness)
-            FROM {candidates} AS c
-            ORDER BY c.enrollment_id
+                 status, reason, due_at, planned_for, planned_run_id, run_id, expires_at, batch_no)
+            SELECT :prefix || :journey || ':' || r.enrollment_key || ':' || :step || ':' || r.channel,
+                   :journey, :mode, r.enrollment_id, r.customer_id, :step, r.channel, :template, :kind,
+                   r.status, r.reason, r.due_at, :as_of, :run_id, :run_id, r.due_at + make_interval(secs => :lateness),
+                   {INSERT_BATCH_NO_SQL}
+            FROM (
+                SELECT c.*,
+                       CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'
+                            WHEN c.skip_reason IS NOT NULL THEN 'skipped'
+                            WHEN c.due_at + make_interval(secs => :lateness) < :as_of THEN 'expired'
+                            ELSE {ready} END AS status,
+                       CASE WHEN c.holdout AND :kind = 'marketing' THEN 'holdout'
+                            WHEN c.skip_reason IS NOT NULL THEN c.skip_reason
+                            WHEN c.due_at + make_interval(secs => :lateness) < :as_of
+                                 THEN 'late: due ' || to_char(c.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+                                      || ' UTC, more than ' || :lateness_text || ' before the run'
+                            ELSE :action_reason END AS reason
+                FROM {candidates} AS c
+            ) AS r
+            LEFT JOIN ({NUMBERED_SQL}) AS nb ON nb.channel = r.channel
+            WINDOW open AS (PARTITION BY r.channel, r.status = 'planned' ORDER BY r.due_at, r.enrollment_id)
+            ORDER BY r.enrollment_id
             ON CONFLICT DO NOTHING
             RETURNING message_id, status, customer_id, channel
             """
@@ -79,6 +107,8 @@ def insert_messages(
             "lateness": lateness.total_seconds(),
             "lateness_text": str(lateness),
             "action_reason": f"action: {action}" if action else None,
+            "batch_size": spec.batch_size,
+            "max_batches": MAX_BATCHES,
         },
     ).all()
     if action == "suppress" and run.mode == Mode.LIVE:
@@ -175,7 +205,8 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
 
 
 def _advance_enrollments(engine: Engine, spec: JourneySpec, run: RunContext) -> None:
-    """Record each active enrollment's current/next step; complete those past their last step."""
+    """Record the current/next step of the active enrollments this run can have changed; complete
+    those past their last step."""
     last_after = spec.steps[-1].after
     with engine.begin() as conn:
         conn.execute(
@@ -209,32 +240,14 @@ def assign_batches(
     is sent only by whoever claims it first (see send.claim_message).
     """
     where = OPEN + (LEFT_BEHIND if only_waiting else "")
-    binds = {**run.binds(), "now": now or datetime.now(UTC)}  # the sender's clock decides if a wait is over
+    binds = {**run.binds(), "now": now or datetime.now(UTC), "run_id": run.run_id}  # the sender's clock decides
     with engine.begin() as conn:
         _expire_stale_claims(conn, spec, run)
         _retire_removed_channels(conn, spec, run)
-        open_count = conn.execute(sa.text(f"SELECT count(*) FROM lifecycle.messages WHERE {where}"),
-                                  binds).scalar_one()
-        if not open_count:
+        if not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM lifecycle.messages WHERE {where})"),
+                            binds).scalar_one():
             return []
-        size = max(spec.batch_size, math.ceil(open_count / MAX_BATCHES))
-        conn.execute(
-            sa.text(
-                f"""
-                WITH open AS (
-                    SELECT message_id,
-                           row_number() OVER (PARTITION BY channel
-                                              ORDER BY (kind = 'transactional') DESC, due_at, message_id) - 1 AS rn
-                    FROM lifecycle.messages WHERE {where}
-                )
-                UPDATE lifecycle.messages m
-                   SET run_id = :run_id, batch_no = (open.rn / :size)::int, not_before = NULL, updated_at = now()
-                  FROM open
-                 WHERE m.message_id = open.message_id AND m.status = 'planned'
-                """
-            ),
-            {**binds, "run_id": run.run_id, "size": size},
-        )
+        _adopt_open_messages(conn, spec, where, binds)
         rows = conn.execute(
             sa.text(
                 "SELECT channel, batch_no, count(*) AS n FROM lifecycle.messages "
@@ -248,6 +261,36 @@ def assign_batches(
               batch=r.batch_no, size=r.n, as_of=run.as_of.isoformat())
         for r in rows
     ]
+
+
+def _adopt_open_messages(conn: sa.Connection, spec: JourneySpec, where: str, binds: dict) -> None:
+    """Number into this run's batches, after the ones insert_messages numbered, the open
+    messages it did not plan: left behind by a run that died, or whose wait is over."""
+    adopt = f"{where} AND (run_id IS DISTINCT FROM :run_id OR batch_no IS NULL)"
+    if not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM lifecycle.messages WHERE {adopt})"),
+                        binds).scalar_one():
+        return
+    # With stale statistics (rows just planned) a nested loop here re-runs the numbering per row;
+    # hash or merge joins stay linear in the open rows whatever the statistics say. Until commit.
+    conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+    conn.execute(
+        sa.text(
+            f"""
+            WITH open AS (
+                SELECT message_id, channel, count(*) OVER (PARTITION BY channel) AS n,
+                       row_number() OVER (PARTITION BY channel
+                                          ORDER BY (kind = 'transactional') DESC, due_at, message_id) - 1 AS rn
+                FROM lifecycle.messages WHERE {adopt}
+            )
+            UPDATE lifecycle.messages m
+               SET run_id = :run_id, batch_no = {batch_no_sql("open.rn", "coalesce(nb.n, 0) + open.n")},
+                   not_before = NULL, updated_at = now()
+              FROM open LEFT JOIN ({NUMBERED_SQL}) AS nb ON nb.channel = open.channel
+             WHERE m.message_id = open.message_id AND m.status = 'planned'
+            """
+        ),
+        {**binds, "batch_size": spec.batch_size, "max_batches": MAX_BATCHES},
+    )
 
 
 def by_channel(batches: list[Batch], channels) -> dict[str, list[Batch]]:

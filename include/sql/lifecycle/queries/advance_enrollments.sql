@@ -1,5 +1,5 @@
--- Each active enrollment's current and next step (lifecycle.plan.plan_due_steps, after planning);
--- one past its last step and the conversion window (done_after seconds after entry) completes.
+-- The current and next step of each active enrollment this run can have changed (lifecycle.plan.plan_due_steps,
+-- after planning); one past its last step and the conversion window (done_after seconds after entry) completes.
 -- The steps arrive as arrays in header order (ords, names, afters).
 WITH steps AS (
     SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
@@ -17,6 +17,13 @@ WITH steps AS (
         ORDER BY s.ord LIMIT 1
     ) nx ON true
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
+      -- Only enrollments this run can have changed: new or past their last step (next_step NULL),
+      -- next step due (steps are in time order, so any message planned since the last advance
+      -- was due by now), or next_due_at no longer entered_at + that step's delay (a refreshed clock,
+      -- a changed step). The others keep their values: no per-enrollment message lookups for them.
+      AND (e.next_step IS NULL OR e.next_due_at <= :as_of
+           OR NOT EXISTS (SELECT 1 FROM steps s WHERE s.name = e.next_step
+                          AND e.next_due_at = e.entered_at + make_interval(secs => s.after_s)))
 )
 UPDATE lifecycle.enrollments e
    SET next_step = p.next_step, next_due_at = p.next_due_at, current_step = p.current_step,
