@@ -27,7 +27,7 @@ schedule: hourly
 entry_key: cart_id
 entered_at: cart_updated_at
 max_lateness: 7d
-params: {{lookback_hours: 48}}
+params: {{lookback_hours: 48, wait_hours: 1}}
 steps:
   - {{name: nudge, after: 1h, channel: {channels}, template: cart_abandonment/reminder_1}}
 --- */

@@ -31,7 +31,7 @@ schedule: hourly
 entry_key: cart_id
 entered_at: cart_updated_at
 max_lateness: 7d
-params: {lookback_hours: 48}
+params: {lookback_hours: 48, wait_hours: 1}
 steps:
   - {name: reminder_1, after: 1h, channel: [push, email], template: cart_abandonment/reminder_1, ttl: 2h, urgency: high}
   - {name: reminder_2, after: 24h, channel: sms, template: cart_abandonment/reminder_2}
