@@ -134,6 +134,10 @@ class Exit:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     reason: str = ""  # recorded as exit_reason and conversions.condition: `reason:`, else the condition's name
 
+    def __post_init__(self) -> None:
+        if not self.reason:  # the condition's name, however the rule was built
+            object.__setattr__(self, "reason", self.when or "")
+
 
 @dataclass(frozen=True)
 class VolumeGuard:
@@ -630,7 +634,7 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
         if reason is not None and (not isinstance(reason, str) or not NAME.match(reason)):
             c.add(f"{where}.reason: lower_snake_case, got {reason!r}")
         exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template,
-                          coupon=coupon, params=params, reason=str(reason or when or "")))
+                          coupon=coupon, params=params, reason=str(reason or "")))
     reasons = [e.reason for e in exits]
     for dup in sorted({r for r in reasons if reasons.count(r) > 1}):
         c.add(f"exit: two rules record the reason {dup!r}; give one a `reason:` of its own")

@@ -187,8 +187,7 @@ class ShopSQL:
         # A rule the journey names by `reason:` (a shared condition with params) is that exit rule.
         own = next((e for e in self.spec(journey).exits if e.reason == condition), None)
         rule = (dataclasses.replace(own, status="converted", message_step=None, channel=None, template=None, coupon=None)
-                if own else Exit(when=condition, status="converted", message_step=None, channel=None, template=None,
-                             reason=condition))
+                if own else Exit(when=condition, status="converted", message_step=None, channel=None, template=None))
         spec = self.spec(journey, exits=(rule,))
         if params:
             spec = dataclasses.replace(spec, params={**spec.params, **params})
