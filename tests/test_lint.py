@@ -14,9 +14,8 @@ import shutil
 
 import pytest
 
-from lifecycle import render
 from lifecycle.cli import lint
-from lifecycle.config import SEGMENTS_DIR, TEMPLATES_DIR
+from lifecycle.config import SEGMENTS_DIR
 
 GOOD = (SEGMENTS_DIR / "cart_abandonment.sql").read_text()
 
@@ -29,14 +28,6 @@ def write(tmp_path, text, name="cart_abandonment"):
 
 def line_of(text: str, needle: str) -> int:
     return text[: text.index(needle)].count("\n") + 1
-
-
-@pytest.fixture()
-def templates(tmp_path, monkeypatch):
-    folder = tmp_path / "templates"
-    shutil.copytree(TEMPLATES_DIR, folder)
-    monkeypatch.setattr(render, "TEMPLATES_DIR", folder)
-    return folder
 
 
 def test_lint_compiles_every_step_and_exit_template_and_names_file_and_line(tmp_path, templates, capsys):

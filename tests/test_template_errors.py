@@ -8,7 +8,6 @@ SMTP server, the cart_abandonment journey planned by the engine itself.
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime
 
 import pytest
@@ -16,17 +15,7 @@ import sqlalchemy as sa
 from conftest import reset_lifecycle
 from test_guarantees import LENIENT, channel_to, plan_interval
 
-from lifecycle import render, send
-from lifecycle.config import TEMPLATES_DIR
-
-
-@pytest.fixture()
-def templates(tmp_path, monkeypatch):
-    """A copy of the shipped templates that the sender reads (the configured templates folder)."""
-    folder = tmp_path / "templates"
-    shutil.copytree(TEMPLATES_DIR, folder)
-    monkeypatch.setattr(render, "TEMPLATES_DIR", folder)
-    return folder
+from lifecycle import send
 
 
 def by_step(engine) -> dict[str, list[tuple[str, str | None]]]:
