@@ -9,7 +9,7 @@ import re
 import sqlalchemy as sa
 
 from lifecycle import schema
-from lifecycle.model import EnrollmentStatus, Kind, MessageStatus, Mode, RunStatus
+from lifecycle.model import AgentClass, EngagementKind, EnrollmentStatus, Kind, MessageStatus, Mode, RunStatus
 
 # (table, column) -> the enum whose values its CHECK allows; `mode` of any table is Mode.
 EXPECTED = {
@@ -17,6 +17,8 @@ EXPECTED = {
     ("messages", "status"): MessageStatus,
     ("enrollments", "status"): EnrollmentStatus,
     ("runs", "status"): RunStatus,
+    ("engagement", "kind"): EngagementKind,
+    ("engagement", "agent_class"): AgentClass,
 }
 NOT_ENGINE_WORDS = {("preference_choices", "choice")}  # the unsubscribe page's one choice, 'stay'
 

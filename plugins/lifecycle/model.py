@@ -57,6 +57,22 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class EngagementKind(StrEnum):
+    """lifecycle.engagement.kind: a request to the open pixel or to the click redirect."""
+
+    OPEN = "open"
+    CLICK = "click"
+
+
+class AgentClass(StrEnum):
+    """lifecycle.engagement.agent_class: who fetched the pixel or the link; only HUMAN counts."""
+
+    HUMAN = "human"
+    PRIVACY_PROXY = "privacy_proxy"  # Apple Mail Privacy Protection and other prefetchers
+    SCANNER = "scanner"              # link scanners, security gateways
+    BOT = "bot"
+
+
 class Batch(TypedDict):
     """One send task's share of a run's messages (plan.assign_batches -> send.send_batch).
     Only this travels through XCom, never the messages: plain JSON values."""
