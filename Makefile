@@ -3,6 +3,10 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
+# Test processes (pytest-xdist): one per core, at most 4. Each has its own embedded PostgreSQL and
+# Airflow home; --dist loadfile keeps a module's tests (and its module-scoped shop) in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_PAR   := -n $(TEST_WORKERS) --dist loadfile
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install demo test test-fast lint lint-segments bench bench-journeys lock clean
@@ -20,11 +24,11 @@ demo: $(STAMP)  ## run every journey through Airflow over the last 3 days on the
 
 test: $(STAMP)  ## ruff (with Airflow's AIR rules), then the whole test suite
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PAR)
 
 test-fast: $(STAMP)  ## the edit loop: ruff, then every test not marked slow or service (under 2 minutes)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not slow and not service"
+	$(BIN)/pytest $(PYTEST_PAR) -m "not slow and not service"
 
 lint-segments: $(STAMP)  ## check every segment file, for analysts
 	$(BIN)/lifecycle lint

@@ -18,8 +18,13 @@ from pathlib import Path
 import pytest
 
 # Airflow reads its config at import: point it at a private home before anything imports it.
+# Under pytest-xdist each worker is a process of its own with its own metadata DB: a worker
+# does not inherit the home that the controlling process made for itself.
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("AIRFLOW_HOME") == os.environ.get("_LIFECYCLE_TEST_HOME"):
+    del os.environ["AIRFLOW_HOME"]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lifecycle-airflow-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = os.environ["_LIFECYCLE_TEST_HOME"] = str(_AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
