@@ -49,7 +49,7 @@ HEARTBEAT_TIMEOUT = 20  # s without a heartbeat before the scheduler fails a tas
 # send.py claims (and commits) one message right before the SMTP conversation and records its
 # outcome right after it: a worker killed mid-batch leaves at most this many outcomes unknown.
 MAX_UNKNOWN_PER_KILL = 1
-RUN_TIMEOUT = 300 + MESSAGES // 20  # the backfill, from `backfill create` until its run finished
+RUN_TIMEOUT = 300 + MESSAGES // 10  # the backfill, from `backfill create` until its run finished
 
 
 # ------------------------------------------------------------------------------------------- Redis
