@@ -11,8 +11,7 @@ rows say, and the sends ran on both workers.
 
 The journey is `birthday_ask` (one email step, no coupon) for one daily interval, on a shop of
 generated customers who are all due that day: `LIFECYCLE_CELERY_MESSAGES` of them (default
-1,000: two send batches of 500, one per worker; README "CeleryExecutor" has the figures, also
-for 20,000). Redis: the service on 127.0.0.1:6379 (or a `redis-server` this test starts), in a
+1,000: two send batches of 500, one per worker; README "CeleryExecutor" has the figures). Redis: the service on 127.0.0.1:6379 (or a `redis-server` this test starts), in a
 Redis database no one else uses, with keys and queue names unique to the run.
 """
 
