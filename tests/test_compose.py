@@ -70,6 +70,22 @@ def test_celery_executor_and_airflow3_settings():
     }
 
 
+def test_two_celery_workers_like_the_celery_executor_test():
+    """tests/test_celery_executor.py runs two Celery workers and kills one mid-batch: compose runs
+    the same topology (replicas of one service, so nothing a replica would share is fixed)."""
+    worker = SERVICES["airflow-worker"]
+    assert worker["command"] == "celery worker"
+    assert worker["deploy"]["replicas"] == 2
+    assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
+    # the health check pings this replica's own Celery node
+    assert 'celery@$${HOSTNAME}' in " ".join(worker["healthcheck"]["test"])
+    assert [s for s, spec in SERVICES.items() if spec.get("command") == "celery worker"] == ["airflow-worker"]
+    # the image gets the CeleryExecutor from our pinned requirements
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^apache-airflow-providers-celery\b", requirements, re.M)
+    assert re.search(r"^celery==", (ROOT / "constraints.txt").read_text(), re.M)
+
+
 def test_airflow_services_merge_the_common_anchor():
     """Checked on the YAML nodes: each service's `<<` is the very x-airflow-common node."""
     root = yaml.compose(COMPOSE_TEXT)
