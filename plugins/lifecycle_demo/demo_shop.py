@@ -18,7 +18,6 @@ import functools
 import hashlib
 import io
 import itertools
-import math
 import multiprocessing
 import os
 import random
@@ -26,9 +25,11 @@ import unicodedata
 from array import array
 from base64 import urlsafe_b64encode
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from math import floor as _floor
+from math import log as _log
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -254,6 +255,11 @@ def _line(values) -> str:
     return "\t".join([_NULL if v is None else v if v.__class__ is str else str(v) for v in values])
 
 
+# Tables whose only local id leads the row: kept as (local id, rest of the line), the hot path.
+_LEADING_ID = {table: positions[0][1] for table, positions in _LOCAL_IDS.items()
+               if len(positions) == 1 and table != "push_subscriptions"}
+
+
 class _CopyBuffer:
     """One block's rows per table, in COPY text format once finish() has the block's id offsets."""
 
@@ -261,17 +267,21 @@ class _CopyBuffer:
         self.lines: dict[str, list] = {table: [] for table in _COLUMNS}
 
     def add(self, table: str, *values) -> None:
-        self.lines[table].append(values if table in _LOCAL_IDS else _line(values))
+        if table in _LEADING_ID:
+            self.lines[table].append((values[0], _line(values[1:])))
+        else:
+            self.lines[table].append(values if table in _LOCAL_IDS else _line(values))
 
     def finish(self, offsets: dict[str, int], seed: int) -> dict[str, list[str]]:
         """The block's COPY lines, its local ids shifted by `offsets` (id kind -> ids used before it)."""
-        for table, positions in _LOCAL_IDS.items():
-            rows = self.lines[table]
-            if table == "push_subscriptions":
-                rows = [_with_keys(row, offsets["subscription"], seed) for row in rows]
-            elif any(offsets[kind] for _, kind in positions):
-                rows = [_shifted(row, positions, offsets) for row in rows]
-            self.lines[table] = [_line(row) for row in rows]
+        for table, kind in _LEADING_ID.items():
+            offset = offsets[kind]
+            self.lines[table] = [f"{local + offset}\t{rest}" for local, rest in self.lines[table]]
+        self.lines["reviews"] = [_line(_shifted(row, _LOCAL_IDS["reviews"], offsets)) for row in self.lines["reviews"]]
+        self.lines["referrals"] = [_line(_shifted(row, _LOCAL_IDS["referrals"], offsets))
+                                   for row in self.lines["referrals"]]
+        self.lines["push_subscriptions"] = [_line(_with_keys(row, offsets["subscription"], seed))
+                                            for row in self.lines["push_subscriptions"]]
         return self.lines
 
 
@@ -300,20 +310,32 @@ def _copy(cursor, chunk: dict[str, list[str]]) -> None:
             cursor.copy_expert(f"COPY shop.{table} ({_COLUMNS[table]}) FROM STDIN", data, size=1 << 20)
 
 
-class _Clock:
-    """Offsets (seconds before the anchor) as timestamptz text; several times faster than datetime."""
+class _Days(dict):
+    """Day number since 1970 -> 'YYYY-MM-DD ', filled on first use."""
 
-    def __init__(self, anchor: datetime) -> None:
-        self.base = calendar.timegm(anchor.utctimetuple())
-        self.suffix = (f".{anchor.microsecond:06d}" if anchor.microsecond else "") + "+00"
-        self.days: dict[int, str] = {}
+    def __missing__(self, day: int) -> str:
+        self[day] = text = date.fromordinal(_EPOCH_ORDINAL + day).isoformat() + " "
+        return text
 
-    def __call__(self, offset: int) -> str:
+
+@functools.cache
+def _times_of_day(suffix: str) -> tuple[str, ...]:
+    return tuple(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}{suffix}" for s in range(DAY))
+
+
+def _clock(anchor: datetime):
+    """Offsets (seconds before the anchor) as timestamptz text: two lookups, no datetime arithmetic."""
+    base = calendar.timegm(anchor.utctimetuple())
+    times = _times_of_day((f".{anchor.microsecond:06d}" if anchor.microsecond else "") + "+00")
+    days = _Days()
+
+    def ts(offset: int) -> str:
         if offset >= 0:
             raise ValueError(f"generated a time at or after the anchor (offset {offset}s)")
-        day, second = divmod(self.base + offset, DAY)
-        day_text = self.days.get(day) or self.days.setdefault(day, date.fromordinal(_EPOCH_ORDINAL + day).isoformat())
-        return f"{day_text} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}{self.suffix}"
+        day, second = divmod(base + offset, DAY)
+        return days[day] + times[second]
+
+    return ts
 
 
 class _Weights:
@@ -338,6 +360,7 @@ _ABANDONED_CARTS = _Weights({0: 62, 1: 27, 2: 9, 3: 2})  # per customer over the
 _BROWSE_SESSIONS = _Weights({0: 40, 1: 25, 2: 15, 3: 10, 5: 10})
 _EMAIL_SOURCES = _Weights({"checkout": 45, "newsletter_form": 30, "account_signup": 20, "popup": 5})
 _SMS_SOURCES = _Weights({"checkout": 70, "sms_keyword": 30})
+_DWELL_RATE = 1 / 40  # seconds on a page: exponential, mean 40 s
 _NAME_POOL = 500  # names per country drawn by Faker (frequency-weighted), then picked by our RNG
 
 
@@ -385,13 +408,14 @@ class _Shop:
 
     def __init__(self, anchor: datetime, seed: int) -> None:
         self.anchor = anchor
-        self.ts = _Clock(anchor)
+        self.ts = _clock(anchor)
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.use_stream(random.Random(seed))
         self.names = {c.code: _name_pools(c, seed) for c in COUNTRIES}
         self.out = _CopyBuffer()
         self.products = build_catalogue()
         self.by_sku = {p.sku: p for p in self.products}
+        self.price_text = {p.product_id: _money(p.price_cents) for p in self.products}
         self.by_category: dict[str, list[Product]] = {}
         self.by_category_tier: dict[tuple[str, int], list[Product]] = {}
         for p in self.products:
@@ -405,17 +429,32 @@ class _Shop:
         self.first_random_customer = 0  # set once the planted customers exist (or a block starts)
         self.customer_rows = 0  # customers written (ids a planter skipped are not rows)
 
-    # ---- primitives
+    # ---- primitives (the same draws as random.Random's own methods, in fewer Python calls)
+
+    def use_stream(self, rng: random.Random) -> None:
+        self.rng, self.random, self.getrandbits = rng, rng.random, rng.getrandbits
 
     def between(self, start: float, end: float) -> int:
         """A whole second in [start, end); floor, because int() would round -0.5 up to the anchor."""
-        return math.floor(start + self.rng.random() * (end - start))
+        return _floor(start + self.random() * (end - start))
+
+    def choice(self, seq):
+        """rng.choice(seq): the same draw (getrandbits until below len(seq)), one call instead of two."""
+        n = len(seq)
+        if not n:
+            raise IndexError("Cannot choose from an empty sequence")
+        bits = n.bit_length()
+        r = self.getrandbits(bits)
+        while r >= n:
+            r = self.getrandbits(bits)
+        return seq[r]
 
     def token(self, nbytes: int = 12) -> str:
         return self.rng.randbytes(nbytes).hex()
 
     def draw(self, weights: _Weights):
-        return weights.draw(self.rng)
+        table = weights.table
+        return table[int(self.random() * len(table))]
 
     # ---- catalogue
 
@@ -427,17 +466,19 @@ class _Shop:
             self.out.add("product_links", *link)
 
     def pick_product(self, favourite: str) -> Product:
-        category = favourite if self.rng.random() < 0.6 else self.rng.choice(self.categories)
-        return self.rng.choice(self.by_category_tier[category, self.draw(_TIER_MIX)])
+        category = favourite if self.random() < 0.6 else self.choice(self.categories)
+        return self.choice(self.by_category_tier[category, self.draw(_TIER_MIX)])
 
     def pick_items(self, favourite: str, count: int, must: Product | None = None) -> list[tuple[Product, int]]:
         chosen = [must] if must else []
+        ids = [p.product_id for p in chosen]  # ints compare faster than the dataclass
         for _ in range(count * 4):  # a few retries to find distinct products
             if len(chosen) >= count:
                 break
             product = self.pick_product(favourite)
-            if product not in chosen:
+            if product.product_id not in ids:
                 chosen.append(product)
+                ids.append(product.product_id)
         return [(p, self.draw(_QUANTITY_MIX)) for p in chosen]
 
     # ---- rows shared by random and planted customers
@@ -445,33 +486,33 @@ class _Shop:
     def add_customer(self, country: Country, created: int, birthday: date | None, email: str | None = None) -> _Customer:
         customer_id = next(self.ids["customer"])
         firsts, lasts = self.names[country.code]
-        (first, email_first), (last, email_last) = self.rng.choice(firsts), self.rng.choice(lasts)
+        (first, email_first), (last, email_last) = self.choice(firsts), self.choice(lasts)
         email = email or self.email(customer_id, email_first, email_last)
         self.out.add("customers", customer_id, email, self.phone(country), _text(first), _text(last), country.code,
-                     self.rng.choice(country.timezones), country.locale,
+                     self.choice(country.timezones), country.locale,
                      birthday.isoformat() if birthday else None, self.ts(created))
         self.created_at.append(created)
         self.customer_rows += 1
-        return _Customer(customer_id, country, created, email, self.token(8), self.rng.choice(self.categories), None)
+        return _Customer(customer_id, country, created, email, self.token(8), self.choice(self.categories), None)
 
     def email(self, customer_id: int, first: str, last: str) -> str:
         first, last = _ascii_slug(first) or "customer", _ascii_slug(last) or "shop"
-        local = self.rng.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last[0]}", first))
-        return f"{local}{customer_id}@{self.rng.choice(_EMAIL_DOMAINS)}"
+        local = self.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last[0]}", first))
+        return f"{local}{customer_id}@{self.choice(_EMAIL_DOMAINS)}"
 
     def phone(self, country: Country) -> str | None:
-        if self.rng.random() < 0.18:
+        if self.random() < 0.18:
             return None
-        national = self.rng.choice(country.mobile_prefixes) + "".join(
+        national = self.choice(country.mobile_prefixes) + "".join(
             self.rng.choices("0123456789", k=country.subscriber_digits))
         if country.code == "US":  # 555-01XX: the fictional range, keep the 01
             national = national[:6] + "01" + national[8:]
         # A few people type their number with a space: valid, but not E.164 until normalised.
-        separator = " " if self.rng.random() < 0.04 else ""
+        separator = " " if self.random() < 0.04 else ""
         return f"+{country.dial}{separator}{national}"
 
     def birthday(self) -> date | None:
-        if self.rng.random() < 0.15:
+        if self.random() < 0.15:
             return None
         return self.anchor.date() - timedelta(days=self.between(18 * 365, 75 * 365))
 
@@ -486,11 +527,14 @@ class _Shop:
         status, shipped, delivered = fulfilment
         order_id = next(self.ids["order"])
         total = sum(p.price_cents * quantity for p, quantity in items)
-        self.out.add("orders", order_id, customer.customer_id, self.ts(ordered), status, _money(total), "EUR",
-                     coupon, None if shipped is None else self.ts(shipped),
-                     None if delivered is None else self.ts(delivered), customer.country.code)
+        ts = self.ts
+        self.out.lines["orders"].append((order_id, (  # the line out.add would make, built directly
+            f"{customer.customer_id}\t{ts(ordered)}\t{status}\t{_money(total)}\tEUR\t{coupon or _NULL}\t"
+            f"{_NULL if shipped is None else ts(shipped)}\t{_NULL if delivered is None else ts(delivered)}\t"
+            f"{customer.country.code}")))
+        order_items = self.out.lines["order_items"]
         for p, quantity in items:
-            self.out.add("order_items", order_id, p.product_id, quantity, _money(p.price_cents))
+            order_items.append((order_id, f"{p.product_id}\t{quantity}\t{self.price_text[p.product_id]}"))
         return _Order(order_id, ordered, delivered, items)
 
     def add_cart(self, customer_id: int | None, created: int, updated: int,
@@ -510,22 +554,25 @@ class _Shop:
 
     def add_session(self, customer_id: int | None, anonymous_id: str, end: int, products: Iterable[Product]) -> None:
         """Page views of `products` (with a category page now and then) that finish by `end`."""
+        # Inlined draws (expovariate(1 / 40), between(2, 31)): the same numbers, a third of the time.
+        rand, ts, view_ids, rows = self.rng.random, self.ts, self.ids["view"], self.out.lines["page_views"]
         session_id = f"s-{self.token()}"
+        head = f"{_NULL if customer_id is None else customer_id}\t{anonymous_id}\t{session_id}\t"
         t = end
         for p in reversed(list(products)):
-            for product_id in ((p.product_id, None) if self.rng.random() < 0.15 else (p.product_id,)):
-                dwell = min(300, 3 + int(self.rng.expovariate(1 / 40)))
-                t -= dwell + self.between(2, 31)
-                self.out.add("page_views", next(self.ids["view"]), customer_id, anonymous_id, session_id,
-                             product_id, p.category, self.ts(t), dwell)
+            for product_id in ((p.product_id, None) if rand() < 0.15 else (p.product_id,)):
+                dwell = min(300, 3 + int(-_log(1.0 - rand()) / _DWELL_RATE))
+                t -= dwell + _floor(2 + rand() * 29)
+                rows.append((next(view_ids), f"{head}{_NULL if product_id is None else product_id}\t{p.category}"
+                                             f"\t{ts(t)}\t{dwell}"))
 
     # ---- a random customer's story
 
     def simulate_customer(self) -> None:
         country = self.draw(_COUNTRY_MIX)
         customer = self.add_customer(country, self.between(-_CUSTOMER_WINDOW, -2 * HOUR), self.birthday())
-        if customer.favourite in _CONSUMABLES and self.rng.random() < 0.6:
-            customer.refill = self.rng.choice(self.by_category[customer.favourite])
+        if customer.favourite in _CONSUMABLES and self.random() < 0.6:
+            customer.refill = self.choice(self.by_category[customer.favourite])
         self.random_consents(customer)
         orders = self.random_orders(customer)
         self.random_abandoned_carts(customer)
@@ -533,24 +580,24 @@ class _Shop:
         self.random_referral(customer, orders)
 
     def random_consents(self, c: _Customer) -> None:
-        if self.rng.random() < 0.85:
+        if self.random() < 0.85:
             self.random_consent(c, "email", self.draw(_EMAIL_SOURCES), 0.9, 0.92)
-        if self.rng.random() < 0.3:
+        if self.random() < 0.3:
             self.random_consent(c, "sms", self.draw(_SMS_SOURCES), 0.85, 0.8)
-        if self.rng.random() < 0.25 and (allowed := self.random_consent(c, "push", "browser_prompt", 0.9, 0)):
+        if self.random() < 0.25 and (allowed := self.random_consent(c, "push", "browser_prompt", 0.9, 0)):
             self.random_push_subscription(c, allowed)
-        if self.rng.random() < 0.45:
+        if self.random() < 0.45:
             self.random_consent(c, "ads", "cookie_banner", 0.8, 0)
 
     def random_consent(self, c: _Customer, channel: str, source: str, p_in: float, p_double: float) -> int | None:
         """One consent row; returns when the customer opted in, or None if they opted out since."""
         given = self.between(c.created, min(c.created + 5 * MINUTE, -MINUTE)) if source in (
             "checkout", "account_signup") else self.between(c.created, -MINUTE)
-        double = given + self.between(2 * MINUTE, 36 * HOUR) if self.rng.random() < p_double else None
+        double = given + self.between(2 * MINUTE, 36 * HOUR) if self.random() < p_double else None
         if double is not None and double >= 0:
             double = None  # the confirmation mail is still unanswered
         opted_in = given if double is None else double
-        if self.rng.random() < p_in:
+        if self.random() < p_in:
             self.add_consent(c.customer_id, channel, "opted_in", opted_in, double, source)
             return opted_in
         self.add_consent(c.customer_id, channel, "opted_out", self.between(opted_in, 0), double, source)
@@ -563,7 +610,7 @@ class _Shop:
         push service can decrypt what the engine sends (a real browser keeps them secret).
         """
         created = allowed + self.between(1, 30)
-        revoked = self.between(created, 0) if self.rng.random() < 0.06 else None
+        revoked = self.between(created, 0) if self.random() < 0.06 else None
         subscription_id = next(self.ids["subscription"])
         endpoint = f"https://push.example.net/send/{self.token(16)}"
         # Draws that once made the keys: kept, so every other value of the shop stays as it was.
@@ -574,10 +621,10 @@ class _Shop:
 
     def random_orders(self, c: _Customer) -> list[_Order]:
         """Orders at a personal pace; many customers stop buying at some point (win-back material)."""
-        if self.rng.random() < 0.22:
+        if self.random() < 0.22:
             return []
         start = max(c.created, -_ORDER_WINDOW) + 2 * HOUR  # room for the browsing before it
-        stop = self.between(start, 0) if self.rng.random() < 0.45 else 0
+        stop = self.between(start, 0) if self.random() < 0.45 else 0
         mean_gap = self.draw(_ORDER_PACE)
         # New accounts tend to buy within days; older ones at their usual pace.
         t = start + int(self.rng.expovariate(1 / (mean_gap if c.created < -_ORDER_WINDOW else 5 * DAY)))
@@ -598,28 +645,28 @@ class _Shop:
         return HOUR + int(self.rng.expovariate(1 / mean_gap))
 
     def coupon(self, first: bool) -> str | None:
-        if first and self.rng.random() < 0.25:
+        if first and self.random() < 0.25:
             return "WELCOME10"
-        if self.rng.random() < 0.08:
-            return self.rng.choice(("SPRING15", "FREESHIP", "VIP20", "COMEBACK20"))
+        if self.random() < 0.08:
+            return self.choice(("SPRING15", "FREESHIP", "VIP20", "COMEBACK20"))
         return None
 
     def fulfilment(self, ordered: int, country: Country) -> tuple[str, int | None, int | None]:
         """(status, shipped, delivered) as of the anchor; delivery time depends on the country."""
-        if self.rng.random() < 0.02:
+        if self.random() < 0.02:
             return "cancelled", None, None
         shipped = ordered + self.between(3 * HOUR, 30 * HOUR)
         low, high = country.delivery_days
         delivered = max(shipped + 6 * HOUR, ordered + self.between(low * DAY, high * DAY))
         if shipped >= 0:
             return "placed", None, None
-        if delivered >= 0 or self.rng.random() < 0.004:  # not yet there, or lost in transit
+        if delivered >= 0 or self.random() < 0.004:  # not yet there, or lost in transit
             return "shipped", shipped, None
         return "delivered", shipped, delivered
 
     def checkout_trail(self, c: _Customer, ordered: int, items: list[tuple[Product, int]]) -> None:
         """Recent orders usually went through a cart, after browsing the products."""
-        if ordered < -_SESSION_WINDOW + HOUR or self.rng.random() < 0.3:
+        if ordered < -_SESSION_WINDOW + HOUR or self.random() < 0.3:
             return
         updated = ordered - self.between(MINUTE, 20 * MINUTE)
         created = updated - self.between(MINUTE, 40 * MINUTE)
@@ -627,11 +674,11 @@ class _Shop:
         self.add_session(c.customer_id, c.anonymous_id, created, [p for p, _ in items])
 
     def maybe_review(self, c: _Customer, order: _Order) -> None:
-        if order.delivered is None or self.rng.random() >= 0.3:
+        if order.delivered is None or self.random() >= 0.3:
             return
         created = order.delivered + self.between(DAY, 20 * DAY)
         if created < 0:
-            self.add_review(order.order_id, self.rng.choice(order.items)[0], c.customer_id, self.draw(_RATINGS), created)
+            self.add_review(order.order_id, self.choice(order.items)[0], c.customer_id, self.draw(_RATINGS), created)
 
     def random_abandoned_carts(self, c: _Customer) -> None:
         start = max(c.created, -_SESSION_WINDOW) + HOUR
@@ -640,7 +687,7 @@ class _Shop:
         for _ in range(self.draw(_ABANDONED_CARTS)):
             updated = self.between(start, -MINUTE)
             created = updated - self.between(MINUTE, 50 * MINUTE)
-            items = [] if self.rng.random() < 0.06 else self.pick_items(c.favourite, self.draw(_CART_SIZE))
+            items = [] if self.random() < 0.06 else self.pick_items(c.favourite, self.draw(_CART_SIZE))
             self.add_cart(c.customer_id, created, updated, items)
             if items:
                 self.add_session(c.customer_id, c.anonymous_id, created, [p for p, _ in items])
@@ -652,24 +699,24 @@ class _Shop:
             for _ in range(self.draw(_BROWSE_SESSIONS)):
                 products = [self.pick_product(c.favourite) for _ in range(self.rng.randint(1, 6))]
                 self.add_session(c.customer_id, c.anonymous_id, self.between(start, 0), products)
-        if self.rng.random() < 0.3:
+        if self.random() < 0.3:
             visitor, products = f"a-{self.token(8)}", [self.pick_product(c.favourite) for _ in range(3)]
             end = self.between(-_SESSION_WINDOW + HOUR, -2 * MINUTE)
             self.add_session(None, visitor, end, products)
-            if self.rng.random() < 0.1:
+            if self.random() < 0.1:
                 self.add_cart(None, end - MINUTE, end, [(products[0], 1)])
 
     def random_referral(self, c: _Customer, orders: list[_Order]) -> None:
         """A few customers were referred by an earlier customer; a few invites never signed up."""
         first_random = self.first_random_customer
-        if c.customer_id <= first_random or self.rng.random() >= 0.03:
+        if c.customer_id <= first_random or self.random() >= 0.03:
             return
         referrer = self.rng.randrange(first_random, c.customer_id)
         created = c.created - self.between(HOUR, 7 * DAY)
         if created <= self.created_at[referrer - self.created_base]:
             return
         converted = next((o.order_id for o in orders if o.ordered > created), None)
-        if self.rng.random() < 0.3:  # an invite nobody accepted
+        if self.random() < 0.3:  # an invite nobody accepted
             self.out.add("referrals", next(self.ids["referral"]), referrer,
                          f"friend.{self.token(4)}@example.net", self.ts(created), None)
         else:
@@ -812,6 +859,7 @@ class _Shop:
                            c.customer_id, c.email)
 
 
+@functools.cache  # names come from small pools
 def _ascii_slug(name: str) -> str:
     # unidecode maps ß, ø, ł... too, which NFKD alone would drop.
     return "".join(ch for ch in unidecode(unicodedata.normalize("NFKC", name)).lower() if ch.isalnum())
@@ -877,7 +925,7 @@ def _simulate_block(anchor: datetime, seed: int, block: _Block) -> _Shop:
         shop.load_catalogue()
         shop.plant()
     else:
-        shop.rng = random.Random(f"lifecycle demo shop {seed} block {block.number}")
+        shop.use_stream(random.Random(f"lifecycle demo shop {seed} block {block.number}"))
         shop.ids["customer"] = itertools.count(block.first_customer_id)
         shop.created_at, shop.created_base = array("q"), block.first_customer_id
         shop.first_random_customer = block.first_customer_id  # referrers come from the same block
@@ -995,26 +1043,31 @@ def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int 
         # Session-wide: a concurrent generate() waits for this one, then finds the shop full.
         cursor.execute("SELECT pg_advisory_lock(%s)", (_LOAD_LOCK,))
         _refuse_non_empty(cursor)
-        restore = _drop_keys_and_indexes(cursor)
+        cursor.execute(f"SET maintenance_work_mem = '{_BUILD_MEMORY}'")  # index sorts in memory
+        rebuild = _drop_keys_and_indexes(cursor)
+        # Fresh statistics, so the first segment queries plan well.
+        rebuild.append([(table, f"ANALYZE shop.{table}") for table in _COLUMNS])
         if workers == 1:
             offsets = _Offsets(_mp_context(), len(blocks))
             for block in blocks:
                 _fill_block(cursor, offsets, anchor, seed, block)
-            _run(cursor, restore)
+            for phase in rebuild:
+                _run(cursor, [statement for _, statement in phase])
+            connection.commit()
         else:
             connection.commit()  # the workers' connections must see the tables without keys
+            url = engine.url.render_as_string(hide_password=False)
             try:
-                _fill_in_parallel(engine.url.render_as_string(hide_password=False), anchor, seed, blocks, workers)
-            except BaseException:
+                _fill_in_parallel(url, anchor, seed, blocks, workers)
+                _rebuild_in_parallel(url, rebuild, workers)
+            except BaseException:  # the workers committed their blocks: empty the shop again
                 connection.rollback()
                 cursor.execute("TRUNCATE " + ", ".join(f"shop.{table}" for table in _COLUMNS))
-                raise
-            finally:
-                _run(cursor, restore)
+                _drop_keys_and_indexes(cursor)  # whatever the rebuild got to, then all of it (instant when empty)
+                for phase in rebuild:
+                    _run(cursor, [statement for _, statement in phase])
                 connection.commit()
-        for table in _COLUMNS:  # fresh statistics, so the first segment queries plan well
-            cursor.execute(f"ANALYZE shop.{table}")
-        connection.commit()
+                raise
     except BaseException:
         connection.rollback()
         raise
@@ -1033,6 +1086,7 @@ def planted_cases() -> Planted:
     return _Shop(datetime(2000, 1, 1, tzinfo=UTC), seed=0).plant()
 
 
+_BUILD_MEMORY = "256MB"  # per connection building an index: the sort of 8M page views fits
 _LOAD_LOCK = 0x5B0B_5E7D  # pg_advisory_lock key of generate()
 
 
@@ -1049,8 +1103,9 @@ def _refuse_non_empty(cursor) -> None:
         )
 
 
-def _drop_keys_and_indexes(cursor) -> list[str]:
-    """Drop the shop's keys and indexes for the load; returns the statements that restore them.
+def _drop_keys_and_indexes(cursor) -> list[list[tuple[str, str]]]:
+    """Drop the shop's keys and indexes for the load; returns the (table, statement) that restore
+    them, in two phases: primary keys and indexes, then the foreign keys that need those keys.
 
     PostgreSQL's advice for bulk loads ("Populating a Database"): checking a key or updating
     an index per row costs more than the COPY itself; building them once afterwards takes one
@@ -1063,19 +1118,53 @@ def _drop_keys_and_indexes(cursor) -> list[str]:
     )
     keys = cursor.fetchall()
     cursor.execute(
-        "SELECT format('%I.%I', n.nspname, i.relname), pg_get_indexdef(i.oid)"
+        "SELECT format('%I.%I', n.nspname, i.relname), pg_get_indexdef(i.oid), format('%I.%I', n.nspname, t.relname)"
         " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace"
+        " JOIN pg_class t ON t.oid = x.indrelid"
         " WHERE n.nspname = 'shop' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"
         " ORDER BY 1"
     )
     indexes = cursor.fetchall()
     for table, name, _, _ in keys:
         cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
-    for name, _ in indexes:
+    for name, _, _ in indexes:
         cursor.execute(f"DROP INDEX {name}")
-    add = {kind: [f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
+    add = {kind: [(table, f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
                   for table, name, definition, contype in keys if contype == kind] for kind in "pf"}
-    return [*add["p"], *(definition for _, definition in indexes), *add["f"]]
+    return [[*add["p"], *((table, definition) for _, definition, table in indexes)], add["f"]]
+
+
+def _rebuild_in_parallel(url: str, phases: list[list[tuple[str, str]]], workers: int) -> None:
+    """Each phase's statements over `workers` connections at once, biggest tables first.
+
+    Threads suffice: the server does the work (sorts for the keys and indexes, a join per
+    foreign key). The shop's foreign keys form no cycle, so their locks cannot deadlock.
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            size = dict(conn.exec_driver_sql(
+                "SELECT format('%%I.%%I', n.nspname, c.relname), pg_relation_size(c.oid) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shop'").all())
+        with ThreadPoolExecutor(workers, thread_name_prefix="demo-shop-rebuild") as pool:
+            for phase in phases:
+                statements = [s for t, s in sorted(phase, key=lambda ts: -size.get(ts[0], 0))]
+                list(pool.map(functools.partial(_execute_alone, engine), statements))
+    finally:
+        engine.dispose()
+
+
+def _execute_alone(engine, statement: str) -> None:
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SET maintenance_work_mem = '{_BUILD_MEMORY}'")
+        cursor.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
 
 
 def _run(cursor, statements: list[str]) -> None:
