@@ -7,11 +7,14 @@ temp dir it makes (embedded PostgreSQL data dirs, outboxes, Airflow homes) is un
 Ctrl-C or SIGTERM is passed on to the benchmark as Ctrl-C, so its own cleanup runs first.
 Whatever it leaves behind is then stopped here:
 
-- its process group (SMTP sinks, Airflow schedulers, worker processes): SIGTERM, then SIGKILL;
+- its process group (SMTP sinks, worker processes): SIGTERM, then SIGKILL;
 - every PostgreSQL whose data dir is under that TMPDIR: `pg_ctl` starts the postmaster in a
   session of its own (so a Ctrl-C in the terminal never reaches it), which is how a killed
   benchmark used to leave one running with its data dir deleted. It gets SIGINT (fast
   shutdown), then SIGQUIT, then SIGKILL, read from its postmaster.pid;
+- every other process that inherited that TMPDIR, wherever its session (an Airflow
+  scheduler, api-server or dag-processor started with a session of its own, and their tasks):
+  SIGTERM, then SIGKILL;
 
 and the directory is removed. The exit status is the benchmark's.
 """
@@ -90,23 +93,54 @@ def stop_postmasters(root: Path) -> list[Path]:
     return stopped
 
 
+def marked(root: Path) -> list[int]:
+    """Processes (not this one) whose environment has TMPDIR=root: the benchmark's descendants."""
+    mark, found = f"TMPDIR={root}".encode(), []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0") and int(environ.parent.name) != os.getpid():
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def stop_marked(root: Path) -> int:
+    pids = marked(root)
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while (pids := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not pids:
+            break
+    return len(pids)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="lcb-", dir="/tmp"))  # short: socket paths live in data dirs
-    child = subprocess.Popen(argv, env={**os.environ, "TMPDIR": str(root)}, start_new_session=True)
-    interrupted = []
+    interrupted, child = [], None
 
     def forward(signum, _frame) -> None:
         interrupted.append(signum)
         try:
-            os.killpg(child.pid, signal.SIGINT)  # the benchmark's own cleanup runs first
+            if child is not None:
+                os.killpg(child.pid, signal.SIGINT)  # the benchmark's own cleanup runs first
         except ProcessLookupError:
             pass
 
+    # Handled (not ignored) before the child starts: it then gets SIGINT's default back at exec,
+    # even where this runs in the background with SIGINT ignored (nohup ... &).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
+    child = subprocess.Popen(argv, env={**os.environ, "TMPDIR": str(root)}, start_new_session=True)
     try:
         while True:
             try:
@@ -118,6 +152,8 @@ def main(argv: list[str]) -> int:
         stop_group(child.pid)
         for data_dir in stop_postmasters(root):
             print(f"supervise: stopped the PostgreSQL the benchmark left running on {data_dir}", file=sys.stderr)
+        if left := stop_marked(root):
+            print(f"supervise: {left} process(es) of the benchmark survived SIGKILL", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
     if code < 0:  # killed by a signal
         return 128 - code
