@@ -182,6 +182,18 @@ class Airflow:
             time.sleep(1)
 
 
+    def failures(self, dag_id: str, run: dict) -> str:
+        """The run's task instances that did not succeed, with the tail of their logs."""
+        out = [f"{dag_id} run {run['dag_run_id']}: {run['state']}"]
+        tis = self.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances", limit=100)["task_instances"]
+        for ti in tis:
+            if ti["state"] not in ("success", "skipped", "removed"):
+                out.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']}")
+                for log in sorted((self.home / "logs").glob(f"dag_id={dag_id}/**/task_id={ti['task_id']}/**/*.log")):
+                    out.append(tail(log, 30))
+        return "\n".join(out)
+
+
 def run_seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])).total_seconds()
 
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         run = airflow.finished_run(JOURNEY)
         batches_wall = time.perf_counter() - t0
         if run["state"] != "success":
-            raise RuntimeError(f"{JOURNEY} run {run['dag_run_id']} {run['state']}")
+            raise RuntimeError(airflow.failures(JOURNEY, run))
         with engine.connect() as conn:
             sent = conn.exec_driver_sql(
                 "SELECT count(*) FROM lifecycle.messages WHERE journey = %s AND status = 'sent'", (JOURNEY,)).scalar()
@@ -309,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         naive_wall = time.perf_counter() - t0
         received = Counter(rcpt for m in smtp.messages for rcpt in m.rcpt_tos)
         if run["state"] != "success" or received != Counter(c["email"] for c in contacts):
-            raise RuntimeError(f"naive run {run['state']}: {sum(received.values())} of {len(contacts)} messages "
-                               f"received\n{tail(home / 'scheduler.log')}")
+            raise RuntimeError(f"{sum(received.values())} of {len(contacts)} messages received\n"
+                               + airflow.failures(NAIVE, run))
         print(f"naive: {len(contacts):,} mapped tasks: {naive_wall:.1f} s from dags trigger, run "
               f"{run_seconds(run):.1f} s, {naive_wall / len(contacts):.2f} s per message (load average {load()})",
               flush=True)

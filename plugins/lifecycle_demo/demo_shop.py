@@ -2,13 +2,16 @@
 
 `generate(engine, anchor)` fills the `shop` schema with a seeded, realistic history that
 ends just before `anchor`, and plants hand-made customers whose journeys play out in
-the five days before it (see the `plant_*` methods and `Planted`). The same anchor, seed and customer count
-give byte-identical tables: all randomness comes from one `random.Random(seed)` and
+the five days before it (see the `plant_*` methods and `Planted`). The same anchor, seed,
+customer count and block size give byte-identical tables, whatever the number of workers:
+all randomness comes from seeded `random.Random` streams (one per block of customers) and
 seeded Faker instances, and no clock is ever read.
 
-Internally every time is an integer number of seconds relative to the anchor (always
-negative), so "A - 2h" is simply `-2 * HOUR`. Rows are buffered per table for a chunk
-of customers and bulk-loaded with COPY, which keeps memory flat at 100k customers.
+Customers are simulated in blocks (`BLOCK_SIZE`) by worker processes, each COPYing its
+blocks over a connection of its own; keys and indexes are built after the load (see
+`generate`). Block 0 continues the planted cases' stream, so a shop that fits in it is what
+the sequential generator always made. Internally every time is an integer number of
+seconds relative to the anchor (always negative), so "A - 2h" is simply `-2 * HOUR`.
 """
 
 from __future__ import annotations
