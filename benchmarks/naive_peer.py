@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         api_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env.update(airflow_env(tmp, shop_url, smtp.port))
+        env["LIFECYCLE_SIGNING_KEY"] = secrets.token_urlsafe(32)  # a throwaway key for the unsubscribe links
         env.update({
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sa.make_url(admin_url).set(database="airflow").render_as_string(
