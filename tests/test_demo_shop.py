@@ -143,6 +143,37 @@ def test_a_shop_within_one_block_is_what_the_sequential_generator_made(private_d
         assert rows_of(conn, "SELECT o::text FROM shop.orders o ORDER BY order_id LIMIT :n", n=len(orders)) == orders
 
 
+def test_a_block_that_fails_leaves_the_shop_empty_with_its_keys(private_database, monkeypatch):
+    """The workers commit block by block: when one fails, generate() raises its error, truncates
+    what the others loaded and restores every key and index; a second try then succeeds."""
+    from lifecycle_demo import demo_shop
+
+    engine = private_database("demo_shop_failed_block")
+    simulate = demo_shop._simulate_block
+
+    def second_block_breaks(anchor, seed, block):  # inherited by the forked workers
+        if block.number == 1:
+            raise RuntimeError("block 1: disk full")
+        return simulate(anchor, seed, block)
+
+    monkeypatch.setattr(demo_shop, "_simulate_block", second_block_breaks)
+    with pytest.raises(RuntimeError, match="block 1: disk full"):
+        generate(engine, A, customers=600, workers=2, block_size=200)
+    assert {t: n for t, n in table_counts(engine).items() if n} == {}
+    empty = private_database("demo_shop_schema_only_2")
+    create_shop_schema(empty)
+    assert keys_and_indexes(engine) == keys_and_indexes(empty)
+
+    monkeypatch.setattr(demo_shop, "_simulate_block", simulate)
+    generate(engine, A, customers=600, workers=2, block_size=200)
+    assert table_counts(engine)["customers"] == 600
+
+
+def table_counts(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: scalar(conn, f"SELECT count(*) FROM shop.{t}") for t in TABLES}
+
+
 def test_anchor_must_be_timezone_aware():
     with pytest.raises(ValueError, match="timezone-aware"):
         generate(None, datetime(2026, 3, 1))
