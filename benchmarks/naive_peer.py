@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{run_seconds(run):.1f} s, {naive_wall / len(contacts):.2f} s per message (load average {load()})",
               flush=True)
         print(f"batches {batches_wall:.1f} s vs naive {naive_wall:.1f} s for the same {len(contacts):,} messages")
-        print(f"batches/naive speedup: {naive_wall / batches_wall:.0f}x")
+        speedup = naive_wall / batches_wall
+        print(f"batches/naive speedup: {speedup:.0f}x" if speedup >= 10 else f"batches/naive speedup: {speedup:.2f}x")
         return 0
     finally:
         if airflow is not None:
