@@ -1093,8 +1093,11 @@ def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int 
         connection.rollback()
         raise
     finally:
-        cursor.execute("SELECT pg_advisory_unlock(%s)", (_LOAD_LOCK,))
-        connection.commit()
+        try:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", (_LOAD_LOCK,))
+            connection.commit()
+        except Exception:  # a broken connection: closing it ends the session, and the lock with it
+            connection.invalidate()
         connection.close()
     return planted
 
