@@ -1,4 +1,4 @@
-"""Planning stays linear when lifecycle.messages has stale statistics.
+"""Planning stays linear when the lifecycle tables have stale statistics.
 
 Autovacuum off on lifecycle.messages, its statistics taken while it held only another journey's
 sent messages, then many open win_back messages (left behind by a run that died) added without
@@ -6,8 +6,13 @@ ANALYZE: the planner's estimates for open rows are then wrong, as on a daily jou
 in production (the pre-fix numbered-subquery UPDATE in assign_batches took a nested loop that
 re-ran the numbering per row: minutes at 22k messages). Every statement the plan step runs (plan_due_steps and
 assign_batches) is EXPLAINed just before it runs, on the same connection and with the same
-parameters, and no plan may take a nested loop that re-scans lifecycle.messages per outer row.
-An index lookup on the inner side is fine: it reads the rows that match, not the table.
+parameters. Likewise the exit conditions, over many fresh active enrollments that the statistics
+of lifecycle.enrollments do not know about (before: the conditions' `enrollments` CTE estimated at
+one row and joined to itself in a nested loop, 68-255 s at 100k customers).
+
+No plan may run a part once per row of another (the inner side of a nested loop, a correlated
+subplan) that reads a growing table, a temp table made from one, or a CTE over one, whole. An
+index lookup keyed by the outer row is fine: it reads the rows that match, not the table.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import plan, run_audit, stage, validate
+from lifecycle import plan, run_audit, stage
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.enroll import enroll
 from lifecycle.exits import evaluate_exits
@@ -33,6 +38,7 @@ EXPLAINABLE = ("insert", "update", "delete", "select", "with", "create temp tabl
 GROWING = {"messages", "enrollments", "coupons", "conversions", "quarantine", "orders", "order_items", "carts",
            "cart_items", "page_views", "customers", "engagement_events", "engagement",
            "_condition_enrollments", "_due", "_exit_hits", "_cond_hits", "_exit_msgs"}
+CREATE_WITHOUT_QUERY = re.compile(r"(?i)create temp table \w+ \(")  # column list, nothing to plan
 LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 OUTER_COLUMN = re.compile(r"\b[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\b")
 
@@ -49,17 +55,21 @@ def insert_filler(conn, journey: str, status: str, n: int, at) -> None:
         "'email', :s, :t, :t, 'filler' FROM e"), {"j": journey, "s": status, "t": at, "n": n})
 
 
-@pytest.fixture()
-def stale_messages(shop_db):
+def make_messages_stale(engine, anchor) -> None:
     """lifecycle.messages analysed while it held only sent messages of another journey, then
-    FILLER open win_back messages (left behind by an earlier run) added without ANALYZE."""
-    engine, _, anchor = shop_db
-    reset_lifecycle(engine)
+    FILLER open win_back messages (left behind by an earlier run) added without ANALYZE. Done
+    after the run's stage step, which would analyse them (lifecycle.statistics)."""
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE lifecycle.messages SET (autovacuum_enabled = off)")
         insert_filler(conn, "cart_abandonment", "sent", 2_000, anchor - timedelta(days=30))
         conn.exec_driver_sql("ANALYZE lifecycle.messages")
         insert_filler(conn, "win_back", "planned", FILLER, anchor - timedelta(days=30))
+
+
+@pytest.fixture()
+def stale_messages(shop_db):
+    engine, _, anchor = shop_db
+    reset_lifecycle(engine)
     yield engine, anchor
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE lifecycle.messages RESET (autovacuum_enabled)")
@@ -74,7 +84,7 @@ def refuse_nested_rescans(conn, cursor, statement, parameters, context, executem
     """before_cursor_execute listener: EXPLAIN each query/DML statement on its cursor just before
     it runs, and stop it (it could run for minutes) if its plan re-scans a table per row."""
     code = LEADING_COMMENTS.sub("", statement)
-    if executemany or not code.lower().startswith(EXPLAINABLE):
+    if executemany or not code.lower().startswith(EXPLAINABLE) or CREATE_WITHOUT_QUERY.match(code):
         return
     cursor.execute("EXPLAIN (FORMAT JSON) " + code, parameters)
     tree = cursor.fetchone()[0][0]["Plan"]
@@ -141,9 +151,9 @@ def test_no_plan_step_nests_a_loop_over_messages_with_stale_statistics(stale_mes
     run = RunContext(spec.journey, "cold", "live", anchor - timedelta(days=1), anchor)
     run_audit.start_run(engine, run)
     stage.stage_segment(engine, spec, run)
-    validate.validate_stage(engine, spec, run, approve_volume=True)
-    enroll(engine, spec, run)
+    enroll(engine, spec, run)  # (validation left out: it quarantines nothing here and costs its import)
     evaluate_exits(engine, spec, run)
+    make_messages_stale(engine, anchor)
 
     sa.event.listen(engine, "before_cursor_execute", refuse_nested_rescans)
     try:

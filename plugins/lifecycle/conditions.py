@@ -34,7 +34,7 @@ def materialise_scope(conn: sa.Connection, enrollments_select: str, binds: dict)
     SELECT of it that becomes the condition's `enrollments` CTE."""
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {SCOPE}")
     conn.execute(*bound(f"CREATE TEMP TABLE {SCOPE} ON COMMIT DROP AS {enrollments_select}", binds))
-    conn.exec_driver_sql(f"ANALYZE {SCOPE}")
+    conn.exec_driver_sql(f"ANALYZE {SCOPE} (enrollment_id, customer_id, entered_at)")  # not the context: slow
     return f"SELECT * FROM {SCOPE}"
 
 
