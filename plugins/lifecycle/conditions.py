@@ -11,7 +11,7 @@ import re
 
 import sqlalchemy as sa
 
-from lifecycle.sql import SegmentSQLError, condition_sql, execute_file_sql, shared_ctes
+from lifecycle.sql import SegmentSQLError, bound, condition_sql, execute_file_sql, shared_ctes
 
 OPTIONAL_COLUMNS = {"occurred_at", "order_id", "revenue"}
 
@@ -26,13 +26,26 @@ def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
     return f"WITH {cte} {condition}"
 
 
+SCOPE = "_condition_enrollments"
+
+
+def materialise_scope(conn: sa.Connection, enrollments_select: str, binds: dict) -> str:
+    """The enrollments a condition reads, as a temp table with fresh statistics; returns the
+    SELECT of it that becomes the condition's `enrollments` CTE."""
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {SCOPE}")
+    conn.execute(*bound(f"CREATE TEMP TABLE {SCOPE} ON COMMIT DROP AS {enrollments_select}", binds))
+    conn.exec_driver_sql(f"ANALYZE {SCOPE} (enrollment_id, customer_id, entered_at)")  # not the context: slow
+    return f"SELECT * FROM {SCOPE}"
+
+
 def materialise_condition(conn: sa.Connection, name: str, enrollments_select: str, binds: dict, into: str) -> set[str]:
-    """Run condition `name` into temp table `into`; return the optional columns it provides."""
+    """Run condition `name` over the enrollments `enrollments_select` gives (bound with `binds`)
+    into temp table `into`; return the optional columns it provides."""
     path, condition = condition_sql(name)
+    scope = materialise_scope(conn, enrollments_select, binds)
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {into}")
     execute_file_sql(
-        conn, path, f"CREATE TEMP TABLE {into} ON COMMIT DROP AS {with_enrollments_cte(condition, enrollments_select)}",
-        binds,
+        conn, path, f"CREATE TEMP TABLE {into} ON COMMIT DROP AS {with_enrollments_cte(condition, scope)}", binds,
     )
     columns = set(conn.execute(sa.text(f"SELECT * FROM {into} LIMIT 0")).keys())
     if "enrollment_id" not in columns:

@@ -22,6 +22,7 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
     """Upsert the staged, non-quarantined rows; return how many entered and were refreshed."""
     bucket = HOLDOUT_BUCKET.format(journey=":journey", customer=f"s.{spec.customer_id}::text")
     sql = f"""
+        WITH upserted AS (
         INSERT INTO lifecycle.enrollments AS e
             (journey, mode, enrollment_key, customer_id, entered_at, enrolled_at, enrolled_run_id, holdout, context,
              context_as_of)
@@ -43,15 +44,17 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
               AND EXCLUDED.context_as_of >= coalesce(e.context_as_of, e.enrolled_at)
               AND e.context IS DISTINCT FROM EXCLUDED.context  -- unchanged rows are not rewritten
         RETURNING (xmax = 0) AS inserted
+        )
+        SELECT count(*) FILTER (WHERE inserted) AS entered, count(*) FILTER (WHERE NOT inserted) AS refreshed
+        FROM upserted  -- counted here: a big first day never travels to Python
     """
     with engine.begin() as conn:
         quarantined = _quarantine_second_enrollments(conn, spec, run) if spec.one_active_per_customer else 0
-        flags = conn.execute(
+        counted = conn.execute(
             sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent,
                            "refresh_clock": spec.refresh_clock}
-        ).scalars().all()
-    entered = sum(1 for f in flags if f)
-    return {"entered": entered, "refreshed": len(flags) - entered, "quarantined": quarantined}
+        ).one()
+    return {"entered": counted.entered, "refreshed": counted.refreshed, "quarantined": quarantined}
 
 
 ONE_ACTIVE = "one_active_per_customer"

@@ -26,6 +26,18 @@ ACTIVE_ENROLLMENTS = (
     "WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active' AND e.entered_at <= :as_of"
 )
 
+# An exit message's candidates (insert_messages' columns): the enrollments the rule's UPDATE
+# ended, written by it in the same statement (counted there too, never fetched into Python).
+EXIT_MESSAGES_TABLE = (
+    "CREATE TEMP TABLE _exit_msgs (enrollment_id bigint, enrollment_key text, customer_id text, holdout boolean, "
+    "due_at timestamptz, skip_reason text, channel text) ON COMMIT DROP"
+)
+EXIT_MESSAGES_CTE = """, msgs AS (
+                        INSERT INTO _exit_msgs
+                        SELECT enrollment_id, enrollment_key, customer_id, holdout, exited_at, NULL, :channel
+                        FROM upd
+                    )"""
+
 
 def exit_pick_order(columns: set[str]) -> str:
     """ORDER BY terms (after enrollment_id) that pick the first qualifying event of a condition.
@@ -59,6 +71,8 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 col if col in extra else f"CAST(NULL AS {typ}) AS {col}"
                 for col, typ in PICKED_COLUMNS
             )
+            if rule.channel:  # the exit message's candidates, filled by the UPDATE below
+                conn.exec_driver_sql(EXIT_MESSAGES_TABLE)
             exited = conn.execute(
                 sa.text(
                     f"""
@@ -72,8 +86,8 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                                next_step = NULL, next_due_at = NULL, updated_at = now()
                           FROM hit
                          WHERE e.enrollment_id = hit.enrollment_id AND e.status = 'active'
-                     RETURNING e.enrollment_id, e.customer_id, e.holdout, e.exited_at, hit.order_id::text AS order_id,
-                               hit.revenue
+                     RETURNING e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout, e.exited_at,
+                               hit.order_id::text AS order_id, hit.revenue
                     ), conv AS (
                         INSERT INTO lifecycle.conversions
                             (enrollment_id, journey, mode, customer_id, condition, order_id, revenue,
@@ -82,26 +96,18 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                                exited_at, holdout
                         FROM upd WHERE :status = 'converted'
                         ON CONFLICT (enrollment_id) DO NOTHING
-                    )
-                    SELECT enrollment_id, exited_at FROM upd
+                    ){EXIT_MESSAGES_CTE if rule.channel else ""}
+                    SELECT count(*) FROM upd
                     """
                 ),
-                {**run.binds(), "status": rule.status, "reason": rule.reason},
-            ).all()
+                {**run.binds(), "status": rule.status, "reason": rule.reason, "channel": rule.channel},
+            ).scalar_one()
             if rule.channel and exited:
-                conn.execute(
-                    sa.text("CREATE TEMP TABLE _exit_msgs ON COMMIT DROP AS "
-                            "SELECT e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout, "
-                            "e.exited_at AS due_at, CAST(NULL AS text) AS skip_reason, "
-                            "CAST(:channel AS text) AS channel "
-                            "FROM lifecycle.enrollments e WHERE e.enrollment_id = ANY(:ids)"),
-                    {"ids": [r.enrollment_id for r in exited], "channel": rule.channel},
-                )
                 insert_messages(
                     conn, spec, run, "_exit_msgs", step=rule.message_step,
                     template=rule.template, lateness=spec.max_lateness,
                 )
                 if rule.coupon:  # `then: {coupon: ...}`: a code with the exit message (a reward), as for a step's
                     issue_coupons(conn, run, rule.message_step, rule.coupon)
-        counts[rule.reason] = len(exited)
+        counts[rule.reason] = exited
     return counts

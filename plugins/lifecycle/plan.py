@@ -61,14 +61,17 @@ def insert_messages(
     template: str | None,
     lateness: timedelta,
     action: str | None = None,
-) -> list[tuple[int, str]]:
+) -> dict[str, int]:
     """Insert one message per candidate row (enrollment_id, enrollment_key, customer_id, holdout,
-    due_at, skip_reason, channel); rows whose key exists are left alone. Returns (message_id, status)."""
+    due_at, skip_reason, channel); rows whose key exists are left alone. Returns how many were
+    inserted per status, counted in SQL (a big first day never travels to Python)."""
     done = f"'{MessageStatus.DRY_RUN}'" if run.mode == Mode.DRY else f"'{MessageStatus.SENT}'"
     ready = done if action else f"'{MessageStatus.PLANNED}'"  # an action is carried out as it is planned
+    sunset = action == "suppress" and run.mode == Mode.LIVE
     rows = conn.execute(
         sa.text(
             f"""
+            WITH ins AS (
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
                  status, reason, due_at, planned_for, planned_run_id, run_id, expires_at, batch_no)
@@ -94,7 +97,12 @@ def insert_messages(
             WINDOW open AS (PARTITION BY r.channel, r.status = 'planned' ORDER BY r.due_at, r.enrollment_id)
             ORDER BY r.enrollment_id
             ON CONFLICT DO NOTHING
-            RETURNING message_id, status, customer_id, channel
+            RETURNING status, customer_id, channel
+            )
+            -- per status and channel; a sunset step also needs who was suppressed (the day's few)
+            SELECT status, channel, count(*) AS n,
+                   array_agg(customer_id ORDER BY customer_id) FILTER (WHERE :sunset AND status = 'sent') AS sunset
+            FROM ins GROUP BY status, channel
             """
         ),
         {
@@ -109,13 +117,15 @@ def insert_messages(
             "action_reason": f"action: {action}" if action else None,
             "batch_size": spec.batch_size,
             "max_batches": MAX_BATCHES,
+            "sunset": sunset,
         },
     ).all()
-    if action == "suppress" and run.mode == Mode.LIVE:
-        for channel in {r.channel for r in rows}:
-            start_sunset(conn, [r.customer_id for r in rows if r.status == "sent" and r.channel == channel],
-                         channel, spec.journey, run.as_of)
-    return [(r.message_id, r.status) for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + r.n
+        if r.sunset:
+            start_sunset(conn, r.sunset, r.channel, spec.journey, run.as_of)
+    return counts
 
 
 def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
@@ -190,16 +200,12 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
             _due_candidates(conn, spec, run, step)
             if step.when or step.unless:
                 _apply_step_conditions(conn, spec, run, step)
-            rows = insert_messages(
+            planned[step.name] = insert_messages(
                 conn, spec, run, "_due", step=step.name, template=step.template,
                 lateness=step.max_lateness, action=step.action,
             )
             if step.coupon:
                 issue_coupons(conn, run, step.name, step.coupon)
-        by_status: dict[str, int] = {}
-        for _, status in rows:
-            by_status[status] = by_status.get(status, 0) + 1
-        planned[step.name] = by_status
     _advance_enrollments(engine, spec, run)
     return planned
 

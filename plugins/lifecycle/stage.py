@@ -13,6 +13,7 @@ from lifecycle.channels import channel
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import SegmentSQLError, execute_file_sql
+from lifecycle.statistics import refresh_stale_statistics
 
 STAGE_SCHEMA = "lifecycle_stage"
 TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
@@ -44,6 +45,7 @@ def stage_segment(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
     """Materialise the segment for this interval; return the number of rows selected."""
     table = stage_table(run)
     with engine.begin() as conn:
+        refresh_stale_statistics(conn)  # segments may read lifecycle tables the last run changed
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {STAGE_SCHEMA}")
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         execute_file_sql(

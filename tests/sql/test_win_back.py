@@ -42,3 +42,15 @@ def test_chose_to_stay_since_entry_holds(sql):
               {"customer_id": "4", "channel": "email", "choice": "stay", "source": "test", "chosen_at": AS_OF})
     hits = sql.holds("chose_to_stay", *(Enrollment(f"{c}:1", c, entered) for c in (1, 2, 3, 4)))
     assert hits == {"1:1": (entered + DAY, None, None)}  # before entry, other channel, at as_of: no
+
+
+def test_an_enrolled_lapse_keeps_the_clock_and_days_it_entered_with(sql):
+    """A lapsed customer is selected every day until they order: the row must not change with the
+    run's date, or every enrollment's context is rewritten every day."""
+    sql.order(20, 2, AS_OF - 200 * DAY, 5)
+    entered = AS_OF - 4 * DAY
+    sql.enroll("win_back", Enrollment("2:20", 2, entered, enrolled_at=entered + DAY))
+    (row,) = sql.select("win_back")
+    assert (row["lapsed_at"], row["days_since_last_order"]) == (entered, 197)  # as of its enrolling run
+    (later,) = sql.select("win_back", as_of=AS_OF + 3 * DAY)
+    assert later == row

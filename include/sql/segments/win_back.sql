@@ -31,6 +31,9 @@ exit:
 -- out, or at the start of this interval for customers who lapsed before we first looked.
 -- The last order is the latest (ordered_at, order_id): of two orders placed at the same
 -- instant, the larger id came last (README, "Ties"), so the lapse key never changes.
+-- A lapse already enrolled keeps the clock and the day count it entered with (read from its
+-- enrollment): a lapsed customer is selected every day until they order, and values that moved
+-- with the run's date would rewrite every enrollment's context every day.
 WITH last_orders AS (
     SELECT DISTINCT ON (o.customer_id)
            o.customer_id,
@@ -45,11 +48,16 @@ SELECT l.customer_id || ':' || l.last_order_id                                  
        l.customer_id,
        c.email,
        c.first_name,
-       greatest(l.last_order_at + make_interval(days => :lapsed_days), :interval_start) AS lapsed_at,
+       coalesce(en.entered_at,
+                greatest(l.last_order_at + make_interval(days => :lapsed_days), :interval_start)) AS lapsed_at,
        l.last_order_id,
        l.last_order_at,
        l.orders_count,
-       extract(day FROM :as_of - l.last_order_at)::int                           AS days_since_last_order
+       -- as of the run that enrolled the lapse (the one that sends email_1)
+       extract(day FROM coalesce(en.enrolled_at, :as_of) - l.last_order_at)::int AS days_since_last_order
 FROM last_orders l
 JOIN shop.customers c USING (customer_id)
+LEFT JOIN lifecycle.enrollments en
+       ON en.journey = :journey AND en.mode = :mode
+      AND en.enrollment_key = l.customer_id || ':' || l.last_order_id
 WHERE l.last_order_at <= :as_of - make_interval(days => :lapsed_days)
