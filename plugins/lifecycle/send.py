@@ -262,14 +262,19 @@ def claim_window(engine: Engine, message_ids: list[int], token: str,
                  internet_message_ids: list[str | None] | None = None) -> set[int]:
     """Atomically take the planned messages among `message_ids` (one statement, one commit);
     the ids taken. Those another run claimed first are left out: theirs to send."""
+    with engine.begin() as conn:
+        return _claim(conn, message_ids, token, internet_message_ids)
+
+
+def _claim(conn: sa.Connection, message_ids: list[int], token: str,
+           internet_message_ids: list[str | None] | None = None) -> set[int]:
     if not message_ids:
         return set()
-    with engine.begin() as conn:
-        return set(conn.execute(
-            sa.text(CLAIM_WINDOW_SQL),
-            {"ids": list(message_ids), "token": token,
-             "mids": list(internet_message_ids or [None] * len(message_ids))},
-        ).scalars())
+    return set(conn.execute(
+        sa.text(CLAIM_WINDOW_SQL),
+        {"ids": list(message_ids), "token": token,
+         "mids": list(internet_message_ids or [None] * len(message_ids))},
+    ).scalars())
 
 
 def claim_message(engine: Engine, message_id: int, token: str) -> bool:
@@ -284,30 +289,35 @@ def mark_window(engine: Engine, token: str, results: list[tuple[Any, Outcome, st
     and journey. `sent_at` is the sender's clock (the wall clock in production, the simulated
     time in a replay of the past). Side effects of rare outcomes (a suppression, a revoked push
     subscription, a fallback on the next channel) go in the same transaction."""
+    with engine.begin() as conn:
+        return _mark(conn, token, results, sent_at)
+
+
+def _mark(conn: sa.Connection, token: str, results: list[tuple[Any, Outcome, str | None]],
+          sent_at: datetime | None) -> dict[int, str]:
     if not results:
         return {}
-    with engine.begin() as conn:
-        marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), {
-            "ids": [row.message_id for row, _, _ in results],
-            "outcomes": [o.status for _, o, _ in results],
-            "reasons": [o.reason for _, o, _ in results],
-            "pids": [o.provider_message_id for _, o, _ in results],
-            "details": [json.dumps(o.details) for _, o, _ in results],
-            "token": token, "sent_at": sent_at, "max_attempts": MAX_ATTEMPTS,
-        }).all())
-        for row, outcome, next_channel in results:
-            if row.message_id not in marked:
-                continue
-            if outcome.revoke:  # the push service says this exact subscription is gone
-                conn.execute(
-                    sa.text("UPDATE lifecycle.push_subscriptions SET revoked_at = now() "
-                            "WHERE endpoint = :endpoint AND revoked_at IS NULL"),
-                    {"endpoint": outcome.revoke},
-                )
-            if outcome.fallback and next_channel:
-                plan_fallback(conn, row.message_id, next_channel, outcome.reason or "")
-            if outcome.suppress:
-                record_suppression(conn, row.customer_id, row.channel, outcome.suppress, row.journey)
+    marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), {
+        "ids": [row.message_id for row, _, _ in results],
+        "outcomes": [o.status for _, o, _ in results],
+        "reasons": [o.reason for _, o, _ in results],
+        "pids": [o.provider_message_id for _, o, _ in results],
+        "details": [json.dumps(o.details) for _, o, _ in results],
+        "token": token, "sent_at": sent_at, "max_attempts": MAX_ATTEMPTS,
+    }).all())
+    for row, outcome, next_channel in results:
+        if row.message_id not in marked:
+            continue
+        if outcome.revoke:  # the push service says this exact subscription is gone
+            conn.execute(
+                sa.text("UPDATE lifecycle.push_subscriptions SET revoked_at = now() "
+                        "WHERE endpoint = :endpoint AND revoked_at IS NULL"),
+                {"endpoint": outcome.revoke},
+            )
+        if outcome.fallback and next_channel:
+            plan_fallback(conn, row.message_id, next_channel, outcome.reason or "")
+        if outcome.suppress:
+            record_suppression(conn, row.customer_id, row.channel, outcome.suppress, row.journey)
     return marked
 
 
@@ -347,15 +357,14 @@ def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) 
     )
 
 
-def _release(engine: Engine, message_ids: list[int], token: str) -> None:
+def _release(conn: sa.Connection, message_ids: list[int], token: str) -> None:
     """Give back claims whose provider call never started (the channel was unavailable)."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE lifecycle.messages SET status = 'planned', attempts = attempts - 1, "
-                    "claim_token = NULL, internet_message_id = NULL, updated_at = now() "
-                    "WHERE message_id = ANY(CAST(:ids AS bigint[])) AND claim_token = :t AND status = 'claimed'"),
-            {"ids": list(message_ids), "t": token},
-        )
+    conn.execute(
+        sa.text("UPDATE lifecycle.messages SET status = 'planned', attempts = attempts - 1, "
+                "claim_token = NULL, internet_message_id = NULL, updated_at = now() "
+                "WHERE message_id = ANY(CAST(:ids AS bigint[])) AND claim_token = :t AND status = 'claimed'"),
+        {"ids": list(message_ids), "t": token},
+    )
 
 
 def window_size(spec: JourneySpec) -> int:
@@ -392,10 +401,13 @@ def send_batch(
     channels: dict[str, Sender] = {}
     template_errors: dict[str, int] = {}  # a broken template's error -> messages left planned for the fix
     size = window_size(spec)
+    windows = [rows[start:start + size] for start in range(0, len(rows), size)]
     try:
-        for start in range(0, len(rows), size):
-            _send_window(engine, spec, rows[start:start + size], token, channel_for, channels, dry_run, clock(),
-                         counts, template_errors)
+        if dry_run:
+            for window in windows:
+                _dry_run_window(engine, spec, window, token, clock(), counts, template_errors)
+        else:
+            _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors)
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
@@ -484,26 +496,76 @@ def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles:
     return None
 
 
-def _send_window(engine, spec, rows, token, channel_for, channels, dry_run, now, counts, template_errors) -> None:
-    """Render the window, claim it (one commit), deliver it, record the outcomes (one commit)."""
+def _render_window(engine, spec, rows, now, dry_run, counts, template_errors) -> list[_Prepared]:
+    """Render a window's messages; record at once those that will not be attempted now."""
     settles: list[tuple[int, str, str, datetime | None]] = []
     prepared = [p for p in (_prepare(row, spec, now, dry_run, settles, template_errors, engine) for row in rows) if p]
     counts.update(settle_unsent(engine, settles).values())
-    if not dry_run:
-        for p in prepared:
-            if p.broken is None and p.row.channel not in channels:
-                # Open the channel before claiming anything: a configuration error (a missing Airflow
-                # connection, a bad key) then fails the task with every message still planned, instead
-                # of leaving a claim whose outcome looks unknown.
-                channels[p.row.channel] = channel_for(p.row.channel).__enter__()
-    claimed = claim_window(engine, [p.row.message_id for p in prepared], token,
-                           [getattr(p.outbound, "message_id", None) if p.row.channel == "email" else None
-                            for p in prepared])
-    counts["taken"] += len(prepared) - len(claimed)  # another run claimed them first: theirs to send
-    prepared = [p for p in prepared if p.row.message_id in claimed]
-    if dry_run:
-        counts["dry_run"] += _record_dry_run(engine, prepared)
+    return prepared
+
+
+def _claim_prepared(conn, prepared: list[_Prepared], token: str, counts) -> list[_Prepared]:
+    """Claim a rendered window in one statement (with each email's Message-ID); those taken."""
+    claimed = _claim(conn, [p.row.message_id for p in prepared], token,
+                     [p.outbound.message_id if p.row.channel == "email" and p.outbound is not None else None
+                      for p in prepared])
+    if len(claimed) < len(prepared):  # another run claimed them first: theirs to send
+        counts["taken"] += len(prepared) - len(claimed)
+    return [p for p in prepared if p.row.message_id in claimed]
+
+
+def _dry_run_window(engine, spec, rows, token, now, counts, template_errors) -> None:
+    prepared = _render_window(engine, spec, rows, now, True, counts, template_errors)
+    with engine.begin() as conn:
+        prepared = _claim_prepared(conn, prepared, token, counts)
+    counts.update(_record_dry_run(engine, prepared))
+
+
+def _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors) -> None:
+    """Window by window, at most one window claimed and not yet recorded at any moment: while
+    window k is with the provider (a thread: socket waits), window k+1 is rendered; then k's
+    outcomes and k+1's claim are committed together, and k+1 goes out. The provider's time and
+    ours overlap, the at-most-once bound stays one window."""
+    if not windows:
         return
+    now = clock()
+    upcoming = _render_window(engine, spec, windows[0], now, False, counts, template_errors)
+    _open_channels(upcoming, channels, channel_for)
+    with engine.begin() as conn:
+        claimed = _claim_prepared(conn, upcoming, token, counts)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-window") as deliverer:
+        for k in range(len(windows)):
+            in_flight = deliverer.submit(_deliver_window, spec, claimed, channels)
+            upcoming, later = [], clock()
+            try:
+                if k + 1 < len(windows):
+                    upcoming = _render_window(engine, spec, windows[k + 1], later, False, counts, template_errors)
+                    _open_channels(upcoming, channels, channel_for)
+            finally:  # whatever happened meanwhile, what the provider said is recorded
+                results, unavailable, error = in_flight.result()
+                with engine.begin() as conn:
+                    counts.update(_mark(conn, token, results, sent_at=now).values())
+                    if unavailable:
+                        _release(conn, unavailable, token)
+                    else:
+                        claimed = _claim_prepared(conn, upcoming, token, counts) if upcoming else []
+                if unavailable:  # committed above: the rest stays planned for the task's retry
+                    raise RetryBatch(str(error)) from error
+            now = later
+
+
+def _open_channels(prepared: list[_Prepared], channels: dict, channel_for) -> None:
+    """Open each channel before claiming anything for it: a configuration error (a missing Airflow
+    connection, a bad key) then fails the task with every message still planned, instead of
+    leaving a claim whose outcome looks unknown."""
+    for p in prepared:
+        if p.broken is None and p.row.channel not in channels:
+            channels[p.row.channel] = channel_for(p.row.channel).__enter__()
+
+
+def _deliver_window(spec, prepared: list[_Prepared], channels: dict):
+    """Hand a claimed window to its providers (no database here): (results to record, ids never
+    handed over, the ChannelUnavailable that stopped them)."""
     results: list[tuple[Any, Outcome, str | None]] = [(p.row, p.broken, None) for p in prepared if p.broken]
     unavailable: list[int] = []
     error: ChannelUnavailable | None = None
@@ -515,10 +577,7 @@ def _send_window(engine, spec, rows, token, channel_for, channels, dry_run, now,
                 error = error or result
             else:
                 results.append((p.row, result, _next_channel(spec, p.row)))
-    counts.update(mark_window(engine, token, results, sent_at=now).values())
-    if unavailable:
-        _release(engine, unavailable, token)
-        raise RetryBatch(str(error)) from error
+    return results, unavailable, error
 
 
 def deliver_all(sender: Sender, outbounds: Sequence[Any]) -> list[Outcome | ChannelUnavailable]:
@@ -546,21 +605,22 @@ def deliver_all(sender: Sender, outbounds: Sequence[Any]) -> list[Outcome | Chan
     return results
 
 
-def _record_dry_run(engine: Engine, prepared: list[_Prepared]) -> int:
-    """A dry run's window: what would have gone out, recorded in one statement."""
+def _record_dry_run(engine: Engine, prepared: list[_Prepared]) -> Counter[str]:
+    """A dry run's window: what would have gone out, recorded in one statement (a message whose
+    rendering crashed is recorded failed, as a live run records it)."""
     if not prepared:
-        return 0
+        return Counter()
     seen = [what_would_go_out(p.row, p.outbound) if p.broken is None else (None, None) for p in prepared]
     reasons = [p.broken.reason if p.broken else
                "dry run: rendered, not delivered" + (f" ({p.waits})" if p.waits else "") for p in prepared]
     with engine.begin() as conn:
-        return conn.execute(
+        return Counter(conn.execute(
             sa.text("UPDATE lifecycle.messages m SET status = CASE WHEN d.broken THEN 'failed' ELSE 'dry_run' END, "
                     "reason = d.reason, updated_at = now(), dry_run_subject = d.subject, dry_run_body_sha256 = d.sha "
                     "FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[]), CAST(:subjects AS text[]), "
                     "CAST(:shas AS text[]), CAST(:broken AS boolean[])) AS d(message_id, reason, subject, sha, broken) "
-                    "WHERE m.message_id = d.message_id"),
+                    "WHERE m.message_id = d.message_id RETURNING m.status"),
             {"ids": [p.row.message_id for p in prepared], "reasons": reasons,
              "subjects": [subject for subject, _ in seen], "shas": [sha for _, sha in seen],
              "broken": [p.broken is not None for p in prepared]},
-        ).rowcount
+        ).scalars())

@@ -1,0 +1,365 @@
+"""Send throughput: the project's send task against a plain client loop, same messages, same sink.
+
+    .venv/bin/python benchmarks/send_throughput.py [--messages 5000] [--http-messages 1000] [--repeats 3]
+
+On a fresh embedded PostgreSQL it plants N planned cart_abandonment reminders (email), and
+M SMS and M web push messages, for customers with consent (batches of 500, as planned by the
+engine), then, `--repeats` times, side by side:
+
+- **email**: `lifecycle.send.send_batch` over every batch (send-time checks, render, claim a
+  window, deliver over one SMTP session per batch, record the outcomes), against a plain
+  smtplib loop (`sendmail` per message over one session) sending the very same wire bytes,
+  composed beforehand. The SMTP server (aiosmtpd, offering PIPELINING, storing nothing) runs in
+  a process of its own, as a provider would.
+- **sms**: the same, against a plain httpx loop POSTing the same forms to the same local
+  server speaking Twilio's Messages API (its own process).
+- **push**: the same, against a plain httpx loop POSTing the same encrypted bodies (RFC 8291,
+  encrypted beforehand) with the same VAPID header to the same local web push service.
+
+The messages are reset to planned between repeats. It prints messages/s per repeat and
+min/median/max, the load average before and after, each channel's ratio of medians, and
+last the email ratio: `send/raw ratio: 0.NN` (goal: >= 0.80).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the sender's clock: midday, inside SMS hours
+BATCH = 500
+RESET = ("UPDATE lifecycle.messages SET status = 'planned', reason = NULL, claim_token = NULL, claimed_at = NULL, "
+         "attempts = 0, provider_message_id = NULL, sent_at = NULL, internet_message_id = NULL, payload = '{}' "
+         "WHERE channel = :channel")
+SINK = """
+import sys
+from lifecycle_demo.sinks.smtp_server import SinkHandler, _controller
+from lifecycle_demo.sinks.serving import serve_until_signalled
+controller = _controller(SinkHandler(None), "127.0.0.1", 0)  # accepts and forgets: no disk, no memory
+controller.start()
+print(f"listening on 127.0.0.1:{controller.port}", flush=True)
+sys.exit(serve_until_signalled(controller.stop))
+"""
+CART = {
+    "cart_id": 0, "cart_updated_at": "2026-11-20T10:00:00+00:00", "cart_total": 117.5, "currency": "EUR",
+    "items": [
+        {"product_id": 11, "name": "Linen Shirt", "image_url": "https://cdn.shop.example.com/p/11.jpg", "quantity": 2,
+         "unit_price": 49.0, "product_url": "https://shop.example.com/p/linen-shirt"},
+        {"product_id": 12, "name": "Canvas Tote Bag", "image_url": "https://cdn.shop.example.com/p/12.jpg",
+         "quantity": 1, "unit_price": 19.5, "product_url": "https://shop.example.com/p/canvas-tote"},
+    ],
+}
+SMS_SID, SMS_TOKEN = "AC" + "b" * 32, "bench-token"
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def start_process(args: list[str], banner: str) -> tuple[subprocess.Popen, str]:
+    """A server in a process of its own; (process, the first line it prints)."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    line = proc.stdout.readline()
+    if banner not in line:
+        proc.kill()
+        raise RuntimeError(f"{args}: did not start ({line!r})")
+    return proc, line
+
+
+def plant(engine, emails: int, texts: int, pushes: int, push_origin: str) -> dict[str, list[dict]]:
+    """Customers with consent, one active enrollment each, and planned messages in batches of 500:
+    what plan_messages leaves for the send tasks. The batch descriptors per channel."""
+    import sqlalchemy as sa
+
+    from lifecycle_demo.demo_shop import _b64, push_subscription_keys
+
+    n = max(emails, texts, pushes)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO shop.customers (customer_id, email, phone, first_name, last_name, country, timezone, locale, "
+            "created_at) SELECT i, 'customer' || i || '@example.com', '+4915112' || lpad(i::text, 6, '0'), "
+            "'Ana', 'Silva', 'DE', 'UTC', 'en_GB', :t FROM generate_series(1, :n) i"), {"n": n, "t": AS_OF})
+        conn.execute(sa.text(
+            "INSERT INTO shop.consents (customer_id, channel, status, updated_at) SELECT i, c, 'opted_in', :t "
+            "FROM generate_series(1, :n) i, unnest(ARRAY['email', 'sms', 'push']) c"), {"n": n, "t": AS_OF})
+        subscriptions = []
+        for i in range(1, pushes + 1):
+            private_key, auth = push_subscription_keys(i, 7)
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+            p256dh = private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            subscriptions.append({"i": i, "e": f"{push_origin}/push/bench{i}", "p": _b64(p256dh), "a": _b64(auth)})
+        if subscriptions:
+            conn.execute(sa.text("INSERT INTO shop.push_subscriptions (subscription_id, customer_id, endpoint, p256dh, "
+                                 "auth, created_at) VALUES (:i, :i, :e, :p, :a, :t)"),
+                         [{**s, "t": AS_OF} for s in subscriptions])
+        batches = {}
+        for channel, count, step in (("email", emails, "reminder_1"), ("sms", texts, "reminder_2"),
+                                     ("push", pushes, "reminder_1")):
+            conn.execute(sa.text(  # one enrollment per customer and channel (one message per step each)
+                "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+                "enrolled_run_id, context) SELECT 'cart_abandonment', 'bench-' || :channel || '-' || i, i, :t, :t, "
+                "'bench', CAST(:cart AS jsonb) || jsonb_build_object('cart_id', i, 'cart_url', "
+                "'https://shop.example.com/cart/' || i || '?token=' || md5(i::text)) FROM generate_series(1, :n) i"),
+                {"n": count, "t": AS_OF - timedelta(hours=2), "cart": json.dumps(CART), "channel": channel})
+            conn.execute(sa.text(
+                "INSERT INTO lifecycle.messages (idempotency_key, journey, enrollment_id, customer_id, step, channel, "
+                "template, kind, status, due_at, planned_for, planned_run_id, run_id, batch_no) "
+                "SELECT 'cart_abandonment:' || e.enrollment_key || ':' || :step || ':' || :channel, e.journey, "
+                "e.enrollment_id, e.customer_id, :step, :channel, 'cart_abandonment/' || :step, 'marketing', "
+                "'planned', :due, :as_of, 'bench', 'bench', (e.customer_id::bigint - 1) / :size "
+                "FROM lifecycle.enrollments e WHERE e.enrollment_key LIKE 'bench-' || :channel || '-%'"),
+                {"step": step, "channel": channel, "due": AS_OF - timedelta(hours=1), "as_of": AS_OF, "size": BATCH})
+            batches[channel] = [{"journey": "cart_abandonment", "run_id": "bench", "batch": b, "channel": channel,
+                                 "as_of": AS_OF.isoformat()} for b in range(-(-count // BATCH))]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM (ANALYZE)")
+    return batches
+
+
+def reset(engine, channel: str) -> None:
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:
+        conn.execute(sa.text(RESET), {"channel": channel})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM (ANALYZE) lifecycle.messages")
+
+
+def project(engine, spec, batches, open_channel) -> tuple[float, dict]:
+    """Every batch through the engine's send task; (seconds, messages by status)."""
+    from collections import Counter
+
+    from lifecycle import send
+
+    counts: Counter = Counter()
+    profiler = None
+    if os.environ.get("SEND_BENCH_PROFILE"):  # where the project's time goes, printed after the run
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    t0 = time.perf_counter()
+    for batch in batches:
+        counts.update(send.send_batch(engine, spec, batch, open_channel, clock=lambda: AS_OF))
+    seconds = time.perf_counter() - t0
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return seconds, {status: n for status, n in counts.items() if n}
+
+
+def loaded(engine, spec, channel: str) -> list:
+    """Each planned message as the send task renders it (for the plain loops, prepared untimed)."""
+    from lifecycle import channels as registry
+    from lifecycle import send
+
+    rows = []
+    with engine.connect() as conn:
+        for b in range(10**6):
+            batch = {"journey": "cart_abandonment", "run_id": "bench", "batch": b, "channel": channel}
+            got = send.load_batch(conn, batch)
+            if not got:
+                break
+            rows += got
+    return [registry.channel(channel).outbound(row, spec, AS_OF) for row in rows]
+
+
+def raw_email(port: int, wire: list[tuple[str, bytes]], sender: str) -> float:
+    t0 = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as smtp:
+        for to, raw in wire:
+            smtp.sendmail(sender, [to], raw)
+    return time.perf_counter() - t0
+
+
+def raw_http(requests: list[tuple[str, dict, bytes | dict]], auth=None) -> float:
+    import httpx
+
+    t0 = time.perf_counter()
+    with httpx.Client(auth=auth, timeout=30) as client:
+        for url, headers, body in requests:
+            response = (client.post(url, headers=headers, data=body) if isinstance(body, dict)
+                        else client.post(url, headers=headers, content=body))
+            if response.status_code != 201:
+                raise RuntimeError(f"plain loop: {response.status_code} {response.text[:200]}")
+    return time.perf_counter() - t0
+
+
+def summary(label: str, rates: list[float]) -> str:
+    return (f"  {label:<24} min {min(rates):8.0f}  median {statistics.median(rates):8.0f}  "
+            f"max {max(rates):8.0f} msgs/s   ({', '.join(f'{r:.0f}' for r in rates)})")
+
+
+def compare(name: str, n: int, repeats: int, ours, theirs) -> float:
+    """Alternate the two, `repeats` times each; print the figures; the ratio of the medians."""
+    mine, plain = [], []
+    for r in range(repeats):
+        for label, run, into in (("project", ours, mine), ("plain loop", theirs, plain))[:: 1 if r % 2 == 0 else -1]:
+            seconds = run()
+            into.append(n / seconds)
+            print(f"  {name} repeat {r + 1} {label:<10} {n:,} messages in {seconds:6.2f} s = {n / seconds:7.0f} msgs/s "
+                  f"(load {load()})", flush=True)
+    ratio = statistics.median(mine) / statistics.median(plain)
+    print(summary(f"{name} project", mine))
+    print(summary(f"{name} plain loop", plain))
+    print(f"  {name}: project/plain ratio of medians {ratio:.2f}", flush=True)
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=5000, help="emails (default 5000)")
+    parser.add_argument("--http-messages", type=int, default=1000, help="SMS and push messages each (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LIFECYCLE_SIGNING_KEY", secrets.token_urlsafe(32))
+    os.environ["LIFECYCLE_PUSH_ALLOW_PRIVATE"] = "1"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    # The SMS and push senders log one INFO line per message (the task log); not on this screen.
+    for name in ("lifecycle.channels.sms", "lifecycle.channels.push"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import sqlalchemy as sa
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from lifecycle import schema
+    from lifecycle.channels.email import EmailChannel, compose
+    from lifecycle.channels.push import PushChannel
+    from lifecycle.channels.sms import SMSChannel
+    from lifecycle.config import SEGMENTS_DIR, SHOP
+    from lifecycle.spec import load_spec
+    from lifecycle.warehouse import start_embedded, stop_embedded
+    from lifecycle_demo.demo_shop import create_shop_schema
+
+    print(f"load average {load()} (start)", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="lifecycle-send-bench-"))
+    servers: list[subprocess.Popen] = []
+    started = False
+    try:
+        with warnings.catch_warnings(action="ignore"):
+            url = start_embedded(tmp / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
+        started = True
+        engine = sa.create_engine(url)
+        proc, banner = start_process(["-c", SINK], "listening on")
+        servers.append(proc)
+        smtp_port = int(banner.rsplit(":", 1)[1])
+        proc, banner = start_process(["-m", "lifecycle_demo.sinks.twilio_server", "--port", "0", "--account-sid",
+                                      SMS_SID, "--auth-token", SMS_TOKEN], "listening on")
+        servers.append(proc)
+        sms_url = banner.split(" on ", 1)[1].split()[0]
+        proc, banner = start_process(["-m", "lifecycle_demo.sinks.push_server", "--port", "0", "--warehouse-url",
+                                      url, "--seed", "7"], "listening on")
+        servers.append(proc)
+        push_origin = banner.split(" on ", 1)[1].split("/push/")[0]
+        create_shop_schema(engine)
+        schema.migrate(engine)
+        batches = plant(engine, args.messages, args.http_messages, args.http_messages, push_origin)
+        spec = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
+        # A send task runs in a process that has Airflow imported already: open each channel once
+        # (the email channel imports airflow.sdk and the smtp provider) before anything is timed.
+        with EmailChannel("127.0.0.1", smtp_port):
+            pass
+        print(f"planted {args.messages:,} emails, {args.http_messages:,} SMS and {args.http_messages:,} push messages "
+              f"in batches of {BATCH}; send window {spec.send_window or 'LIFECYCLE_SEND_WINDOW'} "
+              f"({os.environ.get('LIFECYCLE_SEND_WINDOW', '50')})", flush=True)
+
+        # email ------------------------------------------------------------------
+        sender = SHOP["from_email"]
+        wire = [(m.to, compose(m, sender, SHOP["name"])) for m in loaded(engine, spec, "email")]
+        assert len(wire) == args.messages
+
+        def email_project():
+            seconds, counts = project(engine, spec, batches["email"], lambda name: EmailChannel("127.0.0.1", smtp_port))
+            assert counts == {"sent": args.messages}, counts
+            reset(engine, "email")
+            return seconds
+
+        print(f"email: {args.messages:,} messages to an SMTP server in its own process", flush=True)
+        email_ratio = compare("email", args.messages, args.repeats, email_project,
+                              lambda: raw_email(smtp_port, wire, sender))
+
+        # sms --------------------------------------------------------------------
+        def sms_channel(name):
+            return SMSChannel(sms_url, SMS_SID, SMS_TOKEN, from_number="Northwind")
+
+        forms = [(sms_channel("sms").messages_url, {}, {"To": m.to, "Body": m.body, "From": "Northwind"})
+                 for m in loaded(engine, spec, "sms")]
+
+        def sms_project():
+            seconds, counts = project(engine, spec, batches["sms"], sms_channel)
+            assert counts == {"sent": args.http_messages}, counts
+            reset(engine, "sms")
+            return seconds
+
+        print(f"sms: {args.http_messages:,} messages to a Twilio Messages API server in its own process", flush=True)
+        sms_ratio = compare("sms", args.http_messages, args.repeats, sms_project,
+                            lambda: raw_http(forms, auth=(SMS_SID, SMS_TOKEN)))
+
+        # push -------------------------------------------------------------------
+        key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+        def push_channel(name):
+            return PushChannel(key, "mailto:ops@shop.example.com", allow_http=True, allow_private=True)
+
+        from pywebpush import WebPusher
+
+        pusher = push_channel("push")
+        requests = []
+        for m in loaded(engine, spec, "push"):
+            encoded = WebPusher({"endpoint": m.endpoint, "keys": {"p256dh": m.p256dh, "auth": m.auth}}).encode(
+                json.dumps(m.payload, separators=(",", ":"), ensure_ascii=False).encode(), "aes128gcm")
+            headers = {"TTL": str(m.ttl), "Urgency": m.urgency, "Content-Encoding": "aes128gcm",
+                       **pusher.vapid_headers(push_origin)}
+            requests.append((m.endpoint, headers, encoded["body"]))
+
+        def push_project():
+            seconds, counts = project(engine, spec, batches["push"], push_channel)
+            assert counts == {"sent": args.http_messages}, counts
+            reset(engine, "push")
+            return seconds
+
+        print(f"push: {args.http_messages:,} messages to a web push service in its own process "
+              "(the plain loop's bodies are encrypted beforehand)", flush=True)
+        push_ratio = compare("push", args.http_messages, args.repeats, push_project, lambda: raw_http(requests))
+
+        print(f"load average {load()} (end)")
+        print(f"sms/raw ratio: {sms_ratio:.2f}")
+        print(f"push/raw ratio: {push_ratio:.2f}")
+        print(f"send/raw ratio: {email_ratio:.2f}")
+        return 0
+    finally:
+        for proc in servers:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if started:
+            with warnings.catch_warnings(action="ignore"):
+                stop_embedded(tmp / "pgdata")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
