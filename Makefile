@@ -29,10 +29,11 @@ test-fast: $(STAMP)  ## the edit loop: ruff, then every test not marked slow or 
 lint-segments: $(STAMP)  ## check every segment file, for analysts
 	$(BIN)/lifecycle lint
 
-bench: $(STAMP)  ## DAG parsing with 50 segment files; an hourly cart-abandonment run at 100k customers; planning at 20k and 100k
+bench: $(STAMP)  ## DAG parsing with 50 segment files; an hourly cart-abandonment run at 100k customers; planning at 20k and 100k; send throughput against plain client loops
 	$(BIN)/python benchmarks/parse_dags.py
 	$(BIN)/python benchmarks/cart_abandonment_run.py
 	$(BIN)/python benchmarks/plan_scale.py
+	$(BIN)/python benchmarks/send_throughput.py
 
 bench-journeys: $(STAMP)  ## the journey tests' run windows against their time budgets, and DAG parsing
 	$(BIN)/python benchmarks/journey_replays.py
