@@ -31,6 +31,7 @@ import json
 import re
 import secrets
 import smtplib
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import Header
@@ -224,6 +225,10 @@ class EmailChannel:
             self._smtp = ConnectionSmtpHook(self.connection).open()
         except (AirflowException, RuntimeError, smtplib.SMTPException, OSError) as exc:
             raise ChannelUnavailable(f"SMTP server {self.server} unavailable: {exc}") from exc
+        try:  # each write is a whole command group or message: never held back waiting for an ACK
+            self._smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):  # not a TCP socket
+            pass
 
     def _drop(self) -> None:
         if self._smtp is not None:
