@@ -17,8 +17,8 @@ import sys
 import textwrap
 import threading
 from collections import Counter
-from pathlib import Path
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
