@@ -36,6 +36,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import smtplib
 import statistics
 import subprocess
@@ -287,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     from lifecycle.warehouse import start_embedded, stop_embedded
     from lifecycle_demo.demo_shop import create_shop_schema
 
+    # A SIGTERM (make interrupted, a CI timeout) still stops every server this script started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average {load()} (start)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="lifecycle-send-bench-"))
     servers: list[subprocess.Popen] = []
