@@ -19,7 +19,8 @@ engine), then, `--repeats` times, side by side:
 - **push**: the same, against a plain httpx loop POSTing the same encrypted bodies (RFC 8291,
   encrypted beforehand) with the same VAPID header to the same local web push service.
 
-The messages are reset to planned between repeats. It prints messages/s per repeat and
+The two are timed batch by batch (500 messages), interleaved, the order alternating, so a swing
+in the machine's load hits both alike; the messages are reset to planned between repeats. It prints messages/s per repeat and
 min/median/max, the load average before and after, each channel's ratio of medians, and
 last the email ratio on rendered messages: `send/raw ratio: 0.NN` (goal: >= 0.80). That one
 times what the project adds to sending a message it has rendered: the window's claim (one
@@ -190,7 +191,7 @@ def loaded(engine, spec, channel: str, with_rows: bool = False) -> list:
     return (rows, built) if with_rows else built
 
 
-def delivery_path(engine, port: int, rows: list, outbounds: list, window: int) -> float:
+def delivery_path(engine, port: int, rows: list, outbounds: list, window: int, spent: dict) -> float:
     """The project's delivery machinery on rendered messages: claim a window (one statement),
     hand it to the channel (pipelined SMTP), record the outcomes (one statement), as
     send_batch does after rendering. Seconds."""
@@ -198,7 +199,8 @@ def delivery_path(engine, port: int, rows: list, outbounds: list, window: int) -
     from lifecycle.channels.email import EmailChannel
 
     token = secrets.token_hex(8)
-    spent = {"claim": 0.0, "deliver": 0.0, "mark": 0.0}
+    for part in ("claim", "deliver", "mark"):
+        spent.setdefault(part, 0.0)
     t0 = time.perf_counter()
     with EmailChannel("127.0.0.1", port) as channel:
         for start in range(0, len(rows), window):
@@ -212,9 +214,7 @@ def delivery_path(engine, port: int, rows: list, outbounds: list, window: int) -
                                       sent_at=AS_OF)
             spent["mark"] += time.perf_counter() - t
             assert set(marked.values()) == {"sent"}, marked
-    seconds = time.perf_counter() - t0
-    print("    (claim {claim:.2f} s, deliver {deliver:.2f} s, mark {mark:.2f} s)".format(**spent), flush=True)
-    return seconds
+    return time.perf_counter() - t0
 
 
 def raw_email(port: int, wire: list[tuple[str, bytes]], sender: str) -> float:
@@ -243,15 +243,22 @@ def summary(label: str, rates: list[float]) -> str:
             f"max {max(rates):8.0f} msgs/s   ({', '.join(f'{r:.0f}' for r in rates)})")
 
 
-def compare(name: str, n: int, repeats: int, ours, theirs) -> float:
-    """Alternate the two, `repeats` times each; print the figures; the ratio of the medians."""
+def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repeat) -> float:
+    """Time the two part by part (a batch of 500 each), interleaved, the order alternating, so a
+    swing in the machine's load hits both alike; `repeats` times. Print the figures; return the
+    ratio of the medians."""
     mine, plain = [], []
+    total = sum(sizes)
     for r in range(repeats):
-        for label, run, into in (("project", ours, mine), ("plain loop", theirs, plain))[:: 1 if r % 2 == 0 else -1]:
-            seconds = run()
-            into.append(n / seconds)
-            print(f"  {name} repeat {r + 1} {label:<10} {n:,} messages in {seconds:6.2f} s = {n / seconds:7.0f} msgs/s "
-                  f"(load {load()})", flush=True)
+        spent = {"project": 0.0, "plain loop": 0.0}
+        for part in range(len(sizes)):
+            for label, run in (("project", ours), ("plain loop", theirs))[:: 1 if (part + r) % 2 == 0 else -1]:
+                spent[label] += run(part)
+        after_repeat()
+        mine.append(total / spent["project"])
+        plain.append(total / spent["plain loop"])
+        print(f"  {name} repeat {r + 1}: project {total:,} messages in {spent['project']:6.2f} s = {mine[-1]:5.0f} msgs/s,"
+              f" plain loop {spent['plain loop']:6.2f} s = {plain[-1]:5.0f} msgs/s (load {load()})", flush=True)
     ratio = statistics.median(mine) / statistics.median(plain)
     print(summary(f"{name} project", mine))
     print(summary(f"{name} plain loop", plain))
@@ -329,22 +336,33 @@ def main(argv: list[str] | None = None) -> int:
         assert len(wire) == args.messages
         window = int(os.environ.get("LIFECYCLE_SEND_WINDOW", "50"))
 
-        def email_project():
-            seconds, counts = project(engine, spec, batches["email"], lambda name: EmailChannel("127.0.0.1", smtp_port))
-            assert counts == {"sent": args.messages}, counts
-            reset(engine, "email")
+        sizes = [min(BATCH, args.messages - start) for start in range(0, args.messages, BATCH)]
+        spent: dict[str, float] = {}
+
+        def email_project(part: int) -> float:
+            seconds, counts = project(engine, spec, batches["email"][part:part + 1],
+                                      lambda name: EmailChannel("127.0.0.1", smtp_port))
+            assert counts == {"sent": sizes[part]}, counts
             return seconds
 
-        def rendered_project():
-            seconds = delivery_path(engine, smtp_port, rows, outbounds, window)
-            reset(engine, "email")
-            return seconds
+        def rendered_project(part: int) -> float:
+            cut = slice(part * BATCH, part * BATCH + sizes[part])
+            return delivery_path(engine, smtp_port, rows[cut], outbounds[cut], window, spent)
 
-        raw = lambda: raw_email(smtp_port, wire, sender)  # noqa: E731
+        def raw(part: int) -> float:
+            return raw_email(smtp_port, wire[part * BATCH:part * BATCH + sizes[part]], sender)
+
+        def reset_email() -> None:
+            if spent:
+                print("    (project's parts: claim {claim:.2f} s, deliver {deliver:.2f} s, mark {mark:.2f} s)"
+                      .format(**spent), flush=True)
+                spent.clear()
+            reset(engine, "email")
+
         print(f"email, rendered messages: {args.messages:,} to an SMTP server in its own process", flush=True)
-        rendered_ratio = compare("email rendered", args.messages, args.repeats, rendered_project, raw)
+        rendered_ratio = compare("email rendered", sizes, args.repeats, rendered_project, raw, reset_email)
         print(f"email, whole send task (send-time checks and rendering included): {args.messages:,}", flush=True)
-        email_ratio = compare("email send_batch", args.messages, args.repeats, email_project, raw)
+        email_ratio = compare("email send_batch", sizes, args.repeats, email_project, raw, reset_email)
 
         # sms --------------------------------------------------------------------
         def sms_channel(name):
@@ -353,15 +371,17 @@ def main(argv: list[str] | None = None) -> int:
         forms = [(sms_channel("sms").messages_url, {}, {"To": m.to, "Body": m.body, "From": "Northwind"})
                  for m in loaded(engine, spec, "sms")]
 
-        def sms_project():
-            seconds, counts = project(engine, spec, batches["sms"], sms_channel)
-            assert counts == {"sent": args.http_messages}, counts
-            reset(engine, "sms")
+        http_sizes = [min(BATCH, args.http_messages - start) for start in range(0, args.http_messages, BATCH)]
+
+        def sms_project(part: int) -> float:
+            seconds, counts = project(engine, spec, batches["sms"][part:part + 1], sms_channel)
+            assert counts == {"sent": http_sizes[part]}, counts
             return seconds
 
         print(f"sms: {args.http_messages:,} messages to a Twilio Messages API server in its own process", flush=True)
-        sms_ratio = compare("sms", args.http_messages, args.repeats, sms_project,
-                            lambda: raw_http(forms, auth=(SMS_SID, SMS_TOKEN)))
+        sms_ratio = compare("sms", http_sizes, args.repeats, sms_project,
+                            lambda part: raw_http(forms[part * BATCH:(part + 1) * BATCH], auth=(SMS_SID, SMS_TOKEN)),
+                            lambda: reset(engine, "sms"))
 
         # push -------------------------------------------------------------------
         key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -381,15 +401,15 @@ def main(argv: list[str] | None = None) -> int:
                        **pusher.vapid_headers(push_origin)}
             requests.append((m.endpoint, headers, encoded["body"]))
 
-        def push_project():
-            seconds, counts = project(engine, spec, batches["push"], push_channel)
-            assert counts == {"sent": args.http_messages}, counts
-            reset(engine, "push")
+        def push_project(part: int) -> float:
+            seconds, counts = project(engine, spec, batches["push"][part:part + 1], push_channel)
+            assert counts == {"sent": http_sizes[part]}, counts
             return seconds
 
         print(f"push: {args.http_messages:,} messages to a web push service in its own process "
               "(the plain loop's bodies are encrypted beforehand)", flush=True)
-        push_ratio = compare("push", args.http_messages, args.repeats, push_project, lambda: raw_http(requests))
+        push_ratio = compare("push", http_sizes, args.repeats, push_project,
+                             lambda part: raw_http(requests[part * BATCH:(part + 1) * BATCH]), lambda: reset(engine, "push"))
 
         print(f"load average {load()} (end)")
         print(f"sms/raw ratio (send_batch, rendering included): {sms_ratio:.2f}")
