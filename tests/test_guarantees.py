@@ -9,8 +9,16 @@ lifecycle tables first so tests stay independent.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+from collections import Counter
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -125,6 +133,86 @@ def test_killed_worker_leaves_unknown_outcome_never_resent(shop, smtp_server):
     status, reason = statuses(engine)[victim]
     assert status == "failed" and reason.startswith("outcome unknown")
     assert sorted(received(smtp_server)) == sorted(e for e in expected if e != victim_email)
+
+
+# A send task in a process of its own, as Airflow runs it: LENIENT cart_abandonment, every batch.
+SEND_TASK = textwrap.dedent("""
+    import dataclasses, json, sys
+    from datetime import datetime, timedelta
+    import sqlalchemy as sa
+    from lifecycle import send
+    from lifecycle.channels.email import EmailChannel
+    from lifecycle.config import SEGMENTS_DIR
+    from lifecycle.spec import load_spec
+
+    url, port, batches = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    spec = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
+    spec = dataclasses.replace(spec, steps=tuple(dataclasses.replace(s, max_lateness=timedelta(days=7))
+                                                 for s in spec.steps))
+    engine = sa.create_engine(url)
+    for batch in batches:
+        send.send_batch(engine, spec, batch, lambda name: EmailChannel("127.0.0.1", port),
+                        clock=lambda: datetime.fromisoformat(batch["as_of"]))
+""")
+
+
+def test_worker_killed_mid_window_leaves_at_most_a_window_unknown_and_never_resends(shop, smtp_server):
+    """The send task claims N messages per statement (LIFECYCLE_SEND_WINDOW). Killed (SIGKILL)
+    while the server has the 5th message of windows of 3: the 2nd window's three claims are
+    recorded `outcome unknown` by the retry and never sent again (two of them reached the
+    server, one never did); everything else goes out exactly once."""
+    engine, _, anchor = shop
+    _, batches = plan_interval(engine, anchor)
+    expected = planned_recipients(engine, batches)
+    assert len(expected) >= 8, expected
+    child: list[subprocess.Popen] = []
+    accept = smtp_server.handler.handle_DATA
+
+    async def killing_data(server, session, envelope):
+        reply = await accept(server, session, envelope)  # the server has the message ...
+        if smtp_server.data_attempts == 5:
+            os.kill(child[0].pid, signal.SIGKILL)  # ... and the sender dies before reading the reply
+            child[0].wait()
+        return reply
+
+    smtp_server.handler.handle_DATA = killing_data
+    plugins = str(Path(send.__file__).resolve().parents[1])
+    env = {**os.environ, "LIFECYCLE_SEND_WINDOW": "3", "PYTHONPATH": plugins}
+    child.append(subprocess.Popen(
+        [sys.executable, "-c", SEND_TASK, engine.url.render_as_string(hide_password=False), str(smtp_server.port),
+         json.dumps(batches)], env=env))
+    assert child[0].wait(timeout=120) == -signal.SIGKILL
+    first_attempt = received(smtp_server)
+    assert len(first_attempt) == 5
+    with engine.connect() as conn:
+        claimed = conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE status = 'claimed'")).scalar()
+    assert claimed == 3  # the window in flight, and nothing more
+
+    smtp_server.handler.handle_DATA = accept
+    for batch in batches:  # the retry Airflow runs
+        send.send_batch(engine, LENIENT, batch, channel_to(smtp_server), clock=at(batch))
+
+    with engine.connect() as conn:
+        ids = dict(conn.execute(sa.text(  # every message's Message-ID header, stored with its claim
+            "SELECT internet_message_id, status || ': ' || coalesce(reason, '') FROM lifecycle.messages "
+            "WHERE status IN ('sent', 'failed')")).all())
+        open_rows = conn.execute(sa.text(
+            "SELECT count(*) FROM lifecycle.messages WHERE status IN ('planned', 'claimed')")).scalar()
+    got = Counter(m.message()["Message-ID"] for m in smtp_server.messages)
+    first = [m.message()["Message-ID"] for m in smtp_server.messages[:5]]
+    unknown = {i for i, what in ids.items() if what.startswith("failed: outcome unknown")}
+    sent = {i for i, what in ids.items() if what.startswith("sent")}
+    assert open_rows == 0 and len(unknown) == 3 and len(sent) + 2 == len(got)
+    assert max(got.values()) == 1  # no message twice
+    assert set(first[3:]) <= unknown  # reached the server, recorded unknown, never sent again
+    never_handed_over = unknown - set(first)
+    assert len(never_handed_over) == 1  # the window's third message: recorded, not sent (the trade-off)
+    assert set(got) == sent | set(first) and not never_handed_over & set(got)
+    with engine.connect() as conn:
+        lost = conn.execute(sa.text(
+            "SELECT c.email FROM lifecycle.messages m JOIN shop.customers c ON c.customer_id::text = m.customer_id "
+            "WHERE m.internet_message_id = :i"), {"i": never_handed_over.pop()}).scalar_one()
+    assert Counter(received(smtp_server)) == Counter(expected) - Counter([lost])  # the rest, each once
 
 
 def test_same_interval_twice_and_concurrently_sends_once(shop, smtp_server):

@@ -38,6 +38,7 @@ class Settings:
     clock: str  # LIFECYCLE_CLOCK: "as_of" replays the past as if each run had happened on time
     maildir: str  # LIFECYCLE_MAILDIR: the return mailbox (no mailbox DAG when empty)
     push_allow_private: bool  # LIFECYCLE_PUSH_ALLOW_PRIVATE: a local push service (tests, demo)
+    send_window: int  # LIFECYCLE_SEND_WINDOW: messages claimed per statement when sending (default 50)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -65,7 +66,18 @@ class Settings:
             clock=get("CLOCK"),
             maildir=get("MAILDIR"),
             push_allow_private=get("PUSH_ALLOW_PRIVATE").strip().lower() in ("1", "true", "yes"),
+            send_window=_whole_number("SEND_WINDOW", get("SEND_WINDOW", "50"), 1, 1000),
         )
+
+
+def _whole_number(name: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValueError(f"LIFECYCLE_{name} must be a whole number from {low} to {high}, got {text!r}")
+    return value
 
 
 def settings() -> Settings:

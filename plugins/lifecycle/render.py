@@ -76,7 +76,9 @@ __all__ = [
     "missing_template_files",
     "money",
     "percent",
+    "reload_changed_templates",
     "render_email",
+    "render_email_for_send",
     "render_plain",
     "template_files",
     "utm",
@@ -166,12 +168,19 @@ def utm(url: str, campaign: str, content: str | None = None) -> str:
     """
     if not url:
         return ""
-    parts = urlsplit(str(url))
+    return _utm(str(url), str(campaign), None if content is None else str(content))
+
+
+@functools.lru_cache(maxsize=8192)
+def _utm(url: str, campaign: str, content: str | None) -> str:
+    # A send task tags the same product and shop links for message after message: parsed and
+    # encoded once each (url parsing and encoding were a sixth of an email's render).
+    parts = urlsplit(url)
     if parts.netloc and not parts.path:
         parts = parts._replace(path="/")
-    ours = {"utm_source": UTM_SOURCE, "utm_medium": UTM_MEDIUM, "utm_campaign": str(campaign)}
+    ours = {"utm_source": UTM_SOURCE, "utm_medium": UTM_MEDIUM, "utm_campaign": campaign}
     if content is not None:
-        ours["utm_content"] = str(content)
+        ours["utm_content"] = content
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ours]
     query.extend(ours.items())
     return urlunsplit(parts._replace(query=urlencode(query)))
@@ -319,9 +328,10 @@ def _datetime_filter(ctx, value: Any, fmt: str | None = None) -> str:
 
 
 @functools.cache
-def _environment(templates_dir: Path) -> SandboxedEnvironment:
+def _environment(templates_dir: Path, auto_reload: bool = True) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
         loader=FileSystemLoader(str(templates_dir)),
+        auto_reload=auto_reload,
         autoescape=select_autoescape(
             enabled_extensions=("html", "htm", "xml"),
             disabled_extensions=("txt",),
@@ -410,9 +420,10 @@ def _error_location(exc: BaseException, files: dict[str, str]) -> tuple[str | No
     return file, line
 
 
-def _render_file(env: SandboxedEnvironment, template: str, name: str, context: dict) -> str:
+def _render_file(env: SandboxedEnvironment, template: str, name: str, context: dict,
+                 compiled: jinja2.Template | None = None) -> str:
     try:
-        return env.get_template(name).render(context)
+        return (compiled or env.get_template(name)).render(context)
     except jinja2.TemplateNotFound as exc:
         raise MissingTemplateError(template, f"template file not found: {exc.name}", file=name) from exc
     except Exception as exc:
@@ -456,6 +467,13 @@ def render_email(template: str, context: dict, templates_dir: Path | str | None 
         raise MissingTemplateError(template, f"missing template file(s): {names}")
     ctx = _default_context(context)
     subject = _render_file(env, template, f"{template}.subject.txt", ctx).strip()
+    _check_subject(template, subject)
+    text = _tidy_text(_render_file(env, template, f"{template}.txt", ctx))
+    html = _render_file(env, template, f"{template}.html", ctx)
+    return RenderedEmail(subject=subject, text=text, html=_inline_css(template, html))
+
+
+def _check_subject(template: str, subject: str) -> None:
     if not subject:
         raise TemplateRenderError(template, "subject is empty", file=f"{template}.subject.txt")
     if "\n" in subject or "\r" in subject:
@@ -464,40 +482,116 @@ def render_email(template: str, context: dict, templates_dir: Path | str | None 
         raise TemplateRenderError(
             template, f"subject must be one line, got {lines} lines", file=f"{template}.subject.txt"
         )
-    text = _tidy_text(_render_file(env, template, f"{template}.txt", ctx))
-    html = _render_file(env, template, f"{template}.html", ctx)
+
+
+def _inline_css(template: str, html: str) -> str:
     try:
-        html = _inliner().inline(html)
+        return _inliner().inline(html)
     except css_inline.InlineError as exc:
         raise TemplateRenderError(template, f"CSS inlining failed: {exc}", file=f"{template}.html") from exc
-    return RenderedEmail(subject=subject, text=text, html=html)
 
 
-def render_plain(template: str, channel: str, context: dict, templates_dir: Path | str | None = None) -> list[str]:
-    """Each of the channel's template files rendered as one line of text (white space folded):
-    what SMS, push and any channel without a layout show."""
-    templates_dir = templates_dir or TEMPLATES_DIR  # read at call time: the configured folder
-    env = get_environment(templates_dir)
-    missing = missing_template_files(template, channel, templates_dir)
-    if missing:
-        raise MissingTemplateError(template, f"missing template file(s): {', '.join(p.name for p in missing)}")
+# ------------------------------------------------------------------ the sender's path
+#
+# A send task renders hundreds of messages from a handful of templates: each template is loaded
+# and compiled once (no file checks per message: the environment does not re-check files), and
+# `reload_changed_templates()`, called once per batch, drops what was compiled when a file under
+# the templates folder changed (an analyst's fix, then a retry of the task in the same process).
+
+_templates_seen: dict[Path, tuple[int, int]] = {}
+
+
+def _signature(folder: Path) -> tuple[int, int]:
+    stats = [p.stat() for p in folder.rglob("*") if p.is_file()]
+    return len(stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
+def reload_changed_templates(templates_dir: Path | str | None = None) -> bool:
+    """Forget the sender's compiled templates if any file of the folder changed since the last
+    call (True then). One directory walk: call it once per batch, not per message."""
+    folder = Path(templates_dir or TEMPLATES_DIR).resolve()
+    signature = _signature(folder)
+    if _templates_seen.get(folder) == signature:
+        return False
+    _templates_seen[folder] = signature
+    _environment(folder, False).cache.clear()  # type: ignore[union-attr]
+    _compiled.cache_clear()
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(folder: Path, template: str, channel: str) -> tuple[SandboxedEnvironment, list[jinja2.Template]]:
+    """The environment and the channel's templates of `template` (email: subject, text, HTML),
+    compiled once."""
+    env = _environment(folder, False)
+    names = [p.relative_to(folder).as_posix() for p in template_files(template, channel, folder)]
+    compiled = []
+    for name in names:
+        try:
+            compiled.append(env.get_template(name))
+        except jinja2.TemplateNotFound:
+            missing = ", ".join(p.name for p in missing_template_files(template, channel, folder))
+            raise MissingTemplateError(template, f"missing template file(s): {missing}") from None
+        except Exception as exc:  # a syntax error: named with its file and line, as at render time
+            _render_file(env, template, name, {}, compiled=_Raising(exc))
+    return env, compiled
+
+
+class _Raising:
+    """Stands for a template that failed to compile: rendering it raises the compile error."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def render(self, context: dict) -> str:
+        raise self.exc
+
+
+def render_email_for_send(template: str, context: dict, templates_dir: Path | str | None = None) -> RenderedEmail:
+    """`render_email` for the send task: the same result and errors, from templates compiled once."""
+    folder = Path(templates_dir or TEMPLATES_DIR).resolve()
+    env, (subject_t, text_t, html_t) = _compiled(folder, template, "email")
     ctx = _default_context(context)
-    return [" ".join(_render_file(env, template, f"{template}{suffix}", ctx).split())
-            for suffix in _suffixes(channel)]
+    subject = _render_file(env, template, f"{template}.subject.txt", ctx, subject_t).strip()
+    _check_subject(template, subject)
+    text = _tidy_text(_render_file(env, template, f"{template}.txt", ctx, text_t))
+    html = _render_file(env, template, f"{template}.html", ctx, html_t)
+    return RenderedEmail(subject=subject, text=text, html=_inline_css(template, html))
 
 
-def render_sms(template: str, context: dict, templates_dir: Path | str | None = None) -> str:
+def render_plain(template: str, channel: str, context: dict, templates_dir: Path | str | None = None, *,
+                 for_send: bool = False) -> list[str]:
+    """Each of the channel's template files rendered as one line of text (white space folded):
+    what SMS, push and any channel without a layout show. `for_send`: from the templates the send
+    task compiled once (see reload_changed_templates), without looking at the files again."""
+    folder = Path(templates_dir or TEMPLATES_DIR)  # read at call time: the configured folder
+    if for_send:
+        env, compiled = _compiled(folder.resolve(), template, channel)
+    else:
+        env = get_environment(folder)
+        missing = missing_template_files(template, channel, folder)
+        if missing:
+            raise MissingTemplateError(template, f"missing template file(s): {', '.join(p.name for p in missing)}")
+        compiled = [None] * len(_suffixes(channel))
+    ctx = _default_context(context)
+    return [" ".join(_render_file(env, template, f"{template}{suffix}", ctx, t).split())
+            for suffix, t in zip(_suffixes(channel), compiled, strict=True)]
+
+
+def render_sms(template: str, context: dict, templates_dir: Path | str | None = None, *,
+               for_send: bool = False) -> str:
     """``<template>.sms.txt`` as one line of text (white space folded: SMS has no layout)."""
-    (body,) = render_plain(template, "sms", context, templates_dir)
+    (body,) = render_plain(template, "sms", context, templates_dir, for_send=for_send)
     if not body:
         raise TemplateRenderError(template, "SMS body is empty", file=f"{template}.sms.txt")
     return body
 
 
-def render_push(template: str, context: dict, templates_dir: Path | str | None = None) -> dict:
+def render_push(template: str, context: dict, templates_dir: Path | str | None = None, *,
+                for_send: bool = False) -> dict:
     """``<template>.push-title.txt`` and ``.push-body.txt``; the click URL comes from the
     segment row's ``url`` (or the shop's home page)."""
-    title, body = render_plain(template, "push", context, templates_dir)
+    title, body = render_plain(template, "push", context, templates_dir, for_send=for_send)
     row = context.get("row") or {}
     shop = context.get("shop") or SHOP
     return {"title": title, "body": body, "url": row.get("url") or shop["base_url"]}

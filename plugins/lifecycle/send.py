@@ -1,19 +1,24 @@
-"""Send one batch: send-time checks, then claim → render → deliver → mark, message by message.
+"""Send one batch: send-time checks, then window by window: render → claim → deliver → mark.
 
-The at-most-once guarantee lives here. A message is claimed (status 'claimed', committed)
-immediately before the provider is called and marked right after, so a worker killed
-mid-batch leaves at most one message whose outcome is unknown. A retried task first
-records such leftovers as 'failed: outcome unknown' instead of sending them again.
+The at-most-once guarantee lives here. A window of up to N messages (`send_window`, default 50)
+is rendered first, then claimed in one statement (status 'claimed', committed) immediately
+before the provider is called, and their outcomes are recorded in one statement right after. A
+worker killed mid-window leaves at most N messages whose outcome is unknown (some of them may
+never have been handed over); a retried task first records such leftovers as 'failed: outcome
+unknown' instead of sending them again. Two commits per window instead of two per message is
+what lets a send task run near the provider's own rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +27,9 @@ from sqlalchemy.engine import Engine
 
 from lifecycle import channels as registry
 from lifecycle.channels.base import ChannelUnavailable, Outcome, Sender
-from lifecycle.config import SHOP
+from lifecycle.config import SHOP, settings
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
-from lifecycle.model import Batch, MessageStatus
+from lifecycle.model import Batch
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import query
@@ -36,6 +41,9 @@ MAX_ATTEMPTS = 3
 SEND_TIME_CHECKS_SQL = query("send_time_checks")
 FREQUENCY_CAP_SQL = query("frequency_cap")
 LOAD_BATCH_SQL = query("load_batch")
+CLAIM_WINDOW_SQL = query("claim_window")
+MARK_WINDOW_SQL = query("mark_window")
+SETTLE_UNSENT_SQL = query("settle_unsent")
 
 
 class RetryBatch(RuntimeError):
@@ -196,12 +204,13 @@ def template_context(row: Any) -> dict:
 
 
 def build_email(row: Any, spec: JourneySpec, now: datetime):
-    """Render the templates and wrap them with the headers inbox providers expect."""
-    from lifecycle.channels.email import OutboundEmail, message_id_for
-    from lifecycle.render import render_email
+    """Render the templates and wrap them with the headers inbox providers expect. The one place
+    an email's content is decided: the channel only composes these fields into wire bytes."""
+    from lifecycle.channels.email import OutboundEmail, header_problem, message_id_for
+    from lifecycle.render import render_email_for_send
 
     context = template_context(row)
-    rendered = render_email(row.template, context)
+    rendered = render_email_for_send(row.template, context)
     headers = {"X-Lifecycle-Journey": row.journey, "X-Lifecycle-Step": row.step}
     if row.kind == "marketing":
         links = context["links"]
@@ -211,19 +220,12 @@ def build_email(row: Any, spec: JourneySpec, now: datetime):
         to=row.email, subject=rendered.subject, text=rendered.text, html=rendered.html,
         message_id=message_id_for(row.idempotency_key), headers=headers,
     )
-    _check_composes(outbound)
+    # Before the claim: a header that cannot be composed (a line break from the customer's data)
+    # becomes this message's `failed`, never a claim whose outcome looks unknown.
+    problem = header_problem(outbound)
+    if problem:
+        raise Undeliverable(f"cannot compose the email: {problem}")
     return outbound
-
-
-def _check_composes(outbound) -> None:
-    """Compose the message as the channel will, before the claim: a header the email package
-    refuses becomes this message's `failed`, never a claim whose outcome looks unknown."""
-    from lifecycle.channels.email import compose, header_problem
-
-    try:
-        compose(outbound, SHOP["from_email"], SHOP["name"])
-    except (ValueError, TypeError) as exc:
-        raise Undeliverable(f"cannot compose the email: {header_problem(outbound) or exc}") from None
 
 
 def build_sms(row: Any, spec: JourneySpec, now: datetime):
@@ -239,7 +241,7 @@ def build_sms(row: Any, spec: JourneySpec, now: datetime):
         open_now, next_start = send_window(now, row.timezone)
         if not open_now:
             raise Defer(next_start, "waiting for the recipient's SMS hours (08:00-21:00 local time)")
-    return OutboundSMS(to=number, body=render_sms(row.template, template_context(row)), key=row.idempotency_key)
+    return OutboundSMS(to=number, body=render_sms(row.template, template_context(row), for_send=True), key=row.idempotency_key)
 
 
 def build_push(row: Any, spec: JourneySpec, now: datetime):
@@ -251,58 +253,61 @@ def build_push(row: Any, spec: JourneySpec, now: datetime):
     step = next((s for s in spec.steps if s.name == row.step), None)  # exit messages use the defaults
     return OutboundPush(
         endpoint=row.endpoint, p256dh=row.p256dh, auth=row.auth,
-        payload=render_push(row.template, template_context(row)), key=row.idempotency_key,
+        payload=render_push(row.template, template_context(row), for_send=True), key=row.idempotency_key,
         ttl=int(step.ttl.total_seconds()) if step else 86400, urgency=step.urgency if step else "normal",
     )
 
 
+def claim_window(engine: Engine, message_ids: list[int], token: str,
+                 internet_message_ids: list[str | None] | None = None) -> set[int]:
+    """Atomically take the planned messages among `message_ids` (one statement, one commit);
+    the ids taken. Those another run claimed first are left out: theirs to send."""
+    with engine.begin() as conn:
+        return _claim(conn, message_ids, token, internet_message_ids)
+
+
+def _claim(conn: sa.Connection, message_ids: list[int], token: str,
+           internet_message_ids: list[str | None] | None = None) -> set[int]:
+    if not message_ids:
+        return set()
+    return set(conn.execute(
+        sa.text(CLAIM_WINDOW_SQL),
+        {"ids": list(message_ids), "token": token,
+         "mids": list(internet_message_ids or [None] * len(message_ids))},
+    ).scalars())
+
+
 def claim_message(engine: Engine, message_id: int, token: str) -> bool:
     """Atomically take one planned message; False if someone else (another run) has it."""
-    with engine.begin() as conn:
-        return conn.execute(
-            sa.text(
-                """
-                UPDATE lifecycle.messages
-                   SET status = 'claimed', claim_token = :token, claimed_at = now(),
-                       attempts = attempts + 1, updated_at = now()
-                 WHERE message_id = :id AND status = 'planned'
-                """
-            ),
-            {"id": message_id, "token": token},
-        ).rowcount == 1
+    return claim_window(engine, [message_id], token) == {message_id}
 
 
-def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: str, channel: str,
-         journey: str, next_channel: str | None = None, sent_at: datetime | None = None) -> str:
-    """Record the outcome of a claimed message; return the status it ends in. `sent_at` is the
-    sender's clock (the wall clock in production, the simulated time in a replay of the past)."""
-    status = {"sent": MessageStatus.SENT, "failed": MessageStatus.FAILED, "unknown": MessageStatus.FAILED,
-              "retry": MessageStatus.PLANNED}[outcome.status]
-    reason = outcome.reason
-    if outcome.status == "unknown":
-        reason = f"outcome unknown: {reason}"
+def mark_window(engine: Engine, token: str, results: list[tuple[Any, Outcome, str | None]],
+                sent_at: datetime | None = None) -> dict[int, str]:
+    """Record the outcomes of claimed messages in one statement and one commit. `results` holds
+    (row, outcome, next channel for a fallback); a row needs message_id, customer_id, channel
+    and journey. `sent_at` is the sender's clock (the wall clock in production, the simulated
+    time in a replay of the past). Side effects of rare outcomes (a suppression, a revoked push
+    subscription, a fallback on the next channel) go in the same transaction."""
     with engine.begin() as conn:
-        if outcome.status == "retry":
-            status = conn.execute(
-                sa.text("SELECT CASE WHEN attempts >= :max THEN 'failed' ELSE 'planned' END "
-                        "FROM lifecycle.messages WHERE message_id = :id"),
-                {"id": message_id, "max": MAX_ATTEMPTS},
-            ).scalar_one()
-            reason = f"{'failed after retries' if status == 'failed' else 'will retry'}: {reason}"
-        conn.execute(
-            sa.text(
-                """
-                UPDATE lifecycle.messages
-                   SET status = :status, reason = :reason, provider_message_id = :pid,
-                       sent_at = CASE WHEN :status = 'sent' THEN coalesce(CAST(:sent_at AS timestamptz), now()) END,
-                       updated_at = now(),
-                       payload = payload || CAST(:details AS jsonb)
-                 WHERE message_id = :id AND claim_token = :token
-                """
-            ),
-            {"status": status, "reason": reason, "pid": outcome.provider_message_id, "id": message_id,
-             "token": token, "details": json.dumps(outcome.details), "sent_at": sent_at},
-        )
+        return _mark(conn, token, results, sent_at)
+
+
+def _mark(conn: sa.Connection, token: str, results: list[tuple[Any, Outcome, str | None]],
+          sent_at: datetime | None) -> dict[int, str]:
+    if not results:
+        return {}
+    marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), {
+        "ids": [row.message_id for row, _, _ in results],
+        "outcomes": [o.status for _, o, _ in results],
+        "reasons": [o.reason for _, o, _ in results],
+        "pids": [o.provider_message_id for _, o, _ in results],
+        "details": [json.dumps(o.details) for _, o, _ in results],
+        "token": token, "sent_at": sent_at, "max_attempts": MAX_ATTEMPTS,
+    }).all())
+    for row, outcome, next_channel in results:
+        if row.message_id not in marked:
+            continue
         if outcome.revoke:  # the push service says this exact subscription is gone
             conn.execute(
                 sa.text("UPDATE lifecycle.push_subscriptions SET revoked_at = now() "
@@ -310,10 +315,25 @@ def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer
                 {"endpoint": outcome.revoke},
             )
         if outcome.fallback and next_channel:
-            plan_fallback(conn, message_id, next_channel, outcome.reason or "")
+            plan_fallback(conn, row.message_id, next_channel, outcome.reason or "")
         if outcome.suppress:
-            record_suppression(conn, customer_id, channel, outcome.suppress, journey)
-    return status
+            record_suppression(conn, row.customer_id, row.channel, outcome.suppress, row.journey)
+    return marked
+
+
+def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: str, channel: str,
+         journey: str, next_channel: str | None = None, sent_at: datetime | None = None) -> str:
+    """Record the outcome of one claimed message; the status it ends in (mark_window for one)."""
+    row = _Row(message_id=message_id, customer_id=customer_id, channel=channel, journey=journey)
+    return mark_window(engine, token, [(row, outcome, next_channel)], sent_at).get(message_id, "taken")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    message_id: int
+    customer_id: str
+    channel: str
+    journey: str
 
 
 def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) -> None:
@@ -337,14 +357,19 @@ def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) 
     )
 
 
-def _release(engine: Engine, message_id: int, token: str) -> None:
-    """Give back a claim whose provider call never started (the channel was unavailable)."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE lifecycle.messages SET status = 'planned', attempts = attempts - 1, "
-                    "claim_token = NULL, updated_at = now() WHERE message_id = :id AND claim_token = :t"),
-            {"id": message_id, "t": token},
-        )
+def _release(conn: sa.Connection, message_ids: list[int], token: str) -> None:
+    """Give back claims whose provider call never started (the channel was unavailable)."""
+    conn.execute(
+        sa.text("UPDATE lifecycle.messages SET status = 'planned', attempts = attempts - 1, "
+                "claim_token = NULL, internet_message_id = NULL, updated_at = now() "
+                "WHERE message_id = ANY(CAST(:ids AS bigint[])) AND claim_token = :t AND status = 'claimed'"),
+        {"ids": list(message_ids), "t": token},
+    )
+
+
+def window_size(spec: JourneySpec) -> int:
+    """Messages claimed per statement: the journey's `send_window`, else LIFECYCLE_SEND_WINDOW."""
+    return spec.send_window or settings().send_window
 
 
 def send_batch(
@@ -363,6 +388,9 @@ def send_batch(
     from lifecycle.links import signing_key
 
     signing_key()  # links are signed per message: fail the task before anything is claimed
+    from lifecycle.render import reload_changed_templates
+
+    reload_changed_templates()  # once per batch: an edit since the last batch (a fix) is used
     counts: Counter[str] = Counter()
     with engine.begin() as conn:
         counts["failed"] += reconcile_unconfirmed(conn, batch)
@@ -372,13 +400,14 @@ def send_batch(
     token = secrets.token_hex(8)
     channels: dict[str, Sender] = {}
     template_errors: dict[str, int] = {}  # a broken template's error -> messages left planned for the fix
+    size = window_size(spec)
+    windows = [rows[start:start + size] for start in range(0, len(rows), size)]
     try:
-        for row in rows:
-            try:
-                counts[_send_one(engine, spec, row, token, channel_for, channels, dry_run, clock())] += 1
-            except TemplateRenderError as exc:  # nothing claimed, nothing delivered: the rest goes on
-                _wait_for_template_fix(engine, row, exc)
-                template_errors[str(exc)] = template_errors.get(str(exc), 0) + 1
+        if dry_run:
+            for window in windows:
+                _dry_run_window(engine, spec, window, token, clock(), counts, template_errors)
+        else:
+            _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors)
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
@@ -398,25 +427,20 @@ def _next_channel(spec: JourneySpec, row: Any) -> str | None:
     return following[0] if following else None
 
 
-def _settle_unsent(engine: Engine, message_id: int, status: str, reason: str, not_before=None) -> str:
-    """A planned message that will not be attempted now: skipped for good, or waiting until
-    `not_before` (released from this run's batch so any later run or the dispatcher sends it)."""
+def settle_unsent(engine: Engine, settles: list[tuple[int, str, str, datetime | None]]) -> dict[int, str]:
+    """Planned messages that will not be attempted now, (id, status, reason, not_before) each, in
+    one statement: skipped or failed for good, or waiting until `not_before` (released from this
+    run's batch so any later run or the dispatcher sends them). The count each adds to: its
+    status, 'waiting', or 'taken' when another run had it first."""
+    if not settles:
+        return {}
     with engine.begin() as conn:
-        done = conn.execute(
-            sa.text(
-                """
-                UPDATE lifecycle.messages
-                   SET status = :status, reason = :reason, not_before = :not_before, updated_at = now(),
-                       run_id = CASE WHEN :not_before IS NULL THEN run_id END,
-                       batch_no = CASE WHEN :not_before IS NULL THEN batch_no END
-                 WHERE message_id = :id AND status = 'planned'
-                """
-            ),
-            {"id": message_id, "status": status, "reason": reason, "not_before": not_before},
-        ).rowcount
-    if not done:
-        return "taken"
-    return "waiting" if not_before is not None else status
+        done = set(conn.execute(sa.text(SETTLE_UNSENT_SQL), {
+            "ids": [s[0] for s in settles], "statuses": [s[1] for s in settles],
+            "reasons": [s[2] for s in settles], "not_befores": [s[3] for s in settles],
+        }).scalars())
+    return {id_: ("taken" if id_ not in done else "waiting" if not_before is not None else status)
+            for id_, status, _, not_before in settles}
 
 
 def what_would_go_out(row: Any, outbound: Any) -> tuple[str | None, str]:
@@ -439,48 +463,164 @@ def what_would_go_out(row: Any, outbound: Any) -> tuple[str | None, str]:
     return subject, hashlib.sha256(body.encode()).hexdigest()
 
 
-def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> str:
-    waits = None
+@dataclasses.dataclass
+class _Prepared:
+    """One message of a window, rendered (or with the reason it cannot be)."""
+
+    row: Any
+    outbound: Any = None
+    waits: str | None = None  # dry run: the SMS hours it would wait for
+    broken: Outcome | None = None  # rendering crashed: recorded failed under a claim, as before
+
+
+def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles: list,
+             template_errors: dict[str, int], engine: Engine) -> _Prepared | None:
+    """Render one message for its channel; None when it will not be attempted now."""
     try:
-        outbound = registry.channel(row.channel).outbound(row, spec, now)
+        return _Prepared(row, registry.channel(row.channel).outbound(row, spec, now))
     except Skip as exc:
-        return _settle_unsent(engine, row.message_id, "skipped", str(exc))
+        settles.append((row.message_id, "skipped", str(exc), None))
     except Undeliverable as exc:
         log.warning("message %s (%s/%s) not sent: %s", row.message_id, row.journey, row.step, exc)
-        return _settle_unsent(engine, row.message_id, "failed", str(exc))
+        settles.append((row.message_id, "failed", str(exc), None))
     except Defer as exc:
-        if not dry_run:
-            return _settle_unsent(engine, row.message_id, "planned", str(exc), not_before=exc.until)
-        waits = str(exc)
-    except TemplateRenderError:
-        raise  # the template needs fixing: send_batch leaves the message planned and fails the task
+        if dry_run:
+            return _Prepared(row, waits=str(exc))
+        settles.append((row.message_id, "planned", str(exc), exc.until))
+    except TemplateRenderError as exc:  # nothing claimed, nothing delivered: the rest goes on
+        _wait_for_template_fix(engine, row, exc)
+        template_errors[str(exc)] = template_errors.get(str(exc), 0) + 1
     except Exception as exc:  # a template bug must not stop the rest of the batch
         log.error("render failed for message %s (%s/%s): %s", row.message_id, row.journey, row.step, exc)
-        if not claim_message(engine, row.message_id, token):
-            return "taken"
-        return mark(engine, row.message_id, token, Outcome("failed", f"render error: {exc}"),
-                    row.customer_id, row.channel, row.journey)
-    if not dry_run and row.channel not in channels:
-        # Open the channel before claiming anything: a configuration error (a missing Airflow
-        # connection, a bad key) then fails the task with every message still planned, instead
-        # of leaving a claim whose outcome looks unknown.
-        channels[row.channel] = channel_for(row.channel).__enter__()
-    if not claim_message(engine, row.message_id, token):
-        return "taken"  # another run claimed it first: it is theirs to send
-    if dry_run:
-        subject, body_sha256 = what_would_go_out(row, outbound if waits is None else None)
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text("UPDATE lifecycle.messages SET status = 'dry_run', reason = :reason, updated_at = now(), "
-                        "dry_run_subject = :subject, dry_run_body_sha256 = :sha WHERE message_id = :id"),
-                {"id": row.message_id, "reason": "dry run: rendered, not delivered" + (f" ({waits})" if waits else ""),
-                 "subject": subject, "sha": body_sha256},
-            )
-        return "dry_run"
-    try:
-        outcome = channels[row.channel].deliver(outbound)
-    except ChannelUnavailable as exc:
-        _release(engine, row.message_id, token)
-        raise RetryBatch(str(exc)) from exc
-    return mark(engine, row.message_id, token, outcome, row.customer_id, row.channel, row.journey,
-                next_channel=_next_channel(spec, row), sent_at=now)
+        return _Prepared(row, broken=Outcome("failed", f"render error: {exc}"))
+    return None
+
+
+def _render_window(engine, spec, rows, now, dry_run, counts, template_errors) -> list[_Prepared]:
+    """Render a window's messages; record at once those that will not be attempted now."""
+    settles: list[tuple[int, str, str, datetime | None]] = []
+    prepared = [p for p in (_prepare(row, spec, now, dry_run, settles, template_errors, engine) for row in rows) if p]
+    counts.update(settle_unsent(engine, settles).values())
+    return prepared
+
+
+def _claim_prepared(conn, prepared: list[_Prepared], token: str, counts) -> list[_Prepared]:
+    """Claim a rendered window in one statement (with each email's Message-ID); those taken."""
+    claimed = _claim(conn, [p.row.message_id for p in prepared], token,
+                     [p.outbound.message_id if p.row.channel == "email" and p.outbound is not None else None
+                      for p in prepared])
+    if len(claimed) < len(prepared):  # another run claimed them first: theirs to send
+        counts["taken"] += len(prepared) - len(claimed)
+    return [p for p in prepared if p.row.message_id in claimed]
+
+
+def _dry_run_window(engine, spec, rows, token, now, counts, template_errors) -> None:
+    prepared = _render_window(engine, spec, rows, now, True, counts, template_errors)
+    with engine.begin() as conn:
+        prepared = _claim_prepared(conn, prepared, token, counts)
+    counts.update(_record_dry_run(engine, prepared))
+
+
+def _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors) -> None:
+    """Window by window, at most one window claimed and not yet recorded at any moment: while
+    window k is with the provider (a thread: socket waits), window k+1 is rendered; then k's
+    outcomes and k+1's claim are committed together, and k+1 goes out. The provider's time and
+    ours overlap, the at-most-once bound stays one window."""
+    if not windows:
+        return
+    now = clock()
+    upcoming = _render_window(engine, spec, windows[0], now, False, counts, template_errors)
+    _open_channels(upcoming, channels, channel_for)
+    with engine.begin() as conn:
+        claimed = _claim_prepared(conn, upcoming, token, counts)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-window") as deliverer:
+        for k in range(len(windows)):
+            in_flight = deliverer.submit(_deliver_window, spec, claimed, channels)
+            upcoming, later = [], clock()
+            try:
+                if k + 1 < len(windows):
+                    upcoming = _render_window(engine, spec, windows[k + 1], later, False, counts, template_errors)
+                    _open_channels(upcoming, channels, channel_for)
+            finally:  # whatever happened meanwhile, what the provider said is recorded
+                results, unavailable, error = in_flight.result()
+                with engine.begin() as conn:
+                    counts.update(_mark(conn, token, results, sent_at=now).values())
+                    if unavailable:
+                        _release(conn, unavailable, token)
+                    else:
+                        claimed = _claim_prepared(conn, upcoming, token, counts) if upcoming else []
+                if unavailable:  # committed above: the rest stays planned for the task's retry
+                    raise RetryBatch(str(error)) from error
+            now = later
+
+
+def _open_channels(prepared: list[_Prepared], channels: dict, channel_for) -> None:
+    """Open each channel before claiming anything for it: a configuration error (a missing Airflow
+    connection, a bad key) then fails the task with every message still planned, instead of
+    leaving a claim whose outcome looks unknown."""
+    for p in prepared:
+        if p.broken is None and p.row.channel not in channels:
+            channels[p.row.channel] = channel_for(p.row.channel).__enter__()
+
+
+def _deliver_window(spec, prepared: list[_Prepared], channels: dict):
+    """Hand a claimed window to its providers (no database here): (results to record, ids never
+    handed over, the ChannelUnavailable that stopped them)."""
+    results: list[tuple[Any, Outcome, str | None]] = [(p.row, p.broken, None) for p in prepared if p.broken]
+    unavailable: list[int] = []
+    error: ChannelUnavailable | None = None
+    for name in dict.fromkeys(p.row.channel for p in prepared if not p.broken):
+        group = [p for p in prepared if not p.broken and p.row.channel == name]
+        for p, result in zip(group, deliver_all(channels[name], [p.outbound for p in group]), strict=True):
+            if isinstance(result, ChannelUnavailable):
+                unavailable.append(p.row.message_id)
+                error = error or result
+            else:
+                results.append((p.row, result, _next_channel(spec, p.row)))
+    return results, unavailable, error
+
+
+def deliver_all(sender: Sender, outbounds: Sequence[Any]) -> list[Outcome | ChannelUnavailable]:
+    """Each message's outcome, in order; ChannelUnavailable for those never handed over. A sender
+    with `deliver_many` takes the window at once (SMTP pipelining); one with `concurrency` > 1
+    gets that many requests in flight over its one client (HTTP keep-alive); others, one by one."""
+    if hasattr(sender, "deliver_many"):
+        return sender.deliver_many(outbounds)
+
+    def one(outbound: Any) -> Outcome | ChannelUnavailable:
+        try:
+            return sender.deliver(outbound)
+        except ChannelUnavailable as exc:
+            return exc
+
+    workers = min(int(getattr(sender, "concurrency", 1) or 1), len(outbounds))
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"send-{sender.name}") as pool:
+            return list(pool.map(one, outbounds))
+    results: list[Outcome | ChannelUnavailable] = []
+    for outbound in outbounds:
+        results.append(one(outbound))
+        if isinstance(results[-1], ChannelUnavailable):  # nothing more can go out: the rest are not attempted
+            return results + [results[-1]] * (len(outbounds) - len(results))
+    return results
+
+
+def _record_dry_run(engine: Engine, prepared: list[_Prepared]) -> Counter[str]:
+    """A dry run's window: what would have gone out, recorded in one statement (a message whose
+    rendering crashed is recorded failed, as a live run records it)."""
+    if not prepared:
+        return Counter()
+    seen = [what_would_go_out(p.row, p.outbound) if p.broken is None else (None, None) for p in prepared]
+    reasons = [p.broken.reason if p.broken else
+               "dry run: rendered, not delivered" + (f" ({p.waits})" if p.waits else "") for p in prepared]
+    with engine.begin() as conn:
+        return Counter(conn.execute(
+            sa.text("UPDATE lifecycle.messages m SET status = CASE WHEN d.broken THEN 'failed' ELSE 'dry_run' END, "
+                    "reason = d.reason, updated_at = now(), dry_run_subject = d.subject, dry_run_body_sha256 = d.sha "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[]), CAST(:subjects AS text[]), "
+                    "CAST(:shas AS text[]), CAST(:broken AS boolean[])) AS d(message_id, reason, subject, sha, broken) "
+                    "WHERE m.message_id = d.message_id RETURNING m.status"),
+            {"ids": [p.row.message_id for p in prepared], "reasons": reasons,
+             "subjects": [subject for subject, _ in seen], "shas": [sha for _, sha in seen],
+             "broken": [p.broken is not None for p in prepared]},
+        ).scalars())

@@ -56,7 +56,7 @@ TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness", "unique_columns",
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
-    "one_active_per_customer", "status",
+    "one_active_per_customer", "status", "send_window",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
 EXIT_KEYS = {"when", "params", "reason", "status", "then"}
@@ -176,6 +176,9 @@ class JourneySpec:
     # enrollment is quarantined. False for journeys whose entries are per cart, order or session.
     one_active_per_customer: bool = True
     status: str = "draft"  # 'draft': every run is a dry run (records, delivers nothing); 'live': sends
+    # Messages claimed per statement while sending (None: LIFECYCLE_SEND_WINDOW, default 50): also
+    # the most whose outcome a worker killed mid-send can leave unknown.
+    send_window: int | None = None
 
     @property
     def channels(self) -> set[str]:
@@ -453,6 +456,11 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
         c.add(f"batch_size: must be a whole number from 1 to 10000, got {batch_size!r}")
         batch_size = 500
+    send_window = h.get("send_window")
+    if send_window is not None and (isinstance(send_window, bool) or not isinstance(send_window, int)
+                                    or not 1 <= send_window <= 1000):
+        c.add(f"send_window: must be a whole number from 1 to 1000, got {send_window!r}")
+        send_window = None
     guard = _volume_guard(h.get("volume_guard") or {}, c)
     columns = {key: c.column(key, h.get(key, default)) for key, default in
                (("entry_key", None), ("customer_id", "customer_id"), ("entered_at", None)) if key in h or default}
@@ -492,6 +500,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
         exits=tuple(exits),
         holdout_percent=float(holdout),
         batch_size=batch_size,
+        send_window=send_window,
         max_lateness=max_lateness,
         complete_after=complete_after,
         volume_guard=guard,

@@ -204,7 +204,7 @@ class PushChannel:
     name = "push"
 
     def __init__(self, vapid_private_key: str, vapid_subject: str, *, timeout: float = 10.0,
-                 allow_http: bool = False, allow_private: bool | None = None):
+                 allow_http: bool = False, allow_private: bool | None = None, concurrency: int = 4):
         if not vapid_subject or not _SUBJECT.fullmatch(vapid_subject.strip()):
             raise ValueError(f"VAPID subject must be a mailto: address or an https: URL, not {vapid_subject!r}")
         self.subject = vapid_subject.strip()
@@ -216,6 +216,9 @@ class PushChannel:
         self.allow_private = settings().push_allow_private if allow_private is None else allow_private
         self._session: requests.Session | None = None
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
+        # Requests in flight at once over the one session (lifecycle.send.deliver_all): within
+        # requests' connection pool (10 per push service).
+        self.concurrency = max(1, min(int(concurrency), 10))
 
     @classmethod
     def from_airflow(cls, conn_id: str = PUSH_CONN_ID) -> PushChannel:
@@ -230,7 +233,8 @@ class PushChannel:
             raise ValueError(f"Airflow connection {conn_id!r} needs a login or extra 'subject' (mailto: or https:)")
         return cls(conn.password, subject, timeout=float(extra.get("timeout", 10.0)),
                    allow_http=bool(extra.get("allow_http", False)),
-                   allow_private=bool(extra["allow_private"]) if "allow_private" in extra else None)
+                   allow_private=bool(extra["allow_private"]) if "allow_private" in extra else None,
+                   concurrency=int(extra.get("concurrency", 4)))
 
     @property
     def application_server_key(self) -> str:

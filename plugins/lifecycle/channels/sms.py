@@ -217,6 +217,7 @@ class SMSChannel:
         settle: float = 2.0,
         lookup_pages: int = 10,
         lookup_page_size: int = 100,
+        concurrency: int = 4,
     ):
         """max_wait caps any Retry-After; settle is the pause before looking a message up
         after a timeout or a dropped connection (the provider may still be committing it);
@@ -232,6 +233,9 @@ class SMSChannel:
         self.timeout, self.max_attempts, self.backoff = timeout, max_attempts, backoff
         self.max_wait, self.settle = max_wait, settle
         self.lookup_pages, self.lookup_page_size = lookup_pages, lookup_page_size
+        # Requests in flight at once over the one client (lifecycle.send.deliver_all): within
+        # httpx's pool (20 keep-alive connections) and well under Twilio's per-account limits.
+        self.concurrency = max(1, min(int(concurrency), 20))
         self.messages_url = f"{self.base_url}/{API_VERSION}/Accounts/{account_sid}/Messages.json"
         self._client: httpx.Client | None = None
         self._known_sids: set[str] = set()  # accepted in this batch: a lookup must not match them again
@@ -262,6 +266,7 @@ class SMSChannel:
             status_callback=extra.get("status_callback") or None,
             timeout=float(extra.get("timeout", 10.0)),
             max_attempts=int(extra.get("max_attempts", 3)),
+            concurrency=int(extra.get("concurrency", 4)),
         )
 
     # one HTTP client per batch -------------------------------------------------

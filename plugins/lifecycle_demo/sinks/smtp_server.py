@@ -128,6 +128,12 @@ class SinkHandler:
                 return reply
         return None
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802 (aiosmtpd hook name)
+        # aiosmtpd reads commands one line at a time from a buffered stream and answers each in
+        # order, which is all RFC 2920 asks of a server: offer PIPELINING, as real MTAs do.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802 (aiosmtpd hook name)
         if self.mail_reply is not None:
             self.refusals.append(("MAIL", address, self.mail_reply))
