@@ -209,7 +209,7 @@ class LiveService:
     def __init__(self, engine):
         import uvicorn
 
-        from lifecycle.unsubscribe_service import create_app
+        from lifecycle.web_service import create_app
 
         self.now = LAPSED
         with socket.socket() as s:

@@ -1,6 +1,6 @@
 """The unsubscribe service (RFC 8058 one-click and the manual page), run for real.
 
-`python -m lifecycle.unsubscribe_service` runs as a subprocess on a free port against the
+`python -m lifecycle.web_service` runs as a subprocess on a free port against the
 module's demo shop (embedded PostgreSQL and the service), reading the warehouse from
 AIRFLOW_CONN_LIFECYCLE_WAREHOUSE exactly as in docker-compose.yaml. Requests are made with
 httpx as a mailbox provider makes them: follow_redirects=False, form body
@@ -68,7 +68,7 @@ def service(shop_db, tmp_path_factory):
         port = _free_port()
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lifecycle.unsubscribe_service", "--host", "127.0.0.1", "--port", str(port)],
+                [sys.executable, "-m", "lifecycle.web_service", "--host", "127.0.0.1", "--port", str(port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         base = f"http://127.0.0.1:{port}"
@@ -379,7 +379,7 @@ def test_health(service):
 def test_health_reports_an_unreachable_warehouse():
     import asyncio
 
-    from lifecycle.unsubscribe_service import create_app, make_engine
+    from lifecycle.web_service import create_app, make_engine
 
     engine = make_engine(f"postgresql+psycopg2://nobody@127.0.0.1:{_free_port()}/nowhere")
 
@@ -397,7 +397,7 @@ def test_health_reports_an_unreachable_warehouse():
 
 
 def test_warehouse_from_the_airflow_connection_or_a_url():
-    from lifecycle.unsubscribe_service import warehouse_url
+    from lifecycle.web_service import warehouse_url
 
     conn = airflow_conn_json("postgresql://shop:pw@db.internal:5433/wh")
     url = warehouse_url(environ={"AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": conn})
@@ -443,7 +443,7 @@ def test_the_service_refuses_to_start_without_a_sound_signing_key(key, problem):
             "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": "postgresql://nobody@127.0.0.1:1/none"}
     if key is not None:
         env["LIFECYCLE_SIGNING_KEY"] = key
-    done = subprocess.run([sys.executable, "-m", "lifecycle.unsubscribe_service", "--port", str(_free_port())],
+    done = subprocess.run([sys.executable, "-m", "lifecycle.web_service", "--port", str(_free_port())],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "refusing to start" in done.stderr and problem in done.stderr and "LIFECYCLE_SIGNING_KEY" in done.stderr

@@ -29,6 +29,7 @@ from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import query
 from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, record_suppression
+from lifecycle.tracking import track_outbound
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -477,6 +478,7 @@ def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> 
                  "subject": subject, "sha": body_sha256},
             )
         return "dry_run"
+    outbound = track_outbound(row, spec, outbound)  # tracked links and open pixel (lifecycle.tracking)
     try:
         outcome = channels[row.channel].deliver(outbound)
     except ChannelUnavailable as exc:
