@@ -1,4 +1,4 @@
-"""The unsubscribe service (RFC 8058 one-click and the manual page), run for real.
+"""The web service's unsubscribe routes (RFC 8058 one-click and the manual page), run for real.
 
 `python -m lifecycle.web_service` runs as a subprocess on a free port against the
 module's demo shop (embedded PostgreSQL and the service), reading the warehouse from
@@ -11,6 +11,7 @@ server to a suppressed next reminder.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -53,16 +54,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def service(shop_db, tmp_path_factory):
-    """The service as its own process, on the module's shop; yields base URL and log file."""
-    engine = shop_db[0]
-    log_path = tmp_path_factory.mktemp("unsubscribe") / "service.log"
+@contextlib.contextmanager
+def web_service_process(engine: sa.Engine, log_path: Path, **env_vars: str):
+    """`python -m lifecycle.web_service` as its own process on a free port, reading the warehouse
+    of `engine` from the Airflow connection variable (as docker-compose.yaml does); yields base
+    URL, port, an httpx client (no redirects followed) and the log file. test_tracking uses it too."""
     env = {
         **os.environ,
         "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(engine.url.render_as_string(hide_password=False)),
-        "LIFECYCLE_SHOP_NAME": SHOP_NAME,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
+        **env_vars,
     }
     for _attempt in range(3):  # the free port could be taken between probing and binding
         port = _free_port()
@@ -84,15 +85,25 @@ def service(shop_db, tmp_path_factory):
         proc.kill()
         proc.wait()
     else:
-        pytest.fail(f"unsubscribe service did not start:\n{log_path.read_text()}")
-    with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client:
-        yield SimpleNamespace(base=base, port=port, client=client, log_path=log_path)
-    proc.terminate()
+        pytest.fail(f"web service did not start:\n{log_path.read_text()}")
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client:
+            yield SimpleNamespace(base=base, port=port, client=client, log_path=log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def service(shop_db, tmp_path_factory):
+    """The service as its own process, on the module's shop; yields base URL and log file."""
+    log_path = tmp_path_factory.mktemp("unsubscribe") / "service.log"
+    with web_service_process(shop_db[0], log_path, LIFECYCLE_SHOP_NAME=SHOP_NAME) as running:
+        yield running
 
 
 @pytest.fixture()

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 RECORD_SQL = query("record_engagement")
 _LOCK_CLASS = 7_412_012  # pg_advisory_xact_lock(class, message): one implied open per message
 
-# A transparent 1x1 GIF (43 bytes), answered by /o/<token>.gif.
+# A transparent 1x1 GIF (42 bytes), answered by /o/<token>.gif.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 # The pixel must be fetched on every open, never from a cache between us and the reader.
 NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0, private",
