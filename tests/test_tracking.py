@@ -147,6 +147,28 @@ def test_track_text_keeps_punctuation_and_the_unsubscribe_link():
     assert track_text(out, 8, BASE) == out  # already tracked links are left alone
 
 
+def test_every_shipped_email_template_tracks_and_untracks_exactly():
+    """Each template's rendered HTML and text: every web link but the unsubscribe and
+    preferences links goes through /c/, one pixel, and `untrack` gives back the rendered message."""
+    from test_render import EXPECTED_TEMPLATES, make_context
+
+    from lifecycle.render import render_email
+
+    checked = 0
+    for template in sorted(EXPECTED_TEMPLATES):
+        rendered = render_email(template, make_context(template))
+        html, text = track_html(rendered.html, 12, BASE), track_text(rendered.text, 12, BASE)
+        assert untrack(html, html=True) == rendered.html, template
+        assert untrack(text) == rendered.text, template
+        found = anchors(html)
+        web = [h for h in found.hrefs if h.lower().startswith(("http://", "https://"))]
+        assert all(h.startswith(f"{BASE}/c/") or urlsplit(h).path in ("/unsubscribe", "/preferences") for h in web)
+        assert sum(h.startswith(f"{BASE}/c/") for h in web) >= 1, template
+        assert sum(i.get("width") == "1" for i in found.images) == 1, template
+        checked += 1
+    assert checked >= 30
+
+
 def _row(channel: str, kind: str = "marketing", step: str = "reminder_2") -> SimpleNamespace:
     return SimpleNamespace(message_id=77, channel=channel, kind=kind, step=step, journey="cart_abandonment")
 

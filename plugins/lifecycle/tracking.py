@@ -54,6 +54,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import markupsafe
 import sqlalchemy as sa
 
 from lifecycle.config import SHOP
@@ -71,6 +72,9 @@ PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAA
 NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0, private",
             "Pragma": "no-cache", "Expires": "0"}
 
+# The open pixel, just before </body>.
+PIXEL_TAG = ('<img src="{src}" width="1" height="1" alt="" '
+             'style="display:block;border:0;width:1px;height:1px;overflow:hidden">')
 # Paths of the web service that are never wrapped (see the module doc).
 UNTRACKED_PATHS = ("/unsubscribe", "/preferences", "/c/", "/o/")
 
@@ -117,11 +121,11 @@ def track_html(html: str, message_id: int, base_url: str) -> str:
         tracked = track_url(url, message_id, base_url)
         if tracked == url:
             return match.group(0)
-        return f'{match.group(1)}"{html_lib.escape(tracked)}"'
+        quote = '"' if match.group(2) is not None else "'"
+        return f"{match.group(1)}{quote}{html_lib.escape(tracked)}{quote}"
 
     rewritten = _HREF.sub(href, html)
-    pixel = (f'<img src="{html_lib.escape(pixel_url(message_id, base_url))}" width="1" height="1" alt="" '
-             'style="display:block;border:0;width:1px;height:1px;overflow:hidden">')
+    pixel = PIXEL_TAG.format(src=html_lib.escape(pixel_url(message_id, base_url)))
     ends = list(_BODY_END.finditer(rewritten))
     if not ends:
         return rewritten + pixel
@@ -149,17 +153,24 @@ def track_text(text: str, message_id: int, base_url: str) -> str:
     return _URL.sub(one, text)
 
 
-def untrack(text: str, base_url: str | None = None) -> str:
-    """`text` (HTML, text or a URL) with every tracked link that verifies replaced by its target
-    and the open pixel's URL left as it is: what the reader lands on (previews, tests)."""
+def untrack(text: str, base_url: str | None = None, *, html: bool = False) -> str:
+    """`text` (a text part, an SMS, a URL; an HTML part with ``html=True``) as it was before
+    tracking: every tracked link that verifies replaced by its target (HTML-escaped as the
+    templates escape it) and the open pixel removed. For previews and tests:
+    ``untrack(track_html(h, ...), html=True) == h`` for a rendered template's HTML."""
     base = _base(base_url or SHOP["base_url"])
-    pattern = re.compile(re.escape(base) + r"/c/([A-Za-z0-9_-]+)")
+    link = re.compile(re.escape(base) + r"/c/([A-Za-z0-9_-]+)")
 
     def one(match: re.Match) -> str:
         verified = verify_click_token(match.group(1), base)
-        return verified[1] if verified else match.group(0)
+        if not verified:
+            return match.group(0)
+        return str(markupsafe.escape(verified[1])) if html else verified[1]
 
-    return pattern.sub(one, text)
+    if html:
+        pixel = re.escape(PIXEL_TAG).replace(re.escape("{src}"), re.escape(base) + r"/o/[A-Za-z0-9_-]+\.gif")
+        text = re.sub(pixel, "", text)
+    return link.sub(one, text)
 
 
 # ----------------------------------------------------------------------------- at send time
