@@ -13,7 +13,9 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import json
 import re
+from collections import Counter
 from datetime import timedelta
 from html.parser import HTMLParser
 from types import SimpleNamespace
@@ -373,6 +375,32 @@ def test_a_token_for_a_message_that_no_longer_exists_still_redirects_and_writes_
                                         headers={"User-Agent": CHROME})
     assert response.status_code == 302 and response.headers["location"] == f"{BASE}/p/X"
     assert engagement(clean.engine) == []
+
+
+def test_the_demo_readers_make_real_requests_the_service_classifies(clean, tmp_path):
+    """lifecycle demo's simulated readers, on this module's emails: seeded (the same requests
+    twice), and every class of reader ends up in lifecycle.engagement as the service judged it."""
+    from lifecycle_demo import engagement as readers
+
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    for i, message in enumerate(clean.emails):
+        (outbox / f"{i:04}.eml").write_bytes(message.as_bytes())
+    sms = tmp_path / "sms.jsonl"
+    sms.write_text(json.dumps({"body": track_text(f"Checkout: {BASE}/cart/1", next(iter(clean.by_header.values()))[0],
+                                                  BASE)}) + "\n")
+    likely = readers.Readers(open_rate=0.6, click_rate=0.6, apple_mail_share=0.4, scanned_share=0.3,
+                             sms_click_rate=1.0)  # a small outbox: make every kind of reader likely
+    first = readers.simulate(clean.service.port, outbox, sms, tmp_path / "none.jsonl", 3, likely)
+    rows = engagement(clean.engine)
+    again = readers.simulate(clean.service.port, outbox, sms, tmp_path / "none.jsonl", 3, likely)
+    assert first == again and first["opens"] and first["email clicks"] and first["SMS clicks"] == 1
+    classes = Counter((r[5], r[7]) for r in rows)
+    assert classes[("open", "privacy_proxy")] == first["Mail Privacy Protection prefetches"]
+    assert classes[("click", "scanner")] == first["scanner requests"]
+    assert classes[("click", "human")] == first["email clicks"] + first["SMS clicks"]
+    assert classes[("open", "human")] >= first["opens"]  # plus the opens human clicks imply
+    assert "cart_abandonment" in readers.engagement_table(clean.engine)
 
 
 def test_tracking_false_sends_the_email_untracked(shop_db, smtp_server):

@@ -28,7 +28,7 @@ MIN_KEY_BYTES = 32
 MIN_KEY_BITS = 100
 MIN_DISTINCT = 8
 HOW_TO = ("set a long random secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-          "the same for the Airflow workers and the unsubscribe service (`make demo` and `lifecycle env` make one)")
+          "the same for the Airflow workers and the web service (`make demo` and `lifecycle env` make one)")
 
 
 def _estimated_bits(key: str) -> float:
