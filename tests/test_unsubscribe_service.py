@@ -73,7 +73,7 @@ def web_service_process(engine: sa.Engine, log_path: Path, **env_vars: str):
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # it imports Airflow (the connection): slow on a busy machine
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:

@@ -149,8 +149,8 @@ def _tracking_key(key: str) -> bytes:
     return hmac.new(key.encode(), TRACKING_LABEL, hashlib.sha256).digest()
 
 
-def _mac(body: bytes) -> bytes:
-    return hmac.new(_tracking_key(signing_key()), body, hashlib.sha256).digest()[:MAC_BYTES]
+def _mac(body: bytes, key: str | None = None) -> bytes:
+    return hmac.digest(_tracking_key(key or signing_key()), body, "sha256")[:MAC_BYTES]
 
 
 def _varint(n: int) -> bytes:
@@ -173,8 +173,8 @@ def _read_varint(data: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def _seal(body: bytes) -> str:
-    return base64.urlsafe_b64encode(body + _mac(body)).rstrip(b"=").decode()
+def _seal(body: bytes, key: str | None) -> str:
+    return base64.urlsafe_b64encode(body + _mac(body, key)).rstrip(b"=").decode()
 
 
 def _unseal(token: str) -> bytes | None:
@@ -192,17 +192,19 @@ def _unseal(token: str) -> bytes | None:
     return body if hmac.compare_digest(mac, _mac(body)) else None
 
 
-def open_token(message_id: int) -> str:
-    return _seal(OPEN + _varint(message_id))
+# `key`: the signing key, when the caller checked it once for many tokens (signing_key() reads
+# and checks the settings each time: most of a token's cost).
+def open_token(message_id: int, *, key: str | None = None) -> str:
+    return _seal(OPEN + _varint(message_id), key)
 
 
-def click_token(message_id: int, url: str, shop_url: str | None = None) -> str:
+def click_token(message_id: int, url: str, shop_url: str | None = None, *, key: str | None = None) -> str:
     """The token of a click on `url` in message `message_id`; a link under `shop_url` (default
     the shop's base_url) keeps only its path."""
     shop = (shop_url or SHOP["base_url"]).rstrip("/")
     if url.startswith(f"{shop}/"):
-        return _seal(CLICK_IN_SHOP + _varint(message_id) + url[len(shop):].encode())
-    return _seal(CLICK + _varint(message_id) + url.encode())
+        return _seal(CLICK_IN_SHOP + _varint(message_id) + url[len(shop):].encode(), key)
+    return _seal(CLICK + _varint(message_id) + url.encode(), key)
 
 
 def verify_open_token(token: str) -> int | None:

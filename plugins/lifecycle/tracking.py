@@ -46,6 +46,7 @@ are kept; funnels count distinct messages.
 from __future__ import annotations
 
 import base64
+import functools
 import html as html_lib
 import ipaddress
 import logging
@@ -58,7 +59,7 @@ import markupsafe
 import sqlalchemy as sa
 
 from lifecycle.config import SHOP
-from lifecycle.links import click_token, open_token, verify_click_token
+from lifecycle.links import click_token, open_token, signing_key, verify_click_token
 from lifecycle.model import AgentClass, EngagementKind
 from lifecycle.sql import query
 
@@ -89,28 +90,38 @@ def _base(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
+@functools.lru_cache(maxsize=8)
+def _untracked(base_url: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(exact URLs, URL prefixes) of the service's own pages under `base_url`."""
+    base = _base(base_url)
+    exact = tuple(f"{base}{p.rstrip('/')}" for p in UNTRACKED_PATHS)
+    prefixes = tuple(f"{base}{p}" for p in UNTRACKED_PATHS) + tuple(f"{e}?" for e in exact)
+    return exact, prefixes
+
+
 def is_trackable(url: str, base_url: str) -> bool:
     """An http(s) link that is not one of the service's own pages (unsubscribe, preferences,
     a tracked link)."""
-    if not url.lower().startswith(("http://", "https://")):
+    if not url[:8].lower().startswith(("http://", "https://")):
         return False
-    base = _base(base_url)
-    return not any(url == f"{base}{p.rstrip('/')}" or url.startswith(f"{base}{p}")
-                   or url.startswith(f"{base}{p.rstrip('/')}?") for p in UNTRACKED_PATHS)
+    exact, prefixes = _untracked(base_url)
+    return url not in exact and not url.startswith(prefixes)
 
 
-def track_url(url: str, message_id: int, base_url: str) -> str:
+# The rewriting functions take `key` (the signing key) once for all of a message's links; left
+# out, each token reads it from the settings.
+def track_url(url: str, message_id: int, base_url: str, *, key: str | None = None) -> str:
     """`url` through the click redirect (unchanged when it is not to be tracked)."""
     if not is_trackable(url, base_url):
         return url
-    return f"{_base(base_url)}/c/{click_token(message_id, url, base_url)}"
+    return f"{_base(base_url)}/c/{click_token(message_id, url, base_url, key=key)}"
 
 
-def pixel_url(message_id: int, base_url: str) -> str:
-    return f"{_base(base_url)}/o/{open_token(message_id)}.gif"
+def pixel_url(message_id: int, base_url: str, *, key: str | None = None) -> str:
+    return f"{_base(base_url)}/o/{open_token(message_id, key=key)}.gif"
 
 
-def track_html(html: str, message_id: int, base_url: str) -> str:
+def track_html(html: str, message_id: int, base_url: str, *, key: str | None = None) -> str:
     """Every ``<a href>`` http(s) link through /c/ and the open pixel before ``</body>`` (at the
     end when there is none). Attribute values are HTML-unescaped to get the URL the reader's
     client would open (``&amp;`` in a query string)."""
@@ -118,14 +129,14 @@ def track_html(html: str, message_id: int, base_url: str) -> str:
     def href(match: re.Match) -> str:
         value = match.group(2) if match.group(2) is not None else match.group(3)
         url = html_lib.unescape(value).strip()
-        tracked = track_url(url, message_id, base_url)
+        tracked = track_url(url, message_id, base_url, key=key)
         if tracked == url:
             return match.group(0)
         quote = '"' if match.group(2) is not None else "'"
         return f"{match.group(1)}{quote}{html_lib.escape(tracked)}{quote}"
 
     rewritten = _HREF.sub(href, html)
-    pixel = PIXEL_TAG.format(src=html_lib.escape(pixel_url(message_id, base_url)))
+    pixel = PIXEL_TAG.format(src=html_lib.escape(pixel_url(message_id, base_url, key=key)))
     ends = list(_BODY_END.finditer(rewritten))
     if not ends:
         return rewritten + pixel
@@ -142,13 +153,13 @@ def _split_trailing(url: str) -> tuple[str, str]:
     return url[:end], url[end:]
 
 
-def track_text(text: str, message_id: int, base_url: str) -> str:
+def track_text(text: str, message_id: int, base_url: str, *, key: str | None = None) -> str:
     """Every http(s) URL of a text part or SMS body through /c/ (the sentence's punctuation
     after it stays outside the link)."""
 
     def one(match: re.Match) -> str:
         url, after = _split_trailing(match.group(0))
-        return track_url(url, message_id, base_url) + after
+        return track_url(url, message_id, base_url, key=key) + after
 
     return _URL.sub(one, text)
 
@@ -201,14 +212,15 @@ def track_outbound(row: Any, spec: Any, outbound: Any, base_url: str | None = No
 
 
 def _tracked(row: Any, outbound: Any, base: str) -> Any:
+    key = signing_key()
     if row.channel == "email":
-        return replace(outbound, html=track_html(outbound.html, row.message_id, base),
-                       text=track_text(outbound.text, row.message_id, base))
+        return replace(outbound, html=track_html(outbound.html, row.message_id, base, key=key),
+                       text=track_text(outbound.text, row.message_id, base, key=key))
     if row.channel == "sms":
-        return replace(outbound, body=track_text(outbound.body, row.message_id, base))
+        return replace(outbound, body=track_text(outbound.body, row.message_id, base, key=key))
     if row.channel == "push" and isinstance(outbound.payload.get("url"), str):
         return replace(outbound, payload={**outbound.payload,
-                                          "url": track_url(outbound.payload["url"], row.message_id, base)})
+                                          "url": track_url(outbound.payload["url"], row.message_id, base, key=key)})
     return outbound
 
 
