@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections import Counter
 from datetime import timedelta
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
-from test_unsubscribe_service import web_service_process
+from test_unsubscribe_service import PLUGINS, web_service_process
 
 from lifecycle import links
 from lifecycle.channels.email import EmailChannel, OutboundEmail, message_id_for
@@ -378,8 +379,9 @@ def test_a_token_for_a_message_that_no_longer_exists_still_redirects_and_writes_
 
 
 def test_the_demo_readers_make_real_requests_the_service_classifies(clean, tmp_path):
-    """lifecycle demo's simulated readers, on this module's emails: seeded (the same requests
-    twice), and every class of reader ends up in lifecycle.engagement as the service judged it."""
+    """lifecycle demo's simulated readers, on this module's emails, through the service as the
+    demo starts it: seeded (the same requests twice), and every class of reader ends up in
+    lifecycle.engagement as the service judged it."""
     from lifecycle_demo import engagement as readers
 
     outbox = tmp_path / "outbox"
@@ -391,9 +393,12 @@ def test_the_demo_readers_make_real_requests_the_service_classifies(clean, tmp_p
                                                   BASE)}) + "\n")
     likely = readers.Readers(open_rate=0.6, click_rate=0.6, apple_mail_share=0.4, scanned_share=0.3,
                              sms_click_rate=1.0)  # a small outbox: make every kind of reader likely
-    first = readers.simulate(clean.service.port, outbox, sms, tmp_path / "none.jsonl", 3, likely)
-    rows = engagement(clean.engine)
-    again = readers.simulate(clean.service.port, outbox, sms, tmp_path / "none.jsonl", 3, likely)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
+    url = clean.engine.url.render_as_string(hide_password=False)
+    with readers.web_service(url, env, tmp_path / "service.log") as port:  # the demo's own launcher
+        first = readers.simulate(port, outbox, sms, tmp_path / "none.jsonl", 3, likely)
+        rows = engagement(clean.engine)
+        again = readers.simulate(port, outbox, sms, tmp_path / "none.jsonl", 3, likely)
     assert first == again and first["opens"] and first["email clicks"] and first["SMS clicks"] == 1
     classes = Counter((r[5], r[7]) for r in rows)
     assert classes[("open", "privacy_proxy")] == first["Mail Privacy Protection prefetches"]

@@ -73,7 +73,7 @@ def web_service(warehouse_url: str, env: dict[str, str], log_path: Path) -> Iter
                                  str(port), "--warehouse-url", warehouse_url, "--log-level", "warning"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while _status(port, "GET", "/health") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the web service did not start: see {log_path}")
