@@ -237,11 +237,11 @@ def test_init_migrates_and_creates_the_admin():
     assert "include" in init["command"][1]  # creates and chowns include/ too
 
 
-def test_unsubscribe_service():
-    """The one-click unsubscribe service: our image, its own command, port and health check."""
-    service = SERVICES["unsubscribe"]
+def test_web_service():
+    """The web service (unsubscribe, preferences, tracking): our image, its own command, port and health check."""
+    service = SERVICES["web"]
     assert service["image"] == COMMON["image"] and service["build"] == COMMON["build"]
-    assert service["command"] == "python -m lifecycle.unsubscribe_service --host 0.0.0.0 --port 8090"
+    assert service["command"] == "python -m lifecycle.web_service --host 0.0.0.0 --port 8090"
     assert service["ports"] == ["8090:8090"]
     check = service["healthcheck"]["test"]
     assert check[0] in ("CMD", "CMD-SHELL") and "http://localhost:8090/health" in " ".join(check)
@@ -256,13 +256,14 @@ def test_unsubscribe_service():
     assert mounts["/opt/airflow/include"].endswith("/include")
 
 
-def test_unsubscribe_service_shares_the_warehouse_and_signing_key():
-    env = SERVICES["unsubscribe"]["environment"]
+def test_web_service_shares_the_warehouse_and_signing_key():
+    env = SERVICES["web"]["environment"]
     assert env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"] == ENV["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"]
     for name in AIRFLOW_SERVICES:  # the workers send the emails whose links it verifies
         airflow_env = SERVICES[name]["environment"]
         assert airflow_env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"] == env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"], name
         assert airflow_env["LIFECYCLE_SIGNING_KEY"] == env["LIFECYCLE_SIGNING_KEY"], name
+        assert airflow_env["LIFECYCLE_SHOP_URL"] == env["LIFECYCLE_SHOP_URL"], name  # tracked clicks into the shop
     # read from the environment, with no default: a key in a public file could forge unsubscribes,
     # so compose refuses to start until the operator sets one
     assert re.fullmatch(r"\$\{LIFECYCLE_SIGNING_KEY:\?[^}]+\}", env["LIFECYCLE_SIGNING_KEY"])
@@ -270,10 +271,10 @@ def test_unsubscribe_service_shares_the_warehouse_and_signing_key():
     assert (conn["conn_type"], conn["host"], int(conn["port"])) == ("postgres", "warehouse", 5432)
 
 
-def test_unsubscribe_service_reads_the_compose_connection():
-    from lifecycle.unsubscribe_service import warehouse_url
+def test_web_service_reads_the_compose_connection():
+    from lifecycle.web_service import warehouse_url
 
-    env = SERVICES["unsubscribe"]["environment"]
+    env = SERVICES["web"]["environment"]
     url = warehouse_url(environ={"AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": env["AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"]})
     assert (url.drivername, url.host, url.port, url.username, url.database) == (
         "postgresql+psycopg2", "warehouse", 5432, "lifecycle", "warehouse",

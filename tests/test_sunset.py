@@ -1,5 +1,5 @@
 """Sunsets that end (issue 8, items 2 and 3), on a small hand-made shop, with real win_back runs
-against a real SMTP server and the real unsubscribe service over HTTP.
+against a real SMTP server and the real web service over HTTP.
 
 win_back's last step (`stop_emailing`, action suppress) writes a 'no_response' suppression.
 It must end when the customer comes back (a non-cancelled order or a click after it, before
@@ -203,13 +203,13 @@ def test_what_lifts_a_sunset_and_when(engine, smtp):
 
 # ----------------------------------------------------------------------------- 2. "keep me subscribed"
 class LiveService:
-    """The unsubscribe service app under uvicorn on a free port, in a thread, with a clock the
+    """The web service app under uvicorn on a free port, in a thread, with a clock the
     test moves (the choice is dated in simulated time, like the runs)."""
 
     def __init__(self, engine):
         import uvicorn
 
-        from lifecycle.unsubscribe_service import create_app
+        from lifecycle.web_service import create_app
 
         self.now = LAPSED
         with socket.socket() as s:

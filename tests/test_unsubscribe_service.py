@@ -1,6 +1,6 @@
-"""The unsubscribe service (RFC 8058 one-click and the manual page), run for real.
+"""The web service's unsubscribe routes (RFC 8058 one-click and the manual page), run for real.
 
-`python -m lifecycle.unsubscribe_service` runs as a subprocess on a free port against the
+`python -m lifecycle.web_service` runs as a subprocess on a free port against the
 module's demo shop (embedded PostgreSQL and the service), reading the warehouse from
 AIRFLOW_CONN_LIFECYCLE_WAREHOUSE exactly as in docker-compose.yaml. Requests are made with
 httpx as a mailbox provider makes them: follow_redirects=False, form body
@@ -11,6 +11,7 @@ server to a suppressed next reminder.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -53,26 +54,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def service(shop_db, tmp_path_factory):
-    """The service as its own process, on the module's shop; yields base URL and log file."""
-    engine = shop_db[0]
-    log_path = tmp_path_factory.mktemp("unsubscribe") / "service.log"
+@contextlib.contextmanager
+def web_service_process(engine: sa.Engine, log_path: Path, **env_vars: str):
+    """`python -m lifecycle.web_service` as its own process on a free port, reading the warehouse
+    of `engine` from the Airflow connection variable (as docker-compose.yaml does); yields base
+    URL, port, an httpx client (no redirects followed) and the log file. test_tracking uses it too."""
     env = {
         **os.environ,
         "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(engine.url.render_as_string(hide_password=False)),
-        "LIFECYCLE_SHOP_NAME": SHOP_NAME,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
+        **env_vars,
     }
     for _attempt in range(3):  # the free port could be taken between probing and binding
         port = _free_port()
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lifecycle.unsubscribe_service", "--host", "127.0.0.1", "--port", str(port)],
+                [sys.executable, "-m", "lifecycle.web_service", "--host", "127.0.0.1", "--port", str(port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # it imports Airflow (the connection): slow on a busy machine
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
@@ -84,15 +85,25 @@ def service(shop_db, tmp_path_factory):
         proc.kill()
         proc.wait()
     else:
-        pytest.fail(f"unsubscribe service did not start:\n{log_path.read_text()}")
-    with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client:
-        yield SimpleNamespace(base=base, port=port, client=client, log_path=log_path)
-    proc.terminate()
+        pytest.fail(f"web service did not start:\n{log_path.read_text()}")
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client:
+            yield SimpleNamespace(base=base, port=port, client=client, log_path=log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def service(shop_db, tmp_path_factory):
+    """The service as its own process, on the module's shop; yields base URL and log file."""
+    log_path = tmp_path_factory.mktemp("unsubscribe") / "service.log"
+    with web_service_process(shop_db[0], log_path, LIFECYCLE_SHOP_NAME=SHOP_NAME) as running:
+        yield running
 
 
 @pytest.fixture()
@@ -379,7 +390,7 @@ def test_health(service):
 def test_health_reports_an_unreachable_warehouse():
     import asyncio
 
-    from lifecycle.unsubscribe_service import create_app, make_engine
+    from lifecycle.web_service import create_app, make_engine
 
     engine = make_engine(f"postgresql+psycopg2://nobody@127.0.0.1:{_free_port()}/nowhere")
 
@@ -397,7 +408,7 @@ def test_health_reports_an_unreachable_warehouse():
 
 
 def test_warehouse_from_the_airflow_connection_or_a_url():
-    from lifecycle.unsubscribe_service import warehouse_url
+    from lifecycle.web_service import warehouse_url
 
     conn = airflow_conn_json("postgresql://shop:pw@db.internal:5433/wh")
     url = warehouse_url(environ={"AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": conn})
@@ -443,7 +454,7 @@ def test_the_service_refuses_to_start_without_a_sound_signing_key(key, problem):
             "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": "postgresql://nobody@127.0.0.1:1/none"}
     if key is not None:
         env["LIFECYCLE_SIGNING_KEY"] = key
-    done = subprocess.run([sys.executable, "-m", "lifecycle.unsubscribe_service", "--port", str(_free_port())],
+    done = subprocess.run([sys.executable, "-m", "lifecycle.web_service", "--port", str(_free_port())],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "refusing to start" in done.stderr and problem in done.stderr and "LIFECYCLE_SIGNING_KEY" in done.stderr

@@ -1,12 +1,14 @@
 """Links in messages: opaque, signed unsubscribe and "keep me subscribed" tokens (no address or id
-readable in them)."""
+readable in them), and the short signed tokens of tracked opens and clicks (lifecycle.tracking)."""
 
 from __future__ import annotations
 
 import base64
 import functools
 import hashlib
+import hmac
 import math
+import re
 from collections import Counter
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -26,7 +28,7 @@ MIN_KEY_BYTES = 32
 MIN_KEY_BITS = 100
 MIN_DISTINCT = 8
 HOW_TO = ("set a long random secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-          "the same for the Airflow workers and the unsubscribe service (`make demo` and `lifecycle env` make one)")
+          "the same for the Airflow workers and the web service (`make demo` and `lifecycle env` make one)")
 
 
 def _estimated_bits(key: str) -> float:
@@ -120,3 +122,113 @@ def links_for(customer_id: str | int, channel: str) -> dict[str, str]:
         "unsubscribe_mailto": f"mailto:unsubscribe@{domain}?subject=unsubscribe%20{token}",
         "preferences": f"{SHOP['base_url']}/preferences?t={stay_token(customer_id, channel)}",
     }
+
+
+# ---------------------------------------------------------------------------- tracking tokens
+# The open pixel (/o/<token>.gif) and click redirect (/c/<token>) of lifecycle.tracking carry a
+# token that names the message and, for a click, the link's target. Same secret as above, its
+# own purpose: the key is HMAC(signing key, TRACKING_LABEL), so no tracking token can pass for an
+# unsubscribe or stay token (Fernet, keyed by sha256(signing key)) or the reverse, and the purpose
+# byte inside the signed body keeps an open token from being used as a click and vice versa.
+#
+# Signed, not encrypted, to stay short (an SMS link must fit its segment: a Fernet token of a
+# URL is ~200 characters, this one ~40 for a shop link): base64url(purpose, message id as a
+# varint, target, MAC). Readable in it are the message id (a number that names no one) and the
+# target, which the message showed anyway. A link into the shop (`<shop base_url>/...`) keeps
+# only its path; the service puts its own LIFECYCLE_SHOP_URL back (workers and service share it,
+# like the key). The MAC (HMAC-SHA256 cut to 80 bits) covers all of it: a changed id or target
+# fails, so the redirect only ever goes where one of our messages pointed.
+TRACKING_LABEL = b"lifecycle tracking tokens v1"
+OPEN, CLICK, CLICK_IN_SHOP = b"o", b"c", b"s"
+MAC_BYTES = 10
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]{1,2048}")
+
+
+@functools.cache
+def _tracking_key(key: str) -> bytes:
+    return hmac.new(key.encode(), TRACKING_LABEL, hashlib.sha256).digest()
+
+
+def _mac(body: bytes, key: str | None = None) -> bytes:
+    return hmac.digest(_tracking_key(key or signing_key()), body, "sha256")[:MAC_BYTES]
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"message id must not be negative, got {n}")
+    out = bytearray()
+    while True:
+        n, low = n >> 7, n & 0x7F
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes) -> tuple[int, bytes] | None:
+    n = 0
+    for i, byte in enumerate(data[:10]):  # 10 bytes hold any 64-bit id
+        n |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return n, data[i + 1:]
+    return None
+
+
+def _seal(body: bytes, key: str | None) -> str:
+    return base64.urlsafe_b64encode(body + _mac(body, key)).rstrip(b"=").decode()
+
+
+def _unseal(token: str) -> bytes | None:
+    """The signed body of a tracking token; None when it does not verify."""
+    if not _TOKEN_CHARS.fullmatch(token):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        return None
+    # Canonical base64 only: a token that decodes to the same bytes but reads differently is not ours.
+    if len(raw) <= MAC_BYTES or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+        return None
+    body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+    return body if hmac.compare_digest(mac, _mac(body)) else None
+
+
+# `key`: the signing key, when the caller checked it once for many tokens (signing_key() reads
+# and checks the settings each time: most of a token's cost).
+def open_token(message_id: int, *, key: str | None = None) -> str:
+    return _seal(OPEN + _varint(message_id), key)
+
+
+def click_token(message_id: int, url: str, shop_url: str | None = None, *, key: str | None = None) -> str:
+    """The token of a click on `url` in message `message_id`; a link under `shop_url` (default
+    the shop's base_url) keeps only its path."""
+    shop = (shop_url or SHOP["base_url"]).rstrip("/")
+    if url.startswith(f"{shop}/"):
+        return _seal(CLICK_IN_SHOP + _varint(message_id) + url[len(shop):].encode(), key)
+    return _seal(CLICK + _varint(message_id) + url.encode(), key)
+
+
+def verify_open_token(token: str) -> int | None:
+    """The message id of an open token; None for anything else (forged, damaged, a click token)."""
+    body = _unseal(token)
+    if body is None or body[:1] != OPEN:
+        return None
+    read = _read_varint(body[1:])
+    return read[0] if read and not read[1] else None
+
+
+def verify_click_token(token: str, shop_url: str | None = None) -> tuple[int, str] | None:
+    """(message id, target URL) of a click token; None for anything else."""
+    body = _unseal(token)
+    if body is None or body[:1] not in (CLICK, CLICK_IN_SHOP):
+        return None
+    read = _read_varint(body[1:])
+    if read is None or not read[1]:
+        return None
+    message_id, target = read
+    try:
+        url = target.decode()
+    except UnicodeDecodeError:
+        return None
+    if body[:1] == CLICK_IN_SHOP:
+        url = (shop_url or SHOP["base_url"]).rstrip("/") + url
+    return message_id, url

@@ -34,6 +34,7 @@ from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import query
 from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, record_suppression
+from lifecycle.tracking import track_outbound
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -477,7 +478,9 @@ def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles:
              template_errors: dict[str, int], engine: Engine) -> _Prepared | None:
     """Render one message for its channel; None when it will not be attempted now."""
     try:
-        return _Prepared(row, registry.channel(row.channel).outbound(row, spec, now))
+        outbound = registry.channel(row.channel).outbound(row, spec, now)
+        # tracked links and open pixel (lifecycle.tracking); a dry run records the untracked message
+        return _Prepared(row, outbound if dry_run else track_outbound(row, spec, outbound))
     except Skip as exc:
         settles.append((row.message_id, "skipped", str(exc), None))
     except Undeliverable as exc:

@@ -58,9 +58,10 @@ TOP_KEYS = {
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
     "one_active_per_customer", "status", "send_window",
 }
-STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
+STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency",
+             "tracking"}
 EXIT_KEYS = {"when", "params", "reason", "status", "then"}
-THEN_KEYS = {"name", "channel", "template", "coupon"}
+THEN_KEYS = {"name", "channel", "template", "coupon", "tracking"}
 COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
 GUARD_KEYS = {"factor", "min_rows", "history"}
 
@@ -116,6 +117,7 @@ class Step:
     action: str | None = None
     ttl: timedelta = timedelta(days=1)  # push: how long the push service keeps an undelivered message
     urgency: str = "normal"  # push: RFC 8030 urgency
+    tracking: bool = True  # false: its links and pixel are not tracked (lifecycle.tracking)
 
     @property
     def channel(self) -> str:
@@ -133,6 +135,7 @@ class Exit:
     # values for the condition's declared params (`params:` in its header), bound for this rule only
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     reason: str = ""  # recorded as exit_reason and conversions.condition: `reason:`, else the condition's name
+    tracking: bool = True  # `then: {tracking: false}`: the exit message's links are not tracked
 
     def __post_init__(self) -> None:
         if not self.reason:  # the condition's name, however the rule was built
@@ -576,6 +579,7 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
                 template=template,
                 ttl=c.duration(f"{where}.ttl", s.get("ttl"), timedelta(days=1)),
                 urgency=urgency,
+                tracking=_tracking(where, s, c),
                 max_lateness=c.duration(f"{where}.max_lateness", s.get("max_lateness"), default_lateness),
                 when=c.condition(f"{where}.when", s.get("when")),
                 unless=c.condition(f"{where}.unless", s.get("unless")),
@@ -584,6 +588,15 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
             )
         )
     return steps
+
+
+def _tracking(where: str, raw: dict, c: _Checker) -> bool:
+    """`tracking: false` turns off tracked links and the open pixel for the template."""
+    value = raw.get("tracking", True)
+    if not isinstance(value, bool):
+        c.add(f"{where}.tracking: true or false, got {value!r}")
+        return True
+    return value
 
 
 def _coupon(where: str, raw: Any, c: _Checker) -> Coupon | None:
@@ -625,7 +638,7 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
         if not isinstance(status, str) or status not in EXIT_STATUSES:
             c.add(f"{where}.status: must be converted or exited, got {status!r}")
             status = "converted"
-        then, channel, template, step_name, coupon = e.get("then"), None, None, None, None
+        then, channel, template, step_name, coupon, tracking = e.get("then"), None, None, None, None, True
         if then is not None:
             if not isinstance(then, dict):
                 c.add(f"{where}.then: must be a mapping {{channel: email, template: ...}}")
@@ -638,12 +651,13 @@ def _exits(raw: Any, c: _Checker) -> list[Exit]:
                     c.add(f"{where}.then.name: lower_snake_case, got {step_name!r}")
                     step_name = f"exit_{i}"
                 coupon = _coupon(f"{where}.then", then.get("coupon"), c)
+                tracking = _tracking(f"{where}.then", then, c)
         params = _exit_params(f"{where}.params", e.get("params"), when, c)
         reason = e.get("reason", when)
         if reason is not None and (not isinstance(reason, str) or not NAME.match(reason)):
             c.add(f"{where}.reason: lower_snake_case, got {reason!r}")
         exits.append(Exit(when=when or "", status=status, message_step=step_name, channel=channel, template=template,
-                          coupon=coupon, params=params, reason=str(reason or "")))
+                          coupon=coupon, params=params, reason=str(reason or ""), tracking=tracking))
     reasons = [e.reason for e in exits]
     for dup in sorted({r for r in reasons if reasons.count(r) > 1}):
         c.add(f"exit: two rules record the reason {dup!r}; give one a `reason:` of its own")

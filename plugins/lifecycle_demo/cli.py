@@ -252,7 +252,7 @@ def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
     from lifecycle import schema
     from lifecycle.report import format_summary, journey_summary
     from lifecycle.spec import load_all
-    from lifecycle_demo import demo_shop
+    from lifecycle_demo import demo_shop, engagement
     from lifecycle_demo.sinks.smtp_server import EmlSink
 
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd would log addresses
@@ -290,6 +290,13 @@ def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
         if dags[DISPATCH_DAG_ID].test(logical_date=morning).state != "success":
             failures.append(f"{DISPATCH_DAG_ID}: failed")
     summary = format_summary(journey_summary(engine))
+    # Readers open and click what was sent: real requests to the real web service.
+    print("  readers open and click (seeded): requests to the web service's /o/ and /c/ ...")
+    with engagement.web_service(url, os.environ.copy(), DEMO_OUT / "web_service.log") as port:
+        made = engagement.simulate(port, outbox, DEMO_OUT / "sms.jsonl", DEMO_OUT / "push.jsonl", DEMO_SEED)
+    print("  " + ", ".join(f"{n} {what}" for what, n in sorted(made.items())))
+    tracked = engagement.engagement_table(engine)
+    summary += "\n\nTracked engagement (people only; lifecycle.engagement):\n" + tracked
     (DEMO_OUT / "summary.txt").write_text(summary + "\n")
     print(f"\n{summary}\n\nWhat each channel delivered, on disk:")
     print(f"  email            {len(list(outbox.glob('*.eml'))):>5}  {outbox.relative_to(PROJECT_DIR)}/*.eml "

@@ -80,7 +80,7 @@ def test_spec_validation_and_template_lookup_accept_the_registered_channel(whats
 
     # Its own send task in its own pool; its frequency cap and unsubscribe page wording.
     from lifecycle.dag_factory import build_journey_dag
-    from lifecycle.unsubscribe_service import _label
+    from lifecycle.web_service import _label
 
     dag = build_journey_dag(spec)
     assert dag.get_task("send_whatsapp").pool == "lifecycle_whatsapp"

@@ -593,11 +593,14 @@ def assert_same(actual: Iterable, expected: Iterable, what: str, show: int = 8) 
 
 
 def text_and_html(message) -> tuple[str, str]:
-    """The text/plain and text/html bodies of a multipart/alternative email (asserted to be so)."""
+    """The text/plain and text/html bodies of a multipart/alternative email (asserted to be so),
+    as rendered: tracked links (lifecycle.tracking) back to their targets, the open pixel out."""
+    from lifecycle.tracking import untrack
+
     assert message.get_content_type() == "multipart/alternative", message.get_content_type()
     parts = {part.get_content_type(): part for part in message.iter_parts()}
     assert set(parts) == {"text/plain", "text/html"}, set(parts)
-    return parts["text/plain"].get_content(), parts["text/html"].get_content()
+    return untrack(parts["text/plain"].get_content()), untrack(parts["text/html"].get_content(), html=True)
 
 
 # ----------------------------------------------------------------------------- the checks every journey runs

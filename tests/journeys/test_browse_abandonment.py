@@ -31,6 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 from lifecycle.render import money
+from lifecycle.tracking import untrack
 from lifecycle_demo.sinks.push_server import PushServer
 
 from .conftest import (
@@ -548,7 +549,8 @@ def test_viewed_twice_gets_email_then_push_to_the_product(browse_run):
         "email_1": ("email", "sent", clock), "second_touch": ("push", "sent", clock + SECOND_TOUCH)}
     (push,) = [p for p in browse_run.pushes if p.token == case.extra["token"]]
     sku = browse_run.query("SELECT sku FROM shop.products WHERE product_id = :p", p=case.products[0])[0][0]
-    assert push.payload["url"] == f"{SHOP_URL}/p/{sku}"
+    assert push.payload["url"].startswith(f"{SHOP_URL}/c/")  # the click action is tracked
+    assert untrack(push.payload["url"]) == f"{SHOP_URL}/p/{sku}"
     assert push.payload["title"] and push.headers["ttl"] == str(12 * 3600)
     assert [m["X-Lifecycle-Step"] for m in browse_run.emails if m["To"] == case.email] == ["email_1"]
 

@@ -1,14 +1,15 @@
-"""The unsubscribe web service: RFC 8058 one-click unsubscribe and the manual page.
+"""The lifecycle web service: RFC 8058 one-click unsubscribe and the manual page, the
+preferences page, and the tracked open pixel and click redirect (lifecycle.tracking).
 
 Its own small process (not part of Airflow), next to the warehouse::
 
-    python -m lifecycle.unsubscribe_service --host 0.0.0.0 --port 8090 [--warehouse-url URL]
+    python -m lifecycle.web_service --host 0.0.0.0 --port 8090 [--warehouse-url URL]
 
 The warehouse comes from ``--warehouse-url`` or from the Airflow connection the tasks use,
 ``AIRFLOW_CONN_LIFECYCLE_WAREHOUSE`` (JSON or URI form). Every marketing email carries
 ``List-Unsubscribe: <{SHOP base_url}/unsubscribe?t=TOKEN>, <mailto:...>`` and
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (lifecycle.send); the shop's web
-front routes ``/unsubscribe`` to this service. TOKEN is the opaque, authenticated token of
+front routes ``/unsubscribe``, ``/preferences``, ``/o/`` and ``/c/`` to this service. TOKEN is the opaque, authenticated token of
 lifecycle.links (customer id and channel inside, nothing readable).
 
 Routes:
@@ -30,6 +31,19 @@ Routes:
     lifts the customer's active 'no_response' sunset on that channel (lifecycle.suppression);
     win_back's ``chose_to_stay`` exit then spares them its stop_emailing step. A stay token
     is signed for that purpose only: an unsubscribe token is refused here and vice versa.
+``GET /o/TOKEN.gif``
+    The open pixel of a tracked email: records an 'open' in lifecycle.engagement for the
+    message the token names, with the agent class of the request (Apple Mail Privacy
+    Protection and image proxies are ``privacy_proxy``, see lifecycle.tracking), and answers a
+    1x1 GIF with no-cache headers. A token that does not verify gets 400 and no row; the
+    image is answered even when the warehouse cannot be written (logged), so no mail client
+    shows a broken image.
+``GET /c/TOKEN``
+    A tracked link: records a 'click' (and, for a human, the open if none was recorded yet)
+    and answers 302 to the URL the token was signed with: only URLs one of our messages
+    contained, never one taken from the request (no open redirect). A tampered token, or one
+    naming another URL, gets 400 and no row. HEAD (link scanners) is answered the same way,
+    recorded as a scanner.
 ``GET /health``
     200 ``ok`` when the warehouse answers ``SELECT 1``, else 503.
 
@@ -68,17 +82,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from lifecycle import tracking
 from lifecycle.channels import CHANNELS
 from lifecycle.config import SHOP, TEMPLATES_DIR
-from lifecycle.links import signing_key, unsubscribe_token, verify_stay_token, verify_unsubscribe_token
+from lifecycle.links import (
+    signing_key,
+    unsubscribe_token,
+    verify_click_token,
+    verify_open_token,
+    verify_stay_token,
+    verify_unsubscribe_token,
+)
+from lifecycle.model import EngagementKind
 from lifecycle.suppression import lift_for_stay_choice, record_unsubscribe
 from lifecycle.warehouse import url_from_connection
 
-log = logging.getLogger("lifecycle.unsubscribe")
-access_log = logging.getLogger("lifecycle.unsubscribe.access")
+log = logging.getLogger("lifecycle.web")
+access_log = logging.getLogger("lifecycle.web.access")
 
 CONN_ENV = "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"
 PAGES_DIR = TEMPLATES_DIR / "_unsubscribe"
@@ -106,6 +129,7 @@ SECURITY_HEADERS = {
 
 # The routes the access log may name; anything else is logged as "-" (paths are user input).
 _ROUTES = ("/unsubscribe", "/unsubscribe/", "/preferences", "/preferences/", "/health")
+_TRACKED = ("/o/", "/c/")  # logged as "/o/-" and "/c/-": the rest of the path is the token
 
 RECORD_STAY_SQL = sa.text(
     """
@@ -124,6 +148,11 @@ ERRORS = {
     "bad_request": (
         "Nothing was changed",
         "We could not read this request. Please use the button on the unsubscribe page.",
+    ),
+    "invalid_tracked_link": (
+        "This link is not valid",
+        "The link may have been cut short or changed when it was copied. "
+        "Please use the link in one of our recent messages, or visit our shop.",
     ),
     "unavailable": (
         "Please try again in a few minutes",
@@ -258,6 +287,45 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
                  "sunset lifted" if lifted else "no active sunset")
         return page("stay_done.html", what=_label(channel))
 
+    def record_engagement(message_id: int, kind: str, agent: str, url: str | None) -> tuple[int, int]:
+        with engine.begin() as conn:
+            return tracking.record(conn, message_id, kind, agent, clock(), url)
+
+    async def engage(request: Request, message_id: int, kind: str, url: str | None = None) -> None:
+        """Write the request's engagement row. A failure is logged, never shown: the reader
+        still gets the image or the page they asked for."""
+        agent = tracking.classify(kind, request.method, request.headers.get("user-agent"),
+                                  request.client.host if request.client else None)
+        try:
+            recorded, implied = await run_in_threadpool(record_engagement, message_id, kind, agent, url)
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("could not record a tracked %s (message %s): %s", kind, message_id, type(exc).__name__)
+            return
+        if not recorded:
+            log.info("tracked %s for message %s, which does not exist: nothing recorded", kind, message_id)
+        else:
+            log.info("%s recorded: message %s, %s%s", kind, message_id, agent, " (and its open)" if implied else "")
+
+    async def open_pixel(request: Request) -> Response:
+        token = request.path_params["token"]
+        message_id = verify_open_token(token) if len(token) <= MAX_TOKEN else None
+        if message_id is None:
+            log.info("open pixel: invalid token")
+            return PlainTextResponse("Invalid link.\n", status_code=400)
+        await engage(request, message_id, EngagementKind.OPEN)
+        return Response(tracking.PIXEL_GIF, media_type="image/gif", headers=tracking.NO_CACHE)
+
+    async def click(request: Request) -> Response:
+        """302 to the URL the token was signed with: the request itself never names a target."""
+        token = request.path_params["token"]
+        verified = verify_click_token(token) if len(token) <= MAX_TOKEN else None
+        if verified is None or not verified[1].lower().startswith(("https://", "http://")):
+            log.info("click: invalid token")
+            return error_page("invalid_tracked_link", 400)
+        message_id, url = verified
+        await engage(request, message_id, EngagementKind.CLICK, url)
+        return RedirectResponse(url, status_code=302, headers=tracking.NO_CACHE)
+
     async def health(request: Request) -> Response:
         try:
             await run_in_threadpool(ping)
@@ -273,6 +341,8 @@ def create_app(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.
             Route("/unsubscribe/", unsubscribe, methods=["GET", "POST"]),
             Route("/preferences", preferences, methods=["GET", "POST"]),
             Route("/preferences/", preferences, methods=["GET", "POST"]),
+            Route("/o/{token}.gif", open_pixel, methods=["GET"]),
+            Route("/c/{token}", click, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
         middleware=[Middleware(_HeadersAndAccessLog)],
@@ -343,7 +413,8 @@ class _HeadersAndAccessLog:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            route = scope["path"] if scope["path"] in _ROUTES else "-"
+            path = scope["path"]
+            route = path if path in _ROUTES else next((f"{p}-" for p in _TRACKED if path.startswith(p)), "-")
             access_log.info("%s %s %s %.0fms", scope["method"], route, status,
                             (time.perf_counter() - started) * 1000)
 
@@ -382,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     parser = argparse.ArgumentParser(
-        prog="python -m lifecycle.unsubscribe_service",
-        description="One-click (RFC 8058) and manual unsubscribe, writing lifecycle.suppressions.",
+        prog="python -m lifecycle.web_service",
+        description="One-click (RFC 8058) and manual unsubscribe, preferences, tracked opens and clicks.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
@@ -401,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(warehouse_url(args.warehouse_url))
     except (ValueError, sa.exc.ArgumentError) as exc:
         parser.error(str(exc))
-    log.info("unsubscribe service on %s:%s, warehouse database %r", args.host, args.port, engine.url.database)
+    log.info("lifecycle web service on %s:%s, warehouse database %r", args.host, args.port, engine.url.database)
     try:
         uvicorn.run(create_app(engine), host=args.host, port=args.port, access_log=False,
                     log_level=args.log_level, proxy_headers=True, server_header=False)
