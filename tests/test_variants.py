@@ -111,6 +111,7 @@ def python_bucket(journey: str, step: str, customer: str) -> float:
 
 @pytest.fixture()
 def warehouse(scratch_engine):
+    schema.create_shop_schema(scratch_engine)
     schema.migrate(scratch_engine)
     return scratch_engine
 
@@ -146,9 +147,9 @@ CART = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
 SUBJECT_B = "Variant B: {{ customer.first_name or 'friend' }}, your cart misses you"
 
 
-def with_variants(spec, ab_test=None):
+def with_variants(spec, ab_test=None, lateness=timedelta(hours=6)):
     first = dataclasses.replace(
-        spec.steps[0], max_lateness=timedelta(days=7),
+        spec.steps[0], max_lateness=lateness,
         variants=(variants.Variant("a", 1.0), variants.Variant("b", 1.0, None, SUBJECT_B)),
         ab_test=ab_test or variants.ABTest())
     return dataclasses.replace(spec, steps=(first, *spec.steps[1:]))
@@ -185,7 +186,7 @@ def test_the_variant_is_stored_stable_and_its_subject_is_sent(shop_db, smtp_serv
     spec = with_variants(CART)
     run_and_send(engine, spec, anchor, smtp_server)
     first = step_messages(engine, spec.journey)
-    assert len(first) > 20 and {m.variant for m in first} == {"a", "b"}
+    assert len(first) > 10 and {m.variant for m in first} == {"a", "b"}
     for m in first:  # the documented hash decides, customer by customer
         assert m.variant == ("a" if python_bucket(spec.journey, "reminder_1", m.customer_id) < 0.5 else "b")
 
@@ -219,7 +220,8 @@ def test_winner_auto_switches_new_messages_once_the_rule_is_met(shop_db, smtp_se
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
     # a tiny test (large MDE): the horizon is a few sends per variant
-    spec = with_variants(CART, variants.ABTest(metric="converted", baseline_rate=0.1, mde=0.85, winner="auto"))
+    spec = with_variants(CART, variants.ABTest(metric="converted", baseline_rate=0.1, mde=0.85, winner="auto"),
+                         lateness=timedelta(days=7))
     spec = dataclasses.replace(spec, complete_after=timedelta(hours=1))
     run_and_send(engine, spec, anchor - timedelta(hours=3), smtp_server)
     sent = [m for m in step_messages(engine, spec.journey) if m.status == "sent"]

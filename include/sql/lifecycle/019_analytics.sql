@@ -161,7 +161,7 @@ AS $$
         CROSS JOIN LATERAL (
             SELECT m.message_id FROM lifecycle.messages m
             WHERE m.customer_id = s.customer_id AND m.channel = s.channel AND m.mode = funnel.mode
-              AND m.status = 'sent' AND m.sent_at <= s.since
+              AND m.status = 'sent' AND m.template IS NOT NULL AND m.sent_at <= s.since
             ORDER BY m.sent_at DESC, m.message_id DESC
             LIMIT 1
         ) last
@@ -215,7 +215,8 @@ AS $$
 $$;
 
 -- A/B tests --------------------------------------------------------------------------------------
--- One row per message of the step in the cohort that went out (sent, or dry_run in dry mode),
+-- One row per message of the step in the cohort that went out (sent, or dry_run in dry mode: its
+-- send time is then the planning run's as_of),
 -- with its variant and what followed: clicked (human), and whether its enrollment converted at or
 -- after the send (any conversion, not only attributed ones: the variant was assigned at random,
 -- so comparing conversions of whoever got each variant is a fair test). Messages of the step planned
@@ -227,7 +228,7 @@ CREATE OR REPLACE FUNCTION lifecycle.ab_exposures(
                  revenue numeric)
 LANGUAGE sql STABLE
 AS $$
-    SELECT m.message_id, m.variant, coalesce(m.sent_at, m.updated_at),
+    SELECT m.message_id, m.variant, coalesce(m.sent_at, m.planned_for),
            EXISTS (SELECT 1 FROM lifecycle.engagement g
                    WHERE g.message_id = m.message_id AND g.kind = 'click' AND g.is_human),
            c.enrollment_id IS NOT NULL,
@@ -235,12 +236,12 @@ AS $$
     FROM lifecycle.messages m
     JOIN lifecycle.enrollments e ON e.enrollment_id = m.enrollment_id
     LEFT JOIN lifecycle.conversions c
-           ON c.enrollment_id = m.enrollment_id AND c.converted_at >= coalesce(m.sent_at, m.updated_at)
+           ON c.enrollment_id = m.enrollment_id AND c.converted_at >= coalesce(m.sent_at, m.planned_for)
     WHERE m.journey = ab_exposures.journey AND m.step = ab_exposures.step AND m.mode = ab_exposures.mode
       AND e.entered_at >= ab_exposures.since AND e.entered_at < ab_exposures.until
       AND m.variant IS NOT NULL AND m.status IN ('sent', 'dry_run')
       AND NOT EXISTS (SELECT 1 FROM lifecycle.ab_decisions d
                       WHERE d.journey = m.journey AND d.mode = m.mode AND d.step = m.step
                         AND m.created_at >= d.decided_at)
-    ORDER BY coalesce(m.sent_at, m.updated_at), m.message_id
+    ORDER BY coalesce(m.sent_at, m.planned_for), m.message_id
 $$;
