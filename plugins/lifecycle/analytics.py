@@ -256,7 +256,7 @@ def ab_test(conn: sa.Connection, *, journey: str, step: str, since: datetime, un
     (default: its segment file)."""
     spec = spec or _spec(journey)
     found = next((s for s in spec.steps if s.name == step), None) if spec else None
-    from lifecycle.variants import ABTest
+    from lifecycle.spec import ABTest
 
     settings = found.ab_test if found is not None and found.ab_test is not None else ABTest()
     listed = [v.name for v in found.variants] if found is not None else []
