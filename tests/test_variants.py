@@ -121,7 +121,7 @@ def test_assignment_follows_the_weights_on_10k_customers(warehouse):
     with warehouse.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT g::text AS customer_id, lifecycle.variant_bucket('cart', 'reminder_1', g::text) AS bucket, "
-            "lifecycle.assign_variant('cart', 'live', 'reminder_1', g::text, :n, :w) AS variant "
+            "lifecycle.pick_variant('cart', 'reminder_1', g::text, :n, :w) AS variant "
             "FROM generate_series(1, 10000) g"), {"n": names, "w": weights}).all()
     edges = [0.6, 0.9, 1.0]
     for r in rows[:200]:  # the SQL hash is the documented one, and the variant the bucket's share
@@ -135,7 +135,7 @@ def test_assignment_follows_the_weights_on_10k_customers(warehouse):
     # another step of the same journey draws independently (not the same split)
     with warehouse.connect() as conn:
         other = conn.execute(sa.text(
-            "SELECT lifecycle.assign_variant('cart', 'live', 'reminder_2', g::text, :n, :w) "
+            "SELECT lifecycle.pick_variant('cart', 'reminder_2', g::text, :n, :w) "
             "FROM generate_series(1, 10000) g"), {"n": names, "w": weights}).scalars().all()
     same = sum(1 for r, o in zip(rows, other, strict=True) if r.variant == o)
     assert abs(same - 10000 * (0.36 + 0.09 + 0.01)) < 300

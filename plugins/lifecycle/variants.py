@@ -14,8 +14,8 @@ lifecycle.ab_decisions).
         ab_test: {metric: converted, baseline_rate: 0.05, mde: 0.03, winner: auto}
 
 The header keys are read by lifecycle.spec (Variant, ABTest, with the other step keys).
-Assignment: lifecycle.assign_variant (migration 019) maps md5(journey:step:customer_id) to [0, 1)
-and picks the variant whose share of the cumulated weights holds it, so a customer gets the same
+Assignment (migration 019): lifecycle.variant_bucket maps md5(journey:step:customer_id) to [0, 1)
+and lifecycle.pick_variant picks the variant whose share of the cumulated weights holds it, so a customer gets the same
 variant in every re-run and backfill, and the shares follow the weights.
 """
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from lifecycle.spec import ABTest, Variant
 
-__all__ = ["ASSIGN_SQL", "ABTest", "Variant", "decide_winners", "for_row", "variant_binds"]
+__all__ = ["ASSIGN_SQL", "ABTest", "Variant", "assign_sql", "decide_winners", "for_row", "variant_binds"]
 
 
 # ------------------------------------------------------------------------------- planning
@@ -45,9 +45,19 @@ def variant_binds(spec: Any, step: str) -> dict[str, Any]:
             "variant_weights": [v.weight for v in found.variants]}
 
 
-# The variant column of a new message (plan.insert_messages, candidate row `r`).
-ASSIGN_SQL = ("lifecycle.assign_variant(:journey, :mode, :step, CAST(r.customer_id AS text), "
-              "CAST(:variant_names AS text[]), CAST(:variant_weights AS double precision[]))")
+# The variant column of a new message (plan.insert_messages, candidate row `r`): the decided
+# winner, looked up once per statement (an uncorrelated subquery), else the customer's pick
+# (lifecycle.pick_variant, inlined: no function call per row).
+ASSIGN_SQL = ("coalesce((SELECT d.winner FROM lifecycle.ab_decisions d WHERE d.journey = :journey "
+              "AND d.mode = :mode AND d.step = :step AND d.winner IS NOT NULL), "
+              "lifecycle.pick_variant(:journey, :step, CAST(r.customer_id AS text), CAST(:variant_names AS text[]), "
+              "CAST(:variant_weights AS double precision[])))")
+
+
+def assign_sql(spec: Any, step: str) -> str:
+    """The variant expression of plan.insert_messages: a constant NULL for a step without
+    variants (no function call per planned row), else ASSIGN_SQL."""
+    return ASSIGN_SQL if variant_binds(spec, step)["variant_names"] else "CAST(NULL AS text)"
 
 
 # ------------------------------------------------------------------------------- rendering
