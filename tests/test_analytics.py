@@ -200,7 +200,7 @@ def expected_funnel(data, journey=None, mode="live") -> list[dict]:
     conv = conv[~conv["holdout"]]
     conv["rev"] = np.where(conv["counts_revenue"], conv["revenue"], 0.0)
     # unsubscribes and complaints: the customer's last message on the channel sent at or before
-    live_sent = m[(m["mode"] == mode) & (m["status"] == "sent") & m["template"].notna()]
+    live_sent = m[(m["mode"] == mode) & (m["status"] == "sent") & m["template"].notna()]  # all marketing
     quits = []
     for s in data["suppressions"].itertuples():
         if s.reason not in ("unsubscribe", "complaint"):

@@ -123,8 +123,8 @@ $$;
 --   converted     conversions credited to a message of the row (attributed_conversions); on the
 --                 journey's row the unattributed ones, so a journey's rows add up to all its conversions
 --   revenue       their revenue (an order counted once per journey)
---   unsubscribed  unsubscribes credited to a message of the row: the customer's last message on that
---   complained    channel sent at or before the suppression (any journey; ties: larger message_id)
+--   unsubscribed  unsubscribes credited to a message of the row: the customer's last marketing message
+--   complained    on that channel sent at or before the suppression (any journey; ties: larger message_id)
 -- Action rows (a `suppress` step: no template) are not messages and are left out.
 CREATE OR REPLACE FUNCTION lifecycle.funnel(
     since timestamptz, until timestamptz, mode text DEFAULT 'live', journey text DEFAULT NULL,
@@ -159,17 +159,20 @@ AS $$
         WHERE NOT a.holdout
         GROUP BY a.journey, a.message_id
     ), quits AS (
-        -- each unsubscribe or complaint, credited to the customer's last message on its channel
-        SELECT last.message_id, s.reason
+        -- each unsubscribe or complaint, credited to the customer's last marketing message on its
+        -- channel (index messages_sent_by_customer), then counted per message
+        SELECT last.message_id, count(*) FILTER (WHERE s.reason = 'unsubscribe') AS unsub,
+               count(*) FILTER (WHERE s.reason = 'complaint') AS compl
         FROM lifecycle.suppressions s
         CROSS JOIN LATERAL (
             SELECT m.message_id FROM lifecycle.messages m
             WHERE m.customer_id = s.customer_id AND m.channel = s.channel AND m.mode = funnel.mode
-              AND m.status = 'sent' AND m.template IS NOT NULL AND m.sent_at <= s.since
+              AND m.status = 'sent' AND m.kind = 'marketing' AND m.template IS NOT NULL AND m.sent_at <= s.since
             ORDER BY m.sent_at DESC, m.message_id DESC
             LIMIT 1
         ) last
         WHERE s.reason IN ('unsubscribe', 'complaint')
+        GROUP BY last.message_id
     ), per_message AS (
         SELECT msgs.journey, msgs.step, msgs.variant, msgs.enrollment_id,
                (msgs.status = 'sent' OR (msgs.status = 'failed' AND msgs.attempts > 0)
@@ -177,11 +180,11 @@ AS $$
                msgs.status IN ('sent', 'dry_run') AS delivered,
                coalesce(eng.opened, false) AS opened, coalesce(eng.clicked, false) AS clicked,
                coalesce(conv.converted, 0) AS converted, coalesce(conv.revenue, 0) AS revenue,
-               (SELECT count(*) FROM quits q WHERE q.message_id = msgs.message_id AND q.reason = 'unsubscribe') AS unsub,
-               (SELECT count(*) FROM quits q WHERE q.message_id = msgs.message_id AND q.reason = 'complaint') AS compl
+               coalesce(q.unsub, 0) AS unsub, coalesce(q.compl, 0) AS compl
         FROM msgs
         LEFT JOIN eng ON eng.message_id = msgs.message_id
         LEFT JOIN conv ON conv.message_id = msgs.message_id
+        LEFT JOIN quits q ON q.message_id = msgs.message_id
     )
     SELECT p.journey, p.step, p.variant, count(DISTINCT p.enrollment_id), count(*) FILTER (WHERE p.sent),
            count(*) FILTER (WHERE p.delivered), count(*) FILTER (WHERE p.opened),
