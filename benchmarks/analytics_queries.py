@@ -50,14 +50,18 @@ FROM lifecycle.enrollments e CROSS JOIN (VALUES (1), (2)) s(n);
 UPDATE lifecycle.messages SET sent_at = NULL, attempts = 0 WHERE status <> 'sent';
 INSERT INTO lifecycle.engagement (message_id, journey, mode, step, channel, customer_id, kind, agent_class, occurred_at)
 SELECT m.message_id, m.journey, m.mode, m.step, m.channel, m.customer_id, k.kind,
-       CASE WHEN random() < 0.8 THEN 'human' ELSE 'privacy_proxy' END, m.sent_at + random() * interval '2 days'
-FROM lifecycle.messages m CROSS JOIN (VALUES ('open'), ('click')) k(kind)
-WHERE m.status = 'sent' AND random() < CASE k.kind WHEN 'open' THEN 0.4 ELSE 0.12 END;
+       CASE WHEN m.r_agent < 0.8 THEN 'human' ELSE 'privacy_proxy' END, m.sent_at + m.r_delay * interval '2 days'
+FROM (SELECT x.*, random() AS r_open, random() AS r_click, random() AS r_agent, random() AS r_delay
+      FROM lifecycle.messages x WHERE x.status = 'sent') m
+CROSS JOIN LATERAL (VALUES ('open', m.r_open < 0.4), ('click', m.r_click < 0.12)) k(kind, hit)
+WHERE k.hit;
 INSERT INTO lifecycle.conversions (enrollment_id, journey, mode, customer_id, condition, order_id, revenue,
                                    converted_at, holdout)
 SELECT e.enrollment_id, e.journey, e.mode, e.customer_id, 'purchased', 'o' || e.enrollment_id,
        round((20 + random() * 180)::numeric, 2), e.entered_at + random() * interval '5 days', e.holdout
 FROM lifecycle.enrollments e WHERE random() < CASE WHEN e.holdout THEN 0.08 ELSE 0.12 END;
+INSERT INTO lifecycle.runs (journey, run_id, interval_start, interval_end, status)
+VALUES ('bench', 'bench', {t0}, {t0} + interval '30 days', 'ok');
 INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since)
 SELECT c::text, 'email', CASE WHEN random() < 0.8 THEN 'unsubscribe' ELSE 'complaint' END, 'bench',
        {t0} + random() * interval '32 days'

@@ -88,7 +88,7 @@ def _resampled_means(values: np.ndarray, n: int, rng: np.random.Generator) -> np
     if len(values) == 0:
         return np.zeros(BOOTSTRAP_RESAMPLES)
     picks = rng.binomial(n, len(values) / n, size=BOOTSTRAP_RESAMPLES)
-    drawn = values[rng.integers(0, len(values), size=int(picks.sum()))]
+    drawn = values[rng.integers(0, len(values), size=int(picks.sum()), dtype=np.int32)]
     sums = np.add.reduceat(np.append(drawn, 0.0), np.concatenate(([0], np.cumsum(picks)[:-1])))
     return np.where(picks > 0, sums, 0.0) / n
 

@@ -115,7 +115,8 @@ $$;
 -- Funnels ----------------------------------------------------------------------------------------
 -- Per journey, step and variant, for the cohort's treated (not held-out) enrollments:
 --   entered       enrollments that reached the step (a message row of any status: sent, skipped by a
---                 condition, suppressed, expired, ...); on the journey's row (step NULL) the cohort
+--                 condition, suppressed, expired, ...; a fallback to another channel is not counted
+--                 again); on the journey's row (step NULL) the cohort
 --   sent          handed to the provider: sent, or failed after a claim (attempts > 0); dry mode: dry_run
 --   delivered     accepted by the provider (status sent); dry mode: dry_run
 --   opened        messages with at least one human open (lifecycle.engagement.is_human)
@@ -133,23 +134,15 @@ CREATE OR REPLACE FUNCTION lifecycle.funnel(
                  opened bigint, clicked bigint, converted bigint, revenue numeric, unsubscribed bigint,
                  complained bigint)
 LANGUAGE sql STABLE
+SET work_mem = '32MB'  -- a report over every message of the period: hash, don't spill
 AS $$
-    WITH cohort AS (
-        SELECT e.enrollment_id, e.journey
-        FROM lifecycle.enrollments e
-        WHERE e.mode = funnel.mode AND NOT e.holdout
-          AND e.entered_at >= funnel.since AND e.entered_at < funnel.until
-          AND (funnel.journey IS NULL OR e.journey = funnel.journey)
-    ), msgs AS (
-        SELECT m.message_id, m.enrollment_id, m.journey, m.step, m.variant, m.status, m.attempts, m.channel,
-               m.customer_id, m.sent_at
-        FROM lifecycle.messages m
-        JOIN cohort c ON c.enrollment_id = m.enrollment_id
-        WHERE m.template IS NOT NULL
-    ), eng AS (
+    WITH eng AS (
+        -- human opens and clicks per message; a cohort's messages are sent after `since`, so are
+        -- their opens and clicks (index engagement_journey_time)
         SELECT g.message_id, bool_or(g.kind = 'open') AS opened, bool_or(g.kind = 'click') AS clicked
         FROM lifecycle.engagement g
-        WHERE g.is_human AND g.message_id IN (SELECT msgs.message_id FROM msgs)
+        WHERE g.is_human AND g.mode = funnel.mode AND g.occurred_at >= funnel.since
+          AND (funnel.journey IS NULL OR g.journey = funnel.journey)
         GROUP BY g.message_id
     ), conv AS (
         SELECT a.journey, a.message_id, count(*) AS converted,
@@ -173,33 +166,36 @@ AS $$
         ) last
         WHERE s.reason IN ('unsubscribe', 'complaint')
         GROUP BY last.message_id
-    ), per_message AS (
-        SELECT msgs.journey, msgs.step, msgs.variant, msgs.enrollment_id,
-               (msgs.status = 'sent' OR (msgs.status = 'failed' AND msgs.attempts > 0)
-                OR msgs.status = 'dry_run') AS sent,
-               msgs.status IN ('sent', 'dry_run') AS delivered,
-               coalesce(eng.opened, false) AS opened, coalesce(eng.clicked, false) AS clicked,
-               coalesce(conv.converted, 0) AS converted, coalesce(conv.revenue, 0) AS revenue,
-               coalesce(q.unsub, 0) AS unsub, coalesce(q.compl, 0) AS compl
-        FROM msgs
-        LEFT JOIN eng ON eng.message_id = msgs.message_id
-        LEFT JOIN conv ON conv.message_id = msgs.message_id
-        LEFT JOIN quits q ON q.message_id = msgs.message_id
     )
-    SELECT p.journey, p.step, p.variant, count(DISTINCT p.enrollment_id), count(*) FILTER (WHERE p.sent),
-           count(*) FILTER (WHERE p.delivered), count(*) FILTER (WHERE p.opened),
-           count(*) FILTER (WHERE p.clicked), sum(p.converted)::bigint, sum(p.revenue),
-           sum(p.unsub)::bigint, sum(p.compl)::bigint
-    FROM per_message p
-    GROUP BY p.journey, p.step, p.variant
+    SELECT m.journey, m.step, m.variant,
+           -- one message per enrollment and step, apart from fallbacks to another channel
+           count(*) FILTER (WHERE m.fallback_of IS NULL),
+           count(*) FILTER (WHERE m.status IN ('sent', 'dry_run') OR (m.status = 'failed' AND m.attempts > 0)),
+           count(*) FILTER (WHERE m.status IN ('sent', 'dry_run')),
+           count(*) FILTER (WHERE eng.opened), count(*) FILTER (WHERE eng.clicked),
+           coalesce(sum(conv.converted), 0)::bigint, coalesce(sum(conv.revenue), 0),
+           coalesce(sum(q.unsub), 0)::bigint, coalesce(sum(q.compl), 0)::bigint
+    FROM lifecycle.enrollments e
+    JOIN lifecycle.messages m ON m.enrollment_id = e.enrollment_id
+    LEFT JOIN eng ON eng.message_id = m.message_id
+    LEFT JOIN conv ON conv.message_id = m.message_id
+    LEFT JOIN quits q ON q.message_id = m.message_id
+    WHERE e.mode = funnel.mode AND NOT e.holdout
+      AND e.entered_at >= funnel.since AND e.entered_at < funnel.until
+      AND (funnel.journey IS NULL OR e.journey = funnel.journey)
+      AND m.template IS NOT NULL
+    GROUP BY m.journey, m.step, m.variant
     UNION ALL
     -- the journey's own row: who entered, and the conversions no click explains
-    SELECT c.journey, NULL, NULL, count(*), 0, 0, 0, 0,
-           coalesce((SELECT v.converted FROM conv v WHERE v.journey = c.journey AND v.message_id IS NULL), 0),
-           coalesce((SELECT v.revenue FROM conv v WHERE v.journey = c.journey AND v.message_id IS NULL), 0),
+    SELECT e.journey, NULL, NULL, count(*), 0, 0, 0, 0,
+           coalesce((SELECT v.converted FROM conv v WHERE v.journey = e.journey AND v.message_id IS NULL), 0),
+           coalesce((SELECT v.revenue FROM conv v WHERE v.journey = e.journey AND v.message_id IS NULL), 0),
            0, 0
-    FROM cohort c
-    GROUP BY c.journey
+    FROM lifecycle.enrollments e
+    WHERE e.mode = funnel.mode AND NOT e.holdout
+      AND e.entered_at >= funnel.since AND e.entered_at < funnel.until
+      AND (funnel.journey IS NULL OR e.journey = funnel.journey)
+    GROUP BY e.journey
 $$;
 
 -- Holdout lift -----------------------------------------------------------------------------------
