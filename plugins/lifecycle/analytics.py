@@ -1,8 +1,8 @@
 """What each journey earns: funnels, holdout lift and A/B tests (read-only).
 
 The counting is SQL in the warehouse (migration 019_analytics.sql: lifecycle.funnel,
-lifecycle.attributed_conversions, lifecycle.lift_units, lifecycle.ab_exposures); the statistics
-are here, on what those return. Every function takes an open connection and only reads.
+lifecycle.attributed_conversions, lifecycle.lift_units/lift_counts, lifecycle.ab_exposures/ab_counts);
+the statistics are here, on the counts those return. Every function takes an open connection and only reads.
 
 Cohort: `since`/`until` (timezone-aware, half-open [since, until)) select the enrollments that
 ENTERED in the period (their entered_at), in one mode; everything that followed them counts,
@@ -214,15 +214,14 @@ def lift(conn: sa.Connection, *, journey: str, since: datetime, until: datetime,
     """Treated vs held-out customers of the journey's enrollments that entered in [since, until):
     conversion rates, absolute and relative lift with 95% intervals, revenue per customer and
     its lift with a bootstrap interval, and the held-out customers still needed."""
-    units = conn.execute(
-        sa.text("SELECT holdout, converted, revenue FROM lifecycle.lift_units(:journey, :since, :until, :mode)"),
+    groups = {r.holdout: r for r in conn.execute(
+        sa.text("SELECT holdout, customers, converted, revenues FROM lifecycle.lift_counts(:journey, :since, :until, :mode)"),
         {"journey": journey, "since": _aware("since", since), "until": _aware("until", until), "mode": mode},
-    ).all()
-    groups = {flag: [u for u in units if u.holdout is flag] for flag in (False, True)}
-    n_t, n_h = len(groups[False]), len(groups[True])
-    x_t = sum(1 for u in groups[False] if u.converted)
-    x_h = sum(1 for u in groups[True] if u.converted)
-    revenue = {flag: np.array([float(u.revenue) for u in g if u.revenue], dtype=float) for flag, g in groups.items()}
+    )}
+    n_t, n_h = (int(groups[flag].customers) if flag in groups else 0 for flag in (False, True))
+    x_t, x_h = (int(groups[flag].converted) if flag in groups else 0 for flag in (False, True))
+    revenue = {flag: np.array([float(v) for v in groups[flag].revenues] if flag in groups else [], dtype=float)
+               for flag in (False, True)}
     result: dict[str, Any] = {
         "treated_n": n_t, "holdout_n": n_h, "treated_conversions": x_t, "holdout_conversions": x_h,
         "treated_rate": x_t / n_t if n_t else None, "holdout_rate": x_h / n_h if n_h else None,
@@ -262,29 +261,28 @@ def ab_test(conn: sa.Connection, *, journey: str, step: str, since: datetime, un
     listed = [v.name for v in found.variants] if found is not None else []
     window = spec.complete_after if spec else DEFAULT_WINDOW
     now = now or datetime.now(UTC)
-    exposures = conn.execute(
-        sa.text("SELECT variant, exposed_at, clicked, converted, revenue "
-                "FROM lifecycle.ab_exposures(:journey, :step, :since, :until, :mode)"),
-        {"journey": journey, "step": step, "since": _aware("since", since), "until": _aware("until", until),
-         "mode": mode},
-    ).all()
-    names = listed + sorted({e.variant for e in exposures} - set(listed))  # control first, as listed
-    k = max(len(names), 2)
+    k = max(len(listed), 2)  # the test as designed in the file
     alpha = ALPHA / (k - 1)
     needed = required_n(settings.baseline_rate, settings.mde, alpha)
-    by_variant = {name: [e for e in exposures if e.variant == name] for name in names}
-    horizon = bool(names) and all(len(g) >= needed for g in by_variant.values()) and \
-        max(g[needed - 1].exposed_at for g in by_variant.values()) + window <= now
+    counts = {r.variant: r for r in conn.execute(
+        sa.text("SELECT * FROM lifecycle.ab_counts(:journey, :step, :since, :until, :mode, :first_n)"),
+        {"journey": journey, "step": step, "since": _aware("since", since), "until": _aware("until", until),
+         "mode": mode, "first_n": needed},
+    )}
+    names = listed + sorted(set(counts) - set(listed))  # control first, as listed (then any left the file)
+    horizon = bool(names) and all(n in counts and counts[n].sent >= needed for n in names) and \
+        max(counts[n].nth_exposed_at for n in names) + window <= now
     metric = settings.metric
     variants = []
-    for name, group in by_variant.items():
-        sample = group[:needed] if horizon else group
-        hits = sum(1 for e in sample if getattr(e, metric))
+    for name in names:
+        c = counts.get(name)
+        sent = int(c.sent) if c else 0
+        n = int(c.first_sent) if c and horizon else sent
+        hits = (int(getattr(c, f"first_{metric}")) if horizon else int(getattr(c, metric))) if c else 0
         variants.append({
-            "variant": name, "n": len(sample), "sent": len(group),
-            "clicked": sum(1 for e in group if e.clicked), "converted": sum(1 for e in group if e.converted),
-            "hits": hits, "rate": hits / len(sample) if sample else None,
-            "revenue": float(sum(e.revenue for e in group if e.converted)),
+            "variant": name, "n": n, "sent": sent, "clicked": int(c.clicked) if c else 0,
+            "converted": int(c.converted) if c else 0, "hits": hits, "rate": hits / n if n else None,
+            "revenue": float(c.revenue) if c else 0.0,
         })
     rule = (f"fixed horizon: {needed} sends per variant, computed up front for alpha {ALPHA:g} two-sided"
             + (f" (Bonferroni: {alpha:.4g} per comparison with the first variant)" if k > 2 else "")
@@ -307,7 +305,7 @@ def ab_test(conn: sa.Connection, *, journey: str, step: str, since: datetime, un
         result["difference"], result["difference_ci"] = best[1], best[2]
         result["compared"] = f"{best[0]['variant']} - {control['variant']}"
     if not horizon:
-        have = min((len(g) for g in by_variant.values()), default=0)
+        have = min((v["sent"] for v in variants), default=0)
         result["decision"] = (f"collecting: {have} of {needed} sends in the smallest variant"
                               if have < needed else f"waiting {_span(window)} for the horizon's conversions")
         return result

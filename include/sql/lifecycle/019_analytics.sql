@@ -248,3 +248,38 @@ AS $$
                         AND m.created_at >= d.decided_at)
     ORDER BY coalesce(m.sent_at, m.planned_for), m.message_id
 $$;
+
+-- ab_exposures counted per variant, in full and for the first `first_n` sends of each (the
+-- fixed-horizon sample; ties in send time: the smaller message_id first), with the send time
+-- of the first_n-th (NULL while a variant has fewer).
+CREATE OR REPLACE FUNCTION lifecycle.ab_counts(
+    journey text, step text, since timestamptz, until timestamptz, mode text, first_n integer
+) RETURNS TABLE (variant text, sent bigint, clicked bigint, converted bigint, revenue numeric,
+                 first_sent bigint, first_clicked bigint, first_converted bigint, nth_exposed_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT x.variant, count(*), count(*) FILTER (WHERE x.clicked), count(*) FILTER (WHERE x.converted),
+           coalesce(sum(x.revenue) FILTER (WHERE x.converted), 0),
+           count(*) FILTER (WHERE x.rn <= ab_counts.first_n),
+           count(*) FILTER (WHERE x.rn <= ab_counts.first_n AND x.clicked),
+           count(*) FILTER (WHERE x.rn <= ab_counts.first_n AND x.converted),
+           max(x.exposed_at) FILTER (WHERE x.rn = ab_counts.first_n)
+    FROM (SELECT a.variant, a.exposed_at, a.clicked, a.converted, a.revenue,
+                 row_number() OVER (PARTITION BY a.variant ORDER BY a.exposed_at, a.message_id) AS rn
+          FROM lifecycle.ab_exposures(ab_counts.journey, ab_counts.step, ab_counts.since, ab_counts.until,
+                                      ab_counts.mode) a) x
+    GROUP BY x.variant
+$$;
+
+-- lift_units summed per group (treated / held out): customers, converters, and the non-zero
+-- revenues per customer (what the bootstrap resamples; the other customers spent 0).
+CREATE OR REPLACE FUNCTION lifecycle.lift_counts(
+    journey text, since timestamptz, until timestamptz, mode text DEFAULT 'live'
+) RETURNS TABLE (holdout boolean, customers bigint, converted bigint, revenues numeric[])
+LANGUAGE sql STABLE
+AS $$
+    SELECT u.holdout, count(*), count(*) FILTER (WHERE u.converted),
+           coalesce(array_agg(u.revenue ORDER BY u.customer_id) FILTER (WHERE u.revenue <> 0), '{}')
+    FROM lifecycle.lift_units(lift_counts.journey, lift_counts.since, lift_counts.until, lift_counts.mode) u
+    GROUP BY u.holdout
+$$;
