@@ -119,6 +119,8 @@ def main() -> None:
                 "report (baseline)": timed(args.runs, lambda: conn.execute(sa.text(SUMMARY_SQL), {"mode": "live"}).all()),
                 "funnel (all journeys)": timed(args.runs, lambda: analytics.funnel(conn, **period)),
                 "lift": timed(args.runs, lambda: analytics.lift(conn, journey="bench", **period)),
+                "  of which lift_counts (SQL)": timed(args.runs, lambda: conn.execute(sa.text(
+                    "SELECT * FROM lifecycle.lift_counts('bench', :since, :until, 'live')"), period).all()),
                 "ab_test": timed(args.runs, lambda: analytics.ab_test(conn, journey="bench", step="step_1", **period)),
             }
             rows = analytics.funnel(conn, **period)
