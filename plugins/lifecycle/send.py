@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lifecycle import channels as registry
+from lifecycle import variants
 from lifecycle.channels.base import ChannelUnavailable, Outcome, Sender
 from lifecycle.config import SHOP, settings
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
@@ -211,7 +212,7 @@ def build_email(row: Any, spec: JourneySpec, now: datetime):
     from lifecycle.render import render_email_for_send
 
     context = template_context(row)
-    rendered = render_email_for_send(row.template, context)
+    rendered = render_email_for_send(row.template, context, subject=getattr(row, "variant_subject", None))
     headers = {"X-Lifecycle-Journey": row.journey, "X-Lifecycle-Step": row.step}
     if row.kind == "marketing":
         links = context["links"]
@@ -477,6 +478,7 @@ class _Prepared:
 def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles: list,
              template_errors: dict[str, int], engine: Engine) -> _Prepared | None:
     """Render one message for its channel; None when it will not be attempted now."""
+    row = variants.for_row(spec, row)  # an A/B variant's template and subject
     try:
         outbound = registry.channel(row.channel).outbound(row, spec, now)
         # tracked links and open pixel (lifecycle.tracking); a dry run records the untracked message
