@@ -200,15 +200,15 @@ def test_transactional_messages_and_tracking_false_are_not_tracked():
 
 def test_the_tracking_key_in_segment_headers(tmp_path):
     source = (SEGMENTS_DIR / "cart_abandonment.sql").read_text()
-    marker = "template: cart_abandonment/reminder_1"
+    marker = "template: cart_abandonment/reminder_2}"  # a step written in flow style
     assert marker in source
     path = tmp_path / "cart_abandonment.sql"
-    path.write_text(source.replace(marker, marker + ", tracking: false", 1))
+    path.write_text(source.replace(marker, marker[:-1] + ", tracking: false}", 1))
     spec = load_spec(path)
-    assert [s.tracking for s in spec.steps] == [False] + [True] * (len(spec.steps) - 1)
+    assert [s.tracking for s in spec.steps] == [True, False] + [True] * (len(spec.steps) - 2)
     assert all(e.tracking for e in spec.exits)
-    path.write_text(source.replace(marker, marker + ", tracking: 'no'", 1))
-    with pytest.raises(SpecError, match=r"steps\[0\] \(reminder_1\)\.tracking: true or false, got 'no'"):
+    path.write_text(source.replace(marker, marker[:-1] + ", tracking: 'no'}", 1))
+    with pytest.raises(SpecError, match=r"steps\[1\] \(reminder_2\)\.tracking: true or false, got 'no'"):
         load_spec(path)
 
 
