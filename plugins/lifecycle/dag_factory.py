@@ -23,6 +23,7 @@ from lifecycle.fingerprint import journey_fingerprint
 from lifecycle.mailbox import MAILBOX_DAG_ID, build_mailbox_dag
 from lifecycle.model import Batch, Kind, Mode
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
+from lifecycle.ui.dag_docs import cut_words, journey_doc_md
 from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
@@ -168,10 +169,8 @@ def _failed_tasks(ctx) -> list[str]:
 def build_journey_dag(spec: JourneySpec) -> DAG:
     @dag(
         dag_id=spec.journey,
-        description=spec.description[:200] or None,
-        doc_md=f"**{spec.journey}** ({spec.status}) — {spec.description}\n\nSegment file: `{spec.path.name}`"
-        f" (files hash `{journey_fingerprint(spec)}`: segment, conditions, templates)"
-        + (DRAFT_NOTE if spec.status == "draft" else ""),
+        description=cut_words(spec.description) or None,
+        doc_md=journey_doc_md(spec, journey_fingerprint(spec), DRAFT_NOTE if spec.status == "draft" else ""),
         schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
         start_date=spec.start_date,
         catchup=False,
