@@ -280,6 +280,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.run_context import RunContext
             from lifecycle.stage import drop_stage
             from lifecycle.tasklog import mapping_line
+            from lifecycle.ui.run_note import NOTE_XCOM_KEY, note_text, run_figures
 
             if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
                 raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
@@ -292,12 +293,19 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             drop_stage(engine, r)
             log.info("run %s: interval %s .. %s: %s", "failed" if failed else "ok", r.interval_start.isoformat(),
                      r.interval_end.isoformat(), mapping_line("messages", dict(sorted(counts.items()))))
+            # The run note (copied onto the DAG run by lifecycle.ui.run_note_listener) and the asset
+            # event's extra: what the run did, readable in the run list and by asset consumers.
+            figures = run_figures(engine, r, counts)
+            note = note_text(figures, failed)
+            ctx["ti"].xcom_push(key=NOTE_XCOM_KEY, value=note)
+            ctx["outlet_events"][journey_asset(spec.journey)].extra.update(figures)
+            log.info("run note: %s", note)
             if failed:  # recorded above; now make the DAG run itself show the failure
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
                     "lifecycle.runs and messages still planned will be sent by the next run"
                 )
-            return {"journey": r.journey, "run_id": r.run_id, "messages": counts}
+            return {"journey": r.journey, "run_id": r.run_id, "messages": counts, "note": note}
 
         run = start_run()
         rows = stage_segment(run)
