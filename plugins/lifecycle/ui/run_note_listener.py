@@ -20,9 +20,8 @@ SUMMARY_TASK = "summarize"
 
 def note_for(dag_run, session) -> str | None:
     """The `run_note` XCom that this run's `summarize` pushed, or None."""
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     row = session.scalar(select(XComModel).where(
         XComModel.dag_run_id == dag_run.id, XComModel.task_id == SUMMARY_TASK,
