@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lifecycle import channels as registry
+from lifecycle import variants
 from lifecycle.conditions import materialise_condition
 from lifecycle.coupons import issue_coupons
 from lifecycle.ids import CONSENT, shop_ids, typed_enrollments
@@ -71,11 +72,11 @@ def insert_messages(
             f"""
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
-                 status, reason, due_at, planned_for, planned_run_id, run_id, expires_at, batch_no)
+                 status, reason, due_at, planned_for, planned_run_id, run_id, expires_at, batch_no, variant)
             SELECT :prefix || :journey || ':' || r.enrollment_key || ':' || :step || ':' || r.channel,
                    :journey, :mode, r.enrollment_id, r.customer_id, :step, r.channel, :template, :kind,
                    r.status, r.reason, r.due_at, :as_of, :run_id, :run_id, r.due_at + make_interval(secs => :lateness),
-                   {INSERT_BATCH_NO_SQL}
+                   {INSERT_BATCH_NO_SQL}, {variants.ASSIGN_SQL}
             FROM (
                 SELECT c.*,
                        CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'
@@ -109,6 +110,7 @@ def insert_messages(
             "action_reason": f"action: {action}" if action else None,
             "batch_size": spec.batch_size,
             "max_batches": MAX_BATCHES,
+            **variants.variant_binds(spec, step),
         },
     ).all()
     if action == "suppress" and run.mode == Mode.LIVE:
@@ -185,6 +187,7 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
     planned = {}
     with engine.begin() as conn:  # a returning customer's sunset ends before channels are chosen
         lift_sunsets(conn, run.as_of)
+    variants.decide_winners(engine, spec, run)  # `winner: auto`: a decided test's new messages get the winner
     for step in spec.steps:
         with engine.begin() as conn:
             _due_candidates(conn, spec, run, step)

@@ -426,6 +426,15 @@ def _render_file(env: SandboxedEnvironment, template: str, name: str, context: d
         raise TemplateRenderError(template, message, file=file or name, line=line) from exc
 
 
+def _render_source(env: SandboxedEnvironment, template: str, source: str, context: dict) -> str:
+    """A variant's subject line (from the segment header), rendered like a .subject.txt file."""
+    try:
+        return env.from_string(source).render(context)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+        raise TemplateRenderError(template, f"variant subject: {message}") from exc
+
+
 def _default_context(context: dict) -> dict:
     ctx = dict(context)
     if not ctx.get("currency"):
@@ -441,8 +450,10 @@ def _tidy_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
 
-def render_email(template: str, context: dict, templates_dir: Path | str | None = None) -> RenderedEmail:
-    """Render ``<template>.subject.txt``, ``.txt`` and ``.html`` with ``context``.
+def render_email(template: str, context: dict, templates_dir: Path | str | None = None, *,
+                 subject: str | None = None) -> RenderedEmail:
+    """Render ``<template>.subject.txt``, ``.txt`` and ``.html`` with ``context``; ``subject``
+    (an A/B variant's subject line, Jinja source) replaces the ``.subject.txt`` file.
 
     Raises MissingTemplateError if a file is missing and TemplateRenderError (naming the
     file and line) for anything else: undefined variables, sandbox violations, a subject
@@ -455,7 +466,10 @@ def render_email(template: str, context: dict, templates_dir: Path | str | None 
         names = ", ".join(p.name for p in missing)
         raise MissingTemplateError(template, f"missing template file(s): {names}")
     ctx = _default_context(context)
-    subject = _render_file(env, template, f"{template}.subject.txt", ctx).strip()
+    if subject is not None:
+        subject = _render_source(env, template, subject, ctx).strip()
+    else:
+        subject = _render_file(env, template, f"{template}.subject.txt", ctx).strip()
     if not subject:
         raise TemplateRenderError(template, "subject is empty", file=f"{template}.subject.txt")
     if "\n" in subject or "\r" in subject:

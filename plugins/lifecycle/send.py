@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lifecycle import channels as registry
+from lifecycle import variants
 from lifecycle.channels.base import ChannelUnavailable, Outcome, Sender
 from lifecycle.config import SHOP
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
@@ -201,7 +202,7 @@ def build_email(row: Any, spec: JourneySpec, now: datetime):
     from lifecycle.render import render_email
 
     context = template_context(row)
-    rendered = render_email(row.template, context)
+    rendered = render_email(row.template, context, subject=getattr(row, "variant_subject", None))
     headers = {"X-Lifecycle-Journey": row.journey, "X-Lifecycle-Step": row.step}
     if row.kind == "marketing":
         links = context["links"]
@@ -440,7 +441,7 @@ def what_would_go_out(row: Any, outbound: Any) -> tuple[str | None, str]:
 
 
 def _send_one(engine, spec, row, token, channel_for, channels, dry_run, now) -> str:
-    waits = None
+    waits, row = None, variants.for_row(spec, row)  # an A/B variant's template and subject
     try:
         outbound = registry.channel(row.channel).outbound(row, spec, now)
     except Skip as exc:

@@ -58,7 +58,8 @@ TOP_KEYS = {
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
     "one_active_per_customer", "status",
 }
-STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency"}
+STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency",
+             "variants", "ab_test"}
 EXIT_KEYS = {"when", "params", "reason", "status", "then"}
 THEN_KEYS = {"name", "channel", "template", "coupon"}
 COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
@@ -116,6 +117,8 @@ class Step:
     action: str | None = None
     ttl: timedelta = timedelta(days=1)  # push: how long the push service keeps an undelivered message
     urgency: str = "normal"  # push: RFC 8030 urgency
+    variants: tuple = ()  # lifecycle.variants.Variant: an A/B test of this step (README "A/B tests")
+    ab_test: Any = None  # lifecycle.variants.ABTest: its decision rule (set when variants are)
 
     @property
     def channel(self) -> str:
@@ -559,6 +562,11 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
         if not isinstance(urgency, str) or urgency not in URGENCIES:
             c.add(f"{where}.urgency: one of {', '.join(sorted(URGENCIES))}, got {urgency!r}")
             urgency = "normal"
+        variants, ab_test = (), None
+        if "variants" in s or "ab_test" in s:  # an A/B test (lifecycle.variants, imported only here)
+            from lifecycle.variants import parse_variants
+
+            variants, ab_test = parse_variants(where, s.get("variants"), s.get("ab_test"), channels, action, c)
         steps.append(
             Step(
                 name=name,
@@ -572,6 +580,8 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
                 unless=c.condition(f"{where}.unless", s.get("unless")),
                 coupon=_coupon(where, s.get("coupon"), c),
                 action=action,
+                variants=variants,
+                ab_test=ab_test,
             )
         )
     return steps

@@ -1,6 +1,6 @@
 -- Everything needed to render one batch's planned messages (lifecycle.send.load_batch), in the
 -- order they came due. The contacts_id and push_id placeholders: m.customer_id in each view's id type.
-SELECT m.message_id, m.idempotency_key, m.journey, m.step, m.channel, m.template, m.kind,
+SELECT m.message_id, m.idempotency_key, m.journey, m.step, m.channel, m.template, m.kind, m.variant,
        m.customer_id, e.enrollment_key, e.context, ct.email, ct.phone, ct.first_name,
        ct.last_name, ct.locale, ct.country, ct.timezone, cp.code AS coupon_code, cp.percent_off,
        cp.valid_until, ps.endpoint, ps.p256dh, ps.auth
