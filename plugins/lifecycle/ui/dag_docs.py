@@ -72,14 +72,12 @@ def _coupon(coupon) -> str:
 
 
 def _variants(step: Step) -> str:
-    """A/B variants of a step, when the spec has them (`variants:`): name and weight."""
-    found = getattr(step, "variants", None) or ()
+    """A step's A/B variants (`variants:`): name, weight and what differs."""
     parts = []
-    for v in found:
-        name = getattr(v, "name", None) or (v.get("name") if isinstance(v, dict) else str(v))
-        weight = getattr(v, "weight", None) if not isinstance(v, dict) else v.get("weight")
-        parts.append(f"{name} ({weight:g})" if isinstance(weight, int | float) else str(name))
-    return ", ".join(parts)
+    for v in getattr(step, "variants", None) or ():
+        what = f"subject “{v.subject}”" if v.subject else (f"`{v.template}`" if v.template else "the step's template")
+        parts.append(f"{v.name} (weight {v.weight:g}): {what}")
+    return "; ".join(parts)
 
 
 def steps_table(spec: JourneySpec) -> str:
