@@ -27,8 +27,8 @@ QUARANTINE = {"email: not a valid address": 2,
               "this row waits until it ends": 1}
 
 
-def plant(engine) -> dict:
-    """Plant win_back's month on a migrated shop; return the planted customers' addresses."""
+def plant(engine, t0: datetime = T0) -> dict:
+    """Plant win_back's month (from `t0`) on a migrated shop; return the planted customers' addresses."""
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE lifecycle.engagement, lifecycle.messages, lifecycle.enrollments, "
                              "lifecycle.runs, lifecycle.quarantine, lifecycle.conversions, lifecycle.suppressions, "
@@ -42,7 +42,7 @@ def plant(engine) -> dict:
                 "enrolled_at, enrolled_run_id, status, holdout, context) VALUES "
                 "(:j, 'live', :key, :cid, :at, :at, 'r1', 'active', :holdout, CAST(:ctx AS jsonb)) "
                 "RETURNING enrollment_id"),
-                {"j": JOURNEY, "key": f"{c.id}:o{i}", "cid": c.id, "at": T0 + timedelta(hours=i),
+                {"j": JOURNEY, "key": f"{c.id}:o{i}", "cid": c.id, "at": t0 + timedelta(hours=i),
                  "holdout": i >= 20, "ctx": json.dumps({"email": c.email, "first_name": "Planted"})}).scalar()
 
         def message(i, step, status, variant=None, sent_at=None):
@@ -52,7 +52,7 @@ def plant(engine) -> dict:
                 "(:key, :j, 'live', :e, :cid, :step, 'email', :tpl, :status, :at, :at, 'r1', :attempts, :sent, :v) "
                 "RETURNING message_id"),
                 {"key": f"{JOURNEY}:{i}:{step}:email", "j": JOURNEY, "e": ids[i], "cid": customers[i].id,
-                 "step": step, "tpl": f"{JOURNEY}/{step}", "status": status, "at": T0 + timedelta(hours=i),
+                 "step": step, "tpl": f"{JOURNEY}/{step}", "status": status, "at": t0 + timedelta(hours=i),
                  "attempts": 1 if status == "sent" else 0, "sent": sent_at, "v": variant}).scalar()
 
         def engage(mid, i, step, kind, agent="human", minutes=30):
@@ -61,14 +61,14 @@ def plant(engine) -> dict:
                 "agent_class, occurred_at) VALUES (:m, :j, 'live', :step, 'email', :cid, :kind, :url, :agent, :at)"),
                 {"m": mid, "j": JOURNEY, "step": step, "cid": customers[i].id, "kind": kind, "agent": agent,
                  "url": "https://shop.example.com/p/1" if kind == "click" else None,
-                 "at": T0 + timedelta(hours=i, minutes=minutes)})
+                 "at": t0 + timedelta(hours=i, minutes=minutes)})
 
         # email_1: 16 sent, 2 suppressed, 2 expired; opens on 0-8 (human) + 3 privacy-proxy opens on 9-11,
         # human clicks on 0-4 + scanner clicks on 12-13 (not counted)
         email_1 = {}
         for i in range(20):
             status = "sent" if i < 16 else ("suppressed" if i < 18 else "expired")
-            email_1[i] = message(i, "email_1", status, sent_at=T0 + timedelta(hours=i) if status == "sent" else None)
+            email_1[i] = message(i, "email_1", status, sent_at=t0 + timedelta(hours=i) if status == "sent" else None)
         for i in range(9):
             engage(email_1[i], i, "email_1", "open")
         for i in range(9, 12):
@@ -81,7 +81,7 @@ def plant(engine) -> dict:
         # email_2: an A/B test, 6 + 6 sends
         for i in range(12):
             variant = "A" if i % 2 == 0 else "B"
-            mid = message(i, "email_2", "sent", variant, sent_at=T0 + timedelta(days=7, hours=i))
+            mid = message(i, "email_2", "sent", variant, sent_at=t0 + timedelta(days=7, hours=i))
             if (variant == "A" and i in (0, 2, 4)) or (variant == "B" and i == 1):
                 engage(mid, i, "email_2", "open", minutes=60 * 24 * 7 + 20)
             if variant == "A" and i in (0, 2):
@@ -94,18 +94,18 @@ def plant(engine) -> dict:
                 "revenue, converted_at, holdout) VALUES (:e, :j, 'live', :cid, 'purchased_since_entry', :o, :rev, "
                 ":at, :holdout)"),
                 {"e": ids[i], "j": JOURNEY, "cid": customers[i].id, "o": f"o-{i}", "rev": revenue,
-                 "at": T0 + timedelta(hours=i + hours), "holdout": i >= 20})
+                 "at": t0 + timedelta(hours=i + hours), "holdout": i >= 20})
         # runs: two ok, one held; the last one ok
         for n, (status, error) in enumerate((("ok", None), ("held", "volume guard: 5200 new rows > limit 1000"),
                                              ("ok", None))):
-            start = T0 + timedelta(days=n)
+            start = t0 + timedelta(days=n)
             conn.execute(sa.text(
                 "INSERT INTO lifecycle.runs (journey, run_id, mode, interval_start, interval_end, status, rows_selected, "
                 "rows_valid, rows_quarantined, rows_new, counts, error, started_at, finished_at) VALUES "
                 "(:j, :r, 'live', :s, :e, :status, 40, 37, 3, 12, CAST(:counts AS jsonb), :error, :e, :e)"),
                 {"j": JOURNEY, "r": f"scheduled__{start.isoformat()}", "s": start, "e": start + timedelta(days=1),
                  "status": status, "error": error, "counts": json.dumps({"sent": 16, "suppressed": 2})})
-        last_run = f"scheduled__{(T0 + timedelta(days=2)).isoformat()}"
+        last_run = f"scheduled__{(t0 + timedelta(days=2)).isoformat()}"
         for n, (key, reason) in enumerate((("k1", "email: not a valid address"), ("k2", "email: not a valid address"),
                                            ("k3", "one_active_per_customer: the customer already has an active "
                                                   "enrollment (K9) in this journey; this row waits until it ends"))):

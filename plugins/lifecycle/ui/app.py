@@ -35,23 +35,26 @@ def default_engine() -> Engine:
 
 
 def airflow_reader() -> Callable:
-    """A dependency giving the DAG ids the logged-in Airflow user may read (401 without a login).
-    Airflow's API modules are imported on the first request, not when the plugin loads: every
-    Airflow process loads plugins, only the API server serves this page."""
+    """A dependency giving a filter: of some journeys, those whose DAG the logged-in Airflow user may
+    read (401 without a login). Asked per DAG id of the auth manager, so it holds for journeys whose
+    DAG Airflow has not parsed yet too. Airflow's API modules are imported on the first request, not
+    when the plugin loads: every Airflow process loads plugins, only the API server serves this page."""
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-    from starlette.concurrency import run_in_threadpool
 
     bearer = HTTPBearer(auto_error=False)
 
-    async def allowed(request: Request,
-                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> set[str]:
+    async def readable(request: Request,
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Callable:
         from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
         from airflow.api_fastapi.core_api.security import get_user
 
         user = await get_user(request, None, credentials)  # the bearer token, else the UI's session cookie
-        return await run_in_threadpool(lambda: get_auth_manager().get_authorized_dag_ids(user=user, method="GET"))
+        manager = get_auth_manager()
+        return lambda names: {n for n in names
+                              if manager.is_authorized_dag(method="GET", details=DagDetails(id=n), user=user)}
 
-    return allowed
+    return readable
 
 
 def create_app(engine: Callable[[], Engine] = default_engine, *, require_login: bool = True) -> FastAPI:
@@ -59,7 +62,7 @@ def create_app(engine: Callable[[], Engine] = default_engine, *, require_login: 
     reader = airflow_reader() if require_login else (lambda: None)
     app = FastAPI(title="lifecycle: Journeys", docs_url=None, redoc_url=None, openapi_url=None)
 
-    def collect(request: Request, allowed: set[str] | None, since, until, days, mode, journey):
+    def collect(request: Request, allowed: Callable | None, since, until, days, mode, journey):
         from lifecycle.spec import load_all
         from lifecycle.ui.data import Period, PeriodError, has_lifecycle_schema, journey_views, read_only
 

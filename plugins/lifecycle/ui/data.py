@@ -10,7 +10,7 @@ counts, rates and reasons only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -141,9 +141,9 @@ def _section(conn: sa.Connection, view: JourneyView, what: str, compute):
 
 
 def journey_views(conn: sa.Connection, period: Period, specs: list, errors: list,
-                  allowed: set[str] | None = None) -> list[JourneyView]:
+                  allowed: Callable[[set[str]], set[str]] | None = None) -> list[JourneyView]:
     """A view per journey: the segment files' (valid and broken) plus journeys the warehouse has runs of
-    whose file is gone. `allowed`: only these journeys (the DAGs the user may read); None: all."""
+    whose file is gone. `allowed` keeps the journeys the user may read (their DAGs); None: all."""
     from lifecycle.ui.dag_docs import human_schedule
 
     views: dict[str, JourneyView] = {}
@@ -161,8 +161,8 @@ def journey_views(conn: sa.Connection, period: Period, specs: list, errors: list
                                              "rows_valid", "rows_quarantined", "rows_new", "error", "started_at",
                                              "finished_at")}
         view.last_run["counts"] = dict(row["counts"] or {})
-    wanted = {name for name in views if (allowed is None or name in allowed)
-              and (period.journey is None or name == period.journey)}
+    wanted = {name for name in views if period.journey is None or name == period.journey}
+    wanted = wanted if allowed is None else allowed(wanted)
     views = {name: v for name, v in views.items() if name in wanted}
     for row in conn.execute(sa.text(HELD_SQL), {**binds, "per_journey": HELD_PER_JOURNEY}).mappings():
         if row["journey"] in views:
