@@ -4,7 +4,7 @@ Airflow 3's task API can push XComs but cannot write a DAG run's note, so `summa
 as the XCom `run_note` and this listener (registered by plugins/lifecycle_plugin.py, run by the
 scheduler, or by `dag.test()` in-process) sets the note when the run finishes. It writes in the
 scheduler's own session (the one that is finishing the run), never a second one that could wait on
-the row lock the scheduler holds. A note a person wrote (it has a user) is never replaced."""
+the row lock the scheduler holds (only a run handed over detached gets a session of its own). A note a person wrote (it has a user) is never replaced."""
 
 from __future__ import annotations
 
@@ -30,12 +30,7 @@ def note_for(dag_run, session) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def write_note(dag_run) -> None:
-    from sqlalchemy.orm import object_session
-
-    session = object_session(dag_run)
-    if session is None:
-        return
+def _apply(dag_run, session) -> None:
     note = note_for(dag_run, session)
     current = dag_run.dag_run_note
     if note is None or (current is not None and current.user_id is not None):
@@ -45,6 +40,24 @@ def write_note(dag_run) -> None:
     else:
         current.content = note
     session.flush()
+
+
+def write_note(dag_run) -> None:
+    """In the session the run is attached to (the scheduler's); a run handed over detached (`dag.test()`
+    passes one) is loaded in a session of our own, which commits."""
+    from sqlalchemy.orm import object_session
+
+    session = object_session(dag_run)
+    if session is not None:
+        _apply(dag_run, session)
+        return
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as own:
+        attached = own.get(DagRun, dag_run.id)
+        if attached is not None:
+            _apply(attached, own)
 
 
 @hookimpl
