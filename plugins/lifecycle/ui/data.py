@@ -51,10 +51,10 @@ class Period:
         """From the page's query parameters: dates (YYYY-MM-DD, `until` inclusive) or ISO times (an
         exclusive `until`); default the last `days` (30) days up to the end of today (UTC)."""
         today = today or datetime.now(UTC).date()
-        end = _moment("until", until, end_of_day=True) if until else _midnight(today + timedelta(days=1))
+        end = moment("until", until, end_of_day=True) if until else _midnight(today + timedelta(days=1))
         if days is not None and days <= 0:
             raise PeriodError(f"days: must be a positive number of days, got {days}")
-        start = _moment("since", since) if since else end - timedelta(days=days or DEFAULT_DAYS)
+        start = moment("since", since) if since else end - timedelta(days=days or DEFAULT_DAYS)
         if start >= end:
             raise PeriodError(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
         mode = mode or "live"
@@ -70,7 +70,9 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
-def _moment(name: str, text: str, end_of_day: bool = False) -> datetime:
+def moment(name: str, text: str, end_of_day: bool = False) -> datetime:
+    """A period's bound from text: a date (its midnight UTC; with `end_of_day`, the next one, so an
+    `until` date counts whole) or an ISO time (UTC when it has no offset)."""
     try:
         if len(text) == 10:  # a date: the whole day (an `until` date is inclusive)
             return _midnight(date.fromisoformat(text) + timedelta(days=1 if end_of_day else 0))
