@@ -111,6 +111,7 @@ def python_bucket(journey: str, step: str, customer: str) -> float:
 
 @pytest.fixture()
 def warehouse(scratch_engine):
+    schema.create_shop_schema(scratch_engine)
     schema.migrate(scratch_engine)
     return scratch_engine
 
@@ -120,7 +121,7 @@ def test_assignment_follows_the_weights_on_10k_customers(warehouse):
     with warehouse.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT g::text AS customer_id, lifecycle.variant_bucket('cart', 'reminder_1', g::text) AS bucket, "
-            "lifecycle.assign_variant('cart', 'live', 'reminder_1', g::text, :n, :w) AS variant "
+            "lifecycle.pick_variant('cart', 'reminder_1', g::text, :n, :w) AS variant "
             "FROM generate_series(1, 10000) g"), {"n": names, "w": weights}).all()
     edges = [0.6, 0.9, 1.0]
     for r in rows[:200]:  # the SQL hash is the documented one, and the variant the bucket's share
@@ -134,7 +135,7 @@ def test_assignment_follows_the_weights_on_10k_customers(warehouse):
     # another step of the same journey draws independently (not the same split)
     with warehouse.connect() as conn:
         other = conn.execute(sa.text(
-            "SELECT lifecycle.assign_variant('cart', 'live', 'reminder_2', g::text, :n, :w) "
+            "SELECT lifecycle.pick_variant('cart', 'reminder_2', g::text, :n, :w) "
             "FROM generate_series(1, 10000) g"), {"n": names, "w": weights}).scalars().all()
     same = sum(1 for r, o in zip(rows, other, strict=True) if r.variant == o)
     assert abs(same - 10000 * (0.36 + 0.09 + 0.01)) < 300
@@ -146,9 +147,9 @@ CART = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
 SUBJECT_B = "Variant B: {{ customer.first_name or 'friend' }}, your cart misses you"
 
 
-def with_variants(spec, ab_test=None):
+def with_variants(spec, ab_test=None, lateness=timedelta(hours=6)):
     first = dataclasses.replace(
-        spec.steps[0], max_lateness=timedelta(days=7),
+        spec.steps[0], max_lateness=lateness,
         variants=(variants.Variant("a", 1.0), variants.Variant("b", 1.0, None, SUBJECT_B)),
         ab_test=ab_test or variants.ABTest())
     return dataclasses.replace(spec, steps=(first, *spec.steps[1:]))
@@ -185,7 +186,7 @@ def test_the_variant_is_stored_stable_and_its_subject_is_sent(shop_db, smtp_serv
     spec = with_variants(CART)
     run_and_send(engine, spec, anchor, smtp_server)
     first = step_messages(engine, spec.journey)
-    assert len(first) > 20 and {m.variant for m in first} == {"a", "b"}
+    assert len(first) > 10 and {m.variant for m in first} == {"a", "b"}
     for m in first:  # the documented hash decides, customer by customer
         assert m.variant == ("a" if python_bucket(spec.journey, "reminder_1", m.customer_id) < 0.5 else "b")
 
@@ -219,7 +220,8 @@ def test_winner_auto_switches_new_messages_once_the_rule_is_met(shop_db, smtp_se
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
     # a tiny test (large MDE): the horizon is a few sends per variant
-    spec = with_variants(CART, variants.ABTest(metric="converted", baseline_rate=0.1, mde=0.85, winner="auto"))
+    spec = with_variants(CART, variants.ABTest(metric="converted", baseline_rate=0.1, mde=0.85, winner="auto"),
+                         lateness=timedelta(days=7))
     spec = dataclasses.replace(spec, complete_after=timedelta(hours=1))
     run_and_send(engine, spec, anchor - timedelta(hours=3), smtp_server)
     sent = [m for m in step_messages(engine, spec.journey) if m.status == "sent"]

@@ -88,7 +88,7 @@ def _resampled_means(values: np.ndarray, n: int, rng: np.random.Generator) -> np
     if len(values) == 0:
         return np.zeros(BOOTSTRAP_RESAMPLES)
     picks = rng.binomial(n, len(values) / n, size=BOOTSTRAP_RESAMPLES)
-    drawn = values[rng.integers(0, len(values), size=int(picks.sum()))]
+    drawn = values[rng.integers(0, len(values), size=int(picks.sum()), dtype=np.int32)]
     sums = np.add.reduceat(np.append(drawn, 0.0), np.concatenate(([0], np.cumsum(picks)[:-1])))
     return np.where(picks > 0, sums, 0.0) / n
 
@@ -256,7 +256,7 @@ def ab_test(conn: sa.Connection, *, journey: str, step: str, since: datetime, un
     (default: its segment file)."""
     spec = spec or _spec(journey)
     found = next((s for s in spec.steps if s.name == step), None) if spec else None
-    from lifecycle.variants import ABTest
+    from lifecycle.spec import ABTest
 
     settings = found.ab_test if found is not None and found.ab_test is not None else ABTest()
     listed = [v.name for v in found.variants] if found is not None else []

@@ -76,7 +76,7 @@ def insert_messages(
             SELECT :prefix || :journey || ':' || r.enrollment_key || ':' || :step || ':' || r.channel,
                    :journey, :mode, r.enrollment_id, r.customer_id, :step, r.channel, :template, :kind,
                    r.status, r.reason, r.due_at, :as_of, :run_id, :run_id, r.due_at + make_interval(secs => :lateness),
-                   {INSERT_BATCH_NO_SQL}, {variants.ASSIGN_SQL}
+                   {INSERT_BATCH_NO_SQL}, {variants.assign_sql(spec, step)}
             FROM (
                 SELECT c.*,
                        CASE WHEN c.holdout AND :kind = 'marketing' THEN 'skipped'

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,29 @@ class SpecError(ValueError):
         return self
 
 
+VARIANT_KEYS = {"name", "weight", "template", "subject"}
+AB_KEYS = {"metric", "baseline_rate", "mde", "winner"}
+METRICS = ("converted", "clicked")
+WINNERS = ("manual", "auto")
+MAX_VARIANTS = 5
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    weight: float = 1.0
+    template: str | None = None  # None: the step's template
+    subject: str | None = None  # a one-line Jinja subject replacing <template>.subject.txt (email)
+
+
+@dataclass(frozen=True)
+class ABTest:
+    metric: str = "converted"  # what the rule compares: conversions (any) or human clicks per send
+    baseline_rate: float = 0.05  # the control's expected rate, fixed before the test (sample size)
+    mde: float = 0.02  # minimum detectable effect: an absolute difference in the rate
+    winner: str = "manual"  # auto: new sends switch to the winner once the rule is met
+
+
 @dataclass(frozen=True)
 class Coupon:
     percent_off: float
@@ -117,8 +141,8 @@ class Step:
     action: str | None = None
     ttl: timedelta = timedelta(days=1)  # push: how long the push service keeps an undelivered message
     urgency: str = "normal"  # push: RFC 8030 urgency
-    variants: tuple = ()  # lifecycle.variants.Variant: an A/B test of this step (README "A/B tests")
-    ab_test: Any = None  # lifecycle.variants.ABTest: its decision rule (set when variants are)
+    variants: tuple[Variant, ...] = ()  # an A/B test of this step (README "A/B tests"; lifecycle.variants)
+    ab_test: ABTest | None = None  # its decision rule (set when variants are)
 
     @property
     def channel(self) -> str:
@@ -563,10 +587,8 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
             c.add(f"{where}.urgency: one of {', '.join(sorted(URGENCIES))}, got {urgency!r}")
             urgency = "normal"
         variants, ab_test = (), None
-        if "variants" in s or "ab_test" in s:  # an A/B test (lifecycle.variants, imported only here)
-            from lifecycle.variants import parse_variants
-
-            variants, ab_test = parse_variants(where, s.get("variants"), s.get("ab_test"), channels, action, c)
+        if "variants" in s or "ab_test" in s:  # an A/B test (README "A/B tests")
+            variants, ab_test = _variants(where, s.get("variants"), s.get("ab_test"), channels, action, c)
         steps.append(
             Step(
                 name=name,
@@ -756,3 +778,96 @@ def load_all(segments_dir: Path = SEGMENTS_DIR, **dirs) -> tuple[list[JourneySpe
         except Exception as exc:  # load_spec wraps what it can; whatever escapes is still this file's
             errors.append(SpecError(path, [f"could not be loaded: {type(exc).__name__}: {exc}"]))
     return specs, errors
+
+
+# ------------------------------------------------------------------------ A/B variants
+
+
+def _variants(where: str, raw: Any, raw_test: Any, channels: tuple[str, ...], action: str | None,
+                   c: Any) -> tuple[tuple[Variant, ...], ABTest | None]:
+    """A step's `variants:` and `ab_test:`; every problem goes to the checker `c` (spec._Checker)."""
+    if raw is None:
+        c.add(f"{where}.ab_test: only a step with variants: has an A/B test")
+        return (), None
+    if action:
+        c.add(f"{where}.variants: an action step ({action}) sends nothing to test")
+        return (), None
+    if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_VARIANTS:
+        c.add(f"{where}.variants: must be a list of 2 to {MAX_VARIANTS} variants like "
+              "[{name: a, weight: 50}, {name: b, weight: 50, subject: ...}]")
+        return (), None
+    variants: list[Variant] = []
+    for i, v in enumerate(raw):
+        at = f"{where}.variants[{i}]"
+        if not isinstance(v, dict):
+            c.add(f"{at}: must be a mapping like {{name: b, weight: 50, subject: ...}}")
+            continue
+        c.problems += _unknown_keys(f"{at}: ", v, VARIANT_KEYS)
+        name = v.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            c.add(f"{at}.name: required, lower_snake_case (e.g. a, b, short_subject), got {name!r}")
+            name = f"variant_{i}"
+        at = f"{where}.variants[{i}] ({name})"
+        weight = v.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            c.add(f"{at}.weight: a number above 0 (the share is weight / sum of weights), got {weight!r}")
+            weight = 1
+        template = v.get("template")
+        if template is not None:
+            template = c.channels_and_template(at, list(channels), template)[1]
+        subject = _subject(at, v.get("subject"), channels, c)
+        variants.append(Variant(name, float(weight), template, subject))
+    names = [v.name for v in variants]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        c.add(f"{where}.variants: name {dup!r} is used twice")
+    seen: dict[tuple, str] = {}
+    for v in variants:
+        if (v.template, v.subject) in seen:
+            c.add(f"{where}.variants: {seen[(v.template, v.subject)]} and {v.name} send the same message "
+                  "(give one a template: or a subject: of its own)")
+        seen.setdefault((v.template, v.subject), v.name)
+    return tuple(variants), _ab_test(where, raw_test, c)
+
+
+def _subject(at: str, value: Any, channels: tuple[str, ...], c: Any) -> str | None:
+    if value is None:
+        return None
+    if channels != ("email",):
+        c.add(f"{at}.subject: only email steps have a subject (this step: {', '.join(channels)}); "
+              "use template: for other channels")
+        return None
+    if not isinstance(value, str) or not value.strip() or "\n" in value.strip():
+        c.add(f"{at}.subject: one line of text (Jinja, like a .subject.txt file), got {value!r}")
+        return None
+    import jinja2
+
+    from lifecycle.render import get_environment
+
+    try:
+        get_environment(c.templates_dir).parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        c.add(f"{at}.subject: {exc.message}")
+    return value.strip()
+
+
+def _ab_test(where: str, raw: Any, c: Any) -> ABTest:
+    if raw is None:
+        return ABTest()
+    if not isinstance(raw, dict):
+        c.add(f"{where}.ab_test: must be a mapping like {{metric: converted, baseline_rate: 0.05, mde: 0.02, "
+              "winner: auto}}")
+        return ABTest()
+    c.problems += _unknown_keys(f"{where}.ab_test: ", raw, AB_KEYS)
+    test = ABTest(**{k: raw[k] for k in AB_KEYS & set(raw)})
+    if test.metric not in METRICS:
+        c.add(f"{where}.ab_test.metric: {' or '.join(METRICS)}, got {test.metric!r}")
+    if test.winner not in WINNERS:
+        c.add(f"{where}.ab_test.winner: auto (switch new sends to the winner) or manual, got {test.winner!r}")
+    rate, mde = test.baseline_rate, test.mde
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        c.add(f"{where}.ab_test.baseline_rate: the control's expected rate, a number between 0 and 1 "
+              f"(0.05 = 5%), got {rate!r}")
+    elif isinstance(mde, bool) or not isinstance(mde, (int, float)) or not 0 < mde < 1 - rate:
+        c.add(f"{where}.ab_test.mde: the smallest difference in the rate worth detecting, a number above 0 "
+              f"and below {1 - rate:g} (1 - baseline_rate), e.g. 0.02 for 2 points, got {mde!r}")
+    return test

@@ -17,7 +17,14 @@ params:
   wait_hours: 1                # a cart counts as abandoned this long after its last change
   lookback_hours: 48           # how far back a run looks for carts it may have missed
 steps:
-  - {name: reminder_1, after: 1h,  channel: email, template: cart_abandonment/reminder_1}
+  - name: reminder_1
+    after: 1h
+    channel: email
+    template: cart_abandonment/reminder_1
+    variants:                    # an A/B test of the subject line (README "A/B tests")
+      - {name: a, weight: 50}    # the template's own subject
+      - {name: b, weight: 50, subject: "{% if customer.first_name %}{{ customer.first_name }}, your{% else %}Your{% endif %} cart is saved for you"}
+    ab_test: {metric: converted, baseline_rate: 0.05, mde: 0.05}  # 435 sends per variant, then decided
   - {name: reminder_2, after: 24h, channel: email, template: cart_abandonment/reminder_2}
   - {name: reminder_3, after: 48h, channel: email, template: cart_abandonment/reminder_3}
 exit:
