@@ -13,6 +13,7 @@ No `from __future__ import annotations` here: FastAPI must see the `Annotated[..
 objects themselves, which postponed annotations would turn into names it looks up in the globals."""
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -57,8 +58,10 @@ def airflow_reader() -> Callable:
     return readable
 
 
-def create_app(engine: Callable[[], Engine] = default_engine, *, require_login: bool = True) -> FastAPI:
-    """The app. `require_login=False` (tests, a standalone server behind your own auth) shows everything."""
+def create_app(engine: Callable[[], Engine] = default_engine, *, require_login: bool = True,
+               airflow_url: str | None = None) -> FastAPI:
+    """The app. `require_login=False` (tests, the local server of `main`) shows everything; `airflow_url`:
+    where the DAG links point (default: the Airflow the app is mounted in)."""
     reader = airflow_reader() if require_login else (lambda: None)
     app = FastAPI(title="lifecycle: Journeys", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -94,7 +97,7 @@ def create_app(engine: Callable[[], Engine] = default_engine, *, require_login: 
         if period is None:  # a bad parameter: say which, show the default period
             period, status = Period.parse(None, None), 400
         root = request.scope.get("root_path", "")
-        base = root[: -len(URL_PREFIX)] if root.endswith(URL_PREFIX) else ""
+        base = airflow_url if airflow_url is not None else (root[: -len(URL_PREFIX)] if root.endswith(URL_PREFIX) else "")
         html = render_page(views, period, airflow_base=base, page_url=f"{root}/", notice=notice)
         return HTMLResponse(html, status_code=status)
 
@@ -110,3 +113,36 @@ def create_app(engine: Callable[[], Engine] = default_engine, *, require_login: 
         return JSONResponse({**as_json(views, period), "notice": notice})
 
     return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lifecycle.ui.app`: the page on this machine alone (127.0.0.1, no login), without an
+    Airflow API server: after `make demo`, say. Inside Airflow the plugin serves it with logins."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m lifecycle.ui.app", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8091)
+    parser.add_argument("--warehouse-url", help="default: AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, else the embedded demo warehouse")
+    parser.add_argument("--airflow-url", default="http://localhost:8080", help="where the DAG links point")
+    args = parser.parse_args(argv)
+    from lifecycle.cli import default_warehouse_url
+    from lifecycle.config import WAREHOUSE_CONN_ID
+    from lifecycle.unsubscribe_service import warehouse_url
+    from lifecycle.warehouse import engine_for
+
+    if args.warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
+        url = warehouse_url(args.warehouse_url)
+    else:
+        url = default_warehouse_url()
+    warehouse = engine_for(url)
+    root = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    root.mount(URL_PREFIX, create_app(lambda: warehouse, require_login=False, airflow_url=args.airflow_url.rstrip("/")))
+    print(f"Journeys page: http://127.0.0.1:{args.port}{URL_PREFIX}/")
+    uvicorn.run(root, host="127.0.0.1", port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
