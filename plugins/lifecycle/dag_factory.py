@@ -299,7 +299,6 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             note = note_text(figures, failed)
             ctx["ti"].xcom_push(key=NOTE_XCOM_KEY, value=note)
             ctx["outlet_events"][journey_asset(spec.journey)].extra.update(figures)
-            log.info("run note: %s", note)
             if failed:  # recorded above; now make the DAG run itself show the failure
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
