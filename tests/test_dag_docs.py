@@ -102,3 +102,13 @@ def test_a_pipe_in_a_value_does_not_break_the_table(tmp_path, specs):
     spec = load_spec(path, templates_dir=TEMPLATES_DIR, conditions_dir=CONDITIONS_DIR)
     rows = _table(journey_doc_md(spec, "x"), "#### Params")
     assert ["`:note`", "`a\\|b`"] in rows
+
+
+def test_a_step_with_variants_lists_them(specs):
+    spec = specs["cart_abandonment"]
+    step = next(s for s in spec.steps if getattr(s, "variants", None))
+    row = next(r for r in _table(journey_doc_md(spec, "x"), "#### Steps") if r[0] == f"`{step.name}`")
+    cell = row[7]
+    for v in step.variants:
+        assert f"{v.name} (weight {v.weight:g}): " in cell
+    assert "the step's own subject and template" in cell or all(v.subject or v.template for v in step.variants)

@@ -75,7 +75,7 @@ def _variants(step: Step) -> str:
     """A step's A/B variants (`variants:`): name, weight and what differs."""
     parts = []
     for v in getattr(step, "variants", None) or ():
-        what = f"subject “{v.subject}”" if v.subject else (f"`{v.template}`" if v.template else "the step's template")
+        what = f"subject “{v.subject}”" if v.subject else (f"`{v.template}`" if v.template else "the step's own subject and template")
         parts.append(f"{v.name} (weight {v.weight:g}): {what}")
     return "; ".join(parts)
 
