@@ -3,7 +3,8 @@ warehouse, preview, promote, report. The demo adds its own (`lifecycle_demo.cli`
 
     lifecycle lint [FILES...] [--warehouse-url URL]   check segment files and their templates (no Airflow
                                                       needed); with a warehouse, run each SELECT (LIMIT 0)
-    lifecycle report [--warehouse-url URL]            entered / sent / converted / exited per journey
+    lifecycle report [--warehouse-url URL] [--mode live|dry] [--journey NAME] [--since DAY] [--until DAY]
+                     [--format table|csv|json]        entered / sent / converted / exited per journey
     lifecycle promote JOURNEY                         make a draft journey live (status: live)
     lifecycle migrate [--warehouse-url URL] [--demo-shop]   apply the lifecycle migrations + contact views
     lifecycle init [--warehouse-url URL] [--demo-shop]      create the (embedded) warehouse DB, migrate, create the pools
@@ -425,19 +426,78 @@ def default_warehouse_url() -> str:
     return _embedded_url(settings().state_dir, DEMO_DB)
 
 
-def report(warehouse_url: str | None, mode: str) -> int:
+def report(warehouse_url: str | None, mode: str, journey: str | None = None, since: datetime | None = None,
+           until: datetime | None = None, fmt: str = "table") -> int:
+    """The per-journey summary (and, for dry runs, what they would have sent) as a table, CSV or JSON.
+    A warehouse without the `lifecycle` schema, or one that cannot be reached, gets a sentence, not a
+    traceback."""
+    import json
+
     import sqlalchemy as sa
 
-    from lifecycle.report import format_summary, journey_summary
+    from lifecycle.report import (
+        COLUMNS,
+        DRY_RUN_COLUMNS,
+        NoLifecycleSchema,
+        dry_run_messages,
+        format_rows,
+        journey_summary,
+    )
 
     engine = sa.create_engine(warehouse_url or default_warehouse_url())
-    print(format_summary(journey_summary(engine, mode)))
-    if mode == "dry":
-        from lifecycle.report import DRY_RUN_COLUMNS, dry_run_messages
-
-        print("\nWhat the dry runs would have sent (distinct subjects and bodies, and the first message's subject):")
-        print(format_summary(dry_run_messages(engine), DRY_RUN_COLUMNS))
+    try:
+        rows = journey_summary(engine, mode, journey, since, until)
+        dry = dry_run_messages(engine, journey, since, until) if mode == "dry" else None
+    except NoLifecycleSchema as exc:
+        print(f"lifecycle report: {exc}", file=sys.stderr)
+        return 1
+    except sa.exc.OperationalError as exc:
+        detail = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"lifecycle report: cannot reach the warehouse ({engine.url.render_as_string()}): {detail}",
+              file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if fmt == "json":
+        out = {"mode": mode, "journey": journey, "since": since and since.isoformat(),
+               "until": until and until.isoformat(), "journeys": json.loads(format_rows(rows, COLUMNS, "json"))}
+        if dry is not None:
+            out["dry_run_messages"] = json.loads(format_rows(dry, DRY_RUN_COLUMNS, "json"))
+        print(json.dumps(out, indent=2))
+        return 0
+    if fmt == "table" and not rows:
+        print("no runs, enrollments or messages" + (f" of {journey}" if journey else "")
+              + (" in that period" if since or until else "") + f" (mode {mode})")
+    else:
+        print(format_rows(rows, COLUMNS, fmt))
+    if dry is not None:
+        if fmt == "table":
+            print("\nWhat the dry runs would have sent (distinct subjects and bodies, and the first message's subject):")
+        else:
+            print()  # CSV: a blank line, then the second table with its own header
+        print(format_rows(dry, DRY_RUN_COLUMNS, fmt))
     return 0
+
+
+def _report_args(args) -> int:
+    if args.since and args.until and args.since >= args.until:
+        print(f"lifecycle report: --since ({args.since.isoformat()}) must be before --until "
+              f"({args.until.isoformat()})", file=sys.stderr)
+        return 2
+    return report(args.warehouse_url, args.mode, args.journey, args.since, args.until, args.fmt)
+
+
+def _period_bound(end_of_day: bool):
+    """argparse type for --since / --until: a date (YYYY-MM-DD; --until's counts whole) or an ISO time."""
+    def parse(text: str) -> datetime:
+        from lifecycle.ui.data import PeriodError, moment
+
+        try:
+            return moment("until" if end_of_day else "since", text, end_of_day=end_of_day)
+        except PeriodError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def preview(journey: str, customer: str | None, as_of: datetime | None, step: str | None,
@@ -496,7 +556,11 @@ def parser(description: str = __doc__) -> tuple[argparse.ArgumentParser, argpars
     p_report = sub.add_parser("report", help="per-journey summary")
     p_report.add_argument("--warehouse-url")
     p_report.add_argument("--mode", default="live", choices=["live", "dry"])
-    p_report.set_defaults(run=lambda a: report(a.warehouse_url, a.mode))
+    p_report.add_argument("--journey", help="only this journey")
+    p_report.add_argument("--since", type=_period_bound(False), help="from this day (YYYY-MM-DD, UTC) or ISO time")
+    p_report.add_argument("--until", type=_period_bound(True), help="to this day, inclusive, or before this ISO time")
+    p_report.add_argument("--format", dest="fmt", default="table", choices=["table", "csv", "json"])
+    p_report.set_defaults(run=lambda a: _report_args(a))
     p_promote = sub.add_parser("promote", help="make a draft journey live: set `status: live` in its header")
     p_promote.add_argument("journey", help="journey name (or the segment file's path)")
     p_promote.add_argument("--segments-dir", type=Path, default=SEGMENTS_DIR)

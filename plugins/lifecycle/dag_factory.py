@@ -23,6 +23,7 @@ from lifecycle.fingerprint import journey_fingerprint
 from lifecycle.mailbox import MAILBOX_DAG_ID, build_mailbox_dag
 from lifecycle.model import Batch, Kind, Mode
 from lifecycle.spec import SCHEDULES, JourneySpec, SpecError, load_all
+from lifecycle.ui.dag_docs import cut_words, journey_doc_md
 from lifecycle.warehouse import task_engine
 
 log = logging.getLogger(__name__)
@@ -168,10 +169,8 @@ def _failed_tasks(ctx) -> list[str]:
 def build_journey_dag(spec: JourneySpec) -> DAG:
     @dag(
         dag_id=spec.journey,
-        description=spec.description[:200] or None,
-        doc_md=f"**{spec.journey}** ({spec.status}) — {spec.description}\n\nSegment file: `{spec.path.name}`"
-        f" (files hash `{journey_fingerprint(spec)}`: segment, conditions, templates)"
-        + (DRAFT_NOTE if spec.status == "draft" else ""),
+        description=cut_words(spec.description) or None,
+        doc_md=journey_doc_md(spec, journey_fingerprint(spec), DRAFT_NOTE if spec.status == "draft" else ""),
         schedule=CronDataIntervalTimetable(spec.cron, timezone="UTC"),
         start_date=spec.start_date,
         catchup=False,
@@ -281,6 +280,7 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             from lifecycle.run_context import RunContext
             from lifecycle.stage import drop_stage
             from lifecycle.tasklog import mapping_line
+            from lifecycle.ui.run_note import NOTE_XCOM_KEY, note_text, run_figures
 
             if run is None:  # start_run refused the run (its log says why): nothing to record, nothing to retry
                 raise AirflowFailException(f"{spec.journey}: start_run failed, so this run did nothing")
@@ -293,12 +293,18 @@ def build_journey_dag(spec: JourneySpec) -> DAG:
             drop_stage(engine, r)
             log.info("run %s: interval %s .. %s: %s", "failed" if failed else "ok", r.interval_start.isoformat(),
                      r.interval_end.isoformat(), mapping_line("messages", dict(sorted(counts.items()))))
+            # The run note (copied onto the DAG run by lifecycle.ui.run_note_listener) and the asset
+            # event's extra: what the run did, readable in the run list and by asset consumers.
+            figures = run_figures(engine, r, counts)
+            note = note_text(figures, failed)
+            ctx["ti"].xcom_push(key=NOTE_XCOM_KEY, value=note)
+            ctx["outlet_events"][journey_asset(spec.journey)].extra.update(figures)
             if failed:  # recorded above; now make the DAG run itself show the failure
                 raise AirflowFailException(
                     f"{r.journey}: task(s) {', '.join(failed)} failed; the run is recorded as failed in "
                     "lifecycle.runs and messages still planned will be sent by the next run"
                 )
-            return {"journey": r.journey, "run_id": r.run_id, "messages": counts}
+            return {"journey": r.journey, "run_id": r.run_id, "messages": counts, "note": note}
 
         run = start_run()
         rows = stage_segment(run)

@@ -1,7 +1,14 @@
 """What marketers read: per journey, who entered, what was sent, who converted or left.
-The queries are include/sql/lifecycle/queries/journey_summary.sql and dry_run_messages.sql."""
+The queries are include/sql/lifecycle/queries/journey_summary.sql and dry_run_messages.sql; both
+take an optional journey and period (each count by its own clock, see the SQL's header)."""
 
 from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -10,13 +17,31 @@ from lifecycle.sql import query
 
 SUMMARY_SQL = query("journey_summary")
 DRY_RUN_SQL = query("dry_run_messages")
-COLUMNS = ["journey", "runs", "entered", "sent", "converted", "exited", "completed", "active",
-           "suppressed", "expired", "quarantined", "failed", "revenue"]
+COLUMNS = ["journey", "runs", "held", "entered", "sent", "dry_run", "converted", "exited", "completed", "active",
+           "suppressed", "skipped", "expired", "quarantined", "failed", "revenue"]
+FORMATS = ("table", "csv", "json")
 
 
-def journey_summary(engine: Engine, mode: str = "live") -> list[dict]:
+class NoLifecycleSchema(RuntimeError):
+    """The warehouse has no `lifecycle` schema (nothing ran or was migrated there yet)."""
+
+
+def _filters(journey: str | None, since: datetime | None, until: datetime | None) -> dict:
+    return {"journey": journey, "since": since, "until": until}
+
+
+def _rows(engine: Engine, sql: str, params: dict) -> list[dict]:
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(SUMMARY_SQL), {"mode": mode})]
+        if not conn.exec_driver_sql("SELECT to_regclass('lifecycle.runs') IS NOT NULL").scalar():
+            raise NoLifecycleSchema(
+                "the warehouse has no `lifecycle` schema yet: run `lifecycle migrate` (or `lifecycle init`) "
+                "against it, then let a journey run")
+        return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
+
+def journey_summary(engine: Engine, mode: str = "live", journey: str | None = None,
+                    since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+    return _rows(engine, SUMMARY_SQL, {"mode": mode, **_filters(journey, since, until)})
 
 
 def format_summary(rows: list[dict], columns: list[str] = COLUMNS) -> str:
@@ -30,6 +55,24 @@ def format_summary(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     return "\n".join([header, "-" * len(header), *(line(r) for r in table[1:])])
 
 
+def format_rows(rows: list[dict], columns: list[str], fmt: str) -> str:
+    """`table` (aligned text), `csv` (a header line, then one line per row) or `json` (a list of objects;
+    money as a number)."""
+    if fmt == "table":
+        return format_summary(rows, columns)
+    if fmt == "json":
+        return json.dumps([{c: _plain(r[c]) for c in columns} for r in rows], indent=2)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_plain(r[c]) for c in columns] for r in rows)
+    return out.getvalue().rstrip("\n")
+
+
+def _plain(value):
+    return float(value) if isinstance(value, Decimal) else value
+
+
 def _cell(value) -> str:
     if isinstance(value, float) or hasattr(value, "quantize"):
         return f"{value:,.2f}"
@@ -39,6 +82,6 @@ def _cell(value) -> str:
 DRY_RUN_COLUMNS = ["journey", "step", "channel", "messages", "subjects", "bodies", "example_subject"]
 
 
-def dry_run_messages(engine: Engine) -> list[dict]:
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(DRY_RUN_SQL))]
+def dry_run_messages(engine: Engine, journey: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None) -> list[dict]:
+    return _rows(engine, DRY_RUN_SQL, _filters(journey, since, until))
