@@ -60,7 +60,7 @@ def _parsed(raw: bytes):
     return email.message_from_bytes(raw, policy=policy.default)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(subject=st.text(min_size=1, max_size=120).filter(lambda s: s.strip() and not _BREAKS.search(s)),
        text=st.text(max_size=300), html=st.text(max_size=300), long_line=st.booleans(),
        name=st.sampled_from(["Northwind Goods", "Café Ünïcode", 'Shop "Quoted", Ltd']))
