@@ -1,7 +1,7 @@
 -- `lifecycle report --mode dry`: what dry runs would have sent, one line per journey, step and
 -- channel: how many messages, how many distinct subjects and bodies (personalised ones differ per
 -- customer) and the subject of the first message (lowest id) as an example. Optional filters as in
--- journey_summary.sql (:journey; messages by planned_for in [:since, :until)).
+-- journey_summary.sql (one journey; messages by planned_for in [since, until)).
 SELECT journey, step, channel, count(*) AS messages,
        count(DISTINCT dry_run_subject) AS subjects, count(DISTINCT dry_run_body_sha256) AS bodies,
        coalesce((array_agg(dry_run_subject ORDER BY message_id))[1], '') AS example_subject

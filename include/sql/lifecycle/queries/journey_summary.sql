@@ -1,8 +1,9 @@
 -- `lifecycle report` (report.journey_summary): per journey of one mode (live or dry), who entered,
 -- what was sent, who converted or left, what was quarantined, and the conversions' revenue.
--- Optional filters (NULL: none): :journey, and a period [:since, :until) that each count reads by its
--- own clock: runs (and their quarantined rows) by the end of their interval, enrollments by entered_at,
--- messages by planned_for (the as_of of the run that planned them), conversions by converted_at.
+-- Optional filters (NULL: none; report.SUMMARY_SQL is this statement without them): one journey, and a
+-- period [since, until) that each count reads by its own clock: runs (and their quarantined rows) by the
+-- end of their interval, enrollments by entered_at, messages by planned_for (the as_of of the run that
+-- planned them), conversions by converted_at.
 WITH e AS (
     SELECT journey,
            count(*)                                        AS entered,
