@@ -306,6 +306,8 @@ def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
         lines = len(path.read_text().splitlines()) if path.exists() else 0
         print(f"  {name:<16} {lines:>5}  {path.relative_to(PROJECT_DIR)} (one JSON object per request)")
     print(f"audit tables: schema lifecycle in {url}")
+    print("Journeys page (funnels, lift, A/B tests): .venv/bin/python -m lifecycle.ui.app, then "
+          "http://127.0.0.1:8091/journeys/ (in Airflow: the Journeys menu, /journeys/)")
     for failure in failures:
         print(f"  FAILED RUN {failure}")
     engine.dispose()

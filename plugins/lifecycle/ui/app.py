@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from lifecycle.cli import default_warehouse_url
     from lifecycle.config import WAREHOUSE_CONN_ID
-    from lifecycle.unsubscribe_service import warehouse_url
+    from lifecycle.web_service import warehouse_url
     from lifecycle.warehouse import engine_for
 
     if args.warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
