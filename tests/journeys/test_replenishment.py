@@ -88,6 +88,10 @@ IS_ORDERED = ANCHOR - 97 * DAY - 6 * HOUR
 # A held-out customer (bucket 2 of 100) of IS too: due 94 days after the order, at A-2d-6h
 # (enrolled by the run ending A-2d), reorders at A-1d-6h: a conversion without a reminder.
 HELD_BUYER = 990108
+# A treated customer (bucket 82) of IS whose line came due at A-6d-6h: the first run (ending
+# A-4d) finds it more than 2 days late, so its reminder is recorded expired (the random shop's
+# late lines may all belong to held-out customers).
+LATE_BUYER, LATE_ORDERED = 990106, ANCHOR - 100 * DAY - 6 * HOUR
 HELD_ORDERED, HELD_REORDERED = ANCHOR - 96 * DAY - 6 * HOUR, ANCHOR - DAY - 6 * HOUR
 
 
@@ -102,7 +106,7 @@ def plant(engine: sa.Engine) -> dict[str, int]:
             "'Testlab', 24.90, 'https://cdn.shop.example.com/img/TST-CAP-100.jpg', 'consumable', 100, 1, 1)"),
             {"p": PRODUCT})
         for cid, country in ((NZ_SHIPPER, "NZ"), (NZ_BUYER, "NZ"), (IE_SHIPPER, "IE"), (IE_BUYER, "IE"),
-                             (IS_BUYER, "IS"), (HELD_BUYER, "IS")):
+                             (IS_BUYER, "IS"), (HELD_BUYER, "IS"), (LATE_BUYER, "IS")):
             conn.execute(sa.text(
                 "INSERT INTO shop.customers (customer_id, email, first_name, last_name, country, timezone, locale, "
                 "created_at) VALUES (:c, :e, 'Test', 'Buyer', :k, 'UTC', 'en_' || :k, :t)"),
@@ -121,6 +125,7 @@ def plant(engine: sa.Engine) -> dict[str, int]:
             (990208, IS_BUYER, IS_ORDERED, None, PRODUCT, "NZ"),
             (990209, HELD_BUYER, HELD_ORDERED, None, PRODUCT, "IS"),
             (990210, HELD_BUYER, HELD_REORDERED, None, PRODUCT, "IS"),  # the reorder, after the due moment
+            (990211, LATE_BUYER, LATE_ORDERED, None, PRODUCT, "IS"),
         ]
         for order_id, cid, ordered, delivered, product, country in orders:
             conn.execute(sa.text(
@@ -415,6 +420,14 @@ def test_the_far_country_is_reminded_days_before_the_near_one(run):
 
 
 # ----------------------------------------------------------------------------- the holdout
+
+
+def test_a_line_found_too_late_is_expired(run):
+    key = f"990211:{PRODUCT}"
+    due = LATE_ORDERED + 94 * DAY
+    assert run.enrollment_rows()[key].holdout is False
+    status, reason, due_at, planned_for = run.messages_of(key)["reminder"]
+    assert (status, due_at, planned_for) == ("expired", due, ANCHOR - 4 * DAY) and reason.startswith("late: due ")
 
 
 def test_held_out_customers_enter_get_no_reminder_and_still_convert(run, expected):
