@@ -244,6 +244,56 @@ def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
     return 0
 
 
+def results_tables(engine, specs: list, since: datetime, until: datetime) -> str:
+    """What the demo's journeys earned (lifecycle.analytics, as the Journeys page shows it): the
+    funnel per step and variant, the holdout lift of each journey with a holdout and each step's
+    A/B test, for the enrollments that entered in [since, until), as short text tables."""
+    from lifecycle import analytics
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    def ci(pair, fmt: str = "+.1%") -> str:
+        return "" if pair is None else f" [{pair[0]:{fmt}}, {pair[1]:{fmt}}]"
+
+    lines = [f"Funnels (live; enrollments that entered {since:%Y-%m-%d} .. {until:%Y-%m-%d}; step '-': the "
+             "journey's cohort and its unattributed conversions):",
+             f"  {'journey':<24}{'step':<15}{'var':<4}{'entered':>8}{'sent':>6}{'deliv':>6}{'opened':>7}"
+             f"{'clicked':>8}{'conv':>5}{'revenue':>10}"]
+    with engine.connect() as conn:
+        for r in analytics.funnel(conn, since=since, until=until, mode="live"):
+            lines.append(f"  {r['journey']:<24}{r['step'] or '-':<15}{r['variant'] or '':<4}{r['entered']:>8}"
+                         f"{r['sent']:>6}{r['delivered']:>6}{r['opened']:>7}{r['clicked']:>8}{r['converted']:>5}"
+                         f"{r['revenue']:>10.2f}")
+        for spec in (s for s in specs if s.holdout_percent):
+            lift = analytics.lift(conn, journey=spec.journey, since=since, until=until, mode="live")
+            lines += [f"\nHoldout lift: {spec.journey} ({spec.holdout_percent:g}% of customers held out; "
+                      "95% intervals):",
+                      f"  {'':<10}{'customers':>10}{'converted':>10}{'rate':>8}{'revenue/customer':>18}"]
+            for group, key in (("treated", "treated"), ("held out", "holdout")):
+                lines.append(f"  {group:<10}{lift[key + '_n']:>10}{lift[key + '_conversions']:>10}"
+                             f"{num(lift[key + '_rate'], '.1%'):>8}"
+                             f"{num(lift[key + '_revenue_per_customer'], '.2f'):>18}")
+            lines += [f"  absolute lift {num(lift['abs_lift'], '+.1%')}{ci(lift['abs_lift_ci'])} (Newcombe), "
+                      f"relative {num(lift['rel_lift'], '+.1%')}{ci(lift['rel_lift_ci'])} (Katz)",
+                      f"  revenue per customer {num(lift['revenue_lift'], '+.2f')}"
+                      f"{ci(lift['revenue_lift_ci'], '+.2f')} (bootstrap); held-out customers still needed "
+                      f"for the interval to exclude 0: {num(lift['holdout_needed'], 'd')}"]
+        for spec in specs:
+            for step in (s for s in spec.steps if s.variants):
+                ab = analytics.ab_test(conn, journey=spec.journey, step=step.name, since=since, until=until,
+                                       mode="live", spec=spec)
+                lines += [f"\nA/B test: {spec.journey} {step.name} (metric {ab['metric']}; "
+                          f"{ab['required_n_per_variant']} sends per variant, fixed up front):",
+                          f"  {'variant':<9}{'sent':>6}{'clicked':>8}{'converted':>10}{'rate':>8}{'revenue':>10}"]
+                for v in ab["variants"]:
+                    lines.append(f"  {v['variant']:<9}{v['sent']:>6}{v['clicked']:>8}{v['converted']:>10}"
+                                 f"{num(v['rate'], '.1%'):>8}{v['revenue']:>10.2f}")
+                if ab["difference"] is not None:
+                    lines.append(f"  {ab['compared']}: {ab['difference']:+.1%}{ci(ab['difference_ci'])} (Newcombe)")
+                lines.append(f"  decision: {ab['decision']}")
+    return "\n".join(lines)
+
 def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
     import logging
 
@@ -297,6 +347,7 @@ def demo(days: int, customers: int, verbose: bool, workers: int = 3) -> int:
     print("  " + ", ".join(f"{n} {what}" for what, n in sorted(made.items())))
     tracked = engagement.engagement_table(engine)
     summary += "\n\nTracked engagement (people only; lifecycle.engagement):\n" + tracked
+    summary += "\n\n" + results_tables(engine, specs, start - timedelta(days=365), anchor + timedelta(days=1))
     (DEMO_OUT / "summary.txt").write_text(summary + "\n")
     print(f"\n{summary}\n\nWhat each channel delivered, on disk:")
     print(f"  email            {len(list(outbox.glob('*.eml'))):>5}  {outbox.relative_to(PROJECT_DIR)}/*.eml "

@@ -16,6 +16,7 @@ suppressions and the address are checked at send time.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from bisect import bisect_left
@@ -185,6 +186,7 @@ class ExpectedEnrollment:
     exited_at: datetime | None = None
     conversion: Conversion | None = None
     messages: dict[str, ExpectedMessage] = field(default_factory=dict)
+    holdout: bool = False  # in the journey's holdout: no marketing message, still converts
 
 
 @dataclass
@@ -221,6 +223,18 @@ def intervals_from_ends(ends: list[datetime], step: timedelta) -> list[tuple[dat
     return list(zip([ends[0] - step, *ends[:-1]], ends, strict=True))
 
 
+def holdout_rule(journey: str, percent: float) -> Callable[[int], bool]:
+    """Who is held out of a journey, as the tests model it: the customer's bucket 0-99 is the first
+    8 hex digits of md5("<journey>:<customer_id>") read as a number, its 31 low bits mod 100;
+    bucket < percent is held out (the same customer in every run)."""
+
+    def held_out(customer_id: int) -> bool:
+        digits = hashlib.md5(f"{journey}:{customer_id}".encode()).hexdigest()[:8]
+        return (int(digits, 16) & 0x7FFFFFFF) % 100 < percent
+
+    return held_out
+
+
 def purchased_since_entry(shop) -> ExitRule:
     """The shared exit condition as the tests model it: the customer's first non-cancelled order
     after entering and before the run's as_of converts, with a thank-you email."""
@@ -245,9 +259,13 @@ def simulate(
     complete_after: timedelta = 7 * DAY,
     suppressed_before: dict[int, str] | None = None,
     refresh_clock: bool = False,
+    holdout: Callable[[int], bool] | None = None,
 ) -> Expected:
     """Play a journey's rules run by run; return what every run should have left behind.
-    `refresh_clock`: a row seen again with a later clock moves an active enrollment's clock."""
+    `refresh_clock`: a row seen again with a later clock moves an active enrollment's clock.
+    `holdout` (customer -> held out, see holdout_rule): a held-out enrollment's messages, steps,
+    actions and exit messages alike, are recorded skipped ('holdout') when planned, late or
+    not; it still exits and converts."""
     enrollments: dict[str, ExpectedEnrollment] = {}
     quarantined: dict[str, list[datetime]] = {}
     per_run: list[dict] = []
@@ -256,7 +274,9 @@ def simulate(
     exit_steps = {r.message_step for r in exits if r.message_step}
 
     def plan(e: ExpectedEnrollment, step: str, due: datetime, as_of: datetime, action: bool) -> ExpectedMessage:
-        if due + max_lateness < as_of:
+        if e.holdout:
+            msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "skipped", "holdout")
+        elif due + max_lateness < as_of:
             msg = ExpectedMessage(e.key, e.customer_id, step, due, as_of, "expired",
                                   f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
         elif action:
@@ -305,7 +325,8 @@ def simulate(
                 quarantined.setdefault(r.key, []).append(as_of)
                 bad += 1
             elif r.key not in enrollments:
-                enrollments[r.key] = ExpectedEnrollment(r.key, r.customer_id, r.entered_at, as_of)
+                enrollments[r.key] = ExpectedEnrollment(r.key, r.customer_id, r.entered_at, as_of,
+                                                        holdout=bool(holdout and holdout(r.customer_id)))
             elif refresh_clock and enrollments[r.key].status == "active":
                 e = enrollments[r.key]
                 e.entered_at = max(e.entered_at, r.entered_at)
@@ -644,7 +665,7 @@ def check_enrollments(run: JourneyRun, expected: Expected) -> None:
         for k, r in run.enrollment_rows().items()
     ]
     wanted = [
-        (e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, False)
+        (e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, e.holdout)
         for e in expected.enrollments.values()
     ]
     assert_same(actual, wanted, f"{run.journey}: enrollments (key, customer, entered, enrolled, status, "

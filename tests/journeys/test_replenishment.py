@@ -11,6 +11,10 @@ order line (key order_id:product_id), entering at its due moment; a run selects 
 in (as_of - 3 days, as_of] and due after the order itself. Ordering the product again (a
 later non-cancelled order with it) before the run means the line is never selected, so
 never enrolled; a reorder after the reminder converts with that order's total.
+
+Holdout: 10% of customers, drawn per customer by the bucket rule (conftest.holdout_rule), enter
+the journey but get no reminder (recorded skipped, reason 'holdout'); they still convert, which
+is what the journey's lift is measured against.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ from .conftest import (
     JourneyRun,
     Shop,
     StepRule,
+    assert_same,
     check_conversions,
     check_enrollments,
     check_messages,
     check_quarantine,
     check_runs,
     check_smtp,
+    holdout_rule,
     intervals_for,
     intervals_from_ends,
     journey_run,
@@ -61,6 +67,7 @@ LOOKBACK = 3 * DAY
 MAX_LATENESS = 2 * DAY  # the daily schedule's default
 COMPLETE_AFTER = 14 * DAY
 STEPS = [StepRule("reminder", 0 * DAY)]
+HOLDOUT_PERCENT = 10
 SHOP_URL = "https://shop.example.com"
 
 # ----------------------------------------------------------------------------- test-only rows
@@ -78,6 +85,14 @@ IE_LATE_DELIVERY = ANCHOR - DAY - 12 * HOUR
 # Nothing was ever delivered to IS: the default 3 days. Due 100 - 3 - 3 = 94 days later = A-3d-6h.
 # That customer's order went to NZ (a gift, say): the lead time is still the customer's country's.
 IS_ORDERED = ANCHOR - 97 * DAY - 6 * HOUR
+# A held-out customer (bucket 2 of 100) of IS too: due 94 days after the order, at A-2d-6h
+# (enrolled by the run ending A-2d), reorders at A-1d-6h: a conversion without a reminder.
+HELD_BUYER = 990108
+# A treated customer (bucket 82) of IS whose line came due at A-6d-6h: the first run (ending
+# A-4d) finds it more than 2 days late, so its reminder is recorded expired (the random shop's
+# late lines may all belong to held-out customers).
+LATE_BUYER, LATE_ORDERED = 990106, ANCHOR - 100 * DAY - 6 * HOUR
+HELD_ORDERED, HELD_REORDERED = ANCHOR - 96 * DAY - 6 * HOUR, ANCHOR - DAY - 6 * HOUR
 
 
 def plant(engine: sa.Engine) -> dict[str, int]:
@@ -91,7 +106,7 @@ def plant(engine: sa.Engine) -> dict[str, int]:
             "'Testlab', 24.90, 'https://cdn.shop.example.com/img/TST-CAP-100.jpg', 'consumable', 100, 1, 1)"),
             {"p": PRODUCT})
         for cid, country in ((NZ_SHIPPER, "NZ"), (NZ_BUYER, "NZ"), (IE_SHIPPER, "IE"), (IE_BUYER, "IE"),
-                             (IS_BUYER, "IS")):
+                             (IS_BUYER, "IS"), (HELD_BUYER, "IS"), (LATE_BUYER, "IS")):
             conn.execute(sa.text(
                 "INSERT INTO shop.customers (customer_id, email, first_name, last_name, country, timezone, locale, "
                 "created_at) VALUES (:c, :e, 'Test', 'Buyer', :k, 'UTC', 'en_' || :k, :t)"),
@@ -108,6 +123,9 @@ def plant(engine: sa.Engine) -> dict[str, int]:
             (990206, IE_SHIPPER, IE_LATE_DELIVERY - 10 * DAY, IE_LATE_DELIVERY, shirt, "IE"),
             (990207, IE_BUYER, IE_ORDERED, None, PRODUCT, "IE"),  # still on its way: not a lead time
             (990208, IS_BUYER, IS_ORDERED, None, PRODUCT, "NZ"),
+            (990209, HELD_BUYER, HELD_ORDERED, None, PRODUCT, "IS"),
+            (990210, HELD_BUYER, HELD_REORDERED, None, PRODUCT, "IS"),  # the reorder, after the due moment
+            (990211, LATE_BUYER, LATE_ORDERED, None, PRODUCT, "IS"),
         ]
         for order_id, cid, ordered, delivered, product, country in orders:
             conn.execute(sa.text(
@@ -118,7 +136,7 @@ def plant(engine: sa.Engine) -> dict[str, int]:
             conn.execute(sa.text(
                 "INSERT INTO shop.order_items (order_id, product_id, quantity, unit_price) VALUES (:o, :p, 1, 24.90)"),
                 {"o": order_id, "p": product})
-    return {"example": 990204, "ie": 990207, "is": 990208}
+    return {"example": 990204, "ie": 990207, "is": 990208, "held": 990209}
 
 
 # ----------------------------------------------------------------------------- the rules, in Python
@@ -201,7 +219,8 @@ def expected_replenishment(shop: Shop, ends: list[datetime], suppressed_before: 
     rules = Rules(shop, reorders_block=reorders_block)
     exits = [ExitRule("replenishment_reordered", None, rules.reordered)]
     expected = simulate(shop, intervals_from_ends(ends, DAY), select=rules.select, steps=STEPS, exits=exits,
-                        max_lateness=MAX_LATENESS, complete_after=COMPLETE_AFTER, suppressed_before=suppressed_before)
+                        max_lateness=MAX_LATENESS, complete_after=COMPLETE_AFTER, suppressed_before=suppressed_before,
+                        holdout=holdout_rule(JOURNEY, HOLDOUT_PERCENT))
     return expected, rules
 
 
@@ -247,7 +266,7 @@ def test_enrollments_one_per_order_line_entering_at_the_due_moment(run, expected
 
 
 def test_messages_match_expected(run, expected):
-    assert {m.status for m in expected.messages} >= {"sent", "suppressed", "expired"}
+    assert {m.status for m in expected.messages} >= {"sent", "suppressed", "expired", "skipped"}
     check_messages(run, expected)
 
 
@@ -398,3 +417,52 @@ def test_the_far_country_is_reminded_days_before_the_near_one(run):
     case = run.planted["replenishment_runs_out_before_delivery"]
     line = (case.order_ids[0], case.customer_id, ordered_at(run, case.order_ids[0]), case.product_id, 1)
     assert ANCHOR - LOOKBACK < rules.due(line, ANCHOR) < line[2]
+
+
+# ----------------------------------------------------------------------------- the holdout
+
+
+def test_a_line_found_too_late_is_expired(run):
+    key = f"990211:{PRODUCT}"
+    due = LATE_ORDERED + 94 * DAY
+    assert run.enrollment_rows()[key].holdout is False
+    status, reason, due_at, planned_for = run.messages_of(key)["reminder"]
+    assert (status, due_at, planned_for) == ("expired", due, ANCHOR - 4 * DAY) and reason.startswith("late: due ")
+
+
+def test_held_out_customers_enter_get_no_reminder_and_still_convert(run, expected):
+    """Every enrollment of a held-out customer has its reminder recorded skipped ('holdout'), late
+    or not, nothing reaches them; the planted held-out buyer reorders and converts with the
+    reorder, recorded as a held-out conversion."""
+    held = [e for e in expected.enrollments.values() if e.holdout]
+    assert held and len(held) < len(expected.enrollments) / 2
+    assert {(m.status, m.reason) for e in held for m in e.messages.values()} == {("skipped", "holdout")}
+    assert not {e.customer_id for e in held} & {e.customer_id for e in expected.enrollments.values()
+                                                  if not e.holdout}  # drawn per customer
+    received = {m["To"] for m in run.emails}
+    assert not {run.shop.email_of[e.customer_id] for e in held} & received
+    key = f"990209:{PRODUCT}"
+    assert expected.enrollments[key].holdout and expected.enrollments[key].status == "converted"
+    enrollment = run.enrollment_rows()[key]
+    assert (enrollment.holdout, enrollment.status, enrollment.exited_at) == (True, "converted", HELD_REORDERED)
+    assert run.messages_of(key) == {"reminder": ("skipped", "holdout", HELD_ORDERED + 94 * DAY, ANCHOR - 2 * DAY)}
+    assert run.query("SELECT order_id, revenue, holdout FROM lifecycle.conversions WHERE journey = :journey "
+                     "AND enrollment_id = (SELECT enrollment_id FROM lifecycle.enrollments WHERE journey = :journey "
+                     "AND enrollment_key = :k)", k=key) == [("990210", Decimal("24.90"), True)]
+
+
+def test_lift_counts_treated_and_held_out_customers_as_the_rules_do(run, expected):
+    """lifecycle.analytics.lift over the run: customers and converted customers per group equal
+    the ones the rules give (a customer converts when any of their enrollments did)."""
+    from lifecycle import analytics
+
+    groups: dict[bool, dict[int, bool]] = {False: {}, True: {}}
+    for e in expected.enrollments.values():
+        seen = groups[e.holdout]
+        seen[e.customer_id] = seen.get(e.customer_id, False) or e.status == "converted"
+    with run.engine.connect() as conn:
+        lift = analytics.lift(conn, journey=JOURNEY, since=ANCHOR - 30 * DAY, until=ANCHOR + DAY)
+    assert_same([(lift["treated_n"], lift["treated_conversions"]), (lift["holdout_n"], lift["holdout_conversions"])],
+                [(len(g), sum(g.values())) for g in (groups[False], groups[True])],
+                "lift (customers, converted) for treated, held out")
+    assert lift["holdout_conversions"] >= 1 and lift["abs_lift_ci"] is not None

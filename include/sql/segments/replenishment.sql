@@ -17,6 +17,7 @@ entry_key: line_key             # order_id:product_id, one enrollment per order 
 one_active_per_customer: false  # a customer may have several order lines due at once
 entered_at: due_at              # the line's computed due moment (the step below is sent at once)
 complete_after: 14d             # watch for the reorder until well after the pack runs out
+holdout_percent: 10             # a tenth of customers get no reminder: would they reorder anyway? (lift)
 params:
   buffer_days: 3                # the reminder is due this long before the supply runs out ...
   default_lead_days: 3          # ... minus the country's shipping lead time (this when unknown)
