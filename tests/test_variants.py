@@ -17,12 +17,10 @@ import sqlalchemy as sa
 from conftest import reset_lifecycle
 from scipy import stats
 
-from lifecycle import analytics, plan, run_audit, schema, send, stage, validate, variants
+from lifecycle import analytics, schema, variants
 from lifecycle.channels.email import EmailChannel
 from lifecycle.config import SEGMENTS_DIR
-from lifecycle.enroll import enroll
-from lifecycle.exits import evaluate_exits
-from lifecycle.run_context import RunContext
+from lifecycle.replay import run_interval
 from lifecycle.spec import SpecError, load_spec
 
 HEADER = """/* ---
@@ -156,17 +154,9 @@ def with_variants(spec, ab_test=None, lateness=timedelta(hours=6)):
 
 
 def run_and_send(engine, spec, end, server, run_id=None):
-    run = RunContext(spec.journey, run_id or f"{spec.journey}-{end:%Y%m%d%H}", "live", end - timedelta(hours=1), end)
-    run_audit.start_run(engine, run)
-    stage.stage_segment(engine, spec, run)
-    validate.validate_stage(engine, spec, run)
-    enroll(engine, spec, run)
-    evaluate_exits(engine, spec, run)
-    plan.plan_due_steps(engine, spec, run)
-    for batch in plan.assign_batches(engine, spec, run):
-        send.send_batch(engine, spec, batch, lambda name: EmailChannel("127.0.0.1", server.port), clock=lambda: end)
-    run_audit.finish_run(engine, run, "ok", run_audit.message_counts(engine, run))
-    stage.drop_stage(engine, run)
+    """The hour ending at `end`, sent at `end`, as lifecycle.replay runs it."""
+    run_interval(engine, spec, end - timedelta(hours=1), end, lambda name: EmailChannel("127.0.0.1", server.port),
+                 run_id=run_id or f"{spec.journey}-{end:%Y%m%d%H}", clock=lambda: end)
 
 
 def step_messages(engine, journey, step="reminder_1"):

@@ -437,10 +437,16 @@ def _render_file(env: SandboxedEnvironment, template: str, name: str, context: d
         raise TemplateRenderError(template, message, file=file or name, line=line) from exc
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled_source(env: SandboxedEnvironment, source: str):
+    """A variant's subject compiled once per environment, not once per message."""
+    return env.from_string(source)
+
+
 def _render_source(env: SandboxedEnvironment, template: str, source: str, context: dict) -> str:
     """A variant's subject line (from the segment header), rendered like a .subject.txt file."""
     try:
-        return env.from_string(source).render(context)
+        return _compiled_source(env, source).render(context)
     except Exception as exc:
         message = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
         raise TemplateRenderError(template, f"variant subject: {message}") from exc
