@@ -307,3 +307,12 @@ def templates(tmp_path, monkeypatch):
     shutil.copytree(TEMPLATES_DIR, folder)
     monkeypatch.setattr(render, "TEMPLATES_DIR", folder)
     return folder
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` hands out the costliest modules first (tests/scheduling.py)."""
+    if config.getvalue("dist") == "loadfile":
+        from scheduling import CostliestFirstScheduling
+
+        return CostliestFirstScheduling(config, log)
+    return None
