@@ -1,9 +1,14 @@
 -- For each active sunset (of the given customers), the first sign of life after it began and
--- before as_of. Set-based joins, not a per-row lookup: a warehouse's click table may have no
--- index on the customer. Lifecycle ids are text: they are cast to the shop's id type, so the
--- shop's indexes stay usable (see lifecycle.ids). Ties (an order and a click at the same
--- instant) go to the order, then the smaller reference. Rows are locked in suppression_id
--- order, so that parallel send batches lifting the same rows wait for each other, never deadlock.
+-- before as_of: an order, or a click on the sunset's channel, from either source: one we tracked
+-- (lifecycle.engagement, human only: a link scanner's or bot's click lifts nothing; it names the
+-- message clicked), or the provider's (shop.engagement_events, matched by customer and channel).
+-- Set-based joins, not a per-row lookup: a warehouse's click table may have no index on the
+-- customer. Lifecycle ids are text: they are cast to the shop's id type, so the shop's indexes
+-- stay usable (see lifecycle.ids); lifecycle.engagement keeps them as text (index
+-- engagement_human_clicks). Ties (an order and a click at the same instant) go to the order, then
+-- our tracked click (it names the message), then the smaller reference. Rows are locked in
+-- suppression_id order, so that parallel send batches lifting the same rows wait for each other,
+-- never deadlock.
 -- The order_customer and event_customer placeholders: su.customer_id in the shop tables' id types.
 WITH sunsets AS (
     SELECT s.suppression_id, s.customer_id, s.channel, s.since
@@ -17,9 +22,18 @@ WITH sunsets AS (
     JOIN lifecycle.orders o
       ON o.customer_id = {order_customer} AND o.ordered_at >= su.since AND o.ordered_at < :as_of
     UNION ALL
-    -- a click on the sunset's channel (provider events; per-message tracking may add the message id)
+    -- a human click we tracked on any of the customer's messages on the sunset's channel
+    -- (ref: our lifecycle.messages.message_id)
+    SELECT su.suppression_id, en.occurred_at, 'clicked', 'message ' || en.message_id, 2
+    FROM sunsets su
+    JOIN lifecycle.engagement en
+      ON en.customer_id = su.customer_id AND en.channel = su.channel
+     AND en.occurred_at >= su.since AND en.occurred_at < :as_of
+    WHERE en.kind = 'click' AND en.is_human
+    UNION ALL
+    -- a click on the sunset's channel reported by the provider (its own message id, if it gives one)
     SELECT su.suppression_id, ev.occurred_at, 'clicked',
-           coalesce('message ' || ev.message_id, 'click at ' || CAST(ev.occurred_at AS text)), 2
+           coalesce('provider message ' || ev.message_id, 'click at ' || CAST(ev.occurred_at AS text)), 3
     FROM sunsets su
     JOIN shop.engagement_events ev
       ON ev.customer_id = {event_customer} AND ev.channel = su.channel
