@@ -314,7 +314,7 @@ def _warehouse_target(warehouse_url: str | None, state_dir: Path) -> tuple[str, 
     """(URL, is it the embedded one): --warehouse-url, else the Airflow connection in the environment
     (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, as in docker-compose), else the embedded demo warehouse."""
     from lifecycle.config import WAREHOUSE_CONN_ID
-    from lifecycle.web_service import warehouse_url as url_from_environment
+    from lifecycle.warehouse import warehouse_url as url_from_environment
 
     if warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
         url = url_from_environment(warehouse_url)
