@@ -234,10 +234,10 @@ def stale_sunsets(shop_db):
 
 
 def test_lifting_sunsets_on_tracked_clicks_never_nests_a_loop_over_them(stale_sunsets):
-    """lift_sunsets (start of planning: every sunset; each send batch: its recipients) joins our
-    own clicks (lifecycle.engagement) to the sunsets by customer and channel: with statistics that
-    know neither table's rows, the join must still be a hash join or an index lookup per sunset
-    (index engagement_human_clicks), never a scan of every click per sunset."""
+    """lift_sunsets (start of planning: every sunset; each send batch: its recipients) finds each
+    sunset's first human click of our own (lifecycle.engagement) by customer and channel: with
+    statistics that know neither table's rows, by an index lookup per sunset (index
+    engagement_human_clicks), never a scan of every click per sunset (a plain join's plan here)."""
     engine, anchor = stale_sunsets
     sa.event.listen(engine, "before_cursor_execute", refuse_nested_rescans)
     try:
