@@ -48,6 +48,42 @@ def test_lint_compiles_every_step_and_exit_template_and_names_file_and_line(tmp_
     assert "0 ok, 1 broken" in out
 
 
+VARIANT_B = ('      - {name: b, weight: 50, subject: "{% if customer.first_name %}{{ customer.first_name }}, your'
+             '{% else %}Your{% endif %} cart is saved for you"}')
+assert VARIANT_B in GOOD
+
+
+def with_variants(*lines: str) -> str:
+    """cart_abandonment.sql with reminder_1's variant b replaced by `lines`."""
+    return GOOD.replace(VARIANT_B, "\n".join(f"      - {line}" for line in lines), 1)
+
+
+def test_lint_compiles_each_variants_template_and_subject_and_names_step_variant_and_line(tmp_path, templates,
+                                                                                         capsys):
+    """A variant's own template (on the step's channels) and subject line are compiled as the sender
+    will: an unclosed tag in the template, an unknown filter in the subject (the header's check
+    only parses it) are reported with the step, the variant and the Jinja line, not at send time."""
+    html = templates / "cart_abandonment/reminder_3.html"
+    html.write_text(html.read_text() + "{% if row.cart_url %}\n")  # no endif
+    path = write(tmp_path, with_variants("{name: b, weight: 25, template: cart_abandonment/reminder_3}",
+                                         '{name: c, weight: 25, subject: "{{ customer.first_name | titel }}, hi"}'))
+
+    assert lint([str(path)], None) == 1
+
+    out = capsys.readouterr().out
+    last = len(html.read_text().splitlines())
+    assert f"steps (reminder_1) variant b (cart_abandonment/reminder_3, email): include/templates/" \
+           f"cart_abandonment/reminder_3.html line {last}: Unexpected end of template" in out
+    assert "steps (reminder_1) variant c (subject, email): line 1: No filter named 'titel'." in out
+    assert "0 ok, 1 broken" in out
+
+
+def test_lint_passes_good_variants(tmp_path, capsys):
+    path = write(tmp_path, with_variants("{name: b, weight: 25, template: cart_abandonment/reminder_3}",
+                                         '{name: c, weight: 25, subject: "{{ customer.first_name | title }}, hi"}'))
+    assert lint([str(path)], None) == 0, capsys.readouterr().out
+
+
 def test_lint_flags_the_wall_clock_in_a_select(tmp_path, capsys):
     old = "WHERE c.updated_at >= :as_of - make_interval(hours => :lookback_hours)"
     text = GOOD.replace(old, "WHERE c.updated_at >= now() - make_interval(hours => :lookback_hours)", 1)
@@ -95,6 +131,13 @@ def test_lint_on_a_warehouse_checks_columns_types_and_the_row_fields_templates_u
     assert "the SELECT must return column(s) email;" in out
     assert "column 'cart_updated_at' must be a timestamp (entered_at), it is text" in out
     assert "template cart_abandonment/reminder_1 uses row.cart_link, which the SELECT does not return" in out
+
+
+def test_lint_on_a_warehouse_checks_the_row_fields_a_variants_subject_uses(tmp_path, url, capsys):
+    path = write(tmp_path, with_variants('{name: b, weight: 50, subject: "{{ row.cart_lnk }} is waiting"}'))
+    assert lint([str(path)], url) == 1
+    assert ("template cart_abandonment/reminder_1, variant b's subject uses row.cart_lnk, which the SELECT does "
+            "not return (did you mean row.cart_url?)") in capsys.readouterr().out
 
 
 def test_a_warehouse_error_points_at_line_and_column_in_the_file(tmp_path, url, capsys):

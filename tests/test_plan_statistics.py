@@ -24,10 +24,12 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 
-from lifecycle import plan, run_audit, stage
+from lifecycle import plan, run_audit, stage, suppression
+from lifecycle.conditions import materialise_condition
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.enroll import enroll
-from lifecycle.exits import evaluate_exits
+from lifecycle.exits import ACTIVE_ENROLLMENTS, evaluate_exits
+from lifecycle.ids import typed_enrollments
 from lifecycle.run_context import RunContext
 from lifecycle.spec import load_spec
 
@@ -200,3 +202,87 @@ def test_no_exit_condition_nests_a_loop_over_enrollments_with_stale_statistics(s
     finally:
         sa.event.remove(engine, "before_cursor_execute", refuse_nested_rescans)
     assert exits["purchased_since_entry"] > 0, "filler customers who ordered in the last two days convert"
+
+
+@pytest.fixture()
+def stale_sunsets(shop_db):
+    """lifecycle.suppressions and lifecycle.engagement analysed while empty, then FILLER sunsets,
+    each customer with a sent message and a human click on it after the sunset began (our own
+    tracking), added without ANALYZE: the planner thinks both tables hold a row or so."""
+    engine, _, anchor = shop_db
+    reset_lifecycle(engine)
+    tables = ("suppressions", "engagement")
+    with engine.begin() as conn:
+        for table in tables:
+            conn.exec_driver_sql(f"ALTER TABLE lifecycle.{table} SET (autovacuum_enabled = off)")
+        conn.exec_driver_sql("ANALYZE lifecycle.suppressions, lifecycle.engagement")
+        insert_filler(conn, "win_back", "sent", FILLER, anchor - timedelta(days=30))
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.engagement (message_id, journey, step, channel, customer_id, kind, url, occurred_at) "
+            "SELECT message_id, journey, step, channel, customer_id, 'click', 'https://shop.example.com/', :t "
+            "FROM lifecycle.messages WHERE journey = 'win_back'"), {"t": anchor - timedelta(days=5)})
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.suppressions (customer_id, channel, reason, source, since) "
+            "SELECT DISTINCT customer_id, 'email', 'no_response', 'win_back', :t FROM lifecycle.messages "
+            "WHERE journey = 'win_back'"), {"t": anchor - timedelta(days=10)})
+    yield engine, anchor
+    with engine.begin() as conn:
+        for table in tables:
+            conn.exec_driver_sql(f"ALTER TABLE lifecycle.{table} RESET (autovacuum_enabled)")
+        conn.exec_driver_sql("TRUNCATE lifecycle.engagement")
+    reset_lifecycle(engine)
+
+
+def test_lifting_sunsets_on_tracked_clicks_never_nests_a_loop_over_them(stale_sunsets):
+    """lift_sunsets (start of planning: every sunset; each send batch: its recipients) finds each
+    sunset's first human click of our own (lifecycle.engagement) by customer and channel: with
+    statistics that know neither table's rows, by an index lookup per sunset (index
+    engagement_human_clicks), never a scan of every click per sunset (a plain join's plan here)."""
+    engine, anchor = stale_sunsets
+    sa.event.listen(engine, "before_cursor_execute", refuse_nested_rescans)
+    try:
+        with engine.begin() as conn:
+            batch = [str(c) for c in range(1, 501)]
+            assert suppression.lift_sunsets(conn, anchor, batch) == 500
+        with engine.begin() as conn:
+            assert suppression.lift_sunsets(conn, anchor) == FILLER - 500
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", refuse_nested_rescans)
+    with engine.connect() as conn:
+        why = dict(conn.execute(sa.text(
+            "SELECT CASE WHEN lifted_ref LIKE 'message %' THEN lifted_reason || ' message' ELSE lifted_reason END, "
+            "count(*) FROM lifecycle.suppressions GROUP BY 1")).all())
+    # (a few of the demo's customers ordered before their click)
+    assert why["clicked message"] > FILLER * 0.9 and set(why) <= {"clicked message", "ordered"}
+
+
+def test_conditions_on_tracked_engagement_never_nest_a_loop_over_it(stale_enrollments):
+    """opened_or_clicked_first_email (birthday's follow_up) over FILLER fresh enrollments, each
+    with a first email and a human open of it, none of which the statistics know about: the
+    engine's engagement_since_entry CTE (tracked opens by message, provider events by customer)
+    reads neither table once per enrollment."""
+    engine, anchor = stale_enrollments
+    with engine.begin() as conn:  # lifecycle.engagement analysed while empty, then rows it does not know of
+        conn.exec_driver_sql("ALTER TABLE lifecycle.engagement SET (autovacuum_enabled = off)")
+        conn.exec_driver_sql("ANALYZE lifecycle.engagement")
+        conn.execute(sa.text(
+            "WITH m AS (INSERT INTO lifecycle.messages (idempotency_key, journey, mode, enrollment_id, customer_id, "
+            "step, channel, status, due_at, planned_for, planned_run_id) SELECT 'probe:' || enrollment_id, journey, "
+            "mode, enrollment_id, customer_id, 'email', 'email', 'sent', entered_at, entered_at, 'filler' "
+            "FROM lifecycle.enrollments WHERE journey = 'win_back' AND status = 'active' "
+            "RETURNING message_id, journey, mode, step, channel, customer_id, due_at) "
+            "INSERT INTO lifecycle.engagement (message_id, journey, mode, step, channel, customer_id, kind, occurred_at) "
+            "SELECT message_id, journey, mode, step, channel, customer_id, 'open', due_at + interval '1 hour' FROM m"))
+    spec = load_spec(SEGMENTS_DIR / "win_back.sql")
+    run = RunContext(spec.journey, "cond", "live", anchor - timedelta(days=1), anchor)
+    sa.event.listen(engine, "before_cursor_execute", refuse_nested_rescans)
+    try:
+        with engine.begin() as conn:
+            scope = typed_enrollments(conn, ACTIVE_ENROLLMENTS)
+            materialise_condition(conn, "opened_or_clicked_first_email", scope, run.binds(spec), "_cond_hits")
+            hits = conn.execute(sa.text("SELECT count(*) FROM _cond_hits")).scalar_one()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", refuse_nested_rescans)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE lifecycle.engagement RESET (autovacuum_enabled)")
+    assert hits == FILLER

@@ -14,6 +14,7 @@ interval end is at or after its due time), so a whole sunset takes four runs.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -199,6 +200,65 @@ def test_what_lifts_a_sunset_and_when(engine, smtp):
     assert suppression_history(engine, 10)[0][3:] == (sunset_at + 10 * DAY, "ordered", "1010")
     active = rows(engine, "SELECT customer_id::bigint FROM lifecycle.suppressions WHERE lifted_at IS NULL ORDER BY 1")
     assert [c for (c,) in active] == [7, 8, 9]
+
+
+# ----------------------------------------------------------------------------- 1b. clicks we tracked
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/131.0.0.0 Safari/537.36")
+SAFE_LINKS = "Mozilla/5.0 (compatible; Microsoft Defender SafeLinks)"  # a mail gateway's link scanner
+MPP = "Mozilla/5.0"  # Apple Mail Privacy Protection's prefetch of the open pixel
+
+
+def tracked_links(smtp, address: str, step: str) -> tuple[str, str]:
+    """(a tracked click link, the open pixel) of the email `step` to `address`."""
+    (mail,) = [m.message() for m in smtp.messages
+               if address in m.rcpt_tos and m.message()["X-Lifecycle-Step"] == step]
+    html = mail.get_body(("html",)).get_content()
+    clicks = re.findall(r'href="(https?://[^"]+/c/[^"]+)"', html)
+    (pixel,) = re.findall(r'src="(https?://[^"]+/o/[^"]+\.gif)"', html)
+    assert clicks, f"{step} has no tracked link"
+    return clicks[0], pixel
+
+
+def message_of(engine, customer_id: int, step: str) -> int:
+    ((message_id,),) = rows(engine, "SELECT message_id FROM lifecycle.messages WHERE customer_id = :c AND step = :s",
+                            c=str(customer_id), s=step)
+    return message_id
+
+
+def test_a_person_clicking_a_tracked_link_lifts_the_sunset_a_scanner_or_mpp_does_not(engine, smtp):
+    """Our own tracking (the web service's /c/ and /o/, lifecycle.engagement) lifts a sunset like a
+    provider's click does: a person clicking a link in an email they got before the sunset lifts
+    it, naming the message; a mail gateway's link scanner and Apple MPP's pixel prefetch do not.
+    At the same instant as a provider's click, ours is the one recorded (it names our message)."""
+    emails = {c: add_customer(engine, c) for c in (16, 17, 18)}
+    run_sunset(engine, smtp, LAPSED)
+    sunset_at = LAPSED + 22 * DAY
+    links = {c: tracked_links(smtp, emails[c], "email_2") for c in emails}
+    with LiveService(engine) as service, httpx.Client(follow_redirects=False, timeout=10) as client:
+        service.now = sunset_at + DAY
+        assert client.get(service.local(links[16][0]), headers={"User-Agent": CHROME}).status_code == 302
+        assert client.get(service.local(links[17][0]), headers={"User-Agent": SAFE_LINKS}).status_code == 302
+        assert client.head(service.local(links[17][0]), headers={"User-Agent": CHROME}).status_code == 302
+        assert client.get(service.local(links[17][1]), headers={"User-Agent": MPP}).status_code == 200
+        service.now = sunset_at + 2 * DAY
+        assert client.get(service.local(links[18][0]), headers={"User-Agent": CHROME}).status_code == 302
+    add_click(engine, 18, sunset_at + 2 * DAY)  # the provider reports the same click
+    assert rows(engine, "SELECT customer_id::bigint, kind, agent_class FROM lifecycle.engagement "
+                        "WHERE customer_id = '17' ORDER BY engagement_id") == [
+        (17, "click", "scanner"), (17, "click", "scanner"), (17, "open", "privacy_proxy")]
+
+    with engine.begin() as conn:
+        assert lift_sunsets(conn, sunset_at + DAY) == 0  # before the click (as_of is exclusive)
+    with engine.begin() as conn:
+        assert lift_sunsets(conn, sunset_at + 3 * DAY) == 2
+    email_2 = {c: message_of(engine, c, "email_2") for c in emails}
+    assert suppression_history(engine, 16)[0][3:] == (sunset_at + DAY, "clicked", f"message {email_2[16]}")
+    assert suppression_history(engine, 18)[0][3:] == (sunset_at + 2 * DAY, "clicked", f"message {email_2[18]}")
+    assert suppression_history(engine, 17)[0][3:] == (None, None, None)
+
+    run_day(engine, smtp, sunset_at + 3 * DAY)  # a run sees the same: 17 stays sunset
+    assert suppression_history(engine, 17)[0][3:] == (None, None, None)
 
 
 # ----------------------------------------------------------------------------- 2. "keep me subscribed"

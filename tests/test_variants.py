@@ -15,10 +15,13 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from scipy import stats
 
 from lifecycle import analytics, schema, variants
 from lifecycle.channels.email import EmailChannel
+from lifecycle.channels.push import PushChannel
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.replay import run_interval
 from lifecycle.spec import SpecError, load_spec
@@ -258,3 +261,82 @@ def test_for_row_swaps_template_and_subject_only_for_known_variants():
     row.variant = None
     assert variants.for_row(spec, row) is row
 
+
+
+# ------------------------------------------------------------------------------- fallbacks
+
+PUSH_FIRST = """/* ---
+journey: ab_fallback
+schedule: hourly
+entry_key: cart_id
+entered_at: cart_updated_at
+max_lateness: 7d
+params: {lookback_hours: 48, wait_hours: 1}
+steps:
+  - name: reminder_1
+    after: 1h
+    channel: [push, email]
+    template: cart_abandonment/reminder_1
+    variants:
+      - {name: a}
+      - {name: b, template: cart_abandonment/reminder_1_b}
+--- */
+"""
+
+
+@pytestmark_shop
+def test_a_fallback_to_the_next_channel_keeps_its_variant(shop_db, smtp_server, templates, tmp_path):
+    """A push whose subscription is gone falls back to email (send.plan_fallback): the email is the
+    same message of the A/B test, so it carries the push's variant, goes out with that variant's
+    template, and the funnel counts it in that variant (no row without a variant)."""
+    from lifecycle_demo.sinks.push_server import PushServer, demo_key_lookup
+
+    engine, _, anchor = shop_db
+    reset_lifecycle(engine)
+    for source in (templates / "cart_abandonment").glob("reminder_1.*"):  # variant b: its own files
+        text = source.read_text()
+        if source.name.endswith(("subject.txt", "push-title.txt")):
+            text = "Variant B: " + text
+        (source.parent / source.name.replace("reminder_1.", "reminder_1_b.")).write_text(text)
+    (tmp_path / "ab_fallback.sql").write_text(
+        PUSH_FIRST + (SEGMENTS_DIR / "cart_abandonment.sql").read_text().split("--- */", 1)[1])
+    spec = load_spec(tmp_path / "ab_fallback.sql", templates_dir=templates)
+    with PushServer(key_lookup=demo_key_lookup(engine, seed=11)) as push:
+        with engine.begin() as conn:  # every subscription, routed to the local push service, is gone
+            conn.execute(sa.text("UPDATE shop.push_subscriptions SET revoked_at = NULL, "
+                                 "endpoint = :origin || '/push/' || regexp_replace(endpoint, '^.*/', '')"),
+                         {"origin": push.origin})
+            push.gone.update(conn.execute(sa.text(
+                "SELECT regexp_replace(endpoint, '^.*/', '') FROM shop.push_subscriptions")).scalars())
+        vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        channels = {"push": lambda: PushChannel(vapid, "mailto:ops@shop.example.com"),
+                    "email": lambda: EmailChannel("127.0.0.1", smtp_server.port)}
+        for end in (anchor - timedelta(hours=2), anchor - timedelta(hours=1), anchor):  # the last sends fallbacks
+            run_interval(engine, spec, end - timedelta(hours=1), end, lambda name: channels[name](),
+                         run_id=f"ab-fallback-{end:%H}", clock=lambda end=end: end)
+
+    with engine.connect() as conn:
+        fallbacks = conn.execute(sa.text(
+            "SELECT f.variant, o.variant AS push_variant, f.status, c.email FROM lifecycle.messages f "
+            "JOIN lifecycle.messages o ON o.message_id = f.fallback_of "
+            "JOIN shop.customers c ON c.customer_id::text = f.customer_id "
+            "WHERE f.journey = 'ab_fallback' AND o.channel = 'push' AND o.status = 'failed'")).all()
+        funnel = [r for r in analytics.funnel(conn, since=anchor - timedelta(days=3), until=anchor,
+                                              journey="ab_fallback") if r["step"] == "reminder_1"]
+    assert {f.push_variant for f in fallbacks} == {"a", "b"}, fallbacks
+    assert all(f.variant == f.push_variant for f in fallbacks)
+    subjects = {m.rcpt_tos[0]: str(m.message()["Subject"]) for m in smtp_server.messages
+                if m.message()["X-Lifecycle-Journey"] == "ab_fallback"}
+    for f in fallbacks:
+        if f.status == "sent":
+            assert subjects[f.email].startswith("Variant B: ") == (f.variant == "b"), (f, subjects[f.email])
+    sent = Counter(f.variant for f in fallbacks if f.status == "sent")
+    assert sent["a"] and sent["b"]
+    # the funnel: every email of the step in a variant's row, the fallbacks among them
+    with engine.connect() as conn:
+        emails_sent = conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages WHERE journey = 'ab_fallback' "
+                                           "AND step = 'reminder_1' AND status = 'sent'")).scalar_one()
+    assert sorted(r["variant"] for r in funnel) == ["a", "b"]
+    assert sum(r["delivered"] for r in funnel) == emails_sent
+    assert all(r["delivered"] >= sent[r["variant"]] for r in funnel)

@@ -98,24 +98,59 @@ def _lint_file(path: Path, warehouse) -> tuple:
             found, fields = _check_template(template, channel)
             problems += [f"{where} ({template}, {channel}): {p}" for p in found]
             fields_by_template.setdefault(template, set()).update(fields)
+    for where, label, subject in _variant_subjects(spec):
+        found, fields = _check_subject(subject)
+        problems += [f"{where} (subject, email): {p}" for p in found]
+        fields_by_template.setdefault(label, set()).update(fields)
     if warehouse is not None and warehouse.has_lifecycle:
         problems += _warehouse_problems(spec, warehouse, fields_by_template)
     return spec, problems
 
 
 def _messages(spec):
+    """(where, channels, template) of every template a message may be rendered from: each step's,
+    each A/B variant's own (on the step's channels) and each exit message's."""
     for step in spec.steps:
         if step.template:
             yield f"steps ({step.name})", step.channels, step.template
+        for variant in step.variants:
+            if variant.template:
+                yield f"steps ({step.name}) variant {variant.name}", step.channels, variant.template
     for i, rule in enumerate(spec.exits):
         if rule.template:
             yield f"exit[{i}].then", (rule.channel,), rule.template
+
+
+def _variant_subjects(spec):
+    """(where, how the row-field check names it, subject) of each A/B variant with a subject line
+    of its own (it replaces the step template's .subject.txt)."""
+    for step in spec.steps:
+        for variant in step.variants:
+            if variant.subject is not None:
+                yield (f"steps ({step.name}) variant {variant.name}",
+                       f"{step.template}, variant {variant.name}'s subject", variant.subject)
 
 
 def _check_template(template: str, channel: str):
     from lifecycle.render import check_template
 
     return check_template(template, channel)
+
+
+def _check_subject(subject: str) -> tuple[list[str], set[str]]:
+    """Compile a variant's subject line as the sender will (load_spec only parses it: an unknown
+    filter or test shows at compile time): (problems with the Jinja line, the `row` fields used)."""
+    import jinja2
+
+    from lifecycle import render
+
+    env = render.get_environment(render.TEMPLATES_DIR)
+    try:
+        tree = env.parse(subject)
+        env.compile(tree)
+    except jinja2.TemplateSyntaxError as exc:
+        return [f"line {exc.lineno}: {exc.message}"], set()
+    return [], render._row_fields(tree)  # the same `row` field scan as check_template's
 
 
 def _mask_sql(sql: str) -> str:
@@ -279,7 +314,7 @@ def _warehouse_target(warehouse_url: str | None, state_dir: Path) -> tuple[str, 
     """(URL, is it the embedded one): --warehouse-url, else the Airflow connection in the environment
     (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE, as in docker-compose), else the embedded demo warehouse."""
     from lifecycle.config import WAREHOUSE_CONN_ID
-    from lifecycle.web_service import warehouse_url as url_from_environment
+    from lifecycle.warehouse import warehouse_url as url_from_environment
 
     if warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
         url = url_from_environment(warehouse_url)

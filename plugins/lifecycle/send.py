@@ -340,17 +340,18 @@ class _Row:
 
 def plan_fallback(conn: sa.Connection, message_id: int, channel: str, why: str) -> None:
     """Plan the same step on the journey's next channel; the next run (or the dispatcher)
-    sends it after the usual send-time checks."""
+    sends it after the usual send-time checks. It keeps the A/B variant: the same message on
+    another channel, counted in its variant's funnel."""
     conn.execute(
         sa.text(
             """
             INSERT INTO lifecycle.messages
                 (idempotency_key, journey, mode, enrollment_id, customer_id, step, channel, template, kind,
-                 status, reason, due_at, planned_for, planned_run_id, run_id, fallback_of, expires_at)
+                 status, reason, due_at, planned_for, planned_run_id, run_id, fallback_of, expires_at, variant)
             SELECT regexp_replace(idempotency_key, ':[a-z]+$', ':' || :channel), journey, mode, enrollment_id,
                    customer_id, step, :channel, template, kind, 'planned',
                    'fallback from ' || channel || ': ' || :why, due_at, planned_for, planned_run_id, NULL, message_id,
-                   expires_at
+                   expires_at, variant
             FROM lifecycle.messages WHERE message_id = :id
             ON CONFLICT DO NOTHING
             """

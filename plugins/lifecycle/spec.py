@@ -61,6 +61,7 @@ TOP_KEYS = {
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency",
              "tracking", "variants", "ab_test"}
+STEP_EXAMPLE = "{name: ..., after: 1h, channel: email, template: ...}"  # shown when a step is not a mapping
 EXIT_KEYS = {"when", "params", "reason", "status", "then"}
 THEN_KEYS = {"name", "channel", "template", "coupon", "tracking"}
 COUPON_KEYS = {"percent_off", "valid_days", "prefix", "product"}
@@ -98,6 +99,7 @@ class SpecError(ValueError):
 
 
 VARIANT_KEYS = {"name", "weight", "template", "subject"}
+VARIANT_EXAMPLE = "{name: b, weight: 50, subject: ...}"
 AB_KEYS = {"metric", "baseline_rate", "mde", "winner"}
 METRICS = ("converted", "clicked")
 WINNERS = ("manual", "auto")
@@ -273,6 +275,23 @@ def _unknown_keys(where: str, given: dict, allowed: set[str]) -> list[str]:
         hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
         problems.append(f"{where}unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     return problems
+
+
+def _named_entry(where: str, raw: Any, keys: set[str], c: Any, *, example: str, fallback: str,
+                 name_examples: str = "") -> str | None:
+    """The checks every named entry of a header list shares (a step, a variant): a mapping, only
+    known keys, a lower_snake_case `name`. Returns the name (`fallback` when it is missing or bad,
+    so that the entry's other problems are still reported under it), or None when `raw` is not a
+    mapping (nothing more to check). Every problem goes to the checker `c`."""
+    if not isinstance(raw, dict):
+        c.add(f"{where}: must be a mapping like {example}")
+        return None
+    c.problems += _unknown_keys(f"{where}: ", raw, keys)
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        c.add(f"{where}.name: required, lower_snake_case{name_examples}, got {name!r}")
+        return fallback
+    return name
 
 
 class _Checker:
@@ -567,15 +586,9 @@ def _steps(raw: Any, c: _Checker, default_lateness: timedelta) -> list[Step]:
         return []
     steps, previous = [], timedelta(0)
     for i, s in enumerate(raw):
-        where = f"steps[{i}]"
-        if not isinstance(s, dict):
-            c.add(f"{where}: must be a mapping like {{name: ..., after: 1h, channel: email, template: ...}}")
+        name = _named_entry(f"steps[{i}]", s, STEP_KEYS, c, example=STEP_EXAMPLE, fallback=f"step_{i}")
+        if name is None:
             continue
-        c.problems += _unknown_keys(f"{where}: ", s, STEP_KEYS)
-        name = s.get("name")
-        if not isinstance(name, str) or not NAME.match(name):
-            c.add(f"{where}.name: required, lower_snake_case, got {name!r}")
-            name = f"step_{i}"
         where = f"steps[{i}] ({name})"
         known = len(c.problems)
         after = c.duration(f"{where}.after", s.get("after", "0h"))
@@ -820,15 +833,10 @@ def _variants(where: str, raw: Any, raw_test: Any, channels: tuple[str, ...], ac
         return (), None
     variants: list[Variant] = []
     for i, v in enumerate(raw):
-        at = f"{where}.variants[{i}]"
-        if not isinstance(v, dict):
-            c.add(f"{at}: must be a mapping like {{name: b, weight: 50, subject: ...}}")
+        name = _named_entry(f"{where}.variants[{i}]", v, VARIANT_KEYS, c, example=VARIANT_EXAMPLE,
+                            fallback=f"variant_{i}", name_examples=" (e.g. a, b, short_subject)")
+        if name is None:
             continue
-        c.problems += _unknown_keys(f"{at}: ", v, VARIANT_KEYS)
-        name = v.get("name")
-        if not isinstance(name, str) or not NAME.match(name):
-            c.add(f"{at}.name: required, lower_snake_case (e.g. a, b, short_subject), got {name!r}")
-            name = f"variant_{i}"
         at = f"{where}.variants[{i}] ({name})"
         weight = v.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:

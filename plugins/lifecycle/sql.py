@@ -63,8 +63,14 @@ ORDERS_SINCE_ENTRY = (
 )
 
 
+# Each enrollment's opens and clicks before the run's as_of: human ones we tracked on its own
+# messages (message_id set) and the provider's since entry (message_id NULL). See the file.
+ENGAGEMENT_SINCE_ENTRY = query("engagement_since_entry").strip()
+SHARED_CTES = {"orders_since_entry": ORDERS_SINCE_ENTRY, "engagement_since_entry": ENGAGEMENT_SINCE_ENTRY}
+
+
 def shared_ctes(condition: str) -> str:
     """The CTEs the engine offers a condition besides `enrollments`, as `, name AS (...)`: only
     those it reads (an unread CTE still counts as a reference to `enrollments`, which PostgreSQL
     then materialises instead of inlining)."""
-    return f", {ORDERS_SINCE_ENTRY}" if re.search(r"\borders_since_entry\b", condition) else ""
+    return "".join(f", {cte}" for name, cte in SHARED_CTES.items() if re.search(rf"\b{name}\b", condition))

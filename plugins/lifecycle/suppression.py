@@ -10,7 +10,10 @@ Sunsets that end: a journey's `action: suppress` writes a 'no_response' suppress
 mailing someone who stopped reading). It must not outlive the customer's silence: it is lifted
 when they come back, i.e. place a non-cancelled order, or click a link on that channel, after the
 sunset began and before the run's as_of (so a backfill replays the past), or choose "keep me
-subscribed" (the web service lifts it at once, see `lift_for_stay_choice`).
+subscribed" (the web service lifts it at once, see `lift_for_stay_choice`). A click counts from
+either source: our own tracking (lifecycle.engagement, human rows only: a link scanner or an
+Apple MPP prefetch is not the customer coming back; lifted_ref names our message) or the
+provider's events (shop.engagement_events).
 
 Lifting closes the row (lifted_at = the moment they came back, lifted_reason, lifted_ref) and
 keeps it as history; a later sunset is a new row. Only 'no_response' is ever lifted: an

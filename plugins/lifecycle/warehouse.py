@@ -9,6 +9,8 @@ provider's hook; the demo and the tests start a real PostgreSQL from the
 from __future__ import annotations
 
 import functools
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from lifecycle.config import WAREHOUSE_CONN_ID
+
+# The warehouse connection as Airflow's environment-variable backend reads it: what the web
+# service and the Journeys UI's standalone app use when no --warehouse-url is given.
+CONN_ENV = "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"
 
 
 def url_from_connection(conn: Any) -> URL:
@@ -38,6 +44,30 @@ def url_from_connection(conn: Any) -> URL:
         query["host"], host = host, None
     return URL.create(url.drivername, username=url.username or None, password=url.password or None,
                       host=host, port=url.port, database=url.database or "postgres", query=query)
+
+
+def warehouse_url(url: str | None = None, environ: dict[str, str] | None = None) -> URL:
+    """The warehouse: ``url`` if given, else the Airflow connection in CONN_ENV (JSON or URI).
+    Raises ValueError when neither is usable."""
+    environ = os.environ if environ is None else environ
+    if url:
+        parsed = sa.make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+        return parsed
+    value = (environ.get(CONN_ENV) or "").strip()
+    if not value:
+        raise ValueError(f"no warehouse: pass --warehouse-url or set {CONN_ENV} (the Airflow connection)")
+    from airflow.sdk import Connection
+
+    if value.startswith("{"):  # JSON or URI, told apart as Airflow's environment-variable backend does
+        try:
+            conn = Connection.from_json(value, conn_id="lifecycle_warehouse")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{CONN_ENV} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    else:  # e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
+        conn = Connection.from_uri(value, conn_id="lifecycle_warehouse")
+    return url_from_connection(conn)
 
 
 @functools.cache

@@ -64,9 +64,7 @@ access line names the route, never the URL.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import re
 import sys
 import time
@@ -98,12 +96,11 @@ from lifecycle.links import (
 )
 from lifecycle.model import EngagementKind
 from lifecycle.suppression import lift_for_stay_choice, record_unsubscribe
-from lifecycle.warehouse import url_from_connection
+from lifecycle.warehouse import CONN_ENV, warehouse_url
 
 log = logging.getLogger("lifecycle.web")
 access_log = logging.getLogger("lifecycle.web.access")
 
-CONN_ENV = "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE"
 PAGES_DIR = TEMPLATES_DIR / "_unsubscribe"
 MAX_BODY = 16 * 1024  # the one-click body is 26 bytes; the page's form, 11
 MAX_TOKEN = 1024  # our tokens are ~120 characters
@@ -420,30 +417,6 @@ class _HeadersAndAccessLog:
 
 
 # ---------------------------------------------------------------------------- the warehouse
-def warehouse_url(url: str | None = None, environ: dict[str, str] | None = None) -> URL:
-    """The warehouse: ``url`` if given, else the Airflow connection in CONN_ENV (JSON or URI).
-    Raises ValueError when neither is usable."""
-    environ = os.environ if environ is None else environ
-    if url:
-        parsed = sa.make_url(url)
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg2")
-        return parsed
-    value = (environ.get(CONN_ENV) or "").strip()
-    if not value:
-        raise ValueError(f"no warehouse: pass --warehouse-url or set {CONN_ENV} (the Airflow connection)")
-    from airflow.sdk import Connection
-
-    if value.startswith("{"):  # JSON or URI, told apart as Airflow's environment-variable backend does
-        try:
-            conn = Connection.from_json(value, conn_id="lifecycle_warehouse")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{CONN_ENV} is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    else:  # e.g. postgres://user:pass@host:5432/db (Airflow's own scheme names)
-        conn = Connection.from_uri(value, conn_id="lifecycle_warehouse")
-    return url_from_connection(conn)
-
-
 def make_engine(url: URL | str) -> Engine:
     # hide_parameters: errors never echo the bound values into logs.
     return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, hide_parameters=True)

@@ -10,11 +10,14 @@ days before this year's celebration date (29 February -> 28 February in non-leap
 enrolls them once for that year (key customer:year, clock = that run's as_of). Email with
 a personal 20% code valid 30 days and an SMS with the same code at once; 14 days later a
 follow-up if the first email was opened or clicked; redeeming the code converts (and so
-no follow-up).
+no follow-up). Opens and clicks come from the provider's events (shop.engagement_events) and from
+our own tracking: the first email's open pixel and links, requested through the web service's app
+by a mail client, Apple MPP's prefetch and a link scanner (only the mail client's count).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -70,9 +73,20 @@ PLANTED = {
     "non_opener": (900008, date(1982, 2, 25), "Europe/London", "GB", None, {"email": "opted_in"}),
     "feb_28": (900011, date(1990, 2, 28), "Europe/London", "GB", None, {"email": "opted_in"}),
     "mar_1": (900012, date(1990, 3, 1), "Europe/London", "GB", None, {"email": "opted_in"}),
+    "pixel_opener": (900013, date(1979, 2, 25), "Europe/London", "GB", None, {"email": "opted_in"}),
+    "mpp_prefetched": (900014, date(1982, 2, 25), "Europe/London", "GB", None, {"email": "opted_in"}),
+    "link_scanned": (900015, date(1982, 2, 25), "Europe/London", "GB", None, {"email": "opted_in"}),
 }
 ID = {name: row[0] for name, row in PLANTED.items()}
 OPENED_AT = datetime(2027, 2, 19, 8, tzinfo=UTC)  # the opener opens the first email (sent with the 02-18 run)
+# Who requests the first email's tracked pixel or link, through the web service (lifecycle.tracking):
+# customer -> (what, User-Agent). Only the mail client's open counts (agent class human).
+TRACKED = {
+    "pixel_opener": ("pixel", "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+                              "(KHTML, like Gecko) Mobile/15E148"),
+    "mpp_prefetched": ("pixel", "Mozilla/5.0"),  # Apple Mail Privacy Protection's prefetch
+    "link_scanned": ("link", "Mozilla/5.0 (compatible; Microsoft Defender SafeLinks)"),
+}
 
 
 def plant(engine: sa.Engine) -> None:
@@ -102,6 +116,37 @@ def plant(engine: sa.Engine) -> None:
 # ----------------------------------------------------------------------------- running it
 
 
+def address(name: str) -> str:
+    return f"{name.replace('_', '.')}@birthday.example.com"
+
+
+def request_tracked(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
+    """After the run that sent the first emails (ending 2027-02-18): the TRACKED customers' mail
+    clients, prefetchers and scanners request its pixel or first link from the web service's app
+    (the shop's web front routes /o/ and /c/ there), at OPENED_AT."""
+    if end != datetime(2027, 2, 18, tzinfo=UTC):
+        return
+    from starlette.testclient import TestClient
+
+    from lifecycle.web_service import create_app
+
+    with TestClient(create_app(replay.engine, clock=lambda: OPENED_AT), base_url="https://shop.example.com") as web:
+        for name, (what, agent) in TRACKED.items():
+            (mail,) = [m.message() for m in replay.smtp.messages
+                       if address(name) in m.rcpt_tos and m.message()["X-Lifecycle-Step"] == "email"]
+            html = mail.get_body(("html",)).get_content()  # as sent: tracked links and the pixel
+            pixel = re.search(r'src="(https://shop\.example\.com/o/[^"]+)"', html)
+            link = re.search(r'href="(https://shop\.example\.com/c/[^"]+)"', html)
+            url = (pixel if what == "pixel" else link).group(1)
+            response = web.get(url, headers={"User-Agent": agent}, follow_redirects=False)
+            assert response.status_code == (200 if what == "pixel" else 302), (name, response.status_code)
+
+
+def after_each_run(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
+    redeem(replay, start, end, result)
+    request_tracked(replay, start, end, result)
+
+
 def redeem(replay: Replay, start: datetime, end: datetime, result: dict) -> None:
     """The redeemer got their code in the run ending 2027-02-18; they use it a few days later."""
     if end != datetime(2027, 2, 18, tzinfo=UTC):
@@ -120,7 +165,7 @@ def redeem(replay: Replay, start: datetime, end: datetime, result: dict) -> None
 @pytest.fixture(scope="module")
 def birthday_run(shop_db) -> JourneyRun:
     plant(shop_db[0])
-    return journey_run(shop_db, "birthday", daily(ENDS), sms=True, clock=noon, after=redeem)
+    return journey_run(shop_db, "birthday", daily(ENDS), sms=True, clock=noon, after=after_each_run)
 
 
 # ----------------------------------------------------------------------------- expected, from the shop tables
@@ -173,6 +218,10 @@ def expected_birthday(engine: sa.Engine, codes: dict[int, set[str]]) -> Expected
         opens = conn.execute(sa.text(
             "SELECT customer_id, occurred_at FROM shop.engagement_events "
             "WHERE channel = 'email' AND event IN ('open', 'click')")).all()
+        tracked = conn.execute(sa.text(  # every request our tracking recorded, with who made it
+            "SELECT e.enrollment_key, m.step, en.kind, en.agent_class, en.occurred_at FROM lifecycle.engagement en "
+            "JOIN lifecycle.messages m USING (message_id) JOIN lifecycle.enrollments e USING (enrollment_id) "
+            "WHERE m.journey = 'birthday'")).all()
         orders = conn.execute(sa.text(
             "SELECT order_id, customer_id, ordered_at, total, coupon_code FROM shop.orders "
             "WHERE coupon_code IS NOT NULL AND status <> 'cancelled' ORDER BY ordered_at, order_id")).all()
@@ -262,8 +311,10 @@ def expected_birthday(engine: sa.Engine, codes: dict[int, set[str]]) -> Expected
             due = e.entered_at + FOLLOW_UP_AFTER
             if e.status != "active" or due != as_of:
                 continue
-            opened = e.messages["email"][1] == "sent" and any(
-                cid == e.customer_id and e.entered_at <= t < as_of for cid, t in opens)
+            opened = e.messages["email"][1] == "sent" and (
+                any(cid == e.customer_id and e.entered_at <= t < as_of for cid, t in opens)
+                or any(key == e.key and step == "email" and kind in ("open", "click") and agent == "human" and t < as_of
+                       for key, step, kind, agent, t in tracked))
             if not opened:
                 status, reason = "skipped", "condition not met: opened_or_clicked_first_email"
             else:
@@ -345,6 +396,14 @@ def test_messages_and_reasons(birthday_run, expected):
     assert by_customer[(ID["sms_opted_out"], "sms")] == ("suppressed", "consent withdrawn")
     assert by_customer[(ID["leap_day"], "sms")] == ("suppressed", "no consent")
     assert by_customer[(ID["opener"], "follow_up")] == ("sent", None)
+    assert by_customer[(ID["pixel_opener"], "follow_up")] == ("sent", None)  # opened, seen by our pixel
+    for name in ("mpp_prefetched", "link_scanned"):  # no person opened it
+        assert by_customer[(ID[name], "follow_up")] == ("skipped", "condition not met: opened_or_clicked_first_email")
+    classes = birthday_run.query("SELECT m.customer_id::bigint, en.kind, en.agent_class, en.occurred_at "
+                                 "FROM lifecycle.engagement en JOIN lifecycle.messages m USING (message_id)")
+    assert sorted(classes) == sorted([(ID["pixel_opener"], "open", "human", OPENED_AT),
+                                      (ID["mpp_prefetched"], "open", "privacy_proxy", OPENED_AT),
+                                      (ID["link_scanned"], "click", "scanner", OPENED_AT)])
     assert by_customer[(ID["non_opener"], "follow_up")] == ("skipped", "condition not met: opened_or_clicked_first_email")
     assert (ID["redeemer"], "follow_up") not in by_customer  # converted before it came due
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+import sqlalchemy as sa
+
+from lifecycle.tracking import record
+
 from .conftest import DAY, HOUR, Enrollment
 
 DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -59,3 +63,28 @@ def test_clicked_since_the_offer_email_or_ordered_since_entry(sql):
     sql.order(40, 4, DEC_1 + DAY, 5)
     hits = sql.holds("seasonal_offer_clicked_or_ordered", as_of=DEC_1 + 3 * DAY, journey="seasonal_offer")
     assert set(hits) == {"1:christmas:2026", "4:christmas:2026"}
+
+
+def test_a_click_we_tracked_on_the_offer_email_counts_if_a_person_made_it(sql):
+    """Our own tracking (lifecycle.engagement): a person's click on the offer email holds; a link
+    scanner's click, an open (even a person's) or a click on another email does not."""
+    customers = range(1, 6)
+    ids = sql.enroll("seasonal_offer", *(Enrollment(f"{c}:christmas:2026", c, DEC_1) for c in customers))
+    sql.given("lifecycle.messages", *({"idempotency_key": f"k{c}:{step}", "journey": "seasonal_offer",
+                                       "enrollment_id": ids[f"{c}:christmas:2026"], "customer_id": str(c),
+                                       "step": step, "channel": "email", "status": "sent", "due_at": due,
+                                       "planned_for": due, "planned_run_id": "r"}
+                                      for c in customers for step, due in (("offer", DEC_1),
+                                                                           ("reminder", DEC_1 + 3 * DAY))))
+    with sql.engine.begin() as conn:
+        message = dict(conn.execute(sa.text("SELECT idempotency_key, message_id FROM lifecycle.messages")).all())
+        for key, kind, at, agent in (
+                ("k1:offer", "click", DEC_1 + HOUR, "human"),          # a person clicks the offer
+                ("k2:offer", "click", DEC_1 + HOUR, "scanner"),        # a security gateway follows its links
+                ("k3:offer", "open", DEC_1 + HOUR, "human"),           # an open is not a click
+                ("k4:reminder", "click", DEC_1 + 4 * DAY, "human")):   # a click on another email
+            url = "https://shop.example.com/p/x" if kind == "click" else None
+            assert record(conn, message[key], kind, agent, at, url)[0] == 1
+    sql.given("engagement_events", {"customer_id": 5, "event": "click", "occurred_at": DEC_1 + 2 * HOUR})  # provider
+    hits = sql.holds("seasonal_offer_clicked_or_ordered", as_of=DEC_1 + 5 * DAY, journey="seasonal_offer")
+    assert hits == {"1:christmas:2026": (DEC_1 + HOUR, None, None), "5:christmas:2026": (DEC_1 + 2 * HOUR, None, None)}

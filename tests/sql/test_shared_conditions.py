@@ -4,7 +4,12 @@ tested next to their journey's segment (test_<journey>.py)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
+
+import sqlalchemy as sa
+
+from lifecycle.tracking import record
 
 from .conftest import AS_OF, DAY, HOUR, Enrollment
 
@@ -62,6 +67,44 @@ def test_opened_or_clicked_after_the_first_email_went_out(sql):
               {"customer_id": 4, "event": "delivered", "occurred_at": ENTERED + HOUR})
     hits = sql.holds("opened_or_clicked_first_email", journey="birthday")
     assert hits == {"1:2026": (ENTERED + HOUR, None, None)}  # the first open
+
+
+def track(sql, message_id: int, kind: str, at: datetime, agent_class: str = "human") -> None:
+    """One request to the open pixel or click redirect of `message_id`, as the web service records
+    it (lifecycle.tracking.record: a human click also records the open)."""
+    with sql.engine.begin() as conn:
+        url = "https://shop.example.com/" if kind == "click" else None
+        assert record(conn, message_id, kind, agent_class, at, url)[0] == 1
+
+
+def message_ids(sql) -> dict[str, int]:
+    with sql.engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT idempotency_key, message_id FROM lifecycle.messages")).all())
+
+
+def test_an_open_or_click_we_tracked_on_the_first_email_counts_if_a_person_made_it(sql):
+    """Our own tracking (lifecycle.engagement) satisfies the condition, exact to the first email and
+    only for people: an Apple MPP prefetch or a link scanner is not the customer opening it."""
+    customers = range(1, 7)
+    ids = sql.enroll("birthday", *(Enrollment(f"{c}:2026", c, ENTERED) for c in customers))
+    sql.given("lifecycle.messages", *({"idempotency_key": f"k{c}:{step}", "journey": "birthday",
+                                       "enrollment_id": ids[f"{c}:2026"], "customer_id": str(c), "step": step,
+                                       "channel": "email", "status": "sent", "due_at": due, "planned_for": due,
+                                       "planned_run_id": "r"}
+                                      for c in customers for step, due in (("email", ENTERED),
+                                                                           ("follow_up", ENTERED + DAY))))
+    message = message_ids(sql)
+    track(sql, message["k1:email"], "open", ENTERED + 2 * HOUR)                   # the pixel, in a mail client
+    track(sql, message["k1:email"], "open", ENTERED + HOUR, "privacy_proxy")      # (MPP first: not the time)
+    track(sql, message["k2:email"], "open", ENTERED + HOUR, "privacy_proxy")      # Apple MPP's prefetch only
+    track(sql, message["k3:email"], "click", ENTERED + HOUR, "scanner")           # a link scanner only
+    track(sql, message["k4:follow_up"], "click", ENTERED + 2 * DAY)               # another email, not the first
+    track(sql, message["k5:email"], "click", AS_OF)                               # at as_of: not before it
+    track(sql, message["k6:email"], "click", ENTERED + 3 * HOUR)                  # a click (it implies the open)
+    sql.given("engagement_events", {"customer_id": 6, "event": "open", "occurred_at": ENTERED + HOUR})  # provider
+    hits = sql.holds("opened_or_clicked_first_email", journey="birthday")
+    assert hits == {"1:2026": (ENTERED + 2 * HOUR, None, None),
+                    "6:2026": (ENTERED + HOUR, None, None)}  # the first of both sources
 
 
 def test_price_sensitive_at_least_half_the_orders_with_a_code(sql):

@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from lifecycle.cli import default_warehouse_url
     from lifecycle.config import WAREHOUSE_CONN_ID
-    from lifecycle.warehouse import engine_for
-    from lifecycle.web_service import warehouse_url
+    from lifecycle.warehouse import engine_for, warehouse_url
 
     if args.warehouse_url or os.environ.get(f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"):
         url = warehouse_url(args.warehouse_url)
