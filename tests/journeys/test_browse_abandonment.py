@@ -15,6 +15,11 @@ the journey within COOLDOWN of the clock (and, among several new ones at once, t
 only). email_1 at the clock, second_touch 24h later by push when the customer can receive
 push, else by email. An order at or after entry (the enrolling run's as_of) converts; a cart
 created or changed at or after entry exits.
+
+Holdout: 10% of customers, drawn per customer by the bucket rule (conftest.holdout_rule), enter
+the journey but get nothing: each step is recorded skipped ('holdout') when it comes due, on the
+channel it would have gone out on, late or not; they still exit and convert, which is what the
+journey's lift is measured against.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .conftest import (
     VALID_EMAIL,
     JourneyRun,
     assert_same,
+    holdout_rule,
     intervals_for,
     journey_run,
     py,
@@ -53,6 +59,8 @@ MIN_SECONDS, MIN_VIEWS = 60, 2
 WAIT, LOOKBACK, COOLDOWN = 2 * HOUR, 48 * HOUR, 7 * DAY
 SECOND_TOUCH = 24 * HOUR
 MAX_LATENESS = 6 * HOUR
+HOLDOUT_PERCENT = 10
+held_out = holdout_rule(JOURNEY, HOLDOUT_PERCENT)
 SHOP_URL = "https://shop.example.com"
 MINUTE = timedelta(minutes=1)
 SECOND = timedelta(seconds=1)
@@ -88,6 +96,7 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
     cases: dict[str, Case] = {}
 
     def customer(name: str, cid: int, *, push_consent: bool = False) -> Case:
+        assert held_out(cid) == (name == "held_out"), f"{name}: customer {cid} is on the wrong side of the holdout"
         email = f"browse.{name}@example.com"
         rows["customers"].append({"customer_id": cid, "email": email, "first_name": name.title().replace("_", ""),
                                   "country": "DE", "timezone": "Europe/Berlin", "created_at": a - 90 * DAY})
@@ -116,12 +125,13 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
         rows["cart_items"] += [{"cart_id": cart_id, "product_id": product_id, "added_at": added}
                                for product_id, added in lines]
 
-    def order(case: Case, at: datetime, product_ids: list[int]) -> None:
+    def order(case: Case, at: datetime, product_ids: list[int]) -> int:
         order_id = next(order_ids)
         rows["orders"].append({"order_id": order_id, "customer_id": case.customer_id, "ordered_at": at,
                                "status": "placed", "total": Decimal("49.90"), "currency": "EUR",
                                "shipping_country": "DE"})
         rows["order_items"] += [{"order_id": order_id, "product_id": product_id} for product_id in product_ids]
+        return order_id
 
     c = customer("long_look", 900001)  # 65 s on one product: qualifies, second touch by email
     c.last_view = a - 60 * HOUR
@@ -201,10 +211,16 @@ def plant(engine: sa.Engine, anchor: datetime, push: PushServer) -> dict[str, Ca
     session(c, 1, end, [(p[1], 90), (p[1], 5)])
     cart(c, end - MINUTE, end - MINUTE, [(p[1], end - MINUTE)])
 
-    c = customer("carted_before", 900014)  # the same, but carted a second before the first view: mailed
+    c = customer("carted_before", 900015)  # the same, but carted a second before the first view: mailed
     c.last_view, c.products = end, [p[1]]
     session(c, 1, end, [(p[1], 90), (p[1], 5)])
     cart(c, end - MINUTE - SECOND, end - MINUTE - SECOND, [(p[1], end - MINUTE - SECOND)])
+
+    c = customer("held_out", 900014)  # held out (bucket 8): both steps skipped, nothing sent; orders: converted
+    c.last_view = a - 60 * HOUR
+    session(c, 1, c.last_view, [(p[2], 80)])
+    c.extra["ordered_at"] = a - 20 * HOUR  # after the second touch came due (A-34h)
+    c.extra["order_id"] = order(c, a - 20 * HOUR, [p[3]])
 
     with engine.begin() as conn:
         conn.execute(sa.text(
@@ -279,6 +295,7 @@ class Enr:
     exited_at: datetime | None = None
     conversion: tuple | None = None  # (order_id, revenue)
     messages: dict[str, Msg] = field(default_factory=dict)
+    holdout: bool = False
 
 
 @dataclass
@@ -417,7 +434,7 @@ def derive_expected(run: JourneyRun) -> Expected:
             if not VALID_EMAIL.match(email_of.get(cid) or ""):
                 bad += 1
             elif key not in enrollments:
-                enrollments[key] = Enr(key, cid, clock, as_of, last, listed)
+                enrollments[key] = Enr(key, cid, clock, as_of, last, listed, holdout=held_out(cid))
             elif enrollments[key].status == "active":  # the context is refreshed while active
                 enrollments[key].last_view, enrollments[key].viewed = last, listed
         per_run.append((as_of, len(picked), bad))
@@ -446,7 +463,9 @@ def derive_expected(run: JourneyRun) -> Expected:
                 else:
                     channel = "push"
                 m = Msg(e.key, e.customer_id, step, channel, due, as_of)
-                if due + MAX_LATENESS < as_of:
+                if e.holdout:  # before lateness: a held-out step is never sent, late or not
+                    m.status, m.reason = "skipped", "holdout"
+                elif due + MAX_LATENESS < as_of:
                     m.status, m.reason = "expired", f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
                 else:
                     planned.append(m)
@@ -486,11 +505,11 @@ def test_runs_select_the_expected_sessions(browse_run, expected):
 def test_enrollments_and_exits(browse_run, expected):
     statuses = Counter(e.status for e in expected.enrollments.values())
     assert statuses["active"] > 10 and statuses["converted"] >= 1 and statuses["exited"] >= 1, statuses
-    actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at)
+    actual = [(k, r.customer_id, r.entered_at, r.enrolled_at, r.status, r.exit_reason, r.exited_at, r.holdout)
               for k, r in browse_run.enrollment_rows().items()]
-    wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at)
+    wanted = [(e.key, e.customer_id, e.entered_at, e.enrolled_at, e.status, e.exit_reason, e.exited_at, e.holdout)
               for e in expected.enrollments.values()]
-    assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited)")
+    assert_same(actual, wanted, "enrollments (key, customer, entered, enrolled, status, exit reason, exited, holdout)")
 
 
 def test_emails_list_only_products_neither_carted_nor_bought(browse_run, expected):
@@ -609,6 +628,56 @@ def test_email_shows_viewed_and_complementary_products(browse_run):
     for p in context["suggested"]:
         assert p["name"] in text and p["image_url"] in body
     assert message["List-Unsubscribe"] and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+# ----------------------------------------------------------------------------- the holdout
+
+
+def test_held_out_customers_enter_get_nothing_and_still_convert(browse_run, expected):
+    """Every step of a held-out customer's enrollment is recorded skipped ('holdout') and nothing
+    reaches them by email or push; the planted held-out customer orders and converts, the
+    conversion recorded as held out."""
+    held = [e for e in expected.enrollments.values() if e.holdout]
+    assert held and len(held) < len(expected.enrollments) / 2
+    assert {(m.status, m.reason) for e in held for m in e.messages.values()} == {("skipped", "holdout")}
+    assert not {e.customer_id for e in held} & {e.customer_id for e in expected.enrollments.values()
+                                                  if not e.holdout}  # drawn per customer
+    email_of = dict(browse_run.query("SELECT customer_id, email FROM shop.customers"))
+    assert not {email_of[e.customer_id] for e in held} & {m["To"] for m in browse_run.emails}
+    tokens = push_customer(browse_run)
+    assert not {e.customer_id for e in held} & {tokens[p.token] for p in browse_run.pushes}
+
+    case = browse_run.cases["held_out"]
+    clock = case.last_view + WAIT
+    enrollment = browse_run.enrollment_rows()[case.key]
+    assert (enrollment.holdout, enrollment.status, enrollment.exited_at) == (True, "converted", case.extra["ordered_at"])
+    assert browse_run.messages_of(case.key, columns=("channel", "status", "reason", "due_at")) == {
+        "email_1": ("email", "skipped", "holdout", clock),
+        "second_touch": ("email", "skipped", "holdout", clock + SECOND_TOUCH)}
+    assert browse_run.query("SELECT c.order_id, c.revenue, c.holdout FROM lifecycle.conversions c JOIN lifecycle.enrollments e "
+                            "USING (enrollment_id) WHERE e.journey = :journey AND e.enrollment_key = :key",
+                            key=case.key) == [(str(case.extra["order_id"]), Decimal("49.90"), True)]
+    assert not [m for m in browse_run.emails if m["To"] == case.email]
+
+
+def test_lift_counts_treated_and_held_out_customers_as_the_rules_do(browse_run, expected):
+    """lifecycle.analytics.lift over the run: customers and converted customers per group equal
+    the ones the rules give (a customer converts when any of their enrollments did), and both
+    groups have conversions, so the lift has an interval."""
+    from lifecycle import analytics
+
+    groups: dict[bool, dict[int, bool]] = {False: {}, True: {}}
+    for e in expected.enrollments.values():
+        seen = groups[e.holdout]
+        seen[e.customer_id] = seen.get(e.customer_id, False) or e.status == "converted"
+    first, last = browse_run.intervals[0][0], browse_run.intervals[-1][1]
+    with browse_run.engine.connect() as conn:
+        lift = analytics.lift(conn, journey=JOURNEY, since=first - 30 * DAY, until=last + DAY)
+    assert_same([(lift["treated_n"], lift["treated_conversions"]), (lift["holdout_n"], lift["holdout_conversions"])],
+                [(len(g), sum(g.values())) for g in (groups[False], groups[True])],
+                "lift (customers, converted) for treated, held out")
+    assert lift["treated_conversions"] >= 1 and lift["holdout_conversions"] >= 1
+    assert lift["abs_lift_ci"] is not None and lift["rel_lift_ci"] is not None
 
 
 @pytest.mark.parametrize("name", ["one_of_two", "carted_after", "bought_after", "carted_before"])

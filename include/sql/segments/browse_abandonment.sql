@@ -14,6 +14,8 @@ entry_key: session_key          # one enrollment per customer and session
 one_active_per_customer: false  # a customer may have several sessions in the journey at once
 entered_at: browse_clock        # the session's last view + wait_hours
 max_lateness: 6h
+holdout_percent: 10             # a tenth of customers get no email or push: would they buy anyway? (the lift;
+                                # browsers order often, so both groups have conversions to compare)
 params:
   min_seconds: 60               # total seconds on one product in the session ...
   min_views: 2                  # ... or this many views of the same product
