@@ -255,7 +255,7 @@ def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airf
     af.unpause(dag_id)
 
     # A manual trigger without a logical date has no data interval: the run fails and says how to replay one.
-    af.cli("dags", "trigger", dag_id)
+    af.request("POST", f"dags/{dag_id}/dagRuns", {"logical_date": None})
     af.wait_for_runs(dag_id, "the triggered run")
     (failed,) = af.dag_runs(dag_id)
     assert failed["state"] == "failed" and failed["data_interval_start"] is None
