@@ -75,6 +75,8 @@ def airflow(shop_db, metadata_db):
         af.create_pools(POOLS)  # the pools the send tasks run in
         print(f"\nairflow: migrated, started and DAGs served in {time.monotonic() - t0:.1f}s")
         yield af, engine, smtp
+        for dag_id in ("review_request", "win_back", "birthday_ask"):  # where the time went (pytest -s)
+            print("\n".join(af.timeline(dag_id, run) for run in af.dag_runs(dag_id)))
     finally:
         af.stop()
         smtp.stop()

@@ -263,17 +263,6 @@ def batch_progress(engine) -> dict[int, tuple[int, int]]:
         FROM lifecycle.messages WHERE journey = :j GROUP BY batch_no""", j=JOURNEY)}
 
 
-def timeline(tis: list[dict], t0: datetime) -> str:
-    """Each task's last try: queued, started and ended, in seconds from the run's start (where the time goes)."""
-    def at(stamp):
-        return f"{(datetime.fromisoformat(stamp) - t0).total_seconds():6.1f}" if stamp else "     -"
-
-    lines = [f"{ti['task_id']:>15}[{ti['map_index']:>2}] try {ti['try_number']}: queued {at(ti['queued_when'])} "
-             f"start {at(ti['start_date'])} end {at(ti['end_date'])}"
-             for ti in sorted(tis, key=lambda t: (t["start_date"] or "", t["map_index"]))]
-    return "\n".join(lines)
-
-
 def kill_a_worker_mid_batch(af: CeleryAirflow, engine, metadata, run_id: str, timeout: float) -> dict:
     """Wait until a worker runs a send batch that is partly sent, then SIGKILL that worker.
     Returns the killed task instance, its batch number and when it died. Polls the metadata
@@ -325,7 +314,7 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(airflow, warehouse)
     finished = time.monotonic()
     print(f"\ncelery run of {MESSAGES} messages: kill after {killed_at - started:.0f}s, "
           f"finished after {finished - started:.0f}s; load average {os.getloadavg()}")
-    print(timeline(af.task_instances(run["dag_run_id"]), datetime.fromisoformat(run["start_date"])))
+    print(af.timeline(JOURNEY, run))
     assert run["state"] == "success", af.explain_failures(JOURNEY, [run])
 
     # Airflow: the killed try failed for its missing heartbeat, the retry ran on the other worker.

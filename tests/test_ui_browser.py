@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,8 +53,9 @@ def planted_now(shop_db):
 @pytest.fixture(scope="module")
 def starting_api_server(shop_db, airflow_db, tmp_path_factory):
     """`airflow api-server` on a free port with this repository's plugins folder and the module's
-    warehouse, started but not waited for: it takes the longest to come up, so the browser starts
-    and the data is planted meanwhile (the page reads the warehouse per request)."""
+    warehouse (and the session's migrated metadata database, which it checks at start), started
+    but not waited for: it takes the longest to come up (half a minute under load), so meanwhile
+    the browser starts and the data is planted (the page reads the warehouse per request)."""
     _need_chromium()
     engine, _, _ = shop_db
     port = free_port()
@@ -73,15 +75,26 @@ def starting_api_server(shop_db, airflow_db, tmp_path_factory):
            "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR / "plugins"), os.environ.get("PYTHONPATH", "")])}
     with log.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port",
-                                   str(port), "--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT)
+                                   str(port), "--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # its own process group: its worker stops with it
     try:
         yield server, f"http://127.0.0.1:{port}", log
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop_group(server)
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM, 3 s for a graceful exit (uvicorn took 8 s under load), then SIGKILL the group."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

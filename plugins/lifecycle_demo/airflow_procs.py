@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -267,6 +268,22 @@ class Airflow:
                     out.append(f"{run['dag_run_id']} {ti['task_id']}[{ti['map_index']}]: {ti['state']}")
                     out.extend(tail(log, 30) for log in self.task_log_files(dag_id, run["dag_run_id"], ti["task_id"]))
         return "\n".join(out) or "(no failed task instances)"
+
+    def timeline(self, dag_id: str, run: dict) -> str:
+        """Where a run's time went: each task's last try, queued, started and ended, in seconds
+        from the run's queueing."""
+        t0 = datetime.fromisoformat(run["queued_at"])
+
+        def at(stamp: str | None) -> str:
+            return f"{(datetime.fromisoformat(stamp) - t0).total_seconds():6.1f}" if stamp else "     -"
+
+        tis = self.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances", limit=1000)["task_instances"]
+        lines = [f"{dag_id} {run['dag_run_id']}: {run['state']}, started {at(run['start_date'])}, "
+                 f"ended {at(run['end_date'])}"]
+        lines += [f"  {ti['task_id']:>15}[{ti['map_index']:>2}] try {ti['try_number']}: queued {at(ti['queued_when'])} "
+                  f"start {at(ti['start_date'])} end {at(ti['end_date'])}"
+                  for ti in sorted(tis, key=lambda t: (t["start_date"] or "", t["map_index"]))]
+        return "\n".join(lines)
 
     def task_log_files(self, dag_id: str, run_id: str, task_id: str) -> list[Path]:
         return sorted((self.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/**/*.log"))
