@@ -4,7 +4,8 @@
 
 One embedded PostgreSQL holds the demo shop and Airflow's metadata DB. Airflow runs as it does
 in production: an api-server, a scheduler with the LocalExecutor (parallelism 4: 2 cores) and a
-dag-processor, as subprocesses (like tests/test_backfill.py). The SMTP sink runs in this process.
+dag-processor, as subprocesses (lifecycle_demo.airflow_procs, as in tests/test_backfill.py, but
+with Airflow's own loop timings). The SMTP sink runs in this process.
 
 1. **batches**: the win_back journey's first day (the interval ending at the shop's anchor),
    run by `airflow backfill create`: start_run, stage, validate, enroll, exits, plan, one
@@ -30,22 +31,15 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-AIRFLOW = str(VENV_BIN / "airflow")
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
 JOURNEY = "win_back"
 NAIVE = "naive_peer"
@@ -95,106 +89,6 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} not found)"
-
-
-class Airflow:
-    """api-server, scheduler and dag-processor as subprocesses sharing one AIRFLOW_HOME."""
-
-    SERVICES = ("api-server", "scheduler", "dag-processor")
-
-    def __init__(self, home: Path, env: dict[str, str], api_port: int) -> None:
-        self.home, self.env, self.api = home, env, f"http://127.0.0.1:{api_port}"
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=600)
-        if done.returncode:
-            raise RuntimeError(f"airflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}")
-        return done.stdout
-
-    def start(self) -> None:
-        for name in self.SERVICES:
-            with open(self.home / f"{name}.log", "wb") as log:
-                self.procs[name] = subprocess.Popen([AIRFLOW, name], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def stop(self) -> None:
-        """SIGTERM to each service's process group (its task processes too), then SIGKILL."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail(self.home / f'{name}.log')}")
-
-    def get(self, path: str, **params) -> dict:
-        query = "&".join(f"{k}={v}" for k, v in params.items())
-        with urllib.request.urlopen(f"{self.api}/api/v2/{path}" + (f"?{query}" if query else ""), timeout=60) as r:
-            return json.load(r)
-
-    def wait_for_dags(self, dag_ids: list[str]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            self.check_alive()
-            try:
-                for dag_id in dag_ids:
-                    self.get(f"dags/{dag_id}")
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"DAGs {dag_ids} not served within {START_TIMEOUT}s")
-            time.sleep(1)
-
-    def finished_run(self, dag_id: str) -> dict:
-        """Wait until the DAG has a run and all its runs are finished; return the last one."""
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while True:
-            self.check_alive()
-            runs = self.get(f"dags/{dag_id}/dagRuns", order_by="logical_date", limit=100)["dag_runs"]
-            if runs and all(r["state"] in ("success", "failed") for r in runs):
-                return runs[-1]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{dag_id}: runs not finished within {RUN_TIMEOUT}s: {runs}")
-            time.sleep(1)
-
-
-    def failures(self, dag_id: str, run: dict) -> str:
-        """The run's task instances that did not succeed, with the tail of their logs."""
-        out = [f"{dag_id} run {run['dag_run_id']}: {run['state']}"]
-        tis = self.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances", limit=100)["task_instances"]
-        for ti in tis:
-            if ti["state"] not in ("success", "skipped", "removed"):
-                out.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']}")
-                for log in sorted((self.home / "logs").glob(f"dag_id={dag_id}/**/task_id={ti['task_id']}/**/*.log")):
-                    out.append(tail(log, 30))
-        return "\n".join(out)
-
-
 def run_seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])).total_seconds()
 
@@ -231,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from lifecycle.dag_factory import POOLS
     from lifecycle.warehouse import start_embedded, stop_embedded
     from lifecycle_demo import demo_shop
-    from lifecycle_demo.cli import airflow_env
+    from lifecycle_demo.airflow_procs import Airflow, private_env
     from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-naive-"))
@@ -255,52 +149,33 @@ def main(argv: list[str] | None = None) -> int:
         dags.mkdir()
         shutil.copy(ROOT / "dags" / "journeys.py", dags / "journeys.py")
         (dags / "naive_peer.py").write_text(NAIVE_DAG)
-        api_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update(airflow_env(tmp, shop_url, smtp.port))
-        env["LIFECYCLE_SIGNING_KEY"] = secrets.token_urlsafe(32)  # a throwaway key for the unsubscribe links
-        env.update({
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sa.make_url(admin_url).set(database="airflow").render_as_string(
-                hide_password=False),
+        metadata_url = sa.make_url(admin_url).set(database="airflow").render_as_string(hide_password=False)
+        # Airflow's defaults for its loops (production's), not the tests' QUICK_LOOPS
+        env = private_env(tmp, shop_url, smtp.port, metadata_url, **{
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",  # 2 cores
             "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(api_port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             # A busy machine: the 5 s default makes tasks fail on a slow api-server reply.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            "LIFECYCLE_SIGNING_KEY": secrets.token_urlsafe(32),  # a throwaway key for the unsubscribe links
             "NAIVE_PEER_CONTACTS": str(tmp / "contacts.json"),
             "NAIVE_PEER_SMTP_PORT": str(smtp.port),
         })
-        home = Path(env["AIRFLOW_HOME"])
-        home.mkdir(parents=True)
-        airflow = Airflow(home, env, api_port)
-        airflow.cli("db", "migrate")
-        (home / "pools.json").write_text(json.dumps({name: {"slots": slots, "description": "lifecycle sends"}
-                                                     for name, slots in POOLS.items()}))
-        airflow.cli("pools", "import", str(home / "pools.json"))
+        airflow = Airflow(env, start_timeout=START_TIMEOUT, run_timeout=RUN_TIMEOUT, poll=1)
         airflow.start()
-        airflow.wait_for_dags([JOURNEY, NAIVE])
+        airflow.wait_until_ready([JOURNEY, NAIVE])
+        airflow.create_pools(POOLS)
         print(f"Airflow up (LocalExecutor, parallelism 4); load average {load()}", flush=True)
 
         # 1. The project's batches: the journey's first day.
-        airflow.cli("dags", "unpause", JOURNEY)
+        airflow.unpause(JOURNEY)
         day = (ANCHOR - timedelta(days=1)).strftime("%Y-%m-%d")
         t0 = time.perf_counter()
         airflow.cli("backfill", "create", "--dag-id", JOURNEY, "--from-date", day, "--to-date", day,
                     "--max-active-runs", "1")
-        run = airflow.finished_run(JOURNEY)
+        run = airflow.wait_for_runs(JOURNEY)[-1]
         batches_wall = time.perf_counter() - t0
         if run["state"] != "success":
-            raise RuntimeError(airflow.failures(JOURNEY, run))
+            raise RuntimeError(airflow.explain_failures(JOURNEY, [run]))
         with engine.connect() as conn:
             sent = conn.exec_driver_sql(
                 "SELECT count(*) FROM lifecycle.messages WHERE journey = %s AND status = 'sent'", (JOURNEY,)).scalar()
@@ -316,15 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         # 2. The naive peer: one mapped task per contact.
         (tmp / "contacts.json").write_text(json.dumps(contacts))
         smtp.clear()
-        airflow.cli("dags", "unpause", NAIVE)
+        airflow.unpause(NAIVE)
         t0 = time.perf_counter()
         airflow.cli("dags", "trigger", NAIVE)
-        run = airflow.finished_run(NAIVE)
+        run = airflow.wait_for_runs(NAIVE)[-1]
         naive_wall = time.perf_counter() - t0
         received = Counter(rcpt for m in smtp.messages for rcpt in m.rcpt_tos)
         if run["state"] != "success" or received != Counter(c["email"] for c in contacts):
             raise RuntimeError(f"{sum(received.values())} of {len(contacts)} messages received\n"
-                               + airflow.failures(NAIVE, run))
+                               + airflow.explain_failures(NAIVE, [run]))
         print(f"naive: {len(contacts):,} mapped tasks: {naive_wall:.1f} s from dags trigger, run "
               f"{run_seconds(run):.1f} s, {naive_wall / len(contacts):.2f} s per message (load average {load()})",
               flush=True)

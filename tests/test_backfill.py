@@ -1,177 +1,50 @@
 """Backfills through a real Airflow, not `dag.test()`: an api-server, a scheduler
-(LocalExecutor) and a dag-processor run as subprocesses, and `airflow backfill create` on the
-command line replays past intervals of a journey against the demo shop (real PostgreSQL)
-and a real SMTP server running in this test process.
+(LocalExecutor) and a dag-processor run as subprocesses (lifecycle_demo.airflow_procs), and
+`airflow backfill create` on the command line replays past intervals of a journey against the
+demo shop (real PostgreSQL) and a real SMTP server running in this test process.
 
-Proves: a backfill replays one journey run per data interval and delivers each intended
-message once; the same backfill again (`--reprocess-behavior completed`) re-runs every
-interval and sends nothing new; a backfill with `--dag-run-conf '{"dry_run": true}'`
-records dry_run messages and delivers nothing.
+Proves: a backfill replays one journey run per data interval (two daily intervals, the second
+finding the first one's entrants already enrolled) and delivers each intended message once; the
+scheduler leaves on each run the note its `summarize` task wrote (its messages by status, its
+conversions: read back through the REST API and recomputed from the audit rows), and each run's
+asset event carries the same counts; the same backfill again (`--reprocess-behavior completed`)
+re-runs every interval and sends nothing new; a backfill of one interval with `--dag-run-conf
+'{"dry_run": true}'` records dry_run messages, says so in its note and delivers nothing; the
+advice the engine's errors give for replaying an interval replays exactly that interval.
 
 Backfills use `--max-active-runs 1`: a journey's intervals build on each other (a run plans
 the steps of enrollments that earlier intervals made), so they must replay in order, as the
 scheduler ran them. Airflow's default (10 at once) lets a later interval plan before an
 earlier one has enrolled; the messages it misses go out on a later run instead.
+
+Airflow runs with the test settings of airflow_procs.QUICK_LOOPS (a shorter scheduler idle
+sleep, the DAG files parsed once). A backfill whose runs all finished is closed through the
+REST API's cancel before the next one of its DAG, instead of waiting up to 30 s for the
+scheduler to mark it complete (Airflow allows one unfinished backfill per DAG).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import _fresh_database
+
+from lifecycle_demo.airflow_procs import QUICK_LOOPS, Airflow, private_env
 
 # Starting a whole Airflow is slow: this module runs on the embedded warehouse only (the
 # engine's SQL runs on both servers in test_dags.py and the other modules).
 pytestmark = [pytest.mark.parametrize("shop_db", ["embedded"], indirect=True), pytest.mark.slow]
-
-VENV_BIN = Path(sys.executable).parent
-AIRFLOW = str(VENV_BIN / "airflow")
-START_TIMEOUT = 120  # api-server up and the DAGs parsed
-RUN_TIMEOUT = 300  # one backfill, from `backfill create` until its runs finished
-TERMINAL = {"success", "failed"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} not found)"
-
-
-class Airflow:
-    """An Airflow made of subprocesses sharing one AIRFLOW_HOME, and a small client for it."""
-
-    SERVICES = ("api-server", "scheduler", "dag-processor")
-
-    def __init__(self, home: Path, env: dict[str, str], api_port: int) -> None:
-        self.home, self.env, self.api = home, env, f"http://127.0.0.1:{api_port}"
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    # ------------------------------------------------------------------ processes
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=180)
-        if done.returncode != 0:
-            pytest.fail(f"airflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-5000:]}")
-        return done
-
-    def start(self) -> None:
-        for name in self.SERVICES:
-            with open(self.home / f"{name}.log", "wb") as log:
-                self.procs[name] = subprocess.Popen(
-                    [AIRFLOW, name], env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # its own process group: stop() reaches its task processes too
-                )
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:  # whatever is left of the group (task processes, uvicorn workers)
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(f"----- {name}.log (tail)\n{_tail(self.home / f'{name}.log')}" for name in self.procs)
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                pytest.fail(f"airflow {name} exited with {proc.returncode}\n{self.logs()}")
-
-    # ------------------------------------------------------------------ REST API (all admins, no login)
-    def get(self, path: str, **params) -> dict:
-        query = "&".join(f"{k}={v}" for k, v in params.items())
-        url = f"{self.api}/api/v2/{path}" + (f"?{query}" if query else "")
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return json.load(resp)
-
-    def wait_until_ready(self, dag_ids: list[str]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            self.check_alive()
-            try:
-                for dag_id in dag_ids:
-                    self.get(f"dags/{dag_id}")
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # api-server not listening yet (URLError), or DAG not parsed yet (HTTPError 404)
-            if time.monotonic() > deadline:
-                pytest.fail(f"DAGs {dag_ids} not parsed and served within {START_TIMEOUT}s\n{self.logs()}")
-            time.sleep(1)
-
-    def dag_runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"dags/{dag_id}/dagRuns", order_by="logical_date", limit=100)["dag_runs"]
-
-    def _wait(self, done, what: str, dag_id: str) -> None:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while not done():
-            self.check_alive()
-            if time.monotonic() > deadline:
-                states = {r["dag_run_id"]: r["state"] for r in self.dag_runs(dag_id)}
-                pytest.fail(f"timed out after {RUN_TIMEOUT}s waiting for {what}; runs: {states}\n{self.logs()}")
-            time.sleep(1)
-
-    def backfill(self, dag_id: str, *args: str) -> dict:
-        """`airflow backfill create --dag-id DAG ARGS`, then wait until all its runs finished."""
-        earlier = self.get("backfills", dag_id=dag_id)["backfills"]
-        for b in earlier:  # Airflow allows one unfinished backfill per DAG; the scheduler marks
-            # a backfill complete up to 30 s after its last run finished
-            self._wait(lambda b=b: self.get(f"backfills/{b['id']}")["completed_at"] is not None,
-                       f"backfill {b['id']} of {dag_id} to be marked complete", dag_id)
-        self.cli("backfill", "create", "--dag-id", dag_id, *args)
-        (backfill,) = [b for b in self.get("backfills", dag_id=dag_id)["backfills"]
-                       if b["id"] not in {e["id"] for e in earlier}]
-        # Its runs were created (or cleared) queued in the same transaction as the backfill:
-        # from now on, a run of the DAG in a terminal state is one this backfill ran.
-        self._wait(lambda: all(r["state"] in TERMINAL for r in self.dag_runs(dag_id)),
-                   f"the runs of backfill {backfill['id']} of {dag_id} to finish", dag_id)
-        return backfill
-
-    def explain_failures(self, dag_id: str, runs: list[dict]) -> str:
-        """The task instances of these runs that did not succeed, with the tail of their logs."""
-        out = []
-        for run in runs:
-            if run["state"] == "success":
-                continue
-            tis = self.get(f"dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
-            for ti in tis:
-                if ti["state"] not in ("success", "skipped", "removed"):
-                    out.append(f"{run['dag_run_id']} {ti['task_id']}[{ti['map_index']}]: {ti['state']}")
-                    for log in sorted((self.home / "logs").glob(
-                            f"dag_id={dag_id}/run_id={run['dag_run_id']}/task_id={ti['task_id']}/**/*.log")):
-                        out.append(_tail(log, 30))
-        return "\n".join(out) or "(no failed task instances)"
 
 
 @pytest.fixture(scope="module")
@@ -179,61 +52,31 @@ def metadata_db(embedded_server_url):
     """Airflow's metadata DB: a fresh database on the embedded PostgreSQL. On SQLite, the
     scheduler runs these DAGs too, but `airflow backfill create` failed with "database is
     locked" while the scheduler was writing (SQLite allows one writer at a time)."""
-    name = f"lifecycle_airflow_{secrets.token_hex(4)}"
-    admin = sa.create_engine(embedded_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield sa.make_url(embedded_server_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    url, drop = _fresh_database(embedded_server_url)
+    yield url
+    drop()
 
 
 @pytest.fixture(scope="module")
 def airflow(shop_db, metadata_db):
     """A running Airflow whose tasks use this module's demo shop and SMTP server."""
     from lifecycle.dag_factory import POOLS
-    from lifecycle_demo.cli import airflow_env
     from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     engine, planted, anchor = shop_db
     state_dir = Path(tempfile.mkdtemp(prefix="lifecycle-backfill-"))
     smtp = RecordingSMTPServer().start()
-    api_port = _free_port()
-    # Nothing of this test session's own Airflow config (conftest's AIRFLOW_HOME) leaks in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(airflow_env(state_dir, engine.url.render_as_string(hide_password=False), smtp.port))
-    env.update({
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Airflow's children run `airflow`
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",  # this machine has 2 cores
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        # No scheduled runs, only the backfills under test (unpausing a DAG would otherwise
-        # schedule its latest interval, which would send as of today).
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        # Tasks talk to the Execution API on the api-server. Every port is private to this
-        # test: the scheduler's log server (default 8793) and the api-server must not collide.
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # the test reads the REST API without login
-    })
-    home = Path(env["AIRFLOW_HOME"])
-    home.mkdir(parents=True)
-    af = Airflow(home, env, api_port)
+    af = Airflow(private_env(state_dir, engine.url.render_as_string(hide_password=False), smtp.port, metadata_db,
+                             **QUICK_LOOPS))
     try:
-        af.cli("db", "migrate")
+        t0 = time.monotonic()
         af.start()
-        pools = home / "pools.json"  # the pools the send tasks run in
-        pools.write_text(json.dumps({name: {"slots": slots, "description": "lifecycle sends"}
-                                     for name, slots in POOLS.items()}))
-        af.cli("pools", "import", str(pools))
-        af.wait_until_ready(["review_request", "win_back"])
+        af.wait_until_ready(["review_request", "win_back", "birthday_ask"])
+        af.create_pools(POOLS)  # the pools the send tasks run in
+        print(f"\nairflow: migrated, started and DAGs served in {time.monotonic() - t0:.1f}s")
         yield af, engine, smtp
+        for dag_id in ("review_request", "win_back", "birthday_ask"):  # where the time went (pytest -s)
+            print("\n".join(af.timeline(dag_id, run) for run in af.dag_runs(dag_id)))
     finally:
         af.stop()
         smtp.stop()
@@ -254,20 +97,59 @@ def day(d: int) -> datetime:
     return datetime(2026, 11, d, tzinfo=UTC)
 
 
+def expected_note(engine, journey: str, run_id: str) -> str:
+    """The note a run's `summarize` should leave (README, "DAG run note"), from the audit rows:
+    the messages the run ended up owning by status (sent, or would-send on a dry run, always;
+    the others when there are some), then the conversions credited in its interval."""
+    from lifecycle.ui.run_note import euros
+
+    mode, start, end = rows(engine, "SELECT mode, interval_start, interval_end FROM lifecycle.runs "
+                                    "WHERE journey = :j AND run_id = :r", j=journey, r=run_id)[0]
+    statuses = dict(rows(engine, "SELECT status, count(*) FROM lifecycle.messages WHERE journey = :j "
+                                 "AND (run_id = :r OR (planned_run_id = :r AND run_id IS NULL)) GROUP BY status",
+                         j=journey, r=run_id))
+    conversions = dict(rows(engine, "SELECT order_id, revenue FROM lifecycle.conversions WHERE journey = :j "
+                                    "AND NOT holdout AND converted_at > :s AND converted_at <= :e",
+                            j=journey, s=start, e=end))  # an order counts once
+    revenue = sum(conversions.values(), Decimal(0))
+    first = f"would send {statuses.get('dry_run', 0)}" if mode == "dry" else f"sent {statuses.get('sent', 0)}"
+    parts = [first] + [f"{s} {statuses[s]}" for s in ("suppressed", "skipped", "expired", "failed") if statuses.get(s)]
+    parts += [f"converted {len(conversions)}"] + ([euros(float(revenue))] if revenue else [])
+    return ("dry run: " if mode == "dry" else "") + " · ".join(parts)
+
+
+def assert_notes_and_asset_events(af: Airflow, engine, journey: str, runs: list[dict]) -> None:
+    """Under the real scheduler, each run carries its note (the plugin's listener copied it from
+    `summarize`'s XCom when the run ended), and its latest asset event the same counts."""
+    for run in runs:
+        assert run["note"] == expected_note(engine, journey, run["dag_run_id"]), run
+        events = af.get("assets/events", source_dag_id=journey, source_run_id=run["dag_run_id"],
+                        order_by="-timestamp")["asset_events"]
+        assert events and events[0]["uri"] == f"lifecycle://runs/{journey}", events
+        extra = events[0]["extra"]
+        statuses = dict(rows(engine, "SELECT status, count(*) FROM lifecycle.messages WHERE journey = :j "
+                                     "AND (run_id = :r OR (planned_run_id = :r AND run_id IS NULL)) GROUP BY status",
+                             j=journey, r=run["dag_run_id"]))
+        assert extra["run_id"] == run["dag_run_id"] and extra["status"] == "ok", extra
+        assert extra["messages"] == statuses and extra["sent"] == statuses.get("sent", 0), extra
+        assert datetime.fromisoformat(extra["interval_end"]) == datetime.fromisoformat(run["data_interval_end"])
+
+
 def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothing_new(airflow):
     af, engine, smtp = airflow
     from lifecycle.channels.email import message_id_for
 
-    af.cli("dags", "unpause", "review_request")  # the scheduler runs no task of a paused DAG
+    af.unpause("review_request")  # the scheduler runs no task of a paused DAG
     # An interval timetable: --from-date/--to-date select *logical dates* (= interval starts),
-    # both inclusive. 16..19 are the daily intervals [16, 17) .. [19, 20); the last one ends
-    # at the demo shop's anchor.
-    window = ["--from-date", "2026-11-16", "--to-date", "2026-11-19", "--max-active-runs", "1"]
-    intervals = [(day(d), day(d + 1)) for d in range(16, 20)]
+    # both inclusive. 18 and 19 are the daily intervals [18, 19) and [19, 20); the last one ends
+    # at the demo shop's anchor. Requests come due with a 3-day lookback, so the second interval
+    # selects orders the first one already enrolled, as well as new ones.
+    window = ["--from-date", "2026-11-18", "--to-date", "2026-11-19", "--max-active-runs", "1"]
+    intervals = [(day(d), day(d + 1)) for d in (18, 19)]
 
     first = af.backfill("review_request", *window)
     runs = af.dag_runs("review_request")
-    assert [r["state"] for r in runs] == ["success"] * 4, af.explain_failures("review_request", runs)
+    assert [r["state"] for r in runs] == ["success"] * 2, af.explain_failures("review_request", runs)
     assert {r["run_type"] for r in runs} == {"backfill"}
     assert [(datetime.fromisoformat(r["data_interval_start"]), datetime.fromisoformat(r["data_interval_end"]))
             for r in runs] == intervals
@@ -282,8 +164,7 @@ def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothin
         SELECT m.idempotency_key, m.step, m.run_id, c.email FROM lifecycle.messages m
         JOIN shop.customers c ON c.customer_id::text = m.customer_id
         WHERE m.journey = 'review_request' AND m.status = 'sent'""")
-    assert len(sent) > 0, "the window has review requests due"
-    assert {m.run_id for m in sent} <= set(run_ids)
+    assert {m.run_id for m in sent} == set(run_ids), "each interval has review requests due"
     assert scalar(engine, "SELECT count(*) FROM lifecycle.messages WHERE status IN ('planned', 'claimed')") == 0
     received = list(smtp.messages)
     # Every intended message arrived exactly once: the Message-ID derives from the idempotency
@@ -294,13 +175,15 @@ def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothin
     assert max(got_ids.values()) == 1
     got_pairs = Counter((rcpt.lower(), m.message()["X-Lifecycle-Step"]) for m in received for rcpt in m.rcpt_tos)
     assert got_pairs == Counter((m.email.lower(), m.step) for m in sent)
+    assert_notes_and_asset_events(af, engine, "review_request", runs)
+    assert all(r["note"].startswith("sent ") and r["note"] != "sent 0" for r in runs), runs
 
     # The same backfill again: Airflow clears and re-runs every interval (same run ids) ...
     second = af.backfill("review_request", *window, "--reprocess-behavior", "completed")
     assert second["id"] != first["id"]
     rerun = af.dag_runs("review_request")
     assert [r["dag_run_id"] for r in rerun] == run_ids
-    assert [r["state"] for r in rerun] == ["success"] * 4, af.explain_failures("review_request", rerun)
+    assert [r["state"] for r in rerun] == ["success"] * 2, af.explain_failures("review_request", rerun)
     created = datetime.fromisoformat(second["created_at"])
     assert all(datetime.fromisoformat(r["start_date"]) > created for r in rerun)
     audit_again = rows(engine, "SELECT run_id, status, finished_at FROM lifecycle.runs "
@@ -313,27 +196,33 @@ def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothin
     assert len(smtp.messages) == len(received), new
     assert scalar(engine, "SELECT count(*) FROM lifecycle.messages "
                           "WHERE journey = 'review_request' AND status = 'sent'") == len(sent), new
+    # The re-runs' notes and asset events (a second event per run) still say what each run did.
+    assert_notes_and_asset_events(af, engine, "review_request", rerun)
+    assert all(len(af.get("assets/events", source_dag_id="review_request", source_run_id=r)["asset_events"]) == 2
+               for r in run_ids)
 
 
 def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
     af, engine, smtp = airflow
     delivered_before = len(smtp.messages)
-    af.cli("dags", "unpause", "win_back")
-    af.backfill("win_back", "--from-date", "2026-11-18", "--to-date", "2026-11-19", "--max-active-runs", "1",
+    af.unpause("win_back")
+    af.backfill("win_back", "--from-date", "2026-11-19", "--to-date", "2026-11-19", "--max-active-runs", "1",
                 "--dag-run-conf", '{"dry_run": true}')
     runs = af.dag_runs("win_back")
-    assert [r["state"] for r in runs] == ["success"] * 2, af.explain_failures("win_back", runs)
+    assert [r["state"] for r in runs] == ["success"], af.explain_failures("win_back", runs)
     assert all(r["conf"] == {"dry_run": True} for r in runs)
 
     audit = rows(engine, "SELECT interval_start, mode, status FROM lifecycle.runs "
                          "WHERE journey = 'win_back' ORDER BY interval_start")
-    assert [tuple(a) for a in audit] == [(day(18), "dry", "ok"), (day(19), "dry", "ok")]
+    assert [tuple(a) for a in audit] == [(day(19), "dry", "ok")]
     by_status = dict(rows(engine, "SELECT mode || ':' || status, count(*) FROM lifecycle.messages "
                                   "WHERE journey = 'win_back' GROUP BY 1"))
     assert by_status.get("dry:dry_run", 0) > 0, by_status
     assert not [k for k in by_status if not k.startswith("dry:")], by_status  # no live message at all
     assert "dry:sent" not in by_status, by_status
     assert len(smtp.messages) == delivered_before
+    assert_notes_and_asset_events(af, engine, "win_back", runs)
+    assert runs[0]["note"].startswith(f"dry run: would send {by_status['dry:dry_run']} · "), runs[0]
 
     # The validate task's log (a real worker's file) says what it checked, without GX's noise.
     # Backfill run ids (backfill__<date>) repeat across DAGs: an earlier test of the module backfilled
@@ -341,37 +230,23 @@ def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
     selected = scalar(engine, "SELECT rows_selected FROM lifecycle.runs "
                               "WHERE journey = 'win_back' AND run_id = :r AND mode = 'dry'", r=runs[0]["dag_run_id"])
     line = f"selected {selected}, valid {selected}, quarantined 0, held no"
-    log = task_log(af, "win_back", runs[0]["dag_run_id"], "validate", wait_for=line)
+    log = af.task_log("win_back", runs[0]["dag_run_id"], "validate", wait_for=line)
     assert f"selected {selected}, valid {selected}, quarantined 0, held no" in log, log
     assert "great_expectations" not in log, log
 
 
-def task_log(af: Airflow, dag_id: str, run_id: str, task_id: str, wait_for: str = "", timeout: float = 60) -> str:
-    """The task's log files as the worker wrote them; with `wait_for`, read again until that text is
-    there (the log is written out by the task's supervisor, which may finish after the run's state)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        logs = sorted((af.home / "logs").glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/**/*.log"))
-        text = "\n".join(log.read_text(errors="replace") for log in logs)
-        if wait_for in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.5)
-
-
 def start_run_log(af: Airflow, dag_id: str, run_id: str) -> str:
-    return task_log(af, dag_id, run_id, "start_run")
+    return af.task_log(dag_id, run_id, "start_run")
 
 
 def follow(af: Airflow, dag_id: str, command: str) -> None:
     """Run the `airflow ...` command an error message advises, then wait for its runs."""
     args = shlex.split(command)
     assert args[0] == "airflow", command
-    if args[1] == "backfill":  # one unfinished backfill per DAG: let earlier ones be marked complete
-        for b in af.get("backfills", dag_id=dag_id)["backfills"]:
-            af._wait(lambda b=b: af.get(f"backfills/{b['id']}")["completed_at"] is not None,
-                     f"backfill {b['id']} of {dag_id} to be marked complete", dag_id)
+    if args[1] == "backfill":  # one unfinished backfill per DAG
+        af.close_finished_backfills(dag_id)
     af.cli(*args[1:])
-    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), f"the runs of `{command}`", dag_id)
+    af.wait_for_runs(dag_id, f"the runs of `{command}`")
 
 
 def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airflow):
@@ -379,11 +254,11 @@ def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airf
     finished interval, not X's. The engine's errors must advise a command that replays X."""
     af, engine, smtp = airflow
     dag_id = "birthday_ask"
-    af.cli("dags", "unpause", dag_id)
+    af.unpause(dag_id)
 
     # A manual trigger without a logical date has no data interval: the run fails and says how to replay one.
-    af.cli("dags", "trigger", dag_id)
-    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), "the triggered run", dag_id)
+    af.request("POST", f"dags/{dag_id}/dagRuns", {"logical_date": None})
+    af.wait_for_runs(dag_id, "the triggered run")
     (failed,) = af.dag_runs(dag_id)
     assert failed["state"] == "failed" and failed["data_interval_start"] is None
     message = start_run_log(af, dag_id, failed["dag_run_id"])
@@ -401,7 +276,7 @@ def test_the_advice_for_replaying_an_interval_replays_exactly_that_interval(airf
     # The old advice, `dags trigger --logical-date`: Airflow gives the run the latest interval, so
     # the engine refuses it (nothing done) and names the command that replays the date asked for.
     af.cli("dags", "trigger", dag_id, "--logical-date", "2026-11-18T00:00:00+00:00")
-    af._wait(lambda: all(r["state"] in TERMINAL for r in af.dag_runs(dag_id)), "the triggered run", dag_id)
+    af.wait_for_runs(dag_id, "the triggered run")
     (wrong,) = [r for r in af.dag_runs(dag_id) if (r["logical_date"] or "").startswith("2026-11-18")]
     assert wrong["state"] == "failed" and not wrong["data_interval_start"].startswith("2026-11-18")
     message = start_run_log(af, dag_id, wrong["dag_run_id"])

@@ -27,7 +27,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +34,9 @@ from pathlib import Path
 import psutil
 import pytest
 import sqlalchemy as sa
-from conftest import _admin_url, _empty_shop
-from test_backfill import AIRFLOW, TERMINAL, VENV_BIN, Airflow, _free_port
+from conftest import _admin_url, _empty_shop, _fresh_database
+
+from lifecycle_demo.airflow_procs import QUICK_LOOPS, TERMINAL, Airflow, free_port, private_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -79,7 +79,7 @@ def redis_server():
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but no Redis on 127.0.0.1:6379 and no redis-server to start")
         pytest.skip("no Redis on 127.0.0.1:6379 and no redis-server to start; CeleryExecutor test skipped")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -157,32 +157,20 @@ def warehouse(request):
 @pytest.fixture(scope="module")
 def metadata_db(request):
     """Airflow's metadata database (and Celery's result backend) on the PostgreSQL service."""
-    admin_url = _admin_url(request, "service")
-    name = f"lifecycle_airflow_{secrets.token_hex(4)}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    url, drop = _fresh_database(_admin_url(request, "service"))
+    yield url
+    drop()
 
 
 # ------------------------------------------------------------------------------------ Airflow
 class CeleryAirflow(Airflow):
-    """test_backfill's Airflow (api-server, scheduler, dag-processor) plus Celery workers."""
+    """lifecycle_demo.airflow_procs' Airflow (api-server, scheduler, dag-processor) plus Celery workers."""
 
     def start_worker(self, name: str) -> None:
-        with open(self.home / f"worker-{name}.log", "wb") as log:
-            self.procs[f"worker-{name}"] = subprocess.Popen(
-                [AIRFLOW, "celery", "worker", "--concurrency", "1", "--celery-hostname", self.worker_name(name),
-                 "--queues", self.env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"], "--skip-serve-logs",
-                 "--without-mingle", "--without-gossip"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: its pool and task processes die with it
-            )
+        # its own process group (airflow_procs.spawn): its pool and task processes die with it
+        self.spawn(f"worker-{name}", ["celery", "worker", "--concurrency", "1", "--celery-hostname",
+                                      self.worker_name(name), "--queues", self.env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"],
+                                      "--skip-serve-logs", "--without-mingle", "--without-gossip"])
 
     def worker_name(self, name: str) -> str:
         return f"{name}@{self.env['AIRFLOW__OPERATORS__DEFAULT_QUEUE']}"
@@ -215,19 +203,6 @@ class CeleryAirflow(Airflow):
             pass
         return ids
 
-    def get(self, path: str, **params) -> dict:
-        """The REST API, asked again when it is slow to answer (a loaded machine: its api-server
-        also serves every task's heartbeats)."""
-        for attempt in range(3):
-            try:
-                return super().get(path, **params)
-            except (TimeoutError, urllib.error.URLError) as exc:
-                timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
-                if not timed_out or attempt == 2:
-                    raise
-                time.sleep(2)
-        raise AssertionError("unreachable")
-
     def task_instances(self, run_id: str) -> list[dict]:
         return self.get(f"dags/{JOURNEY}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
 
@@ -235,24 +210,12 @@ class CeleryAirflow(Airflow):
 @pytest.fixture(scope="module")
 def airflow(warehouse, metadata_db, broker):
     from lifecycle.dag_factory import POOLS
-    from lifecycle_demo.cli import airflow_env
     from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     state_dir = Path(tempfile.mkdtemp(prefix="lifecycle-celery-"))
     smtp = RecordingSMTPServer().start()
-    api_port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(airflow_env(state_dir, warehouse.url.render_as_string(hide_password=False), smtp.port))
     backend = sa.make_url(metadata_db).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    env.update({
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the backfill under test runs
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # parsed once: the files do not change
+    celery = {
         # a dead worker's task is failed (and retried) after this long without a heartbeat
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
@@ -262,33 +225,21 @@ def airflow(warehouse, metadata_db, broker):
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{backend}",
         # Celery records which worker ran each task (celery_taskmeta.worker)
         "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps({"result_extended": True}),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__WORKERS": "1",
-        # a task's calls to the Execution API: 5 s is too short on a loaded 2-core machine (a task
-        # failed before it started, at load 15, with ReadTimeout)
-        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-    })
-    home = Path(env["AIRFLOW_HOME"])
-    home.mkdir(parents=True)
-    af = CeleryAirflow(home, env, api_port)
+    }
+    env = private_env(state_dir, warehouse.url.render_as_string(hide_password=False), smtp.port, metadata_db,
+                      executor="CeleryExecutor", **QUICK_LOOPS, **celery)
+    af = CeleryAirflow(env, run_timeout=RUN_TIMEOUT)
     af.killed = None
     try:
         t0 = time.monotonic()
-        af.cli("db", "migrate")
-        t1 = time.monotonic()
         af.start()
+        t1 = time.monotonic()
         for name in WORKERS:
             af.start_worker(name)
-        pools = home / "pools.json"
-        pools.write_text(json.dumps({name: {"slots": slots, "description": "lifecycle sends"}
-                                     for name, slots in POOLS.items()}))
-        af.cli("pools", "import", str(pools))
         af.wait_until_ready([JOURNEY])
-        print(f"\nairflow: db migrate {t1 - t0:.1f}s, services up and DAGs parsed {time.monotonic() - t1:.1f}s")
+        af.create_pools(POOLS)
+        print(f"\nairflow: db migrate and services started {t1 - t0:.1f}s, workers up and DAGs served "
+              f"{time.monotonic() - t1:.1f}s")
         yield af, smtp, sa.create_engine(metadata_db)
     finally:
         af.stop()
@@ -310,17 +261,6 @@ def batch_progress(engine) -> dict[int, tuple[int, int]]:
         SELECT batch_no, count(*) FILTER (WHERE status = 'sent') AS done,
                count(*) FILTER (WHERE status = 'planned') AS open
         FROM lifecycle.messages WHERE journey = :j GROUP BY batch_no""", j=JOURNEY)}
-
-
-def timeline(tis: list[dict], t0: datetime) -> str:
-    """Each task's last try: queued, started and ended, in seconds from the run's start (where the time goes)."""
-    def at(stamp):
-        return f"{(datetime.fromisoformat(stamp) - t0).total_seconds():6.1f}" if stamp else "     -"
-
-    lines = [f"{ti['task_id']:>15}[{ti['map_index']:>2}] try {ti['try_number']}: queued {at(ti['queued_when'])} "
-             f"start {at(ti['start_date'])} end {at(ti['end_date'])}"
-             for ti in sorted(tis, key=lambda t: (t["start_date"] or "", t["map_index"]))]
-    return "\n".join(lines)
 
 
 def kill_a_worker_mid_batch(af: CeleryAirflow, engine, metadata, run_id: str, timeout: float) -> dict:
@@ -358,7 +298,7 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(airflow, warehouse)
 
     af, smtp, metadata = airflow
     started = time.monotonic()
-    af.cli("dags", "unpause", JOURNEY)
+    af.unpause(JOURNEY)
     af.cli("backfill", "create", "--dag-id", JOURNEY, "--from-date", DAY.date().isoformat(),
            "--to-date", DAY.date().isoformat(), "--max-active-runs", "1")
     (run,) = af.dag_runs(JOURNEY)
@@ -370,11 +310,11 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(airflow, warehouse)
         af.check_alive()
         if time.monotonic() > deadline:
             pytest.fail(f"run not finished {RUN_TIMEOUT}s after the kill: {run['state']}\n{af.logs()}")
-        time.sleep(2)
+        time.sleep(af.poll)
     finished = time.monotonic()
     print(f"\ncelery run of {MESSAGES} messages: kill after {killed_at - started:.0f}s, "
           f"finished after {finished - started:.0f}s; load average {os.getloadavg()}")
-    print(timeline(af.task_instances(run["dag_run_id"]), datetime.fromisoformat(run["start_date"])))
+    print(af.timeline(JOURNEY, run))
     assert run["state"] == "success", af.explain_failures(JOURNEY, [run])
 
     # Airflow: the killed try failed for its missing heartbeat, the retry ran on the other worker.

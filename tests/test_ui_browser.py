@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +25,7 @@ from test_ui_page import EMAIL_1, EMAIL_2, JOURNEY, plant
 
 from lifecycle.config import PROJECT_DIR
 from lifecycle.warehouse import airflow_conn_json
+from lifecycle_demo.airflow_procs import free_port
 
 pytestmark = pytest.mark.slow  # starts Airflow's API server and a browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,12 +42,6 @@ def _need_chromium() -> None:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def planted_now(shop_db):
     """The planted month, dated ten days ago: the page's default period (the last 30 days) holds it."""
@@ -56,11 +51,14 @@ def planted_now(shop_db):
 
 
 @pytest.fixture(scope="module")
-def api_server(planted_now, airflow_db, tmp_path_factory):
-    """`airflow api-server` on a free port with this repository's plugins folder and the planted warehouse."""
+def starting_api_server(shop_db, airflow_db, tmp_path_factory):
+    """`airflow api-server` on a free port with this repository's plugins folder and the module's
+    warehouse (and the session's migrated metadata database, which it checks at start), started
+    but not waited for: it takes the longest to come up (half a minute under load), so meanwhile
+    the browser starts and the data is planted (the page reads the warehouse per request)."""
     _need_chromium()
-    engine, _, _ = planted_now
-    port = _free_port()
+    engine, _, _ = shop_db
+    port = free_port()
     home = tmp_path_factory.mktemp("api-server")
     log = home / "api-server.log"
     (home / "passwords.json").write_text(json.dumps({USER: PASSWORD}))
@@ -77,29 +75,30 @@ def api_server(planted_now, airflow_db, tmp_path_factory):
            "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR / "plugins"), os.environ.get("PYTHONPATH", "")])}
     with log.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port",
-                                   str(port), "--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+                                   str(port), "--workers", "1"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # its own process group: its worker stops with it
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the API server did not start:\n{log.read_text()[-4000:]}")
-                time.sleep(1)
-        yield base
+        yield server, f"http://127.0.0.1:{port}", log
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop_group(server)
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM, 3 s for a graceful exit (uvicorn took 8 s under load), then SIGKILL the group."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(starting_api_server):
     _need_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -107,6 +106,22 @@ def browser():
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def api_server(starting_api_server, browser, planted_now):
+    """The API server's base URL, once it answers its health check."""
+    server, base, log = starting_api_server
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the API server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.2)
+    return base
 
 
 def _funnel_cell(scope, step: str, variant: str, metric: str) -> str:

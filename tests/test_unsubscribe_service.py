@@ -15,10 +15,8 @@ import contextlib
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +34,7 @@ from lifecycle.links import stay_token, unsubscribe_token
 from lifecycle.replay import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.warehouse import airflow_conn_json
+from lifecycle_demo.airflow_procs import free_port
 
 SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
 
@@ -48,54 +47,24 @@ ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 USED_TOKENS: list[str] = []  # every token sent to the service; none may show up in its log
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def web_service_process(engine: sa.Engine, log_path: Path, **env_vars: str):
-    """`python -m lifecycle.web_service` as its own process on a free port, reading the warehouse
-    of `engine` from the Airflow connection variable (as docker-compose.yaml does); yields base
-    URL, port, an httpx client (no redirects followed) and the log file. test_tracking uses it too."""
+    """`python -m lifecycle.web_service` as its own process (the demo's launcher,
+    lifecycle_demo.engagement.web_service), reading the warehouse of `engine` from the Airflow
+    connection variable (as docker-compose.yaml does), logging at info; yields base URL, port, an
+    httpx client (no redirects followed) and the log file. test_tracking uses it too."""
+    from lifecycle_demo.engagement import web_service
+
     env = {
         **os.environ,
         "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": airflow_conn_json(engine.url.render_as_string(hide_password=False)),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
         **env_vars,
     }
-    for _attempt in range(3):  # the free port could be taken between probing and binding
-        port = _free_port()
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "lifecycle.web_service", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+    with web_service(None, env, log_path, log_level="info") as port:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60  # it imports Airflow (the connection): slow on a busy machine
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        if proc.poll() is None and time.monotonic() < deadline:
-            break
-        proc.kill()
-        proc.wait()
-    else:
-        pytest.fail(f"web service did not start:\n{log_path.read_text()}")
-    try:
         with httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client:
             yield SimpleNamespace(base=base, port=port, client=client, log_path=log_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +361,7 @@ def test_health_reports_an_unreachable_warehouse():
 
     from lifecycle.web_service import create_app, make_engine
 
-    engine = make_engine(f"postgresql+psycopg2://nobody@127.0.0.1:{_free_port()}/nowhere")
+    engine = make_engine(f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/nowhere")
 
     async def requests():
         transport = httpx.ASGITransport(app=create_app(engine))
@@ -454,7 +423,7 @@ def test_the_service_refuses_to_start_without_a_sound_signing_key(key, problem):
             "AIRFLOW_CONN_LIFECYCLE_WAREHOUSE": "postgresql://nobody@127.0.0.1:1/none"}
     if key is not None:
         env["LIFECYCLE_SIGNING_KEY"] = key
-    done = subprocess.run([sys.executable, "-m", "lifecycle.web_service", "--port", str(_free_port())],
+    done = subprocess.run([sys.executable, "-m", "lifecycle.web_service", "--port", str(free_port())],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "refusing to start" in done.stderr and problem in done.stderr and "LIFECYCLE_SIGNING_KEY" in done.stderr

@@ -18,7 +18,6 @@ import http.client
 import json
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from lifecycle_demo.airflow_procs import free_port
 
 
 @dataclass(frozen=True)
@@ -62,30 +63,47 @@ _TRACKED = re.compile(r"https?://[^\s\"'<>]+/(?:c/[A-Za-z0-9_-]+|o/[A-Za-z0-9_-]
 
 
 @contextlib.contextmanager
-def web_service(warehouse_url: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
-    """`python -m lifecycle.web_service` on a free local port (the shop's web front would route
-    /o/ and /c/ to it); yields the port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lifecycle.web_service", "--host", "127.0.0.1", "--port",
-                                 str(port), "--warehouse-url", warehouse_url, "--log-level", "warning"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+def web_service(warehouse_url: str | None, env: dict[str, str], log_path: Path,
+                log_level: str = "warning") -> Iterator[int]:
+    """`python -m lifecycle.web_service` as its own process on a free local port (the shop's
+    web front would route /o/, /c/, /unsubscribe and /preferences to it), logging to `log_path`;
+    yields the port once it answers /health. Without `warehouse_url` the service reads the
+    warehouse from the Airflow connection in `env` (AIRFLOW_CONN_LIFECYCLE_WAREHOUSE), as
+    docker-compose.yaml runs it. The demo and the tests (test_unsubscribe_service,
+    test_tracking) start it here."""
+    args = ["--log-level", log_level] + (["--warehouse-url", warehouse_url] if warehouse_url else [])
+    for _attempt in range(3):  # the free port could be taken between probing and binding
+        port = free_port()
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "lifecycle.web_service", "--host", "127.0.0.1", "--port",
+                                     str(port), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        if _answers_health(proc, port, timeout=60):  # it imports Airflow: slow on a busy machine
+            break
+        _stop(proc)
+    else:
+        raise RuntimeError(f"the web service did not start: see {log_path}:\n{log_path.read_text()[-3000:]}")
     try:
-        deadline = time.monotonic() + 60
-        while _status(port, "GET", "/health") != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the web service did not start: see {log_path}")
-            time.sleep(0.1)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+def _answers_health(proc: subprocess.Popen, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _status(port, "GET", "/health") == 200:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _status(port: int, method: str, path: str, user_agent: str | None = None) -> int | None:
