@@ -80,8 +80,43 @@ def test_bad_rows_are_quarantined_with_reasons_and_the_rest_enrolled(warehouse, 
     }
     assert enrolled == ["a"]
     assert run[:3] == (8, 1, 7) and run[3]["success"] is False
-    failed = {(e["expectation"], e["column"]) for e in run[3]["expectations"] if not e["success"]}
-    assert ("expect_column_values_to_be_unique", "row_key") in failed
+    # the summary in lifecycle.runs.validation: GX's verdicts in GX's order (by column), with counts
+    assert run[3]["expectations"] == [
+        {"expectation": "expect_column_values_to_not_be_null", "column": "customer_id", "success": False,
+         "unexpected_count": 1},
+        {"expectation": "expect_column_values_to_not_be_null", "column": "row_key", "success": False,
+         "unexpected_count": 1},
+        {"expectation": "expect_column_values_to_be_unique", "column": "row_key", "success": False,
+         "unexpected_count": 2},
+        {"expectation": "expect_column_values_to_not_be_null", "column": "entered_at", "success": False,
+         "unexpected_count": 1},
+        {"expectation": "expect_column_values_to_not_be_null", "column": "email", "success": False,
+         "unexpected_count": 1},
+        {"expectation": "expect_column_values_to_match_regex", "column": "email", "success": False,
+         "unexpected_count": 2},
+        {"expectation": "expect_column_values_to_not_match_regex", "column": "email", "success": True,
+         "unexpected_count": 0},
+        {"expectation": "volume_guard_new_rows", "column": None, "success": True, "observed": 1,
+         "rows_selected": 8, "max": None},
+    ]
+
+
+def test_a_column_that_is_customer_id_and_enrollment_key_is_checked_once_and_gives_both_reasons(warehouse, tmp_path):
+    path = tmp_path / "same_key_probe.sql"
+    path.write_text(HEADER.replace("entry_key: row_key", "entry_key: customer_id").format(name="same_key_probe") + """
+        SELECT * FROM (VALUES (1, TIMESTAMPTZ '2026-11-19', 'ok1@example.com'),
+                              (NULL, TIMESTAMPTZ '2026-11-19', 'ok2@example.com')) AS v(customer_id, entered_at, email)
+    """)
+    spec = load_spec(path)
+    result = run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel)
+
+    assert (result["selected"], result["quarantined"]) == (2, 1)
+    with warehouse.connect() as conn:
+        reasons = conn.execute(sa.text("SELECT reasons FROM lifecycle.quarantine")).scalar_one()
+        summary = conn.execute(sa.text("SELECT validation -> 'expectations' FROM lifecycle.runs")).scalar_one()
+    assert reasons == ["customer_id: missing", "customer_id: missing enrollment key"]
+    assert [(e["expectation"], e["column"]) for e in summary if e["column"] == "customer_id"] == [
+        ("expect_column_values_to_not_be_null", "customer_id"), ("expect_column_values_to_be_unique", "customer_id")]
 
 
 def test_a_sudden_spike_is_held_and_can_be_approved(warehouse, tmp_path):
@@ -188,24 +223,69 @@ def test_validation_does_not_leave_connections_open(warehouse, tmp_path):
     assert open_connections() <= before  # a long-lived worker must not run out of connections
 
 
-def test_one_gx_context_serves_every_validation_in_a_process(warehouse, tmp_path, monkeypatch):
-    """Building a GX context per run (and collecting the garbage it leaves) cost about a second a
-    run; the process builds one and reuses it. Spy (not a mock): the real get_context runs."""
-    import great_expectations as gx
+def test_gx_validates_over_the_warehouse_engine_with_no_pool_or_data_source_per_run(warehouse, tmp_path, monkeypatch):
+    """Each run's GX execution engine runs its queries on the warehouse's own engine (its pool):
+    no engine from a connection string, no data source added to and deleted from a context, and
+    the expectations' configurations are built once. Spy (not a mock): the real class runs."""
+    from great_expectations.execution_engine import SqlAlchemyExecutionEngine
 
     from lifecycle import validate
 
-    built = []
-    real_get_context = gx.get_context
-    monkeypatch.setattr(gx, "get_context", lambda *a, **k: built.append(1) or real_get_context(*a, **k))
+    given = []
+    real_init = SqlAlchemyExecutionEngine.__init__
+
+    def spy(self, *args, **kwargs):
+        given.append(kwargs.get("engine"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlAlchemyExecutionEngine, "__init__", spy)
     monkeypatch.setattr(validate, "_gx", {})  # as in a fresh process
-    spec = segment(tmp_path, "context_probe", """
+    spec = segment(tmp_path, "engine_probe", """
         SELECT g AS customer_id, 'k' || g AS row_key, :as_of AS entered_at, 'c' || g || '@example.com' AS email
         FROM generate_series(1, 3) AS g
     """)
     for i in range(1, 4):
         run_interval(warehouse, spec, END + (i - 1) * timedelta(days=1), END + i * timedelta(days=1), no_channel)
-    assert len(built) == 1
+    assert given == [warehouse] * 3  # one execution engine per run, each on the warehouse engine
+    assert len(validate._gx) == 1  # the journey's configurations, built on the first run
+
+
+def test_an_empty_stage_table_passes_every_expectation_without_asking_gx(warehouse, tmp_path, monkeypatch):
+    """A run that selects nobody records the summary GX gives an empty table (asked directly
+    below: every expectation holds, no unexpected rows) without running GX's metric queries."""
+    from great_expectations.validator.validator import Validator
+
+    from lifecycle import stage, validate
+    from lifecycle.run_context import RunContext
+
+    spec = segment(tmp_path, "empty_probe", """
+        SELECT 1 AS customer_id, 'k' AS row_key, :as_of AS entered_at, 'a@example.com' AS email WHERE false
+    """)
+    validations = []
+    real_graph_validate = Validator.graph_validate
+    monkeypatch.setattr(Validator, "graph_validate",
+                        lambda self, *a, **k: validations.append(1) or real_graph_validate(self, *a, **k))
+    result = run_interval(warehouse, spec, END - timedelta(days=1), END, no_channel)
+
+    assert (result["selected"], result["quarantined"], validations) == (0, 0, [])
+    with warehouse.connect() as conn:
+        validation = conn.execute(sa.text("SELECT validation FROM lifecycle.runs")).scalar_one()
+    assert validation["success"] is True
+    recorded, guard = validation["expectations"][:-1], validation["expectations"][-1]
+    assert guard == {"expectation": "volume_guard_new_rows", "column": None, "success": True, "observed": 0,
+                     "rows_selected": 0, "max": None}
+
+    run = RunContext(spec.journey, "gx-itself", "dry", END - timedelta(days=1), END)
+    assert stage.stage_segment(warehouse, spec, run) == 0
+    try:
+        gx_results, failed = validate._gx_results(warehouse, spec, run, validate.row_expectations(spec))
+    finally:
+        stage.drop_stage(warehouse, run)
+    assert failed == {}
+    assert [(e["expectation"], e["column"], e["success"]) for e in recorded] == [
+        (r.expectation_config.type, r.expectation_config.kwargs["column"], r.success) for r in gx_results]
+    assert all(e["success"] and e["unexpected_count"] == 0 for e in recorded)
+    assert not any(r.result.get("unexpected_count") for r in gx_results)  # GX: null (a SUM of no rows) or 0
 
 
 def test_validating_the_same_stage_table_again_judges_its_new_rows(warehouse, tmp_path):

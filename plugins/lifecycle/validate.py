@@ -15,7 +15,6 @@ import logging
 import os
 import statistics
 import threading
-import warnings
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -57,9 +56,7 @@ class ValidationOutcome:
 
 def _quiet_gx() -> None:
     # GX logs every docs decorator at INFO while it is imported (214 lines in a validate task's
-    # log under Airflow 3), so this runs before the first `import great_expectations`. It warns
-    # that add_sql could be add_postgres (which rejects unix-socket URLs, so we can't use it).
-    warnings.filterwarnings("ignore", message=".*generic SQLDatasource.*")
+    # log under Airflow 3), so this runs before the first `import great_expectations`.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its modules' loggers inherit it
     import great_expectations  # noqa: F401  (quietly, now)
 
@@ -154,17 +151,24 @@ def count_new_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
         ).scalar_one()
 
 
-# One GX context per process and one expectation suite per journey's checks: building a context
-# and collecting the garbage a per-run context leaves (its reference cycles hold connection pools)
-# cost about a second per run in a large process, more than the validation itself. Each run still
-# gets its own datasource (a fresh execution engine, whose metric cache never serves an earlier
-# batch of the same stage table), disposed and deleted once the run is validated.
+# How GX runs here, at the least cost per run (benchmarks/validate_cost.py measures it):
+# - GX's own Validator (the one `Batch.validate` runs underneath) on an execution engine built per
+#   run over the warehouse's SQLAlchemy engine. No data source is added to and deleted from a
+#   context per run (each change serialised the context's whole config to YAML), no second
+#   connection pool, no engine built from a connection string. A fresh execution engine also
+#   has a fresh metric cache and inspector: a retried run staging into the same table name is
+#   judged on its new rows and columns.
+# - One pass, counts and queries: result format BASIC with `return_unexpected_index_query`
+#   counts each check's bad rows (for the summary) and gives, for each failed check, the query
+#   that selects them (for the quarantine). Only the query text is built; GX runs no query for it.
+# - The expectations' configurations are built once per journey's checks, per process.
+# - An empty stage table is not sent to GX at all (see _vacuous_summary).
 _gx_lock = threading.Lock()
-_gx: dict = {}  # "context": the process's context; "suites": (journey, reasons) -> ExpectationSuite
+_gx: dict = {}  # (journey, reasons) -> the checks' ExpectationConfigurations
 
 
 def _forget_gx_after_fork() -> None:
-    # A forked child (a task process) must not share the parent's context or a lock held there.
+    # A forked child (a task process) must not share the parent's cache or a lock held there.
     global _gx_lock
     _gx_lock = threading.Lock()
     _gx.clear()
@@ -172,83 +176,112 @@ def _forget_gx_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_forget_gx_after_fork)
 
-
-def _gx_context():
-    """The process's ephemeral GX context (built on first use; call under _gx_lock)."""
-    if "context" not in _gx:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-        _gx.update(context=context, suites={})
-    return _gx["context"]
-
-
-def _suite(spec: JourneySpec, checks: list[tuple[object, str]]):
-    """The expectation suite for these checks, built once per journey and set of checks."""
-    import great_expectations as gx
-
-    key = (spec.journey, tuple(reason for _, reason in checks))
-    if key not in _gx["suites"]:
-        suite = gx.ExpectationSuite(name=f"{spec.journey}_segment")
-        for expectation, _ in checks:
-            suite.add_expectation(expectation)
-        _gx["suites"][key] = suite
-    return _gx["suites"][key]
-
-
-# Counting a stage table's bad rows takes a handful of queries per expectation; listing them (the
-# index query that quarantines them) takes as many again. Most runs have no bad row, so the suite
-# runs with counts only, and only the expectations that failed run again to say which rows.
-_COUNTS = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
-_ROWS = {
-    "result_format": "COMPLETE",
+_RESULT_FORMAT = {
+    "result_format": "BASIC",
+    "partial_unexpected_count": 0,  # the rows come from the index query, not from sample values
     "unexpected_index_column_names": ["_row"],
-    "partial_unexpected_count": 0,
     "return_unexpected_index_query": True,
 }
 
 
+def _distinct(checks: list[tuple[object, str]]) -> list:
+    """The checks' expectations, each once: a column that is both the customer id and the
+    enrollment key is checked for NULLs once, and a bad row gets both reasons (see _by_check)."""
+    distinct: dict = {}
+    for expectation, _ in checks:
+        distinct.setdefault(_check_key(expectation), expectation)
+    return list(distinct.values())
+
+
+def _check_key(expectation) -> tuple[str, str | None]:
+    return type(expectation).__name__, expectation.column
+
+
+def _configurations(spec: JourneySpec, checks: list[tuple[object, str]]) -> list:
+    """The checks' expectation configurations, built once per journey and set of checks (call
+    under _gx_lock). GX copies them before it validates, so runs can share them."""
+    key = (spec.journey, tuple(reason for _, reason in checks))
+    if key not in _gx:
+        _gx[key] = [expectation.configuration for expectation in _distinct(checks)]
+    return _gx[key]
+
+
+def _validator(engine: Engine, table: str):
+    """GX's Validator for the whole stage table, on a fresh execution engine over `engine`."""
+    from great_expectations.core.batch import Batch, LegacyBatchDefinition
+    from great_expectations.core.batch_spec import SqlAlchemyDatasourceBatchSpec
+    from great_expectations.core.id_dict import IDDict
+    from great_expectations.execution_engine import SqlAlchemyExecutionEngine
+    from great_expectations.validator.validator import Validator
+
+    execution_engine = SqlAlchemyExecutionEngine(engine=engine, create_temp_table=False)
+    # As a TableAsset names its table: an unquoted name (GX warns about a plain str).
+    batch_spec = SqlAlchemyDatasourceBatchSpec(
+        table_name=sa.quoted_name(table, quote=False), schema_name=STAGE_SCHEMA,
+        data_asset_name=table, batch_identifiers={},
+    )
+    data, markers = execution_engine.get_batch_data_and_markers(batch_spec=batch_spec)
+    definition = LegacyBatchDefinition(datasource_name="warehouse", data_connector_name="lifecycle",
+                                       data_asset_name=table, batch_identifiers=IDDict())
+    validator = Validator(execution_engine=execution_engine,
+                          batches=[Batch(data=data, batch_definition=definition, batch_spec=batch_spec,
+                                         batch_markers=markers)])
+    validator.metrics_calculator.show_progress_bars = False  # no context to say so; they go to stderr
+    return validator
+
+
 def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list[tuple[object, str]]):
-    """GX's validation result for the run's stage table, by SQL pushdown, and for each failed
-    check (by reason) the query that selects its bad rows."""
-    table = stage_table(run).split(".", 1)[1]
+    """GX's results for the run's stage table, by SQL pushdown (in GX's order), and for each
+    failed check (by reason) the query that selects its bad rows."""
     _quiet_gx()
     with _gx_lock:
-        context = _gx_context()
-        name = f"warehouse_{run.journey}_{run.short_id}"
-        source = context.data_sources.add_sql(
-            name=name, connection_string=engine.url.render_as_string(hide_password=False)
-        )
-        try:
-            batch = (
-                source.add_table_asset(name=table, table_name=table, schema_name=STAGE_SCHEMA)
-                .add_batch_definition_whole_table("whole")
-                .get_batch()
-            )
-            counts = batch.validate(_suite(spec, checks), result_format=_COUNTS)
-            failed = [check for check, r in zip(checks, _by_check(checks, counts), strict=True) if not r.success]
-            if not failed:
-                return counts, {}
-            rows = batch.validate(_suite(spec, failed), result_format=_ROWS)
-            return counts, {reason: r.result["unexpected_index_query"]
-                            for (_, reason), r in zip(failed, _by_check(failed, rows), strict=True)}
-        finally:
-            # Close both of the datasource's connection pools now (a long-lived worker must not
-            # run out of connections), then drop it from the context so that nothing accumulates.
-            source.get_engine().dispose()
-            source.get_execution_engine().engine.dispose()
-            context.data_sources.delete(name)
+        validator = _validator(engine, stage_table(run).split(".", 1)[1])
+        configurations = validator.process_expectations_for_validation(_configurations(spec, checks))
+        results = validator.graph_validate(configurations, runtime_configuration={"result_format": _RESULT_FORMAT})
+    failed = {reason: _unexpected_rows_query(r)
+              for (_, reason), r in zip(checks, _by_check(checks, results), strict=True) if not r.success}
+    return results, failed
 
 
-def _by_check(checks: list[tuple[object, str]], result) -> list:
-    """The suite result's expectation results in the order of `checks` (GX may reorder them)."""
+def _unexpected_rows_query(result) -> str:
+    if "unexpected_index_query" not in result.result:  # GX could not evaluate it: say why
+        info = result.exception_info or {}
+        message = info.get("exception_message") if isinstance(info, dict) else info
+        raise RuntimeError(f"Great Expectations could not evaluate {result.expectation_config.type} on column "
+                           f"{result.expectation_config.kwargs.get('column')!r}: {message}")
+    return result.result["unexpected_index_query"]
+
+
+def _by_check(checks: list[tuple[object, str]], results) -> list:
+    """The expectation results in the order of `checks` (GX groups them by column)."""
     def key(expectation_type: str, column: str | None) -> tuple[str, str | None]:
         return _class_name(expectation_type), column
 
-    by_key = {key(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in result.results}
-    return [by_key[(type(e).__name__, e.column)] for e, _ in checks]
+    by_key = {key(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in results}
+    return [by_key[_check_key(e)] for e, _ in checks]
+
+
+def _summary(results) -> list[dict]:
+    summary = []
+    for r in results:
+        entry = {"expectation": r.expectation_config.type, "column": r.expectation_config.kwargs.get("column"),
+                 "success": bool(r.success)}
+        if "unexpected_count" in r.result:
+            entry["unexpected_count"] = r.result["unexpected_count"]
+        summary.append(entry)
+    return summary
+
+
+def _vacuous_summary(checks: list[tuple[object, str]]) -> list[dict]:
+    """The summary of an empty stage table, without asking GX: every expectation holds vacuously
+    (GX says success for each, with no unexpected rows), listed as GX lists them (grouped by
+    column, in order of first mention). Runs that select nobody are common (hourly journeys at
+    night), and GX's fixed cost per run would be most of theirs."""
+    expectations = _distinct(checks)
+    columns = list(dict.fromkeys(e.column for e in expectations))
+    ordered = sorted(expectations, key=lambda e: columns.index(e.column))
+    return [{"expectation": e.configuration.type, "column": e.column, "success": True, "unexpected_count": 0}
+            for e in ordered]
 
 
 def validate_stage(
@@ -257,20 +290,17 @@ def validate_stage(
     _quiet_gx()
     checks = row_expectations(spec)
     limit = volume_limit(engine, spec, run)
-    result, failed = _gx_results(engine, spec, run, checks)
-    summary = []
-    for r in result.results:
-        entry = {"expectation": r.expectation_config.type, "column": r.expectation_config.kwargs.get("column"),
-                 "success": bool(r.success)}
-        if "unexpected_count" in r.result:
-            entry["unexpected_count"] = r.result["unexpected_count"]
-        summary.append(entry)
-    failed_queries = list(failed.items())
-    quarantined = _quarantine(engine, spec, run, failed_queries)
     with engine.connect() as conn:
         total = conn.execute(sa.text(f"SELECT count(*) FROM {stage_table(run)}")).scalar_one()
+    if total:
+        results, failed = _gx_results(engine, spec, run, checks)
+        summary = _summary(results)
+    else:
+        summary, failed = _vacuous_summary(checks), {}
+    quarantined = _quarantine(engine, spec, run, list(failed.items()))
     new = count_new_rows(engine, spec, run)
     over = limit is not None and new > limit
+    valid = all(entry["success"] for entry in summary)
     summary.append({"expectation": "volume_guard_new_rows", "column": None, "success": not over,
                     "observed": new, "rows_selected": total, "max": limit})
     held = over and not approve_volume
@@ -278,7 +308,7 @@ def validate_stage(
     update_run(
         engine, run,
         rows_selected=total, rows_valid=outcome.rows_valid, rows_quarantined=quarantined, rows_new=new,
-        validation={"success": bool(result.success) and not over, "volume_limit": limit, "approved": approve_volume,
+        validation={"success": valid and not over, "volume_limit": limit, "approved": approve_volume,
                     "expectations": summary},
         **({"status": "held", "error": _held_message(spec, total, new, limit)} if held else {}),
     )
