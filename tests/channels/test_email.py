@@ -140,3 +140,46 @@ def test_a_sender_refused_mid_window_leaves_the_rest_unattempted(smtp_server):
 
 def received(server) -> list[str]:
     return [rcpt for m in server.messages for rcpt in m.rcpt_tos]
+
+
+def test_a_pipelined_window_costs_one_round_trip_per_message(smtp_server):
+    """Each message's content goes in one write with the next message's MAIL, RCPT and DATA: n
+    messages, n + 1 writes (the first envelope alone), and no content before its 354."""
+    messages = [OutboundEmail(to=f"{n}@example.com", subject="Hi", text="x\n", html="<p>x</p>", message_id=f"<{n}@x>")
+                for n in "abcd"]
+    writes: list[bytes] = []
+    with EmailChannel("127.0.0.1", smtp_server.port) as channel:
+        send = channel._smtp.send
+        channel._smtp.send = lambda data: (writes.append(data), send(data))[1]
+        outcomes = channel.deliver_many(messages)
+        channel._smtp.send = send
+    assert [o.status for o in outcomes] == ["sent"] * 4
+    assert len(writes) == len(messages) + 1
+    assert writes[0] == b"MAIL FROM:<hello@shop.example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n"
+    for write, following in zip(writes[1:-1], "bcd", strict=True):
+        assert write.endswith(f"\r\n.\r\nMAIL FROM:<hello@shop.example.com>\r\nRCPT TO:<{following}@example.com>"
+                              "\r\nDATA\r\n".encode())
+    assert writes[-1].endswith(b"\r\n.\r\n") and b"MAIL FROM" not in writes[-1]
+    assert received(smtp_server) == [f"{n}@example.com" for n in "abcd"]
+
+
+def test_a_connection_lost_after_a_pipelined_content_leaves_that_one_unknown_and_sends_the_next_once(smtp_server):
+    """The server takes the 2nd message and drops the connection before answering: that message
+    is `unknown` (never sent again), the 3rd, whose envelope was in the same write but never its
+    content, goes out once on a new connection."""
+    accept = smtp_server.handler.handle_DATA
+
+    async def drop_after_second(server, session, envelope):
+        reply = await accept(server, session, envelope)
+        if smtp_server.data_attempts == 2:
+            server.transport.close()
+        return reply
+
+    smtp_server.handler.handle_DATA = drop_after_second
+    messages = [OutboundEmail(to=f"{n}@example.com", subject="Hi", text="x\n", html="<p>x</p>", message_id=f"<{n}@x>")
+                for n in "abc"]
+    with EmailChannel("127.0.0.1", smtp_server.port) as channel:
+        outcomes = channel.deliver_many(messages)
+    assert [o.status for o in outcomes] == ["sent", "unknown", "sent"]
+    assert outcomes[1].reason.startswith("connection lost during DATA")
+    assert received(smtp_server) == ["a@example.com", "b@example.com", "c@example.com"]
