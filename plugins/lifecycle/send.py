@@ -409,7 +409,8 @@ def send_batch(
             for window in windows:
                 _dry_run_window(engine, spec, window, token, clock(), counts, template_errors)
         else:
-            _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors)
+            _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts,
+                          lambda rows, now: _render_window(engine, spec, rows, now, False, counts, template_errors))
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
@@ -526,15 +527,33 @@ def _dry_run_window(engine, spec, rows, token, now, counts, template_errors) -> 
     counts.update(_record_dry_run(engine, prepared))
 
 
-def _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors) -> None:
+def send_rendered(engine: Engine, spec: JourneySpec, windows: Sequence[Sequence[tuple[Any, Any]]],
+                  channel_for: Callable[[str], Sender], *,
+                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> dict[str, int]:
+    """send_batch's window loop (claim, deliver, record) on messages rendered beforehand: windows
+    of (row as load_batch loads it, the channel's outbound message). Message counts by status.
+    benchmarks/send_throughput.py times the project's delivery with it."""
+    counts: Counter[str] = Counter()
+    channels: dict[str, Sender] = {}
+    try:
+        _send_windows(engine, spec, windows, secrets.token_hex(8), channel_for, channels, clock, counts,
+                      lambda window, now: [_Prepared(row, outbound) for row, outbound in window])
+    finally:
+        for channel in channels.values():
+            channel.__exit__(None, None, None)
+    return {status: n for status, n in counts.items() if n}
+
+
+def _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, render) -> None:
     """Window by window, at most one window claimed and not yet recorded at any moment: while
-    window k is with the provider (a thread: socket waits), window k+1 is rendered; then k's
-    outcomes and k+1's claim are committed together, and k+1 goes out. The provider's time and
-    ours overlap, the at-most-once bound stays one window."""
+    window k is with the provider (a thread: socket waits), window k+1 is rendered
+    (`render(window, now)`: its messages to attempt); then k's outcomes and k+1's claim are
+    committed together, one transaction, and k+1 goes out. The provider's time and ours overlap,
+    the at-most-once bound stays one window."""
     if not windows:
         return
     now = clock()
-    upcoming = _render_window(engine, spec, windows[0], now, False, counts, template_errors)
+    upcoming = render(windows[0], now)
     _open_channels(upcoming, channels, channel_for)
     with engine.begin() as conn:
         claimed = _claim_prepared(conn, upcoming, token, counts)
@@ -544,7 +563,7 @@ def _send_windows(engine, spec, windows, token, channel_for, channels, clock, co
             upcoming, later = [], clock()
             try:
                 if k + 1 < len(windows):
-                    upcoming = _render_window(engine, spec, windows[k + 1], later, False, counts, template_errors)
+                    upcoming = render(windows[k + 1], later)
                     _open_channels(upcoming, channels, channel_for)
             finally:  # whatever happened meanwhile, what the provider said is recorded
                 results, unavailable, error = in_flight.result()
