@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -46,6 +47,13 @@ LOAD_BATCH_SQL = query("load_batch")
 CLAIM_WINDOW_SQL = query("claim_window")
 MARK_WINDOW_SQL = query("mark_window")
 SETTLE_UNSENT_SQL = query("settle_unsent")
+# A window's outcomes and the next window's claim in one statement: one round trip and one commit
+# between two windows, the two statements above as they are (the claim's parameters renamed).
+RECORD_AND_CLAIM_SQL = (
+    "WITH recorded AS (\n" + MARK_WINDOW_SQL.strip() + "\n), claimed AS (\n"
+    + re.sub(r":(ids|mids)\b", r":claim_\1", CLAIM_WINDOW_SQL.strip()) + "\n)\n"
+    "SELECT message_id, status FROM recorded UNION ALL SELECT message_id, 'claimed' FROM claimed"
+)
 
 
 class RetryBatch(RuntimeError):
@@ -299,14 +307,29 @@ def _mark(conn: sa.Connection, token: str, results: list[tuple[Any, Outcome, str
           sent_at: datetime | None) -> dict[int, str]:
     if not results:
         return {}
-    marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), {
+    marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), _mark_binds(token, results, sent_at)).all())
+    _record_side_effects(conn, results, marked)
+    return marked
+
+
+def _mark_binds(token: str, results: list[tuple[Any, Outcome, str | None]], sent_at: datetime | None) -> dict:
+    return {
         "ids": [row.message_id for row, _, _ in results],
         "outcomes": [o.status for _, o, _ in results],
         "reasons": [o.reason for _, o, _ in results],
         "pids": [o.provider_message_id for _, o, _ in results],
-        "details": [json.dumps(o.details) for _, o, _ in results],
+        "details": [json.dumps(o.details) if o.details else "{}" for _, o, _ in results],
         "token": token, "sent_at": sent_at, "max_attempts": MAX_ATTEMPTS,
-    }).all())
+    }
+
+
+def _has_side_effects(outcome: Outcome) -> bool:
+    """Whether recording `outcome` writes more than its message's row (see _record_side_effects)."""
+    return bool(outcome.revoke or outcome.fallback or outcome.suppress)
+
+
+def _record_side_effects(conn: sa.Connection, results: list[tuple[Any, Outcome, str | None]],
+                         marked: dict[int, str]) -> None:
     for row, outcome, next_channel in results:
         if row.message_id not in marked:
             continue
@@ -320,7 +343,6 @@ def _mark(conn: sa.Connection, token: str, results: list[tuple[Any, Outcome, str
             plan_fallback(conn, row.message_id, next_channel, outcome.reason or "")
         if outcome.suppress:
             record_suppression(conn, row.customer_id, row.channel, outcome.suppress, row.journey)
-    return marked
 
 
 def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: str, channel: str,
@@ -512,12 +534,32 @@ def _render_window(engine, spec, rows, now, dry_run, counts, template_errors) ->
 
 def _claim_prepared(conn, prepared: list[_Prepared], token: str, counts) -> list[_Prepared]:
     """Claim a rendered window in one statement (with each email's Message-ID); those taken."""
-    claimed = _claim(conn, [p.row.message_id for p in prepared], token,
-                     [p.outbound.message_id if p.row.channel == "email" and p.outbound is not None else None
-                      for p in prepared])
+    return _taken(prepared, _claim(conn, [p.row.message_id for p in prepared], token, _message_ids(prepared)), counts)
+
+
+def _message_ids(prepared: list[_Prepared]) -> list[str | None]:
+    """Each message's Message-ID header, stored with its claim (None for other channels)."""
+    return [p.outbound.message_id if p.row.channel == "email" and p.outbound is not None else None for p in prepared]
+
+
+def _taken(prepared: list[_Prepared], claimed: set[int], counts) -> list[_Prepared]:
     if len(claimed) < len(prepared):  # another run claimed them first: theirs to send
         counts["taken"] += len(prepared) - len(claimed)
     return [p for p in prepared if p.row.message_id in claimed]
+
+
+def _record_and_claim(conn, token: str, results: list[tuple[Any, Outcome, str | None]], sent_at: datetime | None,
+                      upcoming: list[_Prepared], counts) -> list[_Prepared]:
+    """Record a delivered window and claim the next in one statement on an autocommit
+    connection: one round trip, one commit. For outcomes without side effects (see
+    _record_side_effects); the next window's messages taken."""
+    got = conn.execute(sa.text(RECORD_AND_CLAIM_SQL), {
+        **_mark_binds(token, results, sent_at),
+        "claim_ids": [p.row.message_id for p in upcoming], "claim_mids": _message_ids(upcoming),
+    }).all()
+    # A recorded row is never left 'claimed' (sent, failed, or planned again for a retry).
+    counts.update(status for _, status in got if status != "claimed")
+    return _taken(upcoming, {message_id for message_id, status in got if status == "claimed"}, counts)
 
 
 def _dry_run_window(engine, spec, rows, token, now, counts, template_errors) -> None:
@@ -555,9 +597,12 @@ def _send_windows(engine, spec, windows, token, channel_for, channels, clock, co
     now = clock()
     upcoming = render(windows[0], now)
     _open_channels(upcoming, channels, channel_for)
-    with engine.begin() as conn:
-        claimed = _claim_prepared(conn, upcoming, token, counts)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-window") as deliverer:
+    # One connection for the loop, each statement its own transaction: a window's claim, and
+    # then its outcomes with the next window's claim, are single statements (one round trip and
+    # one commit each). Rare outcomes that write elsewhere too take a transaction of their own.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-window") as deliverer:
+        claimed = _claim_prepared(db, upcoming, token, counts)
         for k in range(len(windows)):
             in_flight = deliverer.submit(_deliver_window, spec, claimed, channels)
             upcoming, later = [], clock()
@@ -567,12 +612,15 @@ def _send_windows(engine, spec, windows, token, channel_for, channels, clock, co
                     _open_channels(upcoming, channels, channel_for)
             finally:  # whatever happened meanwhile, what the provider said is recorded
                 results, unavailable, error = in_flight.result()
-                with engine.begin() as conn:
-                    counts.update(_mark(conn, token, results, sent_at=now).values())
-                    if unavailable:
-                        _release(conn, unavailable, token)
-                    else:
-                        claimed = _claim_prepared(conn, upcoming, token, counts) if upcoming else []
+                if unavailable or any(_has_side_effects(outcome) for _, outcome, _ in results):
+                    with engine.begin() as conn:
+                        counts.update(_mark(conn, token, results, sent_at=now).values())
+                        if unavailable:
+                            _release(conn, unavailable, token)
+                        else:
+                            claimed = _claim_prepared(conn, upcoming, token, counts) if upcoming else []
+                else:
+                    claimed = _record_and_claim(db, token, results, now, upcoming, counts)
                 if unavailable:  # committed above: the rest stays planned for the task's retry
                     raise RetryBatch(str(error)) from error
             now = later
