@@ -20,6 +20,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,11 @@ RECORD_AND_CLAIM_SQL = (
     + re.sub(r":(ids|mids)\b", r":claim_\1", CLAIM_WINDOW_SQL.strip()) + "\n)\n"
     "SELECT message_id, status FROM recorded UNION ALL SELECT message_id, 'claimed' FROM claimed"
 )
+
+
+# The signing key a send task read and checked once for its batch (None elsewhere: the link
+# and tracking functions then read it themselves).
+_BATCH_KEY: ContextVar[str | None] = ContextVar("lifecycle_batch_signing_key", default=None)
 
 
 class RetryBatch(RuntimeError):
@@ -205,7 +211,7 @@ def template_context(row: Any) -> dict:
             {"code": row.coupon_code, "percent_off": float(row.percent_off), "valid_until": row.valid_until.isoformat()}
             if row.coupon_code else None
         ),
-        "links": links_for(row.customer_id, row.channel),
+        "links": links_for(row.customer_id, row.channel, key=_BATCH_KEY.get()),
         "journey": row.journey,
         "step": row.step,
         "currency": context.get("currency", "EUR"),
@@ -411,7 +417,17 @@ def send_batch(
     clock in production; a simulation (demo, runner, tests) passes the run's as_of instead."""
     from lifecycle.links import signing_key
 
-    signing_key()  # links are signed per message: fail the task before anything is claimed
+    # Links are signed per message: fail the task before anything is claimed. Read and checked
+    # once for the batch (reading the settings was a fifth of a message's rendering).
+    key_token = _BATCH_KEY.set(signing_key())
+    try:
+        return _send_batch(engine, spec, batch, channel_for, dry_run, clock)
+    finally:
+        _BATCH_KEY.reset(key_token)
+
+
+def _send_batch(engine: Engine, spec: JourneySpec, batch: Batch, channel_for: Callable[[str], Sender],
+                dry_run: bool, clock: Callable[[], datetime]) -> dict[str, int]:
     from lifecycle.render import reload_changed_templates
 
     reload_changed_templates()  # once per batch: an edit since the last batch (a fix) is used
@@ -505,7 +521,7 @@ def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles:
     try:
         outbound = registry.channel(row.channel).outbound(row, spec, now)
         # tracked links and open pixel (lifecycle.tracking); a dry run records the untracked message
-        return _Prepared(row, outbound if dry_run else track_outbound(row, spec, outbound))
+        return _Prepared(row, outbound if dry_run else track_outbound(row, spec, outbound, key=_BATCH_KEY.get()))
     except Skip as exc:
         settles.append((row.message_id, "skipped", str(exc), None))
     except Undeliverable as exc:
