@@ -14,7 +14,9 @@ import json
 import secrets
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
+from conftest import reset_lifecycle
 
 from lifecycle import send
 from lifecycle.channels.base import Outcome
@@ -78,3 +80,38 @@ def test_claim_and_record_read_only_the_window_late_in_a_batch(empty_shop):
     assert dict(statuses) == {"claimed": MESSAGES - 2 * WINDOW, "sent": 2 * WINDOW}
     for plan in (record, claim, both):
         assert rows_read_from_messages(plan["Plan"]) <= 2 * WINDOW, json.dumps(plan["Plan"], indent=1)
+
+
+def test_a_window_whose_channel_cannot_open_is_left_planned_not_claimed(empty_shop, smtp_server):
+    """The next window is claimed together with the outcomes of the one before only once its
+    channels are open: a channel that cannot be configured (here SMS, mid-batch) fails the task
+    with that window still planned, not claimed (which the retry would record `outcome unknown`)."""
+    from lifecycle.channels.email import EmailChannel, OutboundEmail
+    from lifecycle.config import SEGMENTS_DIR
+    from lifecycle.spec import load_spec
+
+    def channel_for(name: str):
+        if name == "sms":
+            raise ValueError("Airflow connection 'lifecycle_sms' is not defined")
+        return EmailChannel("127.0.0.1", smtp_server.port)
+
+    with empty_shop.begin() as conn:
+        ids = plant_batch(conn)[:4]
+        conn.execute(sa.text("UPDATE lifecycle.messages SET channel = 'sms' WHERE message_id = ANY(:ids)"),
+                     {"ids": ids[2:]})
+        rows = conn.execute(sa.text("SELECT message_id, channel, customer_id, journey, step FROM lifecycle.messages "
+                                    "WHERE message_id = ANY(:ids) ORDER BY message_id"), {"ids": ids}).all()
+    try:
+        email = [OutboundEmail(to=f"c{r.message_id}@example.com", subject="Hi", text="x\n", html="<p>x</p>",
+                               message_id=f"<{r.message_id}@x>") for r in rows]
+        windows = [list(zip(rows[:2], email[:2], strict=True)), list(zip(rows[2:], email[2:], strict=True))]
+        spec = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
+        with pytest.raises(ValueError, match="lifecycle_sms"):
+            send.send_rendered(empty_shop, spec, windows, channel_for, clock=lambda: AT)
+        with empty_shop.connect() as conn:
+            statuses = dict(conn.execute(sa.text("SELECT message_id, status FROM lifecycle.messages "
+                                                 "WHERE message_id = ANY(:ids)"), {"ids": ids}).all())
+    finally:
+        reset_lifecycle(empty_shop)
+    assert [statuses[i] for i in ids] == ["sent", "sent", "planned", "planned"]
+    assert sorted(r for m in smtp_server.messages for r in m.rcpt_tos) == [f"c{i}@example.com" for i in ids[:2]]

@@ -5,8 +5,9 @@ is rendered first, then claimed in one statement (status 'claimed', committed) i
 before the provider is called, and their outcomes are recorded in one statement right after. A
 worker killed mid-window leaves at most N messages whose outcome is unknown (some of them may
 never have been handed over); a retried task first records such leftovers as 'failed: outcome
-unknown' instead of sending them again. Two commits per window instead of two per message is
-what lets a send task run near the provider's own rate.
+unknown' instead of sending them again. One commit between two windows (the window's outcomes
+and the next window's claim, one statement) instead of two per message is what lets a send task
+run near the provider's own rate.
 """
 
 from __future__ import annotations
@@ -624,8 +625,9 @@ def _send_windows(engine, spec, windows, token, channel_for, channels, clock, co
             upcoming, later = [], clock()
             try:
                 if k + 1 < len(windows):
-                    upcoming = render(windows[k + 1], later)
-                    _open_channels(upcoming, channels, channel_for)
+                    rendered = render(windows[k + 1], later)
+                    _open_channels(rendered, channels, channel_for)
+                    upcoming = rendered  # claimed below only once its channels are open
             finally:  # whatever happened meanwhile, what the provider said is recorded
                 results, unavailable, error = in_flight.result()
                 if unavailable or any(_has_side_effects(outcome) for _, outcome, _ in results):
