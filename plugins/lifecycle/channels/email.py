@@ -16,9 +16,10 @@ connection lost mid-DATA are told apart:
     lost during DATA    unknown (it may have been accepted: never re-sent blindly)
 
 A window of messages goes out with `deliver_many`: where the server offers PIPELINING (RFC 2920)
-a message's content travels in one write with the next message's MAIL, RCPT and DATA, one round
-trip per message, and the replies are read in order, so each reply still belongs to exactly one
-message (the same table applies; a message's content is only sent after its DATA got 354). The wire bytes are built by
+a message's content is followed by the next message's MAIL, RCPT and DATA without waiting for a
+reply, one round trip per message, and the replies are read in order, so each reply still
+belongs to exactly one message (the same table applies; a message's content is only sent after
+its DATA got 354). The wire bytes are built by
 hand (`compose`): the headers the batch shares once, each header a message brings checked for
 the line breaks email.policy refuses (HEADER_BREAKS); the email package only checks that rule.
 """
@@ -255,87 +256,99 @@ class EmailChannel:
         ChannelUnavailable instead: nothing of theirs reached the server."""
         date = formatdate(usegmt=True)  # one clock reading per window
         results: list[Outcome | ChannelUnavailable | None] = [None] * len(messages)
-        queue: deque[tuple[int, OutboundEmail, bytes]] = deque()
-        for i, message in enumerate(messages):
-            data = self._data(message, date)
-            if isinstance(data, Outcome):
-                results[i] = data
-            else:
-                queue.append((i, message, data))
+        # (position, message, its DATA content once composed): composed as it comes up, while
+        # the server reads the message before it
+        queue: deque[tuple[int, OutboundEmail, bytes | None]] = deque((i, m, None) for i, m in enumerate(messages))
         try:
             while queue:
                 if self._smtp is None:
                     self._connect()
                 if self._pipelining:
-                    self._pipeline(queue, results)
+                    self._pipeline(queue, results, date)
                 else:
-                    i, message, data = queue.popleft()
-                    results[i] = self._deliver_stepwise(message, data)
+                    ready = self._next_ready(queue, results, date)
+                    if ready is not None:
+                        results[ready[0]] = self._deliver_stepwise(ready[1], ready[2])
         except ChannelUnavailable as exc:
             return [exc if result is None else result for result in results]
         return results  # type: ignore[return-value]
 
-    def _data(self, message: OutboundEmail, date: str) -> bytes | Outcome:
-        """DATA's content for `message`, or why it fails before the server sees anything of it."""
-        if not message.to.isascii():  # no SMTPUTF8 here
-            return Outcome("failed", "invalid address: non-ASCII characters need SMTPUTF8, not supported")
-        try:
-            return _dot_stuffed(compose(message, self.from_email, self.from_name, date=date))
-        except (ValueError, TypeError) as exc:  # nothing was sent: a per-message failure, never unknown
-            return Outcome("failed", f"cannot compose the email: {header_problem(message) or exc}")
+    def _next_ready(self, queue: deque, results: list, date: str) -> tuple[int, OutboundEmail, bytes] | None:
+        """The next message of the queue with its DATA content composed; those that cannot be
+        composed get their outcome on the way (nothing of them reaches the server)."""
+        while queue:
+            i, message, data = queue.popleft()
+            if data is not None:
+                return i, message, data
+            if not message.to.isascii():  # no SMTPUTF8 here
+                results[i] = Outcome("failed", "invalid address: non-ASCII characters need SMTPUTF8, not supported")
+                continue
+            try:
+                return i, message, _dot_stuffed(compose(message, self.from_email, self.from_name, date=date))
+            except (ValueError, TypeError) as exc:  # a per-message failure, never unknown
+                results[i] = Outcome("failed", f"cannot compose the email: {header_problem(message) or exc}")
+        return None
 
     def _envelope_bytes(self, to: str) -> bytes:
         return (f"MAIL FROM:{smtplib.quoteaddr(self.from_email)}\r\nRCPT TO:{smtplib.quoteaddr(to)}\r\n"
                 "DATA\r\n").encode("ascii")
 
-    def _pipeline(self, queue: deque, results: list) -> None:
+    def _pipeline(self, queue: deque, results: list, date: str) -> None:
         """Send the queue over this session, one round trip per message (RFC 2920): a message's
-        content goes in one write with the next message's MAIL, RCPT and DATA, and the replies
-        come back in order (the content's, then the next envelope's three), so each reply still
-        belongs to exactly one message. The next content is sent only after its DATA got 354.
-        Returns when the queue is done or the connection was lost (the caller reconnects: a
-        message whose envelope went out but not its content is attempted again, as if new)."""
+        content, then the next message's MAIL, RCPT and DATA, written without waiting in between
+        (the next message is composed meanwhile, while the server reads the content); then the
+        replies, in order: the content's, and the next envelope's three. Each reply still belongs
+        to exactly one message, and a content is only sent after its DATA got 354. Returns when
+        the queue is done or the connection was lost (the caller reconnects: a message whose
+        envelope went out but not its content is attempted again, as if new)."""
         smtp = self._smtp
-        i, message, _ = queue[0]
-        try:
-            smtp.send(self._envelope_bytes(message.to))
-        except _LOST as exc:
-            queue.popleft()
-            self._drop()
-            results[i] = Outcome("retry", f"connection lost before DATA: {exc}")
+        current = self._next_ready(queue, results, date)
+        if current is not None and not self._send_envelope(smtp, current, queue, results):
             return
-        while queue:
-            i, message, data = queue.popleft()
+        while current is not None:
+            i, message, data = current
             try:
                 refused = self._refused_envelope(smtp, *(smtp.getreply() for _ in range(3)))  # our sender
             except _LOST as exc:  # refused raises ChannelUnavailable
                 self._drop()
                 results[i] = Outcome("retry", f"connection lost before DATA: {exc}")
                 return
-            following = self._envelope_bytes(queue[0][1].to) if queue else b""
             if refused is not None:
                 results[i] = refused
                 if self._smtp is None:  # the RSET after the refusal failed: reconnect for the rest
                     return
-                if following:
-                    try:
-                        smtp.send(following)
-                    except _LOST as exc:
-                        j, _, _ = queue.popleft()
-                        self._drop()
-                        results[j] = Outcome("retry", f"connection lost before DATA: {exc}")
-                        return
+                current = self._next_ready(queue, results, date)
+                if current is not None and not self._send_envelope(smtp, current, queue, results):
+                    return
                 continue
+            following = None
             try:
-                smtp.send(data + following)
+                smtp.send(data)
+                following = self._next_ready(queue, results, date)
+                if following is not None:
+                    smtp.send(self._envelope_bytes(following[1].to))
                 code, reply = smtp.getreply()
             except _LOST as exc:
                 self._drop()
                 results[i] = Outcome("unknown", f"connection lost during DATA: {exc}")
+                if following is not None:  # never got its content: attempted again on a new session
+                    queue.appendleft(following)
                 return
             # The end of the content ends the transaction whatever its reply (RFC 5321 4.1.1.4):
-            # no RSET, which would land in the next message's DATA already on its way.
+            # no RSET, which would land in the next message's envelope already on its way.
             results[i] = self._accepted(message, code, reply, reset=False)
+            current = following
+
+    def _send_envelope(self, smtp: smtplib.SMTP, ready: tuple, queue: deque, results: list) -> bool:
+        """Write a message's MAIL, RCPT and DATA; False when the session is lost (that message
+        will be retried)."""
+        try:
+            smtp.send(self._envelope_bytes(ready[1].to))
+            return True
+        except _LOST as exc:
+            self._drop()
+            results[ready[0]] = Outcome("retry", f"connection lost before DATA: {exc}")
+            return False
 
     def _refused_envelope(self, smtp: smtplib.SMTP, mail: tuple, rcpt: tuple, data: tuple) -> Outcome | None:
         """The outcome when MAIL/RCPT/DATA did not end in 354 (the session reset for the next
