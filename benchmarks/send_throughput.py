@@ -250,23 +250,29 @@ def summary(label: str, rates: list[float]) -> str:
 def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repeat) -> float:
     """Time the two part by part (a batch of 500 each), interleaved, the order alternating, so a
     swing in the machine's load hits both alike; `repeats` times. Print the figures; return the
-    ratio of the medians."""
-    mine, plain = [], []
+    ratio of the medians. Each part's pair also gives a ratio of its own: their median is printed
+    too (steadier under a swinging load than the totals)."""
+    mine, plain, pairs = [], [], []
     total = sum(sizes)
     for r in range(repeats):
         spent = {"project": 0.0, "plain loop": 0.0}
         for part in range(len(sizes)):
+            took = {}
             for label, run in (("project", ours), ("plain loop", theirs))[:: 1 if (part + r) % 2 == 0 else -1]:
-                spent[label] += run(part)
+                took[label] = run(part)
+                spent[label] += took[label]
+            pairs.append(took["plain loop"] / took["project"])
         after_repeat()
         mine.append(total / spent["project"])
         plain.append(total / spent["plain loop"])
         print(f"  {name} repeat {r + 1}: project {total:,} messages in {spent['project']:6.2f} s = {mine[-1]:5.0f} msgs/s,"
               f" plain loop {spent['plain loop']:6.2f} s = {plain[-1]:5.0f} msgs/s (load {load()})", flush=True)
     ratio = statistics.median(mine) / statistics.median(plain)
+    quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
     print(summary(f"{name} project", mine))
     print(summary(f"{name} plain loop", plain))
-    print(f"  {name}: project/plain ratio of medians {ratio:.2f}", flush=True)
+    print(f"  {name}: project/plain ratio of medians {ratio:.2f}; median of the {len(pairs)} parts' ratios "
+          f"{statistics.median(pairs):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})", flush=True)
     return ratio
 
 
