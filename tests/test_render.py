@@ -6,24 +6,30 @@ import copy
 import html as htmllib
 import json
 import re
+from collections import Counter
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jinja2.sandbox import SecurityError
 
+from lifecycle import inlining
 from lifecycle.config import SHOP, TEMPLATES_DIR
 from lifecycle.render import (
     MissingTemplateError,
     RenderedEmail,
     TemplateRenderError,
     available_templates,
+    css_inlining,
     get_environment,
     missing_template_files,
     money,
     percent,
     render_email,
+    render_email_for_send,
     render_push,
     render_sms,
     template_files,
@@ -589,3 +595,112 @@ def test_no_rendered_sample_says_point_zero_percent():
     bad = [(template, part, m.group()) for template, part, text in samples for m in re.finditer(r".{0,30}\d\.0%", text)]
     assert bad == []
     assert any("15%" in text for _, part, text in samples if part == "sms")
+
+
+# ------------------------------------------------- CSS inlined once per template shape (the send path)
+# render_email inlines each message's CSS (css_inline); the send task's render_email_for_send
+# inlines each shape of a template once and fills in the values (lifecycle.inlining). Compared
+# here byte for byte: the same string, not merely the same after normalising whitespace.
+
+HOSTILE = 'Zoë "<b>&amp; \'x\'</b>" &copy\xa0&not in; <'  # markup, references, a bare "&", a no-break space
+PER_MESSAGE = {  # shipped templates whose CSS the send path still inlines message by message, and why
+    "seasonal_offer/offer": "the result of a call is used, not printed",  # a macro's output in a button label
+}
+
+
+def hostile_context(template: str, coupon=None) -> dict:
+    ctx = make_context(template, coupon=coupon, first_name=HOSTILE)
+    for item in ctx["row"].get("items", [])[:1]:
+        item["name"] = HOSTILE
+    return ctx
+
+
+def inlined_by_shape(render) -> Counter:
+    """How the send path inlined the CSS of the messages `render()` rendered."""
+    before = Counter(inlining.counts)
+    render()
+    return Counter(inlining.counts) - before
+
+
+@pytest.mark.parametrize("template", sorted(EXPECTED_TEMPLATES))
+def test_the_send_path_inlines_css_once_per_shape_into_the_same_html(template: str):
+    contexts = [make_context(template), make_context(template, coupon=COUPON), hostile_context(template, COUPON),
+                make_context(template, first_name="")]
+
+    def compare():
+        for ctx in contexts:
+            assert render_email_for_send(template, ctx) == render_email(template, ctx)
+
+    used = inlined_by_shape(compare)
+    if template in PER_MESSAGE:
+        assert PER_MESSAGE[template] in css_inlining(template) and used == {"per message": len(contexts)}
+    else:
+        assert css_inlining(template) is None
+        assert used["per message"] == 0 and used["new shape"] + used["known shape"] == len(contexts), used
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first_name=st.text(max_size=12), item=st.text(max_size=12), code=st.text(min_size=1, max_size=8))
+def test_any_values_give_the_same_html_either_way(first_name, item, code):
+    """Values of any characters (the hostile ones: quotes, "&", "<", no-break spaces, CR and NUL,
+    which the parser rewrites and so are inlined per message)."""
+    template = "cart_abandonment/reminder_3"
+    ctx = make_context(template, coupon={**COUPON, "code": code}, first_name=first_name)
+    ctx["row"]["items"][1]["name"] = item
+    assert outcome(render_email_for_send, template, ctx) == outcome(render_email, template, ctx)
+
+
+def outcome(render, template: str, ctx: dict):
+    """The rendered email, or the error (a first name with a line break makes a two-line subject)."""
+    try:
+        return render(template, ctx)
+    except TemplateRenderError as exc:
+        return type(exc), str(exc)
+
+
+def test_a_value_the_parser_rewrites_is_inlined_per_message():
+    ctx = make_context("cart_abandonment/reminder_1")
+    ctx["row"]["items"][0]["name"] = "Linen\r\nShirt"
+    used = inlined_by_shape(lambda: render_email_for_send("cart_abandonment/reminder_1", ctx))
+    assert used == {"per message": 1}
+    assert render_email_for_send("cart_abandonment/reminder_1", ctx) == render_email("cart_abandonment/reminder_1", ctx)
+
+
+STYLE = "<style>.a { color: red; } p { margin: 0; }</style>"
+# (template HTML, the value printed, how the send path must inline it: a reason or "per shape")
+INLINING_CASES = {
+    "plain": (STYLE + '<p class="a">Hi {{ v }}</p><a href="https://x/?q={{ v }}">{{ v }}</a>', "A&B", "per shape"),
+    "a class from a value": (STYLE + '<p class="{{ v }}">x</p>', "a", "shape"),
+    "text out of a table": (STYLE + "<table>{{ v }}<tr><td class=\"a\">x</td></tr></table>", "  ", "shape"),
+    "an :empty rule": ("<style>p:empty { display: none; }</style><p>{{ v }}</p>", "", "shape"),
+    "an attribute selector": ('<style>a[href^="https"] { color: red; }</style><a href="{{ v }}">x</a>',
+                              "https://x", "shape"),
+    "an unquoted attribute": (STYLE + "<a href={{ v }}>x</a>", "x class=a", "shape"),
+    "a reference the value completes": (STYLE + "<p>&not{{ v }}</p>", "in;", "shape"),
+    "a tag the value completes": (STYLE + "<p><{{ v }}</p>", "b", "shape"),
+    "a filter block": (STYLE + "{% filter upper %}<p>{{ v }}</p>{% endfilter %}", "x", "a {% filter %} block"),
+    "a macro's output inspected": (STYLE + "{% macro m() %}<b>{{ v }}</b>{% endmacro %}"
+                                   "{% if m()|length > 10 %}<p class=\"a\">long</p>{% endif %}", "x",
+                                   "the result of a call is used"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INLINING_CASES))
+def test_the_send_path_inlines_per_message_wherever_a_shape_could_differ(case: str, tmp_path):
+    """Each case where a value could change what the CSS matches or how the parser places it
+    falls back to inlining the message itself; the HTML is the same string either way."""
+    source, value, how = INLINING_CASES[case]
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j/s.subject.txt").write_text("Hi")
+    (tmp_path / "j/s.txt").write_text("x")
+    (tmp_path / "j/s.html").write_text(source)
+    ctx = {"v": value}
+    used = inlined_by_shape(lambda: render_email_for_send("j/s", ctx, templates_dir=tmp_path))
+    assert render_email_for_send("j/s", ctx, templates_dir=tmp_path) == render_email("j/s", ctx, templates_dir=tmp_path)
+    reason = css_inlining("j/s", tmp_path)
+    if how == "per shape":
+        assert reason is None and used == {"new shape": 1}
+    elif how == "shape":  # the template is fine, this shape of it is not
+        assert reason is None and used == {"per message": 1}
+    else:
+        assert how in reason and used == {"per message": 1}

@@ -62,14 +62,15 @@ def signing_key() -> str:
     return key
 
 
-def _cipher() -> Fernet:
-    return _fernet(signing_key())
+def _cipher(key: str | None = None) -> Fernet:
+    return _fernet(key or signing_key())
 
 
-def unsubscribe_token(customer_id: str | int, channel: str) -> str:
+def unsubscribe_token(customer_id: str | int, channel: str, *, key: str | None = None) -> str:
     """Authenticated encryption (Fernet): opaque to the reader, tamper-evident to us.
-    The customer id travels as a string: a warehouse's ids may be text (`C-001`, UUIDs)."""
-    return _cipher().encrypt(f"{customer_id}:{channel}".encode()).decode()
+    The customer id travels as a string: a warehouse's ids may be text (`C-001`, UUIDs).
+    `key`: the signing key, when the caller checked it once for many messages."""
+    return _cipher(key).encrypt(f"{customer_id}:{channel}".encode()).decode()
 
 
 # "Keep me subscribed" tokens carry their purpose, so an unsubscribe link can never be replayed
@@ -99,8 +100,8 @@ def verify_unsubscribe_token(token: str) -> tuple[str, str] | None:
     return _id_and_channel(payload)
 
 
-def stay_token(customer_id: str | int, channel: str) -> str:
-    return _cipher().encrypt(f"{STAY}:{customer_id}:{channel}".encode()).decode()
+def stay_token(customer_id: str | int, channel: str, *, key: str | None = None) -> str:
+    return _cipher(key).encrypt(f"{STAY}:{customer_id}:{channel}".encode()).decode()
 
 
 def verify_stay_token(token: str) -> tuple[str, str] | None:
@@ -111,16 +112,16 @@ def verify_stay_token(token: str) -> tuple[str, str] | None:
     return _id_and_channel(payload.removeprefix(f"{STAY}:"))
 
 
-def links_for(customer_id: str | int, channel: str) -> dict[str, str]:
+def links_for(customer_id: str | int, channel: str, *, key: str | None = None) -> dict[str, str]:
     """The links every message may show. `preferences` (the footer's "Email preferences" and
     win_back's "Yes, keep me subscribed") opens the service's /preferences page, where a POST
-    records the choice to stay and ends a no_response sunset."""
-    token = unsubscribe_token(customer_id, channel)
+    records the choice to stay and ends a no_response sunset. `key` as for unsubscribe_token."""
+    token = unsubscribe_token(customer_id, channel, key=key)
     domain = SHOP["from_email"].split("@")[-1]
     return {
         "unsubscribe": f"{SHOP['base_url']}/unsubscribe?t={token}",
         "unsubscribe_mailto": f"mailto:unsubscribe@{domain}?subject=unsubscribe%20{token}",
-        "preferences": f"{SHOP['base_url']}/preferences?t={stay_token(customer_id, channel)}",
+        "preferences": f"{SHOP['base_url']}/preferences?t={stay_token(customer_id, channel, key=key)}",
     }
 
 

@@ -44,6 +44,7 @@ moment in the customer's time zone and locale (``customer.timezone``, ``customer
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -60,6 +61,7 @@ from babel import Locale, UnknownLocaleError
 from jinja2 import FileSystemLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from lifecycle import inlining
 from lifecycle.channels import CHANNELS
 from lifecycle.config import SHOP, TEMPLATES_DIR
 
@@ -70,6 +72,7 @@ __all__ = [
     "TemplateRenderError",
     "available_templates",
     "check_template",
+    "css_inlining",
     "format_date",
     "format_datetime",
     "get_environment",
@@ -84,6 +87,7 @@ __all__ = [
     "utm",
 ]
 
+log = logging.getLogger(__name__)
 UTM_SOURCE = "lifecycle"
 UTM_MEDIUM = "email"
 
@@ -328,8 +332,10 @@ def _datetime_filter(ctx, value: Any, fmt: str | None = None) -> str:
 
 
 @functools.cache
-def _environment(templates_dir: Path, auto_reload: bool = True) -> SandboxedEnvironment:
+def _environment(templates_dir: Path, auto_reload: bool = True, slots: bool = False) -> SandboxedEnvironment:
+    """`slots`: the send task's environment for HTML skeletons (lifecycle.inlining)."""
     env = SandboxedEnvironment(
+        finalize=inlining.slot_finalize if slots else None,
         loader=FileSystemLoader(str(templates_dir)),
         auto_reload=auto_reload,
         autoescape=select_autoescape(
@@ -354,13 +360,6 @@ def _environment(templates_dir: Path, auto_reload: bool = True) -> SandboxedEnvi
 def get_environment(templates_dir: Path | str = TEMPLATES_DIR) -> SandboxedEnvironment:
     """The (cached) sandboxed environment for a templates directory."""
     return _environment(Path(templates_dir).resolve())
-
-
-@functools.cache
-def _inliner() -> css_inline.CSSInliner:
-    # keep_at_rules: @media queries (mobile layout) cannot be inlined; they stay in a
-    # <style> tag, everything else moves into style="" attributes.
-    return css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
 
 # ------------------------------------------------------------------------- templates
@@ -506,7 +505,7 @@ def _check_subject(template: str, subject: str) -> None:
 
 def _inline_css(template: str, html: str) -> str:
     try:
-        return _inliner().inline(html)
+        return inlining.inliner().inline(html)
     except css_inline.InlineError as exc:
         raise TemplateRenderError(template, f"CSS inlining failed: {exc}", file=f"{template}.html") from exc
 
@@ -535,7 +534,9 @@ def reload_changed_templates(templates_dir: Path | str | None = None) -> bool:
         return False
     _templates_seen[folder] = signature
     _environment(folder, False).cache.clear()  # type: ignore[union-attr]
+    _environment(folder, False, True).cache.clear()  # type: ignore[union-attr]
     _compiled.cache_clear()
+    _html_shapes.cache_clear()
     return True
 
 
@@ -579,8 +580,46 @@ def render_email_for_send(template: str, context: dict, templates_dir: Path | st
         subject = _render_file(env, template, f"{template}.subject.txt", ctx, subject_t).strip()
     _check_subject(template, subject)
     text = _tidy_text(_render_file(env, template, f"{template}.txt", ctx, text_t))
-    html = _render_file(env, template, f"{template}.html", ctx, html_t)
-    return RenderedEmail(subject=subject, text=text, html=_inline_css(template, html))
+    return RenderedEmail(subject=subject, text=text, html=_inlined_html(folder, env, template, ctx, html_t))
+
+
+def _inlined_html(folder: Path, env: SandboxedEnvironment, template: str, ctx: dict, html_t) -> str:
+    """The HTML part with its CSS inlined once per shape of the template (lifecycle.inlining),
+    or, where that could differ, as render_email inlines it: the same string either way."""
+
+    def per_message() -> str:
+        return _inline_css(template, _render_file(env, template, f"{template}.html", ctx, html_t))
+
+    skeletons, shapes, _ = _html_shapes(folder, template)
+    if skeletons is None:
+        inlining.counts["per message"] += 1
+        return per_message()
+    try:
+        skeleton, values = inlining.render_skeleton(skeletons, ctx)
+    except Exception:  # the message's own rendering raises it, named with its file and line
+        return per_message()
+    return inlining.inline(shapes, skeleton, values, per_message)
+
+
+@functools.lru_cache(maxsize=256)
+def _html_shapes(folder: Path, template: str) -> tuple[jinja2.Template | None, dict, str | None]:
+    """`template`'s HTML compiled to render skeletons, the shapes inlined so far, and why its
+    CSS is inlined per message instead (then no skeleton template)."""
+    env = _environment(folder, False, True)
+    try:
+        problem = inlining.template_problem(env, f"{template}.html")
+        skeletons = None if problem else env.get_template(f"{template}.html")
+    except Exception as exc:  # the per-message path raises it, named with its file and line
+        problem, skeletons = f"{type(exc).__name__}: {exc}", None
+    if problem:
+        log.info("template %s: CSS inlined message by message (%s)", template, problem)
+    return skeletons, {}, problem
+
+
+def css_inlining(template: str, templates_dir: Path | str | None = None) -> str | None:
+    """Why the send task inlines `template`'s CSS message by message; None when it does it once
+    per shape of the template (see lifecycle.inlining)."""
+    return _html_shapes(Path(templates_dir or TEMPLATES_DIR).resolve(), template)[2]
 
 
 def render_plain(template: str, channel: str, context: dict, templates_dir: Path | str | None = None, *,

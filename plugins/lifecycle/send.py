@@ -5,8 +5,9 @@ is rendered first, then claimed in one statement (status 'claimed', committed) i
 before the provider is called, and their outcomes are recorded in one statement right after. A
 worker killed mid-window leaves at most N messages whose outcome is unknown (some of them may
 never have been handed over); a retried task first records such leftovers as 'failed: outcome
-unknown' instead of sending them again. Two commits per window instead of two per message is
-what lets a send task run near the provider's own rate.
+unknown' instead of sending them again. One commit between two windows (the window's outcomes
+and the next window's claim, one statement) instead of two per message is what lets a send task
+run near the provider's own rate.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +49,18 @@ LOAD_BATCH_SQL = query("load_batch")
 CLAIM_WINDOW_SQL = query("claim_window")
 MARK_WINDOW_SQL = query("mark_window")
 SETTLE_UNSENT_SQL = query("settle_unsent")
+# A window's outcomes and the next window's claim in one statement: one round trip and one commit
+# between two windows, the two statements above as they are (the claim's parameters renamed).
+RECORD_AND_CLAIM_SQL = (
+    "WITH recorded AS (\n" + MARK_WINDOW_SQL.strip() + "\n), claimed AS (\n"
+    + re.sub(r":(ids|mids)\b", r":claim_\1", CLAIM_WINDOW_SQL.strip()) + "\n)\n"
+    "SELECT message_id, status FROM recorded UNION ALL SELECT message_id, 'claimed' FROM claimed"
+)
+
+
+# The signing key a send task read and checked once for its batch (None elsewhere: the link
+# and tracking functions then read it themselves).
+_BATCH_KEY: ContextVar[str | None] = ContextVar("lifecycle_batch_signing_key", default=None)
 
 
 class RetryBatch(RuntimeError):
@@ -197,7 +212,7 @@ def template_context(row: Any) -> dict:
             {"code": row.coupon_code, "percent_off": float(row.percent_off), "valid_until": row.valid_until.isoformat()}
             if row.coupon_code else None
         ),
-        "links": links_for(row.customer_id, row.channel),
+        "links": links_for(row.customer_id, row.channel, key=_BATCH_KEY.get()),
         "journey": row.journey,
         "step": row.step,
         "currency": context.get("currency", "EUR"),
@@ -299,14 +314,29 @@ def _mark(conn: sa.Connection, token: str, results: list[tuple[Any, Outcome, str
           sent_at: datetime | None) -> dict[int, str]:
     if not results:
         return {}
-    marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), {
+    marked = dict(conn.execute(sa.text(MARK_WINDOW_SQL), _mark_binds(token, results, sent_at)).all())
+    _record_side_effects(conn, results, marked)
+    return marked
+
+
+def _mark_binds(token: str, results: list[tuple[Any, Outcome, str | None]], sent_at: datetime | None) -> dict:
+    return {
         "ids": [row.message_id for row, _, _ in results],
         "outcomes": [o.status for _, o, _ in results],
         "reasons": [o.reason for _, o, _ in results],
         "pids": [o.provider_message_id for _, o, _ in results],
-        "details": [json.dumps(o.details) for _, o, _ in results],
+        "details": [json.dumps(o.details) if o.details else "{}" for _, o, _ in results],
         "token": token, "sent_at": sent_at, "max_attempts": MAX_ATTEMPTS,
-    }).all())
+    }
+
+
+def _has_side_effects(outcome: Outcome) -> bool:
+    """Whether recording `outcome` writes more than its message's row (see _record_side_effects)."""
+    return bool(outcome.revoke or outcome.fallback or outcome.suppress)
+
+
+def _record_side_effects(conn: sa.Connection, results: list[tuple[Any, Outcome, str | None]],
+                         marked: dict[int, str]) -> None:
     for row, outcome, next_channel in results:
         if row.message_id not in marked:
             continue
@@ -320,7 +350,6 @@ def _mark(conn: sa.Connection, token: str, results: list[tuple[Any, Outcome, str
             plan_fallback(conn, row.message_id, next_channel, outcome.reason or "")
         if outcome.suppress:
             record_suppression(conn, row.customer_id, row.channel, outcome.suppress, row.journey)
-    return marked
 
 
 def mark(engine: Engine, message_id: int, token: str, outcome: Outcome, customer_id: str, channel: str,
@@ -390,7 +419,17 @@ def send_batch(
     clock in production; a simulation (demo, runner, tests) passes the run's as_of instead."""
     from lifecycle.links import signing_key
 
-    signing_key()  # links are signed per message: fail the task before anything is claimed
+    # Links are signed per message: fail the task before anything is claimed. Read and checked
+    # once for the batch (reading the settings was a fifth of a message's rendering).
+    key_token = _BATCH_KEY.set(signing_key())
+    try:
+        return _send_batch(engine, spec, batch, channel_for, dry_run, clock)
+    finally:
+        _BATCH_KEY.reset(key_token)
+
+
+def _send_batch(engine: Engine, spec: JourneySpec, batch: Batch, channel_for: Callable[[str], Sender],
+                dry_run: bool, clock: Callable[[], datetime]) -> dict[str, int]:
     from lifecycle.render import reload_changed_templates
 
     reload_changed_templates()  # once per batch: an edit since the last batch (a fix) is used
@@ -410,7 +449,8 @@ def send_batch(
             for window in windows:
                 _dry_run_window(engine, spec, window, token, clock(), counts, template_errors)
         else:
-            _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors)
+            _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts,
+                          lambda rows, now: _render_window(engine, spec, rows, now, False, counts, template_errors))
     finally:
         for channel in channels.values():
             channel.__exit__(None, None, None)
@@ -483,7 +523,7 @@ def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles:
     try:
         outbound = registry.channel(row.channel).outbound(row, spec, now)
         # tracked links and open pixel (lifecycle.tracking); a dry run records the untracked message
-        return _Prepared(row, outbound if dry_run else track_outbound(row, spec, outbound))
+        return _Prepared(row, outbound if dry_run else track_outbound(row, spec, outbound, key=_BATCH_KEY.get()))
     except Skip as exc:
         settles.append((row.message_id, "skipped", str(exc), None))
     except Undeliverable as exc:
@@ -512,12 +552,32 @@ def _render_window(engine, spec, rows, now, dry_run, counts, template_errors) ->
 
 def _claim_prepared(conn, prepared: list[_Prepared], token: str, counts) -> list[_Prepared]:
     """Claim a rendered window in one statement (with each email's Message-ID); those taken."""
-    claimed = _claim(conn, [p.row.message_id for p in prepared], token,
-                     [p.outbound.message_id if p.row.channel == "email" and p.outbound is not None else None
-                      for p in prepared])
+    return _taken(prepared, _claim(conn, [p.row.message_id for p in prepared], token, _message_ids(prepared)), counts)
+
+
+def _message_ids(prepared: list[_Prepared]) -> list[str | None]:
+    """Each message's Message-ID header, stored with its claim (None for other channels)."""
+    return [p.outbound.message_id if p.row.channel == "email" and p.outbound is not None else None for p in prepared]
+
+
+def _taken(prepared: list[_Prepared], claimed: set[int], counts) -> list[_Prepared]:
     if len(claimed) < len(prepared):  # another run claimed them first: theirs to send
         counts["taken"] += len(prepared) - len(claimed)
     return [p for p in prepared if p.row.message_id in claimed]
+
+
+def _record_and_claim(conn, token: str, results: list[tuple[Any, Outcome, str | None]], sent_at: datetime | None,
+                      upcoming: list[_Prepared], counts) -> list[_Prepared]:
+    """Record a delivered window and claim the next in one statement on an autocommit
+    connection: one round trip, one commit. For outcomes without side effects (see
+    _record_side_effects); the next window's messages taken."""
+    got = conn.execute(sa.text(RECORD_AND_CLAIM_SQL), {
+        **_mark_binds(token, results, sent_at),
+        "claim_ids": [p.row.message_id for p in upcoming], "claim_mids": _message_ids(upcoming),
+    }).all()
+    # A recorded row is never left 'claimed' (sent, failed, or planned again for a retry).
+    counts.update(status for _, status in got if status != "claimed")
+    return _taken(upcoming, {message_id for message_id, status in got if status == "claimed"}, counts)
 
 
 def _dry_run_window(engine, spec, rows, token, now, counts, template_errors) -> None:
@@ -527,34 +587,59 @@ def _dry_run_window(engine, spec, rows, token, now, counts, template_errors) -> 
     counts.update(_record_dry_run(engine, prepared))
 
 
-def _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, template_errors) -> None:
+def send_rendered(engine: Engine, spec: JourneySpec, windows: Sequence[Sequence[tuple[Any, Any]]],
+                  channel_for: Callable[[str], Sender], *,
+                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> dict[str, int]:
+    """send_batch's window loop (claim, deliver, record) on messages rendered beforehand: windows
+    of (row as load_batch loads it, the channel's outbound message). Message counts by status.
+    benchmarks/send_throughput.py times the project's delivery with it."""
+    counts: Counter[str] = Counter()
+    channels: dict[str, Sender] = {}
+    try:
+        _send_windows(engine, spec, windows, secrets.token_hex(8), channel_for, channels, clock, counts,
+                      lambda window, now: [_Prepared(row, outbound) for row, outbound in window])
+    finally:
+        for channel in channels.values():
+            channel.__exit__(None, None, None)
+    return {status: n for status, n in counts.items() if n}
+
+
+def _send_windows(engine, spec, windows, token, channel_for, channels, clock, counts, render) -> None:
     """Window by window, at most one window claimed and not yet recorded at any moment: while
-    window k is with the provider (a thread: socket waits), window k+1 is rendered; then k's
-    outcomes and k+1's claim are committed together, and k+1 goes out. The provider's time and
-    ours overlap, the at-most-once bound stays one window."""
+    window k is with the provider (a thread: socket waits), window k+1 is rendered
+    (`render(window, now)`: its messages to attempt); then k's outcomes and k+1's claim are
+    committed together, one transaction, and k+1 goes out. The provider's time and ours overlap,
+    the at-most-once bound stays one window."""
     if not windows:
         return
     now = clock()
-    upcoming = _render_window(engine, spec, windows[0], now, False, counts, template_errors)
+    upcoming = render(windows[0], now)
     _open_channels(upcoming, channels, channel_for)
-    with engine.begin() as conn:
-        claimed = _claim_prepared(conn, upcoming, token, counts)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-window") as deliverer:
+    # One connection for the loop, each statement its own transaction: a window's claim, and
+    # then its outcomes with the next window's claim, are single statements (one round trip and
+    # one commit each). Rare outcomes that write elsewhere too take a transaction of their own.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-window") as deliverer:
+        claimed = _claim_prepared(db, upcoming, token, counts)
         for k in range(len(windows)):
             in_flight = deliverer.submit(_deliver_window, spec, claimed, channels)
             upcoming, later = [], clock()
             try:
                 if k + 1 < len(windows):
-                    upcoming = _render_window(engine, spec, windows[k + 1], later, False, counts, template_errors)
-                    _open_channels(upcoming, channels, channel_for)
+                    rendered = render(windows[k + 1], later)
+                    _open_channels(rendered, channels, channel_for)
+                    upcoming = rendered  # claimed below only once its channels are open
             finally:  # whatever happened meanwhile, what the provider said is recorded
                 results, unavailable, error = in_flight.result()
-                with engine.begin() as conn:
-                    counts.update(_mark(conn, token, results, sent_at=now).values())
-                    if unavailable:
-                        _release(conn, unavailable, token)
-                    else:
-                        claimed = _claim_prepared(conn, upcoming, token, counts) if upcoming else []
+                if unavailable or any(_has_side_effects(outcome) for _, outcome, _ in results):
+                    with engine.begin() as conn:
+                        counts.update(_mark(conn, token, results, sent_at=now).values())
+                        if unavailable:
+                            _release(conn, unavailable, token)
+                        else:
+                            claimed = _claim_prepared(conn, upcoming, token, counts) if upcoming else []
+                else:
+                    claimed = _record_and_claim(db, token, results, now, upcoming, counts)
                 if unavailable:  # committed above: the rest stays planned for the task's retry
                     raise RetryBatch(str(error)) from error
             now = later

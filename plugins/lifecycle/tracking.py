@@ -196,7 +196,7 @@ def tracking_on(spec: Any, step: str) -> bool:
     return True
 
 
-def track_outbound(row: Any, spec: Any, outbound: Any, base_url: str | None = None) -> Any:
+def track_outbound(row: Any, spec: Any, outbound: Any, base_url: str | None = None, *, key: str | None = None) -> Any:
     """The message about to be delivered with its links tracked (see the module doc); the same
     object when it is not tracked (transactional, `tracking: false`, a channel without links).
     It runs on a claimed message, so it never raises: should rewriting fail, the message goes
@@ -204,15 +204,15 @@ def track_outbound(row: Any, spec: Any, outbound: Any, base_url: str | None = No
     if row.kind != "marketing" or not tracking_on(spec, row.step):
         return outbound
     try:
-        return _tracked(row, outbound, base_url or SHOP["base_url"])
+        return _tracked(row, outbound, base_url or SHOP["base_url"], key)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.error("message %s (%s/%s) goes out untracked: %s: %s", row.message_id, row.journey, row.step,
                   type(exc).__name__, exc)
         return outbound
 
 
-def _tracked(row: Any, outbound: Any, base: str) -> Any:
-    key = signing_key()
+def _tracked(row: Any, outbound: Any, base: str, key: str | None = None) -> Any:
+    key = key or signing_key()  # given by a send task that checked it once for the batch
     if row.channel == "email":
         return replace(outbound, html=track_html(outbound.html, row.message_id, base, key=key),
                        text=track_text(outbound.text, row.message_id, base, key=key))

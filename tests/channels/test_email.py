@@ -140,3 +140,59 @@ def test_a_sender_refused_mid_window_leaves_the_rest_unattempted(smtp_server):
 
 def received(server) -> list[str]:
     return [rcpt for m in server.messages for rcpt in m.rcpt_tos]
+
+
+def test_a_pipelined_window_costs_one_round_trip_per_message(smtp_server):
+    """A message's content and the next message's MAIL, RCPT and DATA are written without a reply
+    read in between; then the content's reply and the envelope's three. One wait per message,
+    and no content before its 354."""
+    messages = [OutboundEmail(to=f"{n}@example.com", subject="Hi", text="x\n", html="<p>x</p>", message_id=f"<{n}@x>")
+                for n in "abcd"]
+    events: list[str] = []
+    with EmailChannel("127.0.0.1", smtp_server.port) as channel:
+        smtp = channel._smtp
+        send, getreply = smtp.send, smtp.getreply
+
+        def recorded_send(data):
+            events.append(data.decode().split("\r\n")[1].removeprefix("RCPT TO:") if data.startswith(b"MAIL FROM")
+                          else "content")
+            return send(data)
+
+        def recorded_reply():
+            code, text = getreply()
+            events.append(str(code))
+            return code, text
+
+        smtp.send, smtp.getreply = recorded_send, recorded_reply
+        outcomes = channel.deliver_many(messages)
+        smtp.send, smtp.getreply = send, getreply
+    assert [o.status for o in outcomes] == ["sent"] * 4
+    envelope = ["250", "250", "354"]
+    assert events == ["<a@example.com>", *envelope,
+                      "content", "<b@example.com>", "250", *envelope,
+                      "content", "<c@example.com>", "250", *envelope,
+                      "content", "<d@example.com>", "250", *envelope,
+                      "content", "250"]
+    assert received(smtp_server) == [f"{n}@example.com" for n in "abcd"]
+
+
+def test_a_connection_lost_after_a_pipelined_content_leaves_that_one_unknown_and_sends_the_next_once(smtp_server):
+    """The server takes the 2nd message and drops the connection before answering: that message
+    is `unknown` (never sent again), the 3rd, whose envelope followed its content but never its
+    own content, goes out once on a new connection."""
+    accept = smtp_server.handler.handle_DATA
+
+    async def drop_after_second(server, session, envelope):
+        reply = await accept(server, session, envelope)
+        if smtp_server.data_attempts == 2:
+            server.transport.close()
+        return reply
+
+    smtp_server.handler.handle_DATA = drop_after_second
+    messages = [OutboundEmail(to=f"{n}@example.com", subject="Hi", text="x\n", html="<p>x</p>", message_id=f"<{n}@x>")
+                for n in "abc"]
+    with EmailChannel("127.0.0.1", smtp_server.port) as channel:
+        outcomes = channel.deliver_many(messages)
+    assert [o.status for o in outcomes] == ["sent", "unknown", "sent"]
+    assert outcomes[1].reason.startswith("connection lost during DATA")
+    assert received(smtp_server) == ["a@example.com", "b@example.com", "c@example.com"]

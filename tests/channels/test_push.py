@@ -413,6 +413,24 @@ def test_a_name_that_does_not_resolve_is_retried_without_a_request(push, vapid_k
     assert outcome.status == "retry" and "did not resolve" in outcome.reason
 
 
+def test_a_push_service_name_is_looked_up_once_per_batch(push, vapid_key, monkeypatch):
+    """A batch's subscriptions sit on a handful of push services: the endpoint check looks each
+    name up once per batch, not once per message (the connection still checks the address it
+    reaches, test_the_address_connected_to_is_checked_too)."""
+    from lifecycle.channels import push as push_module
+
+    looked_up = []
+    lookup = push_module._addresses
+    monkeypatch.setattr(push_module, "_addresses", lambda host, port: (looked_up.append(host), lookup(host, port))[1])
+    by_name = [dict(s, endpoint=s["endpoint"].replace("127.0.0.1", "localhost")) for s in map(push.register, "abc")]
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=5, allow_private=True) as channel:
+        outcomes = [channel.deliver(outbound(s)) for s in by_name]
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=5, allow_private=True) as channel:  # the next batch
+        outcomes.append(channel.deliver(outbound(by_name[0])))
+    assert [o.status for o in outcomes] == ["sent"] * 4 and len(push.received) == 4
+    assert looked_up == ["localhost", "localhost"]
+
+
 def test_the_address_connected_to_is_checked_too(push, vapid_key):
     """DNS can answer the request differently from the check before it (rebinding): the
     connection itself refuses a non-public peer. Here the check is passed by going around it,

@@ -16,8 +16,10 @@ connection lost mid-DATA are told apart:
     lost during DATA    unknown (it may have been accepted: never re-sent blindly)
 
 A window of messages goes out with `deliver_many`: where the server offers PIPELINING (RFC 2920)
-MAIL, RCPT and DATA travel in one write and their replies are read in order, so each reply
-still belongs to exactly one message (the same table applies). The wire bytes are built by
+a message's content is followed by the next message's MAIL, RCPT and DATA without waiting for a
+reply, one round trip per message, and the replies are read in order, so each reply still
+belongs to exactly one message (the same table applies; a message's content is only sent after
+its DATA got 354). The wire bytes are built by
 hand (`compose`): the headers the batch shares once, each header a message brings checked for
 the line breaks email.policy refuses (HEADER_BREAKS); the email package only checks that rule.
 """
@@ -32,6 +34,7 @@ import re
 import secrets
 import smtplib
 import socket
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import Header
@@ -51,6 +54,7 @@ WIRE_POLICY = SMTP_POLICY.clone(max_line_length=998)
 # To and Subject (tests/channels/test_email.py re-checks the set with Hypothesis); bodies take them all.
 HEADER_BREAKS = "\n\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029"
 _BREAKS = re.compile(f"[{re.escape(HEADER_BREAKS)}]")
+_LOST = (TimeoutError, smtplib.SMTPServerDisconnected, OSError)  # the session is gone
 
 
 @dataclass(frozen=True)
@@ -250,31 +254,124 @@ class EmailChannel:
         """Each message's outcome, in order. Once the channel is unavailable (the session cannot
         be opened, the server refuses our sender), that message and the rest get the
         ChannelUnavailable instead: nothing of theirs reached the server."""
-        results: list[Outcome | ChannelUnavailable] = []
         date = formatdate(usegmt=True)  # one clock reading per window
-        for message in messages:
-            try:
-                results.append(self._deliver(message, date))
-            except ChannelUnavailable as exc:
-                return results + [exc] * (len(messages) - len(results))
-        return results
-
-    def _deliver(self, message: OutboundEmail, date: str) -> Outcome:
-        if self._smtp is None:
-            self._connect()
-        if not message.to.isascii():  # no SMTPUTF8 here: refuse before the server sees anything
-            return Outcome("failed", "invalid address: non-ASCII characters need SMTPUTF8, not supported")
+        results: list[Outcome | ChannelUnavailable | None] = [None] * len(messages)
+        # (position, message, its DATA content once composed): composed as it comes up, while
+        # the server reads the message before it
+        queue: deque[tuple[int, OutboundEmail, bytes | None]] = deque((i, m, None) for i, m in enumerate(messages))
         try:
-            raw = compose(message, self.from_email, self.from_name, date=date)
-        except (ValueError, TypeError) as exc:  # nothing was sent: a per-message failure, never unknown
-            return Outcome("failed", f"cannot compose the email: {header_problem(message) or exc}")
+            while queue:
+                if self._smtp is None:
+                    self._connect()
+                if self._pipelining:
+                    self._pipeline(queue, results, date)
+                else:
+                    ready = self._next_ready(queue, results, date)
+                    if ready is not None:
+                        results[ready[0]] = self._deliver_stepwise(ready[1], ready[2])
+        except ChannelUnavailable as exc:
+            return [exc if result is None else result for result in results]
+        return results  # type: ignore[return-value]
+
+    def _next_ready(self, queue: deque, results: list, date: str) -> tuple[int, OutboundEmail, bytes] | None:
+        """The next message of the queue with its DATA content composed; those that cannot be
+        composed get their outcome on the way (nothing of them reaches the server)."""
+        while queue:
+            i, message, data = queue.popleft()
+            if data is not None:
+                return i, message, data
+            if not message.to.isascii():  # no SMTPUTF8 here
+                results[i] = Outcome("failed", "invalid address: non-ASCII characters need SMTPUTF8, not supported")
+                continue
+            try:
+                return i, message, _dot_stuffed(compose(message, self.from_email, self.from_name, date=date))
+            except (ValueError, TypeError) as exc:  # a per-message failure, never unknown
+                results[i] = Outcome("failed", f"cannot compose the email: {header_problem(message) or exc}")
+        return None
+
+    def _envelope_bytes(self, to: str) -> bytes:
+        return (f"MAIL FROM:{smtplib.quoteaddr(self.from_email)}\r\nRCPT TO:{smtplib.quoteaddr(to)}\r\n"
+                "DATA\r\n").encode("ascii")
+
+    def _pipeline(self, queue: deque, results: list, date: str) -> None:
+        """Send the queue over this session, one round trip per message (RFC 2920): a message's
+        content, then the next message's MAIL, RCPT and DATA, written without waiting in between
+        (the next message is composed meanwhile, while the server reads the content); then the
+        replies, in order: the content's, and the next envelope's three. Each reply still belongs
+        to exactly one message, and a content is only sent after its DATA got 354. Returns when
+        the queue is done or the connection was lost (the caller reconnects: a message whose
+        envelope went out but not its content is attempted again, as if new)."""
+        smtp = self._smtp
+        current = self._next_ready(queue, results, date)
+        if current is not None and not self._send_envelope(smtp, current, queue, results):
+            return
+        while current is not None:
+            i, message, data = current
+            try:
+                refused = self._refused_envelope(smtp, *(smtp.getreply() for _ in range(3)))  # our sender
+            except _LOST as exc:  # refused raises ChannelUnavailable
+                self._drop()
+                results[i] = Outcome("retry", f"connection lost before DATA: {exc}")
+                return
+            if refused is not None:
+                results[i] = refused
+                if self._smtp is None:  # the RSET after the refusal failed: reconnect for the rest
+                    return
+                current = self._next_ready(queue, results, date)
+                if current is not None and not self._send_envelope(smtp, current, queue, results):
+                    return
+                continue
+            following = None
+            try:
+                smtp.send(data)
+                following = self._next_ready(queue, results, date)
+                if following is not None:
+                    smtp.send(self._envelope_bytes(following[1].to))
+                code, reply = smtp.getreply()
+            except _LOST as exc:
+                self._drop()
+                results[i] = Outcome("unknown", f"connection lost during DATA: {exc}")
+                if following is not None:  # never got its content: attempted again on a new session
+                    queue.appendleft(following)
+                return
+            # The end of the content ends the transaction whatever its reply (RFC 5321 4.1.1.4):
+            # no RSET, which would land in the next message's envelope already on its way.
+            results[i] = self._accepted(message, code, reply, reset=False)
+            current = following
+
+    def _send_envelope(self, smtp: smtplib.SMTP, ready: tuple, queue: deque, results: list) -> bool:
+        """Write a message's MAIL, RCPT and DATA; False when the session is lost (that message
+        will be retried)."""
+        try:
+            smtp.send(self._envelope_bytes(ready[1].to))
+            return True
+        except _LOST as exc:
+            self._drop()
+            results[ready[0]] = Outcome("retry", f"connection lost before DATA: {exc}")
+            return False
+
+    def _refused_envelope(self, smtp: smtplib.SMTP, mail: tuple, rcpt: tuple, data: tuple) -> Outcome | None:
+        """The outcome when MAIL/RCPT/DATA did not end in 354 (the session reset for the next
+        message), None when the content may go. MAIL refused raises ChannelUnavailable."""
+        (mail_code, mail_reply), (rcpt_code, rcpt_reply), (code, reply) = mail, rcpt, data
+        if code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+            # DATA accepted although MAIL or RCPT was not: end it empty, never send content
+            smtp.send(b".\r\n")
+            smtp.getreply()
+        if mail_code != 250:
+            self._refused_sender(mail_code, mail_reply)
+        if rcpt_code not in (250, 251):
+            return self._rejected("RCPT", rcpt_code, rcpt_reply)
+        if code != 354:  # DATA refused before the content was sent
+            return self._rejected("DATA", code, reply)
+        return None
+
+    def _deliver_stepwise(self, message: OutboundEmail, data: bytes) -> Outcome:
+        """MAIL, RCPT, DATA each waiting for its reply (a server without PIPELINING)."""
         smtp = self._smtp
         try:
-            if self._pipelining:
-                code, reply = self._pipelined_envelope(smtp, message.to)
-            else:
-                code, reply = self._envelope(smtp, message.to)
-        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+            code, reply = self._envelope(smtp, message.to)
+        except _LOST as exc:
             self._drop()
             return Outcome("retry", f"connection lost before DATA: {exc}")
         if isinstance(code, Outcome):
@@ -282,13 +379,17 @@ class EmailChannel:
         try:
             if code != 354:  # DATA refused before the content was sent
                 return self._rejected("DATA", code, reply)
-            smtp.send(_dot_stuffed(raw))
+            smtp.send(data)
             code, reply = smtp.getreply()
-        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+        except _LOST as exc:
             self._drop()
             return Outcome("unknown", f"connection lost during DATA: {exc}")
+        return self._accepted(message, code, reply)
+
+    def _accepted(self, message: OutboundEmail, code: int, reply: bytes | str, reset: bool = True) -> Outcome:
+        """The outcome of the reply to a message's content."""
         if code != 250:
-            return self._rejected("DATA", code, reply)
+            return self._rejected("DATA", code, reply, reset=reset)
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
         queued = QUEUE_ID.search(text)
         return Outcome("sent", provider_message_id=queued.group(1) if queued else message.message_id)
@@ -308,21 +409,6 @@ class EmailChannel:
         smtp.putcmd("data")
         return smtp.getreply()
 
-    def _pipelined_envelope(self, smtp: smtplib.SMTP, to: str):
-        """MAIL, RCPT and DATA in one write (RFC 2920), then their three replies in order."""
-        smtp.send(f"MAIL FROM:{smtplib.quoteaddr(self.from_email)}\r\nRCPT TO:{smtplib.quoteaddr(to)}\r\n"
-                  "DATA\r\n".encode("ascii"))
-        (mail_code, mail_reply), (rcpt_code, rcpt_reply), (code, reply) = (smtp.getreply() for _ in range(3))
-        if code == 354:  # DATA accepted although MAIL or RCPT was not: end it empty, never send content
-            if mail_code != 250 or rcpt_code not in (250, 251):
-                smtp.send(b".\r\n")
-                smtp.getreply()
-        if mail_code != 250:
-            self._refused_sender(mail_code, mail_reply)
-        if rcpt_code not in (250, 251):
-            return self._rejected("RCPT", rcpt_code, rcpt_reply), None
-        return code, reply
-
     def _refused_sender(self, code: int, reply: bytes | str) -> None:
         """MAIL FROM refused: our account or sender, the same for every message. Fail the task
         and leave the batch planned (ChannelUnavailable) instead of failing every recipient."""
@@ -333,12 +419,13 @@ class EmailChannel:
             f"({code} {text}); check the lifecycle_smtp connection and the account: the messages stay planned"
         )
 
-    def _rejected(self, stage: str, code: int, reply: bytes | str) -> Outcome:
+    def _rejected(self, stage: str, code: int, reply: bytes | str, reset: bool = True) -> Outcome:
         text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-        try:
-            self._smtp.rset()
-        except (smtplib.SMTPException, OSError):
-            self._drop()
+        if reset:
+            try:
+                self._smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
         reason = f"SMTP {stage} {code} {text}".strip()
         if 400 <= code < 500:
             return Outcome("retry", reason)

@@ -216,6 +216,7 @@ class PushChannel:
         self.allow_private = settings().push_allow_private if allow_private is None else allow_private
         self._session: requests.Session | None = None
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
+        self._addresses: dict[tuple[str, int], list] = {}  # (host, port) -> addresses, for this batch
         # Requests in flight at once over the one session (lifecycle.send.deliver_all): within
         # requests' connection pool (10 per push service).
         self.concurrency = max(1, min(int(concurrency), 10))
@@ -252,6 +253,7 @@ class PushChannel:
         if self._session is not None:
             self._session.close()
             self._session = None
+        self._addresses.clear()
 
     def _open(self) -> requests.Session:
         if self._session is None:
@@ -343,7 +345,7 @@ class PushChannel:
         if parts.scheme == "http" and not (self.allow_http or self.allow_private):
             return Outcome("failed", "invalid push endpoint (plain http)", fallback=True)
         try:
-            addresses = _addresses(host, port or (443 if parts.scheme == "https" else 80))
+            addresses = self._resolved(host, port or (443 if parts.scheme == "https" else 80))
         except (OSError, UnicodeError):
             return Outcome("retry", f"push service host of {origin_of(endpoint)} did not resolve")
         internal = sorted({str(a) for a in addresses if not _is_public(a)})
@@ -355,6 +357,15 @@ class PushChannel:
         if parts.scheme == "http" and not self.allow_http and len(internal) < len(addresses):
             return Outcome("failed", "invalid push endpoint (plain http to a public address)", fallback=True)
         return None
+
+    def _resolved(self, host: str, port: int) -> list:
+        """The host's addresses, looked up once per batch (a batch's subscriptions are on a handful
+        of push services: one DNS lookup each, not one per message). The connection checks the
+        address it reaches again, so a later answer cannot slip past this one."""
+        key = (host, port)
+        if key not in self._addresses:
+            self._addresses[key] = _addresses(host, port)  # a failed lookup is not kept: tried again
+        return self._addresses[key]
 
     def _connection_error(self, origin: str, exc: requests.exceptions.ConnectionError) -> Outcome:
         reason = exc.args[0] if exc.args else None

@@ -17,4 +17,5 @@ UPDATE lifecycle.messages m
   FROM wanted
   JOIN unnest(CAST(:ids AS bigint[]), CAST(:mids AS text[])) AS w(message_id, mid) USING (message_id)
  WHERE m.message_id = wanted.message_id AND m.status = 'planned'
+   AND m.message_id = ANY(CAST(:ids AS bigint[]))  -- the window's rows by primary key, whatever the statistics
 RETURNING m.message_id

@@ -2,6 +2,8 @@
 -- of the unnest per message, matched on the claim token, so an attempt never overwrites a row
 -- that a later attempt reconciled. A transient outcome ('retry') goes back to planned until the
 -- message has used :max_attempts claims; 'unknown' is recorded failed and never re-sent.
+-- The rows are found by their ids (primary key): the token is the whole batch's, and a plan led
+-- by it read every row the batch had claimed so far, for each window (quadratic in the batch).
 UPDATE lifecycle.messages m
    SET status = CASE o.outcome
                     WHEN 'sent' THEN 'sent'
@@ -20,4 +22,5 @@ UPDATE lifecycle.messages m
               CAST(:pids AS text[]), CAST(:details AS jsonb[]))
        AS o(message_id, outcome, reason, provider_message_id, details)
  WHERE m.message_id = o.message_id AND m.claim_token = :token
+   AND m.message_id = ANY(CAST(:ids AS bigint[]))
 RETURNING m.message_id, m.status
