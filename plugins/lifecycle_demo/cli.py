@@ -247,9 +247,9 @@ def demo_worker(journeys: list[str], start: datetime, end: datetime) -> int:
 # The demo shop's orders are generated before any journey runs, so its customers ignore every
 # message: treated and held-out customers convert alike. Said under the lift, so nobody reads a
 # demo's lift (or its absence) as a verdict on the journeys.
-DEMO_LIFT_NOTE = ("\n  (The demo's customers ignore email: its orders are generated before any message is sent, so "
-                  "the lift is ~0\n  and its interval spans 0. On real data the same numbers measure what the "
-                  "messages add.)")
+DEMO_LIFT_NOTE = ("\n  (The demo's customers ignore every message: its orders are generated before any journey "
+                  "runs, so the true lift\n  is 0 and the differences above are chance, inside their intervals. "
+                  "On real data the same figures measure\n  what the messages add.)")
 
 
 def results_tables(engine, specs: list, since: datetime, until: datetime) -> str:
