@@ -21,6 +21,8 @@ the ratio (old / new), then all runs together, with the load average before and 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import json
 import logging
 import os
@@ -85,6 +87,7 @@ class Paired:
         outcomes, stored = {}, {}
         for name in names:
             validate_stage, volume_held = self.versions[name]
+            gc.collect()
             started = time.perf_counter()
             try:
                 outcomes[name] = validate_stage(engine, spec, run, **kwargs)
@@ -123,6 +126,34 @@ def replay(engine, journey: str, runs: int, paired: Paired, smtp_port: int) -> N
         run_interval(engine, spec, end - HOUR, end, lambda _name: EmailChannel("127.0.0.1", smtp_port), mode=mode)
 
 
+def fresh_process(version: str, url: str, baseline: str) -> None:
+    """Child: stage an empty interval of the welcome journey and time one validation of it."""
+    import sqlalchemy as sa
+
+    from lifecycle import run_audit, stage
+    from lifecycle.config import SEGMENTS_DIR
+    from lifecycle.run_context import RunContext
+    from lifecycle.spec import load_spec
+
+    module = load_baseline(baseline) if version == "old" else importlib.import_module("lifecycle.validate")
+    spec, engine = load_spec(SEGMENTS_DIR / "welcome.sql"), sa.create_engine(url)
+    start = datetime(2020, 1, 1, tzinfo=UTC)  # before the shop's first customer: nobody to welcome
+    run = RunContext(spec.journey, f"fresh-{version}-{os.getpid()}", "dry", start, start + HOUR)
+    run_audit.start_run(engine, run)
+    assert stage.stage_segment(engine, spec, run) == 0
+    started = time.perf_counter()
+    module.validate_stage(engine, spec, run)
+    print(f"{time.perf_counter() - started:.3f}")
+    stage.drop_stage(engine, run)
+    engine.dispose()
+
+
+def fresh_seconds(version: str, url: str, baseline: str) -> float:
+    done = subprocess.run([sys.executable, __file__, "--fresh-process", version, url, "--baseline", baseline],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -132,9 +163,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=23, help="hourly runs per journey (default 23)")
     parser.add_argument("--journey", action="append", help=f"journey (repeatable; default {', '.join(JOURNEYS)})")
     parser.add_argument("--baseline", default=BASELINE, help=f"git revision of the old version ({BASELINE})")
+    parser.add_argument("--fresh", type=int, default=2, help="fresh-process validations of each version (default 2)")
+    parser.add_argument("--fresh-process", nargs=2, metavar=("VERSION", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("LIFECYCLE_SIGNING_KEY", "benchmark-signing-key-" + secrets.token_hex(8))
+    if args.fresh_process:
+        fresh_process(*args.fresh_process, args.baseline)
+        return 0
 
     import sqlalchemy as sa
 
@@ -177,6 +213,13 @@ def main() -> int:
                     totals.seconds[name] += paired.seconds[name]
                 totals.empty += paired.empty
         print_row("all", totals)
+        url = sa.make_url(admin_url).set(database="shop_template").render_as_string(hide_password=False)
+        fresh = {"old": [], "new": []}
+        for _ in range(args.fresh):
+            for version in fresh:
+                fresh[version].append(fresh_seconds(version, url, args.baseline))
+        old, new = (sum(fresh[v]) / len(fresh[v]) for v in ("old", "new"))
+        print(f"{'fresh process, empty':<22}{args.fresh:>5}{args.fresh:>6}{old:>11.3f}{new:>11.3f}{old / new:>8.1f}x")
     finally:
         admin.dispose()
         stop_embedded(data_dir)

@@ -4,8 +4,12 @@ a segment that suddenly would enroll far more new rows than usual is held and no
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -278,7 +282,7 @@ def test_an_empty_stage_table_passes_every_expectation_without_asking_gx(warehou
     run = RunContext(spec.journey, "gx-itself", "dry", END - timedelta(days=1), END)
     assert stage.stage_segment(warehouse, spec, run) == 0
     try:
-        gx_results, failed = validate._gx_results(warehouse, spec, run, validate.row_expectations(spec))
+        gx_results, failed = validate._gx_results(warehouse, spec, run, validate.row_checks(spec))
     finally:
         stage.drop_stage(warehouse, run)
     assert failed == {}
@@ -286,6 +290,34 @@ def test_an_empty_stage_table_passes_every_expectation_without_asking_gx(warehou
         (r.expectation_config.type, r.expectation_config.kwargs["column"], r.success) for r in gx_results]
     assert all(e["success"] and e["unexpected_count"] == 0 for e in recorded)
     assert not any(r.result.get("unexpected_count") for r in gx_results)  # GX: null (a SUM of no rows) or 0
+
+
+def test_a_validate_task_whose_stage_table_is_empty_does_not_import_great_expectations(warehouse, tmp_path):
+    """Airflow runs each task in a process of its own: for a run that selects nobody, validate
+    costs neither GX's queries nor its import (seconds)."""
+    import lifecycle
+
+    spec = segment(tmp_path, "fresh_process_probe", """
+        SELECT 1 AS customer_id, 'k' AS row_key, :as_of AS entered_at, 'a@example.com' AS email WHERE false
+    """)
+    task = f"""
+import sys
+from datetime import UTC, datetime, timedelta
+import sqlalchemy as sa
+from lifecycle import run_audit, stage, validate
+from lifecycle.run_context import RunContext
+from lifecycle.spec import load_spec
+spec, engine = load_spec({str(spec.path)!r}), sa.create_engine({warehouse.url.render_as_string(hide_password=False)!r})
+run = RunContext(spec.journey, "fresh", "live", datetime(2026, 11, 19, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC))
+run_audit.start_run(engine, run)
+stage.stage_segment(engine, spec, run)
+print(validate.validate_stage(engine, spec, run).rows_selected, "great_expectations" in sys.modules)
+"""
+    plugins = str(Path(lifecycle.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", task], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False"]
 
 
 def test_validating_the_same_stage_table_again_judges_its_new_rows(warehouse, tmp_path):

@@ -64,26 +64,46 @@ def _quiet_gx() -> None:
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 
-def row_expectations(spec: JourneySpec) -> list[tuple[object, str]]:
-    """(expectation, reason recorded on a quarantined row)."""
-    import great_expectations as gx
+# The GX expectation types the gate uses (GX's snake_case names, as its results report them).
+NOT_NULL = "expect_column_values_to_not_be_null"
+UNIQUE = "expect_column_values_to_be_unique"
+MATCHES = "expect_column_values_to_match_regex"
+NOT_MATCHES = "expect_column_values_to_not_match_regex"
 
-    E = gx.expectations
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A GX column expectation and the reason a row failing it is quarantined with. Plain data:
+    Great Expectations (seconds to import) is imported only when a stage table has rows to check."""
+
+    expectation: str  # NOT_NULL, UNIQUE, ...
+    column: str
+    reason: str
+    regex: str | None = None
+
+    def gx_expectation(self):
+        import great_expectations as gx
+
+        kwargs = {"column": self.column, **({"regex": self.regex} if self.regex is not None else {})}
+        return getattr(gx.expectations, _class_name(self.expectation))(**kwargs)
+
+
+def row_checks(spec: JourneySpec) -> list[RowCheck]:
     checks = [
-        (E.ExpectColumnValuesToNotBeNull(column=spec.customer_id), f"{spec.customer_id}: missing"),
-        (E.ExpectColumnValuesToNotBeNull(column=spec.entry_key), f"{spec.entry_key}: missing enrollment key"),
-        (E.ExpectColumnValuesToBeUnique(column=spec.entry_key), f"{spec.entry_key}: duplicate enrollment key"),
-        (E.ExpectColumnValuesToNotBeNull(column=spec.entered_at), f"{spec.entered_at}: missing"),
+        RowCheck(NOT_NULL, spec.customer_id, f"{spec.customer_id}: missing"),
+        RowCheck(NOT_NULL, spec.entry_key, f"{spec.entry_key}: missing enrollment key"),
+        RowCheck(UNIQUE, spec.entry_key, f"{spec.entry_key}: duplicate enrollment key"),
+        RowCheck(NOT_NULL, spec.entered_at, f"{spec.entered_at}: missing"),
     ]
     checks += [  # a product-specific code needs its product
-        (E.ExpectColumnValuesToNotBeNull(column=column), f"{column}: missing (the coupon's product)")
+        RowCheck(NOT_NULL, column, f"{column}: missing (the coupon's product)")
         for column in sorted(coupon_product_columns(spec))
     ]
     if "email" in spec.channels:
         checks += [
-            (E.ExpectColumnValuesToNotBeNull(column="email"), "email: missing"),
-            (E.ExpectColumnValuesToMatchRegex(column="email", regex=EMAIL_REGEX), "email: not a valid address"),
-            (E.ExpectColumnValuesToNotMatchRegex(column="email", regex=_header_breaks_regex()), HEADER_BREAK_REASON),
+            RowCheck(NOT_NULL, "email", "email: missing"),
+            RowCheck(MATCHES, "email", "email: not a valid address", EMAIL_REGEX),
+            RowCheck(NOT_MATCHES, "email", HEADER_BREAK_REASON, _header_breaks_regex()),
         ]
     return checks
 
@@ -162,9 +182,9 @@ def count_new_rows(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
 #   counts each check's bad rows (for the summary) and gives, for each failed check, the query
 #   that selects them (for the quarantine). Only the query text is built; GX runs no query for it.
 # - The expectations' configurations are built once per journey's checks, per process.
-# - An empty stage table is not sent to GX at all (see _vacuous_summary).
+# - An empty stage table is not sent to GX, nor is GX imported for it (see _vacuous_summary).
 _gx_lock = threading.Lock()
-_gx: dict = {}  # (journey, reasons) -> the checks' ExpectationConfigurations
+_gx: dict = {}  # (journey, its RowChecks) -> their ExpectationConfigurations
 
 
 def _forget_gx_after_fork() -> None:
@@ -184,25 +204,21 @@ _RESULT_FORMAT = {
 }
 
 
-def _distinct(checks: list[tuple[object, str]]) -> list:
-    """The checks' expectations, each once: a column that is both the customer id and the
-    enrollment key is checked for NULLs once, and a bad row gets both reasons (see _by_check)."""
+def _distinct(checks: list[RowCheck]) -> list[RowCheck]:
+    """Each expectation once: a column that is both the customer id and the enrollment key is
+    checked for NULLs once, and a row failing it gets both reasons (see _by_check)."""
     distinct: dict = {}
-    for expectation, _ in checks:
-        distinct.setdefault(_check_key(expectation), expectation)
+    for check in checks:
+        distinct.setdefault((check.expectation, check.column), check)
     return list(distinct.values())
 
 
-def _check_key(expectation) -> tuple[str, str | None]:
-    return type(expectation).__name__, expectation.column
-
-
-def _configurations(spec: JourneySpec, checks: list[tuple[object, str]]) -> list:
+def _configurations(spec: JourneySpec, checks: list[RowCheck]) -> list:
     """The checks' expectation configurations, built once per journey and set of checks (call
     under _gx_lock). GX copies them before it validates, so runs can share them."""
-    key = (spec.journey, tuple(reason for _, reason in checks))
+    key = (spec.journey, tuple(checks))
     if key not in _gx:
-        _gx[key] = [expectation.configuration for expectation in _distinct(checks)]
+        _gx[key] = [check.gx_expectation().configuration for check in _distinct(checks)]
     return _gx[key]
 
 
@@ -230,7 +246,7 @@ def _validator(engine: Engine, table: str):
     return validator
 
 
-def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list[tuple[object, str]]):
+def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list[RowCheck]):
     """GX's results for the run's stage table, by SQL pushdown (in GX's order), and for each
     failed check (by reason) the query that selects its bad rows."""
     _quiet_gx()
@@ -238,8 +254,8 @@ def _gx_results(engine: Engine, spec: JourneySpec, run: RunContext, checks: list
         validator = _validator(engine, stage_table(run).split(".", 1)[1])
         configurations = validator.process_expectations_for_validation(_configurations(spec, checks))
         results = validator.graph_validate(configurations, runtime_configuration={"result_format": _RESULT_FORMAT})
-    failed = {reason: _unexpected_rows_query(r)
-              for (_, reason), r in zip(checks, _by_check(checks, results), strict=True) if not r.success}
+    failed = {check.reason: _unexpected_rows_query(r)
+              for check, r in zip(checks, _by_check(checks, results), strict=True) if not r.success}
     return results, failed
 
 
@@ -252,13 +268,10 @@ def _unexpected_rows_query(result) -> str:
     return result.result["unexpected_index_query"]
 
 
-def _by_check(checks: list[tuple[object, str]], results) -> list:
+def _by_check(checks: list[RowCheck], results) -> list:
     """The expectation results in the order of `checks` (GX groups them by column)."""
-    def key(expectation_type: str, column: str | None) -> tuple[str, str | None]:
-        return _class_name(expectation_type), column
-
-    by_key = {key(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in results}
-    return [by_key[_check_key(e)] for e, _ in checks]
+    by_key = {(r.expectation_config.type, r.expectation_config.kwargs.get("column")): r for r in results}
+    return [by_key[(check.expectation, check.column)] for check in checks]
 
 
 def _summary(results) -> list[dict]:
@@ -272,23 +285,22 @@ def _summary(results) -> list[dict]:
     return summary
 
 
-def _vacuous_summary(checks: list[tuple[object, str]]) -> list[dict]:
+def _vacuous_summary(checks: list[RowCheck]) -> list[dict]:
     """The summary of an empty stage table, without asking GX: every expectation holds vacuously
     (GX says success for each, with no unexpected rows), listed as GX lists them (grouped by
     column, in order of first mention). Runs that select nobody are common (hourly journeys at
-    night), and GX's fixed cost per run would be most of theirs."""
-    expectations = _distinct(checks)
-    columns = list(dict.fromkeys(e.column for e in expectations))
-    ordered = sorted(expectations, key=lambda e: columns.index(e.column))
-    return [{"expectation": e.configuration.type, "column": e.column, "success": True, "unexpected_count": 0}
-            for e in ordered]
+    night); GX's fixed cost per run, and importing it in a fresh task process, would be most of theirs."""
+    distinct = _distinct(checks)
+    columns = list(dict.fromkeys(check.column for check in distinct))
+    ordered = sorted(distinct, key=lambda check: columns.index(check.column))
+    return [{"expectation": c.expectation, "column": c.column, "success": True, "unexpected_count": 0}
+            for c in ordered]
 
 
 def validate_stage(
     engine: Engine, spec: JourneySpec, run: RunContext, *, approve_volume: bool = False
 ) -> ValidationOutcome:
-    _quiet_gx()
-    checks = row_expectations(spec)
+    checks = row_checks(spec)
     limit = volume_limit(engine, spec, run)
     with engine.connect() as conn:
         total = conn.execute(sa.text(f"SELECT count(*) FROM {stage_table(run)}")).scalar_one()
