@@ -17,10 +17,10 @@ the steps of enrollments that earlier intervals made), so they must replay in or
 scheduler ran them. Airflow's default (10 at once) lets a later interval plan before an
 earlier one has enrolled; the messages it misses go out on a later run instead.
 
-Airflow runs with the test settings of airflow_procs.QUICK_LOOPS (a shorter scheduler idle
-sleep, the DAG files parsed once). A backfill whose runs all finished is closed through the
-REST API's cancel before the next one of its DAG, instead of waiting up to 30 s for the
-scheduler to mark it complete (Airflow allows one unfinished backfill per DAG).
+Airflow runs with the test settings of airflow_procs.QUICK_LOOPS (the DAG files parsed once).
+A backfill whose runs all finished is closed through the REST API's cancel before the next one
+of its DAG, instead of waiting up to 30 s for the scheduler to mark it complete (Airflow allows
+one unfinished backfill per DAG).
 """
 
 from __future__ import annotations

@@ -28,14 +28,13 @@ AIRFLOW = str(VENV_BIN / "airflow")
 SERVICES = ("api-server", "scheduler", "dag-processor")
 TERMINAL = frozenset({"success", "failed"})
 
-# Less waiting between a journey's sequential tasks (Airflow's defaults in brackets). For tests
-# only: production keeps the defaults, which spare a busy metadata database.
+# Less CPU spent beside the tasks under test (Airflow's defaults in brackets). For tests only.
 QUICK_LOOPS = {
-    # the scheduler's sleep after a loop that found nothing to do [1 s]: most of the wait between
-    # one task's end and the next one's start
-    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
     # the DAG files do not change while Airflow runs: parse them once, not every 30 s [30 s, in 2
-    # processes], which took a core for seconds each time
+    # processes]; a parse of dags/journeys.py took 3 s of a core at load 10.
+    # (The scheduler's idle sleep [1 s] stays: at 0.2 s the tasks started 0.5 s sooner each, but
+    # the idle scheduler and its database used 12% of a core instead of 4%, which a 2-core
+    # machine running the suite in 2 processes pays back.)
     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
     "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
     "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "0",
