@@ -13,6 +13,7 @@ from statistics import NormalDist
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 from conftest import reset_lifecycle
 from journeys.conftest import intervals_for, journey_run
@@ -104,6 +105,7 @@ def recount(engine, since: datetime, until: datetime) -> dict[bool, dict]:
     return groups
 
 
+@pytest.mark.slow  # a journey replay (16 runs)
 def test_the_demo_prints_the_lift_of_a_journey_with_a_holdout_as_the_audit_tables_count_it(shop_db):
     """browse_abandonment on the seeded demo shop and its planted sessions: both groups have
     customers and conversions (the 600-customer shop's few held-out customers buy nothing in these
