@@ -37,6 +37,10 @@ from lifecycle.tracking import untrack
 from lifecycle_demo import demo_shop
 from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
+# The twins replay 126 intervals each in one module fixture: minutes on a quiet machine, more than
+# pytest-timeout's default 600 s on a loaded one. The timeout is there to catch hangs, not slowness.
+pytestmark = pytest.mark.timeout(1800)
+
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
 CUSTOMERS, SEED = 600, 11
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
