@@ -37,7 +37,7 @@ lint-segments: $(STAMP)  ## check every segment file, for analysts
 # leaves running (embedded PostgreSQL, SMTP sink, Airflow) are stopped, on Ctrl-C and failure too.
 SUPERVISE := $(BIN)/python benchmarks/supervise.py $(BIN)/python
 
-bench: $(STAMP)  ## DAG parsing; a cart-abandonment run at 100k; planning at 20k/100k; the shop at 100k/1M; batches vs a naive mapped DAG; send throughput against plain client loops; lifting sunsets at 100k
+bench: $(STAMP)  ## DAG parsing; a cart-abandonment run at 100k; planning at 20k/100k; the shop at 100k/1M; batches vs a naive mapped DAG; send throughput against plain client loops; lifting sunsets at 100k; the validate stage per run, old and new
 	$(SUPERVISE) benchmarks/parse_dags.py
 	$(SUPERVISE) benchmarks/cart_abandonment_run.py
 	$(SUPERVISE) benchmarks/plan_scale.py
@@ -45,6 +45,7 @@ bench: $(STAMP)  ## DAG parsing; a cart-abandonment run at 100k; planning at 20k
 	$(SUPERVISE) benchmarks/naive_peer.py
 	$(SUPERVISE) benchmarks/send_throughput.py
 	$(SUPERVISE) benchmarks/lift_sunsets.py
+	$(SUPERVISE) benchmarks/validate_cost.py
 
 bench-journeys: $(STAMP)  ## the journey tests' run windows against their time budgets, and DAG parsing
 	$(BIN)/python benchmarks/journey_replays.py
