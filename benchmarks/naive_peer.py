@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(ROOT / "dags" / "journeys.py", dags / "journeys.py")
         (dags / "naive_peer.py").write_text(NAIVE_DAG)
         metadata_url = sa.make_url(admin_url).set(database="airflow").render_as_string(hide_password=False)
-        # Airflow's defaults for its loops (production's), not the tests' QUICK_LOOPS
+        # Airflow's defaults for its loops (production's), not the tests' TEST_SETTINGS
         env = private_env(tmp, shop_url, smtp.port, metadata_url, **{
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",

@@ -17,8 +17,8 @@ the steps of enrollments that earlier intervals made), so they must replay in or
 scheduler ran them. Airflow's default (10 at once) lets a later interval plan before an
 earlier one has enrolled; the messages it misses go out on a later run instead.
 
-Airflow runs with the test settings of airflow_procs.QUICK_LOOPS (the DAG files parsed once).
-A backfill whose runs all finished is closed through the REST API's cancel before the next one
+Airflow runs with airflow_procs.TEST_SETTINGS (the DAG files parsed once). A backfill whose
+runs all finished is closed through the REST API's cancel before the next one
 of its DAG, instead of waiting up to 30 s for the scheduler to mark it complete (Airflow allows
 one unfinished backfill per DAG).
 """
@@ -40,7 +40,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import _fresh_database
 
-from lifecycle_demo.airflow_procs import QUICK_LOOPS, Airflow, private_env
+from lifecycle_demo.airflow_procs import TEST_SETTINGS, Airflow, private_env
 
 # Starting a whole Airflow is slow: this module runs on the embedded warehouse only (the
 # engine's SQL runs on both servers in test_dags.py and the other modules).
@@ -67,7 +67,7 @@ def airflow(shop_db, metadata_db):
     state_dir = Path(tempfile.mkdtemp(prefix="lifecycle-backfill-"))
     smtp = RecordingSMTPServer().start()
     af = Airflow(private_env(state_dir, engine.url.render_as_string(hide_password=False), smtp.port, metadata_db,
-                             **QUICK_LOOPS))
+                             **TEST_SETTINGS))
     try:
         t0 = time.monotonic()
         af.start()

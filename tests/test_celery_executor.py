@@ -36,7 +36,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import _admin_url, _empty_shop, _fresh_database
 
-from lifecycle_demo.airflow_procs import QUICK_LOOPS, TERMINAL, Airflow, free_port, private_env
+from lifecycle_demo.airflow_procs import TERMINAL, TEST_SETTINGS, Airflow, free_port, private_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -227,7 +227,7 @@ def airflow(warehouse, metadata_db, broker):
         "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps({"result_extended": True}),
     }
     env = private_env(state_dir, warehouse.url.render_as_string(hide_password=False), smtp.port, metadata_db,
-                      executor="CeleryExecutor", **QUICK_LOOPS, **celery)
+                      executor="CeleryExecutor", **TEST_SETTINGS, **celery)
     af = CeleryAirflow(env, run_timeout=RUN_TIMEOUT)
     af.killed = None
     try:

@@ -28,13 +28,12 @@ AIRFLOW = str(VENV_BIN / "airflow")
 SERVICES = ("api-server", "scheduler", "dag-processor")
 TERMINAL = frozenset({"success", "failed"})
 
-# Less CPU spent beside the tasks under test (Airflow's defaults in brackets). For tests only.
-QUICK_LOOPS = {
-    # the DAG files do not change while Airflow runs: parse them once, not every 30 s [30 s, in 2
-    # processes]; a parse of dags/journeys.py took 3 s of a core at load 10.
-    # (The scheduler's idle sleep [1 s] stays: at 0.2 s the tasks started 0.5 s sooner each, but
-    # the idle scheduler and its database used 12% of a core instead of 4%, which a 2-core
-    # machine running the suite in 2 processes pays back.)
+# Settings for the tests' Airflows (Airflow's defaults in brackets); production keeps the defaults.
+TEST_SETTINGS = {
+    # The DAG files do not change while Airflow runs: parse them once, not every 30 s [30 s, in 2
+    # processes]. (No measurable difference in test_backfill's time, A/B at load 6-8; nor did a
+    # scheduler idle sleep of 0.2 s [1 s] make one: the tasks started 0.5 s sooner each, but the
+    # idle scheduler and its database used 12% of a core instead of 4%.)
     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
     "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
     "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "0",
