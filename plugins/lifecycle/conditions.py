@@ -11,14 +11,15 @@ import re
 
 import sqlalchemy as sa
 
+from lifecycle.ids import PROVIDER_EVENTS, provider_events
 from lifecycle.sql import SegmentSQLError, bound, condition_sql, execute_file_sql, shared_ctes
 
 OPTIONAL_COLUMNS = {"occurred_at", "order_id", "revenue"}
 
 
-def with_enrollments_cte(condition: str, enrollments_select: str) -> str:
+def with_enrollments_cte(condition: str, enrollments_select: str, provider_events: str = PROVIDER_EVENTS) -> str:
     """Put the `enrollments` CTE in front of a condition (merging with its own WITH)."""
-    cte = f"enrollments AS ({enrollments_select}){shared_ctes(condition)}"
+    cte = f"enrollments AS ({enrollments_select}){shared_ctes(condition, provider_events)}"
     # leading comments (the analyst's explanation) may come before the WITH
     match = re.match(r"(?is)^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*with(\s+recursive)?\s", condition)
     if match:
@@ -45,7 +46,8 @@ def materialise_condition(conn: sa.Connection, name: str, enrollments_select: st
     scope = materialise_scope(conn, enrollments_select, binds)
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {into}")
     execute_file_sql(
-        conn, path, f"CREATE TEMP TABLE {into} ON COMMIT DROP AS {with_enrollments_cte(condition, scope)}", binds,
+        conn, path, f"CREATE TEMP TABLE {into} ON COMMIT DROP AS {with_enrollments_cte(condition, scope, provider_events(conn))}",
+        binds,
     )
     columns = set(conn.execute(sa.text(f"SELECT * FROM {into} LIMIT 0")).keys())
     if "enrollment_id" not in columns:

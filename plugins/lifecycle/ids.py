@@ -14,6 +14,9 @@ import sqlalchemy as sa
 CONTACTS = "lifecycle.contacts"
 CONSENT = "lifecycle.consent"
 PUSH_SUBSCRIPTIONS = "lifecycle.push_subscriptions"
+# The provider's delivery/open/click export. Optional in the shop contract (a shop may track only
+# through us): where it is missing, the engine reads an empty relation of the same shape instead.
+PROVIDER_EVENTS = "shop.engagement_events"
 
 
 def column_type(conn: sa.Connection, relation: str, column: str = "customer_id") -> str:
@@ -63,3 +66,16 @@ def typed_enrollments(conn: sa.Connection, from_where: str) -> str:
         for name in columns
     )
     return f"SELECT {select} {from_where}"
+
+
+def provider_events(conn: sa.Connection) -> str:
+    """What the engine's SQL reads as the provider's engagement events: `shop.engagement_events`,
+    or, in a warehouse without it, an empty relation with its columns (customer_id in the
+    contacts' type), so rules that also count the provider's opens and clicks still run."""
+    if conn.execute(sa.text("SELECT to_regclass(:relation) IS NOT NULL"), {"relation": PROVIDER_EVENTS}).scalar():
+        return PROVIDER_EVENTS
+    return (
+        f"(SELECT CAST(NULL AS {column_type(conn, CONTACTS)}) AS customer_id, CAST(NULL AS text) AS message_id,"
+        " CAST(NULL AS text) AS channel, CAST(NULL AS text) AS event, CAST(NULL AS timestamptz) AS occurred_at"
+        " WHERE false)"
+    )

@@ -69,8 +69,11 @@ ENGAGEMENT_SINCE_ENTRY = query("engagement_since_entry").strip()
 SHARED_CTES = {"orders_since_entry": ORDERS_SINCE_ENTRY, "engagement_since_entry": ENGAGEMENT_SINCE_ENTRY}
 
 
-def shared_ctes(condition: str) -> str:
+def shared_ctes(condition: str, provider_events: str = "shop.engagement_events") -> str:
     """The CTEs the engine offers a condition besides `enrollments`, as `, name AS (...)`: only
     those it reads (an unread CTE still counts as a reference to `enrollments`, which PostgreSQL
-    then materialises instead of inlining)."""
-    return "".join(f", {cte}" for name, cte in SHARED_CTES.items() if re.search(rf"\b{name}\b", condition))
+    then materialises instead of inlining). `provider_events`: see lifecycle.ids.provider_events."""
+    return "".join(
+        f", {cte.replace('{provider_events}', provider_events)}"
+        for name, cte in SHARED_CTES.items() if re.search(rf"\b{name}\b", condition)
+    )

@@ -32,7 +32,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from lifecycle.channels import blocks_transactional
-from lifecycle.ids import as_type, column_type
+from lifecycle.ids import CONTACTS, PROVIDER_EVENTS, as_type, column_type, provider_events
 from lifecycle.sql import query
 
 # Suppression reasons that stop transactional messages (order confirmations, shipping notices)
@@ -109,9 +109,11 @@ def lift_sunsets(conn: sa.Connection, as_of: datetime, customer_ids: Sequence[st
     `customer_ids` when given, e.g. one send batch's recipients); return how many."""
     if customer_ids is not None and not customer_ids:
         return 0
+    events = provider_events(conn)
     sql = LIFT_SQL.format(
         order_customer=as_type("su.customer_id", column_type(conn, "lifecycle.orders")),
-        event_customer=as_type("su.customer_id", column_type(conn, "shop.engagement_events")),
+        event_customer=as_type("su.customer_id", column_type(conn, events if events == PROVIDER_EVENTS else CONTACTS)),
+        provider_events=events,
     )
     return conn.execute(
         sa.text(sql),

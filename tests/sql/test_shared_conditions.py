@@ -129,3 +129,34 @@ def test_inactive_60d_no_order_in_the_60_days_before_as_of(sql):
     sql.order(60, 6, AS_OF - DAY, 5)
     hits = sql.holds("inactive_60d", *(Enrollment(str(c), c, ENTERED) for c in range(1, 7)), journey="seasonal_offer")
     assert set(hits) == {"1", "2", "4", "5"}
+
+
+def test_a_warehouse_without_provider_events_still_counts_our_own_tracking(sql):
+    """shop.engagement_events (the provider's export) is optional: in a warehouse without it, the
+    rules that also read the provider's opens and clicks run on our own tracking alone (the
+    condition, and the sunset lift at the start of planning and of every send batch)."""
+    from lifecycle.suppression import lift_sunsets, start_sunset
+
+    ids = sql.enroll("birthday", *(Enrollment(f"{c}:2026", c, ENTERED) for c in (1, 2)))
+    sql.given("lifecycle.messages", *({"idempotency_key": f"k{c}", "journey": "birthday", "enrollment_id": ids[f"{c}:2026"],
+                                       "customer_id": str(c), "step": "email", "channel": "email", "status": "sent",
+                                       "due_at": ENTERED, "planned_for": ENTERED, "planned_run_id": "r"}
+                                      for c in (1, 2)))
+    message = message_ids(sql)
+    with sql.engine.begin() as conn:
+        start_sunset(conn, ["2"], "email", "win_back", ENTERED)
+    track(sql, message["k1"], "open", ENTERED + HOUR)
+    track(sql, message["k2"], "click", ENTERED + 2 * HOUR)
+    with sql.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE shop.engagement_events RENAME TO engagement_events_hidden")
+    try:
+        hits = sql.holds("opened_or_clicked_first_email", journey="birthday")
+        with sql.engine.begin() as conn:
+            lifted = lift_sunsets(conn, AS_OF)
+            sunset = conn.execute(sa.text("SELECT lifted_at, lifted_reason, lifted_ref FROM lifecycle.suppressions "
+                                          "WHERE customer_id = '2'")).one()
+    finally:
+        with sql.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE shop.engagement_events_hidden RENAME TO engagement_events")
+    assert hits == {"1:2026": (ENTERED + HOUR, None, None), "2:2026": (ENTERED + 2 * HOUR, None, None)}
+    assert lifted == 1 and tuple(sunset) == (ENTERED + 2 * HOUR, "clicked", f"message {message['k2']}")

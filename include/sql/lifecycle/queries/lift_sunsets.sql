@@ -9,7 +9,8 @@
 -- our tracked click (it names the message), then the smaller reference. Rows are locked in
 -- suppression_id order, so that parallel send batches lifting the same rows wait for each other,
 -- never deadlock.
--- The order_customer and event_customer placeholders: su.customer_id in the shop tables' id types.
+-- The order_customer and event_customer placeholders: su.customer_id in the shop tables' id types;
+-- provider_events: shop.engagement_events, or an empty stand-in where the warehouse has none.
 WITH sunsets AS (
     SELECT s.suppression_id, s.customer_id, s.channel, s.since
     FROM lifecycle.suppressions s
@@ -42,7 +43,7 @@ WITH sunsets AS (
     SELECT su.suppression_id, ev.occurred_at, 'clicked',
            coalesce('provider message ' || ev.message_id, 'click at ' || CAST(ev.occurred_at AS text)), 3
     FROM sunsets su
-    JOIN shop.engagement_events ev
+    JOIN {provider_events} ev
       ON ev.customer_id = {event_customer} AND ev.channel = su.channel
      AND ev.occurred_at >= su.since AND ev.occurred_at < :as_of
     WHERE ev.event = 'click'
