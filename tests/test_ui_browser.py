@@ -25,7 +25,7 @@ from test_ui_page import EMAIL_1, EMAIL_2, JOURNEY, plant
 
 from lifecycle.config import PROJECT_DIR
 from lifecycle.warehouse import airflow_conn_json
-from lifecycle_demo.airflow_procs import free_port
+from lifecycle_demo.ports import free_port
 
 pytestmark = pytest.mark.slow  # starts Airflow's API server and a browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -34,7 +34,7 @@ from lifecycle.links import stay_token, unsubscribe_token
 from lifecycle.replay import run_interval
 from lifecycle.spec import load_spec
 from lifecycle.warehouse import airflow_conn_json
-from lifecycle_demo.airflow_procs import free_port
+from lifecycle_demo.ports import free_port
 
 SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+
+from lifecycle_demo.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
@@ -45,12 +46,6 @@ TEST_SETTINGS = {
 
 class AirflowError(RuntimeError):
     """Airflow did not do what was asked; the message carries the tail of its logs."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 60) -> str:

@@ -29,7 +29,7 @@ from email.parser import BytesParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lifecycle_demo.airflow_procs import free_port
+from lifecycle_demo.ports import free_port
 
 
 @dataclass(frozen=True)

@@ -168,15 +168,19 @@ class ExpectedMessage:
     step: str
     due_at: datetime
     planned_for: datetime  # interval end of the run that planned (and sent) it
-    status: str
-    reason: str | None
+    status: str = "planned"
+    reason: str | None = None
+    channel: str = "email"
 
     def row(self) -> tuple:
-        return (self.key, self.step, "email", self.status, self.reason, self.due_at, self.planned_for)
+        return (self.key, self.step, self.channel, self.status, self.reason, self.due_at, self.planned_for)
 
 
 @dataclass
 class ExpectedEnrollment:
+    """An enrollment the oracle expects. A journey's test adds what its own model tracks as
+    keyword-only fields (`@dataclass(kw_only=True)` subclass: they follow these defaults)."""
+
     key: str
     customer_id: int
     entered_at: datetime

@@ -43,6 +43,8 @@ from .conftest import (
     DAY,
     HOUR,
     VALID_EMAIL,
+    ExpectedEnrollment,
+    ExpectedMessage,
     JourneyRun,
     assert_same,
     holdout_rule,
@@ -267,35 +269,11 @@ def browse_run(shop_db) -> JourneyRun:
 # ----------------------------------------------------------------------------- expected outcome
 
 
-@dataclass
-class Msg:
-    key: str
-    customer_id: int
-    step: str
-    channel: str
-    due_at: datetime
-    planned_for: datetime
-    status: str = "planned"
-    reason: str | None = None
-
-    def row(self) -> tuple:
-        return (self.key, self.step, self.channel, self.status, self.reason, self.due_at, self.planned_for)
-
-
-@dataclass
-class Enr:
-    key: str
-    customer_id: int
-    entered_at: datetime
-    enrolled_at: datetime
+@dataclass(kw_only=True)
+class Enr(ExpectedEnrollment):
+    # conversion: (order_id, revenue)
     last_view: datetime
     viewed: list[int]  # product ids the email lists, as of the latest run that selected it while active
-    status: str = "active"
-    exit_reason: str | None = None
-    exited_at: datetime | None = None
-    conversion: tuple | None = None  # (order_id, revenue)
-    messages: dict[str, Msg] = field(default_factory=dict)
-    holdout: bool = False
 
 
 @dataclass
@@ -304,7 +282,7 @@ class Expected:
     per_run: list[tuple[datetime, int, int]]  # (run end, selected, quarantined)
 
     @property
-    def messages(self) -> list[Msg]:
+    def messages(self) -> list[ExpectedMessage]:
         return [m for e in self.enrollments.values() for m in e.messages.values()]
 
 
@@ -400,7 +378,7 @@ def derive_expected(run: JourneyRun) -> Expected:
             return cid in live_push
         return bool(VALID_EMAIL.match(email_of.get(cid) or ""))
 
-    def send_time(m: Msg) -> None:
+    def send_time(m: ExpectedMessage) -> None:
         """Send-time checks, in the engine's documented order."""
         cid, ch = m.customer_id, m.channel
         if (cid, ch) in suppressed:
@@ -434,7 +412,8 @@ def derive_expected(run: JourneyRun) -> Expected:
             if not VALID_EMAIL.match(email_of.get(cid) or ""):
                 bad += 1
             elif key not in enrollments:
-                enrollments[key] = Enr(key, cid, clock, as_of, last, listed, holdout=held_out(cid))
+                enrollments[key] = Enr(key=key, customer_id=cid, entered_at=clock, enrolled_at=as_of, last_view=last, viewed=listed,
+                                           holdout=held_out(cid))
             elif enrollments[key].status == "active":  # the context is refreshed while active
                 enrollments[key].last_view, enrollments[key].viewed = last, listed
         per_run.append((as_of, len(picked), bad))
@@ -462,7 +441,7 @@ def derive_expected(run: JourneyRun) -> Expected:
                     channel = "email"
                 else:
                     channel = "push"
-                m = Msg(e.key, e.customer_id, step, channel, due, as_of)
+                m = ExpectedMessage(e.key, e.customer_id, step, due, as_of, channel=channel)
                 if e.holdout:  # before lateness: a held-out step is never sent, late or not
                     m.status, m.reason = "skipped", "holdout"
                 elif due + MAX_LATENESS < as_of:

@@ -45,6 +45,8 @@ from .conftest import (
     DAY,
     HOUR,
     VALID_EMAIL,
+    ExpectedEnrollment,
+    ExpectedMessage,
     JourneyRun,
     Replay,
     assert_same,
@@ -250,36 +252,13 @@ def upsell_run(shop_db) -> JourneyRun:
 # ----------------------------------------------------------------------------- expected outcome
 
 
-@dataclass
-class Msg:
-    key: str
-    customer_id: int
-    step: str
-    channel: str
-    due_at: datetime
-    planned_for: datetime
-    status: str = "planned"
-    reason: str | None = None
-
-    def row(self) -> tuple:
-        return (self.key, self.step, self.channel, self.status, self.reason, self.due_at, self.planned_for)
-
-
-@dataclass
-class Enr:
-    key: str
-    customer_id: int
+@dataclass(kw_only=True)
+class Enr(ExpectedEnrollment):
+    # conversion: (order_id, revenue)
     cart_id: int
     product_id: int
     upgrade_id: int
-    entered_at: datetime
-    enrolled_at: datetime
     context: dict  # what the last selection while active showed
-    status: str = "active"
-    exit_reason: str | None = None
-    exited_at: datetime | None = None
-    conversion: tuple | None = None  # (order_id, revenue)
-    messages: dict[str, Msg] = field(default_factory=dict)
 
 
 @dataclass
@@ -289,7 +268,7 @@ class Expected:
     quarantined_keys: set[str]
 
     @property
-    def messages(self) -> list[Msg]:
+    def messages(self) -> list[ExpectedMessage]:
         return [m for e in self.enrollments.values() for m in e.messages.values()]
 
 
@@ -324,7 +303,7 @@ def derive_expected(run: JourneyRun) -> Expected:
             return False
         return cid in s.live_push if channel == "push" else bool(VALID_EMAIL.match(s.email_of.get(cid) or ""))
 
-    def send_time(m: Msg) -> None:
+    def send_time(m: ExpectedMessage) -> None:
         cid, ch = m.customer_id, m.channel
         if (cid, ch) in suppressed:
             m.status, m.reason = "suppressed", f"suppressed: {suppressed[cid, ch]}"
@@ -389,8 +368,9 @@ def derive_expected(run: JourneyRun) -> Expected:
                 bad += 1
                 quarantined.add(r["key"])
             elif r["key"] not in enrollments:
-                enrollments[r["key"]] = Enr(r["key"], r["customer_id"], r["cart_id"], r["product_id"], r["upgrade_id"],
-                                            r["due"], as_of, r["context"])
+                enrollments[r["key"]] = Enr(key=r["key"], customer_id=r["customer_id"], cart_id=r["cart_id"],
+                                            product_id=r["product_id"], upgrade_id=r["upgrade_id"],
+                                            entered_at=r["due"], enrolled_at=as_of, context=r["context"])
             elif enrollments[r["key"]].status == "active":
                 enrollments[r["key"]].context = r["context"]
         per_run.append((as_of, len(rows), bad))
@@ -418,7 +398,7 @@ def derive_expected(run: JourneyRun) -> Expected:
                 continue
             if "offer" not in e.messages:
                 channel = "email" if not can(e.customer_id, "push") and can(e.customer_id, "email") else "push"
-                m = Msg(e.key, e.customer_id, "offer", channel, e.entered_at, as_of)
+                m = ExpectedMessage(e.key, e.customer_id, "offer", e.entered_at, as_of, channel=channel)
                 if e.entered_at + MAX_LATENESS < as_of:
                     m.status, m.reason = "expired", f"late: due {e.entered_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
                 else:
@@ -426,7 +406,7 @@ def derive_expected(run: JourneyRun) -> Expected:
                 e.messages["offer"] = m
             due = e.entered_at + FOLLOW_UP
             if "follow_up" not in e.messages and due <= as_of:
-                m = Msg(e.key, e.customer_id, "follow_up", "email", due, as_of)
+                m = ExpectedMessage(e.key, e.customer_id, "follow_up", due, as_of)
                 if in_cart_as_of(e.cart_id, e.upgrade_id, as_of):
                     m.status, m.reason = "skipped", "condition met: upsell_upgrade_in_cart"
                 elif due + MAX_LATENESS < as_of:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import html
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,6 +38,8 @@ from .conftest import (
     DAY,
     HOUR,
     VALID_EMAIL,
+    ExpectedEnrollment,
+    ExpectedMessage,
     JourneyRun,
     Replay,
     assert_same,
@@ -163,32 +165,10 @@ def consent_changes(run: JourneyRun) -> dict[int, tuple[str, datetime]]:
 # ----------------------------------------------------------------------------- expected outcome
 
 
-@dataclass
-class Msg:
-    key: str
-    customer_id: int
-    step: str
-    due_at: datetime
-    planned_for: datetime
-    status: str = "planned"
-    reason: str | None = None
-
-    def row(self) -> tuple:
-        return (self.key, self.step, "email", self.status, self.reason, self.due_at, self.planned_for)
-
-
-@dataclass
-class Enr:
-    key: str
-    customer_id: int
-    entered_at: datetime
-    enrolled_at: datetime
-    status: str = "active"
-    exit_reason: str | None = None
-    exited_at: datetime | None = None
-    conversion: tuple | None = None  # (order_id, revenue)
+@dataclass(kw_only=True)
+class Enr(ExpectedEnrollment):
+    # conversion: (order_id, revenue)
     bestsellers_as_of: datetime | None = None  # the last run that selected it
-    messages: dict[str, Msg] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,7 +179,7 @@ class Expected:
     bestsellers: Any  # as_of -> [product_id, ...]
 
     @property
-    def messages(self) -> list[Msg]:
+    def messages(self) -> list[ExpectedMessage]:
         return [m for e in self.enrollments.values() for m in e.messages.values()]
 
 
@@ -287,7 +267,7 @@ def derive_expected(run: JourneyRun) -> Expected:
                 due = e.entered_at + after
                 if e.status != "active" or step in e.messages or due > as_of:
                     continue
-                m = Msg(e.key, e.customer_id, step, due, as_of)
+                m = ExpectedMessage(e.key, e.customer_id, step, due, as_of)
                 if due + MAX_LATENESS < as_of:
                     m.status, m.reason = "expired", f"late: due {due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
                 else:
