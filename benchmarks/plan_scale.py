@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import math
 import os
+import resource
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -64,19 +65,59 @@ class CpuClock:
         self.postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
         self.tick = os.sysconf("SC_CLK_TCK")
 
-    def __call__(self) -> float:
+    def server(self) -> float:
+        """CPU seconds of the server: its live processes, plus (the postmaster's cutime/cstime) every
+        backend that has ended: a connection closed mid-stage took its CPU seconds with it otherwise."""
         total = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:  # gone meanwhile
                 continue
-            if int(fields[1]) == self.postmaster or int(stat.parent.name) == self.postmaster:
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / self.tick + time.process_time()
+            if int(stat.parent.name) == self.postmaster:
+                total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            elif int(fields[1]) == self.postmaster:
+                total += int(fields[11]) + int(fields[12])
+        return total / self.tick
+
+    @staticmethod
+    def here() -> float:
+        """CPU seconds of this process and of its ended children (the generator's worker processes)."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    def __call__(self) -> float:
+        return self.server() + self.here()
 
 
 CPU: CpuClock | None = None
+
+
+class Statements:
+    """--statements N: wall seconds per SQL statement (sqlalchemy cursor events), so a run's line
+    is followed by its N slowest statements and the stage that ran them: where a stage's time goes."""
+
+    def __init__(self, engine, top: int) -> None:
+        self.top, self.stage, self.seen = top, "", []
+        if top:
+            sa_event = __import__("sqlalchemy").event
+            sa_event.listen(engine, "before_cursor_execute", self.before)
+            sa_event.listen(engine, "after_cursor_execute", self.after)
+
+    def before(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        conn.info.setdefault("bench_started", []).append(time.perf_counter())
+
+    def after(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        took = time.perf_counter() - conn.info["bench_started"].pop()
+        self.seen.append((took, self.stage, " ".join(statement.split())))
+
+    def report(self) -> None:
+        for took, stage, text in sorted(self.seen, reverse=True)[:self.top]:
+            print(f"      {took:6.2f} s  {stage:<8} {text[:150]}")
+        self.seen = []
+
+
+STATEMENTS: Statements | None = None
 
 
 def shop_fingerprint(customers: int) -> str:
@@ -109,16 +150,20 @@ def shop_database(admin, url: str, customers: int):
             conn.exec_driver_sql(f"CREATE DATABASE {building}")
     engine_url = sa.engine.make_url(url)
     if name not in have:  # generated under a temporary name, renamed when complete
-        t0 = time.perf_counter()
+        t0, here0, server0 = time.perf_counter(), CPU.here(), CPU.server()
         engine = sa.create_engine(engine_url.set(database=building))
         demo_shop.generate(engine, ANCHOR, customers=customers, seed=SEED)
+        wall, here, server = time.perf_counter() - t0, CPU.here() - here0, CPU.server() - server0
+        print(f"{customers:,} customers: generator {wall:.1f} s wall, {here:.1f} CPU s (its processes) + "
+              f"{server:.1f} CPU s (PostgreSQL), load average {loadavg()}", flush=True)
         schema.migrate(engine)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM (ANALYZE)")  # the shop settled, as a warehouse in service is
         engine.dispose()
         with admin.connect() as conn:
             conn.exec_driver_sql(f"ALTER DATABASE {building} RENAME TO {name}")
-        print(f"{customers:,} customers generated in {time.perf_counter() - t0:.1f} s (kept as {name})", flush=True)
+        print(f"{customers:,} customers generated, migrated and vacuumed in {time.perf_counter() - t0:.1f} s "
+              f"(kept as {name})", flush=True)
     else:
         print(f"{customers:,} customers: reusing {name}", flush=True)
     engine = sa.create_engine(engine_url.set(database=name))
@@ -173,6 +218,7 @@ def run_stages(engine, spec, end: datetime, every: timedelta, label: str) -> tup
     timings: dict[str, float] = {}
     results = {}
     for name, call in zip(STAGES, calls, strict=True):
+        STATEMENTS.stage = name
         t0, c0 = time.perf_counter(), CPU()
         results[name] = call(engine, spec, run)
         timings[name] = time.perf_counter() - t0
@@ -186,10 +232,12 @@ def run_stages(engine, spec, end: datetime, every: timedelta, label: str) -> tup
     return timings, did
 
 
-def measure_size(engine, customers: int, journeys: list[str]) -> dict:
+def measure_size(engine, customers: int, journeys: list[str], statements: int) -> dict:
     from lifecycle.config import SEGMENTS_DIR
     from lifecycle.spec import load_spec
 
+    global STATEMENTS
+    STATEMENTS = Statements(engine, statements)
     results = {}
     for name in journeys:
         segment, every = JOURNEYS[name]
@@ -204,8 +252,13 @@ def measure_size(engine, customers: int, journeys: list[str]) -> dict:
             print(f"  {name:<24} {label:<6} {total(timings):7.2f} s ({total(timings, ' cpu'):6.2f} cpu)  "
                   + "  ".join(f"{s} {timings[s]:.2f} ({timings[s + ' cpu']:.2f})" for s in STAGES)
                   + "  | " + ", ".join(f"{k} {v:,}" for k, v in did.items()) + note, flush=True)
+            STATEMENTS.report()
     reset_lifecycle(engine)
     return results
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def total(timings: dict[str, float], kind: str = "") -> float:
@@ -250,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000],
                         help="shop sizes (customers)")
     parser.add_argument("--journeys", nargs="+", default=list(JOURNEYS), choices=list(JOURNEYS))
+    parser.add_argument("--statements", type=int, default=0, metavar="N",
+                        help="after each run, its N slowest SQL statements (wall seconds, stage)")
     args = parser.parse_args(argv)
     import great_expectations  # noqa: F401  (a one-off import per process, kept out of the validate figure)
     import sqlalchemy as sa
@@ -267,15 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         by_size = {}
         for customers in sorted(args.sizes):
-            print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+            print(f"load average {loadavg()}", flush=True)
             engine = shop_database(admin, url, customers)
             try:
-                by_size[customers] = measure_size(engine, customers, args.journeys)
+                by_size[customers] = measure_size(engine, customers, args.journeys, args.statements)
             finally:
                 engine.dispose()
-        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average {loadavg()}")
         cpu, wall = report(by_size) if len(by_size) > 1 else (math.nan, math.nan)
-        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average {loadavg()}")
         print(f"worst growth exponent of a run's total: {cpu:.2f} in CPU seconds ({wall:.2f} wall clock)")
         return 0
     finally:

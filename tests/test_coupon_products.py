@@ -109,3 +109,25 @@ def test_a_missing_or_non_id_product_column_stops_the_run_with_a_clear_error(war
     assert str(info.value).startswith("probe.sql: ") and expected in str(info.value)
     with warehouse.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.coupons")).scalar_one() == 0
+
+
+def test_a_code_drawn_twice_raises_and_plans_nothing(warehouse, tmp_path):
+    """The codes are issued by the statement that plans the messages: a code drawn twice (here
+    gen_random_uuid() shadowed by one that always draws the same) is a clear error that rolls the
+    step back whole, never a message without its code."""
+    from lifecycle.coupons import CouponCodeCollision
+
+    with warehouse.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA collide")
+        conn.exec_driver_sql("CREATE FUNCTION collide.gen_random_uuid() RETURNS uuid LANGUAGE sql "
+                             "AS $$ SELECT '00000000-0000-4000-8000-000000000001'::uuid $$")
+    engine = sa.create_engine(warehouse.url, connect_args={"options": "-c search_path=collide,pg_catalog,public"})
+    try:
+        with pytest.raises(CouponCodeCollision, match="same random code"):
+            run(engine, segment(tmp_path, "{percent_off: 10}", ROWS.format(a="7::bigint", b="8::bigint")))
+    finally:
+        engine.dispose()
+    with warehouse.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments")).scalar_one() == 2
+        assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.messages")).scalar_one() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM lifecycle.coupons")).scalar_one() == 0

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lifecycle.conditions import materialise_condition
-from lifecycle.coupons import issue_coupons
 from lifecycle.ids import typed_enrollments
 from lifecycle.plan import insert_messages
 from lifecycle.run_context import RunContext
@@ -106,8 +105,7 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 insert_messages(
                     conn, spec, run, "_exit_msgs", step=rule.message_step,
                     template=rule.template, lateness=spec.max_lateness,
+                    coupon=rule.coupon,  # `then: {coupon: ...}`: a code with the exit message (a reward), as for a step's
                 )
-                if rule.coupon:  # `then: {coupon: ...}`: a code with the exit message (a reward), as for a step's
-                    issue_coupons(conn, run, rule.message_step, rule.coupon)
         counts[rule.reason] = exited
     return counts

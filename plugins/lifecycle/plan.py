@@ -16,11 +16,11 @@ from sqlalchemy.engine import Engine
 from lifecycle import channels as registry
 from lifecycle import variants
 from lifecycle.conditions import materialise_condition
-from lifecycle.coupons import issue_coupons
+from lifecycle.coupons import collisions_raised, coupon_binds, coupon_cte
 from lifecycle.ids import CONSENT, shop_ids, typed_enrollments
 from lifecycle.model import Batch, Kind, MessageStatus, Mode
 from lifecycle.run_context import RunContext
-from lifecycle.spec import JourneySpec, Step
+from lifecycle.spec import Coupon, JourneySpec, Step
 from lifecycle.sql import query
 from lifecycle.suppression import BLOCKS_TRANSACTIONAL, lift_sunsets, start_sunset
 
@@ -62,14 +62,28 @@ def insert_messages(
     template: str | None,
     lateness: timedelta,
     action: str | None = None,
+    coupon: Coupon | None = None,
 ) -> dict[str, int]:
     """Insert one message per candidate row (enrollment_id, enrollment_key, customer_id, holdout,
-    due_at, skip_reason, channel); rows whose key exists are left alone. Returns how many were
+    due_at, skip_reason, channel); rows whose key exists are left alone. With `coupon`, the same
+    statement issues each planned message its code (lifecycle.coupons). Returns how many were
     inserted per status, counted in SQL (a big first day never travels to Python)."""
+    with collisions_raised():
+        rows = _insert(conn, spec, run, candidates, step, template, lateness, action, coupon)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + r.n
+        if r.sunset:
+            start_sunset(conn, r.sunset, r.channel, spec.journey, run.as_of)
+    return counts
+
+
+def _insert(conn: sa.Connection, spec: JourneySpec, run: RunContext, candidates: str, step: str,
+            template: str | None, lateness: timedelta, action: str | None, coupon: Coupon | None) -> list:
     done = f"'{MessageStatus.DRY_RUN}'" if run.mode == Mode.DRY else f"'{MessageStatus.SENT}'"
     ready = done if action else f"'{MessageStatus.PLANNED}'"  # an action is carried out as it is planned
     sunset = action == "suppress" and run.mode == Mode.LIVE
-    rows = conn.execute(
+    return conn.execute(
         sa.text(
             f"""
             WITH ins AS (
@@ -98,8 +112,8 @@ def insert_messages(
             WINDOW open AS (PARTITION BY r.channel, r.status = 'planned' ORDER BY r.due_at, r.enrollment_id)
             ORDER BY r.enrollment_id
             ON CONFLICT DO NOTHING
-            RETURNING status, customer_id, channel
-            )
+            RETURNING journey, mode, enrollment_id, step, customer_id, due_at, status, channel
+            ){coupon_cte(coupon, "ins") if coupon else ""}
             -- per status and channel; a sunset step also needs who was suppressed (the day's few)
             SELECT status, channel, count(*) AS n,
                    array_agg(customer_id ORDER BY customer_id) FILTER (WHERE :sunset AND status = 'sent') AS sunset
@@ -120,14 +134,9 @@ def insert_messages(
             "max_batches": MAX_BATCHES,
             "sunset": sunset,
             **variants.variant_binds(spec, step),
+            **(coupon_binds(coupon, run) if coupon else {}),
         },
     ).all()
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.status] = counts.get(r.status, 0) + r.n
-        if r.sunset:
-            start_sunset(conn, r.sunset, r.channel, spec.journey, run.as_of)
-    return counts
 
 
 def reachable_sql(channel: str, kind: str, ids: dict[str, str]) -> str:
@@ -205,10 +214,8 @@ def plan_due_steps(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                 _apply_step_conditions(conn, spec, run, step)
             planned[step.name] = insert_messages(
                 conn, spec, run, "_due", step=step.name, template=step.template,
-                lateness=step.max_lateness, action=step.action,
+                lateness=step.max_lateness, action=step.action, coupon=step.coupon,
             )
-            if step.coupon:
-                issue_coupons(conn, run, step.name, step.coupon)
     _advance_enrollments(engine, spec, run)
     return planned
 
