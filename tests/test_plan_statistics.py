@@ -286,3 +286,36 @@ def test_conditions_on_tracked_engagement_never_nest_a_loop_over_it(stale_enroll
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE lifecycle.engagement RESET (autovacuum_enabled)")
     assert hits == FILLER
+
+
+def enrollment_updates(engine) -> tuple[int, int]:
+    """(updates, of which HOT) of lifecycle.enrollments so far, this backend's pending counts flushed."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        return tuple(conn.execute(sa.text(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE schemaname = 'lifecycle' AND relname = 'enrollments'")).one())
+
+
+def test_planning_advances_the_new_enrollments_in_place(shop_db):
+    """A first day rewrites each new enrollment once, right after inserting it (its current and
+    next step): nothing that update writes is indexed and the pages keep room for the new
+    version (fillfactor), so it is a heap-only (HOT) update that adds no index entry."""
+    engine, _, anchor = shop_db
+    reset_lifecycle(engine)
+    spec = load_spec(SEGMENTS_DIR / "win_back.sql")
+    run = RunContext(spec.journey, "cold", "live", anchor - timedelta(days=1), anchor)
+    run_audit.start_run(engine, run)
+    stage.stage_segment(engine, spec, run)
+    entered = enroll(engine, spec, run)["entered"]
+    before = enrollment_updates(engine)
+    plan.plan_due_steps(engine, spec, run)
+    updated, hot = (after - b for after, b in zip(enrollment_updates(engine), before, strict=True))
+    with engine.connect() as conn:
+        advanced = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments WHERE journey = 'win_back' "
+                                        "AND current_step = 'email_1' AND next_step = 'email_2'")).scalar_one()
+    assert entered > 20 and advanced == entered == updated
+    assert hot == updated, f"{updated - hot} of {updated} advances were not HOT"
+    reset_lifecycle(engine)

@@ -163,26 +163,25 @@ def choose_channel_sql(channels: tuple[str, ...], kind: str, ids: dict[str, str]
 
 def _due_candidates(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:
     """Temp table _due: active enrollments for which `step` is due and not yet planned,
-    each with the channel it will go out on."""
+    each with the channel it will go out on (chosen as the table is made: no second pass)."""
     conn.exec_driver_sql("DROP TABLE IF EXISTS _due")
+    channel = choose_channel_sql(step.channels, spec.kind, shop_ids(conn))
     conn.execute(
         sa.text(
-            """
+            f"""
             CREATE TEMP TABLE _due ON COMMIT DROP AS
-            SELECT e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout,
-                   e.entered_at + make_interval(secs => :after) AS due_at, CAST(NULL AS text) AS skip_reason,
-                   CAST(NULL AS text) AS channel
-            FROM lifecycle.enrollments e
-            WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
-              AND e.entered_at + make_interval(secs => :after) <= :as_of
+            SELECT c.enrollment_id, c.enrollment_key, c.customer_id, c.holdout,
+                   c.entered_at + make_interval(secs => :after) AS due_at, CAST(NULL AS text) AS skip_reason,
+                   CAST({channel} AS text) AS channel
+            FROM lifecycle.enrollments c
+            WHERE c.journey = :journey AND c.mode = :mode AND c.status = 'active'
+              AND c.entered_at <= :as_of - make_interval(secs => :after)  -- enrollments_active's range
               AND NOT EXISTS (SELECT 1 FROM lifecycle.messages m
-                              WHERE m.enrollment_id = e.enrollment_id AND m.step = :step)
+                              WHERE m.enrollment_id = c.enrollment_id AND m.step = :step)
             """
         ),
         {**run.binds(), "after": step.after.total_seconds(), "step": step.name},
     )
-    channel = choose_channel_sql(step.channels, spec.kind, shop_ids(conn))
-    conn.exec_driver_sql(f"UPDATE _due AS c SET channel = {channel}")
 
 
 def _apply_step_conditions(conn: sa.Connection, spec: JourneySpec, run: RunContext, step: Step) -> None:

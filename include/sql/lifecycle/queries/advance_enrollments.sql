@@ -5,15 +5,18 @@ WITH steps AS (
     SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
            AS s(ord, name, after_s)
 ), progress AS (
-    SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at,
-           (SELECT m.step FROM lifecycle.messages m WHERE m.enrollment_id = e.enrollment_id
-            ORDER BY m.due_at DESC, m.message_id DESC LIMIT 1) AS current_step
+    -- One look at each enrollment's messages (by messages_enrollment): its steps, latest first.
+    -- The current step is the latest; the next is the first step in header order without one.
+    SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at, planned.steps[1] AS current_step
     FROM lifecycle.enrollments e
+    CROSS JOIN LATERAL (
+        SELECT array_agg(m.step ORDER BY m.due_at DESC, m.message_id DESC) AS steps
+        FROM lifecycle.messages m WHERE m.enrollment_id = e.enrollment_id
+    ) planned
     LEFT JOIN LATERAL (
         SELECT s.name, e.entered_at + make_interval(secs => s.after_s) AS due
         FROM steps s
-        WHERE NOT EXISTS (SELECT 1 FROM lifecycle.messages m
-                          WHERE m.enrollment_id = e.enrollment_id AND m.step = s.name)
+        WHERE planned.steps IS NULL OR s.name <> ALL (planned.steps)
         ORDER BY s.ord LIMIT 1
     ) nx ON true
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
