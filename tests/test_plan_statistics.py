@@ -302,7 +302,8 @@ def enrollment_updates(engine) -> tuple[int, int]:
 def test_planning_advances_the_new_enrollments_in_place(shop_db):
     """A first day rewrites each new enrollment once, right after inserting it (its current and
     next step): nothing that update writes is indexed and the pages keep room for the new
-    version (fillfactor), so it is a heap-only (HOT) update that adds no index entry."""
+    version (fillfactor), so it is a heap-only (HOT) update that adds no index entry. Each
+    message and its coupon name the enrollment they were planned for."""
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
     spec = load_spec(SEGMENTS_DIR / "win_back.sql")
@@ -316,6 +317,14 @@ def test_planning_advances_the_new_enrollments_in_place(shop_db):
     with engine.connect() as conn:
         advanced = conn.execute(sa.text("SELECT count(*) FROM lifecycle.enrollments WHERE journey = 'win_back' "
                                         "AND current_step = 'email_1' AND next_step = 'email_2'")).scalar_one()
+        orphans = conn.execute(sa.text(
+            "SELECT (SELECT count(*) FROM lifecycle.messages m WHERE NOT EXISTS (SELECT 1 FROM lifecycle.enrollments e "
+            "WHERE e.enrollment_id = m.enrollment_id AND e.journey = m.journey AND e.customer_id = m.customer_id)), "
+            "(SELECT count(*) FROM lifecycle.coupons c WHERE NOT EXISTS (SELECT 1 FROM lifecycle.messages m "
+            "WHERE m.enrollment_id = c.enrollment_id AND m.step = c.step AND m.customer_id = c.customer_id))")).one()
+        coupons = conn.execute(sa.text("SELECT count(*) FROM lifecycle.coupons")).scalar_one()
     assert entered > 20 and advanced == entered == updated
     assert hot == updated, f"{updated - hot} of {updated} advances were not HOT"
+    # (no foreign keys check it since migration 022: each message and coupon names its own enrollment)
+    assert tuple(orphans) == (0, 0) and coupons == entered
     reset_lifecycle(engine)
