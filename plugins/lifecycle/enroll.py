@@ -65,7 +65,6 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
             sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent,
                            "refresh_clock": spec.refresh_clock}
         ).one()
-    print("ENROLLDBG", run.run_id, run.as_of, counted.entered, counted.refreshed, quarantined, flush=True)
     return {"entered": counted.entered, "refreshed": counted.refreshed, "quarantined": quarantined}
 
 
