@@ -142,8 +142,9 @@ def shop_database(admin, url: str, customers: int):
 
     name = f"shop_{customers}_{shop_fingerprint(customers)}"
     with admin.connect() as conn:
-        have = set(conn.execute(sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                                {"p": f"shop_{customers}_%"}).scalars())
+        # (starts_with, not LIKE 'shop_100000_%': its `_` matches any character, and the 1M shop with it)
+        have = set(conn.execute(sa.text("SELECT datname FROM pg_database WHERE starts_with(datname, :p)"),
+                                {"p": f"shop_{customers}_"}).scalars())
         for stale in have - {name}:  # another generator's shop of this size
             conn.exec_driver_sql(f"DROP DATABASE {stale}")
         building = f"{name}_building"
