@@ -66,7 +66,9 @@ def private_env(state_dir: Path, warehouse_url: str, smtp_port: int, metadata_ur
     from lifecycle_demo.cli import airflow_env
 
     api_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    # Without PYTHONDONTWRITEBYTECODE (set in some shells and CI images): the first task process
+    # writes the engine's .pyc files and every later one reads them instead of compiling the engine.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(airflow_env(state_dir, warehouse_url, smtp_port))
     env.update({
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Airflow's children run `airflow`
