@@ -71,8 +71,12 @@ print(json.dumps({{**parts, "dags": len(bag.dags), "errors": {{str(k): v for k, 
 
 def tree_from_git(rev: str, into: Path) -> Path:
     """dags/, plugins/ and include/ as commit `rev` has them."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "dags", "plugins", "include"],
-                             capture_output=True, check=True).stdout
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "dags", "plugins", "include"],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the old tree comes from git (`git archive {rev}`), which failed: "
+                         f"{done.stderr.decode(errors='replace').strip()}")
+    archive = done.stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
