@@ -39,6 +39,7 @@ SUPERVISE := $(BIN)/python benchmarks/supervise.py $(BIN)/python
 
 bench: $(STAMP)  ## DAG parsing; a cart-abandonment run at 100k; planning at 20k/100k; the shop at 100k/1M; batches vs a naive mapped DAG; send throughput against plain client loops; lifting sunsets at 100k; the validate stage per run, old and new
 	$(SUPERVISE) benchmarks/parse_dags.py
+	$(SUPERVISE) benchmarks/task_startup.py
 	$(SUPERVISE) benchmarks/cart_abandonment_run.py
 	$(SUPERVISE) benchmarks/plan_scale.py
 	$(SUPERVISE) benchmarks/generate_shop.py

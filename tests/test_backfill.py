@@ -1,18 +1,20 @@
 """Backfills through a real Airflow, not `dag.test()`: an api-server, a scheduler
 (LocalExecutor) and a dag-processor run as subprocesses (lifecycle_demo.airflow_procs), and
-`airflow backfill create` on the command line replays past intervals of a journey against the
-demo shop (real PostgreSQL) and a real SMTP server running in this test process.
+backfills replay past intervals of a journey against the demo shop (real PostgreSQL) and a real
+SMTP server running in this test process. They are created through the REST API (the function
+`airflow backfill create` calls, without a CLI process: 3-10 s each), except the one the engine's
+advice names, which runs on the command line exactly as written.
 
 Proves: a backfill replays one journey run per data interval (two daily intervals, the second
 finding the first one's entrants already enrolled) and delivers each intended message once; the
 scheduler leaves on each run the note its `summarize` task wrote (its messages by status, its
 conversions: read back through the REST API and recomputed from the audit rows), and each run's
-asset event carries the same counts; the same backfill again (`--reprocess-behavior completed`)
-re-runs every interval and sends nothing new; a backfill of one interval with `--dag-run-conf
-'{"dry_run": true}'` records dry_run messages, says so in its note and delivers nothing; the
+asset event carries the same counts; the same backfill again (reprocess behaviour `completed`)
+re-runs every interval and sends nothing new; a backfill of one interval with the run conf
+`{"dry_run": true}` records dry_run messages, says so in its note and delivers nothing; the
 advice the engine's errors give for replaying an interval replays exactly that interval.
 
-Backfills use `--max-active-runs 1`: a journey's intervals build on each other (a run plans
+Backfills use max_active_runs 1 (`--max-active-runs 1`): a journey's intervals build on each other (a run plans
 the steps of enrollments that earlier intervals made), so they must replay in order, as the
 scheduler ran them. Airflow's default (10 at once) lets a later interval plan before an
 earlier one has enrolled; the messages it misses go out on a later run instead.
@@ -144,10 +146,10 @@ def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothin
     # both inclusive. 18 and 19 are the daily intervals [18, 19) and [19, 20); the last one ends
     # at the demo shop's anchor. Requests come due with a 3-day lookback, so the second interval
     # selects orders the first one already enrolled, as well as new ones.
-    window = ["--from-date", "2026-11-18", "--to-date", "2026-11-19", "--max-active-runs", "1"]
+    window = {"from_date": "2026-11-18", "to_date": "2026-11-19", "max_active_runs": 1}
     intervals = [(day(d), day(d + 1)) for d in (18, 19)]
 
-    first = af.backfill("review_request", *window)
+    first = af.backfill("review_request", **window)
     runs = af.dag_runs("review_request")
     assert [r["state"] for r in runs] == ["success"] * 2, af.explain_failures("review_request", runs)
     assert {r["run_type"] for r in runs} == {"backfill"}
@@ -179,7 +181,7 @@ def test_backfill_replays_each_interval_and_the_same_backfill_again_sends_nothin
     assert all(r["note"].startswith("sent ") and r["note"] != "sent 0" for r in runs), runs
 
     # The same backfill again: Airflow clears and re-runs every interval (same run ids) ...
-    second = af.backfill("review_request", *window, "--reprocess-behavior", "completed")
+    second = af.backfill("review_request", **window, reprocess="completed")
     assert second["id"] != first["id"]
     rerun = af.dag_runs("review_request")
     assert [r["dag_run_id"] for r in rerun] == run_ids
@@ -206,8 +208,7 @@ def test_dry_run_backfill_records_messages_and_delivers_nothing(airflow):
     af, engine, smtp = airflow
     delivered_before = len(smtp.messages)
     af.unpause("win_back")
-    af.backfill("win_back", "--from-date", "2026-11-19", "--to-date", "2026-11-19", "--max-active-runs", "1",
-                "--dag-run-conf", '{"dry_run": true}')
+    af.backfill("win_back", "2026-11-19", "2026-11-19", max_active_runs=1, conf={"dry_run": True})
     runs = af.dag_runs("win_back")
     assert [r["state"] for r in runs] == ["success"], af.explain_failures("win_back", runs)
     assert all(r["conf"] == {"dry_run": True} for r in runs)

@@ -299,8 +299,7 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(airflow, warehouse)
     af, smtp, metadata = airflow
     started = time.monotonic()
     af.unpause(JOURNEY)
-    af.cli("backfill", "create", "--dag-id", JOURNEY, "--from-date", DAY.date().isoformat(),
-           "--to-date", DAY.date().isoformat(), "--max-active-runs", "1")
+    af.create_backfill(JOURNEY, DAY.date().isoformat(), DAY.date().isoformat(), max_active_runs=1)
     (run,) = af.dag_runs(JOURNEY)
     killed = kill_a_worker_mid_batch(af, warehouse, metadata, run["dag_run_id"], timeout=RUN_TIMEOUT)
     killed_at = time.monotonic()

@@ -64,6 +64,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from lifecycle import inlining
 from lifecycle.channels import CHANNELS
 from lifecycle.config import SHOP, TEMPLATES_DIR
+from lifecycle.spec import TEMPLATE_SYNTAX
 
 __all__ = [
     "DEFAULT_LOCALE",
@@ -345,9 +346,7 @@ def _environment(templates_dir: Path, auto_reload: bool = True, slots: bool = Fa
             default=False,
         ),
         undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=False,
+        **TEMPLATE_SYNTAX,
     )
     env.filters["money"] = _money_filter
     env.filters["utm"] = utm
@@ -370,12 +369,8 @@ def template_files(
 ) -> list[Path]:
     """The files a template needs for a channel (its `Channel.template_files`; email:
     .subject.txt, .txt, .html)."""
-    suffixes = _suffixes(channel)
-    name = str(template).strip().strip("/")
-    if not name or ".." in Path(name).parts or Path(name).is_absolute():
-        raise ValueError(f"invalid template name {template!r}")
-    base = Path(templates_dir)
-    return [base / f"{name}{suffix}" for suffix in suffixes]
+    _suffixes(channel)  # an unknown channel: ValueError
+    return CHANNELS[channel].files(template, templates_dir)
 
 
 def _suffixes(channel: str) -> tuple[str, ...]:
@@ -388,7 +383,8 @@ def missing_template_files(
     template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR
 ) -> list[Path]:
     """The files of ``template_files`` that do not exist (empty list: template complete)."""
-    return [path for path in template_files(template, channel, templates_dir) if not path.is_file()]
+    _suffixes(channel)
+    return CHANNELS[channel].missing_files(template, templates_dir)
 
 
 def available_templates(channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR) -> list[str]:

@@ -69,6 +69,9 @@ GUARD_KEYS = {"factor", "min_rows", "history"}
 
 
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # CSafeLoader: PyYAML built with libyaml
+# How templates are written (lifecycle.render's environment lexes them so): what a subject line in a
+# segment file is checked against.
+TEMPLATE_SYNTAX = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": False}
 RESERVED_JOURNEYS = {"lifecycle_dispatch"}  # DAG ids the engine itself uses
 TAG_MAX_LEN = 100  # Airflow refuses longer DAG tags
 
@@ -385,16 +388,15 @@ class _Checker:
         if not isinstance(template, str) or not template:
             self.add(f"{where}.template: required for channel {channel!r}")
             return channels, None
-        from lifecycle.render import missing_template_files, template_files
 
         try:
-            template_files(template, channels[0], self.templates_dir)
+            CHANNELS[channels[0]].files(template, self.templates_dir)
         except ValueError:
             self.add(f"{where}.template: {template!r} is not a template name like <journey>/<step> "
                      "under include/templates/ (no '..', no absolute path)")
             return channels, None
         for name in channels:
-            missing = missing_template_files(template, name, self.templates_dir)
+            missing = CHANNELS[name].missing_files(template, self.templates_dir)
             if missing:
                 names = ", ".join(str(p.relative_to(self.templates_dir.parent.parent)) for p in missing)
                 self.add(f"{where}.template: {template!r} is missing {names} (for {name})")
@@ -802,10 +804,12 @@ def discover(segments_dir: Path = SEGMENTS_DIR) -> list[Path]:
     return sorted(segments_dir.glob("*.sql"))
 
 
-def load_all(segments_dir: Path = SEGMENTS_DIR, **dirs) -> tuple[list[JourneySpec], list[SpecError]]:
-    """Every segment file, split into valid specs and errors; one broken file never hides the rest."""
+def load_all(segments_dir: Path = SEGMENTS_DIR, paths: list[Path] | None = None,
+             **dirs) -> tuple[list[JourneySpec], list[SpecError]]:
+    """Every segment file (or only `paths`), split into valid specs and errors; one broken file
+    never hides the rest."""
     specs, errors = [], []
-    for path in discover(segments_dir):
+    for path in discover(segments_dir) if paths is None else paths:
         try:
             specs.append(load_spec(path, **dirs))
         except SpecError as exc:
@@ -871,13 +875,18 @@ def _subject(at: str, value: Any, channels: tuple[str, ...], c: Any) -> str | No
         return None
     import jinja2
 
-    from lifecycle.render import get_environment
-
-    try:
-        get_environment(c.templates_dir).parse(value)
+    try:  # syntax only (which filters exist is lint's to check): no renderer at DAG parse time
+        _template_syntax().parse(value)
     except jinja2.TemplateSyntaxError as exc:
         c.add(f"{at}.subject: {exc.message}")
     return value.strip()
+
+
+@functools.cache
+def _template_syntax():
+    import jinja2
+
+    return jinja2.Environment(**TEMPLATE_SYNTAX)
 
 
 def _ab_test(where: str, raw: Any, c: Any) -> ABTest:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS
@@ -86,6 +87,19 @@ class Channel:
     @property
     def pool(self) -> str:
         return f"lifecycle_{self.name}"
+
+    def files(self, template: str, templates_dir: Path) -> list[Path]:
+        """The files template `template` (`<journey>/<step>`) is made of for this channel: its name
+        with each of `template_files` after it. ValueError for a name that leaves the folder."""
+        name = str(template).strip().strip("/")
+        if not name or ".." in Path(name).parts or Path(name).is_absolute():
+            raise ValueError(f"invalid template name {template!r}")
+        return [Path(templates_dir) / f"{name}{suffix}" for suffix in self.template_files]
+
+    def missing_files(self, template: str, templates_dir: Path) -> list[Path]:
+        """The files of `files` that do not exist (empty: the template is complete). Segment files
+        are checked with this while Airflow parses the DAGs: it never imports the renderer."""
+        return [path for path in self.files(template, templates_dir) if not path.is_file()]
 
     def has_address(self, ids: dict[str, str]) -> str:
         """`address_sql` for the customer id expressions `ids` (keyed by contact view)."""

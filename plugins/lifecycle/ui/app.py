@@ -21,8 +21,9 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.engine import Engine
 
+from lifecycle.ui import URL_PREFIX
+
 log = logging.getLogger(__name__)
-URL_PREFIX = "/journeys"
 NO_SCHEMA = ("The warehouse has no `lifecycle` schema yet: run `lifecycle migrate` (or `lifecycle init`) against it, "
              "then let a journey run.")
 
