@@ -241,9 +241,12 @@ def shop_copy(embedded_server_url):  # requested so that it is torn down before 
 
 # The focused set that also runs on the PostgreSQL service (TCP, a separate server) besides the
 # embedded one: connection handling, concurrency, guarantees. A module opts in with
-# `SHOP_SERVERS = ("embedded", "service")`; everything else runs on the embedded server only.
+# `SHOP_SERVERS = ("embedded", "service")`; everything else runs on the embedded server only. One
+# test can narrow (or widen) its module's choice with `@pytest.mark.shop_servers("embedded")`: a
+# module's service half should hold only what needs a separate server over TCP.
 def pytest_generate_tests(metafunc):
-    servers = getattr(metafunc.module, "SHOP_SERVERS", None)
+    marker = metafunc.definition.get_closest_marker("shop_servers")
+    servers = marker.args if marker else getattr(metafunc.module, "SHOP_SERVERS", None)
     if servers and "shop_db" in metafunc.fixturenames:
         metafunc.parametrize("shop_db", servers, indirect=True, scope="module")
 
