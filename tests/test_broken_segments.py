@@ -189,6 +189,7 @@ def test_a_dags_folder_with_a_bad_file_imports_and_the_bad_file_keeps_schedule_a
     assert "header line" in welcome["description"] and "invalid YAML" in welcome["description"]
 
 
+@pytest.mark.slow  # runs DAGs through Airflow (dag.test), like test_dags.py
 def test_each_interval_of_a_broken_journey_fails_with_the_files_error(tmp_path, airflow_db):
     from datetime import UTC, datetime, timedelta
 
