@@ -154,6 +154,10 @@ def planted(embedded_server_url):
             rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
                     for r in data[table][columns].astype(object).to_dict("records")]
             conn.execute(sa.text(f"INSERT INTO lifecycle.{table} ({', '.join(columns)}{extra}) VALUES ({values})"), rows)
+    # Statistics, as autovacuum keeps them on a live warehouse: without them the planner takes the
+    # freshly filled tables for empty and runs the attribution once per enrollment (lift: 14 s, not 0.05 s).
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
     yield engine, data
     engine.dispose()
     drop()

@@ -118,6 +118,7 @@ def by_mode_and_status(engine) -> dict[str, int]:
             "WHERE journey = 'cart_abandonment' GROUP BY 1")).all())
 
 
+@pytest.mark.slow  # runs DAGs through Airflow (dag.test), like test_dags.py
 def test_a_draft_journey_records_dry_runs_through_airflow_and_delivers_once_promoted(airflow_env, tmp_path, capsys):
     from lifecycle.dag_factory import build_dags
 

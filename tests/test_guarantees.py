@@ -34,7 +34,11 @@ from lifecycle.replay import run_interval
 from lifecycle.run_context import RunContext
 from lifecycle.spec import load_spec
 
-SHOP_SERVERS = ("embedded", "service")  # connection handling and concurrency: on the service too
+# Everything runs on the embedded server; what depends on a separate server over TCP (a worker killed
+# mid-send, a retry after a partial batch, two runs of one interval at once: connections and
+# concurrency) also runs on the PostgreSQL service (SERVICE_TOO).
+SHOP_SERVERS = ("embedded",)
+SERVICE_TOO = pytest.mark.shop_servers("embedded", "service")
 
 SPEC = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
 # The same journey with a week of allowed lateness, so that a first (cold) run plans every
@@ -95,6 +99,7 @@ def received(server) -> list[str]:
     return [rcpt for m in server.messages for rcpt in m.rcpt_tos]
 
 
+@SERVICE_TOO
 def test_retry_after_partial_batch_sends_each_message_once(shop, smtp_server):
     engine, _, anchor = shop
     _, batches = plan_interval(engine, anchor)
@@ -115,6 +120,7 @@ def test_retry_after_partial_batch_sends_each_message_once(shop, smtp_server):
     assert retried == [("sent", 2)]
 
 
+@SERVICE_TOO
 def test_killed_worker_leaves_unknown_outcome_never_resent(shop, smtp_server):
     engine, _, anchor = shop
     _, batches = plan_interval(engine, anchor)
@@ -156,6 +162,7 @@ SEND_TASK = textwrap.dedent("""
 """)
 
 
+@SERVICE_TOO
 def test_worker_killed_mid_window_leaves_at_most_a_window_unknown_and_never_resends(shop, smtp_server):
     """The send task claims N messages per statement (LIFECYCLE_SEND_WINDOW). Killed (SIGKILL)
     while the server has the 5th message of windows of 3: the 2nd window's three claims are
@@ -215,6 +222,7 @@ def test_worker_killed_mid_window_leaves_at_most_a_window_unknown_and_never_rese
     assert Counter(received(smtp_server)) == Counter(expected) - Counter([lost])  # the rest, each once
 
 
+@SERVICE_TOO
 def test_same_interval_twice_and_concurrently_sends_once(shop, smtp_server):
     engine, _, anchor = shop
     first = run_interval(engine, LENIENT, anchor - timedelta(hours=1), anchor, channel_to(smtp_server), run_id="scheduled")

@@ -782,7 +782,14 @@ def _check_ties(sql: str, unique_columns: Any, sql_line: int, c: _Checker) -> No
     if not isinstance(unique_columns, list) or not all(isinstance(x, str) and NAME.match(x) for x in unique_columns):
         c.add(f"unique_columns: must be a list of column names like [sku], got {unique_columns!r}")
         unique_columns = []
-    c.problems += [f"SQL {finding}" for finding in check_ties(sql, unique_columns, sql_line)]
+    c.problems += [f"SQL {finding}" for finding in _segment_ties(sql, tuple(unique_columns), sql_line)]
+
+
+@functools.lru_cache(maxsize=256)
+def _segment_ties(sql: str, unique_columns: tuple[str, ...], sql_line: int) -> tuple[str, ...]:
+    """Scanned once per SQL body, like the conditions below: a file whose header alone changes (the
+    header-checking tests load hundreds of variants of one segment) is not scanned again."""
+    return tuple(str(finding) for finding in check_ties(sql, unique_columns, sql_line))
 
 
 def condition_tie_problems(path: Path) -> list[str]:
