@@ -103,10 +103,17 @@ def per_row_rescans(node: dict, table_ctes: set[str]) -> list[str]:
         if _rescans(inner, table_ctes):
             found.append(_outline(inner))
     for child in node.get("Plans", []):
-        if child.get("Parent Relationship") == "SubPlan" and _rescans(child, table_ctes):
+        if child.get("Parent Relationship") == "SubPlan" and not _hashed(node, child) and _rescans(child, table_ctes):
             found.append(_outline(child))
         found += per_row_rescans(child, table_ctes)
     return found
+
+
+def _hashed(parent: dict, subplan: dict) -> bool:
+    """A hashed SubPlan (`x NOT IN (SELECT ...)` that fits in memory) runs once and is probed per
+    row: its parent's conditions name it `hashed SubPlan n`."""
+    conditions = " ".join(str(v) for k, v in parent.items() if k != "Plans")
+    return f"hashed {subplan.get('Subplan Name', '?')}" in conditions
 
 
 def _ctes_reading_tables(node: dict) -> set[str]:
@@ -328,3 +335,25 @@ def test_planning_advances_the_new_enrollments_in_place(shop_db):
     # (no foreign keys check it since migration 022: each message and coupon names its own enrollment)
     assert tuple(orphans) == (0, 0) and coupons == entered
     reset_lifecycle(engine)
+
+
+def test_enrolling_a_next_day_never_nests_a_loop_over_enrollments_or_quarantine(stale_enrollments):
+    """enroll's statements (the one-active check, the upsert that leaves unchanged rows out) over
+    FILLER active enrollments the statistics do not know about: no per-row rescan of
+    lifecycle.enrollments or lifecycle.quarantine (the quarantined rows are a hashed list)."""
+    engine, anchor = stale_enrollments
+    spec = load_spec(SEGMENTS_DIR / "win_back.sql")
+    run = RunContext(spec.journey, "enroll", "live", anchor - timedelta(days=1), anchor)
+    run_audit.start_run(engine, run)
+    stage.stage_segment(engine, spec, run)
+    with engine.begin() as conn:  # statistics of an empty quarantine, then rows they do not know about
+        conn.exec_driver_sql("ANALYZE lifecycle.quarantine")
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.quarantine (journey, run_id, mode, row_number, reasons, row_data) "
+            "SELECT 'win_back', 'other', 'live', i, ARRAY['filler'], '{}' FROM generate_series(1, :n) i"), {"n": FILLER})
+    sa.event.listen(engine, "before_cursor_execute", refuse_nested_rescans)
+    try:
+        entered = enroll(engine, spec, run)["entered"]
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", refuse_nested_rescans)
+    assert entered > 20

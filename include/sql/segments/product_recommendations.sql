@@ -36,16 +36,12 @@ exit:
 WITH picks AS (
     SELECT r.customer_id, r.product_id, r.score, r.rank
     FROM lifecycle.recommend_for(NULL, :as_of, :max_products, :activity_days, :pair_days) AS r
-), cards AS (
-    -- each picked product's card built once, not once per customer it is picked for
-    SELECT pr.product_id, lifecycle.product_card(pr, :shop_url) AS card
-    FROM shop.products pr
-    WHERE pr.product_id IN (SELECT p.product_id FROM picks p)
 ), per_customer AS (
     SELECT p.customer_id,
-           jsonb_agg(k.card || jsonb_build_object('score', p.score) ORDER BY p.rank, k.product_id) AS products
+           jsonb_agg(lifecycle.product_card(pr, :shop_url) || jsonb_build_object('score', p.score)
+                     ORDER BY p.rank, pr.product_id) AS products
     FROM picks p
-    JOIN cards k ON k.product_id = p.product_id
+    JOIN shop.products pr ON pr.product_id = p.product_id
     GROUP BY p.customer_id
 )
 SELECT pc.customer_id || ':' || to_char(:as_of AT TIME ZONE 'UTC', 'IYYY-"W"IW') AS week_key,
