@@ -346,3 +346,17 @@ def pytest_xdist_make_scheduler(config, log):
 
         return CostliestFirstScheduling(config, log)
     return None
+
+
+# Airflow names the DAG a task process runs in two environment variables, and
+# lifecycle.dag_factory.build_dags then builds only that DAG. Airflow's own context manager for them
+# (dag_parsing_context._airflow_parsing_context_manager, Airflow 3.3) restores a variable that was
+# set before but leaves one that was not, so a test that parses "as a task process" would leave
+# every later test in its process building one DAG. Each test starts as the dag-processor does.
+_PARSING_CONTEXT = ("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "_AIRFLOW_PARSING_CONTEXT_TASK_ID")
+
+
+@pytest.fixture(autouse=True)
+def _no_parsing_context_left_over(monkeypatch):
+    for name in _PARSING_CONTEXT:
+        monkeypatch.delenv(name, raising=False)

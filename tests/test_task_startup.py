@@ -26,9 +26,13 @@ def bag(dag_id: str | None = None, task_id: str | None = None):
     from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.sdk.definitions._internal.dag_parsing_context import _airflow_parsing_context_manager
 
-    with _airflow_parsing_context_manager(dag_id=dag_id, task_id=task_id):
-        return BundleDagBag(dag_folder=str(DAG_FILE), safe_mode=False, load_op_links=False,
-                            bundle_path=str(DAG_FILE.parent), bundle_name="dags-folder")
+    try:
+        with _airflow_parsing_context_manager(dag_id=dag_id, task_id=task_id):
+            return BundleDagBag(dag_folder=str(DAG_FILE), safe_mode=False, load_op_links=False,
+                                bundle_path=str(DAG_FILE.parent), bundle_name="dags-folder")
+    finally:  # Airflow's manager leaves a variable set that was unset before (tests/conftest.py)
+        for name in ("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "_AIRFLOW_PARSING_CONTEXT_TASK_ID"):
+            os.environ.pop(name, None)
 
 
 def serialized(dag) -> dict:
