@@ -295,8 +295,10 @@ def report(by_size: dict[int, dict]) -> tuple[float, float]:
     total (CPU seconds, wall clock)."""
     sizes = sorted(by_size)
     pairs = list(zip(sizes, sizes[1:], strict=False)) + ([(sizes[0], sizes[-1])] if len(sizes) > 2 else [])
-    worst = {"": -math.inf, " cpu": -math.inf}
+    worst = {"": math.nan, " cpu": math.nan}  # one size: no exponent
     for kind, title in ((" cpu", "CPU seconds (this process + the server's)"), ("", "wall clock")):
+        if not pairs:
+            break
         print(f"\ngrowth exponents of {title} (1.0 = linear in the shop; '-' = under {NOISE} s at both sizes):")
         print(f"  {'journey':<24} {'run':<6} {'sizes':<12} " + " ".join(f"{s:>8}" for s in STAGES) + "    total")
         for key in by_size[sizes[0]]:
@@ -304,7 +306,7 @@ def report(by_size: dict[int, dict]) -> tuple[float, float]:
                 a, b = by_size[small][key], by_size[large][key]
                 cells = [exponent(a[s + kind], b[s + kind], small, large) for s in STAGES]
                 whole = exponent(total(a, kind), total(b, kind), small, large)
-                worst[kind] = max(worst[kind], whole)
+                worst[kind] = whole if math.isnan(worst[kind]) else max(worst[kind], whole)
                 print(f"  {key[0]:<24} {key[1]:<6} {f'{small // 1000}k->{large // 1000}k':<12} "
                       + " ".join(f"{c:8.2f}" if c is not None else f"{'-':>8}" for c in cells) + f" {whole:8.2f}")
     largest = sizes[-1]
@@ -350,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 engine.dispose()
         print(f"load average {loadavg()}")
-        cpu, wall = report(by_size) if len(by_size) > 1 else (math.nan, math.nan)
+        cpu, wall = report(by_size)
         print(f"load average {loadavg()}")
-        print(f"worst growth exponent of a run's total: {cpu:.2f} in CPU seconds ({wall:.2f} wall clock)")
+        if math.isnan(cpu):
+            print("worst growth exponent of a run's total: none (one shop size; give --sizes two or more)")
+        else:
+            print(f"worst growth exponent of a run's total: {cpu:.2f} in CPU seconds ({wall:.2f} wall clock)")
         return 0
     finally:
         admin.dispose()

@@ -8,6 +8,7 @@ provider's hook; the demo and the tests start a real PostgreSQL from the
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -122,6 +123,8 @@ def stop_embedded(data_dir: Path | str) -> bool:
         return False
     server = get_server(data_dir, cleanup_mode=None, start=False)
     PostgresServer._instances.pop(data_dir, None)  # a later start_embedded here starts a new one
+    # and its exit hook, which would look the server up there again: a KeyError at exit
+    atexit.unregister(server._cleanup)
     info = PostmasterInfo.read_from_pgdata(data_dir)
     if info is None or not info.is_running():
         return False
