@@ -1,25 +1,32 @@
 """The same messages through a real Airflow: the project's batches against one mapped task per contact.
 
-    .venv/bin/python benchmarks/naive_peer.py [--customers 12000]
+    .venv/bin/python benchmarks/naive_peer.py [--customers 12000] [--side batches] [--defaults]
 
 One embedded PostgreSQL holds the demo shop and Airflow's metadata DB. Airflow runs as it does
 in production: an api-server, a scheduler with the LocalExecutor (parallelism 4: 2 cores) and a
-dag-processor, as subprocesses (lifecycle_demo.airflow_procs, as in tests/test_backfill.py, but
-with Airflow's own loop timings). The SMTP sink runs in this process.
+dag-processor, as subprocesses (lifecycle_demo.airflow_procs, as in tests/test_backfill.py), with
+the loop timings README recommends for production (airflow_procs.LATENCY_SETTINGS; `--defaults`:
+Airflow's own), the same for both sides. The SMTP sink runs in this process. A warm-up run
+goes first (a fresh api-server's first task start costs ~3 s, once), then 20 s of idle, to
+measure what the loop timings cost while nothing runs.
 
 1. **batches**: the win_back journey's first day (the interval ending at the shop's anchor),
-   run by `airflow backfill create`: start_run, stage, validate, enroll, exits, plan, one
-   mapped send task per batch, summarize. Its sent messages are the set to compare.
+   run as a backfill: start_run, stage, validate, enroll, exits, plan, one mapped send task per
+   batch, summarize. Its sent messages are the set to compare. Printed with its timeline: for
+   each task, the wait for the scheduler after its upstream ended, the queue, the task
+   process's start and the task's work, summed along the chain of tasks that ended last.
 2. **naive**: a DAG as most Airflow users would write it (written to the DAGs folder by this
    script): one task lists the contacts, then `send_one.expand(...)`: one mapped task per
    contact, each building the same message (subject, text and HTML that the journey sent
    that contact, read back from the sink) and sending it with smtplib to the same sink.
    (`core.max_map_length` is raised to fit: its default, 1024, refuses a longer list.)
+   `--side batches` leaves it out (it takes 20-30 minutes).
 
-Each side is timed from the request (backfill create / dags trigger) until its run is
-finished, and by the run's own start and end dates. The sink must have received each side's
-messages once per contact. `--customers` sets the shop size, and so the number of messages:
-12,000 customers give the win_back first day about 2,000 sends (2,500 gave 421).
+Each side is timed from the request (through the REST API: a backfill, a triggered run;
+`--request cli` for `airflow backfill create` / `airflow dags trigger`, 3-10 s of CLI process
+each) until its run's end date, and by the run's own start and end dates. The sink must have
+received each side's messages once per contact. `--customers` sets the shop size, and so the
+number of messages: 12,000 customers give the win_back first day about 2,000 sends (2,500 gave 421).
 
 The last line is `batches/naive speedup: NNNx` (goal >= 100x).
 """
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request", choices=("api", "cli"), default="api",
                         help="how each run is asked for: the REST API (default), or `airflow backfill create` / "
                              "`airflow dags trigger` (a CLI process: 3-10 s, as measured before 2026-12-07's naive work)")
+    parser.add_argument("--defaults", action="store_true",
+                        help="Airflow's default loop timings, not lifecycle_demo.airflow_procs.LATENCY_SETTINGS")
     parser.add_argument("--airflow-setting", action="append", default=[], metavar="AIRFLOW__SECTION__KEY=VALUE",
                         help="an Airflow setting for this run, for both sides (A/B experiments)")
     parser.add_argument("--idle-seconds", type=float, default=20,
@@ -237,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     from lifecycle.dag_factory import POOLS
     from lifecycle.warehouse import start_embedded, stop_embedded
     from lifecycle_demo import demo_shop
-    from lifecycle_demo.airflow_procs import Airflow, private_env
+    from lifecycle_demo.airflow_procs import LATENCY_SETTINGS, Airflow, private_env
     from lifecycle_demo.sinks.smtp_server import RecordingSMTPServer
 
     tmp = Path(tempfile.mkdtemp(prefix="lifecycle-bench-naive-"))
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         (dags / "naive_peer.py").write_text(NAIVE_DAG)
         (dags / "naive_peer_warmup.py").write_text(WARMUP_DAG)
         metadata_url = sa.make_url(admin_url).set(database="airflow").render_as_string(hide_password=False)
-        # Airflow's defaults for its loops (production's), not the tests' TEST_SETTINGS
+        # The loop timings README recommends for production (LATENCY_SETTINGS), not the tests' TEST_SETTINGS
         env = private_env(tmp, shop_url, smtp.port, metadata_url, **{
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
@@ -272,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             "LIFECYCLE_SIGNING_KEY": secrets.token_urlsafe(32),  # a throwaway key for the unsubscribe links
             "NAIVE_PEER_CONTACTS": str(tmp / "contacts.json"),
             "NAIVE_PEER_SMTP_PORT": str(smtp.port),
+            # the settings README recommends for production, for both sides (--defaults: Airflow's)
+            **({} if args.defaults else LATENCY_SETTINGS),
             **dict(setting.split("=", 1) for setting in args.airflow_setting),
         })
         airflow = Airflow(env, start_timeout=START_TIMEOUT, run_timeout=RUN_TIMEOUT, poll=1)
@@ -284,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         airflow.request("POST", f"dags/{WARMUP}/dagRuns", {"logical_date": None})
         if airflow.wait_for_runs(WARMUP)[-1]["state"] != "success":
             raise RuntimeError(airflow.explain_failures(WARMUP, airflow.dag_runs(WARMUP)))
-        print(f"Airflow up and warm (LocalExecutor, parallelism 4{''.join(f'; {x}' for x in args.airflow_setting)}); "
+        settings = ({} if args.defaults else LATENCY_SETTINGS) | dict(x.split("=", 1) for x in args.airflow_setting)
+        print(f"Airflow up and warm (LocalExecutor, parallelism 4{''.join(f'; {k}={v}' for k, v in settings.items())}); "
               f"load average {load()}", flush=True)
 
         if args.idle_seconds:  # what the loop timings cost while nothing runs
