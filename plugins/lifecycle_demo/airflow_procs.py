@@ -58,8 +58,8 @@ LATENCY_SETTINGS = {
     "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS": "15",
     # An idle scheduler loop sleeps this long, so a task whose upstream just finished waits for
     # up to it before it is scheduled: about 0.6 s of every step of a run at the default. An idle
-    # deployment (scheduler, api-server, dag-processor, its database) used 8% of a core at 0.2 s,
-    # 17% at 0.1 s, 4-5% at 1 s (naive_peer's idle figure, 2 cores). [1 s]
+    # deployment (scheduler, api-server, dag-processor, its database) used 8-11% of a core at 0.2 s,
+    # 16-18% at 0.1 s, 3-5% at 1 s (naive_peer's idle figure, 2 cores). [1 s]
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
 }
 
