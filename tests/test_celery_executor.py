@@ -36,7 +36,14 @@ import pytest
 import sqlalchemy as sa
 from conftest import _admin_url, _empty_shop, _fresh_database
 
-from lifecycle_demo.airflow_procs import TERMINAL, TEST_SETTINGS, Airflow, free_port, private_env
+from lifecycle_demo.airflow_procs import (
+    LATENCY_SETTINGS,
+    TERMINAL,
+    TEST_SETTINGS,
+    Airflow,
+    free_port,
+    private_env,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -215,6 +222,9 @@ def airflow(warehouse, metadata_db, broker):
     state_dir = Path(tempfile.mkdtemp(prefix="lifecycle-celery-"))
     smtp = RecordingSMTPServer().start()
     backend = sa.make_url(metadata_db).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    # README's recommended loop timings (a Celery slot is held by the task's supervisor too);
+    # LIFECYCLE_CELERY_DEFAULTS=1 runs with Airflow's own, for an A/B of the pick-up gap
+    latency = {} if os.environ.get("LIFECYCLE_CELERY_DEFAULTS") else LATENCY_SETTINGS
     celery = {
         # a dead worker's task is failed (and retried) after this long without a heartbeat
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
@@ -227,7 +237,7 @@ def airflow(warehouse, metadata_db, broker):
         "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps({"result_extended": True}),
     }
     env = private_env(state_dir, warehouse.url.render_as_string(hide_password=False), smtp.port, metadata_db,
-                      executor="CeleryExecutor", **TEST_SETTINGS, **celery)
+                      executor="CeleryExecutor", **TEST_SETTINGS, **latency, **celery)
     af = CeleryAirflow(env, run_timeout=RUN_TIMEOUT)
     af.killed = None
     try:
