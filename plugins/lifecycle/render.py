@@ -521,9 +521,18 @@ def _signature(folder: Path) -> tuple[int, int]:
     return len(stats), max((st.st_mtime_ns for st in stats), default=0)
 
 
+@functools.lru_cache(maxsize=16)
+def _sender_folder(templates_dir: str) -> Path:
+    """The templates folder, resolved once per batch rather than per message: a realpath is an
+    lstat per path component, as much as rendering an SMS costs (reload_changed_templates
+    forgets it, so a folder swapped under a symlink is seen at the next batch)."""
+    return Path(templates_dir).resolve()
+
+
 def reload_changed_templates(templates_dir: Path | str | None = None) -> bool:
     """Forget the sender's compiled templates if any file of the folder changed since the last
     call (True then). One directory walk: call it once per batch, not per message."""
+    _sender_folder.cache_clear()
     folder = Path(templates_dir or TEMPLATES_DIR).resolve()
     signature = _signature(folder)
     if _templates_seen.get(folder) == signature:
@@ -567,7 +576,7 @@ class _Raising:
 def render_email_for_send(template: str, context: dict, templates_dir: Path | str | None = None, *,
                           subject: str | None = None) -> RenderedEmail:
     """`render_email` for the send task: the same result and errors, from templates compiled once."""
-    folder = Path(templates_dir or TEMPLATES_DIR).resolve()
+    folder = _sender_folder(str(templates_dir or TEMPLATES_DIR))
     env, (subject_t, text_t, html_t) = _compiled(folder, template, "email")
     ctx = _default_context(context)
     if subject is not None:  # an A/B variant's subject line
@@ -625,7 +634,7 @@ def render_plain(template: str, channel: str, context: dict, templates_dir: Path
     task compiled once (see reload_changed_templates), without looking at the files again."""
     folder = Path(templates_dir or TEMPLATES_DIR)  # read at call time: the configured folder
     if for_send:
-        env, compiled = _compiled(folder.resolve(), template, channel)
+        env, compiled = _compiled(_sender_folder(str(folder)), template, channel)
     else:
         env = get_environment(folder)
         missing = missing_template_files(template, channel, folder)
