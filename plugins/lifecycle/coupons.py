@@ -25,8 +25,6 @@ class CouponCodeCollision(RuntimeError):
     codes; nothing was planned twice or lost."""
 
 
-
-
 def coupon_cte(coupon: Coupon, inserted: str = "ins") -> str:
     """A data-modifying CTE (`, coupons AS (...)`) that issues a code for each planned (or dry-run)
     message among the RETURNING rows of the CTE `inserted` (journey, mode, enrollment_id, step,

@@ -437,14 +437,17 @@ def build_dags(segments_dir: Path = SEGMENTS_DIR, dag_id: str | None = None) -> 
         # A journey's DAG id is its file's name; a broken file's is that name made safe. Any file
         # could be the DAG's, so each is read in the order a full parse reads them.
         paths = [path for path in discover(segments_dir) if broken_dag_id(path) == wanted]
-        dags = _segment_dags(*load_all(segments_dir, paths=paths))[0]
+        specs, errors = load_all(segments_dir, paths=paths)
+        dags = _journey_dags(specs, errors)
+        _add_broken_dags(dags, errors)
         if wanted in dags:
             return {wanted: dags[wanted]}
     return _all_dags(segments_dir)
 
 
 def _all_dags(segments_dir: Path) -> dict[str, DAG]:
-    dags, specs, errors = _segment_dags(*load_all(segments_dir), broken=False)
+    specs, errors = load_all(segments_dir)
+    dags = _journey_dags(specs, errors)
     # a draft never delivers, not even messages it left planned while it was live
     built = [spec for spec in specs if spec.journey in dags and spec.status == "live"]
     if built:
@@ -461,10 +464,8 @@ def _all_dags(segments_dir: Path) -> dict[str, DAG]:
     return dags
 
 
-def _segment_dags(specs: list[JourneySpec], errors: list[SpecError], *, broken: bool = True
-                  ) -> tuple[dict[str, DAG], list[JourneySpec], list[SpecError]]:
-    """The journeys' DAGs; a spec Airflow refuses joins `errors`. With `broken`, the broken
-    files' stand-ins are added too (where no journey took the id)."""
+def _journey_dags(specs: list[JourneySpec], errors: list[SpecError]) -> dict[str, DAG]:
+    """The journeys' DAGs; a spec Airflow refuses joins `errors` (it becomes a broken file's DAG)."""
     dags: dict[str, DAG] = {}
     for spec in specs:
         try:
@@ -473,9 +474,7 @@ def _segment_dags(specs: list[JourneySpec], errors: list[SpecError], *, broken: 
             errors.append(SpecError(spec.path, [f"Airflow refused the DAG: {type(exc).__name__}: {exc}"])
                           .remember_header({"schedule": spec.schedule, "owner": spec.owner,
                                             "start_date": spec.start_date}))
-    if broken:
-        _add_broken_dags(dags, errors)
-    return dags, specs, errors
+    return dags
 
 
 def _add_broken_dags(dags: dict[str, DAG], errors: list[SpecError]) -> None:

@@ -13,11 +13,11 @@ from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 from lifecycle.stage import stage_table
 
-# Deterministic 0-99 bucket per (journey, customer): the same customer is always in
-# (or out of) a journey's holdout, run after run.
 # The run's quarantined rows, as a NOT IN list: a hashed subplan whatever the statistics of
 # lifecycle.quarantine say (a NOT EXISTS planned on an empty table's statistics rescanned it per row).
 QUARANTINED_ROWS = "SELECT q.row_number FROM lifecycle.quarantine q WHERE q.journey = :journey AND q.run_id = :run_id"
+# Deterministic 0-99 bucket per (journey, customer): the same customer is always in
+# (or out of) a journey's holdout, run after run.
 HOLDOUT_BUCKET = "((('x' || substr(md5({journey} || ':' || {customer}), 1, 8))::bit(32)::int & 2147483647) % 100)"
 
 

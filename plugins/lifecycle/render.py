@@ -369,22 +369,24 @@ def template_files(
 ) -> list[Path]:
     """The files a template needs for a channel (its `Channel.template_files`; email:
     .subject.txt, .txt, .html)."""
-    _suffixes(channel)  # an unknown channel: ValueError
-    return CHANNELS[channel].files(template, templates_dir)
+    return _channel(channel).files(template, templates_dir)
+
+
+def _channel(channel: str):
+    if channel not in CHANNELS:
+        raise ValueError(f"no template files defined for channel {channel!r} (known: {sorted(CHANNELS)})")
+    return CHANNELS[channel]
 
 
 def _suffixes(channel: str) -> tuple[str, ...]:
-    if channel not in CHANNELS:
-        raise ValueError(f"no template files defined for channel {channel!r} (known: {sorted(CHANNELS)})")
-    return CHANNELS[channel].template_files
+    return _channel(channel).template_files
 
 
 def missing_template_files(
     template: str, channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR
 ) -> list[Path]:
     """The files of ``template_files`` that do not exist (empty list: template complete)."""
-    _suffixes(channel)
-    return CHANNELS[channel].missing_files(template, templates_dir)
+    return _channel(channel).missing_files(template, templates_dir)
 
 
 def available_templates(channel: str = "email", templates_dir: Path | str = TEMPLATES_DIR) -> list[str]:
@@ -533,7 +535,7 @@ def reload_changed_templates(templates_dir: Path | str | None = None) -> bool:
     """Forget the sender's compiled templates if any file of the folder changed since the last
     call (True then). One directory walk: call it once per batch, not per message."""
     _sender_folder.cache_clear()
-    folder = Path(templates_dir or TEMPLATES_DIR).resolve()
+    folder = _sender_folder(str(templates_dir or TEMPLATES_DIR))
     signature = _signature(folder)
     if _templates_seen.get(folder) == signature:
         return False

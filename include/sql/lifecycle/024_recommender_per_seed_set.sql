@@ -11,8 +11,8 @@
 -- recommender alone, back to back at the same load (2.5-2.9): 64.0 s before, 49.2 s with (2)
 -- alone, 38.5 s with both (51.9 s for (2) alone in the same minute).
 --
--- define_recommender() is re-created whole (012 holds the earlier version) and run, so the
--- functions keep the shop's id types.
+-- define_recommender() is re-created whole (012 keeps the earlier version: a migration stays as
+-- it was applied) and run, so the functions keep the shop's id types.
 CREATE OR REPLACE FUNCTION lifecycle.define_recommender() RETURNS text
 LANGUAGE plpgsql
 AS $define$
@@ -178,3 +178,7 @@ END
 $define$;
 
 SELECT lifecycle.define_recommender();
+
+-- recommend_for no longer concatenates its customers' neighbour arrays: the aggregate 007 added
+-- for that has no user left.
+DROP AGGREGATE IF EXISTS lifecycle.array_cat_agg(anycompatiblearray);
