@@ -281,7 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=5000, help="emails (default 5000)")
     parser.add_argument("--http-messages", type=int, default=1000, help="SMS and push messages each (default 1000)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels", default="email,sms,push",
+                        help="which comparisons to run (comma-separated; default email,sms,push)")
     args = parser.parse_args(argv)
+    chosen = {name.strip() for name in args.channels.split(",") if name.strip()}
+    if not chosen or chosen - {"email", "sms", "push"}:
+        parser.error(f"--channels: a comma-separated subset of email,sms,push, not {args.channels!r}")
+    if "email" not in chosen:
+        args.messages = 0
+    if not chosen & {"sms", "push"}:
+        args.http_messages = 0
     os.environ.setdefault("LIFECYCLE_SIGNING_KEY", secrets.token_urlsafe(32))
     os.environ["LIFECYCLE_PUSH_ALLOW_PRIVATE"] = "1"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
@@ -329,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         push_origin = banner.split(" on ", 1)[1].split("/push/")[0]
         create_shop_schema(engine)
         schema.migrate(engine)
-        batches = plant(engine, args.messages, args.http_messages, args.http_messages, push_origin)
+        batches = plant(engine, args.messages, args.http_messages if "sms" in chosen else 0,
+                        args.http_messages if "push" in chosen else 0, push_origin)
         spec = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
         # A send task runs in a process that has Airflow imported already: open each channel once
         # (the email channel imports airflow.sdk and the smtp provider) before anything is timed.
@@ -340,95 +350,102 @@ def main(argv: list[str] | None = None) -> int:
               f"({os.environ.get('LIFECYCLE_SEND_WINDOW', '50')})", flush=True)
 
         # email ------------------------------------------------------------------
-        sender = SHOP["from_email"]
-        rows, outbounds = loaded(engine, spec, "email", with_rows=True)
-        wire = [(m.to, compose(m, sender, SHOP["name"])) for m in outbounds]
-        assert len(wire) == args.messages
-        from lifecycle.send import window_size
+        if "email" in chosen:
+            sender = SHOP["from_email"]
+            rows, outbounds = loaded(engine, spec, "email", with_rows=True)
+            wire = [(m.to, compose(m, sender, SHOP["name"])) for m in outbounds]
+            assert len(wire) == args.messages
+            from lifecycle.send import window_size
 
-        window = window_size(spec)
+            window = window_size(spec)
 
-        sizes = [min(BATCH, args.messages - start) for start in range(0, args.messages, BATCH)]
-        spent: dict[str, float] = {}
+            sizes = [min(BATCH, args.messages - start) for start in range(0, args.messages, BATCH)]
+            spent: dict[str, float] = {}
 
-        def email_project(part: int) -> float:
-            seconds, counts = project(engine, spec, batches["email"][part:part + 1],
-                                      lambda name: EmailChannel("127.0.0.1", smtp_port))
-            assert counts == {"sent": sizes[part]}, counts
-            return seconds
+            def email_project(part: int) -> float:
+                seconds, counts = project(engine, spec, batches["email"][part:part + 1],
+                                          lambda name: EmailChannel("127.0.0.1", smtp_port))
+                assert counts == {"sent": sizes[part]}, counts
+                return seconds
 
-        def rendered_project(part: int) -> float:
-            cut = slice(part * BATCH, part * BATCH + sizes[part])
-            return delivery_path(engine, spec, smtp_port, rows[cut], outbounds[cut], window, spent)
+            def rendered_project(part: int) -> float:
+                cut = slice(part * BATCH, part * BATCH + sizes[part])
+                return delivery_path(engine, spec, smtp_port, rows[cut], outbounds[cut], window, spent)
 
-        def raw(part: int) -> float:
-            return raw_email(smtp_port, wire[part * BATCH:part * BATCH + sizes[part]], sender)
+            def raw(part: int) -> float:
+                return raw_email(smtp_port, wire[part * BATCH:part * BATCH + sizes[part]], sender)
 
-        def reset_email() -> None:
-            if spent:
-                print("    (project's parts: the channel's deliver_many {deliver:.2f} s, the rest (claim and record "
-                      "transactions, the loop) {database:.2f} s)".format(**spent), flush=True)
-                spent.clear()
-            reset(engine, "email")
+            def reset_email() -> None:
+                if spent:
+                    print("    (project's parts: the channel's deliver_many {deliver:.2f} s, the rest (claim and record "
+                          "transactions, the loop) {database:.2f} s)".format(**spent), flush=True)
+                    spent.clear()
+                reset(engine, "email")
 
-        print(f"email, rendered messages: {args.messages:,} to an SMTP server in its own process", flush=True)
-        rendered_ratio = compare("email rendered", sizes, args.repeats, rendered_project, raw, reset_email)
-        print(f"email, whole send task (send-time checks and rendering included): {args.messages:,}", flush=True)
-        email_ratio = compare("email send_batch", sizes, args.repeats, email_project, raw, reset_email)
-
-        # sms --------------------------------------------------------------------
-        def sms_channel(name):
-            return SMSChannel(sms_url, SMS_SID, SMS_TOKEN, from_number="Northwind")
-
-        forms = [(sms_channel("sms").messages_url, {}, {"To": m.to, "Body": m.body, "From": "Northwind"})
-                 for m in loaded(engine, spec, "sms")]
+            print(f"email, rendered messages: {args.messages:,} to an SMTP server in its own process", flush=True)
+            rendered_ratio = compare("email rendered", sizes, args.repeats, rendered_project, raw, reset_email)
+            print(f"email, whole send task (send-time checks and rendering included): {args.messages:,}", flush=True)
+            email_ratio = compare("email send_batch", sizes, args.repeats, email_project, raw, reset_email)
 
         http_sizes = [min(BATCH, args.http_messages - start) for start in range(0, args.http_messages, BATCH)]
 
-        def sms_project(part: int) -> float:
-            seconds, counts = project(engine, spec, batches["sms"][part:part + 1], sms_channel)
-            assert counts == {"sent": http_sizes[part]}, counts
-            return seconds
+        # sms --------------------------------------------------------------------
+        if "sms" in chosen:
+            def sms_channel(name):
+                return SMSChannel(sms_url, SMS_SID, SMS_TOKEN, from_number="Northwind")
 
-        print(f"sms: {args.http_messages:,} messages to a Twilio Messages API server in its own process", flush=True)
-        sms_ratio = compare("sms", http_sizes, args.repeats, sms_project,
-                            lambda part: raw_http(forms[part * BATCH:(part + 1) * BATCH], auth=(SMS_SID, SMS_TOKEN)),
-                            lambda: reset(engine, "sms"))
+            forms = [(sms_channel("sms").messages_url, {}, {"To": m.to, "Body": m.body, "From": "Northwind"})
+                     for m in loaded(engine, spec, "sms")]
+
+            def sms_project(part: int) -> float:
+                seconds, counts = project(engine, spec, batches["sms"][part:part + 1], sms_channel)
+                assert counts == {"sent": http_sizes[part]}, counts
+                return seconds
+
+            print(f"sms: {args.http_messages:,} messages to a Twilio Messages API server in its own process", flush=True)
+            sms_ratio = compare("sms", http_sizes, args.repeats, sms_project,
+                                lambda part: raw_http(forms[part * BATCH:(part + 1) * BATCH], auth=(SMS_SID, SMS_TOKEN)),
+                                lambda: reset(engine, "sms"))
 
         # push -------------------------------------------------------------------
-        key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        if "push" in chosen:
+            key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
-        def push_channel(name):
-            return PushChannel(key, "mailto:ops@shop.example.com", allow_http=True, allow_private=True)
+            def push_channel(name):
+                return PushChannel(key, "mailto:ops@shop.example.com", allow_http=True, allow_private=True)
 
-        from pywebpush import WebPusher
+            from pywebpush import WebPusher
 
-        pusher = push_channel("push")
-        requests = []
-        for m in loaded(engine, spec, "push"):
-            encoded = WebPusher({"endpoint": m.endpoint, "keys": {"p256dh": m.p256dh, "auth": m.auth}}).encode(
-                json.dumps(m.payload, separators=(",", ":"), ensure_ascii=False).encode(), "aes128gcm")
-            headers = {"TTL": str(m.ttl), "Urgency": m.urgency, "Content-Encoding": "aes128gcm",
-                       **pusher.vapid_headers(push_origin)}
-            requests.append((m.endpoint, headers, encoded["body"]))
+            pusher = push_channel("push")
+            requests = []
+            for m in loaded(engine, spec, "push"):
+                encoded = WebPusher({"endpoint": m.endpoint, "keys": {"p256dh": m.p256dh, "auth": m.auth}}).encode(
+                    json.dumps(m.payload, separators=(",", ":"), ensure_ascii=False).encode(), "aes128gcm")
+                headers = {"TTL": str(m.ttl), "Urgency": m.urgency, "Content-Encoding": "aes128gcm",
+                           **pusher.vapid_headers(push_origin)}
+                requests.append((m.endpoint, headers, encoded["body"]))
 
-        def push_project(part: int) -> float:
-            seconds, counts = project(engine, spec, batches["push"][part:part + 1], push_channel)
-            assert counts == {"sent": http_sizes[part]}, counts
-            return seconds
+            def push_project(part: int) -> float:
+                seconds, counts = project(engine, spec, batches["push"][part:part + 1], push_channel)
+                assert counts == {"sent": http_sizes[part]}, counts
+                return seconds
 
-        print(f"push: {args.http_messages:,} messages to a web push service in its own process "
-              "(the plain loop's bodies are encrypted beforehand)", flush=True)
-        push_ratio = compare("push", http_sizes, args.repeats, push_project,
-                             lambda part: raw_http(requests[part * BATCH:(part + 1) * BATCH]), lambda: reset(engine, "push"))
+            print(f"push: {args.http_messages:,} messages to a web push service in its own process "
+                  "(the plain loop's bodies are encrypted beforehand)", flush=True)
+            push_ratio = compare("push", http_sizes, args.repeats, push_project,
+                                 lambda part: raw_http(requests[part * BATCH:(part + 1) * BATCH]), lambda: reset(engine, "push"))
 
         print(f"load average {load()} (end)")
-        print(f"sms/raw ratio (send_batch, rendering included): {sms_ratio:.2f}")
-        print(f"push/raw ratio (send_batch, rendering and encryption included): {push_ratio:.2f}")
-        print(f"email send_batch/raw ratio (send-time checks and rendering included): {email_ratio:.2f}")
-        print(f"the same {args.messages:,} rendered emails: claim a window of {window}, pipelined SMTP, record the window")
-        print(f"send/raw ratio: {rendered_ratio:.2f}")
+        if "sms" in chosen:
+            print(f"sms/raw ratio (send_batch, rendering included): {sms_ratio:.2f}")
+        if "push" in chosen:
+            print(f"push/raw ratio (send_batch, rendering and encryption included): {push_ratio:.2f}")
+        if "email" in chosen:
+            print(f"email send_batch/raw ratio (send-time checks and rendering included): {email_ratio:.2f}")
+            print(f"the same {args.messages:,} rendered emails: claim a window of {window}, pipelined SMTP, "
+                  "record the window")
+            print(f"send/raw ratio: {rendered_ratio:.2f}")
         return 0
     finally:
         for proc in servers:
