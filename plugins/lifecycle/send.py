@@ -190,7 +190,7 @@ def load_batch(conn: sa.Connection, batch: Batch) -> list[Any]:
 
 
 def template_context(row: Any) -> dict:
-    from lifecycle.links import links_for
+    from lifecycle.links import LazyLinks, links_for
 
     context = row.context or {}
     return {
@@ -212,7 +212,9 @@ def template_context(row: Any) -> dict:
             {"code": row.coupon_code, "percent_off": float(row.percent_off), "valid_until": row.valid_until.isoformat()}
             if row.coupon_code else None
         ),
-        "links": links_for(row.customer_id, row.channel, key=_BATCH_KEY.get()),
+        # SMS and push templates seldom show a link: theirs are signed only when a template reads them.
+        "links": (links_for if row.channel == "email" else LazyLinks)(row.customer_id, row.channel,
+                                                                       key=_BATCH_KEY.get()),
         "journey": row.journey,
         "step": row.step,
         "currency": context.get("currency", "EUR"),
@@ -248,17 +250,18 @@ def build_email(row: Any, spec: JourneySpec, now: datetime):
 def build_sms(row: Any, spec: JourneySpec, now: datetime):
     """Render, normalise the number (E.164 by the customer's country) and respect the
     recipient's daytime for marketing texts: outside 08:00-21:00 local, wait, don't drop."""
-    from lifecycle.channels.sms import OutboundSMS, normalise_number, send_window
+    from lifecycle.channels.sms import OutboundSMS, normalise_mobile, send_window
     from lifecycle.render import render_sms
 
-    number, problem = normalise_number(row.phone, row.country)
+    number, region, problem = normalise_mobile(row.phone, row.country)
     if problem:
         raise Skip(problem)
     if row.kind == "marketing":
         open_now, next_start = send_window(now, row.timezone)
         if not open_now:
             raise Defer(next_start, "waiting for the recipient's SMS hours (08:00-21:00 local time)")
-    return OutboundSMS(to=number, body=render_sms(row.template, template_context(row), for_send=True), key=row.idempotency_key)
+    return OutboundSMS(to=number, body=render_sms(row.template, template_context(row), for_send=True),
+                       key=row.idempotency_key, country=region)
 
 
 def build_push(row: Any, spec: JourneySpec, now: datetime):

@@ -5,18 +5,26 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import phonenumbers
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from lifecycle import links
 from lifecycle.channels.base import ChannelUnavailable, Outcome
 from lifecycle.channels.sms import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
     OutboundSMS,
     SMSChannel,
+    normalise_mobile,
     normalise_number,
     send_window,
     sms_segments,
@@ -90,6 +98,35 @@ def test_normalise_rejects(raw, country, problem):
 
 
 # ----------------------------------------------------------------------------- segments
+def test_normalise_agrees_with_libphonenumbers_validity_in_every_region():
+    """One number_type pass stands for is_valid_number + number_type: the same verdict for each
+    region's example numbers of every type, as written locally and internationally, with a digit
+    too few or too many; the region given with a number is the one its E.164 form parses to."""
+    mobile = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE,
+                     phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.VOIP):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+            for raw, country in ((national, region), (e164, None), (e164[:-1], None), (e164 + "5", None)):
+                parsed = phonenumbers.parse(raw, country)
+                if not phonenumbers.is_valid_number(parsed):
+                    expected = (None, None, "invalid phone number")
+                elif phonenumbers.number_type(parsed) not in mobile:
+                    expected = (None, None, "not a mobile number")
+                else:
+                    number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+                    expected = (number, phonenumbers.region_code_for_number(phonenumbers.parse(number)), None)
+                assert normalise_mobile(raw, country) == expected, (raw, country)
+                assert normalise_number(raw, country) == (expected[0], expected[2])
+                checked += 1
+    assert checked > 1000
+
+
 def test_gsm7_single_and_concatenated():
     assert sms_segments("a" * 160) == {"encoding": "GSM-7", "length": 160, "segments": 1}
     assert sms_segments("a" * 161) == {"encoding": "GSM-7", "length": 161, "segments": 2}
@@ -107,6 +144,28 @@ def test_gsm7_extension_characters_count_two():
     assert sms_segments("[" * 80)["segments"] == 1
     # An escape pair is never split between two parts: 152 + '€' does not fit in part one.
     assert sms_segments("a" * 152 + "€" + "a" * 152) == {"encoding": "GSM-7", "length": 306, "segments": 3}
+
+
+def _segments_char_by_char(body: str) -> dict:
+    """The definition, one character at a time (what sms_segments computes from character sets)."""
+    gsm = all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in body)
+    costs = [2 if (ch in GSM7_EXTENSION if gsm else ord(ch) > 0xFFFF) else 1 for ch in body]
+    single, multi = (160, 153) if gsm else (70, 67)
+    parts, used = 1, 0
+    if sum(costs) > single:
+        for cost in costs:
+            if used + cost > multi:
+                parts, used = parts + 1, 0
+            used += cost
+    return {"encoding": "GSM-7" if gsm else "UCS-2", "length": sum(costs), "segments": parts}
+
+
+@given(st.text(alphabet=st.sampled_from(sorted(GSM7_BASIC) + sorted(GSM7_EXTENSION) * 4 + ["é", "Ж", "😀", "“"]),
+               max_size=400))
+def test_segments_match_the_character_by_character_count(body):
+    assert sms_segments(body) == _segments_char_by_char(body)
+    gsm_only = "".join(ch for ch in body if ch in GSM7_BASIC or ch in GSM7_EXTENSION)
+    assert sms_segments(gsm_only) == _segments_char_by_char(gsm_only)
 
 
 def test_ucs2_counts_utf16_code_units():
@@ -168,6 +227,36 @@ def test_unknown_or_missing_timezone_means_utc():
     assert send_window(now, "Mars/Olympus_Mons") == (False, utc(2026, 11, 20, 8, 0))
     assert send_window(now, "") == (False, utc(2026, 11, 20, 8, 0))
     assert send_window(datetime(2026, 11, 20, 9, 0), None) == (True, utc(2026, 11, 20, 9, 0))  # naive = UTC
+
+
+# ----------------------------------------------------------------------------- rendering
+def test_links_are_signed_only_for_templates_that_show_them(tmp_path, monkeypatch):
+    """An SMS template without `links` makes no unsubscribe or stay token (so it renders even
+    without a signing key); one that shows them gets working links, as an email does."""
+    from types import SimpleNamespace
+
+    from lifecycle.render import TemplateRenderError, render_sms
+    from lifecycle.send import template_context
+
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "plain.sms.txt").write_text("Hi {{ customer.first_name }}, your cart is saved.")
+    (tmp_path / "j" / "optout.sms.txt").write_text(
+        "Hi. Stop: {{ links.unsubscribe }} Stay: {{ links['preferences'] }} ({{ links|length }} links)")
+    row = SimpleNamespace(customer_id="C-7", first_name="Ana", last_name="", email=None, locale="en_GB",
+                          country="DE", timezone="UTC", context={}, coupon_code=None, channel="sms",
+                          journey="j", step="plain", kind="marketing")
+    key = os.environ["LIFECYCLE_SIGNING_KEY"]
+    monkeypatch.delenv("LIFECYCLE_SIGNING_KEY")
+    assert render_sms("j/plain", template_context(row), tmp_path) == "Hi Ana, your cart is saved."
+    with pytest.raises(TemplateRenderError, match="LIFECYCLE_SIGNING_KEY is not set"):
+        render_sms("j/optout", template_context(row), tmp_path)
+    monkeypatch.setenv("LIFECYCLE_SIGNING_KEY", key)
+    text = render_sms("j/optout", template_context(row), tmp_path)
+    unsubscribe = text.split("unsubscribe?t=", 1)[1].split()[0]
+    stay = text.split("preferences?t=", 1)[1].split()[0]
+    assert links.verify_unsubscribe_token(unsubscribe) == ("C-7", "sms")
+    assert links.verify_stay_token(stay) == ("C-7", "sms")
+    assert text.endswith("(3 links)")
 
 
 # ----------------------------------------------------------------------------- delivery
