@@ -36,6 +36,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import time
@@ -217,6 +218,7 @@ class PushChannel:
         self._session: requests.Session | None = None
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
         self._addresses: dict[tuple[str, int], list] = {}  # (host, port) -> addresses, for this batch
+        self._routes: dict[str, dict] = {}  # origin -> requests' environment settings, for this batch
         # Requests in flight at once over the one session (lifecycle.send.deliver_all): within
         # requests' connection pool (10 per push service).
         self.concurrency = max(1, min(int(concurrency), 10))
@@ -254,12 +256,18 @@ class PushChannel:
             self._session.close()
             self._session = None
         self._addresses.clear()
+        self._routes.clear()
 
     def _open(self) -> requests.Session:
         if self._session is None:
             logsafe.install()  # urllib3 logs the endpoint's path (its token) at DEBUG
             session = requests.Session()
             session.max_redirects = 0  # a push service answers; it never redirects a POST elsewhere
+            # The environment's proxies and CA bundle are read once per push service (_route), not
+            # by requests for every request (two scans of os.environ and a look for ~/.netrc:
+            # more CPU than encrypting the message). A .netrc entry is not used: its Basic
+            # credentials would replace the VAPID Authorization header.
+            session.trust_env = False
             if not self.allow_private:
                 for scheme in ("https://", "http://"):
                     session.mount(scheme, PublicOnlyAdapter())
@@ -284,12 +292,15 @@ class PushChannel:
             return problem
         data = json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode()
         origin = origin_of(message.endpoint)
-        headers = {"Urgency": message.urgency, **self.vapid_headers(origin)}
-        pusher = WebPusher({"endpoint": message.endpoint, "keys": {"p256dh": message.p256dh, "auth": message.auth}},
-                           requests_session=self._open())
+        # RFC 8291 with a new ephemeral key per message (pywebpush), POSTed as WebPusher.send does
+        # (same headers, same body) but with the route read once per push service.
+        body = WebPusher({"endpoint": message.endpoint, "keys": {"p256dh": message.p256dh, "auth": message.auth}}
+                         ).encode(data, "aes128gcm")["body"]
+        headers = {"Urgency": message.urgency, **self.vapid_headers(origin), "Content-Encoding": "aes128gcm",
+                   "TTL": str(message.ttl)}
         try:
-            response = pusher.send(data, headers, ttl=message.ttl, content_encoding="aes128gcm",
-                                   timeout=self.timeout)
+            response = self._open().post(message.endpoint, data=body, headers=headers, timeout=self.timeout,
+                                         **self._route(origin, message.endpoint))
         except requests.exceptions.TooManyRedirects:
             return Outcome("failed", f"push service {origin} redirected the request")
         except requests.exceptions.ReadTimeout as exc:
@@ -366,6 +377,16 @@ class PushChannel:
         if key not in self._addresses:
             self._addresses[key] = _addresses(host, port)  # a failed lookup is not kept: tried again
         return self._addresses[key]
+
+    def _route(self, origin: str, endpoint: str) -> dict:
+        """What requests would take from the environment for this push service (HTTP(S)_PROXY
+        unless NO_PROXY names it; REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE), once per batch."""
+        route = self._routes.get(origin)
+        if route is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            route = self._routes[origin] = {"proxies": requests.utils.get_environ_proxies(endpoint),
+                                            "verify": verify}
+        return route
 
     def _connection_error(self, origin: str, exc: requests.exceptions.ConnectionError) -> Outcome:
         reason = exc.args[0] if exc.args else None
