@@ -247,20 +247,60 @@ def summary(label: str, rates: list[float]) -> str:
             f"max {max(rates):8.0f} msgs/s   ({', '.join(f'{r:.0f}' for r in rates)})")
 
 
-def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repeat) -> float:
+def _cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) a process has used; with `children`, also what its reaped
+    children used (a PostgreSQL postmaster's exited backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu(pgdata: Path) -> float:
+    """CPU seconds of the embedded PostgreSQL: its postmaster, its live and its exited backends."""
+    try:
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = _cpu(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    total += _cpu(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repeat,
+            server: subprocess.Popen | None = None, pgdata: Path | None = None) -> float:
     """Time the two part by part (a batch of 500 each), interleaved, the order alternating, so a
     swing in the machine's load hits both alike; `repeats` times. Print the figures; return the
     ratio of the medians. Each part's pair also gives a ratio of its own: their median is printed
-    too (steadier under a swinging load than the totals)."""
+    too (steadier under a swinging load than the totals).
+
+    Also the CPU each side spends per message: in this process (every thread), in the provider's
+    server, in PostgreSQL. On a machine whose cores are all busy, the rates follow those sums
+    rather than anything either side waits for; they barely move with the load."""
     mine, plain, pairs = [], [], []
     total = sum(sizes)
+    cpu = {label: {"ours": 0.0, "server": 0.0, "database": 0.0} for label in ("project", "plain loop")}
     for r in range(repeats):
         spent = {"project": 0.0, "plain loop": 0.0}
         for part in range(len(sizes)):
             took = {}
             for label, run in (("project", ours), ("plain loop", theirs))[:: 1 if (part + r) % 2 == 0 else -1]:
+                before = (time.process_time(), _cpu(server.pid) if server else 0.0,
+                          _postgres_cpu(pgdata) if pgdata else 0.0)
                 took[label] = run(part)
                 spent[label] += took[label]
+                after = (time.process_time(), _cpu(server.pid) if server else 0.0,
+                         _postgres_cpu(pgdata) if pgdata else 0.0)
+                for key, b, a in zip(("ours", "server", "database"), before, after, strict=True):
+                    cpu[label][key] += a - b
             pairs.append(took["plain loop"] / took["project"])
         after_repeat()
         mine.append(total / spent["project"])
@@ -271,6 +311,11 @@ def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repea
     quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
     print(summary(f"{name} project", mine))
     print(summary(f"{name} plain loop", plain))
+    per = {label: {key: 1000 * seconds / (total * repeats) for key, seconds in parts.items()}
+           for label, parts in cpu.items()}
+    print(f"  {name} CPU ms per message: " + "; ".join(
+        f"{label} {sum(parts.values()):.2f} (this process {parts['ours']:.2f}, server {parts['server']:.2f}, "
+        f"PostgreSQL {parts['database']:.2f})" for label, parts in per.items()), flush=True)
     print(f"  {name}: project/plain ratio of medians {ratio:.2f}; median of the {len(pairs)} parts' ratios "
           f"{statistics.median(pairs):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})", flush=True)
     return ratio
@@ -325,16 +370,19 @@ def main(argv: list[str] | None = None) -> int:
             url = start_embedded(tmp / "pgdata").replace("postgresql://", "postgresql+psycopg2://", 1)
         started = True
         engine = sa.create_engine(url)
-        proc, banner = start_process(["-c", SINK], "listening on")
-        servers.append(proc)
+        pgdata = tmp / "pgdata"
+        smtp_server, banner = start_process(["-c", SINK], "listening on")
+        servers.append(smtp_server)
         smtp_port = int(banner.rsplit(":", 1)[1])
         proc, banner = start_process(["-m", "lifecycle_demo.sinks.twilio_server", "--port", "0", "--account-sid",
                                       SMS_SID, "--auth-token", SMS_TOKEN], "listening on")
         servers.append(proc)
+        sms_server = proc
         sms_url = banner.split(" on ", 1)[1].split()[0]
         proc, banner = start_process(["-m", "lifecycle_demo.sinks.push_server", "--port", "0", "--warehouse-url",
                                       url, "--seed", "7"], "listening on")
         servers.append(proc)
+        push_server = proc
         push_origin = banner.split(" on ", 1)[1].split("/push/")[0]
         create_shop_schema(engine)
         schema.migrate(engine)
@@ -383,9 +431,11 @@ def main(argv: list[str] | None = None) -> int:
                 reset(engine, "email")
 
             print(f"email, rendered messages: {args.messages:,} to an SMTP server in its own process", flush=True)
-            rendered_ratio = compare("email rendered", sizes, args.repeats, rendered_project, raw, reset_email)
+            rendered_ratio = compare("email rendered", sizes, args.repeats, rendered_project, raw, reset_email,
+                                     smtp_server, pgdata)
             print(f"email, whole send task (send-time checks and rendering included): {args.messages:,}", flush=True)
-            email_ratio = compare("email send_batch", sizes, args.repeats, email_project, raw, reset_email)
+            email_ratio = compare("email send_batch", sizes, args.repeats, email_project, raw, reset_email,
+                                  smtp_server, pgdata)
 
         http_sizes = [min(BATCH, args.http_messages - start) for start in range(0, args.http_messages, BATCH)]
 
@@ -405,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sms: {args.http_messages:,} messages to a Twilio Messages API server in its own process", flush=True)
             sms_ratio = compare("sms", http_sizes, args.repeats, sms_project,
                                 lambda part: raw_http(forms[part * BATCH:(part + 1) * BATCH], auth=(SMS_SID, SMS_TOKEN)),
-                                lambda: reset(engine, "sms"))
+                                lambda: reset(engine, "sms"), sms_server, pgdata)
 
         # push -------------------------------------------------------------------
         if "push" in chosen:
@@ -434,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"push: {args.http_messages:,} messages to a web push service in its own process "
                   "(the plain loop's bodies are encrypted beforehand)", flush=True)
             push_ratio = compare("push", http_sizes, args.repeats, push_project,
-                                 lambda part: raw_http(requests[part * BATCH:(part + 1) * BATCH]), lambda: reset(engine, "push"))
+                                 lambda part: raw_http(requests[part * BATCH:(part + 1) * BATCH]), lambda: reset(engine, "push"),
+                                 push_server, pgdata)
 
         print(f"load average {load()} (end)")
         if "sms" in chosen:
