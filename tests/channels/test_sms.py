@@ -31,6 +31,8 @@ from lifecycle.channels.sms import (
 )
 from lifecycle_demo.sinks.twilio_server import TwilioServer, twilio_error
 
+from .network import ForwardProxy, TLSFront, self_signed
+
 SENDER = "+15005550006"
 TO = "+4915123456789"  # a German mobile
 BODY = "Your cart misses you: 10% off until Sunday. Reply STOP to opt out."
@@ -473,6 +475,42 @@ def test_server_gone_between_two_messages_is_channel_unavailable(twilio):
         with pytest.raises(ChannelUnavailable):
             channel.deliver(sms(key="k2", body="second"))
     assert len(twilio.messages) == 1
+
+
+def test_tls_is_verified_against_ssl_cert_file(twilio, tmp_path, monkeypatch):
+    """Over https (a TLS front before the server): a certificate the channel cannot verify fails
+    the handshake, before the request starts, so the channel is unavailable (nothing is recorded
+    as unknown); trusted through SSL_CERT_FILE, as httpx trusted it, the message goes out."""
+    cert, key = self_signed(tmp_path)
+    with TLSFront(twilio.port, cert, key) as front:
+        base_url = f"https://localhost:{front.port}"
+        with SMSChannel(base_url, twilio.account_sid, twilio.auth_token, from_number=SENDER) as channel, \
+                pytest.raises(ChannelUnavailable, match="unavailable"):
+            channel.deliver(sms())
+        deadline = time.monotonic() + 5
+        while not front.failed_handshakes and time.monotonic() < deadline:  # the front's own thread
+            time.sleep(0.01)
+        assert front.failed_handshakes == 1 and front.handshakes == 0 and twilio.requests == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with SMSChannel(base_url, twilio.account_sid, twilio.auth_token, from_number=SENDER) as channel:
+            outcomes = [channel.deliver(sms(key=f"k{i}", body=f"Hello {i}")) for i in range(3)]
+    assert [o.status for o in outcomes] == ["sent"] * 3 and len(twilio.messages) == 3
+    assert front.handshakes == 1  # one kept-alive TLS connection for the batch
+
+
+def test_requests_go_through_the_environments_proxy_unless_no_proxy_names_the_host(twilio, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with channel_for(twilio) as channel:
+            assert channel.deliver(sms()).status == "sent"
+        assert proxy.seen == [("POST", twilio.base_url + twilio.messages_path)]
+        monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
+        with channel_for(twilio) as channel:
+            assert channel.deliver(sms(key="k2", body="direct")).status == "sent"
+        assert len(proxy.seen) == 1
+    assert len(twilio.messages) == 2
 
 
 def test_from_airflow_connection(twilio, monkeypatch):

@@ -12,15 +12,18 @@ address, fails (reason recorded, no request made) so a forged subscription canno
 call internal services. The connection checks its peer again (DNS rebinding). A local push service (tests, `make demo`) needs `allow_private`: the
 connection extra, or LIFECYCLE_PUSH_ALLOW_PRIVATE=1; it also allows plain http to such addresses.
 
-One requests.Session per batch; every push service reply is classified:
+Kept-alive connections for a batch (lifecycle.channels.http_client: urllib3, a third of
+requests' CPU per request; the environment's proxy per push service, the CA bundle requests used:
+REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else certifi's); every push service reply is classified:
 
     201/202 (200)      sent (provider id: the Location header the service returns)
     404, 410           failed, the subscription is gone: its endpoint is revoked and the
                        step may fall back to its next channel
     429, 5xx           retry (Retry-After recorded in the details)
+    a redirect         failed (a push service answers; it never sends a POST elsewhere)
     400, 413, other    failed
     refused, connect timeout, TLS failure
-                       ChannelUnavailable (nothing was sent)
+                       ChannelUnavailable (nothing was sent: the request never started)
     lost after sending unknown (the service may have it: never re-sent blindly)
 
 The VAPID token (aud = the endpoint's origin, exp 12 h ahead) is signed once per push
@@ -44,23 +47,19 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import requests
+import certifi
+import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPusher
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
-)
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from lifecycle import logsafe
+from lifecycle.channels import http_client
 from lifecycle.channels.base import ChannelUnavailable, Outcome
+from lifecycle.channels.http_client import Lost, MarkedHTTPConnection, MarkedHTTPSConnection, NotSent, Reply
 from lifecycle.config import settings
 
 log = logging.getLogger(__name__)
@@ -164,11 +163,11 @@ class _PublicPeerOnly:
         return sock
 
 
-class _PublicHTTPConnection(_PublicPeerOnly, HTTPConnection):
+class _PublicHTTPConnection(_PublicPeerOnly, MarkedHTTPConnection):
     pass
 
 
-class _PublicHTTPSConnection(_PublicPeerOnly, HTTPSConnection):
+class _PublicHTTPSConnection(_PublicPeerOnly, MarkedHTTPSConnection):
     pass
 
 
@@ -180,12 +179,9 @@ class _PublicHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _PublicHTTPSConnection
 
 
-class PublicOnlyAdapter(HTTPAdapter):
-    """requests' adapter whose connections refuse non-public peers."""
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+# Connection pools whose connections refuse non-public peers.
+PUBLIC_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def _retry_after(value: str | None) -> int | None:
@@ -215,12 +211,12 @@ class PushChannel:
         self.allow_http = allow_http
         # None: LIFECYCLE_PUSH_ALLOW_PRIVATE decides (set for a local push service only)
         self.allow_private = settings().push_allow_private if allow_private is None else allow_private
-        self._session: requests.Session | None = None
+        self._managers: dict[str | None, urllib3.PoolManager] = {}  # proxy (None: direct) -> pools
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
         self._addresses: dict[tuple[str, int], list] = {}  # (host, port) -> addresses, for this batch
-        self._routes: dict[str, dict] = {}  # origin -> requests' environment settings, for this batch
-        # Requests in flight at once over the one session (lifecycle.send.deliver_all): within
-        # requests' connection pool (10 per push service).
+        self._proxies: dict[str, str | None] = {}  # origin -> the environment's proxy for it, for this batch
+        # Requests in flight at once (lifecycle.send.deliver_all), each on a kept-alive
+        # connection of its own (at most 10 per push service).
         self.concurrency = max(1, min(int(concurrency), 10))
 
     @classmethod
@@ -246,33 +242,31 @@ class PushChannel:
         return _b64encode(self.vapid.public_key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
 
-    # one HTTP session per batch ------------------------------------------------
+    # kept-alive connections for a batch -----------------------------------------
     def __enter__(self) -> PushChannel:
-        self._open()
+        logsafe.install()  # urllib3 logs the endpoint's path (its token) at DEBUG
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        for manager in self._managers.values():
+            manager.clear()
+        self._managers.clear()
         self._addresses.clear()
-        self._routes.clear()
+        self._proxies.clear()
 
-    def _open(self) -> requests.Session:
-        if self._session is None:
-            logsafe.install()  # urllib3 logs the endpoint's path (its token) at DEBUG
-            session = requests.Session()
-            session.max_redirects = 0  # a push service answers; it never redirects a POST elsewhere
-            # The environment's proxies and CA bundle are read once per push service (_route), not
-            # by requests for every request (two scans of os.environ and a look for ~/.netrc:
-            # more CPU than encrypting the message). A .netrc entry is not used: its Basic
-            # credentials would replace the VAPID Authorization header.
-            session.trust_env = False
-            if not self.allow_private:
-                for scheme in ("https://", "http://"):
-                    session.mount(scheme, PublicOnlyAdapter())
-            self._session = session
-        return self._session
+    def _pools(self, endpoint: str, origin: str) -> urllib3.PoolManager:
+        """The connection pools for a push service: direct, or through the environment's proxy
+        for it (looked up once per push service and batch, not per request)."""
+        if origin not in self._proxies:
+            self._proxies[origin] = http_client.environment_proxy(endpoint)
+        proxy = self._proxies[origin]
+        manager = self._managers.get(proxy)
+        if manager is None:
+            ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+            manager = self._managers[proxy] = http_client.pool_manager(
+                proxy, maxsize=self.concurrency, tls=http_client.ca_bundle(ca),
+                pools=http_client.POOLS if self.allow_private else PUBLIC_POOLS)
+        return manager
 
     def vapid_headers(self, origin: str) -> dict[str, str]:
         """`Authorization: vapid t=<JWT>, k=<public key>` for one push service, cached."""
@@ -292,25 +286,22 @@ class PushChannel:
             return problem
         data = json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode()
         origin = origin_of(message.endpoint)
-        # RFC 8291 with a new ephemeral key per message (pywebpush), POSTed as WebPusher.send does
-        # (same headers, same body) but with the route read once per push service.
+        # RFC 8291 with a new ephemeral key per message (pywebpush), POSTed with the headers
+        # WebPusher.send adds.
         body = WebPusher({"endpoint": message.endpoint, "keys": {"p256dh": message.p256dh, "auth": message.auth}}
                          ).encode(data, "aes128gcm")["body"]
         headers = {"Urgency": message.urgency, **self.vapid_headers(origin), "Content-Encoding": "aes128gcm",
-                   "TTL": str(message.ttl)}
+                   "TTL": str(message.ttl), "User-Agent": "lifecycle-push/1"}
         try:
-            response = self._open().post(message.endpoint, data=body, headers=headers, timeout=self.timeout,
-                                         **self._route(origin, message.endpoint))
-        except requests.exceptions.TooManyRedirects:
-            return Outcome("failed", f"push service {origin} redirected the request")
-        except requests.exceptions.ReadTimeout as exc:
-            return Outcome("unknown", f"no reply from push service {origin} within {self.timeout}s: "
-                                      f"{type(exc).__name__}")
-        except requests.exceptions.ConnectionError as exc:
-            return self._connection_error(origin, exc)
-        except requests.exceptions.RequestException as exc:
-            self.__exit__()
-            return Outcome("unknown", f"push service {origin} reply unreadable: {type(exc).__name__}")
+            response = http_client.request(self._pools(message.endpoint, origin), "POST", message.endpoint,
+                                           headers=headers, body=body, timeout=self.timeout)
+        except NotSent as exc:
+            return self._not_sent(origin, exc.error)
+        except Lost as exc:  # the service may have it
+            if exc.timed_out:
+                return Outcome("unknown", f"no reply from push service {origin} within {self.timeout}s: "
+                                          f"{type(exc.error).__name__}")
+            return Outcome("unknown", f"connection to push service {origin} lost: {type(exc.error).__name__}")
         return self._classify(message, origin, response)
 
     def _check(self, message: OutboundPush) -> Outcome | None:
@@ -378,37 +369,20 @@ class PushChannel:
             self._addresses[key] = _addresses(host, port)  # a failed lookup is not kept: tried again
         return self._addresses[key]
 
-    def _route(self, origin: str, endpoint: str) -> dict:
-        """What requests would take from the environment for this push service (HTTP(S)_PROXY
-        unless NO_PROXY names it; REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE), once per batch."""
-        route = self._routes.get(origin)
-        if route is None:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-            route = self._routes[origin] = {"proxies": requests.utils.get_environ_proxies(endpoint),
-                                            "verify": verify}
-        return route
-
-    def _connection_error(self, origin: str, exc: requests.exceptions.ConnectionError) -> Outcome:
-        reason = exc.args[0] if exc.args else None
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
-        if isinstance(reason, NonPublicPeer):  # nothing was sent: the socket closed before TLS
-            return Outcome("failed", f"push endpoint refused: {reason._message}",
-                           fallback=True)
-        if isinstance(reason, NameResolutionError):
+    def _not_sent(self, origin: str, error: Exception) -> Outcome:
+        """The request never started to leave: nothing reached the push service."""
+        if isinstance(error, NonPublicPeer):  # the socket closed before TLS
+            return Outcome("failed", f"push endpoint refused: {error._message}", fallback=True)
+        if isinstance(error, NameResolutionError):
             # one push service's name: the other subscriptions in the batch still go out
             return Outcome("retry", f"push service host of {origin} did not resolve")
-        if isinstance(exc, requests.exceptions.SSLError | requests.exceptions.ConnectTimeout) or isinstance(
-                reason, NewConnectionError | ConnectTimeoutError):
-            self.__exit__()
-            raise ChannelUnavailable(f"push service {origin} unavailable: {type(reason or exc).__name__}") from exc
-        # the connection broke after the request may have been sent
-        self.__exit__()
-        return Outcome("unknown", f"connection to push service {origin} lost: {type(reason or exc).__name__}")
+        raise ChannelUnavailable(f"push service {origin} unavailable: {type(error).__name__}") from error
 
-    def _classify(self, message: OutboundPush, origin: str, response: requests.Response) -> Outcome:
+    def _classify(self, message: OutboundPush, origin: str, response: Reply) -> Outcome:
         status = response.status_code
         log.info("push %s -> %s: HTTP %s", message.key, origin, status)
+        if status in REDIRECTS and "location" in response.headers:
+            return Outcome("failed", f"push service {origin} redirected the request")
         if status in (200, 201, 202):
             location = response.headers.get("Location")
             if not location:
@@ -430,7 +404,7 @@ class PushChannel:
         return Outcome("failed", f"push service HTTP {status}{text}")
 
 
-def _short(response: requests.Response, endpoint: str, limit: int = 200) -> str:
+def _short(response: Reply, endpoint: str, limit: int = 200) -> str:
     """A push service's error text, bounded, with any echo of the endpoint's token removed."""
     body = (response.text or "").strip().replace("\n", " ")
     token = endpoint.rstrip("/").rsplit("/", 1)[-1]

@@ -1,4 +1,4 @@
-"""SMS over Twilio's Messages API: one HTTP client per batch, every answer classified.
+"""SMS over Twilio's Messages API: kept-alive connections for a batch, every answer classified.
 
 Configured by an Airflow HTTP connection (`lifecycle_sms`): host (+ schema/port) is the
 API's base URL (default ``https://api.twilio.com``), login the AccountSid, password the
@@ -15,29 +15,40 @@ One message is one form-encoded ``POST /2010-04-01/Accounts/{AccountSid}/Message
     other 5xx, timeout or       maybe sent: the message is looked up (`reconcile`), never
     connection lost after           POSTed again blindly. Found: sent. The full listing
     the request went out            proves it absent: retry. The lookup fails: unknown.
-    nothing could be sent       ChannelUnavailable (connection refused, DNS, connect timeout)
+    nothing could be sent       ChannelUnavailable (connection refused, DNS, connect timeout,
+                                    TLS handshake, proxy: the request never started to leave)
 
 Phone numbers and bodies never go to the logs (the idempotency key does); numbers that
 Twilio quotes in its error messages are masked before they reach a reason.
+
+HTTP goes through lifecycle.channels.http_client (urllib3: half httpx's CPU per request), with
+the environment's proxy (HTTPS_PROXY unless NO_PROXY names the host) and the CA certificates
+httpx used (SSL_CERT_FILE, SSL_CERT_DIR, else certifi's).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlencode, urljoin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
+import certifi
 import phonenumbers
+import urllib3
 from phonenumbers import NumberParseException, PhoneNumberType
 
 from lifecycle import logsafe
+from lifecycle.channels import http_client
 from lifecycle.channels.base import ChannelUnavailable, Outcome
+from lifecycle.channels.http_client import Lost, NotSent, Reply
 from lifecycle.config import settings
 
 log = logging.getLogger(__name__)
@@ -254,11 +265,14 @@ class SMSChannel:
         self.timeout, self.max_attempts, self.backoff = timeout, max_attempts, backoff
         self.max_wait, self.settle = max_wait, settle
         self.lookup_pages, self.lookup_page_size = lookup_pages, lookup_page_size
-        # Requests in flight at once over the one client (lifecycle.send.deliver_all): within
-        # httpx's pool (20 keep-alive connections) and well under Twilio's per-account limits.
+        # Requests in flight at once (lifecycle.send.deliver_all), each on a kept-alive connection
+        # of its own; well under Twilio's per-account limits.
         self.concurrency = max(1, min(int(concurrency), 20))
         self.messages_url = f"{self.base_url}/{API_VERSION}/Accounts/{account_sid}/Messages.json"
-        self._client: httpx.Client | None = None
+        credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json",
+                         "User-Agent": "lifecycle-sms/1"}
+        self._http: urllib3.PoolManager | None = None
         self._known_sids: set[str] = set()  # accepted in this batch: a lookup must not match them again
 
     @classmethod
@@ -290,27 +304,32 @@ class SMSChannel:
             concurrency=int(extra.get("concurrency", 4)),
         )
 
-    # one HTTP client per batch -------------------------------------------------
+    # kept-alive connections for a batch -----------------------------------------
     def __enter__(self) -> SMSChannel:
         self._open()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._http is not None:
+            self._http.clear()
+            self._http = None
         self._known_sids.clear()
 
-    def _open(self) -> httpx.Client:
-        if self._client is None:
-            logsafe.install()  # the lookup's URL carries the phone number: keep it out of httpx's log
-            self._client = httpx.Client(
-                auth=(self.account_sid, self.auth_token),
-                timeout=self.timeout,
-                headers={"Accept": "application/json", "User-Agent": "lifecycle-sms/1"},
-                follow_redirects=False,
-            )
-        return self._client
+    def _open(self) -> urllib3.PoolManager:
+        if self._http is None:
+            logsafe.install()  # the lookup's URL carries the phone number: keep it out of urllib3's log
+            tls = None
+            if self.base_url.startswith("https:"):
+                ca = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or certifi.where()
+                tls = http_client.ca_bundle(ca)
+            self._http = http_client.pool_manager(http_client.environment_proxy(self.base_url),
+                                                  maxsize=self.concurrency, tls=tls)
+        return self._http
+
+    def _request(self, method: str, url: str, body: bytes | None = None) -> Reply:
+        headers = self._headers if body is None else {
+            **self._headers, "Content-Type": "application/x-www-form-urlencoded"}
+        return http_client.request(self._open(), method, url, headers=headers, body=body, timeout=self.timeout)
 
     def _form(self, msg: OutboundSMS) -> dict[str, str]:
         form = {"To": msg.to, "Body": msg.body}
@@ -324,13 +343,12 @@ class SMSChannel:
 
     # delivery ------------------------------------------------------------------
     def deliver(self, msg: OutboundSMS) -> Outcome:
-        client = self._open()
-        form = self._form(msg)
+        form = urlencode(self._form(msg)).encode()
         started = datetime.now(UTC)
         reason = ""
         try:
             for attempt in range(1, self.max_attempts + 1):
-                response = self._post(client, form)
+                response = self._post(form)
                 if response.status_code == 429 or (
                     response.status_code >= 500 and "retry-after" in response.headers
                 ):
@@ -353,19 +371,19 @@ class SMSChannel:
             return self._settle(msg, started, maybe.why)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post(self, client: httpx.Client, form: dict[str, str]) -> httpx.Response:
+    def _post(self, form: bytes) -> Reply:
         try:
-            return client.post(self.messages_url, data=form)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
-                httpx.UnsupportedProtocol, httpx.ProxyError, httpx.LocalProtocolError) as exc:
-            # Nothing reached the provider.
-            raise ChannelUnavailable(f"Twilio API at {self.base_url} unavailable: {exc!r}") from exc
-        except httpx.TimeoutException as exc:  # read/write timeout: the request (or part of it) went out
-            raise _MaybeSent(f"timed out waiting for the provider ({type(exc).__name__})", settle=True) from exc
-        except httpx.TransportError as exc:  # connection dropped after the request was sent
-            raise _MaybeSent(f"connection lost ({type(exc).__name__}: {_mask(str(exc))})", settle=True) from exc
+            return self._request("POST", self.messages_url, form)
+        except NotSent as exc:  # nothing reached the provider
+            raise ChannelUnavailable(f"Twilio API at {self.base_url} unavailable: {exc.error!r}") from exc
+        except Lost as exc:  # the request (or part of it) went out
+            if exc.timed_out:
+                raise _MaybeSent(f"timed out waiting for the provider ({type(exc.error).__name__})",
+                                 settle=True) from exc
+            raise _MaybeSent(f"connection lost ({type(exc.error).__name__}: {_mask(str(exc.error))})",
+                             settle=True) from exc
 
-    def _wait(self, response: httpx.Response, attempt: int) -> float:
+    def _wait(self, response: Reply, attempt: int) -> float:
         value = response.headers.get("retry-after", "").strip()
         wait: float | None = None
         if value:
@@ -391,7 +409,7 @@ class SMSChannel:
             outcome = Outcome("unknown", f"{why}; {outcome.reason}")
         return outcome
 
-    def _classify(self, msg: OutboundSMS, response: httpx.Response) -> Outcome:
+    def _classify(self, msg: OutboundSMS, response: Reply) -> Outcome:
         status = response.status_code
         if status in (200, 201):
             try:
@@ -416,7 +434,7 @@ class SMSChannel:
         return Outcome("sent", provider_message_id=sid, details=details)
 
     @staticmethod
-    def _error(response: httpx.Response) -> tuple[int | None, str]:
+    def _error(response: Reply) -> tuple[int | None, str]:
         """(Twilio error code, 'HTTP status code: message') from an error answer."""
         try:
             payload = response.json()
@@ -431,7 +449,7 @@ class SMSChannel:
             return code, f"{payload['code']}: {message}" if message else str(payload["code"])
         return None, f"HTTP {response.status_code} {_mask(response.reason_phrase or response.text[:200])}".strip()
 
-    def _error_reason(self, response: httpx.Response) -> str:
+    def _error_reason(self, response: Reply) -> str:
         code, reason = self._error(response)
         return f"HTTP {response.status_code} ({reason})" if code is not None else reason
 
@@ -448,18 +466,16 @@ class SMSChannel:
         The listing filters on To (and From), not on DateSent: a message still queued at
         the provider has no date_sent yet and would be missed by a DateSent filter.
         """
-        client = self._open()
         since = (claimed_at if claimed_at.tzinfo else claimed_at.replace(tzinfo=UTC)) - timedelta(minutes=1)
         params: dict[str, str] = {"To": msg.to, "PageSize": str(self.lookup_page_size)}
         if self.from_number:
             params["From"] = self.from_number
-        url: str | None = self.messages_url
-        query: dict[str, str] | None = params
+        url = f"{self.messages_url}?{urlencode(params)}"
         for _page in range(self.lookup_pages):
             try:
-                response = client.get(url, params=query)
-            except httpx.HTTPError as exc:
-                return Outcome("unknown", f"lookup failed: {type(exc).__name__}")
+                response = self._request("GET", url)
+            except (NotSent, Lost) as exc:
+                return Outcome("unknown", f"lookup failed: {type(exc.error).__name__}")
             if response.status_code != 200:
                 return Outcome("unknown", f"lookup failed: {self._error_reason(response)}")
             try:
@@ -473,7 +489,7 @@ class SMSChannel:
             next_uri = page.get("next_page_uri")
             if not next_uri:
                 return Outcome("retry", "not found at the provider")
-            url, query = httpx.URL(self.base_url).join(next_uri), None
+            url = urljoin(self.base_url, next_uri)
         return Outcome("unknown", f"lookup gave up after {self.lookup_pages} pages")
 
     def _matches(self, found: dict, msg: OutboundSMS, since: datetime) -> bool:
