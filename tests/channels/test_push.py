@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 
-from lifecycle.channels import http_client
 from lifecycle.channels.base import ChannelUnavailable
 from lifecycle.channels.http_client import NotSent
 from lifecycle.channels.push import MAX_PAYLOAD_BYTES, OutboundPush, PushChannel
@@ -508,8 +507,7 @@ def test_the_address_connected_to_is_checked_too(push, vapid_key):
     endpoint = push.endpoint("alice")
     with PushChannel(pem(vapid_key), SUBJECT, timeout=2, allow_private=False, allow_http=True) as channel:
         with pytest.raises(NotSent) as info:
-            http_client.request(channel._pools(endpoint, push.origin), "POST", endpoint, headers={}, body=b"x",
-                                timeout=2)
+            channel._pools(endpoint, push.origin).request("POST", endpoint, headers={}, body=b"x", timeout=2)
         outcome = channel._not_sent(push.origin, info.value.error)
     assert outcome.status == "failed" and "non-public address 127.0.0.1" in outcome.reason
     assert push.requests == 0

@@ -48,7 +48,6 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import certifi
-import urllib3
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
@@ -211,7 +210,7 @@ class PushChannel:
         self.allow_http = allow_http
         # None: LIFECYCLE_PUSH_ALLOW_PRIVATE decides (set for a local push service only)
         self.allow_private = settings().push_allow_private if allow_private is None else allow_private
-        self._managers: dict[str | None, urllib3.PoolManager] = {}  # proxy (None: direct) -> pools
+        self._managers: dict[str | None, http_client.Pools] = {}  # proxy (None: direct) -> pools
         self._tokens: dict[str, tuple[int, dict[str, str]]] = {}  # origin -> (exp, VAPID headers)
         self._addresses: dict[tuple[str, int], list] = {}  # (host, port) -> addresses, for this batch
         self._proxies: dict[str, str | None] = {}  # origin -> the environment's proxy for it, for this batch
@@ -254,7 +253,7 @@ class PushChannel:
         self._addresses.clear()
         self._proxies.clear()
 
-    def _pools(self, endpoint: str, origin: str) -> urllib3.PoolManager:
+    def _pools(self, endpoint: str, origin: str) -> http_client.Pools:
         """The connection pools for a push service: direct, or through the environment's proxy
         for it (looked up once per push service and batch, not per request)."""
         if origin not in self._proxies:
@@ -263,7 +262,7 @@ class PushChannel:
         manager = self._managers.get(proxy)
         if manager is None:
             ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-            manager = self._managers[proxy] = http_client.pool_manager(
+            manager = self._managers[proxy] = http_client.Pools(
                 proxy, maxsize=self.concurrency, tls=http_client.ca_bundle(ca),
                 pools=http_client.POOLS if self.allow_private else PUBLIC_POOLS)
         return manager
@@ -293,8 +292,8 @@ class PushChannel:
         headers = {"Urgency": message.urgency, **self.vapid_headers(origin), "Content-Encoding": "aes128gcm",
                    "TTL": str(message.ttl), "User-Agent": "lifecycle-push/1"}
         try:
-            response = http_client.request(self._pools(message.endpoint, origin), "POST", message.endpoint,
-                                           headers=headers, body=body, timeout=self.timeout)
+            response = self._pools(message.endpoint, origin).request("POST", message.endpoint, headers=headers,
+                                                                     body=body, timeout=self.timeout)
         except NotSent as exc:
             return self._not_sent(origin, exc.error)
         except Lost as exc:  # the service may have it

@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import certifi
 import phonenumbers
-import urllib3
 from phonenumbers import NumberParseException, PhoneNumberType
 
 from lifecycle import logsafe
@@ -272,7 +271,7 @@ class SMSChannel:
         credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json",
                          "User-Agent": "lifecycle-sms/1"}
-        self._http: urllib3.PoolManager | None = None
+        self._http: http_client.Pools | None = None
         self._known_sids: set[str] = set()  # accepted in this batch: a lookup must not match them again
 
     @classmethod
@@ -315,21 +314,21 @@ class SMSChannel:
             self._http = None
         self._known_sids.clear()
 
-    def _open(self) -> urllib3.PoolManager:
+    def _open(self) -> http_client.Pools:
         if self._http is None:
             logsafe.install()  # the lookup's URL carries the phone number: keep it out of urllib3's log
             tls = None
             if self.base_url.startswith("https:"):
                 ca = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or certifi.where()
                 tls = http_client.ca_bundle(ca)
-            self._http = http_client.pool_manager(http_client.environment_proxy(self.base_url),
-                                                  maxsize=self.concurrency, tls=tls)
+            self._http = http_client.Pools(http_client.environment_proxy(self.base_url),
+                                           maxsize=self.concurrency, tls=tls)
         return self._http
 
     def _request(self, method: str, url: str, body: bytes | None = None) -> Reply:
         headers = self._headers if body is None else {
             **self._headers, "Content-Type": "application/x-www-form-urlencoded"}
-        return http_client.request(self._open(), method, url, headers=headers, body=body, timeout=self.timeout)
+        return self._open().request(method, url, headers=headers, body=body, timeout=self.timeout)
 
     def _form(self, msg: OutboundSMS) -> dict[str, str]:
         form = {"To": msg.to, "Body": msg.body}
