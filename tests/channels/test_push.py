@@ -90,6 +90,38 @@ def test_delivers_the_encrypted_payload_with_a_valid_vapid_token(push, channel):
     assert push.rejected == []
 
 
+def test_encryption_reproduces_rfc_8291s_example_and_http_ece():
+    """RFC 8291 Appendix A: the same keys, auth secret and salt give the RFC's very body; and
+    with fresh keys, the body http_ece (what pywebpush uses) makes, and decrypts."""
+    import http_ece
+
+    from lifecycle.channels.push import encrypt
+
+    def raw(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    server_key = ec.derive_private_key(int.from_bytes(raw("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"),
+                                       ec.SECP256R1())
+    receiver = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw(
+        "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"))
+    body = encrypt(b"When I grow up, I want to be a watermelon", receiver, raw("BTBZMqHH6r4Tts7J_aSIgg"),
+                   key=server_key, salt=raw("DGv6ra1nlYgDCS1FRnbzlw"))
+    assert b64(body) == ("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6"
+                         "TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulc"
+                         "y4a-fN")
+
+    browser, auth = ec.generate_private_key(ec.SECP256R1()), b"0123456789abcdef"
+    payload = json.dumps(PAYLOAD, ensure_ascii=False).encode()
+    key, salt = ec.generate_private_key(ec.SECP256R1()), bytes(range(16))
+    ours = encrypt(payload, browser.public_key(), auth, key=key, salt=salt)
+    point = browser.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    assert ours == http_ece.encrypt(payload, salt=salt, private_key=key, dh=point, auth_secret=auth,
+                                    version="aes128gcm")
+    assert http_ece.decrypt(encrypt(payload, browser.public_key(), auth), private_key=browser, auth_secret=auth,
+                            version="aes128gcm") == payload
+    assert encrypt(payload, browser.public_key(), auth)[:16] != encrypt(payload, browser.public_key(), auth)[:16]
+
+
 def test_defaults_ttl_one_day_and_normal_urgency(push, channel):
     channel.deliver(outbound(push.register("bob")))
     [received] = push.received

@@ -42,16 +42,18 @@ import logging
 import os
 import re
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import certifi
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from py_vapid import Vapid
-from pywebpush import WebPusher
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
@@ -106,6 +108,27 @@ def load_vapid_key(private_key: str) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("VAPID private key must be an EC P-256 (prime256v1) key")
     return key
+
+
+RECORD_SIZE = 4096  # RFC 8188 rs: the whole message is one record
+
+
+def encrypt(payload: bytes, receiver: ec.EllipticCurvePublicKey, auth_secret: bytes, *,
+            key: ec.EllipticCurvePrivateKey | None = None, salt: bytes | None = None) -> bytes:
+    """RFC 8291 (aes128gcm content coding, RFC 8188) for one subscription: a new P-256 key pair
+    and a random 16-byte salt per message (`key` and `salt` only for the RFC's test vector).
+    What pywebpush does through http_ece, without their per-message overhead (0.19 against
+    0.11 ms of CPU); the local push service decrypts it with http_ece."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    salt = salt or os.urandom(16)
+    point = serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    ua_public, as_public = receiver.public_bytes(*point), key.public_key().public_bytes(*point)
+    ikm = HKDF(hashes.SHA256(), 32, auth_secret, b"WebPush: info\x00" + ua_public + as_public).derive(
+        key.exchange(ec.ECDH(), receiver))
+    cek = HKDF(hashes.SHA256(), 16, salt, b"Content-Encoding: aes128gcm\x00").derive(ikm)
+    nonce = HKDF(hashes.SHA256(), 12, salt, b"Content-Encoding: nonce\x00").derive(ikm)
+    header = salt + struct.pack("!IB", RECORD_SIZE, len(as_public)) + as_public
+    return header + AESGCM(cek).encrypt(nonce, payload + b"\x02", None)  # 0x02: the last record's delimiter
 
 
 def origin_of(endpoint: str) -> str:
@@ -279,16 +302,14 @@ class PushChannel:
         return headers
 
     def deliver(self, message: OutboundPush) -> Outcome:
-        problem = self._check(message)
+        keys = _subscription_keys(message)
+        problem = self._check(message, keys)
         if problem is not None:
             log.warning("push %s not sent: %s", message.key, problem.reason)
             return problem
         data = json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode()
         origin = origin_of(message.endpoint)
-        # RFC 8291 with a new ephemeral key per message (pywebpush), POSTed with the headers
-        # WebPusher.send adds.
-        body = WebPusher({"endpoint": message.endpoint, "keys": {"p256dh": message.p256dh, "auth": message.auth}}
-                         ).encode(data, "aes128gcm")["body"]
+        body = encrypt(data, *keys)  # type: ignore[misc]  # (_check fails a message without keys)
         headers = {"Urgency": message.urgency, **self.vapid_headers(origin), "Content-Encoding": "aes128gcm",
                    "TTL": str(message.ttl), "User-Agent": "lifecycle-push/1"}
         try:
@@ -303,17 +324,13 @@ class PushChannel:
             return Outcome("unknown", f"connection to push service {origin} lost: {type(exc.error).__name__}")
         return self._classify(message, origin, response)
 
-    def _check(self, message: OutboundPush) -> Outcome | None:
-        """Everything that would fail no matter what the push service says: no request is made."""
+    def _check(self, message: OutboundPush, keys: tuple | None) -> Outcome | None:
+        """Everything that would fail no matter what the push service says: no request is made.
+        `keys`: the subscription's, as _subscription_keys read them."""
         problem = self._endpoint_problem(message.endpoint)
         if problem is not None:
             return problem
-        try:
-            p256dh, auth = _b64decode(message.p256dh), _b64decode(message.auth)
-            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
-            if len(p256dh) != 65 or len(auth) != 16:
-                raise ValueError
-        except (ValueError, TypeError, binascii.Error):
+        if keys is None:
             return Outcome("failed", "invalid subscription keys (p256dh must be a P-256 point, auth 16 bytes)",
                            fallback=True)
         if message.urgency not in URGENCIES:
@@ -401,6 +418,18 @@ class PushChannel:
         if status in (401, 403):
             return Outcome("failed", f"push service rejected the VAPID authorization ({status}){text}")
         return Outcome("failed", f"push service HTTP {status}{text}")
+
+
+def _subscription_keys(message: OutboundPush) -> tuple[ec.EllipticCurvePublicKey, bytes] | None:
+    """The subscription's public key (p256dh, a P-256 point) and auth secret (16 bytes); None
+    when they are not that."""
+    try:
+        p256dh, auth = _b64decode(message.p256dh), _b64decode(message.auth)
+        if len(p256dh) != 65 or len(auth) != 16:
+            return None
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh), auth
+    except (ValueError, TypeError, binascii.Error):
+        return None
 
 
 def _short(response: Reply, endpoint: str, limit: int = 200) -> str:
