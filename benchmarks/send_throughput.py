@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=5000, help="emails (default 5000)")
     parser.add_argument("--http-messages", type=int, default=1000, help="SMS and push messages each (default 1000)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--http-concurrency", type=int, default=None,
+                        help="requests in flight for SMS and push (default: the channels' own default)")
     parser.add_argument("--channels", default="email,sms,push",
                         help="which comparisons to run (comma-separated; default email,sms,push)")
     args = parser.parse_args(argv)
@@ -437,12 +439,13 @@ def main(argv: list[str] | None = None) -> int:
             email_ratio = compare("email send_batch", sizes, args.repeats, email_project, raw, reset_email,
                                   smtp_server, pgdata)
 
+        in_flight = {} if args.http_concurrency is None else {"concurrency": args.http_concurrency}
         http_sizes = [min(BATCH, args.http_messages - start) for start in range(0, args.http_messages, BATCH)]
 
         # sms --------------------------------------------------------------------
         if "sms" in chosen:
             def sms_channel(name):
-                return SMSChannel(sms_url, SMS_SID, SMS_TOKEN, from_number="Northwind")
+                return SMSChannel(sms_url, SMS_SID, SMS_TOKEN, from_number="Northwind", **in_flight)
 
             forms = [(sms_channel("sms").messages_url, {}, {"To": m.to, "Body": m.body, "From": "Northwind"})
                      for m in loaded(engine, spec, "sms")]
@@ -463,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
             def push_channel(name):
-                return PushChannel(key, "mailto:ops@shop.example.com", allow_http=True, allow_private=True)
+                return PushChannel(key, "mailto:ops@shop.example.com", allow_http=True, allow_private=True,
+                                   **in_flight)
 
             from pywebpush import WebPusher
 
