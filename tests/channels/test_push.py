@@ -367,6 +367,30 @@ def test_tls_is_verified_against_requests_ca_bundle(push, vapid_key, tmp_path, m
     push.rejected.clear()  # expected here; the fixture asserts no other 401/403
 
 
+def test_concurrent_requests_classify_each_message_and_keep_each_subscriptions_order(push, vapid_key):
+    """Four requests in flight (lifecycle.send.deliver_all): each outcome is its own message's,
+    in the window's order; one subscription's messages arrive in order; none is sent twice."""
+    from lifecycle.send import deliver_all
+
+    subscriptions = [push.register(f"sub-{n}") for n in range(6)]
+    push.gone.add("sub-5")
+    push.fail_next.append((429, 7))
+    order = [0, 1, 0, 2, 3, 0, 4, 1, 5, 2, 0, 3]
+    window = [outbound(subscriptions[n], {**PAYLOAD, "tag": f"m{i}"}, key=f"k{i}") for i, n in enumerate(order)]
+    with PushChannel(pem(vapid_key), SUBJECT, timeout=5, concurrency=4) as channel:
+        outcomes = deliver_all(channel, window)
+    assert outcomes[8].status == "failed" and outcomes[8].revoke == subscriptions[5]["endpoint"]
+    throttled = [i for i, o in enumerate(outcomes) if o.status == "retry"]
+    assert len(throttled) == 1 and outcomes[throttled[0]].details == {"http_status": 429, "retry_after": 7}
+    sent = [i for i, o in enumerate(outcomes) if o.status == "sent"]
+    assert sorted(sent + throttled + [8]) == list(range(len(window)))
+    assert sorted(r.payload["tag"] for r in push.received) == sorted(f"m{i}" for i in sent)  # once each
+    for n in range(5):
+        arrived = [r.payload["tag"] for r in push.received if r.token == f"sub-{n}"]
+        assert arrived == [f"m{i}" for i in sent if order[i] == n]
+    assert len({o.provider_message_id for o in outcomes if o.status == "sent"}) == len(sent)
+
+
 def test_vapid_token_is_reused_per_push_service(push, channel):
     for _ in range(3):
         assert channel.deliver(outbound(push.register())).status == "sent"

@@ -477,6 +477,110 @@ def test_server_gone_between_two_messages_is_channel_unavailable(twilio):
     assert len(twilio.messages) == 1
 
 
+# ----------------------------------------------------------------------------- requests in flight
+def test_concurrent_requests_keep_each_numbers_order_and_send_each_message_once(twilio):
+    """Four requests in flight (lifecycle.send.deliver_all): outcomes come back in the window's
+    order, each message is accepted once, and one number's messages reach the provider one after
+    another in that order (an order confirmation is not overtaken by its shipping notice)."""
+    from lifecycle.send import deliver_all
+
+    numbers = [f"+49151234567{n:02d}" for n in (0, 0, 1, 0, 2, 1, 3, 4, 0, 5, 6, 2, 7, 8, 1, 9)]
+    window = [sms(key=f"k{i}", to=number, body=f"message {i}") for i, number in enumerate(numbers)]
+    twilio.slow_next.extend([0.1] * len(window))  # each answer takes a while: requests overlap
+    with channel_for(twilio, concurrency=4) as channel:
+        outcomes = deliver_all(channel, window)
+    assert [o.status for o in outcomes] == ["sent"] * len(window)
+    by_sid = {m["sid"]: m["body"] for m in twilio.messages}
+    assert [by_sid[o.provider_message_id] for o in outcomes] == [m.body for m in window]
+    assert sorted(by_sid.values()) == sorted(m.body for m in window)  # once each
+    for number in set(numbers):
+        posts = [r for r in twilio.posts() if r.form["To"] == number]
+        assert [r.form["Body"] for r in posts] == [m.body for m in window if m.to == number]
+        gaps = [(b.at - a.at).total_seconds() for a, b in zip(posts, posts[1:], strict=False)]
+        assert all(gap >= 0.09 for gap in gaps), (number, gaps)  # the next waited for the answer
+    assert 1 < len({r.client for r in twilio.posts()}) <= 4  # in flight at once, within the pool
+
+
+def test_retry_after_holds_every_request_in_flight(twilio):
+    """A 429 with Retry-After to one request stops the others too: after the answer, no request
+    leaves until the wait is over (bar those already on their way); every message goes out once."""
+    from lifecycle.send import deliver_all
+
+    twilio.fail_next.append((429, {"Retry-After": "2"}, twilio_error(20429, "Too Many Requests", 429)))
+    window = [sms(key=f"k{i}", to=f"+49151234567{i:02d}", body=f"message {i}") for i in range(12)]
+    started = time.monotonic()
+    with channel_for(twilio, concurrency=4) as channel:
+        outcomes = deliver_all(channel, window)
+    assert time.monotonic() - started >= 2
+    assert [o.status for o in outcomes] == ["sent"] * 12 and len(twilio.messages) == 12
+    posts = twilio.posts()
+    assert len(posts) == 13  # one refused, then posted again
+    refused = posts[0].at
+    later = [(r.at - refused).total_seconds() for r in posts[1:]]
+    assert not [t for t in later if 0.5 < t < 1.9], later  # held: nothing left in between
+    assert len([t for t in later if t >= 1.9]) >= 12 - 3 - 4  # most of the window waited
+
+
+def _planted_texts(engine, n: int, as_of: datetime) -> dict:
+    """n planned cart_abandonment texts, one batch, for customers with a German mobile number and
+    SMS consent: what plan_messages leaves for a send task. The batch's descriptor."""
+    import sqlalchemy as sa
+
+    from lifecycle import schema
+
+    schema.create_shop_schema(engine)
+    schema.migrate(engine)
+    context = json.dumps({"cart_id": 1, "cart_total": 117.5, "currency": "EUR", "items": [],
+                          "cart_url": "https://shop.example.com/cart/1"})
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO shop.customers (customer_id, email, phone, first_name, last_name, country, timezone, locale, "
+            "created_at) SELECT i, 'c' || i || '@example.com', '+4915112' || lpad(i::text, 6, '0'), 'Ana', 'Silva', "
+            "'DE', 'Europe/Berlin', 'en_GB', :t FROM generate_series(1, :n) i"), {"n": n, "t": as_of})
+        conn.execute(sa.text("INSERT INTO shop.consents (customer_id, channel, status, updated_at) "
+                             "SELECT i, 'sms', 'opted_in', :t FROM generate_series(1, :n) i"), {"n": n, "t": as_of})
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+            "enrolled_run_id, context) SELECT 'cart_abandonment', 'k' || i, i, :t, :t, 'r', CAST(:c AS jsonb) "
+            "FROM generate_series(1, :n) i"), {"n": n, "t": as_of - timedelta(hours=2), "c": context})
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.messages (idempotency_key, journey, enrollment_id, customer_id, step, channel, "
+            "template, kind, status, due_at, planned_for, planned_run_id, run_id, batch_no) "
+            "SELECT 'cart_abandonment:' || e.enrollment_key || ':reminder_2:sms', e.journey, e.enrollment_id, "
+            "e.customer_id, 'reminder_2', 'sms', 'cart_abandonment/reminder_2', 'marketing', 'planned', :due, :t, "
+            "'r', 'r', 0 FROM lifecycle.enrollments e"), {"due": as_of - timedelta(hours=1), "t": as_of})
+    return {"journey": "cart_abandonment", "run_id": "r", "batch": 0, "channel": "sms", "as_of": as_of.isoformat()}
+
+
+def test_a_send_task_with_requests_in_flight_records_each_text_once(twilio, scratch_engine):
+    """send_batch with four requests in flight, a 429 (Retry-After), an answer lost after the
+    provider took the message and a slow answer: every text ends recorded as sent, the lost one
+    found by a lookup, none sent twice, the window's claim and record as without concurrency."""
+    import sqlalchemy as sa
+
+    from lifecycle.config import SEGMENTS_DIR
+    from lifecycle.send import send_batch
+    from lifecycle.spec import load_spec
+
+    noon = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    batch = _planted_texts(scratch_engine, 60, noon)
+    twilio.fail_next.append((429, {"Retry-After": "1"}, twilio_error(20429, "Too Many Requests", 429)))
+    twilio.drop_next = 1
+    twilio.slow_next.append(0.3)
+    spec = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
+    counts = send_batch(scratch_engine, spec, batch, lambda name: channel_for(twilio, concurrency=4),
+                        clock=lambda: noon)
+
+    assert counts.get("sent") == 60 and not {k: n for k, n in counts.items() if k != "sent" and n}
+    with scratch_engine.connect() as conn:
+        recorded = conn.execute(sa.text("SELECT status, provider_message_id, payload FROM lifecycle.messages")).all()
+    assert {status for status, _, _ in recorded} == {"sent"}
+    assert sorted(sid for _, sid, _ in recorded) == sorted(m["sid"] for m in twilio.messages)  # each once
+    assert len(twilio.messages) == 60 and len(twilio.posts()) == 61  # the 429, then posted again
+    assert sum(1 for _, _, payload in recorded if payload.get("looked_up")) == 1  # the lost answer
+    assert {payload["to_country"] for _, _, payload in recorded} == {"DE"}
+
+
 def test_tls_is_verified_against_ssl_cert_file(twilio, tmp_path, monkeypatch):
     """Over https (a TLS front before the server): a certificate the channel cannot verify fails
     the handshake, before the request starts, so the channel is unavailable (nothing is recorded

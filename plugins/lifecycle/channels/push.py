@@ -301,6 +301,11 @@ class PushChannel:
         self._tokens[origin] = (exp, headers)
         return headers
 
+    @staticmethod
+    def recipient(message: OutboundPush) -> str:
+        """The subscription a message goes to (lifecycle.send.deliver_all keeps each one's order)."""
+        return message.endpoint
+
     def deliver(self, message: OutboundPush) -> Outcome:
         keys = _subscription_keys(message)
         problem = self._check(message, keys)

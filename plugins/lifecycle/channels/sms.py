@@ -32,6 +32,7 @@ import base64
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -273,6 +274,10 @@ class SMSChannel:
                          "User-Agent": "lifecycle-sms/1"}
         self._http: http_client.Pools | None = None
         self._known_sids: set[str] = set()  # accepted in this batch: a lookup must not match them again
+        # time.monotonic() until which no request goes out: a Retry-After (or a backoff after a
+        # 429) holds every request in flight, not only the one that was answered so.
+        self._hold_until = 0.0
+        self._hold_lock = threading.Lock()
 
     @classmethod
     def from_airflow(cls, conn_id: str = SMS_CONN_ID) -> SMSChannel:
@@ -313,6 +318,7 @@ class SMSChannel:
             self._http.clear()
             self._http = None
         self._known_sids.clear()
+        self._hold_until = 0.0
 
     def _open(self) -> http_client.Pools:
         if self._http is None:
@@ -341,22 +347,36 @@ class SMSChannel:
         return form
 
     # delivery ------------------------------------------------------------------
+    @staticmethod
+    def recipient(msg: OutboundSMS) -> str:
+        """The number a message goes to (lifecycle.send.deliver_all keeps each number's order)."""
+        return msg.to
+
+    def _hold(self, seconds: float) -> None:
+        with self._hold_lock:
+            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+    def _wait_for_hold(self) -> None:
+        while (left := self._hold_until - time.monotonic()) > 0:
+            time.sleep(left)
+
     def deliver(self, msg: OutboundSMS) -> Outcome:
         form = urlencode(self._form(msg)).encode()
         started = datetime.now(UTC)
         reason = ""
         try:
             for attempt in range(1, self.max_attempts + 1):
+                self._wait_for_hold()
                 response = self._post(form)
                 if response.status_code == 429 or (
                     response.status_code >= 500 and "retry-after" in response.headers
                 ):
                     reason = self._error_reason(response)
+                    wait = self._wait(response, attempt)
+                    self._hold(wait)  # the account is told to wait, not this message alone
                     if attempt < self.max_attempts:
-                        wait = self._wait(response, attempt)
                         log.info("sms %s: %s, attempt %d of %d, trying again in %.1fs",
                                  msg.key, reason, attempt, self.max_attempts, wait)
-                        time.sleep(wait)
                         continue
                     log.warning("sms %s: %s after %d attempts", msg.key, reason, attempt)
                     return Outcome("retry", f"{reason} after {attempt} attempts")
