@@ -1,6 +1,7 @@
 """Send throughput: the project's send task against a plain client loop, same messages, same sink.
 
     .venv/bin/python benchmarks/send_throughput.py [--messages 5000] [--http-messages 1000] [--repeats 3]
+        [--channels email,sms,push] [--http-concurrency N]
 
 On a fresh embedded PostgreSQL it plants N planned cart_abandonment reminders (email), and
 M SMS and M web push messages, for customers with consent (batches of 500, as planned by the
@@ -16,13 +17,17 @@ engine), then, `--repeats` times, side by side:
   composed beforehand. The SMTP server (aiosmtpd, offering PIPELINING, storing nothing) runs in
   a process of its own, as a provider would.
 - **sms**: the same, against a plain httpx loop POSTing the same forms to the same local
-  server speaking Twilio's Messages API (its own process).
+  server speaking Twilio's Messages API (its own process). The project's SMS channel has 4
+  requests in flight (`--http-concurrency` changes it) on urllib3 connections.
 - **push**: the same, against a plain httpx loop POSTing the same encrypted bodies (RFC 8291,
-  encrypted beforehand) with the same VAPID header to the same local web push service.
+  encrypted beforehand, untimed) with the same VAPID header to the same local web push service;
+  the project encrypts each message (a new key pair each, as it must).
 
 The two are timed batch by batch (500 messages), interleaved, the order alternating, so a swing
 in the machine's load hits both alike; the messages are reset to planned between repeats. It prints messages/s per repeat and
-min/median/max, the load average before and after, each channel's ratio of medians, and
+min/median/max, the CPU each side spends per message (this process, the provider's server,
+PostgreSQL: on busy cores the rates follow those sums), the load average before and after,
+each channel's ratio of medians, and
 last the email ratio on rendered messages: `send/raw ratio: 0.NN` (goal: >= 0.80). That one
 times what the project adds to sending a message it has rendered: the window's claim (one
 statement), the channel (hand-built wire bytes, pipelined SMTP: one round trip per message),
