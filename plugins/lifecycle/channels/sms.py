@@ -11,7 +11,8 @@ One message is one form-encoded ``POST /2010-04-01/Accounts/{AccountSid}/Message
     400 21610                   failed: the recipient replied STOP (provider opt-out, suppressed)
     other 4xx                   failed (Twilio's code and message in the reason)
     429, 5xx with Retry-After   refused for now: POSTed again after the wait (Retry-After
-                                honoured, capped), at most `max_attempts` POSTs; then retry
+                                honoured, capped; the batch's other requests wait too), at
+                                most `max_attempts` POSTs; then retry
     other 5xx, timeout or       maybe sent: the message is looked up (`reconcile`), never
     connection lost after           POSTed again blindly. Found: sent. The full listing
     the request went out            proves it absent: retry. The lookup fails: unknown.
