@@ -71,6 +71,19 @@ def test_a_token_verifies_only_as_what_it_was_signed_for(monkeypatch):
     assert links.verify_click_token(click) is None and links.verify_open_token(opened) is None
 
 
+def test_tokens_are_the_documented_mac_so_links_already_sent_keep_working():
+    """HMAC-SHA256 under HMAC(signing key, TRACKING_LABEL), cut to 80 bits: computed here from
+    the definition, independently of the keyed copy the send task uses."""
+    key = os.environ["LIFECYCLE_SIGNING_KEY"]
+    tracking_key = hmac.new(key.encode(), links.TRACKING_LABEL, hashlib.sha256).digest()
+    for body in (links.OPEN + links._varint(42), links.CLICK_IN_SHOP + links._varint(2**40) + b"/cart/7?x=1",
+                 links.CLICK + links._varint(3) + "https://blog.example.org/é".encode()):
+        mac = hmac.new(tracking_key, body, hashlib.sha256).digest()[:links.MAC_BYTES]
+        expected = base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
+        assert links._seal(body, None) == expected == links._seal(body, key)
+    assert links.verify_open_token(links._seal(links.OPEN + links._varint(42), None)) == 42
+
+
 def _forge(message_id: int, url: str, mac_of: str) -> str:
     """A token whose body names `url` but carries the MAC of the genuine token `mac_of`."""
     raw = base64.urlsafe_b64decode(mac_of + "=" * (-len(mac_of) % 4))

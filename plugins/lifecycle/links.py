@@ -10,6 +10,7 @@ import hmac
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -125,6 +126,37 @@ def links_for(customer_id: str | int, channel: str, *, key: str | None = None) -
     }
 
 
+class LazyLinks(Mapping):
+    """`links_for(customer_id, channel, key=key)`, made on first use. Most SMS and push templates
+    never show a link: their messages then cost no Fernet tokens (two encryptions, two reads
+    of os.urandom, which let the send task's delivery threads take the GIL in between). A template
+    that does use them (`links.unsubscribe`, `links["preferences"]`, a loop) gets the same dict."""
+
+    __slots__ = ("_args", "_links")
+
+    def __init__(self, customer_id: str | int, channel: str, *, key: str | None = None):
+        self._args = (customer_id, channel, key)
+        self._links: dict[str, str] | None = None
+
+    def _made(self) -> dict[str, str]:
+        if self._links is None:
+            customer_id, channel, key = self._args
+            self._links = links_for(customer_id, channel, key=key)
+        return self._links
+
+    def __getitem__(self, name: str) -> str:
+        return self._made()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._made())
+
+    def __len__(self) -> int:
+        return len(self._made())
+
+    def __repr__(self) -> str:
+        return repr(self._made())
+
+
 # ---------------------------------------------------------------------------- tracking tokens
 # The open pixel (/o/<token>.gif) and click redirect (/c/<token>) of lifecycle.tracking carry a
 # token that names the message and, for a click, the link's target. Same secret as above, its
@@ -150,8 +182,18 @@ def _tracking_key(key: str) -> bytes:
     return hmac.new(key.encode(), TRACKING_LABEL, hashlib.sha256).digest()
 
 
+@functools.cache
+def _keyed(key: str) -> hmac.HMAC:
+    """An HMAC keyed once per signing key; each token copies it. The same MAC as
+    hmac.digest(_tracking_key(key), ...), without keying per token, and without hmac.digest's
+    release of the GIL, which in a send task hands it to a delivery thread mid-render."""
+    return hmac.new(_tracking_key(key), digestmod=hashlib.sha256)
+
+
 def _mac(body: bytes, key: str | None = None) -> bytes:
-    return hmac.digest(_tracking_key(key or signing_key()), body, "sha256")[:MAC_BYTES]
+    mac = _keyed(key or signing_key()).copy()
+    mac.update(body)
+    return mac.digest()[:MAC_BYTES]
 
 
 def _varint(n: int) -> bytes:

@@ -5,23 +5,33 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import phonenumbers
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from lifecycle import links
 from lifecycle.channels.base import ChannelUnavailable, Outcome
 from lifecycle.channels.sms import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
     OutboundSMS,
     SMSChannel,
+    normalise_mobile,
     normalise_number,
     send_window,
     sms_segments,
 )
 from lifecycle_demo.sinks.twilio_server import TwilioServer, twilio_error
+
+from .network import ForwardProxy, TLSFront, self_signed
 
 SENDER = "+15005550006"
 TO = "+4915123456789"  # a German mobile
@@ -90,6 +100,35 @@ def test_normalise_rejects(raw, country, problem):
 
 
 # ----------------------------------------------------------------------------- segments
+def test_normalise_agrees_with_libphonenumbers_validity_in_every_region():
+    """One number_type pass stands for is_valid_number + number_type: the same verdict for each
+    region's example numbers of every type, as written locally and internationally, with a digit
+    too few or too many; the region given with a number is the one its E.164 form parses to."""
+    mobile = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE,
+                     phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.VOIP):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+            for raw, country in ((national, region), (e164, None), (e164[:-1], None), (e164 + "5", None)):
+                parsed = phonenumbers.parse(raw, country)
+                if not phonenumbers.is_valid_number(parsed):
+                    expected = (None, None, "invalid phone number")
+                elif phonenumbers.number_type(parsed) not in mobile:
+                    expected = (None, None, "not a mobile number")
+                else:
+                    number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+                    expected = (number, phonenumbers.region_code_for_number(phonenumbers.parse(number)), None)
+                assert normalise_mobile(raw, country) == expected, (raw, country)
+                assert normalise_number(raw, country) == (expected[0], expected[2])
+                checked += 1
+    assert checked > 1000
+
+
 def test_gsm7_single_and_concatenated():
     assert sms_segments("a" * 160) == {"encoding": "GSM-7", "length": 160, "segments": 1}
     assert sms_segments("a" * 161) == {"encoding": "GSM-7", "length": 161, "segments": 2}
@@ -107,6 +146,28 @@ def test_gsm7_extension_characters_count_two():
     assert sms_segments("[" * 80)["segments"] == 1
     # An escape pair is never split between two parts: 152 + '€' does not fit in part one.
     assert sms_segments("a" * 152 + "€" + "a" * 152) == {"encoding": "GSM-7", "length": 306, "segments": 3}
+
+
+def _segments_char_by_char(body: str) -> dict:
+    """The definition, one character at a time (what sms_segments computes from character sets)."""
+    gsm = all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in body)
+    costs = [2 if (ch in GSM7_EXTENSION if gsm else ord(ch) > 0xFFFF) else 1 for ch in body]
+    single, multi = (160, 153) if gsm else (70, 67)
+    parts, used = 1, 0
+    if sum(costs) > single:
+        for cost in costs:
+            if used + cost > multi:
+                parts, used = parts + 1, 0
+            used += cost
+    return {"encoding": "GSM-7" if gsm else "UCS-2", "length": sum(costs), "segments": parts}
+
+
+@given(st.text(alphabet=st.sampled_from(sorted(GSM7_BASIC) + sorted(GSM7_EXTENSION) * 4 + ["é", "Ж", "😀", "“"]),
+               max_size=400))
+def test_segments_match_the_character_by_character_count(body):
+    assert sms_segments(body) == _segments_char_by_char(body)
+    gsm_only = "".join(ch for ch in body if ch in GSM7_BASIC or ch in GSM7_EXTENSION)
+    assert sms_segments(gsm_only) == _segments_char_by_char(gsm_only)
 
 
 def test_ucs2_counts_utf16_code_units():
@@ -168,6 +229,36 @@ def test_unknown_or_missing_timezone_means_utc():
     assert send_window(now, "Mars/Olympus_Mons") == (False, utc(2026, 11, 20, 8, 0))
     assert send_window(now, "") == (False, utc(2026, 11, 20, 8, 0))
     assert send_window(datetime(2026, 11, 20, 9, 0), None) == (True, utc(2026, 11, 20, 9, 0))  # naive = UTC
+
+
+# ----------------------------------------------------------------------------- rendering
+def test_links_are_signed_only_for_templates_that_show_them(tmp_path, monkeypatch):
+    """An SMS template without `links` makes no unsubscribe or stay token (so it renders even
+    without a signing key); one that shows them gets working links, as an email does."""
+    from types import SimpleNamespace
+
+    from lifecycle.render import TemplateRenderError, render_sms
+    from lifecycle.send import template_context
+
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "plain.sms.txt").write_text("Hi {{ customer.first_name }}, your cart is saved.")
+    (tmp_path / "j" / "optout.sms.txt").write_text(
+        "Hi. Stop: {{ links.unsubscribe }} Stay: {{ links['preferences'] }} ({{ links|length }} links)")
+    row = SimpleNamespace(customer_id="C-7", first_name="Ana", last_name="", email=None, locale="en_GB",
+                          country="DE", timezone="UTC", context={}, coupon_code=None, channel="sms",
+                          journey="j", step="plain", kind="marketing")
+    key = os.environ["LIFECYCLE_SIGNING_KEY"]
+    monkeypatch.delenv("LIFECYCLE_SIGNING_KEY")
+    assert render_sms("j/plain", template_context(row), tmp_path) == "Hi Ana, your cart is saved."
+    with pytest.raises(TemplateRenderError, match="LIFECYCLE_SIGNING_KEY is not set"):
+        render_sms("j/optout", template_context(row), tmp_path)
+    monkeypatch.setenv("LIFECYCLE_SIGNING_KEY", key)
+    text = render_sms("j/optout", template_context(row), tmp_path)
+    unsubscribe = text.split("unsubscribe?t=", 1)[1].split()[0]
+    stay = text.split("preferences?t=", 1)[1].split()[0]
+    assert links.verify_unsubscribe_token(unsubscribe) == ("C-7", "sms")
+    assert links.verify_stay_token(stay) == ("C-7", "sms")
+    assert text.endswith("(3 links)")
 
 
 # ----------------------------------------------------------------------------- delivery
@@ -384,6 +475,146 @@ def test_server_gone_between_two_messages_is_channel_unavailable(twilio):
         with pytest.raises(ChannelUnavailable):
             channel.deliver(sms(key="k2", body="second"))
     assert len(twilio.messages) == 1
+
+
+# ----------------------------------------------------------------------------- requests in flight
+def test_concurrent_requests_keep_each_numbers_order_and_send_each_message_once(twilio):
+    """Four requests in flight (lifecycle.send.deliver_all): outcomes come back in the window's
+    order, each message is accepted once, and one number's messages reach the provider one after
+    another in that order (an order confirmation is not overtaken by its shipping notice)."""
+    from lifecycle.send import deliver_all
+
+    numbers = [f"+49151234567{n:02d}" for n in (0, 0, 1, 0, 2, 1, 3, 4, 0, 5, 6, 2, 7, 8, 1, 9)]
+    window = [sms(key=f"k{i}", to=number, body=f"message {i}") for i, number in enumerate(numbers)]
+    twilio.slow_next.extend([0.1] * len(window))  # each answer takes a while: requests overlap
+    with channel_for(twilio, concurrency=4) as channel:
+        outcomes = deliver_all(channel, window)
+    assert [o.status for o in outcomes] == ["sent"] * len(window)
+    by_sid = {m["sid"]: m["body"] for m in twilio.messages}
+    assert [by_sid[o.provider_message_id] for o in outcomes] == [m.body for m in window]
+    assert sorted(by_sid.values()) == sorted(m.body for m in window)  # once each
+    for number in set(numbers):
+        posts = [r for r in twilio.posts() if r.form["To"] == number]
+        assert [r.form["Body"] for r in posts] == [m.body for m in window if m.to == number]
+        gaps = [(b.at - a.at).total_seconds() for a, b in zip(posts, posts[1:], strict=False)]
+        assert all(gap >= 0.09 for gap in gaps), (number, gaps)  # the next waited for the answer
+    assert 1 < len({r.client for r in twilio.posts()}) <= 4  # in flight at once, within the pool
+
+
+def test_retry_after_holds_every_request_in_flight(twilio):
+    """A 429 with Retry-After to one request stops the others too: after the answer, no request
+    leaves until the wait is over (bar those already on their way); every message goes out once."""
+    from lifecycle.send import deliver_all
+
+    twilio.fail_next.append((429, {"Retry-After": "2"}, twilio_error(20429, "Too Many Requests", 429)))
+    window = [sms(key=f"k{i}", to=f"+49151234567{i:02d}", body=f"message {i}") for i in range(12)]
+    started = time.monotonic()
+    with channel_for(twilio, concurrency=4) as channel:
+        outcomes = deliver_all(channel, window)
+    assert time.monotonic() - started >= 2
+    assert [o.status for o in outcomes] == ["sent"] * 12 and len(twilio.messages) == 12
+    posts = twilio.posts()
+    assert len(posts) == 13  # one refused, then posted again
+    refused = posts[0].at
+    later = [(r.at - refused).total_seconds() for r in posts[1:]]
+    assert not [t for t in later if 0.5 < t < 1.9], later  # held: nothing left in between
+    assert len([t for t in later if t >= 1.9]) >= 12 - 3 - 4  # most of the window waited
+
+
+def _planted_texts(engine, n: int, as_of: datetime) -> dict:
+    """n planned cart_abandonment texts, one batch, for customers with a German mobile number and
+    SMS consent: what plan_messages leaves for a send task. The batch's descriptor."""
+    import sqlalchemy as sa
+
+    from lifecycle import schema
+
+    schema.create_shop_schema(engine)
+    schema.migrate(engine)
+    context = json.dumps({"cart_id": 1, "cart_total": 117.5, "currency": "EUR", "items": [],
+                          "cart_url": "https://shop.example.com/cart/1"})
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO shop.customers (customer_id, email, phone, first_name, last_name, country, timezone, locale, "
+            "created_at) SELECT i, 'c' || i || '@example.com', '+4915112' || lpad(i::text, 6, '0'), 'Ana', 'Silva', "
+            "'DE', 'Europe/Berlin', 'en_GB', :t FROM generate_series(1, :n) i"), {"n": n, "t": as_of})
+        conn.execute(sa.text("INSERT INTO shop.consents (customer_id, channel, status, updated_at) "
+                             "SELECT i, 'sms', 'opted_in', :t FROM generate_series(1, :n) i"), {"n": n, "t": as_of})
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
+            "enrolled_run_id, context) SELECT 'cart_abandonment', 'k' || i, i, :t, :t, 'r', CAST(:c AS jsonb) "
+            "FROM generate_series(1, :n) i"), {"n": n, "t": as_of - timedelta(hours=2), "c": context})
+        conn.execute(sa.text(
+            "INSERT INTO lifecycle.messages (idempotency_key, journey, enrollment_id, customer_id, step, channel, "
+            "template, kind, status, due_at, planned_for, planned_run_id, run_id, batch_no) "
+            "SELECT 'cart_abandonment:' || e.enrollment_key || ':reminder_2:sms', e.journey, e.enrollment_id, "
+            "e.customer_id, 'reminder_2', 'sms', 'cart_abandonment/reminder_2', 'marketing', 'planned', :due, :t, "
+            "'r', 'r', 0 FROM lifecycle.enrollments e"), {"due": as_of - timedelta(hours=1), "t": as_of})
+    return {"journey": "cart_abandonment", "run_id": "r", "batch": 0, "channel": "sms", "as_of": as_of.isoformat()}
+
+
+def test_a_send_task_with_requests_in_flight_records_each_text_once(twilio, scratch_engine):
+    """send_batch with four requests in flight, a 429 (Retry-After), an answer lost after the
+    provider took the message and a slow answer: every text ends recorded as sent, the lost one
+    found by a lookup, none sent twice, the window's claim and record as without concurrency."""
+    import sqlalchemy as sa
+
+    from lifecycle.config import SEGMENTS_DIR
+    from lifecycle.send import send_batch
+    from lifecycle.spec import load_spec
+
+    noon = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    batch = _planted_texts(scratch_engine, 60, noon)
+    twilio.fail_next.append((429, {"Retry-After": "1"}, twilio_error(20429, "Too Many Requests", 429)))
+    twilio.drop_next = 1
+    twilio.slow_next.append(0.3)
+    spec = load_spec(SEGMENTS_DIR / "cart_abandonment.sql")
+    counts = send_batch(scratch_engine, spec, batch, lambda name: channel_for(twilio, concurrency=4),
+                        clock=lambda: noon)
+
+    assert counts.get("sent") == 60 and not {k: n for k, n in counts.items() if k != "sent" and n}
+    with scratch_engine.connect() as conn:
+        recorded = conn.execute(sa.text("SELECT status, provider_message_id, payload FROM lifecycle.messages")).all()
+    assert {status for status, _, _ in recorded} == {"sent"}
+    assert sorted(sid for _, sid, _ in recorded) == sorted(m["sid"] for m in twilio.messages)  # each once
+    assert len(twilio.messages) == 60 and len(twilio.posts()) == 61  # the 429, then posted again
+    assert sum(1 for _, _, payload in recorded if payload.get("looked_up")) == 1  # the lost answer
+    assert {payload["to_country"] for _, _, payload in recorded} == {"DE"}
+
+
+def test_tls_is_verified_against_ssl_cert_file(twilio, tmp_path, monkeypatch):
+    """Over https (a TLS front before the server): a certificate the channel cannot verify fails
+    the handshake, before the request starts, so the channel is unavailable (nothing is recorded
+    as unknown); trusted through SSL_CERT_FILE, as httpx trusted it, the message goes out."""
+    cert, key = self_signed(tmp_path)
+    with TLSFront(twilio.port, cert, key) as front:
+        base_url = f"https://localhost:{front.port}"
+        with SMSChannel(base_url, twilio.account_sid, twilio.auth_token, from_number=SENDER) as channel, \
+                pytest.raises(ChannelUnavailable, match="unavailable"):
+            channel.deliver(sms())
+        deadline = time.monotonic() + 5
+        while not front.failed_handshakes and time.monotonic() < deadline:  # the front's own thread
+            time.sleep(0.01)
+        assert front.failed_handshakes == 1 and front.handshakes == 0 and twilio.requests == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with SMSChannel(base_url, twilio.account_sid, twilio.auth_token, from_number=SENDER) as channel:
+            outcomes = [channel.deliver(sms(key=f"k{i}", body=f"Hello {i}")) for i in range(3)]
+    assert [o.status for o in outcomes] == ["sent"] * 3 and len(twilio.messages) == 3
+    assert front.handshakes == 1  # one kept-alive TLS connection for the batch
+
+
+def test_requests_go_through_the_environments_proxy_unless_no_proxy_names_the_host(twilio, monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with channel_for(twilio) as channel:
+            assert channel.deliver(sms()).status == "sent"
+        assert proxy.seen == [("POST", twilio.base_url + twilio.messages_path)]
+        monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
+        with channel_for(twilio) as channel:
+            assert channel.deliver(sms(key="k2", body="direct")).status == "sent"
+        assert len(proxy.seen) == 1
+    assert len(twilio.messages) == 2
 
 
 def test_from_airflow_connection(twilio, monkeypatch):

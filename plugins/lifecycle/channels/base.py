@@ -36,7 +36,12 @@ class ChannelUnavailable(RuntimeError):
 
 
 class Sender(Protocol):
-    """One open connection to a channel's provider, for one batch."""
+    """One open connection to a channel's provider, for one batch.
+
+    Optional: `deliver_many(messages)` (a window at once, e.g. SMTP pipelining); or
+    `concurrency` (requests in flight, lifecycle.send.deliver_all) with `recipient(message)`,
+    the address one message goes to: one recipient's messages are then still sent one after
+    another, in the window's order. `deliver` must then be safe to call from several threads."""
 
     name: str
 

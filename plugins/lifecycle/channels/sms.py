@@ -1,4 +1,4 @@
-"""SMS over Twilio's Messages API: one HTTP client per batch, every answer classified.
+"""SMS over Twilio's Messages API: kept-alive connections for a batch, every answer classified.
 
 Configured by an Airflow HTTP connection (`lifecycle_sms`): host (+ schema/port) is the
 API's base URL (default ``https://api.twilio.com``), login the AccountSid, password the
@@ -11,33 +11,45 @@ One message is one form-encoded ``POST /2010-04-01/Accounts/{AccountSid}/Message
     400 21610                   failed: the recipient replied STOP (provider opt-out, suppressed)
     other 4xx                   failed (Twilio's code and message in the reason)
     429, 5xx with Retry-After   refused for now: POSTed again after the wait (Retry-After
-                                honoured, capped), at most `max_attempts` POSTs; then retry
+                                honoured, capped; the batch's other requests wait too), at
+                                most `max_attempts` POSTs; then retry
     other 5xx, timeout or       maybe sent: the message is looked up (`reconcile`), never
     connection lost after           POSTed again blindly. Found: sent. The full listing
     the request went out            proves it absent: retry. The lookup fails: unknown.
-    nothing could be sent       ChannelUnavailable (connection refused, DNS, connect timeout)
+    nothing could be sent       ChannelUnavailable (connection refused, DNS, connect timeout,
+                                    TLS handshake, proxy: the request never started to leave)
 
 Phone numbers and bodies never go to the logs (the idempotency key does); numbers that
 Twilio quotes in its error messages are masked before they reach a reason.
+
+HTTP goes through lifecycle.channels.http_client (urllib3: half httpx's CPU per request), with
+the environment's proxy (HTTPS_PROXY unless NO_PROXY names the host) and the CA certificates
+httpx used (SSL_CERT_FILE, SSL_CERT_DIR, else certifi's).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlencode, urljoin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
+import certifi
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
 from lifecycle import logsafe
+from lifecycle.channels import http_client
 from lifecycle.channels.base import ChannelUnavailable, Outcome
+from lifecycle.channels.http_client import Lost, NotSent, Reply
 from lifecycle.config import settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +64,7 @@ ADDRESS_UNUSABLE = {21211, 21614}  # invalid 'To' number / 'To' is not a mobile 
 __all__ = [
     "OutboundSMS",
     "SMSChannel",
+    "normalise_mobile",
     "normalise_number",
     "send_window",
     "sms_segments",
@@ -63,6 +76,7 @@ class OutboundSMS:
     to: str  # E.164
     body: str
     key: str  # the message's idempotency key (logs and lookups; never sent to the provider)
+    country: str | None = None  # the number's region (ISO 3166), when the sender already knows it
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -78,19 +92,30 @@ def normalise_number(raw: str | None, country: str | None) -> tuple[str | None, 
     'not a mobile number' (fixed lines, toll-free, premium rate, ...; numbers that
     libphonenumber cannot tell from a fixed line, as in the US, count as mobile).
     """
+    number, _, problem = normalise_mobile(raw, country)
+    return number, problem
+
+
+def normalise_mobile(raw: str | None, country: str | None) -> tuple[str | None, str | None, str | None]:
+    """`normalise_number`, with the number's own region too: (E.164, region, None) or
+    (None, None, problem). The send task records the region with each SMS sent."""
     if raw is None or not str(raw).strip():
-        return None, "missing phone"
+        return None, None, "missing phone"
     region = (country or "").strip().upper() or None
     region = _REGION_ALIASES.get(region, region)
     try:
         number = phonenumbers.parse(str(raw), region)
     except NumberParseException:
-        return None, "invalid phone number"
-    if not phonenumbers.is_valid_number(number):
-        return None, "invalid phone number"
-    if phonenumbers.number_type(number) not in _MOBILE:
-        return None, "not a mobile number"
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
+        return None, None, "invalid phone number"
+    # number_type is UNKNOWN exactly when is_valid_number is False (both match the number against
+    # its region's patterns): one pass over them instead of two, a third of an SMS's rendering.
+    kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.UNKNOWN:
+        return None, None, "invalid phone number"
+    if kind not in _MOBILE:
+        return None, None, "not a mobile number"
+    return (phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+            phonenumbers.region_code_for_number(number), None)
 
 
 def _country_of(e164: str) -> str | None:
@@ -108,6 +133,7 @@ GSM7_BASIC = frozenset(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+_GSM7 = GSM7_BASIC | GSM7_EXTENSION
 
 
 def _parts(costs: list[int], single: int, multi: int) -> int:
@@ -131,11 +157,18 @@ def sms_segments(body: str) -> dict:
     concatenated. Otherwise UCS-2, counted in UTF-16 code units (an emoji is two): 70 in
     one part, 67 per part.
     """
-    if all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in body):
-        costs = [2 if ch in GSM7_EXTENSION else 1 for ch in body]
-        return {"encoding": "GSM-7", "length": sum(costs), "segments": _parts(costs, 160, 153)}
-    costs = [2 if ord(ch) > 0xFFFF else 1 for ch in body]
-    return {"encoding": "UCS-2", "length": sum(costs), "segments": _parts(costs, 70, 67)}
+    # Set arithmetic over the distinct characters, not a test per character: it runs for every
+    # SMS sent. Costs per character are only listed for a text that needs more than one part.
+    chars = set(body)
+    if chars <= _GSM7:
+        encoding, double, single, multi = "GSM-7", chars & GSM7_EXTENSION, 160, 153
+    else:
+        encoding, double, single, multi = "UCS-2", {ch for ch in chars if ord(ch) > 0xFFFF}, 70, 67
+    length = len(body) + sum(body.count(ch) for ch in double)
+    if length <= single:
+        return {"encoding": encoding, "length": length, "segments": 1}
+    costs = [2 if ch in double else 1 for ch in body]
+    return {"encoding": encoding, "length": length, "segments": _parts(costs, single, multi)}
 
 
 # ----------------------------------------------------------------------------- quiet hours
@@ -233,12 +266,19 @@ class SMSChannel:
         self.timeout, self.max_attempts, self.backoff = timeout, max_attempts, backoff
         self.max_wait, self.settle = max_wait, settle
         self.lookup_pages, self.lookup_page_size = lookup_pages, lookup_page_size
-        # Requests in flight at once over the one client (lifecycle.send.deliver_all): within
-        # httpx's pool (20 keep-alive connections) and well under Twilio's per-account limits.
+        # Requests in flight at once (lifecycle.send.deliver_all), each on a kept-alive connection
+        # of its own; well under Twilio's per-account limits.
         self.concurrency = max(1, min(int(concurrency), 20))
         self.messages_url = f"{self.base_url}/{API_VERSION}/Accounts/{account_sid}/Messages.json"
-        self._client: httpx.Client | None = None
+        credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}", "Accept": "application/json",
+                         "User-Agent": "lifecycle-sms/1"}
+        self._http: http_client.Pools | None = None
         self._known_sids: set[str] = set()  # accepted in this batch: a lookup must not match them again
+        # time.monotonic() until which no request goes out: a Retry-After (or a backoff after a
+        # 429) holds every request in flight, not only the one that was answered so.
+        self._hold_until = 0.0
+        self._hold_lock = threading.Lock()
 
     @classmethod
     def from_airflow(cls, conn_id: str = SMS_CONN_ID) -> SMSChannel:
@@ -269,27 +309,33 @@ class SMSChannel:
             concurrency=int(extra.get("concurrency", 4)),
         )
 
-    # one HTTP client per batch -------------------------------------------------
+    # kept-alive connections for a batch -----------------------------------------
     def __enter__(self) -> SMSChannel:
         self._open()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._http is not None:
+            self._http.clear()
+            self._http = None
         self._known_sids.clear()
+        self._hold_until = 0.0
 
-    def _open(self) -> httpx.Client:
-        if self._client is None:
-            logsafe.install()  # the lookup's URL carries the phone number: keep it out of httpx's log
-            self._client = httpx.Client(
-                auth=(self.account_sid, self.auth_token),
-                timeout=self.timeout,
-                headers={"Accept": "application/json", "User-Agent": "lifecycle-sms/1"},
-                follow_redirects=False,
-            )
-        return self._client
+    def _open(self) -> http_client.Pools:
+        if self._http is None:
+            logsafe.install()  # the lookup's URL carries the phone number: keep it out of urllib3's log
+            tls = None
+            if self.base_url.startswith("https:"):
+                ca = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or certifi.where()
+                tls = http_client.ca_bundle(ca)
+            self._http = http_client.Pools(http_client.environment_proxy(self.base_url),
+                                           maxsize=self.concurrency, tls=tls)
+        return self._http
+
+    def _request(self, method: str, url: str, body: bytes | None = None) -> Reply:
+        headers = self._headers if body is None else {
+            **self._headers, "Content-Type": "application/x-www-form-urlencoded"}
+        return self._open().request(method, url, headers=headers, body=body, timeout=self.timeout)
 
     def _form(self, msg: OutboundSMS) -> dict[str, str]:
         form = {"To": msg.to, "Body": msg.body}
@@ -302,23 +348,36 @@ class SMSChannel:
         return form
 
     # delivery ------------------------------------------------------------------
+    @staticmethod
+    def recipient(msg: OutboundSMS) -> str:
+        """The number a message goes to (lifecycle.send.deliver_all keeps each number's order)."""
+        return msg.to
+
+    def _hold(self, seconds: float) -> None:
+        with self._hold_lock:
+            self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+    def _wait_for_hold(self) -> None:
+        while (left := self._hold_until - time.monotonic()) > 0:
+            time.sleep(left)
+
     def deliver(self, msg: OutboundSMS) -> Outcome:
-        client = self._open()
-        form = self._form(msg)
+        form = urlencode(self._form(msg)).encode()
         started = datetime.now(UTC)
         reason = ""
         try:
             for attempt in range(1, self.max_attempts + 1):
-                response = self._post(client, form)
+                self._wait_for_hold()
+                response = self._post(form)
                 if response.status_code == 429 or (
                     response.status_code >= 500 and "retry-after" in response.headers
                 ):
                     reason = self._error_reason(response)
+                    wait = self._wait(response, attempt)
+                    self._hold(wait)  # the account is told to wait, not this message alone
                     if attempt < self.max_attempts:
-                        wait = self._wait(response, attempt)
                         log.info("sms %s: %s, attempt %d of %d, trying again in %.1fs",
                                  msg.key, reason, attempt, self.max_attempts, wait)
-                        time.sleep(wait)
                         continue
                     log.warning("sms %s: %s after %d attempts", msg.key, reason, attempt)
                     return Outcome("retry", f"{reason} after {attempt} attempts")
@@ -332,19 +391,19 @@ class SMSChannel:
             return self._settle(msg, started, maybe.why)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post(self, client: httpx.Client, form: dict[str, str]) -> httpx.Response:
+    def _post(self, form: bytes) -> Reply:
         try:
-            return client.post(self.messages_url, data=form)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
-                httpx.UnsupportedProtocol, httpx.ProxyError, httpx.LocalProtocolError) as exc:
-            # Nothing reached the provider.
-            raise ChannelUnavailable(f"Twilio API at {self.base_url} unavailable: {exc!r}") from exc
-        except httpx.TimeoutException as exc:  # read/write timeout: the request (or part of it) went out
-            raise _MaybeSent(f"timed out waiting for the provider ({type(exc).__name__})", settle=True) from exc
-        except httpx.TransportError as exc:  # connection dropped after the request was sent
-            raise _MaybeSent(f"connection lost ({type(exc).__name__}: {_mask(str(exc))})", settle=True) from exc
+            return self._request("POST", self.messages_url, form)
+        except NotSent as exc:  # nothing reached the provider
+            raise ChannelUnavailable(f"Twilio API at {self.base_url} unavailable: {exc.error!r}") from exc
+        except Lost as exc:  # the request (or part of it) went out
+            if exc.timed_out:
+                raise _MaybeSent(f"timed out waiting for the provider ({type(exc.error).__name__})",
+                                 settle=True) from exc
+            raise _MaybeSent(f"connection lost ({type(exc.error).__name__}: {_mask(str(exc.error))})",
+                             settle=True) from exc
 
-    def _wait(self, response: httpx.Response, attempt: int) -> float:
+    def _wait(self, response: Reply, attempt: int) -> float:
         value = response.headers.get("retry-after", "").strip()
         wait: float | None = None
         if value:
@@ -370,7 +429,7 @@ class SMSChannel:
             outcome = Outcome("unknown", f"{why}; {outcome.reason}")
         return outcome
 
-    def _classify(self, msg: OutboundSMS, response: httpx.Response) -> Outcome:
+    def _classify(self, msg: OutboundSMS, response: Reply) -> Outcome:
         status = response.status_code
         if status in (200, 201):
             try:
@@ -390,12 +449,12 @@ class SMSChannel:
 
     def _sent(self, msg: OutboundSMS, sid: str, **extra) -> Outcome:
         self._known_sids.add(sid)
-        details = sms_segments(msg.body) | {"to_country": _country_of(msg.to)} | extra
+        details = sms_segments(msg.body) | {"to_country": msg.country or _country_of(msg.to)} | extra
         log.info("sms %s: accepted as %s", msg.key, sid)
         return Outcome("sent", provider_message_id=sid, details=details)
 
     @staticmethod
-    def _error(response: httpx.Response) -> tuple[int | None, str]:
+    def _error(response: Reply) -> tuple[int | None, str]:
         """(Twilio error code, 'HTTP status code: message') from an error answer."""
         try:
             payload = response.json()
@@ -410,7 +469,7 @@ class SMSChannel:
             return code, f"{payload['code']}: {message}" if message else str(payload["code"])
         return None, f"HTTP {response.status_code} {_mask(response.reason_phrase or response.text[:200])}".strip()
 
-    def _error_reason(self, response: httpx.Response) -> str:
+    def _error_reason(self, response: Reply) -> str:
         code, reason = self._error(response)
         return f"HTTP {response.status_code} ({reason})" if code is not None else reason
 
@@ -427,18 +486,16 @@ class SMSChannel:
         The listing filters on To (and From), not on DateSent: a message still queued at
         the provider has no date_sent yet and would be missed by a DateSent filter.
         """
-        client = self._open()
         since = (claimed_at if claimed_at.tzinfo else claimed_at.replace(tzinfo=UTC)) - timedelta(minutes=1)
         params: dict[str, str] = {"To": msg.to, "PageSize": str(self.lookup_page_size)}
         if self.from_number:
             params["From"] = self.from_number
-        url: str | None = self.messages_url
-        query: dict[str, str] | None = params
+        url = f"{self.messages_url}?{urlencode(params)}"
         for _page in range(self.lookup_pages):
             try:
-                response = client.get(url, params=query)
-            except httpx.HTTPError as exc:
-                return Outcome("unknown", f"lookup failed: {type(exc).__name__}")
+                response = self._request("GET", url)
+            except (NotSent, Lost) as exc:
+                return Outcome("unknown", f"lookup failed: {type(exc.error).__name__}")
             if response.status_code != 200:
                 return Outcome("unknown", f"lookup failed: {self._error_reason(response)}")
             try:
@@ -452,7 +509,7 @@ class SMSChannel:
             next_uri = page.get("next_page_uri")
             if not next_uri:
                 return Outcome("retry", "not found at the provider")
-            url, query = httpx.URL(self.base_url).join(next_uri), None
+            url = urljoin(self.base_url, next_uri)
         return Outcome("unknown", f"lookup gave up after {self.lookup_pages} pages")
 
     def _matches(self, found: dict, msg: OutboundSMS, since: datetime) -> bool:
