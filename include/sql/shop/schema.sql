@@ -140,3 +140,4 @@ CREATE INDEX IF NOT EXISTS orders_time ON shop.orders (ordered_at);        -- ne
 CREATE INDEX IF NOT EXISTS orders_shipped ON shop.orders (shipped_at);     -- shipping notices
 CREATE INDEX IF NOT EXISTS orders_coupon ON shop.orders (coupon_code) WHERE coupon_code IS NOT NULL;  -- redemptions
 CREATE INDEX IF NOT EXISTS engagement_customer_time ON shop.engagement_events (customer_id, occurred_at);  -- clicks lift sunsets
+CREATE INDEX IF NOT EXISTS push_subscriptions_customer ON shop.push_subscriptions (customer_id, created_at);  -- a push's newest live subscription (send)
