@@ -95,7 +95,7 @@ def test_the_registry_is_read_without_any_provider_library():
     HTTP, phone-number or web-push libraries; the send task does, through `Channel.open()`."""
     code = ("import sys, lifecycle.channels, lifecycle.spec, lifecycle.render, lifecycle.stage; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'httpx', 'phonenumbers', 'pywebpush', "
-            "'requests'} or m in {'lifecycle.send', 'lifecycle.channels.email', 'lifecycle.channels.sms', "
+            "'requests', 'urllib3', 'py_vapid', 'http_ece'} or m in {'lifecycle.send', 'lifecycle.channels.email', 'lifecycle.channels.sms', "
             "'lifecycle.channels.push'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

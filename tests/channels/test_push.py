@@ -1,4 +1,4 @@
-"""Web push over real HTTP: PushChannel (pywebpush) against the local push service.
+"""Web push over real HTTP: PushChannel (py_vapid, our RFC 8291 encryption, urllib3) against the local push service.
 
 No mocks: the service verifies the VAPID JWT (ES256), decrypts the RFC 8291 body with the
 subscription's private key, and answers with the statuses a push service uses.
