@@ -1,6 +1,6 @@
 """Planning scales with the work, not the table: every stage of a run at 100k, 300k and 1M customers.
 
-    .venv/bin/python benchmarks/plan_scale.py [--sizes 100000 300000 1000000] [--journeys win_back ...]
+    .venv/bin/python benchmarks/plan_scale.py [--sizes 100000 300000 1000000] [--journeys win_back ...] [--repeats 3]
 
 Per shop size, one demo shop (anchor 2026-11-20 UTC) in an embedded PostgreSQL kept under the
 state dir (`<state>/bench/plan_scale/`): a shop is generated once per size, generator and schema
@@ -37,6 +37,7 @@ import hashlib
 import math
 import os
 import resource
+import statistics
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -248,7 +249,10 @@ def send_everything(engine, journey: str, at: datetime) -> int:
             "WHERE journey = :journey AND status = 'planned'"), {"journey": journey, "at": at}).rowcount
 
 
-def measure_size(engine, customers: int, journeys: list[str], statements: int, unsent: bool = False) -> dict:
+def measure_size(engine, customers: int, journeys: list[str], statements: int, unsent: bool = False,
+                 repeats: int = 1) -> dict:
+    """Each journey's cold and steady runs, `repeats` times from a fresh start; per run and stage the
+    median of the repeats (with two shop sizes, one noisy run moves an exponent by 0.1-0.2)."""
     from lifecycle.config import SEGMENTS_DIR
     from lifecycle.spec import load_spec
 
@@ -258,22 +262,33 @@ def measure_size(engine, customers: int, journeys: list[str], statements: int, u
     for name in journeys:
         segment, every = JOURNEYS[name]
         spec = load_spec(SEGMENTS_DIR / f"{segment}.sql")
-        reset_lifecycle(engine)
-        for label, end in (("cold", ANCHOR), ("steady", ANCHOR + every)):
-            note = ""
-            STATEMENTS.stage = "(untimed)"  # what the benchmark does between the runs
-            if label == "steady" and not unsent:
-                note += f"  ({send_everything(engine, spec.journey, ANCHOR + timedelta(minutes=5)):,} sent before)"
-            if name == "win_back_exits" and label == "steady":
-                note += f"  ({plant_orders(engine, spec.journey, ANCHOR):,} planted orders)"
-            timings, did = run_stages(engine, spec, end, every, label)
-            results[(name, label)] = timings
-            print(f"  {name:<24} {label:<6} {total(timings):7.2f} s ({total(timings, ' cpu'):6.2f} cpu)  "
-                  + "  ".join(f"{s} {timings[s]:.2f} ({timings[s + ' cpu']:.2f})" for s in STAGES)
-                  + "  | " + ", ".join(f"{k} {v:,}" for k, v in did.items()) + note, flush=True)
-            STATEMENTS.report()
+        runs: dict[str, list[dict[str, float]]] = {"cold": [], "steady": []}
+        for attempt in range(repeats):
+            reset_lifecycle(engine)
+            for label, end in (("cold", ANCHOR), ("steady", ANCHOR + every)):
+                note = f"  [repeat {attempt + 1} of {repeats}]" if repeats > 1 else ""
+                STATEMENTS.stage = "(untimed)"  # what the benchmark does between the runs
+                if label == "steady" and not unsent:
+                    note += f"  ({send_everything(engine, spec.journey, ANCHOR + timedelta(minutes=5)):,} sent before)"
+                if name == "win_back_exits" and label == "steady":
+                    note += f"  ({plant_orders(engine, spec.journey, ANCHOR):,} planted orders)"
+                timings, did = run_stages(engine, spec, end, every, label)
+                runs[label].append(timings)
+                print(f"  {name:<24} {label:<6} {timings_line(timings)}  | "
+                      + ", ".join(f"{k} {v:,}" for k, v in did.items()) + note, flush=True)
+                STATEMENTS.report()
+        for label, measured in runs.items():
+            results[(name, label)] = {key: statistics.median(t[key] for t in measured) for key in measured[0]}
+            if repeats > 1:
+                print(f"  {name:<24} {label:<6} {timings_line(results[(name, label)])}  | median of {repeats}",
+                      flush=True)
     reset_lifecycle(engine)
     return results
+
+
+def timings_line(timings: dict[str, float]) -> str:
+    return (f"{total(timings):7.2f} s ({total(timings, ' cpu'):6.2f} cpu)  "
+            + "  ".join(f"{s} {timings[s]:.2f} ({timings[s + ' cpu']:.2f})" for s in STAGES))
 
 
 def loadavg() -> str:
@@ -326,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journeys", nargs="+", default=list(JOURNEYS), choices=list(JOURNEYS))
     parser.add_argument("--statements", type=int, default=0, metavar="N",
                         help="after each run, its N slowest SQL statements (wall seconds, stage)")
+    parser.add_argument("--repeats", type=int, default=1, metavar="N",
+                        help="each journey's cold and steady runs N times from a fresh start; the exponents "
+                             "and goals use each stage's median")
     parser.add_argument("--unsent", action="store_true",
                         help="leave the cold run's messages open: the steady run adopts them (its send tasks died)")
     parser.add_argument("--shared-buffers", default="1GB", metavar="SIZE",
@@ -363,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"load average {loadavg()}", flush=True)
             engine = shop_database(admin, url, customers)
             try:
-                by_size[customers] = measure_size(engine, customers, args.journeys, args.statements, args.unsent)
+                by_size[customers] = measure_size(engine, customers, args.journeys, args.statements, args.unsent,
+                                                  args.repeats)
             finally:
                 engine.dispose()
         print(f"load average {loadavg()}")
