@@ -33,34 +33,13 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
+from proc_cpu import loadavg, postgres_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
 BASELINE_REF = "8c8c75c"  # the last commit with the sequential generator
 TABLES = ("products", "product_links", "customers", "consents", "push_subscriptions", "orders", "order_items",
           "carts", "cart_items", "page_views", "reviews", "referrals")
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def server_cpu(pgdata: Path) -> float:
-    """CPU seconds of the PostgreSQL server so far: the postmaster, its reaped children (backends
-    that ended) and its live ones."""
-    postmaster = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        if pid == postmaster:
-            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-        elif ppid == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / _TICK
 
 
 def own_cpu() -> float:
@@ -89,16 +68,16 @@ def measure(label: str, generate, admin, url: str, pgdata: Path, customers: int)
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     engine = sa.create_engine(sa.make_url(url).set(database=name))
     try:
-        print(f"{label}: {customers:,} customers (load average {load()}) ...", flush=True)
-        cpu, server = own_cpu(), server_cpu(pgdata)
+        print(f"{label}: {customers:,} customers (load average {loadavg()}) ...", flush=True)
+        cpu, server = own_cpu(), postgres_cpu(pgdata)
         t0 = time.perf_counter()
         generate(engine, ANCHOR, customers=customers)
         seconds = time.perf_counter() - t0
-        cpu, server = own_cpu() - cpu, server_cpu(pgdata) - server
+        cpu, server = own_cpu() - cpu, postgres_cpu(pgdata) - server
         with engine.connect() as conn:
             rows = sum(conn.exec_driver_sql(f"SELECT count(*) FROM shop.{t}").scalar() for t in TABLES)
         print(f"  {seconds:7.1f} s  {rows:>12,} rows  {rows / seconds:>9,.0f} rows/s  CPU s: generator {cpu:.1f}, "
-              f"PostgreSQL {server:.1f} (on 2 idle cores >= {(cpu + server) / 2:.0f} s)  load average {load()}",
+              f"PostgreSQL {server:.1f} (on 2 idle cores >= {(cpu + server) / 2:.0f} s)  load average {loadavg()}",
               flush=True)
         return seconds
     finally:
@@ -147,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if customers not in seconds:
                 seconds[customers] = measure("new path", new, admin, url, pgdata, customers)
         admin.dispose()
-        print(f"load average {load()}")
+        print(f"load average {loadavg()}")
         largest = sizes[-1]
         print(f"{largest:,} customers generated in {seconds[largest]:.1f} s")
         return 0

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import sys
@@ -45,6 +44,8 @@ import warnings
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from proc_cpu import loadavg, postgres_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
@@ -112,28 +113,6 @@ def naive_peer_warmup():
 
 naive_peer_warmup()
 '''
-
-
-def deployment_cpu(airflow, pgdata: Path) -> float:
-    """CPU seconds used so far by Airflow's services (each one's process group: the scheduler's
-    executor workers too) and the embedded PostgreSQL (the postmaster and its backends)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    groups = {proc.pid for proc in airflow.procs.values()}
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid, pgrp = int(stat.parent.name), int(fields[1]), int(fields[2])
-        if pgrp in groups or pid == postmaster or ppid == postmaster:
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / tick
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def finished_after(run: dict, requested: datetime) -> float:
@@ -264,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         demo_shop.generate(engine, ANCHOR, customers=args.customers)
         schema.migrate(engine)
-        print(f"shop: {args.customers:,} customers in {time.perf_counter() - t0:.1f} s (load average {load()})", flush=True)
+        print(f"shop: {args.customers:,} customers in {time.perf_counter() - t0:.1f} s (load average {loadavg()})", flush=True)
 
         smtp = RecordingSMTPServer().start()
         dags.mkdir()
@@ -297,15 +276,15 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(airflow.explain_failures(WARMUP, airflow.dag_runs(WARMUP)))
         settings = ({} if args.defaults else LATENCY_SETTINGS) | dict(x.split("=", 1) for x in args.airflow_setting)
         print(f"Airflow up and warm (LocalExecutor, parallelism 4{''.join(f'; {k}={v}' for k, v in settings.items())}); "
-              f"load average {load()}", flush=True)
+              f"load average {loadavg()}", flush=True)
 
         if args.idle_seconds:  # what the loop timings cost while nothing runs
             time.sleep(2)
-            before, t0 = deployment_cpu(airflow, pgdata), time.perf_counter()
+            before, t0 = postgres_cpu(pgdata, {proc.pid for proc in airflow.procs.values()}), time.perf_counter()
             time.sleep(args.idle_seconds)
-            idle = (deployment_cpu(airflow, pgdata) - before) / (time.perf_counter() - t0)
+            idle = (postgres_cpu(pgdata, {proc.pid for proc in airflow.procs.values()}) - before) / (time.perf_counter() - t0)
             print(f"idle: Airflow's services and PostgreSQL use {idle:.0%} of a core (over {args.idle_seconds:.0f} s, "
-                  f"load average {load()})", flush=True)
+                  f"load average {loadavg()})", flush=True)
 
         # 1. The project's batches: the journey's first day.
         airflow.unpause(JOURNEY)
@@ -330,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(contacts) != sent:
             raise RuntimeError(f"the sink received {len(contacts)} messages, the journey recorded {sent} sent")
         print(f"batches: {sent:,} messages in {batches} send task(s): {batches_wall:.1f} s from the request ({args.request}), "
-              f"run {run_seconds(run):.1f} s (load average {load()})", flush=True)
+              f"run {run_seconds(run):.1f} s (load average {loadavg()})", flush=True)
         print(timeline(airflow, JOURNEY, run), flush=True)
         if args.side == "batches":
             return 0
@@ -351,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"{sum(received.values())} of {len(contacts)} messages received\n"
                                + airflow.explain_failures(NAIVE, [run]))
         print(f"naive: {len(contacts):,} mapped tasks: {naive_wall:.1f} s from the request ({args.request}), run "
-              f"{run_seconds(run):.1f} s, {naive_wall / len(contacts):.2f} s per message (load average {load()})",
+              f"{run_seconds(run):.1f} s, {naive_wall / len(contacts):.2f} s per message (load average {loadavg()})",
               flush=True)
         print(f"batches {batches_wall:.1f} s vs naive {naive_wall:.1f} s for the same {len(contacts):,} messages")
         speedup = naive_wall / batches_wall

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import resource
 import statistics
 import time
@@ -43,6 +42,8 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+
+from proc_cpu import loadavg, postgres_cpu
 
 ANCHOR = datetime(2026, 11, 20, tzinfo=UTC)
 SEED = 7
@@ -65,23 +66,11 @@ class CpuClock:
     work): a figure the machine's load does not inflate, unlike the wall clock."""
 
     def __init__(self, pgdata: Path) -> None:
-        self.postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-        self.tick = os.sysconf("SC_CLK_TCK")
+        self.pgdata = pgdata
 
     def server(self) -> float:
-        """CPU seconds of the server: its live processes, plus (the postmaster's cutime/cstime) every
-        backend that has ended: a connection closed mid-stage took its CPU seconds with it otherwise."""
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                continue
-            if int(stat.parent.name) == self.postmaster:
-                total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-            elif int(fields[1]) == self.postmaster:
-                total += int(fields[11]) + int(fields[12])
-        return total / self.tick
+        """CPU seconds of the server, its ended backends included (proc_cpu.postgres_cpu)."""
+        return postgres_cpu(self.pgdata)
 
     @staticmethod
     def here() -> float:
@@ -289,10 +278,6 @@ def measure_size(engine, customers: int, journeys: list[str], statements: int, u
 def timings_line(timings: dict[str, float]) -> str:
     return (f"{total(timings):7.2f} s ({total(timings, ' cpu'):6.2f} cpu)  "
             + "  ".join(f"{s} {timings[s]:.2f} ({timings[s + ' cpu']:.2f})" for s in STAGES))
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def total(timings: dict[str, float], kind: str = "") -> float:

@@ -54,6 +54,8 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from proc_cpu import loadavg, postgres_cpu, process_cpu
+
 AS_OF = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the sender's clock: midday, inside SMS hours
 BATCH = 500
 RESET = ("UPDATE lifecycle.messages SET status = 'planned', reason = NULL, claim_token = NULL, claimed_at = NULL, "
@@ -78,10 +80,6 @@ CART = {
     ],
 }
 SMS_SID, SMS_TOKEN = "AC" + "b" * 32, "bench-token"
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def start_process(args: list[str], banner: str) -> tuple[subprocess.Popen, str]:
@@ -252,34 +250,6 @@ def summary(label: str, rates: list[float]) -> str:
             f"max {max(rates):8.0f} msgs/s   ({', '.join(f'{r:.0f}' for r in rates)})")
 
 
-def _cpu(pid: int, children: bool = False) -> float:
-    """CPU seconds (user + system) a process has used; with `children`, also what its reaped
-    children used (a PostgreSQL postmaster's exited backends)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(f) for f in fields[11:15 if children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _postgres_cpu(pgdata: Path) -> float:
-    """CPU seconds of the embedded PostgreSQL: its postmaster, its live and its exited backends."""
-    try:
-        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    total = _cpu(postmaster, children=True)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    total += _cpu(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return total
-
-
 def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repeat,
             server: subprocess.Popen | None = None, pgdata: Path | None = None) -> float:
     """Time the two part by part (a batch of 500 each), interleaved, the order alternating, so a
@@ -298,12 +268,12 @@ def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repea
         for part in range(len(sizes)):
             took = {}
             for label, run in (("project", ours), ("plain loop", theirs))[:: 1 if (part + r) % 2 == 0 else -1]:
-                before = (time.process_time(), _cpu(server.pid) if server else 0.0,
-                          _postgres_cpu(pgdata) if pgdata else 0.0)
+                before = (time.process_time(), process_cpu(server.pid) if server else 0.0,
+                          postgres_cpu(pgdata) if pgdata else 0.0)
                 took[label] = run(part)
                 spent[label] += took[label]
-                after = (time.process_time(), _cpu(server.pid) if server else 0.0,
-                         _postgres_cpu(pgdata) if pgdata else 0.0)
+                after = (time.process_time(), process_cpu(server.pid) if server else 0.0,
+                         postgres_cpu(pgdata) if pgdata else 0.0)
                 for key, b, a in zip(("ours", "server", "database"), before, after, strict=True):
                     cpu[label][key] += a - b
             pairs.append(took["plain loop"] / took["project"])
@@ -311,7 +281,7 @@ def compare(name: str, sizes: list[int], repeats: int, ours, theirs, after_repea
         mine.append(total / spent["project"])
         plain.append(total / spent["plain loop"])
         print(f"  {name} repeat {r + 1}: project {total:,} messages in {spent['project']:6.2f} s = {mine[-1]:5.0f} msgs/s,"
-              f" plain loop {spent['plain loop']:6.2f} s = {plain[-1]:5.0f} msgs/s (load {load()})", flush=True)
+              f" plain loop {spent['plain loop']:6.2f} s = {plain[-1]:5.0f} msgs/s (load {loadavg()})", flush=True)
     ratio = statistics.median(mine) / statistics.median(plain)
     quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
     print(summary(f"{name} project", mine))
@@ -368,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # A SIGTERM (make interrupted, a CI timeout) still stops every server this script started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    print(f"load average {load()} (start)", flush=True)
+    print(f"load average {loadavg()} (start)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="lifecycle-send-bench-"))
     servers: list[subprocess.Popen] = []
     started = False
@@ -496,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                                  lambda part: raw_http(requests[part * BATCH:(part + 1) * BATCH]), lambda: reset(engine, "push"),
                                  push_server, pgdata)
 
-        print(f"load average {load()} (end)")
+        print(f"load average {loadavg()} (end)")
         if "sms" in chosen:
             print(f"sms/raw ratio (send_batch, rendering included): {sms_ratio:.2f}")
         if "push" in chosen:

@@ -679,7 +679,7 @@ class _Workers(dict):
             pool.shutdown()
 
 
-def _deliver_window(spec, prepared: list[_Prepared], channels: dict, workers: _Workers | None = None):
+def _deliver_window(spec, prepared: list[_Prepared], channels: dict, workers: _Workers):
     """Hand a claimed window to its providers (no database here): (results to record, ids never
     handed over, the ChannelUnavailable that stopped them)."""
     results: list[tuple[Any, Outcome, str | None]] = [(p.row, p.broken, None) for p in prepared if p.broken]
@@ -688,7 +688,7 @@ def _deliver_window(spec, prepared: list[_Prepared], channels: dict, workers: _W
     for name in dict.fromkeys(p.row.channel for p in prepared if not p.broken):
         group = [p for p in prepared if not p.broken and p.row.channel == name]
         sender = channels[name]
-        delivered = deliver_all(sender, [p.outbound for p in group], workers.pool(sender) if workers else None)
+        delivered = deliver_all(sender, [p.outbound for p in group], workers.pool(sender))
         for p, result in zip(group, delivered, strict=True):
             if isinstance(result, ChannelUnavailable):
                 unavailable.append(p.row.message_id)

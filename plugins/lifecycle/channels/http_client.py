@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
+import certifi
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -122,6 +123,12 @@ def tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
 def ca_bundle(path: str) -> ssl.SSLContext:
     """`tls_context` for a CA bundle file or a directory of certificates."""
     return tls_context(None, path) if os.path.isdir(path) else tls_context(path, None)
+
+
+def ca_bundle_from(*variables: str) -> ssl.SSLContext:
+    """`ca_bundle` of the first environment variable of `variables` that is set, else certifi's
+    bundle: each sender reads the variables of the library it replaced (httpx, requests)."""
+    return ca_bundle(next((os.environ[v] for v in variables if os.environ.get(v)), None) or certifi.where())
 
 
 class Pools:

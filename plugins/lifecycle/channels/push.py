@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import certifi
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -284,9 +283,8 @@ class PushChannel:
         proxy = self._proxies[origin]
         manager = self._managers.get(proxy)
         if manager is None:
-            ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
             manager = self._managers[proxy] = http_client.Pools(
-                proxy, maxsize=self.concurrency, tls=http_client.ca_bundle(ca),
+                proxy, maxsize=self.concurrency, tls=http_client.ca_bundle_from("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
                 pools=http_client.POOLS if self.allow_private else PUBLIC_POOLS)
         return manager
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import threading
 import time
@@ -42,7 +41,6 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlencode, urljoin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import certifi
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
@@ -324,10 +322,7 @@ class SMSChannel:
     def _open(self) -> http_client.Pools:
         if self._http is None:
             logsafe.install()  # the lookup's URL carries the phone number: keep it out of urllib3's log
-            tls = None
-            if self.base_url.startswith("https:"):
-                ca = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR") or certifi.where()
-                tls = http_client.ca_bundle(ca)
+            tls = http_client.ca_bundle_from("SSL_CERT_FILE", "SSL_CERT_DIR") if self.base_url.startswith("https:") else None
             self._http = http_client.Pools(http_client.environment_proxy(self.base_url),
                                            maxsize=self.concurrency, tls=tls)
         return self._http
