@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         (dags / "naive_peer.py").write_text(NAIVE_DAG)
         (dags / "naive_peer_warmup.py").write_text(WARMUP_DAG)
         metadata_url = sa.make_url(admin_url).set(database="airflow").render_as_string(hide_password=False)
-        # The loop timings README recommends for production (LATENCY_SETTINGS), not the tests' TEST_SETTINGS
+        # The loop timings README recommends for production (LATENCY_SETTINGS), not the tests' TEST_SETTINGS,
+        # for both sides (--defaults: Airflow's), and any --airflow-setting
+        settings = ({} if args.defaults else LATENCY_SETTINGS) | dict(x.split("=", 1) for x in args.airflow_setting)
         env = private_env(tmp, shop_url, smtp.port, metadata_url, **{
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
@@ -260,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "LIFECYCLE_SIGNING_KEY": secrets.token_urlsafe(32),  # a throwaway key for the unsubscribe links
             "NAIVE_PEER_CONTACTS": str(tmp / "contacts.json"),
             "NAIVE_PEER_SMTP_PORT": str(smtp.port),
-            # the settings README recommends for production, for both sides (--defaults: Airflow's)
-            **({} if args.defaults else LATENCY_SETTINGS),
-            **dict(setting.split("=", 1) for setting in args.airflow_setting),
+            **settings,
         })
         airflow = Airflow(env, start_timeout=START_TIMEOUT, run_timeout=RUN_TIMEOUT, poll=1)
         airflow.start()
@@ -274,15 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         airflow.request("POST", f"dags/{WARMUP}/dagRuns", {"logical_date": None})
         if airflow.wait_for_runs(WARMUP)[-1]["state"] != "success":
             raise RuntimeError(airflow.explain_failures(WARMUP, airflow.dag_runs(WARMUP)))
-        settings = ({} if args.defaults else LATENCY_SETTINGS) | dict(x.split("=", 1) for x in args.airflow_setting)
         print(f"Airflow up and warm (LocalExecutor, parallelism 4{''.join(f'; {k}={v}' for k, v in settings.items())}); "
               f"load average {loadavg()}", flush=True)
 
         if args.idle_seconds:  # what the loop timings cost while nothing runs
             time.sleep(2)
-            before, t0 = postgres_cpu(pgdata, {proc.pid for proc in airflow.procs.values()}), time.perf_counter()
+            services = {proc.pid for proc in airflow.procs.values()}  # each one's process group
+            before, t0 = postgres_cpu(pgdata, services), time.perf_counter()
             time.sleep(args.idle_seconds)
-            idle = (postgres_cpu(pgdata, {proc.pid for proc in airflow.procs.values()}) - before) / (time.perf_counter() - t0)
+            idle = (postgres_cpu(pgdata, services) - before) / (time.perf_counter() - t0)
             print(f"idle: Airflow's services and PostgreSQL use {idle:.0%} of a core (over {args.idle_seconds:.0f} s, "
                   f"load average {loadavg()})", flush=True)
 

@@ -444,16 +444,16 @@ def main(argv: list[str] | None = None) -> int:
                 return PushChannel(key, "mailto:ops@shop.example.com", allow_http=True, allow_private=True,
                                    **in_flight)
 
-            from pywebpush import WebPusher
+            from lifecycle.channels.push import encrypt, subscription_keys
 
             pusher = push_channel("push")
             requests = []
-            for m in loaded(engine, spec, "push"):
-                encoded = WebPusher({"endpoint": m.endpoint, "keys": {"p256dh": m.p256dh, "auth": m.auth}}).encode(
-                    json.dumps(m.payload, separators=(",", ":"), ensure_ascii=False).encode(), "aes128gcm")
+            for m in loaded(engine, spec, "push"):  # encrypted here, untimed, as the channel encrypts each
+                body = encrypt(json.dumps(m.payload, separators=(",", ":"), ensure_ascii=False).encode(),
+                               *subscription_keys(m))
                 headers = {"TTL": str(m.ttl), "Urgency": m.urgency, "Content-Encoding": "aes128gcm",
                            **pusher.vapid_headers(push_origin)}
-                requests.append((m.endpoint, headers, encoded["body"]))
+                requests.append((m.endpoint, headers, body))
 
             def push_project(part: int) -> float:
                 seconds, counts = project(engine, spec, batches["push"][part:part + 1], push_channel)

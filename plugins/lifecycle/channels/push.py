@@ -305,7 +305,7 @@ class PushChannel:
         return message.endpoint
 
     def deliver(self, message: OutboundPush) -> Outcome:
-        keys = _subscription_keys(message)
+        keys = subscription_keys(message)
         problem = self._check(message, keys)
         if problem is not None:
             log.warning("push %s not sent: %s", message.key, problem.reason)
@@ -329,7 +329,7 @@ class PushChannel:
 
     def _check(self, message: OutboundPush, keys: tuple | None) -> Outcome | None:
         """Everything that would fail no matter what the push service says: no request is made.
-        `keys`: the subscription's, as _subscription_keys read them."""
+        `keys`: the subscription's, as subscription_keys read them."""
         problem = self._endpoint_problem(message.endpoint)
         if problem is not None:
             return problem
@@ -423,7 +423,7 @@ class PushChannel:
         return Outcome("failed", f"push service HTTP {status}{text}")
 
 
-def _subscription_keys(message: OutboundPush) -> tuple[ec.EllipticCurvePublicKey, bytes] | None:
+def subscription_keys(message: OutboundPush) -> tuple[ec.EllipticCurvePublicKey, bytes] | None:
     """The subscription's public key (p256dh, a P-256 point) and auth secret (16 bytes); None
     when they are not that."""
     try:
