@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lifecycle import channels as registry
+from lifecycle.products import fill_product_cards
 from lifecycle.run_context import RunContext
 from lifecycle.spec import Coupon, JourneySpec
 from lifecycle.sql import execute_file_sql
@@ -175,6 +176,7 @@ def preview(engine: Engine, spec: JourneySpec, out: Path, *, customer: str | Non
     selected = pick_row(selected_rows(engine, spec, run), customer, spec, run)
     with engine.connect() as conn:
         contact, push = _contact(conn, selected._customer), _push_subscription(conn, selected._customer)
+        fill_product_cards(conn, [selected._context])  # as a send would: the shop's cards of today
         conn.rollback()
     out.mkdir(parents=True, exist_ok=True)
     result = PreviewResult(spec.journey, start, end, selected._customer)

@@ -34,6 +34,7 @@ from lifecycle.channels.base import ChannelUnavailable, Outcome, Sender
 from lifecycle.config import SHOP, settings
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
 from lifecycle.model import Batch
+from lifecycle.products import fill_product_cards
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import query
@@ -183,10 +184,12 @@ def _span(window) -> str:
 def load_batch(conn: sa.Connection, batch: Batch) -> list[Any]:
     """Everything needed to render the batch's planned messages (bounded by the batch size)."""
     ids = shop_ids(conn, "m.customer_id")
-    return conn.execute(
+    rows = conn.execute(
         sa.text(LOAD_BATCH_SQL.format(**_id_placeholders(ids))),
         _batch_binds(batch),
     ).all()
+    fill_product_cards(conn, (row.context for row in rows))  # today's cards, one query per batch
+    return rows
 
 
 def template_context(row: Any) -> dict:

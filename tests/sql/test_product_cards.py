@@ -1,0 +1,73 @@
+"""lifecycle.products: a context's product references get the shop's current card when the
+message is loaded to be sent (send.load_batch) or previewed; whole cards are left as stored."""
+
+from __future__ import annotations
+
+import logging
+
+from lifecycle.products import fill_product_cards
+
+SHOP_URL = "https://shop.example.com"  # SHOP["base_url"] in the tests' settings
+
+
+def fill(sql, *contexts: dict) -> int:
+    with sql.engine.connect() as conn:
+        return fill_product_cards(conn, contexts)
+
+
+def test_a_reference_gets_todays_card_and_keeps_its_own_keys(sql):
+    sql.given("products", {"product_id": 3, "sku": "MUG", "name": "Mug", "price": 12.5, "image_url": "https://i/mug.png"},
+              {"product_id": 4, "sku": "CAP", "name": "Cap", "price": 20})
+    context = {"products": [{"product_id": 3, "score": 7}, {"product_id": 4, "score": 2, "price": "kept"}]}
+    assert fill(sql, context) == 0
+    assert context["products"] == [
+        {"product_id": 3, "score": 7, "name": "Mug", "price": 12.5, "image_url": "https://i/mug.png",
+         "product_url": f"{SHOP_URL}/p/MUG"},
+        {"product_id": 4, "score": 2, "price": "kept", "name": "Cap", "image_url": None,
+         "product_url": f"{SHOP_URL}/p/CAP"},
+    ]
+    with sql.engine.begin() as conn:  # the price changes after the run, before the send
+        conn.exec_driver_sql("UPDATE shop.products SET price = 9.99 WHERE product_id = 3")
+    later = {"products": [{"product_id": 3, "score": 7}]}
+    fill(sql, later)
+    assert later["products"][0]["price"] == 9.99
+
+
+def test_whole_cards_and_other_values_are_left_as_stored(sql):
+    sql.given("products", {"product_id": 1, "name": "Now", "price": 30})
+    stored = {"product_id": 1, "name": "Then", "price": 25}  # what an order confirmation showed
+    context = {"items": [dict(stored)], "order_id": 1, "note": None, "tags": ["a", 1]}
+    fill(sql, context)
+    assert context == {"items": [stored], "order_id": 1, "note": None, "tags": ["a", 1]}
+
+
+def test_references_anywhere_in_the_context_one_query_for_the_batch(sql):
+    sql.given("products", *({"product_id": p, "name": f"P{p}"} for p in (1, 2, 3)))
+    first = {"upgrade": {"product_id": 2}, "lines": [{"bundle": [{"product_id": 1}]}]}
+    second = {"products": [{"product_id": 3}, {"product_id": 1}]}
+    statements = []
+    with sql.engine.connect() as conn:
+        from sqlalchemy import event
+
+        event.listen(conn, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        fill_product_cards(conn, [first, second, None])
+    assert first["upgrade"]["name"] == "P2" and first["lines"][0]["bundle"][0]["name"] == "P1"
+    assert [p["name"] for p in second["products"]] == ["P3", "P1"]
+    assert sum("lifecycle.product_card" in s for s in statements) == 1
+
+
+def test_a_product_gone_from_the_shop_is_left_out_and_logged(sql, caplog):
+    sql.given("products", {"product_id": 1, "name": "Kept"})
+    context = {"products": [{"product_id": 9, "score": 5}, {"product_id": 1, "score": 4}]}
+    other = {"products": [{"product_id": 9}]}
+    with caplog.at_level(logging.WARNING, logger="lifecycle.products"):
+        assert fill(sql, context, other) == 2
+    assert [p["product_id"] for p in context["products"]] == [1]
+    assert other["products"] == []
+    assert "products 9 are no longer in shop.products" in caplog.text
+
+
+def test_a_null_product_id_is_no_reference(sql):
+    context = {"products": [{"product_id": None}], "total": 3}
+    assert fill(sql, context, {}) == 0
+    assert context == {"products": [{"product_id": None}], "total": 3}
