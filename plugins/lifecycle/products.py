@@ -6,7 +6,7 @@ When a batch is loaded to be sent (and when a message is previewed), each refere
 product's card as the shop has it then (`lifecycle.product_card`: name, image_url, price,
 product_url), all of a batch's products in one query. So an email sent days after the run shows
 the current price, and the enrollment stores a few bytes instead of four cards: at 1M customers
-product_recommendations' contexts went from 955 to about 200 bytes, and enrolling and advancing
+product_recommendations' contexts went from 955 to about 490 bytes, and enrolling and advancing
 them got cheaper in proportion (benchmarks/README.md).
 
 The reference's own keys win over the card's (a `score`, a `quantity`). A referenced product the
