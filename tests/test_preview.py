@@ -128,7 +128,12 @@ def test_preview_renders_sms_text_and_push_json(shop_db, tmp_path, journey):
     assert {p.suffix for p in result.written} == {expected[c] for c in spec.channels}
     for path in result.written:
         if path.suffix == ".json":
-            assert set(json.loads(path.read_text())) == {"title", "body", "url"}
+            payload = json.loads(path.read_text())
+            assert set(payload) == {"title", "body", "url"}
+            if journey == "browse_abandonment":  # the context names the product by reference: the preview
+                with engine.connect() as conn:   # fills in its card, as a send would
+                    names = conn.execute(sa.text("SELECT name FROM shop.products")).scalars().all()
+                assert any(payload["body"].startswith(f"{name} is still available") for name in names), payload
         elif path.suffix == ".txt":
             assert path.read_text().strip() and "\n" not in path.read_text().strip()  # one line of text
         else:

@@ -11,8 +11,11 @@ them got cheaper in proportion (benchmarks/README.md).
 
 The reference's own keys win over the card's (a `score`, a `quantity`). A referenced product the
 shop no longer has is left out of its list, and the task log says so: a product taken off the
-catalogue is not advertised. An object that already has a `name` is a whole card, stored as the
-segment built it, and is left as it is (what an order confirmation shows was bought).
+catalogue is not advertised. A reference that is no list's item (upsell's `upgrade`,
+replenishment's `product`) cannot be left out: `unfilled_references` names it, and the send skips
+that message. An object that already has a `name` is a whole card, stored as the segment built it,
+and is left as it is (what an order confirmation shows was bought). The context itself is a row,
+never a reference, even when it has a `product_id` column (upsell, replenishment).
 """
 
 from __future__ import annotations
@@ -46,6 +49,20 @@ def _collect(value: Any, found: list[dict]) -> None:
             _collect(item, found)
 
 
+def _references(context: Any) -> list[dict]:
+    """The references in a context's values (the context itself is a row, not a reference)."""
+    found: list[dict] = []
+    for value in (context.values() if isinstance(context, dict) else ()):
+        _collect(value, found)
+    return found
+
+
+def unfilled_references(context: Any) -> list[str]:
+    """The product ids of references in `context` still without a card after
+    `fill_product_cards`: products the shop no longer has, named where no list could leave them out."""
+    return sorted({str(r["product_id"]) for r in _references(context)})
+
+
 def _drop_missing(value: Any, missing: set[str]) -> None:
     """Take references to `missing` products out of every list in `value`, in place."""
     if isinstance(value, dict):
@@ -75,9 +92,7 @@ def fill_product_cards(conn: sa.Connection, contexts: Iterable[Any]) -> int:
     """Give every product reference in `contexts` (dicts, changed in place) its current card;
     returns how many references named a product the shop no longer has (those are left out)."""
     contexts = [c for c in contexts if c]
-    references: list[dict] = []
-    for context in contexts:
-        _collect(context, references)
+    references = [r for context in contexts for r in _references(context)]
     if not references:
         return 0
     cards = product_cards(conn, (str(r["product_id"]) for r in references))

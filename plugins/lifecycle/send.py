@@ -34,7 +34,7 @@ from lifecycle.channels.base import ChannelUnavailable, Outcome, Sender
 from lifecycle.config import SHOP, settings
 from lifecycle.ids import CONSENT, CONTACTS, PUSH_SUBSCRIPTIONS, shop_ids
 from lifecycle.model import Batch
-from lifecycle.products import fill_product_cards
+from lifecycle.products import fill_product_cards, unfilled_references
 from lifecycle.render import TemplateRenderError
 from lifecycle.spec import JourneySpec
 from lifecycle.sql import query
@@ -527,6 +527,9 @@ def _prepare(row: Any, spec: JourneySpec, now: datetime, dry_run: bool, settles:
     """Render one message for its channel; None when it will not be attempted now."""
     row = variants.for_row(spec, row)  # an A/B variant's template and subject
     try:
+        gone = unfilled_references(row.context)  # load_batch filled the rest with today's cards
+        if gone:
+            raise Skip(f"product {', '.join(gone)} is no longer in the shop")
         outbound = registry.channel(row.channel).outbound(row, spec, now)
         # tracked links and open pixel (lifecycle.tracking); a dry run records the untracked message
         return _Prepared(row, outbound if dry_run else track_outbound(row, spec, outbound, key=_BATCH_KEY.get()))

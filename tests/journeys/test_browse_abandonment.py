@@ -589,8 +589,11 @@ def test_cooldown_allows_one_enrollment_per_week(browse_run):
 
 
 def test_email_shows_viewed_and_complementary_products(browse_run):
+    """The context names the products by reference (id only: no card, no price); the email shows
+    each one's name, image and price, filled in from the shop when it is sent."""
     case = browse_run.cases["long_look"]
     context = browse_run.enrollment_rows()[case.key].context
+    assert all(set(p) == {"product_id"} for p in context["viewed"] + context["suggested"]), context
     assert [p["product_id"] for p in context["viewed"]] == case.products
     viewed = browse_run.query("SELECT product_id, name, image_url, price FROM shop.products "
                               "WHERE product_id = ANY(:ids)", ids=case.products)
@@ -604,8 +607,10 @@ def test_email_shows_viewed_and_complementary_products(browse_run):
     for _, name, image_url, price in viewed:
         assert name in text and html.escape(name) in body and image_url in body
         assert html.escape(money(price)) in body and money(price) in text
-    for p in context["suggested"]:
-        assert p["name"] in text and p["image_url"] in body
+    for name, image_url, price in browse_run.query(
+            "SELECT name, image_url, price FROM shop.products WHERE product_id = ANY(:ids)", ids=suggested):
+        assert name in text and html.escape(name) in body and image_url in body
+        assert html.escape(money(price)) in body and money(price) in text
     assert message["List-Unsubscribe"] and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 

@@ -246,6 +246,10 @@ def test_reminder_email_shows_every_cart_item(cart_run):
         "WHERE ci.cart_id = :c", c=case.cart_id,
     )
     assert len(items) == 2
+    # the context names the items by reference (no card, no shop price); the email gets the cards
+    context = cart_run.enrollment_rows()[str(case.cart_id)].context
+    assert all(set(i) == {"product_id", "quantity", "unit_price"} for i in context["items"]), context["items"]
+    assert len(context["items"]) == 2
     (message,) = cart_run.find_received(case.email, "reminder_1")
     text, body = text_and_html(message)
     for name, image_url in items:

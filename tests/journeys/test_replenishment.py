@@ -300,6 +300,9 @@ def test_issue_example_100_capsules_1_a_day_5_days_shipping_due_on_day_92(run):
                            "AND enrollment_key = :k", k=key)[0]
     assert (Decimal(str(context["supply_days"])), Decimal(str(context["lead_time_days"]))) == (100, 5)
     assert datetime.fromisoformat(context["runs_out_at"]) == EXAMPLE_ORDERED + 100 * DAY
+    # the product as a reference with its pack details: no card, no price (the email gets the card
+    # as the shop has it when it is sent: test_the_email_shows_the_product_and_a_reorder_link)
+    assert context["product"] == {"product_id": PRODUCT, "sku": "TST-CAP-100", "pack_units": 100, "units_per_day": 1}
 
 
 def test_lead_time_is_the_median_of_deliveries_before_the_run(run):

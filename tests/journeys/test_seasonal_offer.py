@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from lifecycle.conditions import materialise_condition
 from lifecycle.config import SEGMENTS_DIR
 from lifecycle.ids import typed_enrollments
+from lifecycle.render import money
 from lifecycle.run_context import RunContext
 from lifecycle.spec import load_spec
 
@@ -448,7 +449,9 @@ def test_what_the_smtp_server_received(offer_run, expected):
 
 
 def test_offer_shows_the_best_sellers_of_the_last_90_days(offer_run, expected):
-    """The context's picks, against the best sellers counted here (units, ties by product id)."""
+    """The context's picks, against the best sellers counted here (units, ties by product id), as
+    product references (ids only: no card, no price); the emails show each pick's name, price and
+    image, filled in from the shop when they are sent."""
     as_of = utc(2026, 12, 1)
     units: dict[int, int] = {}
     for product_id, quantity in offer_run.query(
@@ -462,13 +465,31 @@ def test_offer_shows_the_best_sellers_of_the_last_90_days(offer_run, expected):
     n = len(ordered_prices)
     median = (ordered_prices[(n - 1) // 2] + ordered_prices[n // 2]) / 2
     value = [p for p in ranked if prices[p] <= median]
-    contexts = offer_run.query("SELECT context FROM lifecycle.enrollments WHERE journey = 'seasonal_offer' "
-                               "AND entered_at = :t", t=as_of)
+    contexts = offer_run.query("SELECT c.email, e.context FROM lifecycle.enrollments e "
+                               "JOIN shop.customers c ON c.customer_id::text = e.customer_id "
+                               "WHERE e.journey = 'seasonal_offer' AND e.entered_at = :t", t=as_of)
     assert contexts
-    for (context,) in contexts:
+    for _, context in contexts:
         assert [p["product_id"] for p in context["bestsellers"]] == ranked[:3]
         assert [p["product_id"] for p in context["value_picks"]] == value[:3]
-        assert all(p["image_url"] and p["name"] and p["price"] for p in context["bestsellers"])
+        assert all(set(p) == {"product_id"} for p in context["bestsellers"] + context["value_picks"]), context
+    cards = {p: (name, price, image_url) for p, name, price, image_url in offer_run.query(
+        "SELECT product_id, name, price, image_url FROM shop.products")}
+    shows = {"offer": ranked[:3], "offer_value": value[:3]}
+    addresses = {email for email, _ in contexts}
+    checked = set()
+    for m in offer_run.emails:
+        text, body = text_and_html(m)
+        if m["To"] not in addresses or m["X-Lifecycle-Step"] not in shows or "Christmas Day is on" not in text:
+            continue
+        positions = []
+        for product_id in shows[m["X-Lifecycle-Step"]]:
+            name, price, image_url = cards[product_id]
+            assert f"- {name}: {money(price)}" in text and f'src="{image_url}"' in body
+            positions.append(text.index(f"- {name}: "))
+        assert positions == sorted(positions), "picks out of order"
+        checked.add(m["X-Lifecycle-Step"])
+    assert checked == set(shows)
 
 
 @pytest.mark.parametrize("condition", ["price_sensitive", "inactive_60d"])

@@ -475,20 +475,26 @@ def test_enrollments_and_exits(upsell_run, expected):
 
 
 def test_context_shows_the_item_its_upgrade_and_the_cart_as_last_seen(upsell_run, expected):
+    """The item and the upgrade are product references: no card (the push and emails get today's
+    cards when they are sent); the item keeps its cart price and quantity, the upgrade no price."""
     actual, wanted = [], []
     for key, r in upsell_run.enrollment_rows().items():
         c = r.context
+        assert set(c["item"]) == {"product_id", "sku", "price", "quantity"}, c["item"]
+        assert set(c["upgrade"]) == {"product_id", "sku"}, c["upgrade"]
         actual.append((key, c["product_id"], c["upgrade_product_id"], c["item"]["product_id"],
-                       c["upgrade"]["product_id"], ts(c["cart_updated_at"]), ts(c["upsell_due_at"]),
-                       c["item"]["quantity"], Decimal(str(c["item"]["price"])), Decimal(str(c["upgrade"]["price"])),
+                       c["upgrade"]["product_id"], c["item"]["sku"], c["upgrade"]["sku"], ts(c["cart_updated_at"]),
+                       ts(c["upsell_due_at"]), c["item"]["quantity"], Decimal(str(c["item"]["price"])),
                        Decimal(str(c["price_difference"])), c["url"], c["cart_url"]))
+    products = upsell_run.cases.snapshot.products
     for e in expected.enrollments.values():
-        up = upsell_run.cases.snapshot.products[e.upgrade_id]
+        up = products[e.upgrade_id]
         x = e.context
-        wanted.append((e.key, e.product_id, e.upgrade_id, e.product_id, e.upgrade_id, x["cart_updated_at"],
-                       x["upsell_due_at"], x["quantity"], x["price"], up.price, x["price_difference"],
-                       f"{SHOP_URL}/p/{up.sku}", f"{SHOP_URL}/cart/{e.cart_id}"))
-    assert_same(actual, wanted, "context (key, item, upgrade, cart change, due, qty, prices, urls)")
+        wanted.append((e.key, e.product_id, e.upgrade_id, e.product_id, e.upgrade_id, products[e.product_id].sku,
+                       up.sku, x["cart_updated_at"], x["upsell_due_at"], x["quantity"], x["price"],
+                       x["price_difference"], f"{SHOP_URL}/p/{up.sku}", f"{SHOP_URL}/cart/{e.cart_id}"))
+    assert_same(actual, wanted, "context (key, item, upgrade, skus, cart change, due, qty, cart price, "
+                                "difference, urls)")
 
 
 def test_conversions(upsell_run, expected):

@@ -385,6 +385,10 @@ def test_email_2_shows_the_bestsellers_of_the_30_days_before_it_is_sent(welcome_
         assert len(top) == BESTSELLERS
         context = rows[m.key].context
         assert [p["product_id"] for p in context["bestsellers"]] == top
+        # product references: id and units sold, no card and no price (the email gets today's cards)
+        assert all(set(p) == {"product_id", "units_sold"} for p in context["bestsellers"]), context["bestsellers"]
+        units = [p["units_sold"] for p in context["bestsellers"]]
+        assert units == sorted(units, reverse=True) and units[-1] > 0
         assert py(pd.Timestamp(context["bestsellers_as_of"])) == m.planned_for
         (message,) = [x for x in welcome_run.emails
                       if x["To"] == email_of[m.customer_id] and x["X-Lifecycle-Step"] == "email_2"]

@@ -28,6 +28,8 @@ def test_a_long_look_or_two_views_enter_with_the_products_left(sql):
     assert set(rows) == {"1:s1", "2:s2"}
     assert rows["1:s1"]["browse_clock"] == LAST + 2 * HOUR
     assert [p["product_id"] for p in rows["1:s1"]["viewed"]] == [6, 5]  # most recent first
+    assert rows["1:s1"]["viewed"] == [{"product_id": 6}, {"product_id": 5}]  # references: no card, no price
+    assert rows["1:s1"]["url"].endswith("/p/SKU-6")  # the last viewed product's page
 
 
 def test_a_glance_a_carted_or_ordered_product_or_a_session_too_recent_does_not(sql):

@@ -16,6 +16,10 @@ def test_a_cart_left_for_over_an_hour_is_selected_with_its_items(sql):
     (row,) = sql.select("cart_abandonment")
     assert (row["cart_id"], row["customer_id"], row["cart_updated_at"]) == (1, 7, AS_OF - 2 * HOUR)
     assert [i["product_id"] for i in row["items"]] == [3, 4]  # by name, then id
+    # product references with the cart line's quantity and price: no card (filled in at send time)
+    assert row["items"] == [{"product_id": 3, "quantity": 1, "unit_price": 10},
+                            {"product_id": 4, "quantity": 1, "unit_price": 10}]
+    assert row["cart_total"] == 20
 
 
 def test_recent_old_empty_and_ordered_since_carts_are_not(sql):

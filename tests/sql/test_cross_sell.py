@@ -23,6 +23,11 @@ def test_an_order_gets_the_linked_products_most_bought_together_first(sql):
     sql.order(10, 7, AS_OF - DAY, 1)
     rows = {r["order_id"]: r for r in sql.select("cross_sell")}
     assert [p["product_id"] for p in rows[10]["suggested"]] == [5, 4, 2]  # then the lower id of 2 and 3
+    # the suggestions as product references with their scores (no card, no price) ...
+    assert rows[10]["suggested"] == [{"product_id": 5, "score": 2}, {"product_id": 4, "score": 1},
+                                     {"product_id": 2, "score": 0}]
+    # ... what was bought as whole cards, like an order confirmation
+    assert [(i["product_id"], i["name"], i["quantity"]) for i in rows[10]["items"]] == [(1, "Product 1", 1)]
 
 
 def test_already_bought_or_nothing_to_suggest_or_cancelled_is_not_selected(sql):

@@ -4,8 +4,11 @@ message is loaded to be sent (send.load_batch) or previewed; whole cards are lef
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
-from lifecycle.products import fill_product_cards
+from lifecycle import send
+from lifecycle.products import fill_product_cards, unfilled_references
 
 SHOP_URL = "https://shop.example.com"  # SHOP["base_url"] in the tests' settings
 
@@ -71,3 +74,31 @@ def test_a_null_product_id_is_no_reference(sql):
     context = {"products": [{"product_id": None}], "total": 3}
     assert fill(sql, context, {}) == 0
     assert context == {"products": [{"product_id": None}], "total": 3}
+
+
+def test_the_context_is_a_row_not_a_reference_even_with_a_product_id(sql):
+    """upsell and replenishment rows have a product_id column: the row gets no card, the
+    references in it (the item, the upgrade, the product) do."""
+    sql.given("products", *({"product_id": p, "name": f"P{p}", "price": 10 * p} for p in (1, 2)))
+    context = {"product_id": 1, "upgrade_product_id": 2, "price_difference": 10,
+               "item": {"product_id": 1, "price": 8, "quantity": 2}, "upgrade": {"product_id": 2}}
+    assert fill(sql, context) == 0
+    assert set(context) == {"product_id", "upgrade_product_id", "price_difference", "item", "upgrade"}
+    assert (context["item"]["name"], context["item"]["price"], context["item"]["quantity"]) == ("P1", 8, 2)
+    assert (context["upgrade"]["name"], context["upgrade"]["price"]) == ("P2", 20)
+    assert unfilled_references(context) == []
+
+
+def test_a_gone_product_outside_a_list_stays_a_reference_and_its_message_is_skipped(sql):
+    sql.given("products", {"product_id": 1, "name": "Kept"})
+    context = {"product_id": 1, "item": {"product_id": 1}, "upgrade": {"product_id": 9},
+               "suggested": [{"product_id": 8}, {"product_id": 1}]}
+    assert fill(sql, context) == 2
+    assert context["upgrade"] == {"product_id": 9} and [p["product_id"] for p in context["suggested"]] == [1]
+    assert unfilled_references(context) == ["9"]  # the list's gone product was left out instead
+    settles: list = []
+    row = SimpleNamespace(message_id=7, journey="upsell", step="offer", channel="email", template="upsell/offer",
+                          context=context)
+    assert send._prepare(row, SimpleNamespace(steps=[]), datetime(2026, 11, 20, tzinfo=UTC), False, settles, {},
+                         None) is None
+    assert settles == [(7, "skipped", "product 9 is no longer in the shop", None)]

@@ -23,6 +23,8 @@ def test_100_capsules_a_day_with_5_days_shipping_are_due_on_day_92(sql):
     sql.order(10, 1, AS_OF - 92 * DAY, 5, 6)
     (row,) = sql.select("replenishment")
     assert (row["line_key"], row["due_at"], row["lead_time_days"]) == ("10:5", AS_OF, Decimal("5.00"))
+    # a product reference with the pack's details: no card, no price (filled in at send time)
+    assert row["product"] == {"product_id": 5, "sku": "SKU-5", "pack_units": 100, "units_per_day": 1}
     sql.customer(2, country="FR")  # no deliveries to FR: 3 days
     sql.order(20, 2, AS_OF - 94 * DAY, 5)
     assert sql.keys("replenishment") == {"10:5", "20:5"}

@@ -22,8 +22,14 @@ THANKSGIVING_SEND = datetime(2026, 11, 19, tzinfo=UTC)  # Thanksgiving 2026 is 2
 def test_christmas_for_everyone_thanksgiving_for_the_us(sql):
     sql.customer(1, country="US", timezone="UTC")
     sql.customer(2, country="DE", timezone="Europe/Berlin")
+    sql.given("products", {"product_id": 5, "price": 30}, {"product_id": 6, "price": 5}, {"product_id": 7, "price": 20})
+    sql.order(90, 1, DEC_1 - 2 * DAY, 5, 7)
     rows = {r["offer_key"]: r for r in sql.select("seasonal_offer", as_of=DEC_1)}
     assert set(rows) == {"1:christmas:2026", "2:christmas:2026"}
+    # the picks as product references (no card, no price): best sellers, then the unsold by id;
+    # value picks priced at or below the median (20)
+    assert rows["1:christmas:2026"]["bestsellers"] == [{"product_id": 5}, {"product_id": 7}, {"product_id": 6}]
+    assert rows["1:christmas:2026"]["value_picks"] == [{"product_id": 7}, {"product_id": 6}]
     assert (rows["2:christmas:2026"]["last_day"], rows["2:christmas:2026"]["ends_at"]) == (
         date(2026, 12, 25), datetime(2026, 12, 25, 23, tzinfo=UTC))  # midnight in Berlin
     assert sql.keys("seasonal_offer", as_of=THANKSGIVING_SEND) == {"1:thanksgiving:2026"}

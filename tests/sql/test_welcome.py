@@ -26,7 +26,7 @@ def test_the_later_of_sign_up_and_confirmation_in_the_interval(sql):
     rows = {r["customer_id"]: r for r in sql.select("welcome")}
     assert set(rows) == {1, 2}
     assert (rows[1]["welcome_at"], rows[2]["welcome_at"]) == (AS_OF - 30 * MINUTE, AS_OF - 10 * MINUTE)
-    assert [p["product_id"] for p in rows[1]["bestsellers"]] == [5, 6]
+    assert rows[1]["bestsellers"] == [{"product_id": 5, "units_sold": 1}, {"product_id": 6, "units_sold": 1}]
 
 
 def test_unconfirmed_opted_out_late_confirmed_ordered_or_welcomed_are_not(sql):

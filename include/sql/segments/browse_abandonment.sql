@@ -121,8 +121,11 @@ WITH recent AS (
     FROM abandoned_products ap
     JOIN picked p USING (customer_id, session_id)
 ), viewed AS (
+    -- The viewed and the suggested products as product references: their ids, no card. The
+    -- email and push get each product's card (name, image, price, link) as the shop has it when
+    -- they are sent (see "Product references" in the README), so they show that day's price.
     SELECT vp.customer_id, vp.session_id,
-           jsonb_agg(lifecycle.product_card(pr, :shop_url) ORDER BY vp.rank) AS viewed,
+           jsonb_agg(jsonb_build_object('product_id', vp.product_id) ORDER BY vp.rank) AS viewed,
            min(:shop_url || '/p/' || pr.sku) FILTER (WHERE vp.rank = 1) AS url
     FROM viewed_products vp
     JOIN shop.products pr USING (product_id)
@@ -142,7 +145,7 @@ WITH recent AS (
     GROUP BY vp.customer_id, vp.session_id, l.linked_product_id
 ), suggested AS (
     SELECT s.customer_id, s.session_id,
-           jsonb_agg(lifecycle.product_card(pr, :shop_url) ORDER BY s.rank) AS suggested
+           jsonb_agg(jsonb_build_object('product_id', s.product_id) ORDER BY s.rank) AS suggested
     FROM suggestions s
     JOIN shop.products pr USING (product_id)
     WHERE s.rank <= 2

@@ -63,10 +63,15 @@ WITH lines_then AS (
             AND o.ordered_at < :as_of
       )
 ), cart_lines AS (
-    -- the items of those carts only (not of every cart in the shop)
+    -- the items of those carts only (not of every cart in the shop), each as a product
+    -- reference: its id and the cart line's quantity and unit price, no card. The email gets each
+    -- product's card (name, image, link) as the shop has it when the email is sent (see "Product
+    -- references" in the README). Still stored as of the run: the cart's own prices (unit_price
+    -- and cart_total, what the email shows); a product gone from the shop by then is left out of
+    -- the items but still counts in cart_total.
     SELECT l.cart_id,
-           jsonb_agg(lifecycle.product_card(p, :shop_url)
-                     || jsonb_build_object('quantity', l.quantity, 'unit_price', l.unit_price)
+           jsonb_agg(jsonb_build_object('product_id', l.product_id, 'quantity', l.quantity,
+                                        'unit_price', l.unit_price)
                      ORDER BY p.name, p.product_id) AS items,   -- same-named products: by id
            sum(l.quantity * l.unit_price) AS cart_total
     FROM abandoned a

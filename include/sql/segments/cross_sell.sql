@@ -70,15 +70,20 @@ WITH recent AS (
     SELECT s.*, row_number() OVER (PARTITION BY s.order_id ORDER BY s.score DESC, s.product_id) AS rank
     FROM scored s
 ), suggested AS (
+    -- Each suggestion as a product reference: its id and score, no card. The emails get each
+    -- product's card (name, image, price, link) as the shop has it when they are sent (see
+    -- "Product references" in the README), so the follow-up shows that day's price too.
     SELECT r.order_id,
-           jsonb_agg(lifecycle.product_card(pr, :shop_url) || jsonb_build_object('score', r.score)
+           jsonb_agg(jsonb_build_object('product_id', r.product_id, 'score', r.score)
                      ORDER BY r.rank) AS suggested
     FROM ranked r
     JOIN shop.products pr ON pr.product_id = r.product_id
     WHERE r.rank <= :max_products
     GROUP BY r.order_id
 ), bought AS (
-    -- what the order held, for the "thanks for your order" part
+    -- what the order held, for the "thanks for your order" part: whole cards, as the segment
+    -- builds them (like order_notifications: what was bought, even if the shop has since taken
+    -- it off the catalogue), so not product references
     SELECT oi.order_id,
            jsonb_agg(lifecycle.product_card(pr, :shop_url)
                      || jsonb_build_object('quantity', oi.quantity, 'unit_price', oi.unit_price)

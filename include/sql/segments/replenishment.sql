@@ -78,9 +78,11 @@ SELECT d.order_id || ':' || d.product_id                                  AS lin
        d.ordered_at,
        d.quantity,
        d.product_id,
-       lifecycle.product_card(p, :shop_url)
-         || jsonb_build_object('sku', p.sku, 'pack_units', p.pack_units,
-                               'units_per_day', p.units_per_day)                   AS product,
+       -- The product as a product reference: its id and pack details, no card. The reminder
+       -- gets the card (name, image, price, link) as the shop has it when it is sent (see
+       -- "Product references" in the README), so it shows the price of the day it goes out.
+       jsonb_build_object('product_id', p.product_id, 'sku', p.sku, 'pack_units', p.pack_units,
+                          'units_per_day', p.units_per_day)                        AS product,
        round(CAST(d.supply_secs / 86400 AS numeric), 2)                    AS supply_days,
        round(CAST(d.lead_secs / 86400 AS numeric), 2)                      AS lead_time_days,
        d.runs_out_at,

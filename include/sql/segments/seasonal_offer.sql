@@ -77,7 +77,8 @@ WITH offers AS (
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY price) AS price FROM shop.products
 ), ranked AS (
     -- best sellers first (ties and unsold products by id); "value": priced at or below the median
-    SELECT pr AS product,   -- the whole row, for lifecycle.product_card
+    -- (of the run's prices: which products are value picks is chosen as of the run)
+    SELECT pr.product_id,
            row_number() OVER (ORDER BY coalesce(s.units, 0) DESC, pr.product_id) AS best_rank,
            row_number() OVER (PARTITION BY pr.price <= m.price
                               ORDER BY coalesce(s.units, 0) DESC, pr.product_id) AS value_rank,
@@ -86,9 +87,12 @@ WITH offers AS (
     CROSS JOIN median m
     LEFT JOIN sales s USING (product_id)
 ), picks AS (
-    SELECT jsonb_agg(lifecycle.product_card(product, :shop_url) ORDER BY best_rank)
+    -- The picks as product references: their ids, no card. The offer and the reminder get each
+    -- product's card (name, image, price, link) as the shop has it when they are sent (see
+    -- "Product references" in the README), so the reminder shows the prices of its own day.
+    SELECT jsonb_agg(jsonb_build_object('product_id', product_id) ORDER BY best_rank)
                FILTER (WHERE best_rank <= 3) AS bestsellers,
-           jsonb_agg(lifecycle.product_card(product, :shop_url) ORDER BY value_rank)
+           jsonb_agg(jsonb_build_object('product_id', product_id) ORDER BY value_rank)
                FILTER (WHERE is_value AND value_rank <= 3) AS value_picks
     FROM ranked
 )

@@ -81,7 +81,10 @@ WITH newcomers AS (
     ORDER BY units DESC, oi.product_id
     LIMIT :bestseller_count
 ), bestsellers AS (
-    SELECT coalesce(jsonb_agg(lifecycle.product_card(p, :shop_url) || jsonb_build_object('units_sold', u.units)
+    -- Each bestseller as a product reference: its id and units sold, no card. The email gets each
+    -- product's card (name, image, price, link) as the shop has it when it is sent (see "Product
+    -- references" in the README).
+    SELECT coalesce(jsonb_agg(jsonb_build_object('product_id', p.product_id, 'units_sold', u.units)
                               ORDER BY u.units DESC, p.product_id), '[]'::jsonb) AS bestsellers
     FROM units u
     JOIN shop.products p USING (product_id)
