@@ -69,6 +69,12 @@ def test_shipped_segment_files_load():
          "SQL: must be one SELECT (or WITH ... SELECT), found 'DELETE'"),
         (("SELECT c.cart_id,", "SELECT 1; SELECT c.cart_id,"), "SQL: only one statement is allowed"),
         (("refresh_clock: true", "refresh_clock: sometimes"), "refresh_clock: must be true or false, got 'sometimes'"),
+        (("refresh_clock: true", "refresh_clock: true\nparts: 5"), "parts: must be a whole number from 1 to 4, got 5"),
+        (("refresh_clock: true", "refresh_clock: true\nparts: yes"), "parts: must be a whole number from 1 to 4"),
+        # every part would select every cart: each row staged twice
+        (("refresh_clock: true", "refresh_clock: true\nparts: 2"),
+         "parts: 2 runs the SELECT 2 times at once, each for part :part of :parts of the customers, but the SQL "
+         "does not use :part, :parts"),
     ],
 )
 def test_each_mistake_is_named(tmp_path, change, expected):

@@ -320,7 +320,7 @@ def test_picks_name_text_product_ids(outcomes, twin_shops):
             "SELECT p ->> 'product_id' FROM lifecycle.enrollments e, jsonb_array_elements(e.context -> 'products') p "
             "WHERE e.journey = 'product_recommendations'")).scalars().all()
         result = conn.execute(sa.text(
-            "SELECT pg_get_function_result('lifecycle.recommend_for(text[], timestamptz, integer, integer, integer)'"
+            "SELECT pg_get_function_result('lifecycle.recommend_for(text[], timestamptz, integer, integer, integer, integer, integer)'"
             "::regprocedure)")).scalar_one()
     assert picks and all(p.startswith("sku-") for p in picks)
     assert "customer_id text, product_id text" in result
@@ -382,7 +382,7 @@ def test_an_integer_database_with_rows_migrates_to_text_ids(scratch_engine, tmp_
                                      "WHERE lifted_at IS NULL DO NOTHING")).rowcount
         assert again == 0
         assert conn.execute(sa.text("SELECT pg_get_function_result('lifecycle.recommend_for(bigint[], timestamptz, "
-                                    "integer, integer, integer)'::regprocedure)")).scalar_one().startswith(
+                                    "integer, integer, integer, integer, integer)'::regprocedure)")).scalar_one().startswith(
             "TABLE(customer_id bigint, product_id bigint")
 
 

@@ -42,6 +42,8 @@ class RunContext:
             "journey": self.journey,
             "mode": self.mode,
             "shop_url": SHOP["base_url"],
+            "part": 0,  # a segment with `parts:` is staged part by part (stage.py); otherwise all of it
+            "parts": 1,
         }
         if spec is not None and spec.offers:  # holiday-dated offers around as_of (lifecycle.offers)
             from lifecycle.offers import offers_json

@@ -51,13 +51,16 @@ EXIT_STATUSES = {"converted", "exited"}
 # A draft journey runs every interval as a dry run; `lifecycle promote` (or the header) makes it live.
 STATUSES = ("draft", "live")
 DEFAULT_START = "2026-01-01"
-RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "shop_url"}
+RUN_PARAMS = {"interval_start", "interval_end", "as_of", "journey", "mode", "shop_url", "part", "parts"}
+# `parts:` splits a segment's customers over this many warehouse connections at once (stage.py);
+# the task's pool (warehouse.py) holds 4.
+MAX_PARTS = 4
 
 TOP_KEYS = {
     "journey", "description", "schedule", "start_date", "kind", "entry_key", "customer_id",
     "entered_at", "params", "steps", "exit", "holdout_percent", "batch_size", "max_lateness", "unique_columns",
     "complete_after", "volume_guard", "owner", "tags", "audience", "refresh_clock", "offers",
-    "one_active_per_customer", "status", "send_window",
+    "one_active_per_customer", "status", "send_window", "parts",
 }
 STEP_KEYS = {"name", "after", "channel", "template", "max_lateness", "when", "unless", "coupon", "action", "ttl", "urgency",
              "tracking", "variants", "ab_test"}
@@ -213,6 +216,9 @@ class JourneySpec:
     # Messages claimed per statement while sending (None: LIFECYCLE_SEND_WINDOW, default 50): also
     # the most whose outcome a worker killed mid-send can leave unknown.
     send_window: int | None = None
+    # The segment runs as this many queries at once, each on its own connection, each selecting
+    # the customers of part :part (0-based) of :parts; 1: one query (:part 0 of 1, everyone).
+    parts: int = 1
 
     @property
     def channels(self) -> set[str]:
@@ -511,6 +517,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
                                     or not 1 <= send_window <= 1000):
         c.add(f"send_window: must be a whole number from 1 to 1000, got {send_window!r}")
         send_window = None
+    parts = _parts(h.get("parts", 1), bind_names(sql_body), c)
     guard = _volume_guard(h.get("volume_guard") or {}, c)
     columns = {key: c.column(key, h.get(key, default)) for key, default in
                (("entry_key", None), ("customer_id", "customer_id"), ("entered_at", None)) if key in h or default}
@@ -551,6 +558,7 @@ def _build_spec(path: Path, h: dict, sql: str, c: _Checker, sql_line: int = 0) -
         holdout_percent=float(holdout),
         batch_size=batch_size,
         send_window=send_window,
+        parts=parts,
         max_lateness=max_lateness,
         complete_after=complete_after,
         volume_guard=guard,
@@ -773,6 +781,20 @@ def _check_sql(sql: str, params: set[str], c: _Checker) -> str:
             f":as_of, :shop_url; add others under params:)"
         )
     return body
+
+
+def _parts(parts: Any, binds: set[str], c: _Checker) -> int:
+    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= MAX_PARTS:
+        c.add(f"parts: must be a whole number from 1 to {MAX_PARTS}, got {parts!r}")
+        return 1
+    missing = sorted({"part", "parts"} - binds)
+    if parts > 1 and missing:
+        # Without them every part would select every customer: each row staged `parts` times.
+        c.add(f"parts: {parts} runs the SELECT {parts} times at once, each for part :part of :parts of the "
+              f"customers, but the SQL does not use {', '.join(':' + m for m in missing)} (pass them on, e.g. "
+              f"to lifecycle.recommend_for, or filter customers with lifecycle.in_part(customer_id, :part, "
+              f":parts))")
+    return parts
 
 
 def _check_ties(sql: str, unique_columns: Any, sql_line: int, c: _Checker) -> None:

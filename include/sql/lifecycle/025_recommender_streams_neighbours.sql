@@ -11,8 +11,21 @@
 -- recommender, old and new taking turns at load 1.4-2.3: 40.6, 41.7, 42.7 and 42.7 s before,
 -- 34.0 and 34.7 s after, with the same 2,675,436 rows (EXCEPT both ways: 0).
 --
+-- recommend_for also takes `part` and `parts` (default 0 of 1: everyone): the seed sets and
+-- "bought before" of one part's customers only, for a segment staged in parts (`parts:`), which
+-- ranks each half of the sets on its own connection, on its own core.
+--
 -- define_recommender() is re-created whole (024 keeps the earlier version: a migration stays as
 -- it was applied) and run, so the functions keep the shop's id types.
+-- A segment with `parts: N` in its header is staged as N queries at once, on N connections, each
+-- binding :part (0 .. N-1) and :parts (N) and selecting only its part's customers: this says which.
+-- The customer's id as text, hashed, so integer and text ids split alike; `parts` 1 is everyone.
+CREATE OR REPLACE FUNCTION lifecycle.in_part(customer_id anyelement, part integer, parts integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT parts <= 1 OR abs(mod(hashtext(customer_id::text), parts)) = part
+$$;
+
 CREATE OR REPLACE FUNCTION lifecycle.define_recommender() RETURNS text
 LANGUAGE plpgsql
 AS $define$
@@ -65,7 +78,9 @@ CREATE FUNCTION lifecycle.recommend_for(
     as_of         timestamptz,
     max_items     integer DEFAULT 4,
     activity_days integer DEFAULT 30,
-    pair_days     integer DEFAULT 90
+    pair_days     integer DEFAULT 90,
+    part          integer DEFAULT 0,
+    parts         integer DEFAULT 1
 )
 RETURNS TABLE (customer_id {customer}, product_id {product}, score bigint, rank integer)
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -116,6 +131,7 @@ AS $body$
         SELECT s.customer_id, array_agg(DISTINCT s.product_id ORDER BY s.product_id) AS seeds
         FROM seeds s
         WHERE s.product_id IN (SELECT n.product_id FROM neighbours n)
+          AND lifecycle.in_part(s.customer_id, recommend_for.part, recommend_for.parts)
         GROUP BY s.customer_id
     ), ranked AS MATERIALIZED (
         -- Per distinct seed set, every product bought with one of its seeds, best first:
@@ -146,6 +162,7 @@ AS $body$
         WHERE o.status <> 'cancelled'
           AND o.ordered_at < recommend_for.as_of
           AND (recommend_for.customer_ids IS NULL OR o.customer_id = ANY (recommend_for.customer_ids))
+          AND lifecycle.in_part(o.customer_id, recommend_for.part, recommend_for.parts)
         GROUP BY o.customer_id
     )
     -- Customer by customer: walk their seed set's ranking and keep the first max_items products
@@ -170,11 +187,11 @@ $fn$, '{customer}', customer_type), '{product}', product_type);
 
     EXECUTE format('COMMENT ON FUNCTION lifecycle.co_purchased(timestamptz, integer) IS %L',
         'Pairs of different products and how many non-cancelled orders in [as_of - days, as_of) contain both (symmetric).');
-    EXECUTE format('COMMENT ON FUNCTION lifecycle.recommend_for(%s[], timestamptz, integer, integer, integer) IS %L',
+    EXECUTE format('COMMENT ON FUNCTION lifecycle.recommend_for(%s[], timestamptz, integer, integer, integer, integer, integer) IS %L',
         customer_type,
         'Up to max_items products per customer (NULL: everyone active), ranked by co-purchases with what they '
         'viewed or bought in the last activity_days; never a product they bought. Ties: the smaller product_id '
-        '(lexicographic for text ids).');
+        '(lexicographic for text ids). part of parts: only the customers lifecycle.in_part puts in that part.');
     PERFORM set_config('check_function_bodies', checking, true);
     RETURN format('recommender ids: customers %s, products %s', customer_type, product_type);
 END

@@ -12,6 +12,7 @@ entry_key: week_key             # customer + ISO week of the run's as_of (the we
 one_active_per_customer: false  # a new week's enrollment opens while last week's still watches for orders
 entered_at: picked_at           # the run's as_of
 complete_after: 7d              # watch for orders with a pick until the next weekly run
+parts: 2                        # ranked in two halves at once, on two connections (each customer in one)
 params:
   activity_days: 30             # "viewed or bought in the last 30 days"
   pair_days: 90                 # co-occurrence counted over this many days of orders
@@ -35,7 +36,7 @@ exit:
 -- against, are never replaced.
 WITH picks AS (
     SELECT r.customer_id, r.product_id, r.score, r.rank
-    FROM lifecycle.recommend_for(NULL, :as_of, :max_products, :activity_days, :pair_days) AS r
+    FROM lifecycle.recommend_for(NULL, :as_of, :max_products, :activity_days, :pair_days, :part, :parts) AS r
 ), per_customer AS (
     -- Each pick as a product reference: its id and score, no card. The email gets each product's
     -- card (name, image, price, link) as the shop has it when the email is sent (see "Product
