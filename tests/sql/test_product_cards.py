@@ -3,9 +3,14 @@ message is loaded to be sent (send.load_batch) or previewed; whole cards are lef
 
 from __future__ import annotations
 
+import copy
 import logging
 from datetime import UTC, datetime
 from types import SimpleNamespace
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lifecycle import send
 from lifecycle.products import fill_product_cards, unfilled_references
@@ -102,3 +107,65 @@ def test_a_gone_product_outside_a_list_stays_a_reference_and_its_message_is_skip
     assert send._prepare(row, SimpleNamespace(steps=[]), datetime(2026, 11, 20, tzinfo=UTC), False, settles, {},
                          None) is None
     assert settles == [(7, "skipped", "product 9 is no longer in the shop", None)]
+
+
+# -- any context (Hypothesis): references anywhere below the top, cards, plain values, gone products
+
+PRODUCTS_IN_SHOP = (1, 2, 3)
+references = st.builds(  # own keys: a score, or a price of its own (a cart's), which wins over the card's
+    lambda pid, own: {"product_id": pid, **own}, st.sampled_from((1, 2, 3, 8, 9)),
+    st.dictionaries(st.sampled_from(["score", "price"]), st.integers(0, 9), max_size=2))
+cards = st.builds(lambda pid: {"product_id": pid, "name": f"stored {pid}", "price": 1}, st.sampled_from((1, 9)))
+leaves = st.one_of(st.none(), st.integers(), st.text(max_size=3), references, cards)
+values = st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                      st.dictionaries(st.sampled_from("abcde"), inner, max_size=3)),
+                      max_leaves=12)
+contexts = st.dictionaries(st.sampled_from(["products", "item", "lines", "note", "product_id"]), values, max_size=4)
+
+
+def is_reference(value) -> bool:
+    return isinstance(value, dict) and value.get("product_id") is not None and "name" not in value
+
+
+def is_gone(value) -> bool:
+    return is_reference(value) and value["product_id"] not in PRODUCTS_IN_SHOP
+
+
+def expected(value):
+    """What fill_product_cards makes of a value below the context's top, by the rules the module
+    documents: a reference gets its card under its own keys; a gone product's reference is left out
+    of its list, and stays as it is anywhere else; everything else is left as stored."""
+    if is_reference(value):
+        if is_gone(value):
+            return value
+        p = value["product_id"]
+        return {"name": f"P{p}", "image_url": None, "price": 10, "product_url": f"{SHOP_URL}/p/SKU-{p}", **value}
+    if isinstance(value, dict):
+        return {k: expected(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expected(v) for v in value if not is_gone(v)]
+    return value
+
+
+def references_left(value) -> set[str]:
+    if is_reference(value):
+        return {str(value["product_id"])}
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return set().union(set(), *(references_left(v) for v in items))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(contexts, min_size=1, max_size=3))
+def test_any_context_every_reference_gets_its_card_or_is_left_out(sql, batch):
+    with sql.engine.begin() as conn:
+        if not conn.execute(sa.text("SELECT count(*) FROM shop.products")).scalar():
+            conn.execute(sa.text("INSERT INTO shop.products (product_id, sku, name, category, price, product_type) "
+                                 "SELECT p, 'SKU-' || p, 'P' || p, 'apparel', 10, 'soft' FROM unnest(CAST(:ids AS bigint[])) p"),
+                         {"ids": list(PRODUCTS_IN_SHOP)})
+    want = [{k: expected(v) for k, v in context.items()} for context in batch]  # the context is a row
+    filled = copy.deepcopy(batch)
+    fill(sql, *filled)
+    assert filled == want
+    for context in filled:  # unfilled: the gone products outside any list, nothing else
+        assert unfilled_references(context) == sorted(set().union(*(references_left(v) for v in context.values())))
+        assert set(unfilled_references(context)) <= {"8", "9"}

@@ -64,19 +64,26 @@ def oracle(order_rows, view_rows, max_items: int, wanted: set[int] | None) -> se
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(order_rows=orders, view_rows=views, max_items=st.integers(1, 5),
-       wanted=st.one_of(st.none(), st.sets(st.sampled_from(CUSTOMERS), max_size=4)))
-def test_recommend_for_picks_what_the_documented_rule_picks(sql: ShopSQL, order_rows, view_rows, max_items, wanted):
+       wanted=st.one_of(st.none(), st.sets(st.sampled_from(CUSTOMERS), max_size=4)), parts=st.integers(1, 3))
+def test_recommend_for_picks_what_the_documented_rule_picks(sql: ShopSQL, order_rows, view_rows, max_items, wanted,
+                                                            parts):
+    """Also in parts (a segment's `parts:`): together the parts pick exactly that, each customer in one."""
     _emptied(sql.engine)
     for order_id, (customer, offset, status, items) in enumerate(order_rows, start=1):
         sql.order(order_id, customer, AS_OF - offset, *sorted(items), status=status)
     for view_id, (customer, offset, product) in enumerate(view_rows, start=1):
         sql.given("page_views", {"view_id": view_id, "customer_id": customer, "product_id": product,
                                  "viewed_at": AS_OF - offset})
+    got, customers_of_part = [], []
     with sql.engine.connect() as conn:
-        got = conn.execute(sa.text(
-            "SELECT customer_id, product_id, score, rank FROM lifecycle.recommend_for("
-            "CAST(:wanted AS bigint[]), :as_of, :max_items, :activity_days, :pair_days)"),
-            {"wanted": sorted(wanted) if wanted is not None else None, "as_of": AS_OF, "max_items": max_items,
-             "activity_days": ACTIVITY_DAYS, "pair_days": PAIR_DAYS}).all()
+        for part in range(parts):
+            rows = conn.execute(sa.text(
+                "SELECT customer_id, product_id, score, rank FROM lifecycle.recommend_for("
+                "CAST(:wanted AS bigint[]), :as_of, :max_items, :activity_days, :pair_days, :part, :parts)"),
+                {"wanted": sorted(wanted) if wanted is not None else None, "as_of": AS_OF, "max_items": max_items,
+                 "activity_days": ACTIVITY_DAYS, "pair_days": PAIR_DAYS, "part": part, "parts": parts}).all()
+            got += rows
+            customers_of_part.append({r.customer_id for r in rows})
     assert len(got) == len(set(got))
+    assert sum(map(len, customers_of_part)) == len(set().union(*customers_of_part))  # no customer in two parts
     assert set(map(tuple, got)) == oracle(order_rows, view_rows, max_items, wanted)
