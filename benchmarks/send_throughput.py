@@ -72,13 +72,15 @@ sys.exit(serve_until_signalled(controller.stop))
 """
 CART = {
     "cart_id": 0, "cart_updated_at": "2026-11-20T10:00:00+00:00", "cart_total": 117.5, "currency": "EUR",
-    "items": [
-        {"product_id": 11, "name": "Linen Shirt", "image_url": "https://cdn.shop.example.com/p/11.jpg", "quantity": 2,
-         "unit_price": 49.0, "product_url": "https://shop.example.com/p/linen-shirt"},
-        {"product_id": 12, "name": "Canvas Tote Bag", "image_url": "https://cdn.shop.example.com/p/12.jpg",
-         "quantity": 1, "unit_price": 19.5, "product_url": "https://shop.example.com/p/canvas-tote"},
-    ],
+    # product references, as cart_abandonment.sql stores them: the send fills in the cards (PRODUCTS)
+    "items": [{"product_id": 11, "quantity": 2, "unit_price": 49.0}, {"product_id": 12, "quantity": 1, "unit_price": 19.5}],
 }
+PRODUCTS = [  # shop.products rows the cards come from
+    {"product_id": 11, "sku": "linen-shirt", "name": "Linen Shirt", "price": 49.0,
+     "image_url": "https://cdn.shop.example.com/p/11.jpg"},
+    {"product_id": 12, "sku": "canvas-tote", "name": "Canvas Tote Bag", "price": 19.5,
+     "image_url": "https://cdn.shop.example.com/p/12.jpg"},
+]
 SMS_SID, SMS_TOKEN = "AC" + "b" * 32, "bench-token"
 
 
@@ -109,6 +111,8 @@ def plant(engine, emails: int, texts: int, pushes: int, push_origin: str) -> dic
         conn.execute(sa.text(
             "INSERT INTO shop.consents (customer_id, channel, status, updated_at) SELECT i, c, 'opted_in', :t "
             "FROM generate_series(1, :n) i, unnest(ARRAY['email', 'sms', 'push']) c"), {"n": n, "t": AS_OF})
+        conn.execute(sa.text("INSERT INTO shop.products (product_id, sku, name, category, price, image_url, product_type) "
+                             "VALUES (:product_id, :sku, :name, 'apparel', :price, :image_url, 'soft')"), PRODUCTS)
         subscriptions = []
         for i in range(1, pushes + 1):
             private_key, auth = push_subscription_keys(i, 7)
