@@ -266,6 +266,18 @@ def test_cart_reminders_escalate():
     assert "last reminder" in last.text.lower()
 
 
+@pytest.mark.parametrize("template", ["upsell/offer", "upsell/follow_up"])
+def test_upsell_shows_the_difference_at_the_days_upgrade_price(template):
+    """The context stores no difference: the email works it out from the cart price and the
+    upgrade's price as the send filled it in, so a price changed since the run shows correctly."""
+    row = copy.deepcopy(ROWS["upsell"])
+    assert "price_difference" not in row
+    row["upgrade"]["price"] = row["item"]["price"] + 7.25  # the shop's price on the day it is sent
+    email = render_email(template, make_context(template, row=row))
+    assert money(7.25) in email.text and money(7.25) in email.html
+    assert money(row["upgrade"]["price"]) in email.text
+
+
 def test_win_back_email_3_asks_to_stay_subscribed():
     email = render_email("win_back/email_3", make_context("win_back/email_3"))
     assert "still want to hear from us" in email.subject.lower()

@@ -99,14 +99,11 @@ SELECT k.cart_id || ':' || k.product_id              AS item_key,
        -- The item and the upgrade as product references: ids and their own keys, no card. The
        -- push and emails get each one's card (name, image, link; the upgrade's price) as the
        -- shop has it when they are sent (see "Product references" in the README). The item keeps
-       -- the price it has in the cart (its own `price` wins over the card's).
+       -- the price it has in the cart (its own `price` wins over the card's). The templates work
+       -- out "only X more" from the two, so it follows the upgrade's price of the day they go out.
        jsonb_build_object('product_id', p.product_id, 'sku', p.sku, 'price', k.unit_price,
                           'quantity', k.quantity)                                     AS item,
        jsonb_build_object('product_id', up.product_id, 'sku', up.sku)                  AS upgrade,
-       -- Still stored as of the run, a value that changes with the shop's prices: the upgrade's
-       -- price then, less the item's cart price (the follow-up a day later shows this difference
-       -- next to the upgrade's price of its own day).
-       up.price - k.unit_price                        AS price_difference,
        :shop_url || '/p/' || up.sku                   AS url,
        :shop_url || '/cart/' || k.cart_id             AS cart_url
 FROM picked k
