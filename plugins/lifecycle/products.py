@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from lifecycle.config import SHOP
-from lifecycle.ids import as_type, column_type
+from lifecycle.ids import column_type
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +38,30 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, dict) and value.get("product_id") is not None and "name" not in value
 
 
-def _collect(value: Any, found: list[dict]) -> None:
-    if is_reference(value):
-        found.append(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _collect(item, found)
-    elif isinstance(value, list):
-        for item in value:
-            _collect(item, found)
+def _references(context: Any) -> list[tuple[dict, list | None]]:
+    """Each reference in a context's values (the context itself is a row, not a reference), with
+    the list that holds it (None: it is in no list, so it cannot be left out)."""
+    found: list[tuple[dict, list | None]] = []
 
+    def walk(value: Any, holder: list | None) -> None:
+        if is_reference(value):
+            found.append((value, holder))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item, None)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, value)
 
-def _references(context: Any) -> list[dict]:
-    """The references in a context's values (the context itself is a row, not a reference)."""
-    found: list[dict] = []
     for value in (context.values() if isinstance(context, dict) else ()):
-        _collect(value, found)
+        walk(value, None)
     return found
 
 
 def unfilled_references(context: Any) -> list[str]:
     """The product ids of references in `context` still without a card after
     `fill_product_cards`: products the shop no longer has, named where no list could leave them out."""
-    return sorted({str(r["product_id"]) for r in _references(context)})
-
-
-def _drop_missing(value: Any, missing: set[str]) -> None:
-    """Take references to `missing` products out of every list in `value`, in place."""
-    if isinstance(value, dict):
-        for item in value.values():
-            _drop_missing(item, missing)
-    elif isinstance(value, list):
-        value[:] = [item for item in value if not (is_reference(item) and str(item["product_id"]) in missing)]
-        for item in value:
-            _drop_missing(item, missing)
+    return sorted({str(reference["product_id"]) for reference, _ in _references(context)})
 
 
 def product_cards(conn: sa.Connection, product_ids: Iterable[str]) -> dict[str, dict]:
@@ -79,10 +69,9 @@ def product_cards(conn: sa.Connection, product_ids: Iterable[str]) -> dict[str, 
     ids = sorted(set(product_ids))
     if not ids:
         return {}
-    wanted = as_type("CAST(:ids AS text[])", f"{column_type(conn, PRODUCTS, 'product_id')}[]")
-    rows = conn.execute(
+    rows = conn.execute(  # the ids in the shop's own type: its primary key is used
         sa.text(f"SELECT p.product_id::text, lifecycle.product_card(p, :shop_url) FROM {PRODUCTS} p "
-                f"WHERE p.product_id = ANY ({wanted})"),
+                f"WHERE p.product_id = ANY (CAST(:ids AS {column_type(conn, PRODUCTS, 'product_id')}[]))"),
         {"ids": ids, "shop_url": SHOP["base_url"]},
     ).all()
     return dict(rows)
@@ -90,23 +79,28 @@ def product_cards(conn: sa.Connection, product_ids: Iterable[str]) -> dict[str, 
 
 def fill_product_cards(conn: sa.Connection, contexts: Iterable[Any]) -> int:
     """Give every product reference in `contexts` (dicts, changed in place) its current card;
-    returns how many references named a product the shop no longer has (those are left out)."""
-    contexts = [c for c in contexts if c]
-    references = [r for context in contexts for r in _references(context)]
+    returns how many references named a product the shop no longer has (those are left out of
+    their lists)."""
+    references = [found for context in contexts if context for found in _references(context)]
     if not references:
         return 0
-    cards = product_cards(conn, (str(r["product_id"]) for r in references))
+    cards = product_cards(conn, (str(reference["product_id"]) for reference, _ in references))
     missing: set[str] = set()
-    for reference in references:
+    gone: set[int] = set()  # the references to leave out, by identity
+    holders: dict[int, list] = {}  # the lists holding them
+    for reference, holder in references:
         card = cards.get(str(reference["product_id"]))
-        if card is None:
-            missing.add(str(reference["product_id"]))
+        if card is not None:
+            for key, value in card.items():
+                reference.setdefault(key, value)
             continue
-        for key, value in card.items():
-            reference.setdefault(key, value)
+        missing.add(str(reference["product_id"]))
+        if holder is not None:
+            gone.add(id(reference))
+            holders[id(holder)] = holder
     if missing:
         log.warning("products %s are no longer in %s: left out of the messages that named them",
                     ", ".join(sorted(missing)), PRODUCTS)
-        for context in contexts:
-            _drop_missing(context, missing)
-    return sum(str(r["product_id"]) in missing for r in references)
+    for holder in holders.values():
+        holder[:] = [item for item in holder if id(item) not in gone]
+    return sum(str(reference["product_id"]) in missing for reference, _ in references)

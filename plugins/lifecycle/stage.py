@@ -46,13 +46,12 @@ def required_columns(spec: JourneySpec) -> set[str]:
 def stage_segment(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
     """Materialise the segment for this interval; return the number of rows selected."""
     table = stage_table(run)
-    select = f"SELECT (row_number() OVER ())::int AS _row, segment.* FROM (\n{spec.sql}\n) AS segment"
     with engine.begin() as conn:
         refresh_stale_statistics(conn)  # segments may read lifecycle tables the last run changed
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {STAGE_SCHEMA}")
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         # In parts, the table is created empty (its columns are checked before any part runs)
-        execute_file_sql(conn, spec.path, f"CREATE UNLOGGED TABLE {table} AS {select}"
+        execute_file_sql(conn, spec.path, f"CREATE UNLOGGED TABLE {table} AS {_numbered(spec)}"
                          + (" WITH NO DATA" if spec.parts > 1 else ""), run.binds(spec))
         _check_columns(spec, _columns(conn, table))
         if spec.parts == 1:
@@ -67,9 +66,8 @@ def stage_segment(engine: Engine, spec: JourneySpec, run: RunContext) -> int:
 def _stage_parts(engine: Engine, spec: JourneySpec, run: RunContext, table: str) -> list[int]:
     """Each part of the segment (`parts:`) inserted by its own query on its own connection, all at
     once: a heavy segment (product_recommendations' recommender) uses that many cores of the
-    warehouse instead of one. `_row` stays unique: part k numbers its rows k+1, k+1+parts, ..."""
-    row = "((row_number() OVER ()) - 1) * :parts + :part + 1"
-    insert = f"INSERT INTO {table} SELECT ({row})::int, segment.* FROM (\n{spec.sql}\n) AS segment"
+    warehouse instead of one."""
+    insert = f"INSERT INTO {table} {_numbered(spec)}"
 
     def stage_part(part: int) -> int:
         with engine.begin() as conn:
@@ -79,6 +77,13 @@ def _stage_parts(engine: Engine, spec: JourneySpec, run: RunContext, table: str)
     with ThreadPoolExecutor(spec.parts, thread_name_prefix="stage-part") as pool:
         futures = [pool.submit(stage_part, part) for part in range(spec.parts)]
     return [f.result() for f in futures]  # the first part's error, once every part has ended
+
+
+def _numbered(spec: JourneySpec) -> str:
+    """The segment's rows, each with its `_row`: 1, 2, 3, ... for one query (:part 0 of 1); part k
+    of a segment staged in parts numbers its rows k+1, k+1+parts, ..., so `_row` stays unique."""
+    row = "((row_number() OVER ()) - 1) * :parts + :part + 1"
+    return f"SELECT ({row})::int AS _row, segment.* FROM (\n{spec.sql}\n) AS segment"
 
 
 def _columns(conn: sa.Connection, table: str) -> dict[str, str]:

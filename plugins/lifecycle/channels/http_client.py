@@ -57,31 +57,33 @@ class MarkedHTTPSConnection(_Marking, HTTPSConnection):
     pass
 
 
-class MarkedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = MarkedHTTPConnection
+def pool_classes(http: type[HTTPConnection], https: type[HTTPSConnection]) -> dict[str, type[HTTPConnectionPool]]:
+    """urllib3's pool class per scheme, making connections of the given classes (a PoolManager's
+    `pool_classes_by_scheme`)."""
+    return {"http": type(f"{http.__name__}Pool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type(f"{https.__name__}Pool", (HTTPSConnectionPool,), {"ConnectionCls": https})}
 
 
-class MarkedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = MarkedHTTPSConnection
+POOLS = pool_classes(MarkedHTTPConnection, MarkedHTTPSConnection)
 
 
-POOLS: dict[str, type[HTTPConnectionPool]] = {"http": MarkedHTTPPool, "https": MarkedHTTPSPool}
-
-
-class NotSent(Exception):
-    """Nothing of the request left this machine; `error` says why."""
+class WireError(Exception):
+    """No reply came; `error` is urllib3's (or the socket's) exception."""
 
     def __init__(self, error: Exception):
         super().__init__(f"{type(error).__name__}: {error}")
         self.error = error
 
 
-class Lost(Exception):
+class NotSent(WireError):
+    """Nothing of the request left this machine."""
+
+
+class Lost(WireError):
     """The request (or part of it) went out and no complete reply came back."""
 
     def __init__(self, error: Exception):
-        super().__init__(f"{type(error).__name__}: {error}")
-        self.error = error
+        super().__init__(error)
         self.timed_out = isinstance(error, ReadTimeoutError | TimeoutError) or (
             isinstance(error, ProtocolError) and any(isinstance(a, TimeoutError) for a in error.args))
 

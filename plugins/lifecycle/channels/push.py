@@ -53,7 +53,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from py_vapid import Vapid
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from lifecycle import logsafe
@@ -192,16 +191,8 @@ class _PublicHTTPSConnection(_PublicPeerOnly, MarkedHTTPSConnection):
     pass
 
 
-class _PublicHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _PublicHTTPConnection
-
-
-class _PublicHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _PublicHTTPSConnection
-
-
 # Connection pools whose connections refuse non-public peers.
-PUBLIC_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+PUBLIC_POOLS = http_client.pool_classes(_PublicHTTPConnection, _PublicHTTPSConnection)
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
