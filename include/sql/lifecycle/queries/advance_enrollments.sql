@@ -5,7 +5,7 @@ WITH steps AS (
     SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
            AS s(ord, name, after_s)
 ), progress AS (
-    -- One look at each enrollment's messages (by messages_enrollment): its steps, latest first.
+    -- One look at each enrollment's messages (by messages_one_per_channel): its steps, latest first.
     -- The current step is the latest; the next is the first step in header order without one.
     SELECT e.enrollment_id, nx.name AS next_step, nx.due AS next_due_at, planned.steps[1] AS current_step
     FROM lifecycle.enrollments e
