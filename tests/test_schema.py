@@ -72,3 +72,26 @@ def test_changed_contact_views_are_reapplied(warehouse, tmp_path):
     assert [v for v in applied if v.startswith("contacts:")] == applied and len(applied) == 1
     with warehouse.connect() as conn:
         assert conn.execute(sa.text("SELECT one FROM lifecycle.analyst_added")).scalar_one() == 1
+
+
+def test_a_changed_recommender_is_reapplied_in_place(warehouse, tmp_path):
+    """recommender.sql is repeatable: an edit is applied on the next migrate (no new numbered file),
+    once, and the functions are re-created with it."""
+    edited = tmp_path / "edited"
+    shutil.copytree(SQL_DIR / "lifecycle", edited)
+    schema.migrate(warehouse, edited)
+    recommender = edited / "recommender.sql"
+    recommender.write_text(recommender.read_text() + "\nCOMMENT ON FUNCTION lifecycle.in_part(anyelement, integer, "
+                           "integer) IS 'edited in place';\n")
+    assert not schema.is_current(warehouse, edited)
+
+    applied = schema.migrate(warehouse, edited)
+    assert len(applied) == 1 and applied[0].startswith("recommender:")
+    assert schema.migrate(warehouse, edited) == []
+    with warehouse.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT obj_description('lifecycle.in_part(anyelement, integer, integer)'::regprocedure)")).scalar_one() \
+            == "edited in place"
+        versions = conn.execute(sa.text(
+            "SELECT version FROM lifecycle.schema_migrations WHERE version LIKE 'recommender:%'")).scalars().all()
+    assert versions == applied  # the earlier version's row is replaced, not kept beside it

@@ -365,7 +365,7 @@ def test_migration_013_gives_earlier_runs_their_new_rows(scratch_engine, tmp_pat
             "INSERT INTO lifecycle.enrollments (journey, enrollment_key, customer_id, entered_at, enrolled_at, "
             "enrolled_run_id) VALUES ('other', 'x', 1, :end, :end, 'r2')"), {"end": END})
 
-    assert [m for m in schema.migrate(scratch_engine) if not m.startswith("contacts:")] == ["013_runs_rows_new"]
+    assert [m for m in schema.migrate(scratch_engine) if ":" not in m] == ["013_runs_rows_new"]  # the repeatables aside
     with scratch_engine.connect() as conn:
         rows_new = dict(conn.execute(sa.text("SELECT run_id, rows_new FROM lifecycle.runs")).all())
     assert rows_new == {"r1": 10, "r2": 0, "r3": 0, "r4": None}

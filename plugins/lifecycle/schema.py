@@ -1,8 +1,9 @@
 """Create and migrate the warehouse schemas the engine needs.
 
 `include/sql/lifecycle/NNN_*.sql` files run once each, in order, recorded in
-lifecycle.schema_migrations; `contacts.sql` (views analysts adapt) is re-applied each
-time it changes. A transaction-scoped advisory lock makes concurrent migrations safe; a database
+lifecycle.schema_migrations; the repeatable files (`recommender.sql`, the warehouse recommender's
+functions, and `contacts.sql`, views analysts adapt) are re-applied each time they change, after
+the numbered ones: a change to them is an edit in place, not a copy in a new migration. A transaction-scoped advisory lock makes concurrent migrations safe; a database
 that is already current is recognised by one read without the lock (every run calls `migrate`).
 """
 
@@ -55,10 +56,20 @@ def create_shop_schema(engine: Engine) -> None:
         _run_script(conn, SQL_DIR / "shop" / "schema.sql")
 
 
-def _contacts_version(sql_dir: Path) -> tuple[str, str]:
-    """contacts.sql's text and the version it is recorded under (its content hash)."""
-    views = (sql_dir / "contacts.sql").read_text()
-    return views, "contacts:" + hashlib.sha256(views.encode()).hexdigest()[:16]
+# Re-applied whenever their text changes, in this order, after the numbered migrations; each is
+# recorded as '<stem>:<content hash>'. CREATE OR REPLACE keeps them safe to run again.
+REPEATABLE = ("recommender.sql", "contacts.sql")
+
+
+def _repeatables(sql_dir: Path) -> list[tuple[str, str, str]]:
+    """Each repeatable file the folder has (an older release's folder may lack one): its name, its
+    text and the version it is recorded under (its content hash)."""
+    found = []
+    for name in REPEATABLE:
+        if (sql_dir / name).is_file():
+            text = (sql_dir / name).read_text()
+            found.append((name, text, Path(name).stem + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]))
+    return found
 
 
 def _migrations(sql_dir: Path) -> list[Path]:
@@ -68,7 +79,7 @@ def _migrations(sql_dir: Path) -> list[Path]:
 def is_current(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> bool:
     """Whether every migration and the current contact views are recorded: one read, no lock,
     so that the per-run `migrate` costs a single query once a database is up to date."""
-    wanted = {p.stem for p in _migrations(sql_dir)} | {_contacts_version(sql_dir)[1]}
+    wanted = {p.stem for p in _migrations(sql_dir)} | {version for _, _, version in _repeatables(sql_dir)}
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT to_regclass('lifecycle.schema_migrations')")).scalar() is None:
             return False
@@ -97,12 +108,14 @@ def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
             _apply(conn, path.name, path.read_text())
             conn.execute(sa.text("INSERT INTO lifecycle.schema_migrations (version) VALUES (:v)"), {"v": path.stem})
             applied.append(path.stem)
-        # contacts.sql (views analysts adapt) is re-applied only when it changed: CREATE OR REPLACE
-        # VIEW takes an exclusive lock that would queue every run behind any open reader.
-        views, version = _contacts_version(sql_dir)
-        if version not in done:
-            _apply(conn, "contacts.sql", views)
-            conn.execute(sa.text("DELETE FROM lifecycle.schema_migrations WHERE version LIKE 'contacts:%'"))
+        # A repeatable file is re-applied only when it changed: contacts.sql's CREATE OR REPLACE VIEW
+        # takes an exclusive lock that would queue every run behind any open reader.
+        for name, text, version in _repeatables(sql_dir):
+            if version in done:
+                continue
+            _apply(conn, name, text)
+            conn.execute(sa.text("DELETE FROM lifecycle.schema_migrations WHERE version LIKE :stem"),
+                         {"stem": Path(name).stem + ":%"})
             conn.execute(sa.text("INSERT INTO lifecycle.schema_migrations (version) VALUES (:v)"), {"v": version})
             applied.append(version)
     return applied
