@@ -86,6 +86,7 @@ def fill_product_cards(conn: sa.Connection, contexts: Iterable[Any]) -> int:
         return 0
     cards = product_cards(conn, (str(reference["product_id"]) for reference, _ in references))
     missing: set[str] = set()
+    unfilled = 0  # references to a product the shop no longer has
     gone: set[int] = set()  # the references to leave out, by identity
     holders: dict[int, list] = {}  # the lists holding them
     for reference, holder in references:
@@ -95,6 +96,7 @@ def fill_product_cards(conn: sa.Connection, contexts: Iterable[Any]) -> int:
                 reference.setdefault(key, value)
             continue
         missing.add(str(reference["product_id"]))
+        unfilled += 1
         if holder is not None:
             gone.add(id(reference))
             holders[id(holder)] = holder
@@ -103,4 +105,4 @@ def fill_product_cards(conn: sa.Connection, contexts: Iterable[Any]) -> int:
                     ", ".join(sorted(missing)), PRODUCTS)
     for holder in holders.values():
         holder[:] = [item for item in holder if id(item) not in gone]
-    return sum(str(reference["product_id"]) in missing for reference, _ in references)
+    return unfilled

@@ -3,8 +3,9 @@
 `include/sql/lifecycle/NNN_*.sql` files run once each, in order, recorded in
 lifecycle.schema_migrations; the repeatable files (`recommender.sql`, the warehouse recommender's
 functions, and `contacts.sql`, views analysts adapt) are re-applied each time they change, after
-the numbered ones: a change to them is an edit in place, not a copy in a new migration. A transaction-scoped advisory lock makes concurrent migrations safe; a database
-that is already current is recognised by one read without the lock (every run calls `migrate`).
+the numbered ones: a change to them is an edit in place, not a copy in a new migration. A
+transaction-scoped advisory lock makes concurrent migrations safe; a database that is already
+current is recognised by one read without the lock (every run calls `migrate`).
 """
 
 from __future__ import annotations
@@ -63,12 +64,12 @@ REPEATABLE = ("recommender.sql", "contacts.sql")
 
 def _repeatables(sql_dir: Path) -> list[tuple[str, str, str]]:
     """Each repeatable file the folder has (an older release's folder may lack one): its name, its
-    text and the version it is recorded under (its content hash)."""
+    text and the version it is recorded under ('<stem>:<content hash>')."""
     found = []
     for name in REPEATABLE:
         if (sql_dir / name).is_file():
             text = (sql_dir / name).read_text()
-            found.append((name, text, Path(name).stem + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]))
+            found.append((name, text, f"{Path(name).stem}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"))
     return found
 
 
@@ -77,7 +78,7 @@ def _migrations(sql_dir: Path) -> list[Path]:
 
 
 def is_current(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> bool:
-    """Whether every migration and the current contact views are recorded: one read, no lock,
+    """Whether every migration and the current repeatable files are recorded: one read, no lock,
     so that the per-run `migrate` costs a single query once a database is up to date."""
     wanted = {p.stem for p in _migrations(sql_dir)} | {version for _, _, version in _repeatables(sql_dir)}
     with engine.connect() as conn:
@@ -114,8 +115,8 @@ def migrate(engine: Engine, sql_dir: Path = SQL_DIR / "lifecycle") -> list[str]:
             if version in done:
                 continue
             _apply(conn, name, text)
-            conn.execute(sa.text("DELETE FROM lifecycle.schema_migrations WHERE version LIKE :stem"),
-                         {"stem": Path(name).stem + ":%"})
+            conn.execute(sa.text("DELETE FROM lifecycle.schema_migrations WHERE version LIKE :earlier"),
+                         {"earlier": version.partition(":")[0] + ":%"})  # the file's earlier version
             conn.execute(sa.text("INSERT INTO lifecycle.schema_migrations (version) VALUES (:v)"), {"v": version})
             applied.append(version)
     return applied
