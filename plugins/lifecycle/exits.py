@@ -82,7 +82,12 @@ def evaluate_exits(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[s
                         UPDATE lifecycle.enrollments e
                            SET status = :status, exit_reason = :reason,
                                exited_at = least(coalesce(hit.occurred_at, :as_of), :as_of),
-                               next_step = NULL, next_due_at = NULL, updated_at = now()
+                               next_step = NULL, next_due_at = NULL, updated_at = now(),
+                               -- the step last planned: one that enrolled in this run has none yet,
+                               -- whatever its enrollment assumed the plan would give it (enroll.py)
+                               current_step = (SELECT m.step FROM lifecycle.messages m
+                                               WHERE m.enrollment_id = e.enrollment_id
+                                               ORDER BY m.due_at DESC, m.message_id DESC LIMIT 1)
                           FROM hit
                          WHERE e.enrollment_id = hit.enrollment_id AND e.status = 'active'
                      RETURNING e.enrollment_id, e.enrollment_key, e.customer_id, e.holdout, e.exited_at,

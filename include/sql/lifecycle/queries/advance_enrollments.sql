@@ -20,7 +20,9 @@ WITH steps AS (
         ORDER BY s.ord LIMIT 1
     ) nx ON true
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
-      -- Only enrollments this run can have changed: new or past their last step (next_step NULL),
+      -- Only enrollments this run can have changed: past their last step (next_step NULL; a new
+      -- enrollment whose steps are all due arrives so from enroll.progress_sql, and is read, not
+      -- rewritten, unless it differs),
       -- next step due (steps are in time order, so any message planned since the last advance
       -- was due by now), or next_due_at no longer entered_at + that step's delay (a refreshed clock,
       -- a changed step). The others keep their values: no per-enrollment message lookups for them.
