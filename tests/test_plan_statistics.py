@@ -17,6 +17,7 @@ index lookup keyed by the outer row is fine: it reads the rows that match, not t
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import timedelta
 
@@ -398,3 +399,59 @@ def test_an_enrollment_that_exits_in_its_first_run_has_no_current_step(shop_db):
         with engine.begin() as conn:
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
             conn.exec_driver_sql("DELETE FROM shop.orders WHERE order_id = 990000001")
+
+
+def messages_read_by_advance(engine, spec, run) -> int:
+    """How many times the advance of `run` reads lifecycle.messages (loops of its plan nodes on
+    that table), from EXPLAIN ANALYZE of the statement as it ran, repeated and rolled back."""
+    seen = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "current and next step" in statement:
+            seen.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        plan._advance_enrollments(engine, spec, run)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = seen
+    with engine.connect() as conn:  # not committed: rolled back
+        tree = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters).scalar()
+
+    def loops(node) -> int:
+        own = node.get("Actual Loops", 0) if node.get("Relation Name") == "messages" else 0
+        return own + sum(loops(child) for child in node.get("Plans", []))
+
+    return loops(tree[0]["Plan"])
+
+
+def test_an_enrollment_past_its_last_step_is_read_again_when_it_can_change(shop_db):
+    """product_recommendations' one step is planned on the first day: from then on the advance
+    leaves its enrollments alone (no message lookups) until they can complete, or until the
+    journey gains a step, which becomes their next."""
+    engine, _, anchor = shop_db
+    reset_lifecycle(engine)
+    spec = load_spec(SEGMENTS_DIR / "product_recommendations.sql")
+
+    def planned(as_of, journey_spec, label):
+        run = RunContext(spec.journey, label, "live", as_of - timedelta(days=7), as_of)
+        run_audit.start_run(engine, run)
+        if label == "cold":
+            stage.stage_segment(engine, spec, run)
+            enroll(engine, spec, run)
+        plan.plan_due_steps(engine, journey_spec, run)
+        with engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT status, current_step, next_step, next_due_at - entered_at AS wait, count(*) AS n "
+                "FROM lifecycle.enrollments WHERE journey = :j GROUP BY 1, 2, 3, 4"), {"j": spec.journey}).all()
+
+    [first] = planned(anchor, spec, "cold")
+    assert first.n > 20 and tuple(first)[:4] == ("active", "picked_for_you", None, None)
+    quiet = RunContext(spec.journey, "quiet", "live", anchor, anchor + timedelta(days=1))
+    assert messages_read_by_advance(engine, spec, quiet) == 0  # the next day: nothing can change for them
+    reminder = dataclasses.replace(spec.steps[0], name="reminder", after=timedelta(days=3))
+    [gained] = planned(anchor + timedelta(days=1), dataclasses.replace(spec, steps=(*spec.steps, reminder)), "gained")
+    assert tuple(gained) == ("active", "picked_for_you", "reminder", timedelta(days=3), first.n)
+    [done] = planned(anchor + timedelta(days=7), spec, "done")  # the step is gone again: past it, and 7 days on
+    assert tuple(done) == ("completed", "picked_for_you", None, None, first.n)

@@ -20,15 +20,20 @@ WITH steps AS (
         ORDER BY s.ord LIMIT 1
     ) nx ON true
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
-      -- Only enrollments this run can have changed: past their last step (next_step NULL; a new
-      -- enrollment whose steps are all due arrives so from enroll.progress_sql, and is read, not
-      -- rewritten, unless it differs),
-      -- next step due (steps are in time order, so any message planned since the last advance
-      -- was due by now), or next_due_at no longer entered_at + that step's delay (a refreshed clock,
-      -- a changed step). The others keep their values: no per-enrollment message lookups for them.
-      AND (e.next_step IS NULL OR e.next_due_at <= :as_of
-           OR NOT EXISTS (SELECT 1 FROM steps s WHERE s.name = e.next_step
-                          AND e.next_due_at = e.entered_at + make_interval(secs => s.after_s)))
+      -- Only enrollments this run can have changed: no next step, unless the last step is their
+      -- current one and they cannot complete yet (nothing is left to plan for them: a new
+      -- enrollment whose steps are all due arrives so from enroll.progress_sql; a step added to the
+      -- journey since is no longer its last), next step due (steps are in time order, so any message
+      -- planned since the last advance was due by now), or next_due_at no longer entered_at + that
+      -- step's delay (a refreshed clock, a changed step). The others keep their values: no
+      -- per-enrollment message lookups for them.
+      AND ((e.next_step IS NULL
+            AND NOT (e.current_step IS NOT DISTINCT FROM (CAST(:names AS text[]))[cardinality(CAST(:names AS text[]))]
+                     AND e.entered_at + make_interval(secs => :done_after) > :as_of))
+           OR e.next_due_at <= :as_of
+           OR (e.next_step IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.name = e.next_step
+                               AND e.next_due_at = e.entered_at + make_interval(secs => s.after_s))))
 )
 UPDATE lifecycle.enrollments e
    SET next_step = p.next_step, next_due_at = p.next_due_at, current_step = p.current_step,
