@@ -5,9 +5,9 @@ lifecycle.enrollments and lifecycle.messages describing the empty tables they we
 autovacuum comes round; a segment that reads them (product_recommendations skips the week's
 enrollments) then gets a plan for a handful of rows and runs for minutes. Each run analyses, before
 its segment, the lifecycle tables that changed by more than a tenth since their last ANALYZE, or
-grew by more than a tenth in size (one catalog query when none did). ANALYZE reads a fixed-size sample, so this costs a fraction of a
-second at any size; jsonb columns (the segment row, payloads) are left out: their statistics are
-the expensive part and no join or filter of the engine uses them.
+grew by more than a tenth in size (one catalog query when none did). ANALYZE reads a fixed-size
+sample, so this costs a fraction of a second at any size; jsonb columns (the segment row, payloads)
+are left out: their statistics are the expensive part and no join or filter of the engine uses them.
 """
 
 from __future__ import annotations
