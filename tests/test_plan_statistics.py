@@ -307,6 +307,15 @@ def enrollment_updates(engine) -> tuple[int, int]:
             "WHERE schemaname = 'lifecycle' AND relname = 'enrollments'")).one())
 
 
+def staged_and_enrolled(engine, spec, label: str, end, every: timedelta) -> tuple[RunContext, dict]:
+    """A run of `spec` for the interval `every` up to `end`, started, staged and enrolled (validation
+    left out: it quarantines nothing here and costs its import); its RunContext and enroll's counts."""
+    run = RunContext(spec.journey, label, "live", end - every, end)
+    run_audit.start_run(engine, run)
+    stage.stage_segment(engine, spec, run)
+    return run, enroll(engine, spec, run)
+
+
 def test_a_first_day_writes_each_new_enrollment_once(shop_db):
     """The enrollment INSERT already carries the current and next step this run's plan gives each
     new enrollment, so planning rewrites none of them: the advance reads them and finds nothing to
@@ -315,10 +324,8 @@ def test_a_first_day_writes_each_new_enrollment_once(shop_db):
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
     spec = load_spec(SEGMENTS_DIR / "win_back.sql")
-    run = RunContext(spec.journey, "cold", "live", anchor - timedelta(days=1), anchor)
-    run_audit.start_run(engine, run)
-    stage.stage_segment(engine, spec, run)
-    entered = enroll(engine, spec, run)["entered"]
+    run, enrolled = staged_and_enrolled(engine, spec, "cold", anchor, timedelta(days=1))
+    entered = enrolled["entered"]
     before = enrollment_updates(engine)
     plan.plan_due_steps(engine, spec, run)
     updated, _ = (after - b for after, b in zip(enrollment_updates(engine), before, strict=True))
@@ -372,10 +379,7 @@ def test_an_enrollment_that_exits_in_its_first_run_has_no_current_step(shop_db):
     engine, _, anchor = shop_db
     reset_lifecycle(engine)
     spec = load_spec(SEGMENTS_DIR / "win_back.sql")
-    run = RunContext(spec.journey, "exit", "live", anchor - timedelta(days=1), anchor)
-    run_audit.start_run(engine, run)
-    stage.stage_segment(engine, spec, run)
-    enroll(engine, spec, run)
+    run, _ = staged_and_enrolled(engine, spec, "exit", anchor, timedelta(days=1))
     with engine.begin() as conn:
         customer, entered_at = conn.execute(sa.text(
             "SELECT customer_id, entered_at FROM lifecycle.enrollments WHERE journey = 'win_back' "
@@ -435,11 +439,11 @@ def test_an_enrollment_past_its_last_step_is_read_again_when_it_can_change(shop_
     spec = load_spec(SEGMENTS_DIR / "product_recommendations.sql")
 
     def planned(as_of, journey_spec, label):
-        run = RunContext(spec.journey, label, "live", as_of - timedelta(days=7), as_of)
-        run_audit.start_run(engine, run)
         if label == "cold":
-            stage.stage_segment(engine, spec, run)
-            enroll(engine, spec, run)
+            run, _ = staged_and_enrolled(engine, spec, label, as_of, timedelta(days=7))
+        else:  # a later day: nothing new enrolls, only the plan step runs
+            run = RunContext(spec.journey, label, "live", as_of - timedelta(days=7), as_of)
+            run_audit.start_run(engine, run)
         plan.plan_due_steps(engine, journey_spec, run)
         with engine.connect() as conn:
             return conn.execute(sa.text(
@@ -482,10 +486,7 @@ def test_the_next_run_plans_on_statistics_taken_when_the_tables_were_empty(shop_
     with engine.begin() as conn:  # as if its counters had not been flushed yet
         conn.exec_driver_sql("SELECT pg_stat_reset_single_table_counters('lifecycle.messages'::regclass)")
     try:
-        run = RunContext(spec.journey, "next", "live", anchor - timedelta(hours=1), anchor)
-        run_audit.start_run(engine, run)
-        stage.stage_segment(engine, spec, run)
-        enroll(engine, spec, run)
+        run, _ = staged_and_enrolled(engine, spec, "next", anchor, timedelta(hours=1))
         sa.event.listen(engine, "before_cursor_execute", refuse_nested_rescans_over_due)
         try:
             assert plan.plan_due_steps(engine, spec, run)["reminder_1"]["planned"] > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lifecycle.plan import progress_sql, step_binds
 from lifecycle.run_context import RunContext
 from lifecycle.spec import JourneySpec
 from lifecycle.stage import stage_table
@@ -75,33 +76,9 @@ def enroll(engine: Engine, spec: JourneySpec, run: RunContext) -> dict[str, int]
         quarantined = _quarantine_second_enrollments(conn, spec, run) if spec.one_active_per_customer else 0
         counted = conn.execute(
             sa.text(sql), {**run.binds(), "run_id": run.run_id, "holdout": spec.holdout_percent,
-                           "refresh_clock": spec.refresh_clock, **progress_binds(spec)}
+                           "refresh_clock": spec.refresh_clock, **step_binds(spec)}
         ).one()
     return {"entered": counted.entered, "refreshed": counted.refreshed, "quarantined": quarantined}
-
-
-def progress_sql(spec: JourneySpec, entered: str) -> tuple[str, str, str]:
-    """A new enrollment's current step, next step and its due time as this run's plan leaves them
-    (SQL on the entry time `entered`): the plan gives every active enrollment a message for each
-    step due by as_of, so the current step is the latest of those (the last in header order among
-    equal delays, as the advance orders them) and the next is the first step not yet due.
-
-    Written by the INSERT, they spare the advance a second write of each new enrollment: it rewrites
-    only those it finds different (a plan that did not finish; an exit in the same run records the
-    step last planned itself). At 1M customers that second write was 669k rows of ~680 bytes for
-    product_recommendations' first day, 1.0-1.5 GB of WAL when a checkpoint had just begun."""
-    due = [f"{entered} + make_interval(secs => :progress_after_{i})" for i in range(len(spec.steps))]
-    latest_first = sorted(range(len(spec.steps)), key=lambda i: (spec.steps[i].after, i), reverse=True)
-    current = " ".join(f"WHEN {due[i]} <= :as_of THEN :progress_name_{i}" for i in latest_first)
-    upcoming = range(len(spec.steps))
-    next_step = " ".join(f"WHEN {due[i]} > :as_of THEN :progress_name_{i}" for i in upcoming)
-    next_due = " ".join(f"WHEN {due[i]} > :as_of THEN {due[i]}" for i in upcoming)
-    return f"CASE {current} END", f"CASE {next_step} END", f"CASE {next_due} END"
-
-
-def progress_binds(spec: JourneySpec) -> dict:
-    return {**{f"progress_name_{i}": s.name for i, s in enumerate(spec.steps)},
-            **{f"progress_after_{i}": s.after.total_seconds() for i, s in enumerate(spec.steps)}}
 
 
 ONE_ACTIVE = "one_active_per_customer"

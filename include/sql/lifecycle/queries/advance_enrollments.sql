@@ -1,6 +1,6 @@
 -- The current and next step of each active enrollment this run can have changed (lifecycle.plan.plan_due_steps,
 -- after planning); one past its last step and the conversion window (done_after seconds after entry) completes.
--- The steps arrive as arrays in header order (ords, names, afters).
+-- The steps arrive as arrays in header order (ords, names, afters: plan.step_binds).
 WITH steps AS (
     SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:names AS text[]), CAST(:afters AS float8[]))
            AS s(ord, name, after_s)
@@ -22,13 +22,13 @@ WITH steps AS (
     WHERE e.journey = :journey AND e.mode = :mode AND e.status = 'active'
       -- Only enrollments this run can have changed: no next step, unless the last step is their
       -- current one and they cannot complete yet (nothing is left to plan for them: a new
-      -- enrollment whose steps are all due arrives so from enroll.progress_sql; a step added to the
+      -- enrollment whose steps are all due arrives so from plan.progress_sql; a step added to the
       -- journey since is no longer its last), next step due (steps are in time order, so any message
       -- planned since the last advance was due by now), or next_due_at no longer entered_at + that
       -- step's delay (a refreshed clock, a changed step). The others keep their values: no
       -- per-enrollment message lookups for them.
       AND ((e.next_step IS NULL
-            AND NOT (e.current_step IS NOT DISTINCT FROM (CAST(:names AS text[]))[cardinality(CAST(:names AS text[]))]
+            AND NOT (e.current_step IS NOT DISTINCT FROM :last_step
                      AND e.entered_at + make_interval(secs => :done_after) > :as_of))
            OR e.next_due_at <= :as_of
            OR (e.next_step IS NOT NULL
